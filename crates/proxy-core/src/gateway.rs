@@ -1,0 +1,463 @@
+//! The gateway: listeners, TLS accept, the HTTP server, and one request's journey through
+//! route → forward (or websocket tunnel), readable top to bottom in [`Gateway::handle`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use pachgate_routing::{is_grpc_content_type, MatchSpec, RequestFacts, RouteTable};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
+
+/// Protocol limits, each set on purpose (hyper's defaults are not an ingress's defaults).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest header block accepted (h2 SETTINGS_MAX_HEADER_LIST_SIZE; h1 read buffer).
+    pub max_header_list_size: u32,
+    /// Streams a client may open and reset before they are accepted (CVE-2023-44487).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams pachgate may reset for protocol errors before it closes the connection
+    /// (CVE-2024-27316-style floods).
+    pub h2_max_local_error_reset_streams: usize,
+    /// PING interval toward idle clients; `None` disables pings.
+    pub h2_keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub h2_keepalive_timeout: Duration,
+    /// Time allowed for an HTTP/1 client to send a complete request head (slowloris).
+    pub h1_header_read_timeout: Duration,
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            h2_max_concurrent_streams: 1024,
+            max_header_list_size: 64 * 1024,
+            h2_max_pending_accept_reset_streams: 100,
+            h2_max_local_error_reset_streams: 1024,
+            h2_keepalive_interval: Some(Duration::from_secs(60)),
+            h2_keepalive_timeout: Duration::from_secs(20),
+            h1_header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A route as the binary's config describes it.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub matcher: MatchSpec,
+    pub upstream: String,
+}
+
+/// One immutable configuration as requests see it; reload swaps the whole snapshot.
+pub struct Snapshot {
+    routes: RouteTable<usize>,
+    upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Snapshot {
+    pub fn build(routes: Vec<RouteSpec>, upstreams: Vec<UpstreamSpec>) -> Result<Self, String> {
+        let upstreams = upstreams
+            .into_iter()
+            .map(|spec| Upstream::new(spec).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut specs = Vec::with_capacity(routes.len());
+        for route in routes {
+            let index = upstreams
+                .iter()
+                .position(|u| u.name() == route.upstream)
+                .ok_or_else(|| {
+                    format!(
+                        "route {}: unknown upstream {:?}",
+                        route.name, route.upstream
+                    )
+                })?;
+            specs.push((route.name, route.matcher, index));
+        }
+        let names: Vec<String> = specs.iter().map(|(n, _, _)| n.clone()).collect();
+        let routes = RouteTable::compile(specs)
+            .map_err(|(index, e)| format!("route {}: {e}", names[index]))?;
+        Ok(Snapshot { routes, upstreams })
+    }
+}
+
+/// What the plaintext listener does with requests.
+#[derive(Debug, Clone, Copy)]
+pub enum PlainMode {
+    /// Answer 308 to the same host, path and query on https (at this port).
+    Redirect { https_port: u16 },
+    /// Serve HTTP/1.1 and h2c (prior knowledge) like the TLS listener.
+    Serve,
+}
+
+/// Per-connection facts, computed once at accept rather than per request.
+struct ConnInfo {
+    peer: SocketAddr,
+    client_ip: HeaderValue,
+    proto: HeaderValue,
+}
+
+impl ConnInfo {
+    fn new(peer: SocketAddr, tls: bool) -> Arc<Self> {
+        Arc::new(ConnInfo {
+            peer,
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        })
+    }
+}
+
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    limits: ServerLimits,
+    /// Chosen by ALPN: h2 and http/1.1 skip preface sniffing; no ALPN gets auto-detection.
+    auto: auto::Builder<TokioExecutor>,
+    h1_only: auto::Builder<TokioExecutor>,
+    h2_only: auto::Builder<TokioExecutor>,
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot, limits: ServerLimits) -> Arc<Self> {
+        let auto = server_builder(&limits);
+        let h1_only = server_builder(&limits).http1_only();
+        let h2_only = server_builder(&limits).http2_only();
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            limits,
+            auto,
+            h1_only,
+            h2_only,
+        })
+    }
+
+    /// Swaps in a new configuration; requests in flight finish on the old one.
+    pub fn replace_snapshot(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// One request's journey: route → (websocket tunnel | forward) → response.
+    async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+        let grpc = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| is_grpc_content_type(v.as_bytes()));
+        let snapshot = self.snapshot.load_full();
+        let facts = Facts::of(&request, grpc);
+        let Some(route) = snapshot.routes.pick(&facts) else {
+            tracing::debug!(path = facts.path(), client = %conn.peer, "no route");
+            return ProxyError::NoRoute.into_response(grpc);
+        };
+        let upstream = &snapshot.upstreams[route.target];
+        let authority = facts.authority();
+
+        let result =
+            if request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers()) {
+                crate::websocket::tunnel(request, upstream).await
+            } else {
+                forward(request, upstream, conn, authority).await
+            };
+        result.unwrap_or_else(|error| {
+            tracing::warn!(route = %route.name, client = %conn.peer, %error, "request failed");
+            error.into_response(grpc)
+        })
+    }
+
+    /// Accepts TLS connections until the listener fails.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, tls: Arc<ServerConfig>) {
+        let acceptor = TlsAcceptor::from(tls);
+        loop {
+            let Some((tcp, peer)) = accept(&listener).await else {
+                continue;
+            };
+            let gateway = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(
+                    gateway.limits.tls_handshake_timeout,
+                    acceptor.accept(tcp),
+                )
+                .await;
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let builder = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => &gateway.h2_only,
+                    Some(b"http/1.1") => &gateway.h1_only,
+                    _ => &gateway.auto,
+                };
+                gateway
+                    .serve_connection(builder, stream, ConnInfo::new(peer, true))
+                    .await;
+            });
+        }
+    }
+
+    /// Accepts plaintext connections: HTTP/1.1 and h2c, or redirects to https.
+    pub async fn serve_plain(self: Arc<Self>, listener: TcpListener, mode: PlainMode) {
+        loop {
+            let Some((tcp, peer)) = accept(&listener).await else {
+                continue;
+            };
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                match mode {
+                    PlainMode::Serve => {
+                        gateway
+                            .serve_connection(&gateway.auto, tcp, ConnInfo::new(peer, false))
+                            .await
+                    }
+                    PlainMode::Redirect { https_port } => {
+                        let service = service_fn(move |request: Request<Incoming>| async move {
+                            Ok::<_, Infallible>(redirect_to_https(&request, https_port))
+                        });
+                        let _ = gateway
+                            .auto
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_connection<I>(
+        self: &Arc<Self>,
+        builder: &auto::Builder<TokioExecutor>,
+        io: I,
+        conn: Arc<ConnInfo>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let gateway = self.clone();
+        let peer = conn.peer;
+        let service = service_fn(move |request: Request<Incoming>| {
+            let gateway = gateway.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(request, &conn).await) }
+        });
+        if let Err(e) = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .await
+        {
+            tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Streams the request to the upstream and the response back, frame by frame: data,
+/// trailers and resets pass through; nothing is buffered.
+async fn forward(
+    request: Request<Incoming>,
+    upstream: &Upstream,
+    conn: &ConnInfo,
+    authority: Option<Authority>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarded(
+        &mut parts.headers,
+        &conn.client_ip,
+        &conn.proto,
+        authority.as_ref().map(|a| a.host()),
+    );
+    match upstream.protocol() {
+        UpstreamProtocol::Http1 => {
+            // An h2 client sends :authority, not Host; an HTTP/1.1 upstream needs Host.
+            if !parts.headers.contains_key(HOST) {
+                if let Some(value) = authority
+                    .as_ref()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                {
+                    parts.headers.insert(HOST, value);
+                }
+            }
+        }
+        UpstreamProtocol::H2c => {
+            // On h2 the host travels as :authority (set from the same value).
+            parts.headers.remove(HOST);
+        }
+    }
+    let request = Request::from_parts(parts, ProxyBody::Stream(body));
+    let response = upstream.send(request, authority).await?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
+}
+
+fn redirect_to_https(request: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
+    let facts = Facts::of(request, false);
+    let Some(host) = facts.host() else {
+        let mut response = Response::new(ProxyBody::text("a Host header is required\n"));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    let mut response = Response::new(ProxyBody::Empty);
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(LOCATION, value);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
+
+fn server_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.h1_header_read_timeout)
+        .max_buf_size((limits.max_header_list_size as usize).max(8192));
+    builder
+        .http2()
+        // Without a timer hyper's h2 keep-alive silently does nothing.
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(limits.h2_keepalive_timeout)
+        .adaptive_window(true)
+        .enable_connect_protocol();
+    builder
+}
+
+async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((tcp, peer)) => {
+            // Small h2 frames (gRPC headers, pings, window updates) must not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+            Some((tcp, peer))
+        }
+        Err(e) => {
+            // Typically EMFILE: back off instead of spinning, and keep serving.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// Borrowed request parts for the route table.
+struct Facts<'a> {
+    request: &'a Request<Incoming>,
+    host: Option<&'a str>,
+    grpc: bool,
+}
+
+impl<'a> Facts<'a> {
+    fn of(request: &'a Request<Incoming>, grpc: bool) -> Self {
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok()));
+        Facts {
+            request,
+            host: authority.map(strip_port),
+            grpc,
+        }
+    }
+
+    /// The authority the client asked for (`host[:port]`), for `:authority` / `Host` upstream.
+    fn authority(&self) -> Option<Authority> {
+        if let Some(authority) = self.request.uri().authority() {
+            return Some(authority.clone());
+        }
+        self.request
+            .headers()
+            .get(HOST)
+            .and_then(|v| Authority::try_from(v.as_bytes()).ok())
+    }
+}
+
+impl RequestFacts for Facts<'_> {
+    fn host(&self) -> Option<&str> {
+        self.host
+    }
+    fn path(&self) -> &str {
+        self.request.uri().path()
+    }
+    fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.request.headers().get(name).map(|v| v.as_bytes())
+    }
+}
+
+/// `host:port` → `host`; `[::1]:443` → `::1`.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        for (input, want) in [
+            ("example.com", "example.com"),
+            ("example.com:8443", "example.com"),
+            ("[::1]:8443", "::1"),
+            ("[::1]", "::1"),
+            ("127.0.0.1:1", "127.0.0.1"),
+        ] {
+            assert_eq!(strip_port(input), want);
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Header rewriting between client and upstream: hop-by-hop headers removed (RFC 9110 §7.6.1),
+//! `X-Forwarded-*` set. Edits happen in place on the request's own map; nothing is copied.
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+/// `te: trailers` survives: gRPC servers require it to know the client reads trailers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        // Names listed in Connection are hop-by-hop for this one hop only (RFC 9110 §7.6.1).
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| name != TE)
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if let Some(te) = headers.get(TE) {
+        if !te_is_trailers(te) {
+            headers.remove(TE);
+        }
+    }
+}
+
+fn te_is_trailers(value: &HeaderValue) -> bool {
+    // Only `trailers` may cross a hop (RFC 9113 §8.2.2); codings are hop-local.
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"trailers")
+}
+
+/// Appends the client's address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the host the client asked for).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    proto: &HeaderValue,
+    host: Option<&str>,
+) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        None => client_ip.clone(),
+        Some(_) => {
+            // Several X-Forwarded-For lines are one comma-separated list; keep one line.
+            let mut joined = Vec::with_capacity(64);
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// True when the request asks for a websocket over an HTTP/1.1 Upgrade.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade_to_websocket = headers
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    upgrade_to_websocket
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+                .unwrap_or(false)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let cases: &[(&[(&str, &str)], &[&str])] = &[
+            (
+                &[
+                    ("connection", "keep-alive, x-secret"),
+                    ("x-secret", "1"),
+                    ("keep-alive", "timeout=5"),
+                    ("content-type", "application/grpc"),
+                    ("te", "trailers"),
+                ],
+                &["content-type", "te"],
+            ),
+            (&[("te", "gzip"), ("x-a", "1")], &["x-a"]),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("upgrade", "h2c"),
+                    ("proxy-authorization", "Basic x"),
+                    ("trailer", "grpc-status"),
+                    ("authn-token", "t"),
+                ],
+                &["authn-token"],
+            ),
+        ];
+        for (input, kept) in cases {
+            let mut headers = map(input);
+            strip_hop_by_hop(&mut headers);
+            let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+            names.sort();
+            let mut want = kept.to_vec();
+            want.sort();
+            assert_eq!(names, want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let https = HeaderValue::from_static("https");
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        set_forwarded(&mut headers, &ip, &https, Some("pach.example.com"));
+        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "pach.example.com");
+
+        let mut fresh = HeaderMap::new();
+        set_forwarded(&mut fresh, &ip, &https, None);
+        assert_eq!(fresh["x-forwarded-for"], "10.0.0.9");
+        assert!(!fresh.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn websocket_upgrade_detection() {
+        assert!(is_websocket_upgrade(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ])));
+        assert!(!is_websocket_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c"),
+        ])));
+    }
+}

@@ -1,0 +1,16 @@
+//! pachgate's data path: listeners, TLS accept, the hyper server (h1 + h2 by ALPN, h2c by
+//! preface), routing a request to an upstream, streaming bodies and trailers both ways,
+//! websocket tunnels, and the errors pachgate answers in the caller's protocol.
+//!
+//! It does not parse configuration files or generate certificates; the binary hands it
+//! typed specs and a rustls `ServerConfig`.
+
+pub mod body;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod upstream;
+pub mod websocket;
+
+pub use gateway::{Gateway, PlainMode, RouteSpec, ServerLimits, Snapshot};
+pub use upstream::{UpstreamProtocol, UpstreamSpec};

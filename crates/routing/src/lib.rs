@@ -1,0 +1,534 @@
+//! The route table: compiles route specs into matchers and picks the first route that matches
+//! a request's parts (host, path, gRPC-ness, headers).
+//!
+//! Pure by design: no I/O, no async, no allocation per match. It knows nothing about HTTP
+//! libraries; callers hand it borrowed request parts through [`RequestFacts`].
+
+use thiserror::Error;
+
+/// What a route asks of a request. Every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MatchSpec {
+    /// `example.com` (exact) or `*.example.com` (any subdomain, at any depth).
+    pub host: Option<String>,
+    /// Segment-aware prefix: `/dex` matches `/dex` and `/dex/x`, never `/dexter`.
+    pub path_prefix: Option<String>,
+    /// `Some(true)`: only gRPC requests; `Some(false)`: only non-gRPC requests.
+    pub grpc: Option<bool>,
+    pub header: Option<HeaderSpec>,
+}
+
+/// Matches one request header by name, and optionally by exact value or value prefix.
+/// With neither `exact` nor `prefix`, the header only has to be present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderSpec {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("host pattern {0:?} is not valid: expected `name.example` or `*.example`")]
+    BadHost(String),
+    #[error("path_prefix {0:?} must start with `/`")]
+    BadPathPrefix(String),
+    #[error("header name {0:?} is not a valid HTTP header name")]
+    BadHeaderName(String),
+    #[error("header matcher sets both `exact` and `prefix`; choose one")]
+    HeaderExactAndPrefix,
+}
+
+/// Borrowed parts of one request, as the table needs them.
+pub trait RequestFacts {
+    /// Host without port, as sent (`:authority` or `Host`).
+    fn host(&self) -> Option<&str>;
+    /// The (already normalised) path, without the query.
+    fn path(&self) -> &str;
+    fn is_grpc(&self) -> bool;
+    /// First value of a header; `name` is lower case.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// `application/grpc`, `application/grpc+proto`, `application/grpc-web…`: the content types
+/// gRPC clients send. Matching is on the prefix, as gRPC's own spec words it.
+pub fn is_grpc_content_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value.len() >= GRPC.len() && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+}
+
+#[derive(Debug, Clone)]
+enum HostMatcher {
+    Exact(String),
+    /// Stored with its leading dot: `*.example.com` → `.example.com`.
+    Suffix(String),
+}
+
+impl HostMatcher {
+    fn compile(pattern: &str) -> Result<Self, RouteError> {
+        let bad = || RouteError::BadHost(pattern.to_string());
+        let lower = pattern.to_ascii_lowercase();
+        let (is_wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid_name = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.ends_with('.')
+            && !name.contains("..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid_name {
+            return Err(bad());
+        }
+        Ok(if is_wildcard {
+            HostMatcher::Suffix(format!(".{name}"))
+        } else {
+            HostMatcher::Exact(name.to_string())
+        })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        // A fully qualified name may end with a dot; it names the same host.
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match self {
+            HostMatcher::Exact(name) => host.eq_ignore_ascii_case(name),
+            HostMatcher::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PathMatcher {
+    /// Without a trailing slash; empty for the root prefix, which matches everything.
+    prefix: String,
+}
+
+impl PathMatcher {
+    fn compile(prefix: &str) -> Result<Self, RouteError> {
+        if !prefix.starts_with('/') {
+            return Err(RouteError::BadPathPrefix(prefix.to_string()));
+        }
+        Ok(PathMatcher {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum HeaderValueMatch {
+    Present,
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+struct HeaderMatcher {
+    name: String,
+    value: HeaderValueMatch,
+}
+
+impl HeaderMatcher {
+    fn compile(spec: &HeaderSpec) -> Result<Self, RouteError> {
+        let valid_name = !spec.name.is_empty()
+            && spec
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid_name {
+            return Err(RouteError::BadHeaderName(spec.name.clone()));
+        }
+        let value = match (&spec.exact, &spec.prefix) {
+            (Some(_), Some(_)) => return Err(RouteError::HeaderExactAndPrefix),
+            (Some(exact), None) => HeaderValueMatch::Exact(exact.as_bytes().to_vec()),
+            (None, Some(prefix)) => HeaderValueMatch::Prefix(prefix.as_bytes().to_vec()),
+            (None, None) => HeaderValueMatch::Present,
+        };
+        Ok(HeaderMatcher {
+            name: spec.name.to_ascii_lowercase(),
+            value,
+        })
+    }
+
+    fn matches(&self, facts: &impl RequestFacts) -> bool {
+        let Some(value) = facts.header(&self.name) else {
+            return false;
+        };
+        match &self.value {
+            HeaderValueMatch::Present => true,
+            HeaderValueMatch::Exact(exact) => value == exact.as_slice(),
+            HeaderValueMatch::Prefix(prefix) => value.starts_with(prefix),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Matcher {
+    host: Option<HostMatcher>,
+    path: Option<PathMatcher>,
+    grpc: Option<bool>,
+    header: Option<HeaderMatcher>,
+}
+
+impl Matcher {
+    fn compile(spec: &MatchSpec) -> Result<Self, RouteError> {
+        Ok(Matcher {
+            host: spec.host.as_deref().map(HostMatcher::compile).transpose()?,
+            path: spec
+                .path_prefix
+                .as_deref()
+                .map(PathMatcher::compile)
+                .transpose()?,
+            grpc: spec.grpc,
+            header: spec
+                .header
+                .as_ref()
+                .map(HeaderMatcher::compile)
+                .transpose()?,
+        })
+    }
+
+    fn matches(&self, facts: &impl RequestFacts) -> bool {
+        if let Some(grpc) = self.grpc {
+            if grpc != facts.is_grpc() {
+                return false;
+            }
+        }
+        if let Some(host) = &self.host {
+            match facts.host() {
+                Some(h) if host.matches(h) => {}
+                _ => return false,
+            }
+        }
+        if let Some(path) = &self.path {
+            if !path.matches(facts.path()) {
+                return false;
+            }
+        }
+        if let Some(header) = &self.header {
+            if !header.matches(facts) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A compiled route: its matcher and whatever the caller routes to (`T`).
+#[derive(Debug, Clone)]
+pub struct Route<T> {
+    pub name: String,
+    pub target: T,
+    matcher: Matcher,
+}
+
+/// Routes in configuration order; the first that matches wins.
+#[derive(Debug, Clone)]
+pub struct RouteTable<T> {
+    routes: Vec<Route<T>>,
+}
+
+impl<T> RouteTable<T> {
+    /// Compiles specs in order. On error, returns the index of the offending spec.
+    pub fn compile(
+        specs: impl IntoIterator<Item = (String, MatchSpec, T)>,
+    ) -> Result<Self, (usize, RouteError)> {
+        let routes = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, (name, spec, target))| {
+                let matcher = Matcher::compile(&spec).map_err(|e| (index, e))?;
+                Ok(Route {
+                    name,
+                    target,
+                    matcher,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RouteTable { routes })
+    }
+
+    pub fn pick(&self, facts: &impl RequestFacts) -> Option<&Route<T>> {
+        self.routes.iter().find(|r| r.matcher.matches(facts))
+    }
+
+    pub fn routes(&self) -> &[Route<T>] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Facts<'a> {
+        host: Option<&'a str>,
+        path: &'a str,
+        grpc: bool,
+        headers: &'a [(&'a str, &'a str)],
+    }
+
+    impl RequestFacts for Facts<'_> {
+        fn host(&self) -> Option<&str> {
+            self.host
+        }
+        fn path(&self) -> &str {
+            self.path
+        }
+        fn is_grpc(&self) -> bool {
+            self.grpc
+        }
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_bytes())
+        }
+    }
+
+    fn spec(host: Option<&str>, path: Option<&str>, grpc: Option<bool>) -> MatchSpec {
+        MatchSpec {
+            host: host.map(str::to_string),
+            path_prefix: path.map(str::to_string),
+            grpc,
+            header: None,
+        }
+    }
+
+    fn s3_header() -> MatchSpec {
+        MatchSpec {
+            header: Some(HeaderSpec {
+                name: "Authorization".into(),
+                exact: None,
+                prefix: Some("AWS4-HMAC-SHA256".into()),
+            }),
+            ..MatchSpec::default()
+        }
+    }
+
+    /// The Pachyderm 2.x table from DESIGN.md, in its order.
+    fn pachyderm_table() -> RouteTable<&'static str> {
+        RouteTable::compile([
+            (
+                "grpc".to_string(),
+                spec(None, None, Some(true)),
+                "pachd-grpc",
+            ),
+            ("s3".to_string(), s3_header(), "pachd-s3"),
+            ("dex".to_string(), spec(None, Some("/dex"), None), "dex"),
+            (
+                "oidc".to_string(),
+                spec(None, Some("/authorization-code/callback"), None),
+                "oidc",
+            ),
+            (
+                "archive".to_string(),
+                spec(None, Some("/archive/"), None),
+                "pachd-http",
+            ),
+            (
+                "api".to_string(),
+                spec(None, Some("/api/"), None),
+                "pachd-http",
+            ),
+            (
+                "console".to_string(),
+                spec(None, Some("/"), None),
+                "console",
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn pachyderm_preset_routes_first_match_wins() {
+        let table = pachyderm_table();
+        let cases: &[(&str, bool, &[(&str, &str)], &str)] = &[
+            ("/pfs_v2.API/ListRepo", true, &[], "pachd-grpc"),
+            // gRPC wins over any path rule, even one that looks like another route.
+            ("/dex/whatever", true, &[], "pachd-grpc"),
+            (
+                "/bucket/key",
+                false,
+                &[("authorization", "AWS4-HMAC-SHA256 Credential=x")],
+                "pachd-s3",
+            ),
+            ("/dex", false, &[], "dex"),
+            ("/dex/auth", false, &[], "dex"),
+            ("/dexter", false, &[], "console"),
+            ("/authorization-code/callback", false, &[], "oidc"),
+            ("/archive/abc.zip", false, &[], "pachd-http"),
+            ("/archive", false, &[], "pachd-http"),
+            ("/archived", false, &[], "console"),
+            ("/api/v1/x", false, &[], "pachd-http"),
+            ("/", false, &[], "console"),
+            ("/lineage/default", false, &[], "console"),
+        ];
+        for (path, grpc, headers, want) in cases {
+            let facts = Facts {
+                host: Some("pach.example.com"),
+                path,
+                grpc: *grpc,
+                headers,
+            };
+            let got = table.pick(&facts).map(|r| r.target);
+            assert_eq!(got, Some(*want), "path {path} grpc {grpc}");
+        }
+    }
+
+    #[test]
+    fn host_matching_exact_and_wildcard() {
+        let table = RouteTable::compile([
+            (
+                "exact".into(),
+                spec(Some("Console.Example.com"), None, None),
+                1,
+            ),
+            (
+                "wild".into(),
+                spec(Some("*.pach.example.com"), None, None),
+                2,
+            ),
+        ])
+        .unwrap();
+        let cases: &[(Option<&str>, Option<i32>)] = &[
+            (Some("console.example.com"), Some(1)),
+            (Some("CONSOLE.EXAMPLE.COM"), Some(1)),
+            (Some("console.example.com."), Some(1)),
+            (Some("a.pach.example.com"), Some(2)),
+            (Some("a.b.pach.example.com"), Some(2)),
+            (Some("pach.example.com"), None),
+            (Some("xpach.example.com"), None),
+            (Some("other.example.com"), None),
+            (None, None),
+        ];
+        for (host, want) in cases {
+            let facts = Facts {
+                host: *host,
+                path: "/",
+                grpc: false,
+                headers: &[],
+            };
+            assert_eq!(table.pick(&facts).map(|r| r.target), *want, "host {host:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_false_excludes_grpc_and_header_presence() {
+        let table = RouteTable::compile([
+            ("not-grpc".into(), spec(None, None, Some(false)), 1),
+            (
+                "has-header".into(),
+                MatchSpec {
+                    header: Some(HeaderSpec {
+                        name: "x-pach".into(),
+                        ..HeaderSpec::default()
+                    }),
+                    ..MatchSpec::default()
+                },
+                2,
+            ),
+            (
+                "exact".into(),
+                MatchSpec {
+                    header: Some(HeaderSpec {
+                        name: "x-env".into(),
+                        exact: Some("prod".into()),
+                        prefix: None,
+                    }),
+                    ..MatchSpec::default()
+                },
+                3,
+            ),
+        ])
+        .unwrap();
+        let pick = |grpc, headers: &[(&str, &str)]| {
+            table
+                .pick(&Facts {
+                    host: None,
+                    path: "/x",
+                    grpc,
+                    headers,
+                })
+                .map(|r| r.target)
+        };
+        assert_eq!(pick(false, &[]), Some(1));
+        assert_eq!(pick(true, &[("x-pach", "")]), Some(2));
+        assert_eq!(pick(true, &[("x-env", "prod")]), Some(3));
+        assert_eq!(pick(true, &[("x-env", "production")]), None);
+        assert_eq!(pick(true, &[]), None);
+    }
+
+    #[test]
+    fn compile_errors_name_the_route() {
+        let bad: &[(MatchSpec, RouteError)] = &[
+            (spec(Some("*"), None, None), RouteError::BadHost("*".into())),
+            (
+                spec(Some("a.*.com"), None, None),
+                RouteError::BadHost("a.*.com".into()),
+            ),
+            (
+                spec(Some("bad host"), None, None),
+                RouteError::BadHost("bad host".into()),
+            ),
+            (
+                spec(None, Some("dex"), None),
+                RouteError::BadPathPrefix("dex".into()),
+            ),
+            (
+                MatchSpec {
+                    header: Some(HeaderSpec {
+                        name: "bad name".into(),
+                        ..HeaderSpec::default()
+                    }),
+                    ..MatchSpec::default()
+                },
+                RouteError::BadHeaderName("bad name".into()),
+            ),
+            (
+                MatchSpec {
+                    header: Some(HeaderSpec {
+                        name: "x".into(),
+                        exact: Some("a".into()),
+                        prefix: Some("a".into()),
+                    }),
+                    ..MatchSpec::default()
+                },
+                RouteError::HeaderExactAndPrefix,
+            ),
+        ];
+        for (spec, want) in bad {
+            let result = RouteTable::compile([
+                ("ok".to_string(), MatchSpec::default(), ()),
+                ("bad".to_string(), spec.clone(), ()),
+            ]);
+            assert_eq!(result.err(), Some((1, want.clone())), "spec {spec:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        for (value, want) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC", true),
+            ("application/json", false),
+            ("application/grp", false),
+            ("", false),
+        ] {
+            assert_eq!(is_grpc_content_type(value.as_bytes()), want, "{value}");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Stand-in console: an HTTP/1.1 server with a page at `/`, a header mirror at `/headers`
+//! (so tests can see what the proxy forwarded) and a websocket echo on any path that asks
+//! for an upgrade.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+const PAGE: &str = "<!doctype html><title>pachgate demo console</title>\
+<h1>Stand-in console</h1><p>This page came through pachgate. A websocket echo answers on \
+<code>/ws</code>.</p>\n";
+
+/// Serves the stand-in console on `listener` forever.
+pub async fn serve_console(listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(|request| async move { Ok::<_, Infallible>(handle(request)) });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn handle(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let wants_websocket = request
+        .headers()
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if wants_websocket {
+        return accept_websocket(&mut request);
+    }
+    match request.uri().path() {
+        "/headers" => {
+            let mut text = format!("{} {}\n", request.method(), request.uri());
+            for (name, value) in request.headers() {
+                text.push_str(&format!(
+                    "{}: {}\n",
+                    name,
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+            }
+            text_response(StatusCode::OK, "text/plain", text.into())
+        }
+        _ => text_response(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
+    }
+}
+
+fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn accept_websocket(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(key) = request.headers().get(SEC_WEBSOCKET_KEY) else {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "missing Sec-WebSocket-Key\n".into(),
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let (mut sink, mut stream) = socket.split();
+        // Echo data messages; tungstenite answers pings and close frames itself.
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_text() || message.is_binary() {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            } else if message.is_close() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
+}

@@ -1,0 +1,265 @@
+//! Stand-in pachd: a tonic gRPC server over h2c with pachd's version and WhoAmI methods and
+//! an echo service covering unary, server-, client- and bidirectional streaming.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::messages::*;
+
+pub mod version_api {
+    include!(concat!(env!("OUT_DIR"), "/versionpb_v2.API.rs"));
+}
+pub mod auth_api {
+    include!(concat!(env!("OUT_DIR"), "/auth_v2.API.rs"));
+}
+pub mod echo_api {
+    include!(concat!(env!("OUT_DIR"), "/pachgate.standin.Echo.rs"));
+}
+
+/// Biggest message the stand-in accepts or sends; tests push 64 MiB each way.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The stand-in's auth state, matching pachd's WhoAmI semantics.
+#[derive(Debug, Clone)]
+pub struct PachdOptions {
+    /// `false`: WhoAmI answers UNIMPLEMENTED "the auth service is not activated".
+    pub auth_active: bool,
+    /// token → username.
+    pub tokens: HashMap<String, String>,
+}
+
+impl Default for PachdOptions {
+    fn default() -> Self {
+        PachdOptions {
+            auth_active: true,
+            tokens: HashMap::from([("demo-token".to_string(), "robot:demo".to_string())]),
+        }
+    }
+}
+
+/// Serves the stand-in pachd on `listener` until the task is dropped.
+pub async fn serve_pachd(
+    listener: TcpListener,
+    options: PachdOptions,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|tcp| {
+        let tcp = tcp?;
+        tcp.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(tcp)
+    });
+    let options = Arc::new(options);
+    tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
+        .add_service(version_api::a_p_i_server::APIServer::new(VersionService))
+        .add_service(auth_api::a_p_i_server::APIServer::new(AuthService {
+            options: options.clone(),
+        }))
+        .add_service(
+            echo_api::echo_server::EchoServer::new(EchoService)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming(incoming)
+        .await
+}
+
+struct VersionService;
+
+#[tonic::async_trait]
+impl version_api::a_p_i_server::API for VersionService {
+    async fn get_version(&self, _: Request<Empty>) -> Result<Response<Version>, Status> {
+        Ok(Response::new(Version {
+            major: 2,
+            minor: 11,
+            micro: 0,
+            additional: "-pachgate-standin".into(),
+            platform: std::env::consts::ARCH.into(),
+            ..Version::default()
+        }))
+    }
+}
+
+struct AuthService {
+    options: Arc<PachdOptions>,
+}
+
+#[tonic::async_trait]
+impl auth_api::a_p_i_server::API for AuthService {
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        if !self.options.auth_active {
+            return Err(Status::unimplemented("the auth service is not activated"));
+        }
+        let Some(token) = request
+            .metadata()
+            .get("authn-token")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Err(Status::unauthenticated(
+                "no authentication token (try logging in)",
+            ));
+        };
+        let Some(username) = self.options.tokens.get(token) else {
+            return Err(Status::unauthenticated(
+                "provided auth token is corrupted or has expired (try logging in again)",
+            ));
+        };
+        let expires = SystemTime::now() + Duration::from_secs(3600);
+        let seconds = expires
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Ok(Response::new(WhoAmIResponse {
+            username: username.clone(),
+            expiration: Some(Timestamp {
+                seconds: seconds as i64,
+                nanos: 0,
+            }),
+        }))
+    }
+}
+
+struct EchoService;
+
+type EchoStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
+
+/// The status a request asked to end with, carrying details and trailing metadata so tests
+/// can check both survive the proxy.
+fn requested_failure(request: &EchoRequest) -> Option<Status> {
+    if request.fail_code == 0 {
+        return None;
+    }
+    let mut metadata = MetadataMap::new();
+    metadata.insert("x-standin-trailer", "kept".parse().expect("ascii"));
+    Some(Status::with_details_and_metadata(
+        Code::from(request.fail_code),
+        request.fail_message.clone(),
+        Bytes::from_static(b"standin-status-details"),
+        metadata,
+    ))
+}
+
+fn reply_payload(request: &EchoRequest) -> Bytes {
+    if request.response_size > 0 {
+        Bytes::from(vec![b'x'; request.response_size as usize])
+    } else {
+        request.payload.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl echo_api::echo_server::Echo for EchoService {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        let request = request.into_inner();
+        if let Some(status) = requested_failure(&request) {
+            return Err(status);
+        }
+        if request.interval_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(request.interval_ms.into())).await;
+        }
+        Ok(Response::new(EchoResponse {
+            payload: reply_payload(&request),
+            sequence: 0,
+            total_bytes: request.payload.len() as u64,
+        }))
+    }
+
+    type ServerStreamStream = EchoStream;
+
+    async fn server_stream(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<Self::ServerStreamStream>, Status> {
+        let request = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let payload = reply_payload(&request);
+            for sequence in 0..u64::from(request.response_count) {
+                if request.interval_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(request.interval_ms.into())).await;
+                }
+                let message = EchoResponse {
+                    payload: payload.clone(),
+                    sequence,
+                    total_bytes: 0,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            if let Some(status) = requested_failure(&request) {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoResponse>, Status> {
+        let mut inbound = request.into_inner();
+        let mut count = 0u64;
+        let mut total_bytes = 0u64;
+        while let Some(message) = inbound.message().await? {
+            count += 1;
+            total_bytes += message.payload.len() as u64;
+        }
+        Ok(Response::new(EchoResponse {
+            payload: Bytes::new(),
+            sequence: count,
+            total_bytes,
+        }))
+    }
+
+    type BidiStream = EchoStream;
+
+    async fn bidi(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<Self::BidiStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut sequence = 0u64;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        if let Some(status) = requested_failure(&message) {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        let reply = EchoResponse {
+                            payload: reply_payload(&message),
+                            sequence,
+                            total_bytes: 0,
+                        };
+                        sequence += 1;
+                        if tx.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,344 @@
+//! pachgate's TLS material: loads PEM certificate chains and keys, builds the rustls server
+//! configuration (ALPN `h2` + `http/1.1`, TLS 1.2+), and generates and remembers a private CA
+//! plus leaf certificate with rcgen.
+//!
+//! Knows nothing about HTTP or sockets: it hands out `rustls::ServerConfig`s.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+pub use rustls;
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate found (expected `-----BEGIN CERTIFICATE-----` blocks)")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: not a PEM certificate chain: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("{path}: no private key found (expected a PKCS#8, PKCS#1 or SEC1 PEM key): {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("certificate and key do not belong together, or are unusable: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The ALPN protocols pachgate offers, in preference order.
+pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A certificate chain and its private key, parsed from PEM.
+pub struct CertifiedKeyPem {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Reads a PEM chain (leaf first) and a PEM private key in any of PKCS#8, PKCS#1 or SEC1.
+pub fn load_cert_and_key(cert: &Path, key: &Path) -> Result<CertifiedKeyPem, TlsError> {
+    let cert_pem = fs::read(cert).map_err(|source| TlsError::Read {
+        path: cert.to_path_buf(),
+        source,
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: cert.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
+    }
+    let key_pem = fs::read(key).map_err(|source| TlsError::Read {
+        path: key.to_path_buf(),
+        source,
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(CertifiedKeyPem { chain, key })
+}
+
+/// A server configuration for the TLS listener: TLS 1.3 and 1.2 with the ring provider's
+/// AEAD/ECDHE suites only, ALPN `h2` then `http/1.1`, session tickets on.
+pub fn server_config(material: CertifiedKeyPem) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(material.chain, material.key)?;
+    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
+/// Where a generated CA and leaf live. File names are those of a Kubernetes TLS secret.
+#[derive(Debug, Clone)]
+pub struct GeneratedPaths {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl GeneratedPaths {
+    pub fn in_dir(dir: &Path) -> Self {
+        GeneratedPaths {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        }
+    }
+}
+
+/// Name of the file that records which hosts the stored leaf was issued for, so a changed
+/// host list gets a new leaf while the CA (which clients may have pinned) stays.
+const HOSTS_FILE: &str = "hosts.txt";
+
+/// Makes sure `dir` holds a CA and a leaf valid for `hosts`, reusing what is already there.
+///
+/// The CA is generated once and kept, so a client can pin it; the leaf is re-issued only when
+/// the host list changed or a file is missing. Keys are written with mode 0600.
+pub fn ensure_self_signed(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, TlsError> {
+    let paths = GeneratedPaths::in_dir(dir);
+    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let (ca_pem, ca_key) = if paths.ca_cert.exists() && paths.ca_key.exists() {
+        let ca_pem = read_string(&paths.ca_cert)?;
+        let key_pem = read_string(&paths.ca_key)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadKey {
+            path: paths.ca_key.clone(),
+            reason: e.to_string(),
+        })?;
+        (ca_pem, key)
+    } else {
+        let (ca_pem, key) = generate_ca()?;
+        write_file(&paths.ca_key, key.serialize_pem().as_bytes(), true)?;
+        write_file(&paths.ca_cert, ca_pem.as_bytes(), false)?;
+        // A new CA invalidates any leaf signed by an old one.
+        let _ = fs::remove_file(dir.join(HOSTS_FILE));
+        (ca_pem, key)
+    };
+
+    let hosts_record = hosts.join("\n");
+    let recorded = fs::read_to_string(dir.join(HOSTS_FILE)).ok();
+    let leaf_is_current =
+        paths.cert.exists() && paths.key.exists() && recorded.as_deref() == Some(&hosts_record);
+    if !leaf_is_current {
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+        let (leaf_pem, leaf_key) = issue_leaf(hosts, &issuer)?;
+        write_file(&paths.key, leaf_key.serialize_pem().as_bytes(), true)?;
+        write_file(&paths.cert, leaf_pem.as_bytes(), false)?;
+        write_file(&dir.join(HOSTS_FILE), hosts_record.as_bytes(), false)?;
+    }
+    Ok(paths)
+}
+
+/// Generates a fresh CA and leaf into `dir`, replacing what is there.
+pub fn generate_into(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, TlsError> {
+    let paths = GeneratedPaths::in_dir(dir);
+    for path in [&paths.ca_cert, &paths.ca_key, &paths.cert, &paths.key] {
+        let _ = fs::remove_file(path);
+    }
+    ensure_self_signed(dir, hosts)
+}
+
+/// SHA-256 fingerprint of the first certificate in a PEM file, as colon-separated hex.
+pub fn fingerprint_sha256(cert: &Path) -> Result<String, TlsError> {
+    let material = fs::read(cert).map_err(|source| TlsError::Read {
+        path: cert.to_path_buf(),
+        source,
+    })?;
+    let der = CertificateDer::from_pem_slice(&material).map_err(|e| TlsError::BadCertificate {
+        path: cert.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let digest = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .find_map(|suite| {
+            let hash = suite.tls13()?.common.hash_provider;
+            (hash.algorithm() == rustls::crypto::hash::HashAlgorithm::SHA256)
+                .then(|| hash.hash(der.as_ref()))
+        })
+        .expect("ring provides SHA-256");
+    Ok(digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    // Back-date a little so a client whose clock is slightly behind still accepts it.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+fn generate_ca() -> Result<(String, KeyPair), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "pachgate local CA");
+    name.push(DnType::OrganizationName, "pachgate");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 3650);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key))
+}
+
+fn issue_leaf(
+    hosts: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, KeyPair), TlsError> {
+    let key = KeyPair::generate()?;
+    // `CertificateParams::new` turns IP literals into IP SANs and the rest into DNS SANs.
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    let mut name = DistinguishedName::new();
+    name.push(
+        DnType::CommonName,
+        hosts.first().map(String::as_str).unwrap_or("pachgate"),
+    );
+    params.distinguished_name = name;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, 397);
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key))
+}
+
+fn read_string(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(err)?;
+    file.write_all(contents).map_err(err)?;
+    #[cfg(unix)]
+    if private {
+        // `mode` applies only when the file is created; tighten an existing file too.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into()]
+    }
+
+    #[test]
+    fn self_signed_is_reused_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        let ca_before = fs::read(&first.ca_cert).unwrap();
+        let leaf_before = fs::read(&first.cert).unwrap();
+        let second = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        assert_eq!(ca_before, fs::read(&second.ca_cert).unwrap());
+        assert_eq!(leaf_before, fs::read(&second.cert).unwrap());
+        let material = load_cert_and_key(&second.cert, &second.key).unwrap();
+        server_config(material).unwrap();
+    }
+
+    #[test]
+    fn changed_hosts_reissue_leaf_but_keep_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        let ca_before = fs::read(&first.ca_cert).unwrap();
+        let leaf_before = fs::read(&first.cert).unwrap();
+        ensure_self_signed(dir.path(), &["pach.example.com".to_string()]).unwrap();
+        assert_eq!(ca_before, fs::read(&first.ca_cert).unwrap());
+        assert_ne!(leaf_before, fs::read(&first.cert).unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        for key in [&paths.key, &paths.ca_key] {
+            let mode = fs::metadata(key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+    }
+
+    #[test]
+    fn bad_material_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        fs::write(&cert, "not a certificate").unwrap();
+        fs::write(&key, "not a key").unwrap();
+        let err = load_cert_and_key(&cert, &key).err().unwrap().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let missing = load_cert_and_key(&dir.path().join("nope"), &key)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(missing.contains("cannot read"), "{missing}");
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let pa = ensure_self_signed(a.path(), &hosts()).unwrap();
+        let pb = ensure_self_signed(b.path(), &hosts()).unwrap();
+        let material = load_cert_and_key(&pa.cert, &pb.key).unwrap();
+        assert!(server_config(material).is_err());
+    }
+}

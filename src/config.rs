@@ -1,0 +1,849 @@
+//! The configuration file: TOML parsed into typed structs (unknown keys rejected), then
+//! validated as a whole. Every error names `file:line:column`, what is wrong and what is
+//! expected. A valid file becomes the runtime pieces the crates take.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pachgate_proxy_core::{
+    PlainMode, RouteSpec, ServerLimits, Snapshot, UpstreamProtocol, UpstreamSpec,
+};
+use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Lets a plaintext listener on a non-loopback address start (see DESIGN: secure by default).
+    #[serde(default)]
+    pub allow_insecure: bool,
+    pub listen: Spanned<Listen>,
+    pub tls: Option<Spanned<Tls>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<String>, Spanned<Upstream>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<Route>>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub https: Option<Spanned<String>>,
+    pub http: Option<Spanned<String>>,
+    pub http_mode: Option<Spanned<String>>,
+    pub admin: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub self_signed: bool,
+    pub self_signed_dir: Option<Spanned<String>>,
+    pub hosts: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub h2_keepalive_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub matcher: Spanned<Match>,
+    pub upstream: Spanned<String>,
+    pub auth: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub grpc: Option<bool>,
+    pub header: Option<HeaderMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub h2_max_concurrent_streams: Option<Spanned<u32>>,
+    pub max_header_list_size: Option<Spanned<u32>>,
+    pub h2_max_pending_accept_reset_streams: Option<Spanned<u32>>,
+    pub h2_max_local_error_reset_streams: Option<Spanned<u32>>,
+    pub h2_keepalive_interval: Option<Spanned<String>>,
+    pub h2_keepalive_timeout: Option<Spanned<String>>,
+    pub h1_header_read_timeout: Option<Spanned<String>>,
+    pub tls_handshake_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    pub worker_threads: Option<Spanned<usize>>,
+}
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Everything `serve` needs, built from a valid file.
+pub struct RuntimeConfig {
+    pub https: Option<SocketAddr>,
+    pub http: Option<(SocketAddr, PlainMode)>,
+    pub admin: Option<SocketAddr>,
+    pub tls: Option<TlsSource>,
+    pub snapshot: Snapshot,
+    pub limits: ServerLimits,
+    pub worker_threads: Option<usize>,
+    pub route_count: usize,
+    pub upstream_count: usize,
+}
+
+/// Where the listener's certificate comes from, with paths already resolved.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned { dir: PathBuf, hosts: Vec<String> },
+}
+
+impl TlsSource {
+    /// Loads (or generates) the certificate and builds the server config.
+    pub fn server_config(
+        &self,
+    ) -> Result<std::sync::Arc<pachgate_tls::rustls::ServerConfig>, pachgate_tls::TlsError> {
+        let (cert, key) = match self {
+            TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+            TlsSource::SelfSigned { dir, hosts } => {
+                let paths = pachgate_tls::ensure_self_signed(dir, hosts)?;
+                (paths.cert, paths.key)
+            }
+        };
+        pachgate_tls::server_config(pachgate_tls::load_cert_and_key(&cert, &key)?)
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<RuntimeConfig, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the config file: {e}"),
+        }]
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(path, &text, base)
+}
+
+/// Parses and validates config text; relative paths inside resolve against `base`.
+pub fn parse(file: &Path, text: &str, base: &Path) -> Result<RuntimeConfig, Vec<ConfigError>> {
+    let locate = Locator { file, text };
+    let config: FileConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        vec![locate.error(&span, e.message().trim_end().to_string())]
+    })?;
+    Validator {
+        locate,
+        base,
+        errors: Vec::new(),
+    }
+    .validate(config)
+}
+
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: &Range<usize>, message: String) -> ConfigError {
+        let offset = span.start.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+struct Validator<'a> {
+    locate: Locator<'a>,
+    base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+const DEFAULT_SELF_SIGNED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+impl Validator<'_> {
+    fn err(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let error = self.locate.error(span, message.into());
+        self.errors.push(error);
+    }
+
+    fn validate(mut self, config: FileConfig) -> Result<RuntimeConfig, Vec<ConfigError>> {
+        let listen_span = config.listen.span();
+        let listen = config.listen.into_inner();
+        let https = listen
+            .https
+            .as_ref()
+            .and_then(|a| self.address(a, "listen.https"));
+        let admin = listen
+            .admin
+            .as_ref()
+            .and_then(|a| self.address(a, "listen.admin"));
+        let http_addr = listen
+            .http
+            .as_ref()
+            .and_then(|a| self.address(a, "listen.http"));
+        if listen.https.is_none() && listen.http.is_none() {
+            self.err(
+                &listen_span,
+                "[listen] needs `https` (TLS) and/or `http`: nothing would accept connections",
+            );
+        }
+        let http_mode = match &listen.http_mode {
+            None => "redirect",
+            Some(mode) => {
+                match mode.get_ref().as_str() {
+                    "redirect" => "redirect",
+                    "serve" => "serve",
+                    other => {
+                        self.err(
+                        &mode.span(),
+                        format!("http_mode {other:?} is not known: expected \"redirect\" or \"serve\""),
+                    );
+                        "serve"
+                    }
+                }
+            }
+        };
+        let http = match (&listen.http, http_addr) {
+            (Some(spanned), Some(addr)) => {
+                if http_mode == "redirect" {
+                    match https {
+                        Some(https) => Some((
+                            addr,
+                            PlainMode::Redirect {
+                                https_port: https.port(),
+                            },
+                        )),
+                        None => {
+                            self.err(
+                                &spanned.span(),
+                                "listen.http redirects to https (http_mode = \"redirect\", the default), \
+                                 but there is no listen.https: set listen.https or http_mode = \"serve\"",
+                            );
+                            None
+                        }
+                    }
+                } else {
+                    if !addr.ip().is_loopback() && !config.allow_insecure {
+                        self.err(
+                            &spanned.span(),
+                            format!(
+                                "listen.http serves plaintext on non-loopback address {addr}: \
+                                 Pachyderm traffic (tokens included) would cross the network \
+                                 unencrypted. Use listen.https, bind to 127.0.0.1, or set \
+                                 allow_insecure = true if a TLS load balancer sits in front"
+                            ),
+                        );
+                    }
+                    Some((addr, PlainMode::Serve))
+                }
+            }
+            _ => None,
+        };
+
+        let tls = self.tls(config.tls, listen.https.as_ref());
+        let limits = self.limits(&config.limits);
+        let worker_threads = config.runtime.worker_threads.as_ref().and_then(|w| {
+            if *w.get_ref() == 0 {
+                self.err(&w.span(), "runtime.worker_threads must be at least 1");
+                None
+            } else {
+                Some(*w.get_ref())
+            }
+        });
+
+        let upstream_count = config.upstreams.len();
+        let mut upstream_specs = Vec::new();
+        for (name, upstream) in &config.upstreams {
+            if let Some(spec) = self.upstream(name, upstream) {
+                upstream_specs.push(spec);
+            }
+        }
+        let route_specs = self.routes(&config.routes, &config.upstreams);
+
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        let route_count = route_specs.len();
+        let snapshot = Snapshot::build(route_specs, upstream_specs)
+            .map_err(|message| vec![self.locate.error(&(0..0), message)])?;
+        Ok(RuntimeConfig {
+            https,
+            http,
+            admin,
+            tls,
+            snapshot,
+            limits,
+            worker_threads,
+            route_count,
+            upstream_count,
+        })
+    }
+
+    fn address(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.err(
+                    &value.span(),
+                    format!(
+                        "{key} = {:?} is not a socket address: expected IP:port, like \"0.0.0.0:8443\" or \"[::]:8443\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let path = Path::new(value);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn tls(
+        &mut self,
+        tls: Option<Spanned<Tls>>,
+        https: Option<&Spanned<String>>,
+    ) -> Option<TlsSource> {
+        let Some(tls) = tls else {
+            if let Some(https) = https {
+                self.err(
+                    &https.span(),
+                    "listen.https needs a [tls] section: `cert` and `key` files, or `self_signed = true`",
+                );
+            }
+            return None;
+        };
+        let span = tls.span();
+        let tls = tls.into_inner();
+        if tls.self_signed {
+            if tls.cert.is_some() || tls.key.is_some() {
+                self.err(
+                    &span,
+                    "[tls] sets both `self_signed = true` and `cert`/`key`: choose one",
+                );
+                return None;
+            }
+            let dir = tls
+                .self_signed_dir
+                .as_ref()
+                .map(|d| self.path(d.get_ref()))
+                .unwrap_or_else(|| self.path("pachgate-certs"));
+            let hosts = match &tls.hosts {
+                Some(hosts) if hosts.get_ref().is_empty() => {
+                    self.err(&hosts.span(), "tls.hosts is empty: name at least one host");
+                    return None;
+                }
+                Some(hosts) => hosts.get_ref().clone(),
+                None => DEFAULT_SELF_SIGNED_HOSTS
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect(),
+            };
+            return Some(TlsSource::SelfSigned { dir, hosts });
+        }
+        if let Some(hosts) = &tls.hosts {
+            self.err(
+                &hosts.span(),
+                "tls.hosts only applies with self_signed = true (a loaded certificate carries its own names)",
+            );
+        }
+        let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+            self.err(
+                &span,
+                "[tls] needs `cert` and `key` (PEM files), or `self_signed = true`",
+            );
+            return None;
+        };
+        let cert_path = self.path(cert.get_ref());
+        let key_path = self.path(key.get_ref());
+        let mut ok = true;
+        for (value, path, what) in [(cert, &cert_path, "tls.cert"), (key, &key_path, "tls.key")] {
+            if !path.is_file() {
+                self.err(
+                    &value.span(),
+                    format!("{what}: file {} does not exist", path.display()),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        // Load now, so a bad PEM or a key that does not match is reported here, not at serve.
+        if let Err(e) = pachgate_tls::load_cert_and_key(&cert_path, &key_path)
+            .and_then(pachgate_tls::server_config)
+        {
+            self.err(&cert.span(), format!("tls.cert/tls.key: {e}"));
+            return None;
+        }
+        Some(TlsSource::Files {
+            cert: cert_path,
+            key: key_path,
+        })
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, key: &str) -> Option<Duration> {
+        match parse_duration(value.get_ref()) {
+            Some(d) => Some(d),
+            None => {
+                self.err(
+                    &value.span(),
+                    format!(
+                        "{key} = {:?} is not a duration: expected a number with a unit, like \"500ms\", \"5s\", \"2m\" or \"1h\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration that may also be "off".
+    fn optional_duration(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+    ) -> Option<Option<Duration>> {
+        if value.get_ref() == "off" {
+            return Some(None);
+        }
+        self.duration(value, key).map(Some)
+    }
+
+    fn limits(&mut self, limits: &Limits) -> ServerLimits {
+        let mut out = ServerLimits::default();
+        if let Some(v) = &limits.h2_max_concurrent_streams {
+            if *v.get_ref() == 0 {
+                self.err(
+                    &v.span(),
+                    "limits.h2_max_concurrent_streams must be at least 1",
+                );
+            }
+            out.h2_max_concurrent_streams = *v.get_ref();
+        }
+        if let Some(v) = &limits.max_header_list_size {
+            if *v.get_ref() < 4096 {
+                self.err(
+                    &v.span(),
+                    "limits.max_header_list_size must be at least 4096 bytes",
+                );
+            }
+            out.max_header_list_size = *v.get_ref();
+        }
+        if let Some(v) = &limits.h2_max_pending_accept_reset_streams {
+            out.h2_max_pending_accept_reset_streams = *v.get_ref() as usize;
+        }
+        if let Some(v) = &limits.h2_max_local_error_reset_streams {
+            out.h2_max_local_error_reset_streams = *v.get_ref() as usize;
+        }
+        if let Some(v) = &limits.h2_keepalive_interval {
+            if let Some(d) = self.optional_duration(v, "limits.h2_keepalive_interval") {
+                out.h2_keepalive_interval = d;
+            }
+        }
+        if let Some(v) = &limits.h2_keepalive_timeout {
+            if let Some(d) = self.duration(v, "limits.h2_keepalive_timeout") {
+                out.h2_keepalive_timeout = d;
+            }
+        }
+        if let Some(v) = &limits.h1_header_read_timeout {
+            if let Some(d) = self.duration(v, "limits.h1_header_read_timeout") {
+                out.h1_header_read_timeout = d;
+            }
+        }
+        if let Some(v) = &limits.tls_handshake_timeout {
+            if let Some(d) = self.duration(v, "limits.tls_handshake_timeout") {
+                out.tls_handshake_timeout = d;
+            }
+        }
+        out
+    }
+
+    fn upstream(
+        &mut self,
+        name: &Spanned<String>,
+        upstream: &Spanned<Upstream>,
+    ) -> Option<UpstreamSpec> {
+        let before = self.errors.len();
+        if !valid_name(name.get_ref()) {
+            self.err(
+                &name.span(),
+                format!(
+                    "upstream name {:?}: expected letters, digits, `-` or `_`",
+                    name.get_ref()
+                ),
+            );
+        }
+        let u = upstream.get_ref();
+        if u.endpoints.get_ref().is_empty() {
+            self.err(
+                &u.endpoints.span(),
+                format!(
+                    "upstreams.{}.endpoints is empty: list at least one \"host:port\"",
+                    name.get_ref()
+                ),
+            );
+        }
+        for endpoint in u.endpoints.get_ref() {
+            let text = endpoint.get_ref();
+            let valid = match text.rsplit_once(':') {
+                Some((host, port)) => {
+                    !host.is_empty()
+                        && port.parse::<u16>().is_ok_and(|p| p != 0)
+                        && text.parse::<http::uri::Authority>().is_ok()
+                }
+                None => false,
+            };
+            if !valid {
+                self.err(
+                    &endpoint.span(),
+                    format!(
+                        "endpoint {text:?} is not host:port: expected e.g. \"pachd:1650\" or \"127.0.0.1:1650\""
+                    ),
+                );
+            }
+        }
+        let protocol = match &u.protocol {
+            None => UpstreamProtocol::H2c,
+            Some(p) => match p.get_ref().as_str() {
+                "h2c" => UpstreamProtocol::H2c,
+                "http1" => UpstreamProtocol::Http1,
+                "h2" | "http1-tls" => {
+                    self.err(
+                        &p.span(),
+                        format!(
+                            "protocol {:?} (TLS to the upstream) is not supported by this version yet: use \"h2c\" or \"http1\"",
+                            p.get_ref()
+                        ),
+                    );
+                    UpstreamProtocol::H2c
+                }
+                other => {
+                    self.err(
+                        &p.span(),
+                        format!("protocol {other:?} is not known: expected \"h2c\" or \"http1\""),
+                    );
+                    UpstreamProtocol::H2c
+                }
+            },
+        };
+        let connect_timeout = u
+            .connect_timeout
+            .as_ref()
+            .and_then(|v| self.duration(v, "connect_timeout"))
+            .unwrap_or(Duration::from_secs(5));
+        let response_timeout = u
+            .response_timeout
+            .as_ref()
+            .and_then(|v| self.optional_duration(v, "response_timeout"))
+            .unwrap_or(None);
+        let h2_keepalive_interval = u
+            .h2_keepalive_interval
+            .as_ref()
+            .and_then(|v| self.optional_duration(v, "h2_keepalive_interval"))
+            .unwrap_or(Some(Duration::from_secs(30)));
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(UpstreamSpec {
+            name: name.get_ref().clone(),
+            endpoints: u
+                .endpoints
+                .get_ref()
+                .iter()
+                .map(|e| e.get_ref().clone())
+                .collect(),
+            protocol,
+            connect_timeout,
+            response_timeout,
+            h2_keepalive_interval,
+        })
+    }
+
+    fn routes(
+        &mut self,
+        routes: &[Spanned<Route>],
+        upstreams: &BTreeMap<Spanned<String>, Spanned<Upstream>>,
+    ) -> Vec<RouteSpec> {
+        let known: HashSet<&str> = upstreams.keys().map(|k| k.get_ref().as_str()).collect();
+        let mut seen = HashSet::new();
+        let mut specs = Vec::new();
+        for route in routes {
+            let route = route.get_ref();
+            let name = route.name.get_ref();
+            if name.is_empty() {
+                self.err(&route.name.span(), "route name is empty");
+            } else if !seen.insert(name.clone()) {
+                self.err(
+                    &route.name.span(),
+                    format!("route name {name:?} is used twice: route names must be unique"),
+                );
+            }
+            let upstream = route.upstream.get_ref();
+            if !known.contains(upstream.as_str()) {
+                let mut names: Vec<&str> = known.iter().copied().collect();
+                names.sort();
+                self.err(
+                    &route.upstream.span(),
+                    format!(
+                        "route {name:?}: upstream {upstream:?} is not defined: expected one of [{}]",
+                        names.join(", ")
+                    ),
+                );
+            }
+            if let Some(auth) = &route.auth {
+                match auth.get_ref().as_str() {
+                    "none" => {}
+                    "pachyderm" | "token" => self.err(
+                        &auth.span(),
+                        format!(
+                            "auth = {:?} is not available in this version yet; refusing to start \
+                             rather than forward without the check. Use auth = \"none\" only \
+                             behind another gate",
+                            auth.get_ref()
+                        ),
+                    ),
+                    other => self.err(
+                        &auth.span(),
+                        format!(
+                            "auth {other:?} is not known: expected \"none\", \"pachyderm\" or \"token\""
+                        ),
+                    ),
+                }
+            }
+            let m = route.matcher.get_ref();
+            let spec = MatchSpec {
+                host: m.host.clone(),
+                path_prefix: m.path_prefix.clone(),
+                grpc: m.grpc,
+                header: m.header.as_ref().map(|h| HeaderSpec {
+                    name: h.name.clone(),
+                    exact: h.exact.clone(),
+                    prefix: h.prefix.clone(),
+                }),
+            };
+            // Compile alone so the error points at this route's match table.
+            if let Err((_, e)) = RouteTable::compile([(name.clone(), spec.clone(), ())]) {
+                self.err(&route.matcher.span(), format!("route {name:?}: {e}"));
+            }
+            specs.push(RouteSpec {
+                name: name.clone(),
+                matcher: spec,
+                upstream: upstream.clone(),
+            });
+        }
+        specs
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `"500ms"`, `"5s"`, `"2m"`, `"1h"` → Duration.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(Path::new("t.toml"), text, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const VALID: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+http_mode = "serve"
+
+[upstreams.pachd]
+endpoints = ["127.0.0.1:1650"]
+protocol = "h2c"
+
+[[routes]]
+name = "grpc"
+match = { grpc = true }
+upstream = "pachd"
+"#;
+
+    #[test]
+    fn valid_config_parses() {
+        let config = parse(Path::new("t.toml"), VALID, Path::new(".")).unwrap();
+        assert_eq!(config.route_count, 1);
+        assert_eq!(config.upstream_count, 1);
+    }
+
+    #[test]
+    fn bad_configs_are_located() {
+        // (config text, expected "line:column", a phrase from the message)
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[listen]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"serve\"\nbogus = 1\n",
+                "t.toml:4:1",
+                "unknown field `bogus`",
+            ),
+            (
+                "[listen]\nhttp = \"localhost\"\nhttp_mode = \"serve\"\n",
+                "t.toml:2:8",
+                "not a socket address",
+            ),
+            (
+                &VALID.replace("upstream = \"pachd\"", "upstream = \"nope\""),
+                "t.toml:13:12",
+                "upstream \"nope\" is not defined",
+            ),
+            (
+                &format!(
+                    "{VALID}\n[[routes]]\nname = \"grpc\"\nmatch = {{}}\nupstream = \"pachd\"\n"
+                ),
+                "t.toml:16:8",
+                "used twice",
+            ),
+            (
+                &VALID.replace("\"h2c\"", "\"spdy\""),
+                "t.toml:8:12",
+                "protocol \"spdy\" is not known",
+            ),
+            (
+                &VALID.replace("[\"127.0.0.1:1650\"]", "[\"pachd\"]"),
+                "t.toml:7:14",
+                "not host:port",
+            ),
+            (
+                &VALID.replace("{ grpc = true }", "{ path_prefix = \"dex\" }"),
+                "t.toml:12:9",
+                "must start with `/`",
+            ),
+            (
+                "[listen]\nhttps = \"127.0.0.1:8443\"\n",
+                "t.toml:2:9",
+                "needs a [tls] section",
+            ),
+            (
+                "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert = \"missing.crt\"\nkey = \"missing.key\"\n",
+                "t.toml:4:8",
+                "does not exist",
+            ),
+            (
+                "[listen]\nhttp = \"0.0.0.0:8080\"\nhttp_mode = \"serve\"\n",
+                "t.toml:2:8",
+                "non-loopback",
+            ),
+            (
+                &VALID.replace("protocol = \"h2c\"", "protocol = \"h2c\"\nresponse_timeout = \"soon\""),
+                "t.toml:9:20",
+                "not a duration",
+            ),
+            ("[listen\n", "t.toml:1:8", "expected"),
+        ];
+        for (text, location, phrase) in cases {
+            let found = errors(text);
+            assert!(
+                found
+                    .iter()
+                    .any(|e| e.starts_with(location) && e.contains(phrase)),
+                "want {location} … {phrase}; got {found:#?}\nconfig:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5 days"), None);
+    }
+}
