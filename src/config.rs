@@ -102,6 +102,8 @@ pub struct Limits {
     pub h2_keepalive_timeout: Option<Spanned<String>>,
     pub h1_header_read_timeout: Option<Spanned<String>>,
     pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub h2_stream_window: Option<Spanned<u32>>,
+    pub h2_connection_window: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -500,6 +502,27 @@ impl Validator<'_> {
                 );
             }
             out.max_header_list_size = *v.get_ref();
+        }
+        for (value, key, slot) in [
+            (
+                &limits.h2_stream_window,
+                "limits.h2_stream_window",
+                &mut out.h2_stream_window,
+            ),
+            (
+                &limits.h2_connection_window,
+                "limits.h2_connection_window",
+                &mut out.h2_connection_window,
+            ),
+        ] {
+            if let Some(v) = value {
+                // RFC 9113 §6.9.1: windows are between 65,535 and 2^31-1 octets.
+                if *v.get_ref() < 65_535 || *v.get_ref() > 0x7fff_ffff {
+                    let message = format!("{key} must be between 65535 and 2147483647 bytes");
+                    self.err(&v.span(), message);
+                }
+                *slot = *v.get_ref();
+            }
         }
         if let Some(v) = &limits.h2_max_pending_accept_reset_streams {
             out.h2_max_pending_accept_reset_streams = *v.get_ref() as usize;

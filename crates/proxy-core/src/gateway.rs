@@ -45,6 +45,13 @@ pub struct ServerLimits {
     pub h1_header_read_timeout: Duration,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// h2 flow-control window per stream, in bytes.
+    pub h2_stream_window: u32,
+    /// h2 flow-control window per connection, in bytes. h2 also sizes its flood guard on
+    /// small DATA frames from this (half of it): a 64 KiB window lets ~130 small frames be
+    /// buffered before the connection is closed with ENHANCE_YOUR_CALM, which legitimate
+    /// gRPC streams of small messages hit as soon as the upstream is a little slower.
+    pub h2_connection_window: u32,
 }
 
 impl Default for ServerLimits {
@@ -58,6 +65,8 @@ impl Default for ServerLimits {
             h2_keepalive_timeout: Duration::from_secs(20),
             h1_header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
+            h2_stream_window: 2 * 1024 * 1024,
+            h2_connection_window: 8 * 1024 * 1024,
         }
     }
 }
@@ -364,7 +373,8 @@ fn server_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .keep_alive_interval(limits.h2_keepalive_interval)
         .keep_alive_timeout(limits.h2_keepalive_timeout)
-        .adaptive_window(true)
+        .initial_stream_window_size(limits.h2_stream_window)
+        .initial_connection_window_size(limits.h2_connection_window)
         .enable_connect_protocol();
     builder
 }

@@ -20,6 +20,9 @@ use tokio::net::TcpStream;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
+const UPSTREAM_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
     /// HTTP/2 with prior knowledge over plain TCP (pachd's gRPC port).
@@ -198,7 +201,11 @@ impl Upstream {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            // Fixed windows rather than adaptive ones: h2 sizes its small-DATA-frame flood guard
+            // from the connection window, and the adaptive 64 KiB start trips it on streams of
+            // small gRPC messages (see ServerLimits::h2_connection_window).
+            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
             .max_frame_size(256 * 1024)
             .keep_alive_interval(self.spec.h2_keepalive_interval)
             .keep_alive_timeout(Duration::from_secs(20))

@@ -96,13 +96,10 @@ fn accept_websocket(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         let (mut sink, mut stream) = socket.split();
-        // Echo data messages; tungstenite answers pings and close frames itself.
+        // Echo data messages. tungstenite answers pings and close frames itself; reading on
+        // after a Close is what flushes its reply, so the loop ends only when the stream does.
         while let Some(Ok(message)) = stream.next().await {
-            if message.is_text() || message.is_binary() {
-                if sink.send(message).await.is_err() {
-                    break;
-                }
-            } else if message.is_close() {
+            if (message.is_text() || message.is_binary()) && sink.send(message).await.is_err() {
                 break;
             }
         }

@@ -60,7 +60,10 @@ pub async fn serve_pachd(
     });
     let options = Arc::new(options);
     tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(true))
+        // Large fixed windows: like pachd (Go), the stand-in must not be the bottleneck, and
+        // h2's small-DATA-frame guard scales with the connection window.
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
         .add_service(version_api::a_p_i_server::APIServer::new(VersionService))
         .add_service(auth_api::a_p_i_server::APIServer::new(AuthService {
             options: options.clone(),

@@ -1,0 +1,287 @@
+"""gRPC checks through pachgate with the official Python gRPC implementation (grpcio).
+
+Each check talks to the stand-in pachd's echo service (pachgate.standin.Echo) through
+pachgate over TLS and exits non-zero with a message when behaviour is wrong.
+Messages are encoded by hand (field numbers as in crates/standins/src/messages.rs) so no
+generated code or protoc is needed.
+
+usage: grpc_checks.py --target localhost:PORT --ca CA_FILE CHECK
+"""
+
+import argparse
+import sys
+import time
+
+import grpc
+
+ECHO = "/pachgate.standin.Echo/"
+MAX = 256 * 1024 * 1024
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def field_varint(tag, n):
+    return varint(tag << 3) + varint(n) if n else b""
+
+
+def field_bytes(tag, data):
+    return varint(tag << 3 | 2) + varint(len(data)) + data if data else b""
+
+
+def echo_request(payload=b"", count=0, size=0, interval_ms=0, fail_code=0, fail_message=""):
+    return (
+        field_bytes(1, payload)
+        + field_varint(2, count)
+        + field_varint(3, size)
+        + field_varint(4, interval_ms)
+        + field_varint(5, fail_code)
+        + field_bytes(6, fail_message.encode())
+    )
+
+
+def read_varint(data, i):
+    shift = result = 0
+    while True:
+        b = data[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, i
+
+
+def echo_response(data):
+    """-> dict(payload=bytes, sequence=int, total_bytes=int)"""
+    out = {"payload": b"", "sequence": 0, "total_bytes": 0}
+    i = 0
+    while i < len(data):
+        key, i = read_varint(data, i)
+        tag, wire = key >> 3, key & 7
+        if wire == 2:
+            n, i = read_varint(data, i)
+            value = data[i : i + n]
+            i += n
+        elif wire == 0:
+            value, i = read_varint(data, i)
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+        name = {1: "payload", 2: "sequence", 3: "total_bytes"}.get(tag)
+        if name:
+            out[name] = value
+    return out
+
+
+def ident(x):
+    return x
+
+
+def channel(args):
+    creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
+    return grpc.secure_channel(
+        args.target,
+        creds,
+        options=[
+            ("grpc.max_send_message_length", MAX),
+            ("grpc.max_receive_message_length", MAX),
+        ],
+    )
+
+
+def method(ch, kind, name):
+    factory = {
+        "unary": ch.unary_unary,
+        "server": ch.unary_stream,
+        "client": ch.stream_unary,
+        "bidi": ch.stream_stream,
+    }[kind]
+    return factory(ECHO + name, request_serializer=ident, response_deserializer=ident)
+
+
+def expect(condition, message):
+    if not condition:
+        print("FAIL: " + message, file=sys.stderr)
+        sys.exit(1)
+
+
+def check_large(args):
+    """A 64 MiB message up and a 64 MiB message down, byte for byte."""
+    size = 64 * 1024 * 1024
+    payload = bytes(range(256)) * (size // 256)
+    with channel(args) as ch:
+        reply = echo_response(method(ch, "unary", "Unary")(echo_request(payload), timeout=120))
+    expect(reply["total_bytes"] == size, f"server saw {reply['total_bytes']} bytes, sent {size}")
+    expect(reply["payload"] == payload, "64 MiB echo came back different")
+
+
+def check_bidi_100k(args):
+    """100,000 messages on one bidirectional stream, each answered in order."""
+    n = 100_000
+    requests = (echo_request(i.to_bytes(4, "big")) for i in range(n))
+    seen = 0
+    with channel(args) as ch:
+        for raw in method(ch, "bidi", "Bidi")(requests, timeout=300):
+            reply = echo_response(raw)
+            expect(reply["sequence"] == seen, f"reply {seen} has sequence {reply['sequence']}")
+            expect(reply["payload"] == seen.to_bytes(4, "big"), f"reply {seen} payload differs")
+            seen += 1
+    expect(seen == n, f"got {seen} replies for {n} messages")
+
+
+def check_client_stream(args):
+    """Client streaming: the upstream sees every message and byte."""
+    with channel(args) as ch:
+        reply = echo_response(
+            method(ch, "client", "ClientStream")(
+                (echo_request(b"x" * 1000) for _ in range(500)), timeout=60
+            )
+        )
+    expect(reply["sequence"] == 500, f"upstream counted {reply['sequence']} messages, want 500")
+    expect(reply["total_bytes"] == 500_000, f"upstream counted {reply['total_bytes']} bytes")
+
+
+def check_deadline(args):
+    """A deadline that expires mid-stream ends the call with DEADLINE_EXCEEDED after the
+    messages sent before it, instead of hanging or being cut earlier."""
+    received = 0
+    code = None
+    start = time.monotonic()
+    with channel(args) as ch:
+        try:
+            for _ in method(ch, "server", "ServerStream")(
+                echo_request(b"tick", count=1000, interval_ms=100), timeout=1.5
+            ):
+                received += 1
+        except grpc.RpcError as e:
+            code = e.code()
+    elapsed = time.monotonic() - start
+    expect(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"status {code}, want DEADLINE_EXCEEDED")
+    expect(received >= 3, f"only {received} messages before the deadline")
+    expect(received < 1000, "the stream was not cut by the deadline")
+    expect(elapsed < 30, f"the call took {elapsed:.1f}s to end")
+
+
+def check_trailers(args):
+    """Trailers after data, and trailers-only errors: status, message, details (binary
+    metadata) and custom trailing metadata arrive intact."""
+    with channel(args) as ch:
+        call = method(ch, "server", "ServerStream")(
+            echo_request(b"m", count=3, fail_code=9, fail_message="after three messages: ü"),
+            timeout=30,
+        )
+        received = 0
+        try:
+            for _ in call:
+                received += 1
+            expect(False, "stream ended without the requested error")
+        except grpc.RpcError as e:
+            expect(received == 3, f"{received} messages before the status, want 3")
+            expect(e.code() == grpc.StatusCode.FAILED_PRECONDITION, f"code {e.code()}")
+            expect(e.details() == "after three messages: ü", f"details {e.details()!r}")
+            trailers = dict(e.trailing_metadata())
+            expect(trailers.get("x-standin-trailer") == "kept", f"trailers {trailers}")
+            expect(
+                trailers.get("grpc-status-details-bin") == b"standin-status-details",
+                f"status details {trailers.get('grpc-status-details-bin')!r}",
+            )
+        # Trailers-only: the error comes in the only HEADERS frame.
+        try:
+            method(ch, "unary", "Unary")(
+                echo_request(fail_code=5, fail_message="no such repo"), timeout=30
+            )
+            expect(False, "unary call did not fail")
+        except grpc.RpcError as e:
+            expect(e.code() == grpc.StatusCode.NOT_FOUND, f"code {e.code()}")
+            expect(e.details() == "no such repo", f"details {e.details()!r}")
+            trailers = dict(e.trailing_metadata())
+            expect(trailers.get("x-standin-trailer") == "kept", f"trailers {trailers}")
+
+
+def check_pachd_methods(args):
+    """pachd's own paths route to the stand-in: GetVersion and WhoAmI semantics."""
+    with channel(args) as ch:
+        version = ch.unary_unary(
+            "/versionpb_v2.API/GetVersion", request_serializer=ident, response_deserializer=ident
+        )(b"", timeout=30)
+        expect(version[:2] == b"\x08\x02", f"version reply {version!r} does not say major 2")
+        whoami = ch.unary_unary(
+            "/auth_v2.API/WhoAmI", request_serializer=ident, response_deserializer=ident
+        )
+        reply = whoami(b"", metadata=[("authn-token", "demo-token")], timeout=30)
+        expect(b"robot:demo" in reply, f"WhoAmI reply {reply!r}")
+        try:
+            whoami(b"", timeout=30)
+            expect(False, "WhoAmI without a token succeeded")
+        except grpc.RpcError as e:
+            expect(e.code() == grpc.StatusCode.UNAUTHENTICATED, f"code {e.code()}")
+            expect("no authentication token" in e.details(), f"details {e.details()!r}")
+
+
+def check_unavailable(args):
+    """The upstream is down: the caller gets UNAVAILABLE from pachgate, well before its own
+    generous deadline (a hang would show up as DEADLINE_EXCEEDED)."""
+    with channel(args) as ch:
+        try:
+            method(ch, "unary", "Unary")(echo_request(b"x"), timeout=20)
+            expect(False, "call to a down upstream succeeded")
+        except grpc.RpcError as e:
+            expect(e.code() == grpc.StatusCode.UNAVAILABLE, f"code {e.code()}, want UNAVAILABLE")
+            expect("pachgate" in e.details(), f"details {e.details()!r} do not name pachgate")
+
+
+def check_unrouted(args):
+    """No route for gRPC: UNIMPLEMENTED, not an HTML page."""
+    with channel(args) as ch:
+        try:
+            method(ch, "unary", "Unary")(echo_request(b"x"), timeout=20)
+            expect(False, "unrouted call succeeded")
+        except grpc.RpcError as e:
+            expect(e.code() == grpc.StatusCode.UNIMPLEMENTED, f"code {e.code()}")
+
+
+def check_upstream_timeout(args):
+    """The upstream answers slower than the upstream's response_timeout: DEADLINE_EXCEEDED
+    from pachgate (status 4), while the client's own deadline is far away."""
+    with channel(args) as ch:
+        try:
+            method(ch, "unary", "Unary")(echo_request(b"x", interval_ms=5000), timeout=60)
+            expect(False, "slow call succeeded")
+        except grpc.RpcError as e:
+            expect(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"code {e.code()}")
+            expect("pachgate" in (e.details() or ""), f"details {e.details()!r}")
+
+
+CHECKS = {
+    "large": check_large,
+    "bidi-100k": check_bidi_100k,
+    "client-stream": check_client_stream,
+    "deadline": check_deadline,
+    "trailers": check_trailers,
+    "pachd-methods": check_pachd_methods,
+    "unavailable": check_unavailable,
+    "unrouted": check_unrouted,
+    "upstream-timeout": check_upstream_timeout,
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("check", choices=sorted(CHECKS))
+    args = parser.parse_args()
+    CHECKS[args.check](args)
+    print(f"ok: {args.check}")
+
+
+if __name__ == "__main__":
+    main()

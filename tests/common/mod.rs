@@ -1,0 +1,214 @@
+//! Shared plumbing for the end-to-end tests: start the `pachgate` binary and the stand-ins as
+//! real processes on loopback, learn their ports from their "listening on" lines, and run
+//! the external clients (Python grpcio / websockets, Ruby's gRPC interop client, curl).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pachgate");
+
+/// A child process that is killed when the test ends, pass or fail.
+pub struct Running {
+    child: Child,
+    pub addresses: Vec<(String, SocketAddr)>,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    pub fn address(&self, what: &str) -> SocketAddr {
+        self.addresses
+            .iter()
+            .find(|(name, _)| name == what)
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("no {what} listener in {:?}", self.addresses))
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        let mut text = String::new();
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` and waits until it printed `expected` "… listening on ADDR" lines.
+pub fn start(mut command: Command, expected: usize) -> Running {
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = command.spawn().expect("spawn");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[child] {line}");
+            let _ = err_tx.send(line);
+        }
+    });
+    let mut addresses = Vec::new();
+    while addresses.len() < expected {
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let mut text = String::new();
+                while let Ok(l) = err_rx.try_recv() {
+                    text.push_str(&l);
+                    text.push('\n');
+                }
+                panic!("process did not report its listeners; stderr:\n{text}");
+            }
+        };
+        // "pachgate: https listening on 127.0.0.1:1234"
+        if let Some((head, addr)) = line.split_once(" listening on ") {
+            let name = head.trim_start_matches("pachgate: ").to_string();
+            addresses.push((name, addr.trim().parse().expect("address")));
+        }
+    }
+    Running {
+        child,
+        addresses,
+        stderr_lines: err_rx,
+    }
+}
+
+/// The stand-in pachd (h2c gRPC) and console (HTTP/1.1 + websocket).
+pub fn standins() -> Running {
+    let mut command = Command::new(BIN);
+    command.arg("standins");
+    start(command, 2)
+}
+
+pub struct Proxy {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub fn https(&self) -> SocketAddr {
+        self.running.address("https")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("certs/ca.crt")
+    }
+    /// `localhost:PORT`, the name the generated certificate carries.
+    pub fn target(&self) -> String {
+        format!("localhost:{}", self.https().port())
+    }
+}
+
+/// Starts pachgate with a self-signed certificate and the given upstreams/routes TOML
+/// appended to a TLS listener section. `extra_listen` adds keys to `[listen]`.
+pub fn pachgate(body: &str, extra_listen: &str) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[listen]\nhttps = \"127.0.0.1:0\"\n{extra_listen}\n\n[tls]\nself_signed = true\nself_signed_dir = \"certs\"\nhosts = [\"localhost\", \"127.0.0.1\"]\n\n{body}"
+    );
+    let path = dir.path().join("pachgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--config"]).arg(&path);
+    command.env("PACHGATE_WORKER_THREADS", "2");
+    if let Ok(level) = std::env::var("PACHGATE_TEST_LOG") {
+        command.env("PACHGATE_LOG", level);
+    }
+    let expected = 1 + extra_listen.matches("127.0.0.1:0").count();
+    let running = start(command, expected);
+    Proxy { running, dir }
+}
+
+/// Upstreams and routes for the stand-ins: gRPC to pachd, everything else to console.
+pub fn standin_routes(standins: &Running, upstream_extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.pachd]
+endpoints = ["{pachd}"]
+protocol = "h2c"
+{upstream_extra}
+
+[upstreams.console]
+endpoints = ["{console}"]
+protocol = "http1"
+{upstream_extra}
+
+[[routes]]
+name = "pachd-grpc"
+match = {{ grpc = true }}
+upstream = "pachd"
+
+[[routes]]
+name = "console"
+match = {{ path_prefix = "/" }}
+upstream = "console"
+"#,
+        pachd = standins.address("standin-pachd"),
+        console = standins.address("standin-console"),
+    )
+}
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Runs a Python client script from tests/clients; returns its output, panicking with both
+/// streams if it failed.
+pub fn python(script: &str, args: &[&str]) -> Output {
+    let output = Command::new("python3")
+        .arg(repo_path(&format!("tests/clients/{script}")))
+        .args(args)
+        .output()
+        .expect("python3 must be installed (the README's test command installs it)");
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A loopback port that was free a moment ago, for peers that cannot report their own.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on {addr}");
+}
