@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pachgate_proxy_core::Gateway;
+use pachgate_proxy_core::{Gateway, PlainMode};
 use tokio::net::TcpListener;
 
 use crate::config::RuntimeConfig;
@@ -192,7 +192,11 @@ pub async fn serve(
         https_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
         tokio::spawn(gateway.clone().serve_tls(listener, tls));
     }
-    if let Some((addr, mode)) = runtime.http {
+    if let Some((addr, mut mode)) = runtime.http {
+        if let (PlainMode::Redirect { https_port }, Some(bound)) = (&mut mode, https_addr) {
+            // With `https = "…:0"` the real port is only known now.
+            *https_port = bound.port();
+        }
         let listener = bind(addr, "http").await?;
         tokio::spawn(gateway.clone().serve_plain(listener, mode));
     }

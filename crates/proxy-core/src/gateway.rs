@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::framing_guard::{FramingGuard, FramingVerdicts};
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
 
@@ -125,15 +126,18 @@ struct ConnInfo {
     peer: SocketAddr,
     client_ip: HeaderValue,
     proto: HeaderValue,
+    /// Set when the connection may carry HTTP/1 (see `framing_guard`).
+    framing: Option<Arc<FramingVerdicts>>,
 }
 
 impl ConnInfo {
-    fn new(peer: SocketAddr, tls: bool) -> Arc<Self> {
+    fn new(peer: SocketAddr, tls: bool, framing: Option<Arc<FramingVerdicts>>) -> Arc<Self> {
         Arc::new(ConnInfo {
             peer,
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            framing,
         })
     }
 }
@@ -168,6 +172,17 @@ impl Gateway {
 
     /// One request's journey: route → (websocket tunnel | forward) → response.
     async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+        if request.version() <= Version::HTTP_11 {
+            if let Some(framing) = &conn.framing {
+                if framing.next_request_is_ambiguous() {
+                    tracing::warn!(client = %conn.peer, "refused a request with both Content-Length and Transfer-Encoding");
+                    return ProxyError::BadRequest(
+                        "ambiguous message framing: both Content-Length and Transfer-Encoding\n",
+                    )
+                    .into_response(false);
+                }
+            }
+        }
         let grpc = request
             .headers()
             .get(CONTENT_TYPE)
@@ -220,13 +235,19 @@ impl Gateway {
                     }
                 };
                 let builder = match stream.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => &gateway.h2_only,
+                    Some(b"h2") => {
+                        let conn = ConnInfo::new(peer, true, None);
+                        return gateway
+                            .serve_connection(&gateway.h2_only, stream, conn)
+                            .await;
+                    }
                     Some(b"http/1.1") => &gateway.h1_only,
                     _ => &gateway.auto,
                 };
-                gateway
-                    .serve_connection(builder, stream, ConnInfo::new(peer, true))
-                    .await;
+                let verdicts = Arc::new(FramingVerdicts::default());
+                let conn = ConnInfo::new(peer, true, Some(verdicts.clone()));
+                let guarded = FramingGuard::new(stream, verdicts);
+                gateway.serve_connection(builder, guarded, conn).await;
             });
         }
     }
@@ -241,9 +262,10 @@ impl Gateway {
             tokio::spawn(async move {
                 match mode {
                     PlainMode::Serve => {
-                        gateway
-                            .serve_connection(&gateway.auto, tcp, ConnInfo::new(peer, false))
-                            .await
+                        let verdicts = Arc::new(FramingVerdicts::default());
+                        let conn = ConnInfo::new(peer, false, Some(verdicts.clone()));
+                        let guarded = FramingGuard::new(tcp, verdicts);
+                        gateway.serve_connection(&gateway.auto, guarded, conn).await
                     }
                     PlainMode::Redirect { https_port } => {
                         let service = service_fn(move |request: Request<Incoming>| async move {

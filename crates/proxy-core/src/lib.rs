@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod error;
+pub mod framing_guard;
 pub mod gateway;
 pub mod headers;
 pub mod upstream;

@@ -1,0 +1,126 @@
+//! The official gRPC interop suite through pachgate: Debian's ruby-grpc ships the interop
+//! server and client (src/ruby/pb/test). The server runs h2c behind pachgate; the client
+//! speaks TLS to pachgate and trusts pachgate's generated CA.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const CASES: [&str; 13] = [
+    "empty_unary",
+    "large_unary",
+    "client_streaming",
+    "server_streaming",
+    "ping_pong",
+    "empty_stream",
+    "timeout_on_sleeping_server",
+    "cancel_after_begin",
+    "cancel_after_first_response",
+    "status_code_and_message",
+    "custom_metadata",
+    "unimplemented_method",
+    "unimplemented_service",
+];
+
+/// Where ruby-grpc put its interop programs (the gem directory's version varies).
+fn interop_dir() -> PathBuf {
+    let output = Command::new("ruby")
+        .args([
+            "-e",
+            "print Gem::Specification.find_by_name('grpc').gem_dir",
+        ])
+        .output()
+        .expect("ruby must be installed (the README's test command installs ruby-grpc)");
+    assert!(
+        output.status.success(),
+        "the grpc gem is missing: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dir = PathBuf::from(String::from_utf8(output.stdout).unwrap()).join("src/ruby/pb/test");
+    assert!(
+        dir.join("client.rb").is_file(),
+        "no interop client in {}",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn official_interop_cases_pass_through_pachgate_over_tls() {
+    let dir = interop_dir();
+    let port = free_port();
+    let mut server = Command::new("ruby");
+    server
+        .arg("-r")
+        .arg(repo_path("tests/interop/loopback.rb"))
+        .arg(dir.join("server.rb"))
+        .args(["--port", &port.to_string(), "--use_tls", "false"]);
+    let server = KillOnDrop(server.spawn().expect("start the ruby interop server"));
+    wait_for_port(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(30),
+    );
+
+    let proxy = pachgate(
+        &format!(
+            r#"
+[upstreams.interop]
+endpoints = ["127.0.0.1:{port}"]
+protocol = "h2c"
+
+[[routes]]
+name = "grpc"
+match = {{ grpc = true }}
+upstream = "interop"
+"#
+        ),
+        "",
+    );
+
+    let mut failed = Vec::new();
+    for case in CASES {
+        let output = Command::new("ruby")
+            .arg(dir.join("client.rb"))
+            .args([
+                "--server_host",
+                "localhost",
+                "--server_port",
+                &proxy.https().port().to_string(),
+                "--use_tls",
+                "true",
+                "--use_test_ca",
+                "false",
+                "--test_case",
+                case,
+            ])
+            // gRPC core's default roots: pachgate's generated CA instead of the system's.
+            .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", proxy.ca())
+            .output()
+            .expect("run the ruby interop client");
+        if output.status.success() {
+            eprintln!("interop {case}: ok");
+        } else {
+            eprintln!(
+                "interop {case}: FAILED\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            failed.push(case);
+        }
+    }
+    drop(server);
+    assert!(failed.is_empty(), "interop cases failed: {failed:?}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

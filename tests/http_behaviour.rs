@@ -1,0 +1,258 @@
+//! HTTP-side behaviour through pachgate with curl and raw TLS sockets: upstream failures
+//! and missing routes answered in the caller's protocol, header hygiene, the plaintext
+//! redirect, and malformed framing refused.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Runs curl; returns (status code, body).
+fn curl(proxy: &Proxy, url: &str, extra: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(proxy.ca())
+        .args(extra)
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl must be installed");
+    assert!(
+        output.status.success(),
+        "curl {url} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+fn down_upstreams() -> String {
+    // Ports that were free a moment ago: nothing listens there.
+    format!(
+        r#"
+[upstreams.pachd]
+endpoints = ["127.0.0.1:{}"]
+protocol = "h2c"
+connect_timeout = "2s"
+
+[upstreams.console]
+endpoints = ["127.0.0.1:{}"]
+protocol = "http1"
+connect_timeout = "2s"
+
+[[routes]]
+name = "pachd-grpc"
+match = {{ grpc = true }}
+upstream = "pachd"
+
+[[routes]]
+name = "console"
+match = {{ path_prefix = "/" }}
+upstream = "console"
+"#,
+        free_port(),
+        free_port()
+    )
+}
+
+#[test]
+fn upstream_down_is_unavailable_for_grpc_and_503_for_http() {
+    let proxy = pachgate(&down_upstreams(), "");
+    let ca = proxy.ca();
+    python(
+        "grpc_checks.py",
+        &[
+            "--target",
+            &proxy.target(),
+            "--ca",
+            ca.to_str().unwrap(),
+            "unavailable",
+        ],
+    );
+    let url = format!("https://{}/lineage", proxy.target());
+    for version in ["--http1.1", "--http2"] {
+        let (status, body) = curl(&proxy, &url, &[version]);
+        assert_eq!(status, 503, "{version}: body {body:?}");
+        assert!(body.contains("upstream unavailable"), "{version}: {body:?}");
+        assert!(!body.contains("<html"), "{version}: {body:?}");
+    }
+}
+
+#[test]
+fn no_route_is_unimplemented_for_grpc_and_404_for_http() {
+    let standins = standins();
+    let body = format!(
+        r#"
+[upstreams.console]
+endpoints = ["{}"]
+protocol = "http1"
+
+[[routes]]
+name = "console-only"
+match = {{ path_prefix = "/console", grpc = false }}
+upstream = "console"
+"#,
+        standins.address("standin-console")
+    );
+    let proxy = pachgate(&body, "");
+    let ca = proxy.ca();
+    python(
+        "grpc_checks.py",
+        &[
+            "--target",
+            &proxy.target(),
+            "--ca",
+            ca.to_str().unwrap(),
+            "unrouted",
+        ],
+    );
+    let (status, _) = curl(&proxy, &format!("https://{}/other", proxy.target()), &[]);
+    assert_eq!(status, 404);
+    // Segment-aware prefix: /consolex is not under /console.
+    let (status, _) = curl(&proxy, &format!("https://{}/consolex", proxy.target()), &[]);
+    assert_eq!(status, 404);
+    let (status, page) = curl(
+        &proxy,
+        &format!("https://{}/console/x", proxy.target()),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert!(page.contains("Stand-in console"), "{page}");
+}
+
+#[test]
+fn hop_by_hop_headers_stripped_and_forwarded_headers_set() {
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let url = format!("https://{}/headers", proxy.target());
+    let (status, mirror) = curl(
+        &proxy,
+        &url,
+        &[
+            "--http1.1",
+            "-H",
+            "Connection: keep-alive, X-Hop-Secret",
+            "-H",
+            "X-Hop-Secret: must-not-pass",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "Proxy-Authorization: Basic Zm9vOmJhcg==",
+            "-H",
+            "X-Forwarded-For: 198.51.100.7",
+            "-H",
+            "X-End-To-End: kept",
+        ],
+    );
+    assert_eq!(status, 200, "{mirror}");
+    let lower = mirror.to_ascii_lowercase();
+    assert!(!lower.contains("x-hop-secret"), "{mirror}");
+    assert!(!lower.contains("keep-alive"), "{mirror}");
+    assert!(!lower.contains("proxy-authorization"), "{mirror}");
+    assert!(lower.contains("x-end-to-end: kept"), "{mirror}");
+    assert!(
+        lower.contains("x-forwarded-for: 198.51.100.7, 127.0.0.1"),
+        "{mirror}"
+    );
+    assert!(lower.contains("x-forwarded-proto: https"), "{mirror}");
+    assert!(lower.contains("x-forwarded-host: localhost"), "{mirror}");
+
+    // Over h2 the client sends :authority; the HTTP/1.1 upstream still gets a Host.
+    let (status, mirror) = curl(&proxy, &url, &["--http2"]);
+    assert_eq!(status, 200);
+    let lower = mirror.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("host: {}", proxy.target())),
+        "{mirror}"
+    );
+}
+
+#[test]
+fn plaintext_listener_redirects_to_https() {
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "http = \"127.0.0.1:0\"");
+    let http = proxy.running.address("http");
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .arg(format!(
+            "http://localhost:{}/lineage/default?view=dag",
+            http.port()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "308 https://localhost:{}/lineage/default?view=dag",
+            proxy.https().port()
+        )
+    );
+}
+
+fn raw_exchange(proxy: &Proxy, request: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .arg(repo_path("tests/clients/raw_https.py"))
+        .args(["--port", &proxy.https().port().to_string(), "--ca"])
+        .arg(proxy.ca())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(request).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("NOT CLOSED"),
+        "pachgate kept the connection open after a malformed request"
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn ambiguous_request_framing_is_refused_and_the_connection_closed() {
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let cases: [(&str, &[u8]); 3] = [
+        (
+            "conflicting Content-Length",
+            b"POST /headers HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "Content-Length then Transfer-Encoding",
+            b"POST /headers HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /headers HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            b"POST /headers HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nGET /headers HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ),
+    ];
+    for (name, request) in cases {
+        let response = raw_exchange(&proxy, request);
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{name}: response {response:?}"
+        );
+        // The smuggled second request must not have been answered.
+        assert_eq!(
+            response.matches("HTTP/1.1").count(),
+            1,
+            "{name}: response {response:?}"
+        );
+    }
+    // The proxy still serves well-formed requests afterwards.
+    let ok = raw_exchange(
+        &proxy,
+        b"GET /headers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
