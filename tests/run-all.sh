@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every pachgate test on a fresh Debian machine: installs the real peers the tests use
+# (Debian: ruby-grpc for the official gRPC interop client/server, curl, openssl;
+# PyPI: grpcio, websockets), then the unit and end-to-end tests of the whole workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+need_apt=()
+command -v ruby >/dev/null && ruby -e "require 'grpc'" 2>/dev/null || need_apt+=(ruby-grpc)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    echo "installing Debian packages: ${need_apt[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+cargo test --workspace --all-targets
