@@ -37,6 +37,11 @@ fn client_streaming_reaches_the_upstream_whole() {
 }
 
 #[test]
+fn client_cancellation_reaches_the_upstream() {
+    run_check("cancel", "");
+}
+
+#[test]
 fn deadline_expiring_mid_stream_is_deadline_exceeded() {
     run_check("deadline", "");
 }

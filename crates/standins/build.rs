@@ -52,6 +52,7 @@ fn main() {
         .name("Echo")
         .package("pachgate.standin")
         .method(method("unary", "Unary", echo_in, echo_out).build())
+        .method(method("stats", "Stats", echo_in, echo_out).build())
         .method(
             method("server_stream", "ServerStream", echo_in, echo_out)
                 .server_streaming()

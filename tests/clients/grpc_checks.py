@@ -260,7 +260,33 @@ def check_upstream_timeout(args):
             expect("pachgate" in (e.details() or ""), f"details {e.details()!r}")
 
 
+def check_cancel(args):
+    """The client cancels a server stream mid-way: pachgate must reset the upstream stream,
+    so the stand-in sees its client go away (counted by Echo/Stats)."""
+    with channel(args) as ch:
+        stats = method(ch, "unary", "Stats")
+        before = echo_response(stats(b"", timeout=10))["sequence"]
+        call = method(ch, "server", "ServerStream")(
+            echo_request(b"tick", count=100000, interval_ms=20), timeout=60
+        )
+        received = 0
+        for _ in call:
+            received += 1
+            if received == 3:
+                call.cancel()
+                break
+        expect(call.code() == grpc.StatusCode.CANCELLED, f"call ended with {call.code()}")
+        after = before
+        for _ in range(100):  # up to ~10 s for the reset to travel
+            after = echo_response(stats(b"", timeout=10))["sequence"]
+            if after > before:
+                break
+            time.sleep(0.1)
+        expect(after == before + 1, f"upstream saw {after - before} cancelled streams, want 1")
+
+
 CHECKS = {
+    "cancel": check_cancel,
     "large": check_large,
     "bidi-100k": check_bidi_100k,
     "client-stream": check_client_stream,

@@ -199,6 +199,8 @@ impl Gateway {
         let result =
             if request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers()) {
                 crate::websocket::tunnel(request, upstream).await
+            } else if crate::websocket::is_extended_connect_websocket(&request) {
+                crate::websocket::tunnel_extended_connect(request, upstream, authority).await
             } else {
                 forward(request, upstream, conn, authority).await
             };

@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_are_stripped() {
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        // (headers sent, header names that must survive)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 &[
                     ("connection", "keep-alive, x-secret"),

@@ -2,8 +2,11 @@
 //! both sides answered 101 the two connections become one byte tunnel. Frames (ping, pong,
 //! close) pass through untouched, and no request timeout applies to the tunnel.
 
-use http::header::{HeaderValue, CONNECTION, UPGRADE};
-use http::{Request, Response, StatusCode};
+use http::header::{
+    HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -53,7 +56,107 @@ pub async fn tunnel(
     }
 
     let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let name = upstream.name().to_string();
+    spawn_tunnel(
+        upstream.name().to_string(),
+        client_upgrade,
+        upstream_upgrade,
+    );
+
+    // 101 with the upstream's handshake headers (Sec-WebSocket-Accept, -Protocol, -Extensions).
+    let (parts, _) = response.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::Empty))
+}
+
+/// True for an RFC 8441 websocket request: CONNECT with `:protocol websocket`.
+pub fn is_extended_connect_websocket<B>(request: &Request<B>) -> bool {
+    request.method() == Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Serves an h2 extended CONNECT websocket from an HTTP/1.1 backend: pachgate makes the
+/// HTTP/1.1 handshake (its own key, checked against the backend's accept value), answers the
+/// client 200, and tunnels the h2 stream's bytes to the backend socket.
+pub async fn tunnel_extended_connect(
+    mut request: Request<Incoming>,
+    upstream: &Upstream,
+    authority: Option<http::uri::Authority>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let (mut sender, endpoint) = upstream.connect_for_upgrade().await?;
+
+    let (mut parts, _body) = request.into_parts();
+    crate::headers::strip_hop_by_hop(&mut parts.headers);
+    let key = tungstenite::handshake::client::generate_key();
+    let headers = &mut parts.headers;
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    headers.insert(
+        SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&key).expect("base64 is a valid header value"),
+    );
+    let host = authority.unwrap_or(endpoint);
+    if let Ok(value) = HeaderValue::from_str(host.as_str()) {
+        headers.insert(HOST, value);
+    }
+    parts.method = Method::GET;
+    parts.version = Version::HTTP_11;
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
+    parts.extensions = http::Extensions::new();
+    let upstream_request = Request::from_parts(parts, ProxyBody::Empty);
+
+    let mut response = sender
+        .send_request(upstream_request)
+        .await
+        .map_err(|e| ProxyError::UpgradeFailed(error_chain(&e)))?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = response.into_parts();
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
+    }
+    let expected_accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accepted = response
+        .headers()
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected_accept.as_bytes());
+    if !accepted {
+        return Err(ProxyError::UpgradeFailed(
+            "backend answered 101 with a wrong Sec-WebSocket-Accept".into(),
+        ));
+    }
+
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    spawn_tunnel(
+        upstream.name().to_string(),
+        client_upgrade,
+        upstream_upgrade,
+    );
+
+    // 200 to the h2 client, keeping the negotiated subprotocol and extensions.
+    let (upstream_parts, _) = response.into_parts();
+    let mut reply = Response::new(ProxyBody::Empty);
+    for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
+        if let Some(value) = upstream_parts.headers.get(name) {
+            reply.headers_mut().insert(name, value.clone());
+        }
+    }
+    Ok(reply)
+}
+
+fn spawn_tunnel(
+    name: String,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_upgrade: hyper::upgrade::OnUpgrade,
+) {
     tokio::spawn(async move {
         let (client, server) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(both) => both,
@@ -71,8 +174,4 @@ pub async fn tunnel(
             Err(e) => tracing::debug!(upstream = %name, error = %e, "websocket tunnel ended"),
         }
     });
-
-    // 101 with the upstream's handshake headers (Sec-WebSocket-Accept, -Protocol, -Extensions).
-    let (parts, _) = response.into_parts();
-    Ok(Response::from_parts(parts, ProxyBody::Empty))
 }

@@ -355,7 +355,9 @@ mod tests {
     #[test]
     fn pachyderm_preset_routes_first_match_wins() {
         let table = pachyderm_table();
-        let cases: &[(&str, bool, &[(&str, &str)], &str)] = &[
+        // (path, is gRPC, headers, expected target)
+        type Case<'a> = (&'a str, bool, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("/pfs_v2.API/ListRepo", true, &[], "pachd-grpc"),
             // gRPC wins over any path rule, even one that looks like another route.
             ("/dex/whatever", true, &[], "pachd-grpc"),

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,7 +70,7 @@ pub async fn serve_pachd(
             options: options.clone(),
         }))
         .add_service(
-            echo_api::echo_server::EchoServer::new(EchoService)
+            echo_api::echo_server::EchoServer::new(EchoService::default())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -135,7 +136,12 @@ impl auth_api::a_p_i_server::API for AuthService {
     }
 }
 
-struct EchoService;
+/// The echo service counts server streams whose client went away, so tests can see that a
+/// client's cancellation reached the upstream through the proxy.
+#[derive(Default)]
+struct EchoService {
+    cancelled_streams: Arc<AtomicU64>,
+}
 
 type EchoStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
 
@@ -180,6 +186,15 @@ impl echo_api::echo_server::Echo for EchoService {
         }))
     }
 
+    /// `sequence` = server streams cancelled by their client so far.
+    async fn stats(&self, _: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        Ok(Response::new(EchoResponse {
+            payload: Bytes::new(),
+            sequence: self.cancelled_streams.load(Ordering::Relaxed),
+            total_bytes: 0,
+        }))
+    }
+
     type ServerStreamStream = EchoStream;
 
     async fn server_stream(
@@ -188,6 +203,7 @@ impl echo_api::echo_server::Echo for EchoService {
     ) -> Result<Response<Self::ServerStreamStream>, Status> {
         let request = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
+        let cancelled_streams = self.cancelled_streams.clone();
         tokio::spawn(async move {
             let payload = reply_payload(&request);
             for sequence in 0..u64::from(request.response_count) {
@@ -200,7 +216,9 @@ impl echo_api::echo_server::Echo for EchoService {
                     total_bytes: 0,
                 };
                 if tx.send(Ok(message)).await.is_err() {
-                    return; // the client went away
+                    // The client went away: tonic dropped the stream on RST_STREAM.
+                    cancelled_streams.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
             }
             if let Some(status) = requested_failure(&request) {
