@@ -42,26 +42,11 @@ self_signed = true
 self_signed_dir = {cert_dir:?}
 hosts = ["localhost", "127.0.0.1"]
 
-[upstreams.pachd]
-endpoints = ["{pachd_addr}"]
-protocol = "h2c"
-
-[upstreams.console]
-endpoints = ["{console_addr}"]
-protocol = "http1"
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-"#,
+{routes}"#,
         port = args.port,
         cert_dir = cert_dir.display().to_string(),
+        routes =
+            pachgate_standins::routes_toml(&pachd_addr.to_string(), &console_addr.to_string(), ""),
     );
     let runtime = crate::config::parse(
         std::path::Path::new("<demo>"),

@@ -42,6 +42,31 @@ fn client_cancellation_reaches_the_upstream() {
 }
 
 #[test]
+fn upstream_dying_mid_stream_ends_the_client_stream_with_an_error() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let mut client = Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_checks.py"))
+        .args(["--target", &proxy.target(), "--ca"])
+        .arg(proxy.ca())
+        .arg("upstream-dies")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, "streaming");
+    standins.kill();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = client.wait().unwrap();
+    assert!(status.success(), "client check failed; it printed {rest:?}");
+    eprintln!("{rest:?}");
+}
+
+#[test]
 fn deadline_expiring_mid_stream_is_deadline_exceeded() {
     run_check("deadline", "");
 }

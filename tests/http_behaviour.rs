@@ -29,30 +29,10 @@ fn curl(proxy: &Proxy, url: &str, extra: &[&str]) -> (u16, String) {
 
 fn down_upstreams() -> String {
     // Ports that were free a moment ago: nothing listens there.
-    format!(
-        r#"
-[upstreams.pachd]
-endpoints = ["127.0.0.1:{}"]
-protocol = "h2c"
-connect_timeout = "2s"
-
-[upstreams.console]
-endpoints = ["127.0.0.1:{}"]
-protocol = "http1"
-connect_timeout = "2s"
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-"#,
-        free_port(),
-        free_port()
+    pachgate_standins::routes_toml(
+        &format!("127.0.0.1:{}", free_port()),
+        &format!("127.0.0.1:{}", free_port()),
+        "connect_timeout = \"2s\"",
     )
 }
 

@@ -285,7 +285,34 @@ def check_cancel(args):
         expect(after == before + 1, f"upstream saw {after - before} cancelled streams, want 1")
 
 
+def check_upstream_dies(args):
+    """The upstream dies mid-stream (the test kills it after "streaming" is printed): the
+    client's stream must end with an error, promptly, not hang until its deadline and not
+    look like a clean end."""
+    received = 0
+    code = None
+    with channel(args) as ch:
+        call = method(ch, "server", "ServerStream")(
+            echo_request(b"tick", count=100000, interval_ms=20), timeout=60
+        )
+        try:
+            for _ in call:
+                received += 1
+                if received == 3:
+                    print("streaming", flush=True)
+        except grpc.RpcError as e:
+            code = e.code()
+    expect(received >= 3, f"only {received} messages before the upstream died")
+    expect(code is not None, "the stream ended cleanly although the upstream died")
+    expect(
+        code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED),
+        f"stream ended with {code}",
+    )
+    print(f"stream ended with {code.name}")
+
+
 CHECKS = {
+    "upstream-dies": check_upstream_dies,
     "cancel": check_cancel,
     "large": check_large,
     "bidi-100k": check_bidi_100k,

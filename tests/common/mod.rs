@@ -28,6 +28,12 @@ impl Running {
             .unwrap_or_else(|| panic!("no {what} listener in {:?}", self.addresses))
     }
 
+    /// Kills the process now (for tests of a peer dying mid-stream).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr_so_far(&self) -> String {
         let mut text = String::new();
@@ -144,30 +150,10 @@ pub fn pachgate(body: &str, extra_listen: &str) -> Proxy {
 
 /// Upstreams and routes for the stand-ins: gRPC to pachd, everything else to console.
 pub fn standin_routes(standins: &Running, upstream_extra: &str) -> String {
-    format!(
-        r#"
-[upstreams.pachd]
-endpoints = ["{pachd}"]
-protocol = "h2c"
-{upstream_extra}
-
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
-{upstream_extra}
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-"#,
-        pachd = standins.address("standin-pachd"),
-        console = standins.address("standin-console"),
+    pachgate_standins::routes_toml(
+        &standins.address("standin-pachd").to_string(),
+        &standins.address("standin-console").to_string(),
+        upstream_extra,
     )
 }
 

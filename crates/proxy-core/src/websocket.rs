@@ -8,6 +8,7 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
@@ -34,26 +35,10 @@ pub async fn tunnel(
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(UPGRADE, upgrade_value);
-    // An HTTP/1.1 request line takes the origin form: path and query only.
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/")
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
-    parts.version = http::Version::HTTP_11;
-    let upstream_request = Request::from_parts(parts, ProxyBody::Empty);
-
-    let mut response = sender
-        .send_request(upstream_request)
-        .await
-        .map_err(|e| ProxyError::UpgradeFailed(error_chain(&e)))?;
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = response.into_parts();
-        crate::headers::strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
-    }
+    let mut response = match handshake_upstream(&mut sender, parts).await? {
+        Handshake::Switched(response) => response,
+        Handshake::Refused(response) => return Ok(response),
+    };
 
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     spawn_tunnel(
@@ -103,26 +88,11 @@ pub async fn tunnel_extended_connect(
         headers.insert(HOST, value);
     }
     parts.method = Method::GET;
-    parts.version = Version::HTTP_11;
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/")
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
     parts.extensions = http::Extensions::new();
-    let upstream_request = Request::from_parts(parts, ProxyBody::Empty);
-
-    let mut response = sender
-        .send_request(upstream_request)
-        .await
-        .map_err(|e| ProxyError::UpgradeFailed(error_chain(&e)))?;
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = response.into_parts();
-        crate::headers::strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, ProxyBody::Stream(body)));
-    }
+    let mut response = match handshake_upstream(&mut sender, parts).await? {
+        Handshake::Switched(response) => response,
+        Handshake::Refused(response) => return Ok(response),
+    };
     let expected_accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let accepted = response
         .headers()
@@ -150,6 +120,42 @@ pub async fn tunnel_extended_connect(
         }
     }
     Ok(reply)
+}
+
+enum Handshake {
+    /// The backend answered 101; its connection is ready to be upgraded.
+    Switched(Response<Incoming>),
+    /// Any other answer, passed back to the client as an ordinary response.
+    Refused(Response<ProxyBody>),
+}
+
+/// Sends the HTTP/1.1 upgrade request (origin-form target, no body) to the backend.
+async fn handshake_upstream(
+    sender: &mut http1::SendRequest<ProxyBody>,
+    mut parts: http::request::Parts,
+) -> Result<Handshake, ProxyError> {
+    // An HTTP/1.1 request line takes the origin form: path and query only.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
+    parts.version = Version::HTTP_11;
+    let response = sender
+        .send_request(Request::from_parts(parts, ProxyBody::Empty))
+        .await
+        .map_err(|e| ProxyError::UpgradeFailed(error_chain(&e)))?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Handshake::Switched(response));
+    }
+    let (mut parts, body) = response.into_parts();
+    crate::headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Handshake::Refused(Response::from_parts(
+        parts,
+        ProxyBody::Stream(body),
+    )))
 }
 
 fn spawn_tunnel(

@@ -12,3 +12,32 @@ pub mod pachd;
 
 pub use console::serve_console;
 pub use pachd::{serve_pachd, PachdOptions};
+
+/// The pachgate config section (upstreams and routes) that puts the stand-ins behind
+/// pachgate: gRPC to the stand-in pachd over h2c, everything else to the console over
+/// HTTP/1.1. `upstream_extra` is added to both upstream tables (timeouts, for example).
+pub fn routes_toml(pachd: &str, console: &str, upstream_extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.pachd]
+endpoints = ["{pachd}"]
+protocol = "h2c"
+{upstream_extra}
+
+[upstreams.console]
+endpoints = ["{console}"]
+protocol = "http1"
+{upstream_extra}
+
+[[routes]]
+name = "pachd-grpc"
+match = {{ grpc = true }}
+upstream = "pachd"
+
+[[routes]]
+name = "console"
+match = {{ path_prefix = "/" }}
+upstream = "console"
+"#
+    )
+}
