@@ -8,17 +8,7 @@ use common::*;
 fn run_check(check: &str, upstream_extra: &str) {
     let standins = standins();
     let proxy = pachgate(&standin_routes(&standins, upstream_extra), "");
-    let ca = proxy.ca();
-    python(
-        "grpc_checks.py",
-        &[
-            "--target",
-            &proxy.target(),
-            "--ca",
-            ca.to_str().unwrap(),
-            check,
-        ],
-    );
+    grpc_check(&proxy, check);
 }
 
 #[test]

@@ -39,17 +39,7 @@ fn down_upstreams() -> String {
 #[test]
 fn upstream_down_is_unavailable_for_grpc_and_503_for_http() {
     let proxy = pachgate(&down_upstreams(), "");
-    let ca = proxy.ca();
-    python(
-        "grpc_checks.py",
-        &[
-            "--target",
-            &proxy.target(),
-            "--ca",
-            ca.to_str().unwrap(),
-            "unavailable",
-        ],
-    );
+    grpc_check(&proxy, "unavailable");
     let url = format!("https://{}/lineage", proxy.target());
     for version in ["--http1.1", "--http2"] {
         let (status, body) = curl(&proxy, &url, &[version]);
@@ -76,17 +66,7 @@ upstream = "console"
         standins.address("standin-console")
     );
     let proxy = pachgate(&body, "");
-    let ca = proxy.ca();
-    python(
-        "grpc_checks.py",
-        &[
-            "--target",
-            &proxy.target(),
-            "--ca",
-            ca.to_str().unwrap(),
-            "unrouted",
-        ],
-    );
+    grpc_check(&proxy, "unrouted");
     let (status, _) = curl(&proxy, &format!("https://{}/other", proxy.target()), &[]);
     assert_eq!(status, 404);
     // Segment-aware prefix: /consolex is not under /console.

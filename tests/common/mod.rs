@@ -178,6 +178,21 @@ pub fn python(script: &str, args: &[&str]) -> Output {
     output
 }
 
+/// Runs one check of tests/clients/grpc_checks.py (grpcio) against pachgate over TLS.
+pub fn grpc_check(proxy: &Proxy, check: &str) -> Output {
+    let ca = proxy.ca();
+    python(
+        "grpc_checks.py",
+        &[
+            "--target",
+            &proxy.target(),
+            "--ca",
+            ca.to_str().unwrap(),
+            check,
+        ],
+    )
+}
+
 /// A loopback port that was free a moment ago, for peers that cannot report their own.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
