@@ -44,6 +44,14 @@ enum Command {
     },
     /// Run stand-in pachd and console backends behind pachgate, with a generated certificate.
     Demo(demo::DemoArgs),
+    /// Measure throughput and latency of a target: pachgate, another proxy, or a backend.
+    Bench {
+        #[command(subcommand)]
+        workload: pachgate_bench::BenchCommand,
+        /// Load generator threads (default: one per core).
+        #[arg(long, global = true)]
+        threads: Option<usize>,
+    },
     /// Run only the stand-in backends (for tests and benchmarks).
     #[command(hide = true)]
     Standins {
@@ -94,6 +102,18 @@ fn main() -> ExitCode {
             command: CertCommand::Generate { out, hosts },
         } => generate_cert(&out, &hosts),
         Command::Demo(args) => run_blocking(None, demo::run(args)),
+        Command::Bench { workload, threads } => run_blocking(threads, async move {
+            let report = pachgate_bench::run(workload).await?;
+            // A run with failures or without a single success is not a measurement.
+            if report.ok == 0 || report.error_count() > 0 {
+                return Err(format!(
+                    "{} ok, {} failed: see the errors above",
+                    report.ok,
+                    report.error_count()
+                ));
+            }
+            Ok(())
+        }),
         Command::Standins {
             pachd,
             console,

@@ -10,7 +10,7 @@ use http::header::{
     HeaderValue, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
 };
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -29,7 +29,8 @@ pub async fn serve_console(listener: TcpListener) -> std::io::Result<()> {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
-            let service = service_fn(|request| async move { Ok::<_, Infallible>(handle(request)) });
+            let service =
+                service_fn(|request| async move { Ok::<_, Infallible>(handle(request).await) });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades()
@@ -38,7 +39,7 @@ pub async fn serve_console(listener: TcpListener) -> std::io::Result<()> {
     }
 }
 
-fn handle(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
     let wants_websocket = request
         .headers()
         .get(UPGRADE)
@@ -46,9 +47,22 @@ fn handle(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
     if wants_websocket {
         return accept_websocket(&mut request);
     }
+    // Read the whole body before answering, as a well-behaved server does: answering early
+    // makes hyper close the connection afterwards, racing the proxy's reuse of it.
+    let (parts, body) = request.into_parts();
+    let body_len = match body.collect().await {
+        Ok(collected) => collected.to_bytes().len(),
+        Err(_) => return text_response(StatusCode::BAD_REQUEST, "text/plain", "bad body\n".into()),
+    };
+    let request = Request::from_parts(parts, body_len);
     match request.uri().path() {
         "/headers" => {
-            let mut text = format!("{} {}\n", request.method(), request.uri());
+            let mut text = format!(
+                "{} {} ({} body bytes)\n",
+                request.method(),
+                request.uri(),
+                request.body()
+            );
             for (name, value) in request.headers() {
                 text.push_str(&format!(
                     "{}: {}\n",

@@ -1,0 +1,188 @@
+//! Running workers for a fixed time or count, closed or open loop, with a progress line.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::report::{Latency, Report};
+
+/// How long and how fast a run goes.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub duration: Duration,
+    pub requests: Option<u64>,
+    /// Operations per second in total; `None`: closed loop (each worker as fast as it can).
+    pub rate: Option<f64>,
+    pub quiet: bool,
+}
+
+/// State every worker shares: the clock, the schedule, and live counters for progress.
+pub struct Shared {
+    plan: Plan,
+    start: Instant,
+    deadline: Instant,
+    issued: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(plan: Plan) -> Arc<Self> {
+        let start = Instant::now();
+        Arc::new(Shared {
+            deadline: start + plan.duration,
+            plan,
+            start,
+            issued: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Waits for the next operation's slot. Returns the instant latency is measured from
+    /// (its scheduled start in an open loop), or `None` when the run is over.
+    pub async fn next(&self) -> Option<Instant> {
+        if self.stopped.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+            return None;
+        }
+        let ticket = self.issued.fetch_add(1, Ordering::Relaxed);
+        if self.plan.requests.is_some_and(|limit| ticket >= limit) {
+            return None;
+        }
+        match self.plan.rate {
+            None => Some(Instant::now()),
+            Some(rate) => {
+                let at = self.start + Duration::from_secs_f64(ticket as f64 / rate);
+                if at >= self.deadline {
+                    return None;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                Some(at)
+            }
+        }
+    }
+
+    /// Ends the run early (a fatal setup error, for example).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One worker's results, merged into the report at the end.
+pub struct Recorder {
+    latency_us: Histogram<u64>,
+    ok: u64,
+    units: u64,
+    errors: BTreeMap<String, u64>,
+    shared: Arc<Shared>,
+}
+
+impl Recorder {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Recorder {
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ok: 0,
+            units: 0,
+            errors: BTreeMap::new(),
+            shared,
+        }
+    }
+
+    /// A successful operation that started (or was scheduled) at `started` and moved
+    /// `units` units of work (messages, connections…).
+    pub fn ok(&mut self, started: Instant, units: u64) {
+        let micros = started.elapsed().as_micros().max(1) as u64;
+        let _ = self.latency_us.record(micros.min(3_600_000_000));
+        self.ok += 1;
+        self.units += units;
+        self.shared.ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn error(&mut self, kind: impl Into<String>) {
+        *self.errors.entry(kind.into()).or_default() += 1;
+        self.shared.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Prints `elapsed, ok/s, errors` once a second on stderr until the run ends.
+pub fn spawn_progress(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if shared.plan.quiet {
+            return;
+        }
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let ok = shared.ok.load(Ordering::Relaxed);
+            eprint!(
+                "\r{:>5.1}s  {:>10} ok/s  {:>8} errors   ",
+                shared.start.elapsed().as_secs_f64(),
+                ok - last,
+                shared.errors.load(Ordering::Relaxed)
+            );
+            last = ok;
+            if Instant::now() >= shared.deadline || shared.stopped.load(Ordering::Relaxed) {
+                eprintln!();
+                return;
+            }
+        }
+    })
+}
+
+/// What a report says about the run besides the measurements.
+pub struct Labels {
+    pub workload: String,
+    pub target: String,
+    pub connections: usize,
+    pub streams: usize,
+    pub units: &'static str,
+}
+
+/// Merges worker results into the report.
+pub fn finish(shared: &Shared, recorders: Vec<Recorder>, labels: Labels) -> Report {
+    let elapsed = shared.start.elapsed().as_secs_f64();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    let mut ok = 0;
+    let mut units = 0;
+    let mut errors = BTreeMap::new();
+    for recorder in recorders {
+        let _ = latency.add(&recorder.latency_us);
+        ok += recorder.ok;
+        units += recorder.units;
+        for (kind, count) in recorder.errors {
+            *errors.entry(kind).or_insert(0) += count;
+        }
+    }
+    let per_second = |n: u64| {
+        if elapsed > 0.0 {
+            n as f64 / elapsed
+        } else {
+            0.0
+        }
+    };
+    Report {
+        workload: labels.workload,
+        target: labels.target,
+        connections: labels.connections,
+        streams: labels.streams,
+        rate: shared.plan.rate,
+        elapsed_s: elapsed,
+        ok,
+        errors,
+        ops_per_s: per_second(ok),
+        units: labels.units,
+        units_per_s: per_second(units),
+        latency_us: Latency::from_histogram(&latency),
+    }
+}

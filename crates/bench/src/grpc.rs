@@ -1,0 +1,253 @@
+//! gRPC workloads over h2: unary echo and server streaming. A call counts as successful only
+//! when `grpc-status: 0` arrives (in the trailers, or in a trailers-only response).
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, TE};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pachgate_standins::messages::EchoRequest;
+use prost::Message;
+
+use crate::connect::{Stream, Target};
+use crate::driver::{finish, spawn_progress, Labels, Plan, Recorder, Shared};
+use crate::report::Report;
+use crate::{GrpcArgs, GrpcMode};
+
+/// An h2 client connection tuned like the proxy's upstream side: large fixed windows.
+pub async fn h2_handshake(stream: Stream) -> Result<http2::SendRequest<Full<Bytes>>, String> {
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .max_frame_size(256 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+pub async fn run(args: GrpcArgs) -> Result<Report, String> {
+    let common = &args.common;
+    let target = Target::new(common, &[b"h2"], true)?;
+    let method = args.method.clone().unwrap_or_else(|| {
+        match args.mode {
+            GrpcMode::Unary => "/pachgate.standin.Echo/Unary",
+            GrpcMode::ServerStream => "/pachgate.standin.Echo/ServerStream",
+        }
+        .to_string()
+    });
+    let scheme = if target.is_tls() { "https" } else { "http" };
+    let uri: Uri = format!("{scheme}://{}{method}", target.authority)
+        .parse()
+        .map_err(|e| format!("method {method:?}: {e}"))?;
+    let request = match args.mode {
+        GrpcMode::Unary => EchoRequest {
+            payload: vec![b'x'; args.size].into(),
+            ..EchoRequest::default()
+        },
+        GrpcMode::ServerStream => EchoRequest {
+            response_count: args.messages,
+            response_size: args.size as u32,
+            ..EchoRequest::default()
+        },
+    };
+    let body = grpc_frame(&request);
+
+    let mut senders = Vec::with_capacity(common.connections);
+    for _ in 0..common.connections {
+        let stream = target
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {}: {e}", target.address))?;
+        senders.push(h2_handshake(stream).await?);
+    }
+    let shared = Shared::new(Plan {
+        duration: common.duration,
+        requests: common.requests,
+        rate: common.rate,
+        quiet: common.quiet,
+    });
+    let progress = spawn_progress(shared.clone());
+    let uri = Arc::new(uri);
+    let mut workers = Vec::new();
+    for sender in senders {
+        for _ in 0..args.streams.max(1) {
+            workers.push(tokio::spawn(worker(
+                sender.clone(),
+                shared.clone(),
+                uri.clone(),
+                body.clone(),
+            )));
+        }
+    }
+    let mut recorders = Vec::new();
+    for worker in workers {
+        recorders.push(worker.await.map_err(|e| e.to_string())?);
+    }
+    shared.stop();
+    let _ = progress.await;
+    let workload = match args.mode {
+        GrpcMode::Unary => format!("grpc unary {method}, {} B", args.size),
+        GrpcMode::ServerStream => format!(
+            "grpc server-stream {method}, {} × {} B per call",
+            args.messages, args.size
+        ),
+    };
+    Ok(finish(
+        &shared,
+        recorders,
+        Labels {
+            workload,
+            target: common.target.clone(),
+            connections: common.connections,
+            streams: args.streams.max(1),
+            units: match args.mode {
+                GrpcMode::Unary => "operations",
+                GrpcMode::ServerStream => "messages",
+            },
+        },
+    ))
+}
+
+/// A length-prefixed, uncompressed gRPC message.
+fn grpc_frame(message: &EchoRequest) -> Bytes {
+    let encoded = message.encode_to_vec();
+    let mut frame = BytesMut::with_capacity(5 + encoded.len());
+    frame.put_u8(0);
+    frame.put_u32(encoded.len() as u32);
+    frame.put_slice(&encoded);
+    frame.freeze()
+}
+
+async fn worker(
+    mut sender: http2::SendRequest<Full<Bytes>>,
+    shared: Arc<Shared>,
+    uri: Arc<Uri>,
+    body: Bytes,
+) -> Recorder {
+    let mut recorder = Recorder::new(shared.clone());
+    while let Some(started) = shared.next().await {
+        match call(&mut sender, &uri, &body).await {
+            Ok(messages) => recorder.ok(started, messages),
+            Err(kind) => recorder.error(kind),
+        }
+    }
+    recorder
+}
+
+/// One call; returns the number of response messages.
+async fn call(
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    uri: &Uri,
+    body: &Bytes,
+) -> Result<u64, String> {
+    let request = Request::post(uri.clone())
+        .header(CONTENT_TYPE, "application/grpc")
+        .header(TE, "trailers")
+        .body(Full::new(body.clone()))
+        .expect("static parts are valid");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| transport_error(&e))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("http status {}", response.status().as_u16()));
+    }
+    if let Some(status) = response.headers().get("grpc-status") {
+        // Trailers-only response: the status is all there is.
+        return match status.as_bytes() {
+            b"0" => Ok(0),
+            other => Err(format!("grpc-status {}", String::from_utf8_lossy(other))),
+        };
+    }
+    let mut body = response.into_body();
+    let mut counter = MessageCounter::default();
+    let mut status = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| transport_error(&e))?;
+        if let Some(data) = frame.data_ref() {
+            counter.feed(data);
+        } else if let Some(trailers) = frame.trailers_ref() {
+            status = trailers.get("grpc-status").cloned();
+        }
+    }
+    match status.as_ref().map(|s| s.as_bytes()) {
+        Some(b"0") => Ok(counter.messages),
+        Some(other) => Err(format!("grpc-status {}", String::from_utf8_lossy(other))),
+        None => Err("no grpc-status".into()),
+    }
+}
+
+fn transport_error(error: &hyper::Error) -> String {
+    if error.is_canceled() {
+        "canceled".into()
+    } else {
+        let text = error.to_string();
+        // Keep kinds few: "stream error received: …" and the like.
+        format!("transport: {}", text.split(':').next().unwrap_or(&text))
+    }
+}
+
+/// Counts length-prefixed gRPC messages across DATA chunks.
+#[derive(Default)]
+struct MessageCounter {
+    messages: u64,
+    header: [u8; 5],
+    header_filled: usize,
+    body_remaining: usize,
+}
+
+impl MessageCounter {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.body_remaining > 0 {
+                let take = self.body_remaining.min(data.len());
+                self.body_remaining -= take;
+                data = &data[take..];
+                continue;
+            }
+            let take = (5 - self.header_filled).min(data.len());
+            self.header[self.header_filled..self.header_filled + take]
+                .copy_from_slice(&data[..take]);
+            self.header_filled += take;
+            data = &data[take..];
+            if self.header_filled == 5 {
+                self.header_filled = 0;
+                self.messages += 1;
+                self.body_remaining = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageCounter;
+
+    #[test]
+    fn counts_messages_across_chunk_boundaries() {
+        let mut stream = Vec::new();
+        for len in [0u32, 3, 70000, 1] {
+            stream.push(0);
+            stream.extend_from_slice(&len.to_be_bytes());
+            stream.extend(std::iter::repeat_n(7u8, len as usize));
+        }
+        for piece in [1, 2, 5, 7, 4096, stream.len()] {
+            let mut counter = MessageCounter::default();
+            for chunk in stream.chunks(piece) {
+                counter.feed(chunk);
+            }
+            assert_eq!(counter.messages, 4, "piece {piece}");
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! HTTP/1.1 and h2 requests, and TLS connection workloads (idle connections held, handshakes
+//! per second).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::connect::Target;
+use crate::driver::{finish, spawn_progress, Labels, Plan, Recorder, Shared};
+use crate::grpc::h2_handshake;
+use crate::report::Report;
+use crate::{ConnectionsArgs, ConnectionsMode, HttpArgs, HttpProtocol};
+
+fn plan(common: &crate::CommonArgs) -> Plan {
+    Plan {
+        duration: common.duration,
+        requests: common.requests,
+        rate: common.rate,
+        quiet: common.quiet,
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+pub async fn run(args: HttpArgs) -> Result<Report, String> {
+    let common = &args.common;
+    let alpn: &[&[u8]] = match args.protocol {
+        HttpProtocol::H1 => &[b"http/1.1"],
+        HttpProtocol::H2 => &[b"h2"],
+    };
+    let target = Target::new(common, alpn, true)?;
+    let uri: Uri = common
+        .target
+        .parse()
+        .map_err(|e| format!("--target: {e}"))?;
+    let method = if args.size > 0 {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    let body = Bytes::from(vec![b'h'; args.size]);
+    let streams = match args.protocol {
+        HttpProtocol::H1 => 1,
+        HttpProtocol::H2 => args.streams.max(1),
+    };
+
+    let mut senders = Vec::new();
+    for _ in 0..common.connections {
+        let stream = target
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {}: {e}", target.address))?;
+        senders.push(match args.protocol {
+            HttpProtocol::H1 => {
+                let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("http/1.1 handshake: {e}"))?;
+                tokio::spawn(connection);
+                Sender::H1(sender)
+            }
+            HttpProtocol::H2 => Sender::H2(h2_handshake(stream).await?),
+        });
+    }
+    let shared = Shared::new(plan(common));
+    let progress = spawn_progress(shared.clone());
+    let uri = Arc::new(uri);
+    let mut workers = Vec::new();
+    for sender in senders {
+        match sender {
+            Sender::H1(sender) => workers.push(tokio::spawn(h1_worker(
+                sender,
+                shared.clone(),
+                uri.clone(),
+                method.clone(),
+                body.clone(),
+            ))),
+            Sender::H2(sender) => {
+                for _ in 0..streams {
+                    workers.push(tokio::spawn(h2_worker(
+                        sender.clone(),
+                        shared.clone(),
+                        uri.clone(),
+                        method.clone(),
+                        body.clone(),
+                    )));
+                }
+            }
+        }
+    }
+    let mut recorders = Vec::new();
+    for worker in workers {
+        recorders.push(worker.await.map_err(|e| e.to_string())?);
+    }
+    shared.stop();
+    let _ = progress.await;
+    Ok(finish(
+        &shared,
+        recorders,
+        Labels {
+            workload: format!(
+                "http {} {method}, {} B body",
+                match args.protocol {
+                    HttpProtocol::H1 => "HTTP/1.1",
+                    HttpProtocol::H2 => "h2",
+                },
+                args.size
+            ),
+            target: common.target.clone(),
+            connections: common.connections,
+            streams,
+            units: "operations",
+        },
+    ))
+}
+
+fn request(uri: &Uri, method: &Method, body: &Bytes, h1: bool) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method.clone());
+    builder = if h1 {
+        // HTTP/1.1 request line in origin form, host in the Host header.
+        let host = uri.authority().map(|a| a.as_str()).unwrap_or("localhost");
+        builder
+            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            .header(http::header::HOST, host)
+    } else {
+        builder.uri(uri.clone())
+    };
+    builder
+        .body(Full::new(body.clone()))
+        .expect("valid request parts")
+}
+
+async fn read_response(
+    response: Result<http::Response<hyper::body::Incoming>, hyper::Error>,
+) -> Result<(), String> {
+    let response = response.map_err(|e| format!("transport: {e}"))?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("http status {}", status.as_u16()))
+    }
+}
+
+async fn h1_worker(
+    mut sender: http1::SendRequest<Full<Bytes>>,
+    shared: Arc<Shared>,
+    uri: Arc<Uri>,
+    method: Method,
+    body: Bytes,
+) -> Recorder {
+    let mut recorder = Recorder::new(shared.clone());
+    while let Some(started) = shared.next().await {
+        if sender.ready().await.is_err() {
+            recorder.error("connection closed");
+            break;
+        }
+        let response = sender
+            .send_request(request(&uri, &method, &body, true))
+            .await;
+        match read_response(response).await {
+            Ok(()) => recorder.ok(started, 1),
+            Err(kind) => recorder.error(kind),
+        }
+    }
+    recorder
+}
+
+async fn h2_worker(
+    mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    shared: Arc<Shared>,
+    uri: Arc<Uri>,
+    method: Method,
+    body: Bytes,
+) -> Recorder {
+    let mut recorder = Recorder::new(shared.clone());
+    while let Some(started) = shared.next().await {
+        let response = sender
+            .send_request(request(&uri, &method, &body, false))
+            .await;
+        match read_response(response).await {
+            Ok(()) => recorder.ok(started, 1),
+            Err(kind) => recorder.error(kind),
+        }
+    }
+    recorder
+}
+
+/// `hold`: opens `--connections` TLS h2 connections (one request each, so both sides are
+/// fully set up), prints a line, keeps them idle for `--duration`. `handshakes`: full TLS
+/// handshakes (no resumption) in a loop on `--connections` tasks.
+pub async fn connections(args: ConnectionsArgs) -> Result<Report, String> {
+    let common = &args.common;
+    match args.mode {
+        ConnectionsMode::Hold => hold(common).await,
+        ConnectionsMode::Handshakes => handshakes(common).await,
+    }
+}
+
+async fn hold(common: &crate::CommonArgs) -> Result<Report, String> {
+    let target = Target::new(common, &[b"h2"], true)?;
+    let uri: Uri = common
+        .target
+        .parse()
+        .map_err(|e| format!("--target: {e}"))?;
+    let shared = Shared::new(Plan {
+        duration: common.duration,
+        requests: None,
+        rate: None,
+        quiet: true,
+    });
+    let mut recorder = Recorder::new(shared.clone());
+    let mut held = Vec::with_capacity(common.connections);
+    // Open in batches so the target sees a burst it can accept, not a SYN flood.
+    for batch in (0..common.connections).collect::<Vec<_>>().chunks(64) {
+        let mut opening = Vec::new();
+        for _ in batch {
+            let target = target.clone();
+            let uri = uri.clone();
+            opening.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let stream = target
+                    .connect()
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let mut sender = h2_handshake(stream).await?;
+                // Any answer will do (a gRPC-only target says 404): it proves both sides
+                // finished setting the connection up.
+                let response = sender
+                    .send_request(request(&uri, &Method::GET, &Bytes::new(), false))
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                let _ = response.into_body().collect().await;
+                Ok::<_, String>((started, sender))
+            }));
+        }
+        for task in opening {
+            match task.await.map_err(|e| e.to_string())? {
+                Ok((started, sender)) => {
+                    recorder.ok(started, 1);
+                    held.push(sender);
+                }
+                Err(kind) => recorder.error(kind),
+            }
+        }
+    }
+    // Harnesses wait for this line, then measure the target's memory.
+    println!("holding {} connections", held.len());
+    tokio::time::sleep_until(shared.deadline().into()).await;
+    drop(held);
+    Ok(finish(
+        &shared,
+        vec![recorder],
+        Labels {
+            workload: "idle TLS h2 connections held (latency: connect + TLS + first request)"
+                .into(),
+            target: common.target.clone(),
+            connections: common.connections,
+            streams: 0,
+            units: "connections",
+        },
+    ))
+}
+
+async fn handshakes(common: &crate::CommonArgs) -> Result<Report, String> {
+    let target = Target::new(common, &[b"h2"], false)?;
+    if !target.is_tls() {
+        return Err("handshakes mode needs an https:// target".into());
+    }
+    let shared = Shared::new(plan(common));
+    let progress = spawn_progress(shared.clone());
+    let mut workers = Vec::new();
+    for _ in 0..common.connections {
+        let target = target.clone();
+        let shared = shared.clone();
+        workers.push(tokio::spawn(async move {
+            let mut recorder = Recorder::new(shared.clone());
+            while let Some(started) = shared.next().await {
+                match target.connect().await {
+                    Ok(stream) => {
+                        drop(stream);
+                        recorder.ok(started, 1)
+                    }
+                    Err(e) => recorder.error(format!("handshake: {}", e.kind())),
+                }
+            }
+            recorder
+        }));
+    }
+    let mut recorders = Vec::new();
+    for worker in workers {
+        recorders.push(worker.await.map_err(|e| e.to_string())?);
+    }
+    shared.stop();
+    let _ = progress.await;
+    Ok(finish(
+        &shared,
+        recorders,
+        Labels {
+            workload: "full TLS handshakes (no resumption)".into(),
+            target: common.target.clone(),
+            connections: common.connections,
+            streams: 1,
+            units: "handshakes",
+        },
+    ))
+}

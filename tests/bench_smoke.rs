@@ -1,0 +1,208 @@
+//! A short smoke of `pachgate bench` against the stand-ins behind pachgate: every workload
+//! runs, reports successes in JSON, and a run whose calls fail is reported as failed.
+//! Correctness only; speed is for benches/, never for tests.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn bench(args: &[&str]) -> (bool, serde_json::Value, String) {
+    let output = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--quiet", "--threads", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // `connections --mode hold` prints a "holding" line before the JSON.
+    let json_start = stdout.find('{').unwrap_or_else(|| {
+        panic!(
+            "no JSON report; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let report = serde_json::from_str(&stdout[json_start..]).unwrap();
+    (
+        output.status.success(),
+        report,
+        stdout[..json_start].to_string(),
+    )
+}
+
+#[test]
+fn every_workload_runs_against_the_demo_backends() {
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let ca = proxy.ca();
+    let ca = ca.to_str().unwrap();
+    let https = format!("https://{}", proxy.target());
+    let wss = format!("wss://{}/ws", proxy.target());
+    let page = format!("{https}/");
+    let runs: Vec<Vec<&str>> = vec![
+        vec![
+            "grpc",
+            "--target",
+            &https,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--connections",
+            "2",
+            "--streams",
+            "4",
+        ],
+        vec![
+            "grpc",
+            "--target",
+            &https,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--mode",
+            "server-stream",
+            "--messages",
+            "50",
+            "--connections",
+            "1",
+            "--streams",
+            "2",
+        ],
+        vec![
+            "grpc",
+            "--target",
+            &https,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--rate",
+            "200",
+            "--connections",
+            "1",
+        ],
+        vec![
+            "ws",
+            "--target",
+            &wss,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--connections",
+            "2",
+        ],
+        vec![
+            "http",
+            "--target",
+            &page,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--protocol",
+            "h1",
+            "--connections",
+            "2",
+        ],
+        vec![
+            "http",
+            "--target",
+            &page,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--protocol",
+            "h2",
+            "--connections",
+            "1",
+            "--size",
+            "1024",
+        ],
+        vec![
+            "connections",
+            "--target",
+            &page,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--mode",
+            "handshakes",
+            "--connections",
+            "2",
+        ],
+        vec![
+            "connections",
+            "--target",
+            &page,
+            "--ca",
+            ca,
+            "--duration",
+            "1s",
+            "--mode",
+            "hold",
+            "--connections",
+            "50",
+        ],
+    ];
+    for args in runs {
+        let (success, report, preamble) = bench(&args);
+        assert!(success, "{args:?}: {report}");
+        assert!(report["ok"].as_u64().unwrap() > 0, "{args:?}: {report}");
+        assert!(
+            report["errors"].as_object().unwrap().is_empty(),
+            "{args:?}: {report}"
+        );
+        assert!(
+            report["latency_us"]["p99"].as_u64().unwrap() > 0,
+            "{report}"
+        );
+        if args[0] == "grpc" && args.contains(&"server-stream") {
+            // 50 messages per call, counted from the frames.
+            let calls = report["ok"].as_f64().unwrap();
+            let messages =
+                report["units_per_s"].as_f64().unwrap() * report["elapsed_s"].as_f64().unwrap();
+            assert!((messages / calls - 50.0).abs() < 0.5, "{report}");
+        }
+        if args.contains(&"hold") {
+            assert!(preamble.contains("holding 50 connections"), "{preamble}");
+        }
+        if args.contains(&"--rate") {
+            let ok = report["ok"].as_f64().unwrap();
+            assert!(ok <= 201.0, "open loop at 200/s for 1 s ran {ok} calls");
+        }
+    }
+}
+
+#[test]
+fn a_call_counts_only_with_grpc_status_zero() {
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let ca = proxy.ca();
+    let https = format!("https://{}", proxy.target());
+    // The stand-in answers UNIMPLEMENTED (HTTP 200, grpc-status 12) for an unknown method.
+    let (success, report, _) = bench(&[
+        "grpc",
+        "--target",
+        &https,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--duration",
+        "1s",
+        "--connections",
+        "1",
+        "--method",
+        "/pachgate.standin.Echo/Missing",
+    ]);
+    assert!(!success, "{report}");
+    assert_eq!(report["ok"].as_u64(), Some(0), "{report}");
+    assert!(
+        report["errors"]["grpc-status 12"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}
