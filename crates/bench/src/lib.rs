@@ -158,14 +158,13 @@ pub async fn run(command: BenchCommand) -> Result<Report, String> {
             (http::connections(args).await?, json)
         }
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+    let text = if json {
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n"
     } else {
-        print!("{}", report.table());
-    }
+        report.table()
+    };
+    // A closed stdout (`| head`) is the reader's choice, not a reason to panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     Ok(report)
 }
 
