@@ -127,3 +127,109 @@ fn generated_certificates_verify_with_openssl_and_keys_are_private() {
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
 }
+
+/// PEM keys in all three encodings load, and the listener speaks TLS 1.2+ with ALPN
+/// h2 / http/1.1 (checked with openssl s_client, a TLS implementation not our own).
+#[test]
+fn pkcs8_pkcs1_and_sec1_keys_load_and_tls_policy_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    };
+    // PKCS#1 RSA ("BEGIN RSA PRIVATE KEY"), SEC1 EC ("BEGIN EC PRIVATE KEY"), PKCS#8.
+    openssl(&["genrsa", "-traditional", "-out", "pkcs1.key", "2048"]);
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "sec1.key",
+    ]);
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", "pkcs8.key"]);
+    let markers = [
+        ("pkcs1", "BEGIN RSA PRIVATE KEY"),
+        ("sec1", "BEGIN EC PRIVATE KEY"),
+        ("pkcs8", "BEGIN PRIVATE KEY"),
+    ];
+    for (name, marker) in markers {
+        let key = format!("{name}.key");
+        let text = std::fs::read_to_string(dir.path().join(&key)).unwrap();
+        assert!(text.contains(marker), "{name}: {text}");
+        openssl(&[
+            "req",
+            "-x509",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-out",
+            &format!("{name}.crt"),
+        ]);
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\nhttps = \"127.0.0.1:0\"\n[tls]\ncert = \"{name}.crt\"\nkey = \"{name}.key\"\n"
+            ),
+        )
+        .unwrap();
+        let check = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+
+    // Serve with the PKCS#1 RSA key and probe the TLS policy.
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--config"])
+        .arg(dir.path().join("pkcs1.toml"));
+    let running = start(serve, 1);
+    let connect = format!("127.0.0.1:{}", running.address("https").port());
+    let probe = |extra: &[&str]| {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        child.stdout.extend_from_slice(&child.stderr);
+        (
+            child.status.success(),
+            String::from_utf8_lossy(&child.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = probe(&["-tls1_2", "-alpn", "h2"]);
+    assert!(ok && text.contains("ALPN protocol: h2"), "{text}");
+    let (ok, text) = probe(&["-tls1_3", "-alpn", "http/1.1"]);
+    assert!(ok && text.contains("ALPN protocol: http/1.1"), "{text}");
+    // SECLEVEL=0 makes this openssl willing to offer TLS 1.1; pachgate must answer with an
+    // alert rather than a session.
+    let (ok, text) = probe(&["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
+    assert!(
+        !ok && text.contains("alert"),
+        "TLS 1.1 was not refused by the server: {text}"
+    );
+}
