@@ -1,0 +1,131 @@
+//! The token cache: answers from pachd kept for a while, keyed by SHA-256 of the token (the
+//! cache never holds a token), bounded, and single flight — concurrent first requests with
+//! the same token wait for one WhoAmI call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::OnceCell;
+
+use crate::{PachydermAuthSettings, WhoAmIAnswer};
+
+type Key = [u8; 32];
+
+struct Slot {
+    /// Filled once by the first caller; later callers wait on it.
+    answer: OnceCell<(WhoAmIAnswer, Instant)>,
+}
+
+pub struct TokenCache {
+    capacity: usize,
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+}
+
+fn key(token: &str) -> Key {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+/// How long an answer may be reused: valid tokens for `cache_ttl` but never past their
+/// expiration; rejections briefly; an unreachable pachd not at all.
+fn lifetime(answer: &WhoAmIAnswer, settings: &PachydermAuthSettings) -> Option<Instant> {
+    let now = Instant::now();
+    match answer {
+        WhoAmIAnswer::Valid { expiration, .. } => {
+            let mut ttl = settings.cache_ttl;
+            if let Some(expiration) = expiration {
+                let left = expiration
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                ttl = ttl.min(left);
+            }
+            (!ttl.is_zero()).then(|| now + ttl)
+        }
+        WhoAmIAnswer::Unauthenticated(_) | WhoAmIAnswer::AuthNotActive => {
+            Some(now + settings.negative_cache_ttl)
+        }
+        WhoAmIAnswer::Unavailable(_) => None,
+    }
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        TokenCache {
+            capacity: capacity.max(1),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached answer for `token`, or the answer of one `check` shared by all callers
+    /// that arrive while it runs.
+    pub async fn get_or_check<F, Fut>(
+        &self,
+        token: &str,
+        settings: &PachydermAuthSettings,
+        check: F,
+    ) -> WhoAmIAnswer
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = WhoAmIAnswer>,
+    {
+        let key = key(token);
+        let slot = {
+            let mut slots = self.slots.lock().expect("cache lock");
+            let fresh = slots.get(&key).filter(|slot| match slot.answer.get() {
+                None => true, // a check is in flight: join it
+                Some((_, until)) => *until > Instant::now(),
+            });
+            match fresh {
+                Some(slot) => slot.clone(),
+                None => {
+                    if slots.len() >= self.capacity {
+                        evict(&mut slots, self.capacity);
+                    }
+                    let slot = Arc::new(Slot {
+                        answer: OnceCell::new(),
+                    });
+                    slots.insert(key, slot.clone());
+                    slot
+                }
+            }
+        };
+        let (answer, _) = slot
+            .answer
+            .get_or_init(|| async {
+                let answer = check().await;
+                // Unreachable pachd: answer this wave of callers, then forget it.
+                let until = lifetime(&answer, settings).unwrap_or_else(Instant::now);
+                (answer, until)
+            })
+            .await;
+        answer.clone()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.slots.lock().unwrap().len()
+    }
+}
+
+/// Drops expired answers; if the cache is still full, drops arbitrary finished ones until a
+/// tenth is free (amortises the scan).
+fn evict(slots: &mut HashMap<Key, Arc<Slot>>, capacity: usize) {
+    let now = Instant::now();
+    slots.retain(|_, slot| slot.answer.get().is_none_or(|(_, until)| *until > now));
+    let target = capacity - capacity / 10 - 1;
+    if slots.len() > target {
+        let excess: Vec<Key> = slots
+            .iter()
+            .filter(|(_, slot)| slot.answer.get().is_some())
+            .map(|(k, _)| *k)
+            .take(slots.len() - target)
+            .collect();
+        for k in excess {
+            slots.remove(&k);
+        }
+    }
+}

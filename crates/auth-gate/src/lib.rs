@@ -1,0 +1,193 @@
+//! Edge authentication for routes in front of pachd. It decides — allow (with the username
+//! when known) or deny with a reason — and renders nothing: proxy-core turns a decision into
+//! a gRPC status or an HTTP response.
+//!
+//! It owns the Pachyderm facts (which methods are public, where the token travels, what
+//! pachd's WhoAmI answers mean) and the token cache (single flight, bounded, keyed by token
+//! hashes). The WhoAmI call itself goes through a [`WhoAmI`] transport the caller provides.
+
+mod cache;
+mod pachyderm;
+
+pub use cache::TokenCache;
+pub use pachyderm::{
+    is_public_method, is_well_formed_grpc_path, token_from_grpc_metadata, token_from_http,
+    TokenLookup,
+};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What pachd's `/auth_v2.API/WhoAmI` said about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhoAmIAnswer {
+    /// The token is valid; `expiration` is when pachd says it stops being valid.
+    Valid {
+        username: String,
+        expiration: Option<SystemTime>,
+    },
+    /// UNAUTHENTICATED, with pachd's own message.
+    Unauthenticated(String),
+    /// UNIMPLEMENTED: auth is not activated on this cluster.
+    AuthNotActive,
+    /// pachd could not be asked (down, refused, timed out); never treated as valid.
+    Unavailable(String),
+}
+
+/// Asks pachd about a token. Implemented by proxy-core over its pooled upstream connection.
+pub trait WhoAmI: Send + Sync {
+    fn who_am_i(&self, token: &str) -> Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + '_>>;
+}
+
+/// What to do when pachd says auth is not activated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAuthDisabled {
+    Deny,
+    Allow,
+}
+
+/// Settings of `[auth.pachyderm]`.
+#[derive(Debug, Clone)]
+pub struct PachydermAuthSettings {
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub cache_capacity: usize,
+    pub when_auth_disabled: WhenAuthDisabled,
+    /// Methods (`/package.Service/Method`) that pass without a token, beyond pachd's own list.
+    pub extra_public_methods: Vec<String>,
+}
+
+impl Default for PachydermAuthSettings {
+    fn default() -> Self {
+        PachydermAuthSettings {
+            cache_ttl: Duration::from_secs(60),
+            negative_cache_ttl: Duration::from_secs(5),
+            cache_capacity: 10_000,
+            when_auth_disabled: WhenAuthDisabled::Deny,
+            extra_public_methods: Vec::new(),
+        }
+    }
+}
+
+/// Why a request was refused. proxy-core maps each to a gRPC status and an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// No token where one is required (gRPC 16 / HTTP 401).
+    MissingToken,
+    /// More than one `authn-token` value: pachd reads the first, so checking any one of them
+    /// could check a different token than pachd uses (gRPC 16 / HTTP 401).
+    AmbiguousToken,
+    /// pachd rejected the token; its message (gRPC 16 / HTTP 401).
+    InvalidToken(String),
+    /// Auth is not activated on pachd and the gate is set to deny (gRPC 7 / HTTP 403).
+    AuthNotActive,
+    /// The token could not be checked (gRPC 14 / HTTP 503).
+    CheckUnavailable(String),
+    /// The request path is not a well-formed gRPC method (gRPC 12 / HTTP 404).
+    MalformedMethod,
+}
+
+impl DenyReason {
+    /// A short, token-free reason for logs and `grpc-message`.
+    pub fn message(&self) -> String {
+        match self {
+            DenyReason::MissingToken => "no authentication token (try logging in)".into(),
+            DenyReason::AmbiguousToken => {
+                "more than one authn-token value; send exactly one".into()
+            }
+            DenyReason::InvalidToken(message) => message.clone(),
+            DenyReason::AuthNotActive => "the auth service is not activated on pachd, and \
+                pachgate denies access to an unauthenticated cluster (when_auth_disabled = \"deny\")"
+                .into(),
+            DenyReason::CheckUnavailable(why) => format!("cannot verify the token: {why}"),
+            DenyReason::MalformedMethod => "malformed gRPC method path".into(),
+        }
+    }
+
+    /// Label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DenyReason::MissingToken => "missing_token",
+            DenyReason::AmbiguousToken => "ambiguous_token",
+            DenyReason::InvalidToken(_) => "invalid_token",
+            DenyReason::AuthNotActive => "auth_not_active",
+            DenyReason::CheckUnavailable(_) => "check_unavailable",
+            DenyReason::MalformedMethod => "malformed_method",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow { username: Option<String> },
+    Deny(DenyReason),
+}
+
+/// The gate for `auth = "pachyderm"` routes.
+pub struct PachydermGate {
+    settings: PachydermAuthSettings,
+    cache: TokenCache,
+    who_am_i: Arc<dyn WhoAmI>,
+}
+
+impl PachydermGate {
+    pub fn new(settings: PachydermAuthSettings, who_am_i: Arc<dyn WhoAmI>) -> Self {
+        PachydermGate {
+            cache: TokenCache::new(settings.cache_capacity),
+            settings,
+            who_am_i,
+        }
+    }
+
+    /// Decides a gRPC call: `method` is the request path, `token` what the metadata held.
+    pub async fn check_grpc(&self, method: &str, token: TokenLookup<'_>) -> Decision {
+        if !is_well_formed_grpc_path(method) {
+            return Decision::Deny(DenyReason::MalformedMethod);
+        }
+        if is_public_method(method)
+            || self
+                .settings
+                .extra_public_methods
+                .iter()
+                .any(|m| m == method)
+        {
+            return Decision::Allow { username: None };
+        }
+        self.check_token(token).await
+    }
+
+    /// Decides an HTTP request to a pachd HTTP route: every request needs a token.
+    pub async fn check_http(&self, token: TokenLookup<'_>) -> Decision {
+        self.check_token(token).await
+    }
+
+    async fn check_token(&self, token: TokenLookup<'_>) -> Decision {
+        let token = match token {
+            TokenLookup::Missing => return Decision::Deny(DenyReason::MissingToken),
+            TokenLookup::Ambiguous => return Decision::Deny(DenyReason::AmbiguousToken),
+            TokenLookup::Found(token) => token,
+        };
+        let answer = self
+            .cache
+            .get_or_check(token, &self.settings, || self.who_am_i.who_am_i(token))
+            .await;
+        match answer {
+            WhoAmIAnswer::Valid { username, .. } => Decision::Allow {
+                username: Some(username),
+            },
+            WhoAmIAnswer::Unauthenticated(message) => {
+                Decision::Deny(DenyReason::InvalidToken(message))
+            }
+            WhoAmIAnswer::AuthNotActive => match self.settings.when_auth_disabled {
+                WhenAuthDisabled::Allow => Decision::Allow { username: None },
+                WhenAuthDisabled::Deny => Decision::Deny(DenyReason::AuthNotActive),
+            },
+            WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
