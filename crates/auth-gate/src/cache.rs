@@ -106,7 +106,7 @@ impl TokenCache {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.lock().unwrap().len()
     }
 }
