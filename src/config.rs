@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pachgate_proxy_core::{
-    PlainMode, RouteSpec, ServerLimits, Snapshot, UpstreamProtocol, UpstreamSpec,
+    PachydermAuthSettings, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, ServerLimits,
+    Snapshot, UpstreamProtocol, UpstreamSpec, WhenAuthDisabled,
 };
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use serde::Deserialize;
@@ -32,6 +33,26 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub runtime: Runtime,
+    #[serde(default)]
+    pub auth: Auth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub pachyderm: Option<Spanned<PachydermAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PachydermAuth {
+    pub upstream: Spanned<String>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub negative_cache_ttl: Option<Spanned<String>>,
+    pub cache_capacity: Option<Spanned<usize>>,
+    pub when_auth_disabled: Option<Spanned<String>>,
+    pub public_methods: Option<Vec<Spanned<String>>>,
+    pub who_am_i_method: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,13 +347,23 @@ impl Validator<'_> {
                 upstream_specs.push(spec);
             }
         }
-        let route_specs = self.routes(&config.routes, &config.upstreams);
+        let pachyderm = config
+            .auth
+            .pachyderm
+            .as_ref()
+            .and_then(|p| self.pachyderm_auth(p, &config.upstreams));
+        let route_specs = self.routes(
+            &config.routes,
+            &config.upstreams,
+            config.auth.pachyderm.as_ref(),
+            config.allow_insecure,
+        );
 
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
         let route_count = route_specs.len();
-        let snapshot = Snapshot::build(route_specs, upstream_specs)
+        let snapshot = Snapshot::build(route_specs, upstream_specs, pachyderm)
             .map_err(|message| vec![self.locate.error(&(0..0), message)])?;
         Ok(RuntimeConfig {
             https,
@@ -654,10 +685,96 @@ impl Validator<'_> {
         })
     }
 
+    fn pachyderm_auth(
+        &mut self,
+        auth: &Spanned<PachydermAuth>,
+        upstreams: &BTreeMap<Spanned<String>, Spanned<Upstream>>,
+    ) -> Option<PachydermAuthSpec> {
+        let before = self.errors.len();
+        let a = auth.get_ref();
+        let name = a.upstream.get_ref();
+        match upstreams.iter().find(|(k, _)| k.get_ref() == name) {
+            None => self.err(
+                &a.upstream.span(),
+                format!("auth.pachyderm.upstream {name:?} is not defined: name the upstream of pachd's gRPC port"),
+            ),
+            Some((_, u)) => {
+                let protocol = u.get_ref().protocol.as_ref().map(|p| p.get_ref().as_str());
+                if !matches!(protocol, None | Some("h2c")) {
+                    self.err(
+                        &a.upstream.span(),
+                        format!("auth.pachyderm.upstream {name:?} must be pachd's gRPC port (protocol = \"h2c\"): WhoAmI is a gRPC call"),
+                    );
+                }
+            }
+        }
+        let mut settings = PachydermAuthSettings::default();
+        if let Some(v) = &a.cache_ttl {
+            if let Some(d) = self.duration(v, "auth.pachyderm.cache_ttl") {
+                settings.cache_ttl = d;
+            }
+        }
+        if let Some(v) = &a.negative_cache_ttl {
+            if let Some(d) = self.duration(v, "auth.pachyderm.negative_cache_ttl") {
+                settings.negative_cache_ttl = d;
+            }
+        }
+        if let Some(v) = &a.cache_capacity {
+            if *v.get_ref() == 0 {
+                self.err(
+                    &v.span(),
+                    "auth.pachyderm.cache_capacity must be at least 1",
+                );
+            }
+            settings.cache_capacity = *v.get_ref();
+        }
+        if let Some(v) = &a.when_auth_disabled {
+            settings.when_auth_disabled = match v.get_ref().as_str() {
+                "deny" => WhenAuthDisabled::Deny,
+                "allow" => WhenAuthDisabled::Allow,
+                other => {
+                    self.err(
+                        &v.span(),
+                        format!("when_auth_disabled {other:?} is not known: expected \"deny\" or \"allow\""),
+                    );
+                    WhenAuthDisabled::Deny
+                }
+            };
+        }
+        for method in a.public_methods.iter().flatten() {
+            if !pachgate_auth_gate::is_well_formed_grpc_path(method.get_ref()) {
+                self.err(
+                    &method.span(),
+                    format!("public method {:?} is not a gRPC method path: expected \"/package.Service/Method\"", method.get_ref()),
+                );
+            }
+            settings.extra_public_methods.push(method.get_ref().clone());
+        }
+        let who_am_i_method = match &a.who_am_i_method {
+            Some(m) => {
+                if !pachgate_auth_gate::is_well_formed_grpc_path(m.get_ref()) {
+                    self.err(
+                        &m.span(),
+                        "who_am_i_method must be a gRPC method path like \"/auth_v2.API/WhoAmI\"",
+                    );
+                }
+                m.get_ref().clone()
+            }
+            None => "/auth_v2.API/WhoAmI".to_string(),
+        };
+        (self.errors.len() == before).then(|| PachydermAuthSpec {
+            upstream: name.clone(),
+            who_am_i_method,
+            settings,
+        })
+    }
+
     fn routes(
         &mut self,
         routes: &[Spanned<Route>],
         upstreams: &BTreeMap<Spanned<String>, Spanned<Upstream>>,
+        pachyderm: Option<&Spanned<PachydermAuth>>,
+        allow_insecure: bool,
     ) -> Vec<RouteSpec> {
         let known: HashSet<&str> = upstreams.keys().map(|k| k.get_ref().as_str()).collect();
         let mut seen = HashSet::new();
@@ -685,24 +802,53 @@ impl Validator<'_> {
                     ),
                 );
             }
-            if let Some(auth) = &route.auth {
-                match auth.get_ref().as_str() {
-                    "none" => {}
-                    "pachyderm" | "token" => self.err(
-                        &auth.span(),
+            let auth = match &route.auth {
+                None => RouteAuth::None,
+                Some(auth) => match auth.get_ref().as_str() {
+                    "none" => RouteAuth::None,
+                    "pachyderm" => {
+                        if pachyderm.is_none() {
+                            self.err(
+                                &auth.span(),
+                                "auth = \"pachyderm\" needs an [auth.pachyderm] section with `upstream` (pachd's gRPC port, where WhoAmI is asked)",
+                            );
+                        }
+                        RouteAuth::Pachyderm
+                    }
+                    "token" => {
+                        self.err(
+                            &auth.span(),
+                            "auth = \"token\" is not available in this version yet; refusing to start rather than forward without the check",
+                        );
+                        RouteAuth::None
+                    }
+                    other => {
+                        self.err(
+                            &auth.span(),
+                            format!("auth {other:?} is not known: expected \"none\", \"pachyderm\" or \"token\""),
+                        );
+                        RouteAuth::None
+                    }
+                },
+            };
+            // Secure by default: pachd reached without the gate is an open cluster if its own
+            // auth is off. Only an explicit allow_insecure lets that start.
+            if let Some(pachyderm) = pachyderm {
+                if auth == RouteAuth::None
+                    && upstream == pachyderm.get_ref().upstream.get_ref()
+                    && !allow_insecure
+                {
+                    let span = route
+                        .auth
+                        .as_ref()
+                        .map(|a| a.span())
+                        .unwrap_or(route.upstream.span());
+                    self.err(
+                        &span,
                         format!(
-                            "auth = {:?} is not available in this version yet; refusing to start \
-                             rather than forward without the check. Use auth = \"none\" only \
-                             behind another gate",
-                            auth.get_ref()
+                            "route {name:?} reaches pachd (upstream {upstream:?}, the one [auth.pachyderm] names) without auth: set auth = \"pachyderm\", or allow_insecure = true to accept an unauthenticated path to pachd"
                         ),
-                    ),
-                    other => self.err(
-                        &auth.span(),
-                        format!(
-                            "auth {other:?} is not known: expected \"none\", \"pachyderm\" or \"token\""
-                        ),
-                    ),
+                    );
                 }
             }
             let m = route.matcher.get_ref();
@@ -724,6 +870,7 @@ impl Validator<'_> {
                 name: name.clone(),
                 matcher: spec,
                 upstream: upstream.clone(),
+                auth,
             });
         }
         specs

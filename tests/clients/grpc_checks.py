@@ -62,7 +62,7 @@ def read_varint(data, i):
 
 def echo_response(data):
     """-> dict(payload=bytes, sequence=int, total_bytes=int)"""
-    out = {"payload": b"", "sequence": 0, "total_bytes": 0}
+    out = {"payload": b"", "sequence": 0, "total_bytes": 0, "who_am_i_calls": 0}
     i = 0
     while i < len(data):
         key, i = read_varint(data, i)
@@ -75,7 +75,7 @@ def echo_response(data):
             value, i = read_varint(data, i)
         else:
             raise ValueError(f"unexpected wire type {wire}")
-        name = {1: "payload", 2: "sequence", 3: "total_bytes"}.get(tag)
+        name = {1: "payload", 2: "sequence", 3: "total_bytes", 4: "who_am_i_calls"}.get(tag)
         if name:
             out[name] = value
     return out
@@ -311,7 +311,83 @@ def check_upstream_dies(args):
     print(f"stream ended with {code.name}")
 
 
+def expect_code(call, code, phrase=None):
+    """Runs call(); it must fail with `code` (and `phrase` in the details)."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        expect(e.code() == code, f"code {e.code()} ({e.details()!r}), want {code}")
+        if phrase:
+            expect(phrase in (e.details() or ""), f"details {e.details()!r} lack {phrase!r}")
+        return e
+    expect(False, f"call succeeded, want {code}")
+
+
+def check_auth_gate(args):
+    """auth = "pachyderm": public methods pass without a token, the rest need one that
+    pachd's WhoAmI accepts; answers are cached (one WhoAmI for many calls)."""
+    with channel(args) as ch:
+        unary = method(ch, "unary", "Unary")
+        version = ch.unary_unary(
+            "/versionpb_v2.API/GetVersion", request_serializer=ident, response_deserializer=ident
+        )
+        # Public: no token needed.
+        expect(version(b"", timeout=10)[:2] == b"\x08\x02", "GetVersion without a token failed")
+        # Protected without a token: pachd's wording for a missing token.
+        expect_code(lambda: unary(echo_request(b"x"), timeout=10),
+                    grpc.StatusCode.UNAUTHENTICATED, "no authentication token")
+        # A bad token: pachd's own message comes back.
+        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "wrong")], timeout=10),
+                    grpc.StatusCode.UNAUTHENTICATED, "corrupted or has expired")
+        # Two authn-token values: refused, whatever they are.
+        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "demo-token"),
+                                                                 ("authn-token", "wrong")], timeout=10),
+                    grpc.StatusCode.UNAUTHENTICATED, "more than one")
+        # A malformed method path is refused, not forwarded.
+        bad_path = ch.unary_unary("/pachgate.standin.Echo/Unary/x",
+                                  request_serializer=ident, response_deserializer=ident)
+        expect_code(lambda: bad_path(echo_request(b"x"), metadata=[("authn-token", "demo-token")],
+                                     timeout=10), grpc.StatusCode.UNIMPLEMENTED)
+        stats = method(ch, "unary", "Stats")
+        good = [("authn-token", "demo-token")]
+        before = echo_response(stats(b"", metadata=good, timeout=10))["who_am_i_calls"]
+        for i in range(30):
+            reply = echo_response(unary(echo_request(b"ok"), metadata=good, timeout=10))
+            expect(reply["payload"] == b"ok", "echo with a valid token failed")
+        after = echo_response(stats(b"", metadata=good, timeout=10))["who_am_i_calls"]
+        expect(after == before, f"{after - before} WhoAmI calls for 31 cached calls, want 0")
+
+
+def check_auth_not_active(args):
+    """pachd without auth: denied by default, with a message that says why."""
+    with channel(args) as ch:
+        unary = method(ch, "unary", "Unary")
+        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "t")], timeout=10),
+                    grpc.StatusCode.PERMISSION_DENIED, "not activated")
+
+
+def check_auth_allow_when_disabled(args):
+    """when_auth_disabled = "allow": an unauthenticated cluster is reachable (opt-out)."""
+    with channel(args) as ch:
+        reply = method(ch, "unary", "Unary")(echo_request(b"open"),
+                                             metadata=[("authn-token", "t")], timeout=10)
+        expect(echo_response(reply)["payload"] == b"open", "call was not forwarded")
+
+
+def check_auth_unavailable(args):
+    """pachd cannot be asked about the token: UNAVAILABLE from pachgate, never a pass."""
+    with channel(args) as ch:
+        unary = method(ch, "unary", "Unary")
+        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "demo-token")],
+                                  timeout=20),
+                    grpc.StatusCode.UNAVAILABLE, "pachgate cannot verify the token")
+
+
 CHECKS = {
+    "auth-gate": check_auth_gate,
+    "auth-unavailable": check_auth_unavailable,
+    "auth-not-active": check_auth_not_active,
+    "auth-allow-when-disabled": check_auth_allow_when_disabled,
     "upstream-dies": check_upstream_dies,
     "cancel": check_cancel,
     "large": check_large,

@@ -105,8 +105,13 @@ pub fn start(mut command: Command, expected: usize) -> Running {
 
 /// The stand-in pachd (h2c gRPC) and console (HTTP/1.1 + websocket).
 pub fn standins() -> Running {
+    standins_with(&[])
+}
+
+/// The stand-ins with extra flags (`--auth-inactive`).
+pub fn standins_with(args: &[&str]) -> Running {
     let mut command = Command::new(BIN);
-    command.arg("standins");
+    command.arg("standins").args(args);
     start(command, 2)
 }
 

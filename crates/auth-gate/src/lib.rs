@@ -101,7 +101,9 @@ impl DenyReason {
             DenyReason::AuthNotActive => "the auth service is not activated on pachd, and \
                 pachgate denies access to an unauthenticated cluster (when_auth_disabled = \"deny\")"
                 .into(),
-            DenyReason::CheckUnavailable(why) => format!("cannot verify the token: {why}"),
+            DenyReason::CheckUnavailable(why) => {
+                format!("pachgate cannot verify the token with pachd: {why}")
+            }
             DenyReason::MalformedMethod => "malformed gRPC method path".into(),
         }
     }

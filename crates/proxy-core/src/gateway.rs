@@ -7,24 +7,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, LOCATION};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use pachgate_auth_gate::{
+    token_from_grpc_metadata, token_from_http, Decision, PachydermAuthSettings, PachydermGate,
+};
 use pachgate_routing::{is_grpc_content_type, MatchSpec, RequestFacts, RouteTable};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::{deny_response, UpstreamWhoAmI};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::framing_guard::{FramingGuard, FramingVerdicts};
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
+
+static AUTHN_TOKEN: HeaderName = HeaderName::from_static("authn-token");
 
 /// Protocol limits, each set on purpose (hyper's defaults are not an ingress's defaults).
 #[derive(Debug, Clone)]
@@ -72,26 +78,70 @@ impl Default for ServerLimits {
     }
 }
 
+/// Edge authentication for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    None,
+    /// Pachyderm tokens, checked with pachd's WhoAmI (see `pachgate-auth-gate`).
+    Pachyderm,
+}
+
 /// A route as the binary's config describes it.
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
     pub name: String,
     pub matcher: MatchSpec,
     pub upstream: String,
+    pub auth: RouteAuth,
+}
+
+/// `[auth.pachyderm]`: where WhoAmI is asked and how answers are kept.
+#[derive(Debug, Clone)]
+pub struct PachydermAuthSpec {
+    pub upstream: String,
+    pub who_am_i_method: String,
+    pub settings: PachydermAuthSettings,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RouteTarget {
+    upstream: usize,
+    auth: RouteAuth,
 }
 
 /// One immutable configuration as requests see it; reload swaps the whole snapshot.
 pub struct Snapshot {
-    routes: RouteTable<usize>,
+    routes: RouteTable<RouteTarget>,
     upstreams: Vec<Arc<Upstream>>,
+    pachyderm_gate: Option<PachydermGate>,
 }
 
 impl Snapshot {
-    pub fn build(routes: Vec<RouteSpec>, upstreams: Vec<UpstreamSpec>) -> Result<Self, String> {
+    pub fn build(
+        routes: Vec<RouteSpec>,
+        upstreams: Vec<UpstreamSpec>,
+        pachyderm: Option<PachydermAuthSpec>,
+    ) -> Result<Self, String> {
         let upstreams = upstreams
             .into_iter()
             .map(|spec| Upstream::new(spec).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let pachyderm_gate = match pachyderm {
+            None => None,
+            Some(spec) => {
+                let upstream = upstreams
+                    .iter()
+                    .find(|u| u.name() == spec.upstream)
+                    .ok_or_else(|| format!("auth.pachyderm: unknown upstream {:?}", spec.upstream))?
+                    .clone();
+                let method = spec
+                    .who_am_i_method
+                    .parse()
+                    .map_err(|e| format!("auth.pachyderm.who_am_i_method: {e}"))?;
+                let who_am_i = Arc::new(UpstreamWhoAmI { upstream, method });
+                Some(PachydermGate::new(spec.settings, who_am_i))
+            }
+        };
         let mut specs = Vec::with_capacity(routes.len());
         for route in routes {
             let index = upstreams
@@ -103,12 +153,26 @@ impl Snapshot {
                         route.name, route.upstream
                     )
                 })?;
-            specs.push((route.name, route.matcher, index));
+            if route.auth == RouteAuth::Pachyderm && pachyderm_gate.is_none() {
+                return Err(format!(
+                    "route {}: auth = \"pachyderm\" needs an [auth.pachyderm] section",
+                    route.name
+                ));
+            }
+            let target = RouteTarget {
+                upstream: index,
+                auth: route.auth,
+            };
+            specs.push((route.name, route.matcher, target));
         }
         let names: Vec<String> = specs.iter().map(|(n, _, _)| n.clone()).collect();
         let routes = RouteTable::compile(specs)
             .map_err(|(index, e)| format!("route {}: {e}", names[index]))?;
-        Ok(Snapshot { routes, upstreams })
+        Ok(Snapshot {
+            routes,
+            upstreams,
+            pachyderm_gate,
+        })
     }
 }
 
@@ -193,8 +257,42 @@ impl Gateway {
             tracing::debug!(path = facts.path(), client = %conn.peer, "no route");
             return ProxyError::NoRoute.into_response(grpc);
         };
-        let upstream = &snapshot.upstreams[route.target];
+        let upstream = &snapshot.upstreams[route.target.upstream];
         let authority = facts.authority();
+
+        if route.target.auth == RouteAuth::Pachyderm {
+            let gate = snapshot
+                .pachyderm_gate
+                .as_ref()
+                .expect("routes with auth = pachyderm are only built with a gate");
+            let headers = request.headers();
+            let decision = if grpc {
+                let token = token_from_grpc_metadata(
+                    headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes()),
+                );
+                gate.check_grpc(request.uri().path(), token).await
+            } else {
+                let token = token_from_http(
+                    headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes()),
+                    headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
+                    headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()),
+                );
+                gate.check_http(token).await
+            };
+            if let Decision::Deny(reason) = decision {
+                // The audit line: never the token, only why.
+                tracing::warn!(
+                    target: "pachgate::audit",
+                    route = %route.name,
+                    path = request.uri().path(),
+                    client = %conn.peer,
+                    reason = reason.kind(),
+                    detail = %reason.message(),
+                    "request denied"
+                );
+                return deny_response(&reason, grpc);
+            }
+        }
 
         let result =
             if request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers()) {

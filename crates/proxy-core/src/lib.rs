@@ -5,6 +5,7 @@
 //! It does not parse configuration files or generate certificates; the binary hands it
 //! typed specs and a rustls `ServerConfig`.
 
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod framing_guard;
@@ -13,5 +14,8 @@ pub mod headers;
 pub mod upstream;
 pub mod websocket;
 
-pub use gateway::{Gateway, PlainMode, RouteSpec, ServerLimits, Snapshot};
+pub use gateway::{
+    Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, ServerLimits, Snapshot,
+};
+pub use pachgate_auth_gate::{PachydermAuthSettings, WhenAuthDisabled};
 pub use upstream::{UpstreamProtocol, UpstreamSpec};

@@ -85,4 +85,7 @@ pub struct EchoResponse {
     /// Client streaming: total payload bytes received.
     #[prost(uint64, tag = "3")]
     pub total_bytes: u64,
+    /// Stats: WhoAmI calls the stand-in has answered.
+    #[prost(uint64, tag = "4")]
+    pub who_am_i_calls: u64,
 }

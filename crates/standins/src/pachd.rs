@@ -60,6 +60,7 @@ pub async fn serve_pachd(
         Ok::<_, std::io::Error>(tcp)
     });
     let options = Arc::new(options);
+    let who_am_i_calls = Arc::new(AtomicU64::new(0));
     tonic::transport::Server::builder()
         // Large fixed windows: like pachd (Go), the stand-in must not be the bottleneck, and
         // h2's small-DATA-frame guard scales with the connection window.
@@ -68,11 +69,15 @@ pub async fn serve_pachd(
         .add_service(version_api::a_p_i_server::APIServer::new(VersionService))
         .add_service(auth_api::a_p_i_server::APIServer::new(AuthService {
             options: options.clone(),
+            calls: who_am_i_calls.clone(),
         }))
         .add_service(
-            echo_api::echo_server::EchoServer::new(EchoService::default())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            echo_api::echo_server::EchoServer::new(EchoService {
+                cancelled_streams: Arc::default(),
+                who_am_i_calls,
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming(incoming)
         .await
@@ -96,6 +101,7 @@ impl version_api::a_p_i_server::API for VersionService {
 
 struct AuthService {
     options: Arc<PachdOptions>,
+    calls: Arc<AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -104,6 +110,7 @@ impl auth_api::a_p_i_server::API for AuthService {
         &self,
         request: Request<WhoAmIRequest>,
     ) -> Result<Response<WhoAmIResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.options.auth_active {
             return Err(Status::unimplemented("the auth service is not activated"));
         }
@@ -138,9 +145,10 @@ impl auth_api::a_p_i_server::API for AuthService {
 
 /// The echo service counts server streams whose client went away, so tests can see that a
 /// client's cancellation reached the upstream through the proxy.
-#[derive(Default)]
 struct EchoService {
     cancelled_streams: Arc<AtomicU64>,
+    /// Shared with the auth service, so tests can count WhoAmI calls (cache behaviour).
+    who_am_i_calls: Arc<AtomicU64>,
 }
 
 type EchoStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
@@ -183,6 +191,7 @@ impl echo_api::echo_server::Echo for EchoService {
             payload: reply_payload(&request),
             sequence: 0,
             total_bytes: request.payload.len() as u64,
+            who_am_i_calls: 0,
         }))
     }
 
@@ -192,6 +201,7 @@ impl echo_api::echo_server::Echo for EchoService {
             payload: Bytes::new(),
             sequence: self.cancelled_streams.load(Ordering::Relaxed),
             total_bytes: 0,
+            who_am_i_calls: self.who_am_i_calls.load(Ordering::Relaxed),
         }))
     }
 
@@ -214,6 +224,7 @@ impl echo_api::echo_server::Echo for EchoService {
                     payload: payload.clone(),
                     sequence,
                     total_bytes: 0,
+                    who_am_i_calls: 0,
                 };
                 if tx.send(Ok(message)).await.is_err() {
                     // The client went away: tonic dropped the stream on RST_STREAM.
@@ -243,6 +254,7 @@ impl echo_api::echo_server::Echo for EchoService {
             payload: Bytes::new(),
             sequence: count,
             total_bytes,
+            who_am_i_calls: 0,
         }))
     }
 
@@ -267,6 +279,7 @@ impl echo_api::echo_server::Echo for EchoService {
                             payload: reply_payload(&message),
                             sequence,
                             total_bytes: 0,
+                            who_am_i_calls: 0,
                         };
                         sequence += 1;
                         if tx.send(Ok(reply)).await.is_err() {

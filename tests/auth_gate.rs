@@ -1,0 +1,133 @@
+//! The Pachyderm auth gate end to end: grpcio and curl through pachgate to the stand-in pachd,
+//! whose WhoAmI behaves like pachd's (valid `demo-token`, unknown tokens, auth not activated)
+//! and counts its calls.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Stand-in routes with `auth = "pachyderm"` on gRPC and on an HTTP API path.
+fn gated_routes(pachd: &str, console: &str, auth_extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.pachd]
+endpoints = ["{pachd}"]
+protocol = "h2c"
+connect_timeout = "2s"
+
+[upstreams.console]
+endpoints = ["{console}"]
+protocol = "http1"
+
+[auth.pachyderm]
+upstream = "pachd"
+cache_ttl = "60s"
+{auth_extra}
+
+[[routes]]
+name = "pachd-grpc"
+match = {{ grpc = true }}
+upstream = "pachd"
+auth = "pachyderm"
+
+[[routes]]
+name = "pachd-http-api"
+match = {{ path_prefix = "/api/" }}
+upstream = "console"
+auth = "pachyderm"
+
+[[routes]]
+name = "console"
+match = {{ path_prefix = "/" }}
+upstream = "console"
+"#
+    )
+}
+
+fn proxy_for(standins: &Running, auth_extra: &str) -> Proxy {
+    pachgate(
+        &gated_routes(
+            &standins.address("standin-pachd").to_string(),
+            &standins.address("standin-console").to_string(),
+            auth_extra,
+        ),
+        "",
+    )
+}
+
+fn curl_status(proxy: &Proxy, path: &str, extra: &[&str]) -> u16 {
+    let output = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(proxy.ca())
+        .args(extra)
+        .arg(format!("https://{}{path}", proxy.target()))
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().parse().unwrap()
+}
+
+#[test]
+fn grpc_calls_need_a_token_pachd_accepts_and_answers_are_cached() {
+    let standins = standins();
+    let proxy = proxy_for(&standins, "");
+    grpc_check(&proxy, "auth-gate");
+    // The audit log names the reason, never the token.
+    let log = proxy.running.stderr_so_far();
+    assert!(log.contains("request denied"), "{log}");
+    assert!(log.contains("invalid_token"), "{log}");
+    assert!(
+        !log.contains("demo-token"),
+        "a token reached the log:\n{log}"
+    );
+    assert!(!log.contains("wrong"), "a token reached the log:\n{log}");
+}
+
+#[test]
+fn http_routes_take_the_token_from_header_cookie_or_bearer() {
+    let standins = standins();
+    let proxy = proxy_for(&standins, "");
+    assert_eq!(curl_status(&proxy, "/api/v1/repos", &[]), 401);
+    assert_eq!(
+        curl_status(
+            &proxy,
+            "/api/v1/repos",
+            &["-H", "Authorization: Bearer nope"]
+        ),
+        401
+    );
+    for good in [
+        "authn-token: demo-token",
+        "Authorization: Bearer demo-token",
+        "Cookie: theme=dark; authn-token=demo-token",
+    ] {
+        assert_eq!(
+            curl_status(&proxy, "/api/v1/repos", &["-H", good]),
+            200,
+            "{good}"
+        );
+    }
+    // Routes without auth are untouched.
+    assert_eq!(curl_status(&proxy, "/lineage", &[]), 200);
+}
+
+#[test]
+fn a_cluster_without_auth_is_denied_unless_allowed() {
+    let standins = standins_with(&["--auth-inactive"]);
+    let deny = proxy_for(&standins, "");
+    grpc_check(&deny, "auth-not-active");
+    let allow = proxy_for(&standins, "when_auth_disabled = \"allow\"");
+    grpc_check(&allow, "auth-allow-when-disabled");
+}
+
+#[test]
+fn pachd_unreachable_means_unavailable_never_allow() {
+    let down = format!("127.0.0.1:{}", free_port());
+    let proxy = pachgate(&gated_routes(&down, &down, ""), "");
+    grpc_check(&proxy, "auth-unavailable");
+    assert_eq!(
+        curl_status(&proxy, "/api/x", &["-H", "authn-token: demo-token"]),
+        503
+    );
+}
