@@ -85,6 +85,48 @@ fn grpc_calls_need_a_token_pachd_accepts_and_answers_are_cached() {
 }
 
 #[test]
+fn path_and_header_tricks_are_denied() {
+    let standins = standins();
+    let proxy = proxy_for(&standins, "");
+    grpc_check(&proxy, "auth-bypass");
+    // HTTP: a token named in Connection is hop-by-hop, so it never counts; dot segments and
+    // doubled slashes cannot move a request from a gated route to an open one or back.
+    assert_eq!(
+        curl_status(
+            &proxy,
+            "/api/x",
+            &[
+                "--http1.1",
+                "-H",
+                "Connection: authn-token",
+                "-H",
+                "authn-token: demo-token"
+            ]
+        ),
+        401
+    );
+    for sneaky in [
+        "/lineage/../api/x",
+        "//api/x",
+        "/%2e%2e/api/x",
+        "/lineage/%2E%2E/api/x",
+    ] {
+        assert_eq!(
+            curl_status(&proxy, sneaky, &["--path-as-is"]),
+            401,
+            "{sneaky} escaped the gate"
+        );
+    }
+}
+
+#[test]
+fn expired_tokens_are_refused_within_the_cache_ttl() {
+    let standins = standins();
+    let proxy = proxy_for(&standins, "");
+    grpc_check(&proxy, "auth-expiry");
+}
+
+#[test]
 fn http_routes_take_the_token_from_header_cookie_or_bearer() {
     let standins = standins();
     let proxy = proxy_for(&standins, "");

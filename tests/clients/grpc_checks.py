@@ -62,7 +62,8 @@ def read_varint(data, i):
 
 def echo_response(data):
     """-> dict(payload=bytes, sequence=int, total_bytes=int)"""
-    out = {"payload": b"", "sequence": 0, "total_bytes": 0, "who_am_i_calls": 0}
+    out = {"payload": b"", "sequence": 0, "total_bytes": 0, "who_am_i_calls": 0,
+           "unary_calls": 0}
     i = 0
     while i < len(data):
         key, i = read_varint(data, i)
@@ -75,7 +76,8 @@ def echo_response(data):
             value, i = read_varint(data, i)
         else:
             raise ValueError(f"unexpected wire type {wire}")
-        name = {1: "payload", 2: "sequence", 3: "total_bytes", 4: "who_am_i_calls"}.get(tag)
+        name = {1: "payload", 2: "sequence", 3: "total_bytes", 4: "who_am_i_calls",
+                5: "unary_calls"}.get(tag)
         if name:
             out[name] = value
     return out
@@ -350,12 +352,84 @@ def check_auth_gate(args):
                                      timeout=10), grpc.StatusCode.UNIMPLEMENTED)
         stats = method(ch, "unary", "Stats")
         good = [("authn-token", "demo-token")]
-        before = echo_response(stats(b"", metadata=good, timeout=10))["who_am_i_calls"]
-        for i in range(30):
+
+        def counters():
+            return echo_response(stats(b"", metadata=good, timeout=10))
+
+        # A denied call never reaches the stand-in.
+        before = counters()
+        expect_code(lambda: unary(echo_request(b"x"), timeout=10), grpc.StatusCode.UNAUTHENTICATED)
+        expect(counters()["unary_calls"] == before["unary_calls"], "a denied call reached pachd")
+
+        # 1000 calls with one token: no WhoAmI beyond the first (already made by Stats).
+        before = counters()
+        for _ in range(1000):
             reply = echo_response(unary(echo_request(b"ok"), metadata=good, timeout=10))
             expect(reply["payload"] == b"ok", "echo with a valid token failed")
-        after = echo_response(stats(b"", metadata=good, timeout=10))["who_am_i_calls"]
-        expect(after == before, f"{after - before} WhoAmI calls for 31 cached calls, want 0")
+        after = counters()
+        expect(after["who_am_i_calls"] == before["who_am_i_calls"],
+               f"{after['who_am_i_calls'] - before['who_am_i_calls']} WhoAmI calls for 1000 calls")
+        expect(after["unary_calls"] - before["unary_calls"] == 1000, "calls went missing")
+
+        # 50 concurrent first calls with a token not seen before: one WhoAmI between them.
+        before = counters()
+        second = [("authn-token", "demo-token-2")]
+        futures = [unary.future(echo_request(b"c"), metadata=second, timeout=20) for _ in range(50)]
+        for f in futures:
+            expect(echo_response(f.result())["payload"] == b"c", "concurrent call failed")
+        after = counters()
+        expect(after["who_am_i_calls"] - before["who_am_i_calls"] == 1,
+               f"{after['who_am_i_calls'] - before['who_am_i_calls']} WhoAmI calls for 50 "
+               "concurrent first calls, want 1")
+
+
+def check_auth_bypass(args):
+    """Path and header tricks against a protected method: all denied, none reach pachd."""
+    good = [("authn-token", "demo-token")]
+    with channel(args) as ch:
+        stats = method(ch, "unary", "Stats")
+        before = echo_response(stats(b"", metadata=good, timeout=10))["unary_calls"]
+        tricks = [
+            "/versionpb_v2.API/GetVersion/../../pachgate.standin.Echo/Unary",
+            "/versionpb_v2.API/GetVersion/%2e%2e/%2e%2e/pachgate.standin.Echo/Unary",
+            "//pachgate.standin.Echo/Unary",
+            "/pachgate.standin.Echo/./Unary",
+            "/pachgate.standin.Echo//Unary",
+            "/pachgate.standin.Echo%2FUnary",
+            "/pachgate.standin.Echo/%55nary",
+            "/pachgate.standin.Echo/Unary?x=/versionpb_v2.API/GetVersion",
+            "/versionpb_v2.API/GetVersion%2F..%2F..%2Fpachgate.standin.Echo%2FUnary",
+        ]
+        for path in tricks:
+            call = ch.unary_unary(path, request_serializer=ident, response_deserializer=ident)
+            try:
+                call(echo_request(b"x"), timeout=10)
+                expect(False, f"{path} was let through without a token")
+            except grpc.RpcError as e:
+                expect(e.code() != grpc.StatusCode.OK, f"{path}: {e.code()}")
+        unary = method(ch, "unary", "Unary")
+        for metadata, why in [
+            ([("authn-token", "")], "empty token"),
+            ([("authn-token", "demo-token"), ("authn-token", "demo-token")], "token twice"),
+            ([("authn-token", "wrong"), ("authn-token", "demo-token")], "bad then good token"),
+        ]:
+            expect_code(lambda: unary(echo_request(b"x"), metadata=metadata, timeout=10),
+                        grpc.StatusCode.UNAUTHENTICATED)
+        after = echo_response(stats(b"", metadata=good, timeout=10))["unary_calls"]
+        expect(after == before, f"{after - before} tricked calls reached pachd")
+
+
+def check_auth_expiry(args):
+    """A token pachd says expires soon is refused once it has expired, although cache_ttl
+    (60 s) has not run out: the cache never outlives the token."""
+    with channel(args) as ch:
+        unary = method(ch, "unary", "Unary")
+        short = [("authn-token", "short-lived-token")]
+        expect(echo_response(unary(echo_request(b"s"), metadata=short, timeout=10))["payload"]
+               == b"s", "short-lived token refused while valid")
+        time.sleep(7)  # the stand-in's short-lived token lives 6 s from its start
+        expect_code(lambda: unary(echo_request(b"s"), metadata=short, timeout=10),
+                    grpc.StatusCode.UNAUTHENTICATED, "expired")
 
 
 def check_auth_not_active(args):
@@ -385,6 +459,8 @@ def check_auth_unavailable(args):
 
 CHECKS = {
     "auth-gate": check_auth_gate,
+    "auth-bypass": check_auth_bypass,
+    "auth-expiry": check_auth_expiry,
     "auth-unavailable": check_auth_unavailable,
     "auth-not-active": check_auth_not_active,
     "auth-allow-when-disabled": check_auth_allow_when_disabled,

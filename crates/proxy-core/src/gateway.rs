@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use pachgate_auth_gate::{
     token_from_grpc_metadata, token_from_http, Decision, PachydermAuthSettings, PachydermGate,
 };
-use pachgate_routing::{is_grpc_content_type, MatchSpec, RequestFacts, RouteTable};
+use pachgate_routing::{is_grpc_content_type, normalize_path, MatchSpec, RequestFacts, RouteTable};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -235,7 +235,7 @@ impl Gateway {
     }
 
     /// One request's journey: route → (websocket tunnel | forward) → response.
-    async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    async fn handle(&self, mut request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         if request.version() <= Version::HTTP_11 {
             if let Some(framing) = &conn.framing {
                 if framing.next_request_is_ambiguous() {
@@ -251,6 +251,17 @@ impl Gateway {
             .headers()
             .get(CONTENT_TYPE)
             .is_some_and(|v| is_grpc_content_type(v.as_bytes()));
+        let websocket_upgrade =
+            request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
+        // Routing, the gate and the upstream all see the same request: hop-by-hop headers
+        // (and any header named in Connection, authn-token included) gone, the path
+        // normalised, so no trick can show the gate one thing and pachd another.
+        strip_hop_by_hop(request.headers_mut());
+        if request.method() != http::Method::CONNECT {
+            if let Err(error) = normalize_request_path(&mut request) {
+                return error.into_response(grpc);
+            }
+        }
         let snapshot = self.snapshot.load_full();
         let facts = Facts::of(&request, grpc);
         let Some(route) = snapshot.routes.pick(&facts) else {
@@ -294,14 +305,13 @@ impl Gateway {
             }
         }
 
-        let result =
-            if request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers()) {
-                crate::websocket::tunnel(request, upstream).await
-            } else if crate::websocket::is_extended_connect_websocket(&request) {
-                crate::websocket::tunnel_extended_connect(request, upstream, authority).await
-            } else {
-                forward(request, upstream, conn, authority).await
-            };
+        let result = if websocket_upgrade {
+            crate::websocket::tunnel(request, upstream).await
+        } else if crate::websocket::is_extended_connect_websocket(&request) {
+            crate::websocket::tunnel_extended_connect(request, upstream, authority).await
+        } else {
+            forward(request, upstream, conn, authority).await
+        };
         result.unwrap_or_else(|error| {
             tracing::warn!(route = %route.name, client = %conn.peer, %error, "request failed");
             error.into_response(grpc)
@@ -405,6 +415,29 @@ impl Gateway {
     }
 }
 
+/// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.
+fn normalize_request_path<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+    let Some(path_and_query) = request.uri().path_and_query() else {
+        return Ok(());
+    };
+    let Some(path) = normalize_path(path_and_query.path()) else {
+        return Ok(());
+    };
+    let target = match path_and_query.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("bad request target\n"))?,
+    );
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
+    Ok(())
+}
+
 /// Streams the request to the upstream and the response back, frame by frame: data,
 /// trailers and resets pass through; nothing is buffered.
 async fn forward(
@@ -414,7 +447,6 @@ async fn forward(
     authority: Option<Authority>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
     set_forwarded(
         &mut parts.headers,
         &conn.client_ip,

@@ -88,4 +88,7 @@ pub struct EchoResponse {
     /// Stats: WhoAmI calls the stand-in has answered.
     #[prost(uint64, tag = "4")]
     pub who_am_i_calls: u64,
+    /// Stats: unary echo calls the stand-in has answered.
+    #[prost(uint64, tag = "5")]
+    pub unary_calls: u64,
 }

@@ -36,15 +36,22 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub struct PachdOptions {
     /// `false`: WhoAmI answers UNIMPLEMENTED "the auth service is not activated".
     pub auth_active: bool,
-    /// token → username.
+    /// token → username, valid for an hour from each WhoAmI.
     pub tokens: HashMap<String, String>,
+    /// A token that is valid only until this long after the stand-in starts, and is
+    /// reported with that expiration; afterwards WhoAmI rejects it, as pachd does.
+    pub short_lived: Option<(String, Duration)>,
 }
 
 impl Default for PachdOptions {
     fn default() -> Self {
         PachdOptions {
             auth_active: true,
-            tokens: HashMap::from([("demo-token".to_string(), "robot:demo".to_string())]),
+            tokens: HashMap::from([
+                ("demo-token".to_string(), "robot:demo".to_string()),
+                ("demo-token-2".to_string(), "robot:second".to_string()),
+            ]),
+            short_lived: Some(("short-lived-token".to_string(), Duration::from_secs(6))),
         }
     }
 }
@@ -61,6 +68,8 @@ pub async fn serve_pachd(
     });
     let options = Arc::new(options);
     let who_am_i_calls = Arc::new(AtomicU64::new(0));
+    let unary_calls = Arc::new(AtomicU64::new(0));
+    let started = SystemTime::now();
     tonic::transport::Server::builder()
         // Large fixed windows: like pachd (Go), the stand-in must not be the bottleneck, and
         // h2's small-DATA-frame guard scales with the connection window.
@@ -70,11 +79,13 @@ pub async fn serve_pachd(
         .add_service(auth_api::a_p_i_server::APIServer::new(AuthService {
             options: options.clone(),
             calls: who_am_i_calls.clone(),
+            started,
         }))
         .add_service(
             echo_api::echo_server::EchoServer::new(EchoService {
                 cancelled_streams: Arc::default(),
                 who_am_i_calls,
+                unary_calls,
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -102,6 +113,7 @@ impl version_api::a_p_i_server::API for VersionService {
 struct AuthService {
     options: Arc<PachdOptions>,
     calls: Arc<AtomicU64>,
+    started: SystemTime,
 }
 
 #[tonic::async_trait]
@@ -123,18 +135,32 @@ impl auth_api::a_p_i_server::API for AuthService {
                 "no authentication token (try logging in)",
             ));
         };
-        let Some(username) = self.options.tokens.get(token) else {
-            return Err(Status::unauthenticated(
+        let rejected = || {
+            Status::unauthenticated(
                 "provided auth token is corrupted or has expired (try logging in again)",
-            ));
+            )
         };
-        let expires = SystemTime::now() + Duration::from_secs(3600);
+        let (username, expires) = match (&self.options.short_lived, self.options.tokens.get(token))
+        {
+            (Some((short, lifetime)), _) if short == token => {
+                let expires = self.started + *lifetime;
+                if SystemTime::now() >= expires {
+                    return Err(rejected());
+                }
+                ("robot:short-lived".to_string(), expires)
+            }
+            (_, Some(username)) => (
+                username.clone(),
+                SystemTime::now() + Duration::from_secs(3600),
+            ),
+            (_, None) => return Err(rejected()),
+        };
         let seconds = expires
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         Ok(Response::new(WhoAmIResponse {
-            username: username.clone(),
+            username,
             expiration: Some(Timestamp {
                 seconds: seconds as i64,
                 nanos: 0,
@@ -149,6 +175,8 @@ struct EchoService {
     cancelled_streams: Arc<AtomicU64>,
     /// Shared with the auth service, so tests can count WhoAmI calls (cache behaviour).
     who_am_i_calls: Arc<AtomicU64>,
+    /// Unary echo calls that reached the stand-in (a denied call must never arrive).
+    unary_calls: Arc<AtomicU64>,
 }
 
 type EchoStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
@@ -180,6 +208,7 @@ fn reply_payload(request: &EchoRequest) -> Bytes {
 #[tonic::async_trait]
 impl echo_api::echo_server::Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        self.unary_calls.fetch_add(1, Ordering::Relaxed);
         let request = request.into_inner();
         if let Some(status) = requested_failure(&request) {
             return Err(status);
@@ -192,6 +221,7 @@ impl echo_api::echo_server::Echo for EchoService {
             sequence: 0,
             total_bytes: request.payload.len() as u64,
             who_am_i_calls: 0,
+            unary_calls: 0,
         }))
     }
 
@@ -202,6 +232,7 @@ impl echo_api::echo_server::Echo for EchoService {
             sequence: self.cancelled_streams.load(Ordering::Relaxed),
             total_bytes: 0,
             who_am_i_calls: self.who_am_i_calls.load(Ordering::Relaxed),
+            unary_calls: self.unary_calls.load(Ordering::Relaxed),
         }))
     }
 
@@ -225,6 +256,7 @@ impl echo_api::echo_server::Echo for EchoService {
                     sequence,
                     total_bytes: 0,
                     who_am_i_calls: 0,
+                    unary_calls: 0,
                 };
                 if tx.send(Ok(message)).await.is_err() {
                     // The client went away: tonic dropped the stream on RST_STREAM.
@@ -255,6 +287,7 @@ impl echo_api::echo_server::Echo for EchoService {
             sequence: count,
             total_bytes,
             who_am_i_calls: 0,
+            unary_calls: 0,
         }))
     }
 
@@ -280,6 +313,7 @@ impl echo_api::echo_server::Echo for EchoService {
                             sequence,
                             total_bytes: 0,
                             who_am_i_calls: 0,
+                            unary_calls: 0,
                         };
                         sequence += 1;
                         if tx.send(Ok(reply)).await.is_err() {
