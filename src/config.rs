@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pachgate_proxy_core::{
-    PachydermAuthSettings, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, ServerLimits,
-    Snapshot, UpstreamProtocol, UpstreamSpec, WhenAuthDisabled,
+    Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PlainMode, RateLimiter,
+    RouteAuth, RouteSpec, ServerLimits, Snapshot, UpstreamProtocol, UpstreamSpec, WhenAuthDisabled,
 };
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use serde::Deserialize;
@@ -23,6 +23,8 @@ pub struct FileConfig {
     /// Lets a plaintext listener on a non-loopback address start (see DESIGN: secure by default).
     #[serde(default)]
     pub allow_insecure: bool,
+    /// Client addresses allowed to connect at all (checked before TLS); empty: everyone.
+    pub allow_cidrs: Option<Vec<Spanned<String>>>,
     pub listen: Spanned<Listen>,
     pub tls: Option<Spanned<Tls>>,
     #[serde(default)]
@@ -35,6 +37,17 @@ pub struct FileConfig {
     pub runtime: Runtime,
     #[serde(default)]
     pub auth: Auth,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    pub requests_per_second: Option<Spanned<u32>>,
+    pub request_burst: Option<Spanned<u32>>,
+    pub failed_auth_per_minute: Option<Spanned<u32>>,
+    pub failed_auth_burst: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +106,7 @@ pub struct Route {
     pub matcher: Spanned<Match>,
     pub upstream: Spanned<String>,
     pub auth: Option<Spanned<String>>,
+    pub allow_cidrs: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,6 +354,29 @@ impl Validator<'_> {
             }
         });
 
+        let listener_allow = config.allow_cidrs.as_deref().map(|c| self.cidrs(c));
+        let limits_config = &config.rate_limits;
+        let requests = limits_config.requests_per_second.as_ref().and_then(|rate| {
+            let burst = limits_config
+                .request_burst
+                .as_ref()
+                .map(|b| *b.get_ref())
+                .unwrap_or(rate.get_ref().saturating_mul(2));
+            (*rate.get_ref() > 0).then(|| RateLimiter::new(f64::from(*rate.get_ref()), burst))
+        });
+        let failed_per_minute = limits_config
+            .failed_auth_per_minute
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .unwrap_or(30);
+        let failed_burst = limits_config
+            .failed_auth_burst
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .unwrap_or(10);
+        let failed_auth = (failed_per_minute > 0)
+            .then(|| RateLimiter::per_minute(failed_per_minute, failed_burst));
+
         let upstream_count = config.upstreams.len();
         let mut upstream_specs = Vec::new();
         for (name, upstream) in &config.upstreams {
@@ -363,7 +400,12 @@ impl Validator<'_> {
             return Err(self.errors);
         }
         let route_count = route_specs.len();
-        let snapshot = Snapshot::build(route_specs, upstream_specs, pachyderm)
+        let clients = ClientPolicy {
+            listener_allow: listener_allow.unwrap_or_default(),
+            requests,
+            failed_auth,
+        };
+        let snapshot = Snapshot::build(route_specs, upstream_specs, pachyderm, clients)
             .map_err(|message| vec![self.locate.error(&(0..0), message)])?;
         Ok(RuntimeConfig {
             https,
@@ -685,6 +727,20 @@ impl Validator<'_> {
         })
     }
 
+    fn cidrs(&mut self, blocks: &[Spanned<String>]) -> CidrSet {
+        let mut parsed = Vec::new();
+        for block in blocks {
+            match block.get_ref().parse::<Cidr>() {
+                Ok(cidr) => parsed.push(cidr),
+                Err(e) => self.err(
+                    &block.span(),
+                    format!("{e}: expected an address or block like \"10.0.0.0/8\" or \"::1/128\""),
+                ),
+            }
+        }
+        CidrSet::new(parsed)
+    }
+
     fn pachyderm_auth(
         &mut self,
         auth: &Spanned<PachydermAuth>,
@@ -866,11 +922,17 @@ impl Validator<'_> {
             if let Err((_, e)) = RouteTable::compile([(name.clone(), spec.clone(), ())]) {
                 self.err(&route.matcher.span(), format!("route {name:?}: {e}"));
             }
+            let allow = route
+                .allow_cidrs
+                .as_deref()
+                .map(|c| self.cidrs(c))
+                .unwrap_or_default();
             specs.push(RouteSpec {
                 name: name.clone(),
                 matcher: spec,
                 upstream: upstream.clone(),
                 auth,
+                allow,
             });
         }
         specs

@@ -457,8 +457,21 @@ def check_auth_unavailable(args):
                     grpc.StatusCode.UNAVAILABLE, "pachgate cannot verify the token")
 
 
+def check_auth_rate_limit(args):
+    """Three bad tokens (the configured budget), then RESOURCE_EXHAUSTED for this address."""
+    with channel(args) as ch:
+        unary = method(ch, "unary", "Unary")
+        bad = [("authn-token", "guess")]
+        for _ in range(3):
+            expect_code(lambda: unary(echo_request(b"x"), metadata=bad, timeout=10),
+                        grpc.StatusCode.UNAUTHENTICATED)
+        expect_code(lambda: unary(echo_request(b"x"), metadata=bad, timeout=10),
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many")
+
+
 CHECKS = {
     "auth-gate": check_auth_gate,
+    "auth-rate-limit": check_auth_rate_limit,
     "auth-bypass": check_auth_bypass,
     "auth-expiry": check_auth_expiry,
     "auth-unavailable": check_auth_unavailable,

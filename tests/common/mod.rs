@@ -153,6 +153,19 @@ pub fn pachgate(body: &str, extra_listen: &str) -> Proxy {
     Proxy { running, dir }
 }
 
+/// Starts pachgate with a whole config file's text; `certs/` in its directory is where a
+/// self-signed config should keep its CA.
+pub fn pachgate_config(config: &str, listeners: usize) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pachgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--config"]).arg(&path);
+    command.env("PACHGATE_WORKER_THREADS", "2");
+    let running = start(command, listeners);
+    Proxy { running, dir }
+}
+
 /// Upstreams and routes for the stand-ins: gRPC to pachd, everything else to console.
 pub fn standin_routes(standins: &Running, upstream_extra: &str) -> String {
     pachgate_standins::routes_toml(

@@ -7,9 +7,11 @@
 //! hashes). The WhoAmI call itself goes through a [`WhoAmI`] transport the caller provides.
 
 mod cache;
+mod client;
 mod pachyderm;
 
 pub use cache::TokenCache;
+pub use client::{Cidr, CidrSet, RateLimiter};
 pub use pachyderm::{
     is_public_method, is_well_formed_grpc_path, token_from_grpc_metadata, token_from_http,
     TokenLookup,
@@ -87,6 +89,11 @@ pub enum DenyReason {
     CheckUnavailable(String),
     /// The request path is not a well-formed gRPC method (gRPC 12 / HTTP 404).
     MalformedMethod,
+    /// The client address is not in the route's allow-list (gRPC 7 / HTTP 403).
+    AddressNotAllowed,
+    /// Too many requests, or too many failed authentications, from this address
+    /// (gRPC 8 / HTTP 429 with Retry-After).
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl DenyReason {
@@ -105,6 +112,10 @@ impl DenyReason {
                 format!("pachgate cannot verify the token with pachd: {why}")
             }
             DenyReason::MalformedMethod => "malformed gRPC method path".into(),
+            DenyReason::AddressNotAllowed => "client address not allowed on this route".into(),
+            DenyReason::RateLimited { retry_after_secs } => {
+                format!("too many requests from this address; retry in {retry_after_secs} s")
+            }
         }
     }
 
@@ -117,6 +128,8 @@ impl DenyReason {
             DenyReason::AuthNotActive => "auth_not_active",
             DenyReason::CheckUnavailable(_) => "check_unavailable",
             DenyReason::MalformedMethod => "malformed_method",
+            DenyReason::AddressNotAllowed => "address_not_allowed",
+            DenyReason::RateLimited { .. } => "rate_limited",
         }
     }
 }

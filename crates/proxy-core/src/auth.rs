@@ -207,8 +207,12 @@ pub fn deny_response(reason: &DenyReason, grpc: bool) -> Response<ProxyBody> {
             DenyReason::AuthNotActive => GrpcCode::PermissionDenied,
             DenyReason::CheckUnavailable(_) => GrpcCode::Unavailable,
             DenyReason::MalformedMethod => GrpcCode::Unimplemented,
+            DenyReason::AddressNotAllowed => GrpcCode::PermissionDenied,
+            DenyReason::RateLimited { .. } => GrpcCode::ResourceExhausted,
         };
-        return grpc_status_response(code, &message);
+        let mut response = grpc_status_response(code, &message);
+        add_retry_after(reason, &mut response);
+        return response;
     }
     let status = match reason {
         DenyReason::MissingToken | DenyReason::AmbiguousToken | DenyReason::InvalidToken(_) => {
@@ -217,6 +221,8 @@ pub fn deny_response(reason: &DenyReason, grpc: bool) -> Response<ProxyBody> {
         DenyReason::AuthNotActive => StatusCode::FORBIDDEN,
         DenyReason::CheckUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         DenyReason::MalformedMethod => StatusCode::NOT_FOUND,
+        DenyReason::AddressNotAllowed => StatusCode::FORBIDDEN,
+        DenyReason::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
     };
     let mut response = Response::new(ProxyBody::Full(Some(Bytes::from(format!("{message}\n")))));
     *response.status_mut() = status;
@@ -224,6 +230,7 @@ pub fn deny_response(reason: &DenyReason, grpc: bool) -> Response<ProxyBody> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    add_retry_after(reason, &mut response);
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,
@@ -231,6 +238,16 @@ pub fn deny_response(reason: &DenyReason, grpc: bool) -> Response<ProxyBody> {
         );
     }
     response
+}
+
+fn add_retry_after(reason: &DenyReason, response: &mut Response<ProxyBody>) {
+    if let DenyReason::RateLimited { retry_after_secs } = reason {
+        if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, value);
+        }
+    }
 }
 
 #[cfg(test)]

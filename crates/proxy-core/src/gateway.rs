@@ -15,7 +15,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pachgate_auth_gate::{
-    token_from_grpc_metadata, token_from_http, Decision, PachydermAuthSettings, PachydermGate,
+    token_from_grpc_metadata, token_from_http, CidrSet, Decision, DenyReason,
+    PachydermAuthSettings, PachydermGate, RateLimiter,
 };
 use pachgate_routing::{is_grpc_content_type, normalize_path, MatchSpec, RequestFacts, RouteTable};
 use rustls::ServerConfig;
@@ -93,6 +94,8 @@ pub struct RouteSpec {
     pub matcher: MatchSpec,
     pub upstream: String,
     pub auth: RouteAuth,
+    /// Client addresses allowed on this route; empty: all.
+    pub allow: CidrSet,
 }
 
 /// `[auth.pachyderm]`: where WhoAmI is asked and how answers are kept.
@@ -103,10 +106,20 @@ pub struct PachydermAuthSpec {
     pub settings: PachydermAuthSettings,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct RouteTarget {
     upstream: usize,
     auth: RouteAuth,
+    allow: CidrSet,
+}
+
+/// Who may connect and how often: listener-wide allow-list (checked before TLS), and
+/// per-address rate limits for all requests and for failed authentications.
+#[derive(Default)]
+pub struct ClientPolicy {
+    pub listener_allow: CidrSet,
+    pub requests: Option<RateLimiter>,
+    pub failed_auth: Option<RateLimiter>,
 }
 
 /// One immutable configuration as requests see it; reload swaps the whole snapshot.
@@ -114,6 +127,7 @@ pub struct Snapshot {
     routes: RouteTable<RouteTarget>,
     upstreams: Vec<Arc<Upstream>>,
     pachyderm_gate: Option<PachydermGate>,
+    clients: ClientPolicy,
 }
 
 impl Snapshot {
@@ -121,6 +135,7 @@ impl Snapshot {
         routes: Vec<RouteSpec>,
         upstreams: Vec<UpstreamSpec>,
         pachyderm: Option<PachydermAuthSpec>,
+        clients: ClientPolicy,
     ) -> Result<Self, String> {
         let upstreams = upstreams
             .into_iter()
@@ -162,6 +177,7 @@ impl Snapshot {
             let target = RouteTarget {
                 upstream: index,
                 auth: route.auth,
+                allow: route.allow,
             };
             specs.push((route.name, route.matcher, target));
         }
@@ -172,6 +188,7 @@ impl Snapshot {
             routes,
             upstreams,
             pachyderm_gate,
+            clients,
         })
     }
 }
@@ -270,8 +287,42 @@ impl Gateway {
         };
         let upstream = &snapshot.upstreams[route.target.upstream];
         let authority = facts.authority();
+        let client_ip = conn.peer.ip();
+
+        let refuse = |reason: DenyReason| {
+            // The audit line: never a token, only why.
+            tracing::warn!(
+                target: "pachgate::audit",
+                route = %route.name,
+                path = request.uri().path(),
+                client = %conn.peer,
+                reason = reason.kind(),
+                detail = %reason.message(),
+                "request denied"
+            );
+            deny_response(&reason, grpc)
+        };
+        if !route.target.allow.allows(client_ip) {
+            return refuse(DenyReason::AddressNotAllowed);
+        }
+        let now = std::time::Instant::now();
+        if let Some(limiter) = &snapshot.clients.requests {
+            if let Err(wait) = limiter.take(client_ip, now) {
+                return refuse(DenyReason::RateLimited {
+                    retry_after_secs: wait.as_secs().max(1),
+                });
+            }
+        }
 
         if route.target.auth == RouteAuth::Pachyderm {
+            if let Some(limiter) = &snapshot.clients.failed_auth {
+                // Brute force: an address out of failed attempts is not even checked.
+                if let Err(wait) = limiter.check(client_ip, now) {
+                    return refuse(DenyReason::RateLimited {
+                        retry_after_secs: wait.as_secs().max(1),
+                    });
+                }
+            }
             let gate = snapshot
                 .pachyderm_gate
                 .as_ref()
@@ -291,17 +342,12 @@ impl Gateway {
                 gate.check_http(token).await
             };
             if let Decision::Deny(reason) = decision {
-                // The audit line: never the token, only why.
-                tracing::warn!(
-                    target: "pachgate::audit",
-                    route = %route.name,
-                    path = request.uri().path(),
-                    client = %conn.peer,
-                    reason = reason.kind(),
-                    detail = %reason.message(),
-                    "request denied"
-                );
-                return deny_response(&reason, grpc);
+                if matches!(reason, DenyReason::InvalidToken(_)) {
+                    if let Some(limiter) = &snapshot.clients.failed_auth {
+                        let _ = limiter.take(client_ip, now);
+                    }
+                }
+                return refuse(reason);
             }
         }
 
@@ -318,6 +364,20 @@ impl Gateway {
         })
     }
 
+    /// The listener-wide allow-list; a refused connection is closed before TLS.
+    fn admits(&self, peer: SocketAddr) -> bool {
+        let allowed = self
+            .snapshot
+            .load()
+            .clients
+            .listener_allow
+            .allows(peer.ip());
+        if !allowed {
+            tracing::warn!(target: "pachgate::audit", client = %peer, reason = "address_not_allowed", "connection refused");
+        }
+        allowed
+    }
+
     /// Accepts TLS connections until the listener fails.
     pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, tls: Arc<ServerConfig>) {
         let acceptor = TlsAcceptor::from(tls);
@@ -325,6 +385,9 @@ impl Gateway {
             let Some((tcp, peer)) = accept(&listener).await else {
                 continue;
             };
+            if !self.admits(peer) {
+                continue; // dropped: closed before any TLS byte
+            }
             let gateway = self.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
@@ -368,6 +431,9 @@ impl Gateway {
             let Some((tcp, peer)) = accept(&listener).await else {
                 continue;
             };
+            if !self.admits(peer) {
+                continue;
+            }
             let gateway = self.clone();
             tokio::spawn(async move {
                 match mode {

@@ -15,7 +15,8 @@ pub mod upstream;
 pub mod websocket;
 
 pub use gateway::{
-    Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, ServerLimits, Snapshot,
+    ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, ServerLimits,
+    Snapshot,
 };
-pub use pachgate_auth_gate::{PachydermAuthSettings, WhenAuthDisabled};
+pub use pachgate_auth_gate::{Cidr, CidrSet, PachydermAuthSettings, RateLimiter, WhenAuthDisabled};
 pub use upstream::{UpstreamProtocol, UpstreamSpec};

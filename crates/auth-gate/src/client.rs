@@ -1,0 +1,217 @@
+//! Client address policy: CIDR allow-lists and per-address rate limits (all requests, and
+//! failed authentications against brute force). Pure: callers pass the address and the time.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One `address/prefix` block, IPv4 or IPv6. An IPv4-mapped IPv6 client (`::ffff:a.b.c.d`)
+/// is matched as the IPv4 address it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: prefix must be 0..={max}"))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
+
+fn bits(address: IpAddr) -> (u128, u8) {
+    match address {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (u128::from(u32::from(v4)) << 96, 32),
+            None => (u128::from(v6), 128),
+        },
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let (network, network_width) = bits(self.network);
+        let (candidate, width) = bits(address);
+        if network_width != width {
+            return false;
+        }
+        // Both families sit in the top bits (IPv4 shifted up by 96), so one mask fits both.
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        (network & mask) == (candidate & mask)
+    }
+}
+
+/// An allow-list; empty means "everyone".
+#[derive(Debug, Clone, Default)]
+pub struct CidrSet(Vec<Cidr>);
+
+impl CidrSet {
+    pub fn new(blocks: Vec<Cidr>) -> Self {
+        CidrSet(blocks)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn allows(&self, address: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|c| c.contains(address))
+    }
+}
+
+/// A token bucket per client address: `rate` per second, up to `burst` at once.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Addresses remembered before idle (full) buckets are dropped.
+const MAX_TRACKED: usize = 100_000;
+
+impl RateLimiter {
+    pub fn new(rate_per_second: f64, burst: u32) -> Self {
+        RateLimiter {
+            rate: rate_per_second,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Per minute rather than per second, for slow budgets like failed logins.
+    pub fn per_minute(count: u32, burst: u32) -> Self {
+        Self::new(f64::from(count) / 60.0, burst)
+    }
+
+    fn refill(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
+        (tokens + now.saturating_duration_since(since).as_secs_f64() * self.rate).min(self.burst)
+    }
+
+    /// Takes one token; `Err(retry_after)` when the address is over its budget.
+    pub fn take(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        if buckets.len() >= MAX_TRACKED {
+            let burst = self.burst;
+            let rate = self.rate;
+            buckets.retain(|_, (tokens, since)| {
+                *tokens + now.saturating_duration_since(*since).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, since) = buckets.entry(address).or_insert((self.burst, now));
+        let available = self.refill(*tokens, *since, now);
+        if available >= 1.0 {
+            *tokens = available - 1.0;
+            *since = now;
+            Ok(())
+        } else {
+            *tokens = available;
+            *since = now;
+            let wait = if self.rate > 0.0 {
+                (1.0 - available) / self.rate
+            } else {
+                3600.0
+            };
+            Err(Duration::from_secs_f64(wait.max(1.0)))
+        }
+    }
+
+    /// Whether the address has budget left, without taking any.
+    pub fn check(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
+        let buckets = self.buckets.lock().expect("rate limiter lock");
+        match buckets.get(&address) {
+            None => Ok(()),
+            Some((tokens, since)) => {
+                let available = self.refill(*tokens, *since, now);
+                if available >= 1.0 {
+                    Ok(())
+                } else if self.rate > 0.0 {
+                    Err(Duration::from_secs_f64(
+                        ((1.0 - available) / self.rate).max(1.0),
+                    ))
+                } else {
+                    Err(Duration::from_secs(3600))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_matching() {
+        let cases = [
+            ("127.0.0.0/8", "127.0.0.2", true),
+            ("127.0.0.0/8", "128.0.0.1", false),
+            ("10.1.2.3", "10.1.2.3", true),
+            ("10.1.2.3", "10.1.2.4", false),
+            ("0.0.0.0/0", "192.0.2.1", true),
+            ("0.0.0.0/0", "::1", false),
+            ("::1/128", "::1", true),
+            ("::1/128", "::2", false),
+            ("2001:db8::/32", "2001:db8:ffff::1", true),
+            ("2001:db8::/32", "2001:db9::1", false),
+            ("192.0.2.0/24", "::ffff:192.0.2.77", true),
+            ("::/0", "::1", true),
+        ];
+        for (block, address, want) in cases {
+            let cidr: Cidr = block.parse().unwrap();
+            assert_eq!(
+                cidr.contains(address.parse().unwrap()),
+                want,
+                "{block} ∋ {address}"
+            );
+        }
+        for bad in ["10.0.0.0/33", "::/129", "pachd", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        assert!(CidrSet::default().allows("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn buckets_are_per_address_and_refill() {
+        let limiter = RateLimiter::new(1.0, 3);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.take(a, start).is_ok());
+        }
+        let retry = limiter.take(a, start).unwrap_err();
+        assert!(retry >= Duration::from_secs(1));
+        assert!(limiter.check(a, start).is_err());
+        assert!(
+            limiter.take(b, start).is_ok(),
+            "another address is unaffected"
+        );
+        assert!(
+            limiter.take(a, start + Duration::from_millis(1100)).is_ok(),
+            "refilled"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Client address policy end to end: listener-wide allow-lists (IPv4 and IPv6 loopback,
+//! connection closed before TLS), per-route allow-lists, and per-address rate limits for
+//! failed authentications and for all requests. curl picks its source address with
+//! --interface (127.0.0.1 vs 127.0.0.2), so "other addresses are unaffected" is real.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn config(listen: &str, top: &str, standins: &Running, extra_routes: &str) -> String {
+    format!(
+        r#"{top}
+[listen]
+https = "{listen}"
+
+[tls]
+self_signed = true
+self_signed_dir = "certs"
+hosts = ["localhost", "127.0.0.1", "::1"]
+
+[upstreams.pachd]
+endpoints = ["{pachd}"]
+protocol = "h2c"
+
+[upstreams.console]
+endpoints = ["{console}"]
+protocol = "http1"
+
+[auth.pachyderm]
+upstream = "pachd"
+
+[[routes]]
+name = "pachd-grpc"
+match = {{ grpc = true }}
+upstream = "pachd"
+auth = "pachyderm"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api/" }}
+upstream = "console"
+auth = "pachyderm"
+
+{extra_routes}
+
+[[routes]]
+name = "console"
+match = {{ path_prefix = "/" }}
+upstream = "console"
+"#,
+        pachd = standins.address("standin-pachd"),
+        console = standins.address("standin-console"),
+    )
+}
+
+/// curl from `source`; returns (exit code, HTTP status or 0, headers).
+fn curl(proxy: &Proxy, url: &str, source: &str, extra: &[&str]) -> (i32, u16, String) {
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(["--interface", source, "--cacert"])
+        .arg(proxy.ca())
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (headers, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        output.status.code().unwrap_or(-1),
+        code.trim().parse().unwrap_or(0),
+        headers.to_ascii_lowercase(),
+    )
+}
+
+#[test]
+fn listener_allow_list_closes_refused_connections_before_tls() {
+    let standins = standins();
+    for (listen, source, allow, admitted) in [
+        ("127.0.0.1:0", "127.0.0.1", r#"["127.0.0.0/8"]"#, true),
+        (
+            "127.0.0.1:0",
+            "127.0.0.1",
+            r#"["10.0.0.0/8", "::1/128"]"#,
+            false,
+        ),
+        ("[::1]:0", "::1", r#"["::1/128"]"#, true),
+        ("[::1]:0", "::1", r#"["127.0.0.0/8"]"#, false),
+    ] {
+        let proxy = pachgate_config(
+            &config(listen, &format!("allow_cidrs = {allow}"), &standins, ""),
+            1,
+        );
+        let port = proxy.https().port();
+        let url = if listen.starts_with('[') {
+            format!("https://[::1]:{port}/")
+        } else {
+            format!("https://localhost:{port}/")
+        };
+        let (exit, status, _) = curl(&proxy, &url, source, &["-g"]);
+        if admitted {
+            assert_eq!((exit, status), (0, 200), "{listen} allow {allow}");
+        } else {
+            // No TLS handshake at all: curl reports a connection/SSL error, no HTTP status.
+            assert_ne!(exit, 0, "{listen} allow {allow}: connection was accepted");
+            assert_eq!(status, 0, "{listen} allow {allow}");
+        }
+    }
+}
+
+#[test]
+fn route_allow_list_is_403() {
+    let standins = standins();
+    let private = r#"
+[[routes]]
+name = "private"
+match = { path_prefix = "/private" }
+upstream = "console"
+allow_cidrs = ["127.0.0.2/32"]
+"#;
+    let proxy = pachgate_config(&config("127.0.0.1:0", "", &standins, private), 1);
+    let url = format!("https://localhost:{}/private/page", proxy.https().port());
+    assert_eq!(curl(&proxy, &url, "127.0.0.1", &[]).1, 403);
+    assert_eq!(curl(&proxy, &url, "127.0.0.2", &[]).1, 200);
+}
+
+#[test]
+fn failed_authentications_are_rate_limited_per_address() {
+    let standins = standins();
+    let top = "[rate_limits]\nfailed_auth_per_minute = 3\nfailed_auth_burst = 3\n";
+    let proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, ""), 1);
+    let url = format!("https://localhost:{}/api/repos", proxy.https().port());
+    let bad = ["-H", "authn-token: guess"];
+    let good = ["-H", "authn-token: demo-token"];
+    for attempt in 1..=3 {
+        assert_eq!(
+            curl(&proxy, &url, "127.0.0.1", &bad).1,
+            401,
+            "attempt {attempt}"
+        );
+    }
+    let (_, status, headers) = curl(&proxy, &url, "127.0.0.1", &bad);
+    assert_eq!(status, 429);
+    assert!(headers.contains("retry-after:"), "{headers}");
+    // The address is locked out even with a good token; another address is not.
+    assert_eq!(curl(&proxy, &url, "127.0.0.1", &good).1, 429);
+    assert_eq!(curl(&proxy, &url, "127.0.0.2", &bad).1, 401);
+    assert_eq!(curl(&proxy, &url, "127.0.0.2", &good).1, 200);
+
+    // gRPC callers get RESOURCE_EXHAUSTED.
+    let grpc_proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, ""), 1);
+    grpc_check(&grpc_proxy, "auth-rate-limit");
+}
+
+#[test]
+fn request_rate_is_limited_per_address() {
+    let standins = standins();
+    let top = "[rate_limits]\nrequests_per_second = 1\nrequest_burst = 2\n";
+    let proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, ""), 1);
+    let url = format!("https://localhost:{}/", proxy.https().port());
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| curl(&proxy, &url, "127.0.0.1", &[]).1)
+        .collect();
+    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    assert_eq!(curl(&proxy, &url, "127.0.0.2", &[]).1, 200);
+}
+
+#[test]
+fn allow_insecure_lets_refused_configs_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "open-route.toml",
+            "allow_insecure = true\n[listen]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"serve\"\n[upstreams.pachd]\nendpoints = [\"pachd:1650\"]\n[auth.pachyderm]\nupstream = \"pachd\"\n[[routes]]\nname = \"grpc\"\nmatch = { grpc = true }\nupstream = \"pachd\"\n",
+        ),
+        (
+            "plaintext.toml",
+            "allow_insecure = true\n[listen]\nhttp = \"0.0.0.0:8080\"\nhttp_mode = \"serve\"\n",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
