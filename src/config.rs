@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use pachgate_proxy_core::{
     Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PlainMode, RateLimiter,
-    RouteAuth, RouteSpec, ServerLimits, Snapshot, UpstreamProtocol, UpstreamSpec, WhenAuthDisabled,
+    RouteAuth, RouteSpec, ServerLimits, Snapshot, StaticTokens, UpstreamProtocol, UpstreamSpec,
+    WhenAuthDisabled,
 };
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use serde::Deserialize;
@@ -54,6 +55,14 @@ pub struct RateLimits {
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     pub pachyderm: Option<Spanned<PachydermAuth>>,
+    pub token: Option<Spanned<TokenAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenAuth {
+    /// File of SHA-256 hashes of the accepted bearer tokens.
+    pub hashes_file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,8 +402,19 @@ impl Validator<'_> {
             &config.routes,
             &config.upstreams,
             config.auth.pachyderm.as_ref(),
+            config.auth.token.is_some(),
             config.allow_insecure,
         );
+        let static_tokens = config.auth.token.as_ref().and_then(|t| {
+            let file = &t.get_ref().hashes_file;
+            match StaticTokens::open(&self.path(file.get_ref())) {
+                Ok(tokens) => Some(tokens),
+                Err(e) => {
+                    self.err(&file.span(), format!("auth.token.hashes_file: {e}"));
+                    None
+                }
+            }
+        });
 
         if !self.errors.is_empty() {
             return Err(self.errors);
@@ -405,8 +425,14 @@ impl Validator<'_> {
             requests,
             failed_auth,
         };
-        let snapshot = Snapshot::build(route_specs, upstream_specs, pachyderm, clients)
-            .map_err(|message| vec![self.locate.error(&(0..0), message)])?;
+        let snapshot = Snapshot::build(
+            route_specs,
+            upstream_specs,
+            pachyderm,
+            static_tokens,
+            clients,
+        )
+        .map_err(|message| vec![self.locate.error(&(0..0), message)])?;
         Ok(RuntimeConfig {
             https,
             http,
@@ -830,6 +856,7 @@ impl Validator<'_> {
         routes: &[Spanned<Route>],
         upstreams: &BTreeMap<Spanned<String>, Spanned<Upstream>>,
         pachyderm: Option<&Spanned<PachydermAuth>>,
+        has_token_auth: bool,
         allow_insecure: bool,
     ) -> Vec<RouteSpec> {
         let known: HashSet<&str> = upstreams.keys().map(|k| k.get_ref().as_str()).collect();
@@ -872,11 +899,13 @@ impl Validator<'_> {
                         RouteAuth::Pachyderm
                     }
                     "token" => {
-                        self.err(
-                            &auth.span(),
-                            "auth = \"token\" is not available in this version yet; refusing to start rather than forward without the check",
-                        );
-                        RouteAuth::None
+                        if !has_token_auth {
+                            self.err(
+                                &auth.span(),
+                                "auth = \"token\" needs an [auth.token] section with `hashes_file` (SHA-256 hashes of the accepted tokens)",
+                            );
+                        }
+                        RouteAuth::Token
                     }
                     other => {
                         self.err(

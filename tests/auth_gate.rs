@@ -173,3 +173,80 @@ fn pachd_unreachable_means_unavailable_never_allow() {
         503
     );
 }
+
+fn sha256_hex(token: &str) -> String {
+    let output = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(token.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn static_bearer_tokens_from_a_reloaded_hash_file() {
+    let standins = standins();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.sha256");
+    std::fs::write(
+        &file,
+        format!("# robots\n{}  ci-robot\n", sha256_hex("first-secret")),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[upstreams.console]
+endpoints = ["{console}"]
+protocol = "http1"
+
+[auth.token]
+hashes_file = "{file}"
+
+[[routes]]
+name = "tools"
+match = {{ path_prefix = "/" }}
+upstream = "console"
+auth = "token"
+"#,
+        console = standins.address("standin-console"),
+        file = file.display()
+    );
+    let proxy = pachgate(&config, "");
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    assert_eq!(curl_status(&proxy, "/x", &[]), 401);
+    assert_eq!(curl_status(&proxy, "/x", &["-H", &bearer("nope")]), 401);
+    assert_eq!(
+        curl_status(&proxy, "/x", &["-H", &bearer("first-secret")]),
+        200
+    );
+
+    // Rotate: the new token works and the old one stops, without a restart.
+    let next = dir.path().join("next");
+    std::fs::write(&next, format!("{}\n", sha256_hex("second-secret"))).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        curl_status(&proxy, "/x", &["-H", &bearer("second-secret")]),
+        200
+    );
+    assert_eq!(
+        curl_status(&proxy, "/x", &["-H", &bearer("first-secret")]),
+        401
+    );
+
+    // A broken file is refused; the tokens in force stay in force.
+    std::fs::write(&file, "this is not a hash\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        curl_status(&proxy, "/x", &["-H", &bearer("second-secret")]),
+        200
+    );
+    let log = proxy.running.stderr_so_far();
+    assert!(log.contains("token file refused"), "{log}");
+    assert!(!log.contains("second-secret"), "a token reached the log");
+}

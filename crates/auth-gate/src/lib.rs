@@ -9,6 +9,7 @@
 mod cache;
 mod client;
 mod pachyderm;
+mod static_tokens;
 
 pub use cache::TokenCache;
 pub use client::{Cidr, CidrSet, RateLimiter};
@@ -16,6 +17,7 @@ pub use pachyderm::{
     is_public_method, is_well_formed_grpc_path, token_from_grpc_metadata, token_from_http,
     TokenLookup,
 };
+pub use static_tokens::{parse_hash_file, StaticTokens};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pachgate_auth_gate::{
     token_from_grpc_metadata, token_from_http, CidrSet, Decision, DenyReason,
-    PachydermAuthSettings, PachydermGate, RateLimiter,
+    PachydermAuthSettings, PachydermGate, RateLimiter, StaticTokens,
 };
 use pachgate_routing::{is_grpc_content_type, normalize_path, MatchSpec, RequestFacts, RouteTable};
 use rustls::ServerConfig;
@@ -85,6 +85,8 @@ pub enum RouteAuth {
     None,
     /// Pachyderm tokens, checked with pachd's WhoAmI (see `pachgate-auth-gate`).
     Pachyderm,
+    /// Static bearer tokens from a file of SHA-256 hashes.
+    Token,
 }
 
 /// A route as the binary's config describes it.
@@ -127,6 +129,7 @@ pub struct Snapshot {
     routes: RouteTable<RouteTarget>,
     upstreams: Vec<Arc<Upstream>>,
     pachyderm_gate: Option<PachydermGate>,
+    static_tokens: Option<StaticTokens>,
     clients: ClientPolicy,
 }
 
@@ -135,6 +138,7 @@ impl Snapshot {
         routes: Vec<RouteSpec>,
         upstreams: Vec<UpstreamSpec>,
         pachyderm: Option<PachydermAuthSpec>,
+        static_tokens: Option<StaticTokens>,
         clients: ClientPolicy,
     ) -> Result<Self, String> {
         let upstreams = upstreams
@@ -168,6 +172,12 @@ impl Snapshot {
                         route.name, route.upstream
                     )
                 })?;
+            if route.auth == RouteAuth::Token && static_tokens.is_none() {
+                return Err(format!(
+                    "route {}: auth = \"token\" needs an [auth.token] section",
+                    route.name
+                ));
+            }
             if route.auth == RouteAuth::Pachyderm && pachyderm_gate.is_none() {
                 return Err(format!(
                     "route {}: auth = \"pachyderm\" needs an [auth.pachyderm] section",
@@ -188,6 +198,7 @@ impl Snapshot {
             routes,
             upstreams,
             pachyderm_gate,
+            static_tokens,
             clients,
         })
     }
@@ -314,7 +325,7 @@ impl Gateway {
             }
         }
 
-        if route.target.auth == RouteAuth::Pachyderm {
+        if route.target.auth != RouteAuth::None {
             if let Some(limiter) = &snapshot.clients.failed_auth {
                 // Brute force: an address out of failed attempts is not even checked.
                 if let Err(wait) = limiter.check(client_ip, now) {
@@ -323,17 +334,32 @@ impl Gateway {
                     });
                 }
             }
-            let gate = snapshot
-                .pachyderm_gate
-                .as_ref()
-                .expect("routes with auth = pachyderm are only built with a gate");
             let headers = request.headers();
-            let decision = if grpc {
+            let decision = if route.target.auth == RouteAuth::Token {
+                let tokens = snapshot
+                    .static_tokens
+                    .as_ref()
+                    .expect("routes with auth = token are only built with a token file");
+                let none = std::iter::empty::<&[u8]>;
+                tokens.check(token_from_http(
+                    none(),
+                    none(),
+                    headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()),
+                ))
+            } else if grpc {
+                let gate = snapshot
+                    .pachyderm_gate
+                    .as_ref()
+                    .expect("routes with auth = pachyderm are only built with a gate");
                 let token = token_from_grpc_metadata(
                     headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes()),
                 );
                 gate.check_grpc(request.uri().path(), token).await
             } else {
+                let gate = snapshot
+                    .pachyderm_gate
+                    .as_ref()
+                    .expect("routes with auth = pachyderm are only built with a gate");
                 let token = token_from_http(
                     headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes()),
                     headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),

@@ -18,5 +18,7 @@ pub use gateway::{
     ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, ServerLimits,
     Snapshot,
 };
-pub use pachgate_auth_gate::{Cidr, CidrSet, PachydermAuthSettings, RateLimiter, WhenAuthDisabled};
+pub use pachgate_auth_gate::{
+    Cidr, CidrSet, PachydermAuthSettings, RateLimiter, StaticTokens, WhenAuthDisabled,
+};
 pub use upstream::{UpstreamProtocol, UpstreamSpec};
