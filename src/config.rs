@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub allow_insecure: bool,
     /// Client addresses allowed to connect at all (checked before TLS); empty: everyone.
     pub allow_cidrs: Option<Vec<Spanned<String>>>,
+    /// Load balancers / proxies whose PROXY headers and X-Forwarded-For are believed.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub listen: Spanned<Listen>,
     pub tls: Option<Spanned<Tls>>,
     #[serde(default)]
@@ -84,6 +86,9 @@ pub struct Listen {
     pub http: Option<Spanned<String>>,
     pub http_mode: Option<Spanned<String>>,
     pub admin: Option<Spanned<String>>,
+    /// Expect a PROXY protocol v1/v2 header at the start of every connection.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +192,7 @@ pub struct RuntimeConfig {
     pub snapshot: Snapshot,
     pub limits: ServerLimits,
     pub worker_threads: Option<usize>,
+    pub proxy_protocol: bool,
     pub route_count: usize,
     pub upstream_count: usize,
 }
@@ -364,6 +370,7 @@ impl Validator<'_> {
         });
 
         let listener_allow = config.allow_cidrs.as_deref().map(|c| self.cidrs(c));
+        let trusted_proxies = config.trusted_proxies.as_deref().map(|c| self.cidrs(c));
         let limits_config = &config.rate_limits;
         let requests = limits_config.requests_per_second.as_ref().and_then(|rate| {
             let burst = limits_config
@@ -422,6 +429,7 @@ impl Validator<'_> {
         let route_count = route_specs.len();
         let clients = ClientPolicy {
             listener_allow: listener_allow.unwrap_or_default(),
+            trusted_proxies: trusted_proxies.unwrap_or_default(),
             requests,
             failed_auth,
         };
@@ -441,6 +449,7 @@ impl Validator<'_> {
             snapshot,
             limits,
             worker_threads,
+            proxy_protocol: listen.proxy_protocol,
             route_count,
             upstream_count,
         })

@@ -210,7 +210,11 @@ pub async fn serve(
             .map_err(|e| format!("TLS certificate: {e}"))?;
         let listener = bind(addr, "https").await?;
         https_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
-        tokio::spawn(gateway.clone().serve_tls(listener, tls));
+        tokio::spawn(
+            gateway
+                .clone()
+                .serve_tls(listener, tls, runtime.proxy_protocol),
+        );
     }
     if let Some((addr, mut mode)) = runtime.http {
         if let (PlainMode::Redirect { https_port }, Some(bound)) = (&mut mode, https_addr) {
@@ -218,7 +222,11 @@ pub async fn serve(
             *https_port = bound.port();
         }
         let listener = bind(addr, "http").await?;
-        tokio::spawn(gateway.clone().serve_plain(listener, mode));
+        tokio::spawn(
+            gateway
+                .clone()
+                .serve_plain(listener, mode, runtime.proxy_protocol),
+        );
     }
     if let Some(addr) = runtime.admin {
         let listener = bind(addr, "admin").await?;

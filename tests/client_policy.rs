@@ -204,3 +204,109 @@ fn allow_insecure_lets_refused_configs_start() {
         );
     }
 }
+
+/// Sends `GET /headers` over TLS, optionally after a PROXY header; returns (response, stderr).
+fn raw_get(proxy: &Proxy, source: &str, proxy_header: Option<(&str, &str)>) -> (String, String) {
+    use std::io::Write;
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_path("tests/clients/raw_https.py"))
+        .args([
+            "--port",
+            &proxy.https().port().to_string(),
+            "--source",
+            source,
+            "--ca",
+        ])
+        .arg(proxy.ca());
+    if let Some((version, claim)) = proxy_header {
+        command.args(["--proxy", version, "--claim", claim]);
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /headers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn proxy_protocol_v1_and_v2_from_trusted_balancers_only() {
+    let standins = standins();
+    let top = "trusted_proxies = [\"127.0.0.1/32\"]\nallow_cidrs = [\"203.0.113.0/24\", \"2001:db8::/32\", \"127.0.0.0/8\"]\n";
+    let text = config("127.0.0.1:0", top, &standins, "")
+        .replace("[listen]\n", "[listen]\nproxy_protocol = true\n");
+    let proxy = pachgate_config(&text, 1);
+
+    let (response, _) = raw_get(&proxy, "127.0.0.1", Some(("v1", "203.0.113.7:5555")));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("x-forwarded-for: 203.0.113.7\n"),
+        "{response}"
+    );
+
+    let (response, _) = raw_get(&proxy, "127.0.0.1", Some(("v2", "[2001:db8::7]:5555")));
+    assert!(
+        response.contains("x-forwarded-for: 2001:db8::7\n"),
+        "{response}"
+    );
+
+    // The learned address is what the allow-list judges.
+    let (response, stderr) = raw_get(&proxy, "127.0.0.1", Some(("v1", "198.51.100.1:1")));
+    assert!(
+        response.is_empty() && stderr.contains("NO TLS"),
+        "{response}{stderr}"
+    );
+
+    // A forged header from a peer that is not a trusted proxy: closed, nothing served.
+    let (response, stderr) = raw_get(&proxy, "127.0.0.2", Some(("v1", "203.0.113.7:5555")));
+    assert!(
+        response.is_empty() && stderr.contains("NO TLS"),
+        "{response}{stderr}"
+    );
+
+    // No header at all on a listener that expects one: closed.
+    let (response, stderr) = raw_get(&proxy, "127.0.0.1", None);
+    assert!(
+        response.is_empty() && stderr.contains("NO TLS"),
+        "{response}{stderr}"
+    );
+}
+
+#[test]
+fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let standins = standins();
+    let private = r#"
+[[routes]]
+name = "partners"
+match = { path_prefix = "/partners" }
+upstream = "console"
+allow_cidrs = ["198.51.100.0/24"]
+"#;
+    let top = "trusted_proxies = [\"127.0.0.1/32\"]\n";
+    let proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, private), 1);
+    let url = format!("https://localhost:{}/partners/x", proxy.https().port());
+    let claim = ["-H", "X-Forwarded-For: 198.51.100.9"];
+    assert_eq!(
+        curl(&proxy, &url, "127.0.0.1", &claim).1,
+        200,
+        "trusted proxy"
+    );
+    assert_eq!(
+        curl(&proxy, &url, "127.0.0.2", &claim).1,
+        403,
+        "untrusted peer's XFF believed"
+    );
+    assert_eq!(curl(&proxy, &url, "127.0.0.1", &[]).1, 403);
+}

@@ -1,35 +1,65 @@
 """Sends raw request bytes (stdin) over TLS and prints the raw response, for requests that
-well-behaved clients refuse to send (conflicting Content-Length, CL + Transfer-Encoding).
+well-behaved clients refuse to send (conflicting Content-Length, CL + Transfer-Encoding),
+optionally preceded by a PROXY protocol header (v1 text or v2 binary) as a load balancer
+would send, and from a chosen loopback source address.
 
-usage: raw_https.py --port PORT --ca CA_FILE < request
+usage: raw_https.py --port PORT --ca CA_FILE [--source 127.0.0.2]
+                    [--proxy v1|v2 --claim IP:PORT] < request
 """
 
 import argparse
+import ipaddress
 import socket
 import ssl
+import struct
 import sys
+
+
+def proxy_header(version, claim, port):
+    host, _, claim_port = claim.rpartition(":")
+    ip = ipaddress.ip_address(host.strip("[]"))
+    if version == "v1":
+        family = "TCP4" if ip.version == 4 else "TCP6"
+        dest = "127.0.0.1" if ip.version == 4 else "::1"
+        return f"PROXY {family} {ip} {dest} {claim_port} {port}\r\n".encode()
+    signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    if ip.version == 4:
+        body = ip.packed + ipaddress.ip_address("127.0.0.1").packed
+        body += struct.pack("!HH", int(claim_port), port)
+        return signature + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
+    body = ip.packed + ipaddress.ip_address("::1").packed + struct.pack("!HH", int(claim_port), port)
+    return signature + bytes([0x21, 0x21]) + struct.pack("!H", len(body)) + body
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ca", required=True)
+    parser.add_argument("--source", default="127.0.0.1")
+    parser.add_argument("--proxy", choices=["v1", "v2"])
+    parser.add_argument("--claim", default="203.0.113.7:5555")
     args = parser.parse_args()
     request = sys.stdin.buffer.read()
     ctx = ssl.create_default_context(cafile=args.ca)
     ctx.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection(("127.0.0.1", args.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(request)
-            chunks = []
-            try:
-                while True:
-                    data = tls.recv(65536)
-                    if not data:
-                        break
-                    chunks.append(data)
-            except (socket.timeout, ssl.SSLError, ConnectionResetError):
-                print("NOT CLOSED", file=sys.stderr)
+    chunks = []
+    with socket.create_connection(("127.0.0.1", args.port), timeout=10,
+                                  source_address=(args.source, 0)) as raw:
+        if args.proxy:
+            raw.sendall(proxy_header(args.proxy, args.claim, args.port))
+        try:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(request)
+                try:
+                    while True:
+                        data = tls.recv(65536)
+                        if not data:
+                            break
+                        chunks.append(data)
+                except (socket.timeout, ssl.SSLError, ConnectionResetError):
+                    print("NOT CLOSED", file=sys.stderr)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError, OSError) as e:
+            print(f"NO TLS: {e}", file=sys.stderr)
     sys.stdout.buffer.write(b"".join(chunks))
 
 

@@ -2,7 +2,7 @@
 //! route → forward (or websocket tunnel), readable top to bottom in [`Gateway::handle`].
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::framing_guard::{FramingGuard, FramingVerdicts};
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::proxy_protocol::read_header as read_proxy_header;
 use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
 
 static AUTHN_TOKEN: HeaderName = HeaderName::from_static("authn-token");
@@ -120,6 +121,9 @@ struct RouteTarget {
 #[derive(Default)]
 pub struct ClientPolicy {
     pub listener_allow: CidrSet,
+    /// Peers whose PROXY headers and `X-Forwarded-For` are believed; empty: none for
+    /// `X-Forwarded-For`, any peer for PROXY headers on a listener that expects them.
+    pub trusted_proxies: CidrSet,
     pub requests: Option<RateLimiter>,
     pub failed_auth: Option<RateLimiter>,
 }
@@ -298,7 +302,11 @@ impl Gateway {
         };
         let upstream = &snapshot.upstreams[route.target.upstream];
         let authority = facts.authority();
-        let client_ip = conn.peer.ip();
+        let client_ip = forwarded_client(
+            request.headers(),
+            conn.peer.ip(),
+            &snapshot.clients.trusted_proxies,
+        );
 
         let refuse = |reason: DenyReason| {
             // The audit line: never a token, only why.
@@ -390,33 +398,57 @@ impl Gateway {
         })
     }
 
-    /// The listener-wide allow-list; a refused connection is closed before TLS.
-    fn admits(&self, peer: SocketAddr) -> bool {
-        let allowed = self
-            .snapshot
-            .load()
-            .clients
-            .listener_allow
-            .allows(peer.ip());
-        if !allowed {
-            tracing::warn!(target: "pachgate::audit", client = %peer, reason = "address_not_allowed", "connection refused");
+    /// Learns the client address (the PROXY header, when the listener expects one and the
+    /// sender may send it) and applies the listener-wide allow-list. `None`: close it.
+    async fn admit(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        proxy_protocol: bool,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        let snapshot = self.snapshot.load_full();
+        let mut client = peer;
+        if proxy_protocol {
+            let trusted = &snapshot.clients.trusted_proxies;
+            if !trusted.is_empty() && !trusted.allows(peer.ip()) {
+                tracing::warn!(target: "pachgate::audit", peer = %peer, reason = "untrusted_proxy", "PROXY header sender is not in trusted_proxies; connection refused");
+                return None;
+            }
+            match read_proxy_header(&mut tcp, self.limits.tls_handshake_timeout).await {
+                Ok(Some(address)) => client = address,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(target: "pachgate::audit", peer = %peer, %error, reason = "bad_proxy_header", "connection refused");
+                    return None;
+                }
+            }
         }
-        allowed
+        if !snapshot.clients.listener_allow.allows(client.ip()) {
+            tracing::warn!(target: "pachgate::audit", client = %client, reason = "address_not_allowed", "connection refused");
+            return None;
+        }
+        Some((tcp, client))
     }
 
     /// Accepts TLS connections until the listener fails.
-    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, tls: Arc<ServerConfig>) {
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        proxy_protocol: bool,
+    ) {
         let acceptor = TlsAcceptor::from(tls);
         loop {
             let Some((tcp, peer)) = accept(&listener).await else {
                 continue;
             };
-            if !self.admits(peer) {
-                continue; // dropped: closed before any TLS byte
-            }
             let gateway = self.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                // Dropped connections are closed before any TLS byte.
+                let Some((tcp, peer)) = gateway.admit(tcp, peer, proxy_protocol).await else {
+                    return;
+                };
                 let handshake = tokio::time::timeout(
                     gateway.limits.tls_handshake_timeout,
                     acceptor.accept(tcp),
@@ -452,16 +484,21 @@ impl Gateway {
     }
 
     /// Accepts plaintext connections: HTTP/1.1 and h2c, or redirects to https.
-    pub async fn serve_plain(self: Arc<Self>, listener: TcpListener, mode: PlainMode) {
+    pub async fn serve_plain(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mode: PlainMode,
+        proxy_protocol: bool,
+    ) {
         loop {
             let Some((tcp, peer)) = accept(&listener).await else {
                 continue;
             };
-            if !self.admits(peer) {
-                continue;
-            }
             let gateway = self.clone();
             tokio::spawn(async move {
+                let Some((tcp, peer)) = gateway.admit(tcp, peer, proxy_protocol).await else {
+                    return;
+                };
                 match mode {
                     PlainMode::Serve => {
                         let verdicts = Arc::new(FramingVerdicts::default());
@@ -505,6 +542,30 @@ impl Gateway {
             tracing::debug!(client = %peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// The client address behind trusted proxies: walking `X-Forwarded-For` from the right,
+/// the first address that is not a trusted proxy. Untrusted peers' headers are ignored.
+fn forwarded_client(headers: &http::HeaderMap, peer: IpAddr, trusted: &CidrSet) -> IpAddr {
+    if trusted.is_empty() || !trusted.allows(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all(&crate::headers::X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(address) = entry.trim().parse::<IpAddr>() else {
+            break; // garbage: trust nothing further left
+        };
+        client = address;
+        if !trusted.allows(address) {
+            break;
+        }
+    }
+    client
 }
 
 /// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.

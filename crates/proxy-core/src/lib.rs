@@ -11,6 +11,7 @@ pub mod error;
 pub mod framing_guard;
 pub mod gateway;
 pub mod headers;
+pub mod proxy_protocol;
 pub mod upstream;
 pub mod websocket;
 
