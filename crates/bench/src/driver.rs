@@ -140,6 +140,32 @@ pub fn spawn_progress(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+impl From<&crate::CommonArgs> for Plan {
+    fn from(common: &crate::CommonArgs) -> Self {
+        Plan {
+            duration: common.duration,
+            requests: common.requests,
+            rate: common.rate,
+            quiet: common.quiet,
+        }
+    }
+}
+
+/// Waits for every worker, ends the run and the progress line.
+pub async fn collect(
+    shared: &Shared,
+    progress: tokio::task::JoinHandle<()>,
+    workers: Vec<tokio::task::JoinHandle<Recorder>>,
+) -> Result<Vec<Recorder>, String> {
+    let mut recorders = Vec::with_capacity(workers.len());
+    for worker in workers {
+        recorders.push(worker.await.map_err(|e| e.to_string())?);
+    }
+    shared.stop();
+    let _ = progress.await;
+    Ok(recorders)
+}
+
 /// What a report says about the run besides the measurements.
 pub struct Labels {
     pub workload: String,

@@ -13,7 +13,7 @@ use pachgate_standins::messages::EchoRequest;
 use prost::Message;
 
 use crate::connect::{Stream, Target};
-use crate::driver::{finish, spawn_progress, Labels, Plan, Recorder, Shared};
+use crate::driver::{collect, finish, spawn_progress, Labels, Plan, Recorder, Shared};
 use crate::report::Report;
 use crate::{GrpcArgs, GrpcMode};
 
@@ -66,12 +66,7 @@ pub async fn run(args: GrpcArgs) -> Result<Report, String> {
             .map_err(|e| format!("connect to {}: {e}", target.address))?;
         senders.push(h2_handshake(stream).await?);
     }
-    let shared = Shared::new(Plan {
-        duration: common.duration,
-        requests: common.requests,
-        rate: common.rate,
-        quiet: common.quiet,
-    });
+    let shared = Shared::new(Plan::from(common));
     let progress = spawn_progress(shared.clone());
     let uri = Arc::new(uri);
     let mut workers = Vec::new();
@@ -85,12 +80,7 @@ pub async fn run(args: GrpcArgs) -> Result<Report, String> {
             )));
         }
     }
-    let mut recorders = Vec::new();
-    for worker in workers {
-        recorders.push(worker.await.map_err(|e| e.to_string())?);
-    }
-    shared.stop();
-    let _ = progress.await;
+    let recorders = collect(&shared, progress, workers).await?;
     let workload = match args.mode {
         GrpcMode::Unary => format!("grpc unary {method}, {} B", args.size),
         GrpcMode::ServerStream => format!(

@@ -11,19 +11,10 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use crate::connect::Target;
-use crate::driver::{finish, spawn_progress, Labels, Plan, Recorder, Shared};
+use crate::driver::{collect, finish, spawn_progress, Labels, Plan, Recorder, Shared};
 use crate::grpc::h2_handshake;
 use crate::report::Report;
 use crate::{ConnectionsArgs, ConnectionsMode, HttpArgs, HttpProtocol};
-
-fn plan(common: &crate::CommonArgs) -> Plan {
-    Plan {
-        duration: common.duration,
-        requests: common.requests,
-        rate: common.rate,
-        quiet: common.quiet,
-    }
-}
 
 enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
@@ -69,7 +60,7 @@ pub async fn run(args: HttpArgs) -> Result<Report, String> {
             HttpProtocol::H2 => Sender::H2(h2_handshake(stream).await?),
         });
     }
-    let shared = Shared::new(plan(common));
+    let shared = Shared::new(Plan::from(common));
     let progress = spawn_progress(shared.clone());
     let uri = Arc::new(uri);
     let mut workers = Vec::new();
@@ -95,12 +86,7 @@ pub async fn run(args: HttpArgs) -> Result<Report, String> {
             }
         }
     }
-    let mut recorders = Vec::new();
-    for worker in workers {
-        recorders.push(worker.await.map_err(|e| e.to_string())?);
-    }
-    shared.stop();
-    let _ = progress.await;
+    let recorders = collect(&shared, progress, workers).await?;
     Ok(finish(
         &shared,
         recorders,
@@ -275,7 +261,7 @@ async fn handshakes(common: &crate::CommonArgs) -> Result<Report, String> {
     if !target.is_tls() {
         return Err("handshakes mode needs an https:// target".into());
     }
-    let shared = Shared::new(plan(common));
+    let shared = Shared::new(Plan::from(common));
     let progress = spawn_progress(shared.clone());
     let mut workers = Vec::new();
     for _ in 0..common.connections {
@@ -295,12 +281,7 @@ async fn handshakes(common: &crate::CommonArgs) -> Result<Report, String> {
             recorder
         }));
     }
-    let mut recorders = Vec::new();
-    for worker in workers {
-        recorders.push(worker.await.map_err(|e| e.to_string())?);
-    }
-    shared.stop();
-    let _ = progress.await;
+    let recorders = collect(&shared, progress, workers).await?;
     Ok(finish(
         &shared,
         recorders,

@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::connect::Target;
-use crate::driver::{finish, spawn_progress, Labels, Plan, Recorder, Shared};
+use crate::driver::{collect, finish, spawn_progress, Labels, Plan, Recorder, Shared};
 use crate::report::Report;
 use crate::WsArgs;
 
@@ -33,12 +33,7 @@ pub async fn run(args: WsArgs) -> Result<Report, String> {
                 .map_err(|e| format!("websocket handshake with {url}: {e}"))?;
         sockets.push(socket);
     }
-    let shared = Shared::new(Plan {
-        duration: common.duration,
-        requests: common.requests,
-        rate: common.rate,
-        quiet: common.quiet,
-    });
+    let shared = Shared::new(Plan::from(common));
     let progress = spawn_progress(shared.clone());
     let payload = bytes::Bytes::from(vec![b'w'; args.size]);
     let mut workers = Vec::new();
@@ -73,12 +68,7 @@ pub async fn run(args: WsArgs) -> Result<Report, String> {
             recorder
         }));
     }
-    let mut recorders = Vec::new();
-    for worker in workers {
-        recorders.push(worker.await.map_err(|e| e.to_string())?);
-    }
-    shared.stop();
-    let _ = progress.await;
+    let recorders = collect(&shared, progress, workers).await?;
     Ok(finish(
         &shared,
         recorders,
