@@ -100,6 +100,20 @@ pub struct Tls {
     pub self_signed: bool,
     pub self_signed_dir: Option<Spanned<String>>,
     pub hosts: Option<Spanned<Vec<String>>>,
+    /// Certificates chosen by SNI.
+    pub sni: Option<Vec<Spanned<SniCert>>>,
+    /// PEM CA certificates: clients must present a certificate signed by one of them.
+    pub client_ca: Option<Spanned<String>>,
+    /// "1.2" (default) or "1.3".
+    pub min_version: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    pub hosts: Spanned<Vec<String>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,7 +202,7 @@ pub struct RuntimeConfig {
     pub https: Option<SocketAddr>,
     pub http: Option<(SocketAddr, PlainMode)>,
     pub admin: Option<SocketAddr>,
-    pub tls: Option<TlsSource>,
+    pub tls: Option<ListenerTlsSource>,
     pub snapshot: Snapshot,
     pub limits: ServerLimits,
     pub worker_threads: Option<usize>,
@@ -205,10 +219,8 @@ pub enum TlsSource {
 }
 
 impl TlsSource {
-    /// Loads (or generates) the certificate and builds the server config.
-    pub fn server_config(
-        &self,
-    ) -> Result<std::sync::Arc<pachgate_tls::rustls::ServerConfig>, pachgate_tls::TlsError> {
+    /// Loads (or generates) the certificate and its key.
+    fn material(&self) -> Result<pachgate_tls::CertifiedKeyPem, pachgate_tls::TlsError> {
         let (cert, key) = match self {
             TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
             TlsSource::SelfSigned { dir, hosts } => {
@@ -216,7 +228,43 @@ impl TlsSource {
                 (paths.cert, paths.key)
             }
         };
-        pachgate_tls::server_config(pachgate_tls::load_cert_and_key(&cert, &key)?)
+        pachgate_tls::load_cert_and_key(&cert, &key)
+    }
+}
+
+/// The TLS listener's whole setup, with paths resolved.
+#[derive(Debug, Clone)]
+pub struct ListenerTlsSource {
+    pub default: TlsSource,
+    /// (hosts, cert, key) chosen by SNI.
+    pub sni: Vec<(Vec<String>, PathBuf, PathBuf)>,
+    pub client_ca: Option<PathBuf>,
+    pub min_version: pachgate_tls::MinVersion,
+}
+
+impl ListenerTlsSource {
+    /// Loads every certificate and builds the listener's server config.
+    pub fn server_config(
+        &self,
+    ) -> Result<std::sync::Arc<pachgate_tls::rustls::ServerConfig>, pachgate_tls::TlsError> {
+        let sni = self
+            .sni
+            .iter()
+            .map(|(hosts, cert, key)| {
+                Ok((hosts.clone(), pachgate_tls::load_cert_and_key(cert, key)?))
+            })
+            .collect::<Result<Vec<_>, pachgate_tls::TlsError>>()?;
+        let client_ca = self
+            .client_ca
+            .as_deref()
+            .map(pachgate_tls::load_ca_certificates)
+            .transpose()?;
+        pachgate_tls::listener_config(pachgate_tls::ListenerTls {
+            default: self.default.material()?,
+            sni,
+            client_ca,
+            min_version: self.min_version,
+        })
     }
 }
 
@@ -481,6 +529,75 @@ impl Validator<'_> {
     }
 
     fn tls(
+        &mut self,
+        mut tls: Option<Spanned<Tls>>,
+        https: Option<&Spanned<String>>,
+    ) -> Option<ListenerTlsSource> {
+        let mut sni = Vec::new();
+        let mut client_ca = None;
+        let mut min_version = pachgate_tls::MinVersion::Tls12;
+        if let Some(tls) = tls.as_mut() {
+            let tls = tls.get_mut();
+            for entry in tls.sni.take().unwrap_or_default() {
+                let entry = entry.into_inner();
+                if entry.hosts.get_ref().is_empty() {
+                    self.err(
+                        &entry.hosts.span(),
+                        "tls.sni.hosts is empty: name at least one host",
+                    );
+                }
+                for host in entry.hosts.get_ref() {
+                    let name = host.strip_prefix("*.").unwrap_or(host);
+                    let valid = !name.is_empty()
+                        && !name.contains('*')
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                    if !valid {
+                        self.err(
+                            &entry.hosts.span(),
+                            format!("tls.sni host {host:?}: expected a DNS name or `*.suffix`"),
+                        );
+                    }
+                }
+                let cert = self.path(entry.cert.get_ref());
+                let key = self.path(entry.key.get_ref());
+                if let Err(e) = pachgate_tls::load_cert_and_key(&cert, &key) {
+                    self.err(&entry.cert.span(), format!("tls.sni cert/key: {e}"));
+                }
+                sni.push((entry.hosts.get_ref().clone(), cert, key));
+            }
+            if let Some(ca) = tls.client_ca.take() {
+                let path = self.path(ca.get_ref());
+                match pachgate_tls::load_ca_certificates(&path) {
+                    Ok(_) => client_ca = Some(path),
+                    Err(e) => self.err(&ca.span(), format!("tls.client_ca: {e}")),
+                }
+            }
+            if let Some(version) = tls.min_version.take() {
+                min_version = match version.get_ref().as_str() {
+                    "1.2" => pachgate_tls::MinVersion::Tls12,
+                    "1.3" => pachgate_tls::MinVersion::Tls13,
+                    other => {
+                        self.err(
+                            &version.span(),
+                            format!("tls.min_version {other:?}: expected \"1.2\" or \"1.3\""),
+                        );
+                        pachgate_tls::MinVersion::Tls12
+                    }
+                };
+            }
+        }
+        let default = self.tls_default(tls, https)?;
+        Some(ListenerTlsSource {
+            default,
+            sni,
+            client_ca,
+            min_version,
+        })
+    }
+
+    fn tls_default(
         &mut self,
         tls: Option<Spanned<Tls>>,
         https: Option<&Spanned<String>>,

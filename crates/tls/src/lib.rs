@@ -1,6 +1,7 @@
-//! pachgate's TLS material: loads PEM certificate chains and keys, builds the rustls server
-//! configuration (ALPN `h2` + `http/1.1`, TLS 1.2+), and generates and remembers a private CA
-//! plus leaf certificate with rcgen.
+//! pachgate's TLS material: loads PEM certificate chains and keys, picks a certificate by SNI,
+//! verifies client certificates (mTLS), builds the rustls server configuration (ALPN `h2` +
+//! `http/1.1`, TLS 1.2+ or 1.3 only), and generates and remembers a private CA plus leaf
+//! certificate with rcgen.
 //!
 //! Knows nothing about HTTP or sockets: it hands out `rustls::ServerConfig`s.
 
@@ -89,6 +90,139 @@ pub fn server_config(material: CertifiedKeyPem) -> Result<Arc<ServerConfig>, Tls
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(material.chain, material.key)?;
+    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
+/// The lowest TLS version offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// Everything the TLS listener presents and asks for.
+pub struct ListenerTls {
+    /// Served when SNI names no configured host, or is absent.
+    pub default: CertifiedKeyPem,
+    /// Certificates chosen by SNI: `example.com` exactly, `*.example.com` for one label.
+    pub sni: Vec<(Vec<String>, CertifiedKeyPem)>,
+    /// PEM CA certificates; when set, clients must present a certificate they signed.
+    pub client_ca: Option<Vec<CertificateDer<'static>>>,
+    pub min_version: MinVersion,
+}
+
+/// Picks the certificate for a handshake by SNI; falls back to the default.
+#[derive(Debug)]
+struct SniResolver {
+    exact: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+    /// `.example.com` for `*.example.com`.
+    wildcard: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
+    default: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(key) = self.exact.get(&name) {
+            return Some(key.clone());
+        }
+        // A wildcard covers exactly one label, as in X.509.
+        if let Some((_, parent)) = name.split_once('.') {
+            let suffix = format!(".{parent}");
+            if let Some((_, key)) = self.wildcard.iter().find(|(s, _)| *s == suffix) {
+                return Some(key.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+fn certified_key(
+    material: CertifiedKeyPem,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+        material.chain,
+        material.key,
+        provider,
+    )?))
+}
+
+/// Reads PEM CA certificates for client verification.
+pub fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The listener's server configuration: SNI selection, optional client certificates, the
+/// minimum version, ALPN and session tickets.
+pub fn listener_config(tls: ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut exact = std::collections::HashMap::new();
+    let mut wildcard = Vec::new();
+    for (hosts, material) in tls.sni {
+        let key = certified_key(material, &provider)?;
+        for host in hosts {
+            let host = host.to_ascii_lowercase();
+            match host.strip_prefix('*') {
+                Some(suffix) => wildcard.push((suffix.to_string(), key.clone())),
+                None => {
+                    exact.insert(host, key.clone());
+                }
+            }
+        }
+    }
+    let resolver = SniResolver {
+        exact,
+        wildcard,
+        default: certified_key(tls.default, &provider)?,
+    };
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(cas) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))

@@ -1,0 +1,263 @@
+//! TLS for production: certificates chosen by SNI (openssl s_client -servername), client
+//! certificates required when `client_ca` is set (curl with and without one), and a TLS 1.3
+//! floor.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn run(program: &str, args: &[&str], dir: &Path) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The subject alternative names of the certificate the server presents for `servername`.
+fn presented_names(port: u16, servername: Option<&str>, dir: &Path) -> String {
+    let connect = format!("127.0.0.1:{port}");
+    let mut args = vec!["s_client", "-connect", &connect, "-showcerts"];
+    match servername {
+        Some(name) => args.extend(["-servername", name]),
+        None => args.push("-noservername"),
+    }
+    let output = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let pem = String::from_utf8_lossy(&output.stdout);
+    let start = pem
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = pem.find("-----END CERTIFICATE-----").unwrap() + 25;
+    std::fs::write(dir.join("presented.pem"), &pem[start..end]).unwrap();
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+            "-in",
+            "presented.pem",
+        ],
+        dir,
+    )
+}
+
+#[test]
+fn certificates_are_chosen_by_sni() {
+    let standins = standins();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = BIN;
+    for (out, host) in [
+        ("console", "console.example.com"),
+        ("wild", "*.pach.example.com"),
+    ] {
+        run(
+            bin,
+            &["cert", "generate", "--out", out, "--host", host],
+            dir.path(),
+        );
+    }
+    let config = format!(
+        r#"
+[listen]
+https = "127.0.0.1:0"
+
+[tls]
+self_signed = true
+self_signed_dir = "default"
+hosts = ["localhost"]
+
+[[tls.sni]]
+hosts = ["console.example.com"]
+cert = "{d}/console/tls.crt"
+key = "{d}/console/tls.key"
+
+[[tls.sni]]
+hosts = ["*.pach.example.com"]
+cert = "{d}/wild/tls.crt"
+key = "{d}/wild/tls.key"
+
+{routes}"#,
+        d = dir.path().display(),
+        routes = standin_routes(&standins, "")
+    );
+    let proxy = pachgate_config(&config, 1);
+    let port = proxy.https().port();
+    for (servername, want) in [
+        (Some("console.example.com"), "DNS:console.example.com"),
+        (Some("CONSOLE.example.com"), "DNS:console.example.com"),
+        (Some("grpc.pach.example.com"), "DNS:*.pach.example.com"),
+        (Some("a.b.pach.example.com"), "DNS:localhost"),
+        (Some("unknown.example.org"), "DNS:localhost"),
+        (None, "DNS:localhost"),
+    ] {
+        let names = presented_names(port, servername, dir.path());
+        assert!(names.contains(want), "{servername:?}: got {names}");
+    }
+}
+
+#[test]
+fn client_certificates_are_required_when_client_ca_is_set() {
+    let standins = standins();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A client CA and a client certificate (extendedKeyUsage clientAuth), made by openssl.
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "clients-ca.key",
+            "-out",
+            "clients-ca.crt",
+            "-subj",
+            "/CN=pachgate test clients",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+        d,
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=robot",
+        ],
+        d,
+    );
+    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "clients-ca.crt",
+            "-CAkey",
+            "clients-ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+        d,
+    );
+    // A certificate from a CA pachgate does not trust.
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "stranger.key",
+            "-out",
+            "stranger.crt",
+            "-subj",
+            "/CN=stranger",
+            "-days",
+            "2",
+        ],
+        d,
+    );
+
+    let config = format!(
+        "[listen]\nhttps = \"127.0.0.1:0\"\n\n[tls]\nself_signed = true\nself_signed_dir = \"certs\"\nhosts = [\"localhost\"]\nclient_ca = \"{}/clients-ca.crt\"\nmin_version = \"1.3\"\n{}",
+        d.display(),
+        standin_routes(&standins, "")
+    );
+    let proxy = pachgate_config(&config, 1);
+    let url = format!("https://localhost:{}/", proxy.https().port());
+    let curl = |extra: &[&str]| {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                "--cacert",
+            ])
+            .arg(proxy.ca())
+            .args(extra)
+            .arg(&url)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    assert_eq!(
+        curl(&["--cert", "client.crt", "--key", "client.key"]),
+        (0, "200".into())
+    );
+    let (exit, status) = curl(&[]);
+    assert!(
+        exit != 0 && status == "000",
+        "no client certificate was accepted: {exit} {status}"
+    );
+    let (exit, status) = curl(&["--cert", "stranger.crt", "--key", "stranger.key"]);
+    assert!(
+        exit != 0 && status == "000",
+        "an untrusted client certificate was accepted"
+    );
+    // TLS 1.3 only: a TLS 1.2 client is refused.
+    let (exit, _) = curl(&[
+        "--cert",
+        "client.crt",
+        "--key",
+        "client.key",
+        "--tls-max",
+        "1.2",
+    ]);
+    assert_ne!(exit, 0, "TLS 1.2 was accepted with min_version = 1.3");
+}
