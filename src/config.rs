@@ -12,7 +12,7 @@ use std::time::Duration;
 use pachgate_proxy_core::{
     Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PlainMode, RateLimiter,
     RouteAuth, RouteSpec, ServerLimits, Snapshot, StaticTokens, UpstreamProtocol, UpstreamSpec,
-    WhenAuthDisabled,
+    UpstreamTls, WhenAuthDisabled,
 };
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use serde::Deserialize;
@@ -124,6 +124,13 @@ pub struct Upstream {
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub h2_keepalive_interval: Option<Spanned<String>>,
+    /// TLS upstreams: PEM CA certificate(s) to trust.
+    pub ca: Option<Spanned<String>>,
+    /// TLS upstreams: the name to verify (default: the first endpoint's host).
+    pub server_name: Option<Spanned<String>>,
+    /// TLS upstreams: a client certificate and key to present.
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -827,13 +834,11 @@ impl Validator<'_> {
             Some(p) => match p.get_ref().as_str() {
                 "h2c" => UpstreamProtocol::H2c,
                 "http1" => UpstreamProtocol::Http1,
-                "h2" | "http1-tls" => {
+                "h2" => UpstreamProtocol::H2,
+                "http1-tls" => {
                     self.err(
                         &p.span(),
-                        format!(
-                            "protocol {:?} (TLS to the upstream) is not supported by this version yet: use \"h2c\" or \"http1\"",
-                            p.get_ref()
-                        ),
+                        "protocol \"http1-tls\" is not supported by this version yet: use \"h2\" (TLS), \"h2c\" or \"http1\"",
                     );
                     UpstreamProtocol::H2c
                 }
@@ -861,6 +866,17 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.optional_duration(v, "h2_keepalive_interval"))
             .unwrap_or(Some(Duration::from_secs(30)));
+        let tls = if protocol == UpstreamProtocol::H2 {
+            self.upstream_tls(name, u)
+        } else {
+            if let Some(ca) = &u.ca {
+                self.err(
+                    &ca.span(),
+                    "`ca` applies only to TLS upstreams (protocol = \"h2\")",
+                );
+            }
+            None
+        };
         if self.errors.len() != before {
             return None;
         }
@@ -876,7 +892,87 @@ impl Validator<'_> {
             connect_timeout,
             response_timeout,
             h2_keepalive_interval,
+            tls,
         })
+    }
+
+    /// TLS settings of an upstream with `protocol = "h2"`.
+    fn upstream_tls(&mut self, name: &Spanned<String>, u: &Upstream) -> Option<UpstreamTls> {
+        let Some(ca) = &u.ca else {
+            self.err(
+                &name.span(),
+                format!(
+                    "upstreams.{}: protocol \"h2\" (TLS) needs `ca`, the PEM CA certificate that signed the upstream's certificate",
+                    name.get_ref()
+                ),
+            );
+            return None;
+        };
+        let ca_certs = match pachgate_tls::load_ca_certificates(&self.path(ca.get_ref())) {
+            Ok(certs) => certs,
+            Err(e) => {
+                self.err(&ca.span(), format!("upstream ca: {e}"));
+                return None;
+            }
+        };
+        let client = match (&u.client_cert, &u.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                match pachgate_tls::load_cert_and_key(
+                    &self.path(cert.get_ref()),
+                    &self.path(key.get_ref()),
+                ) {
+                    Ok(material) => Some(material),
+                    Err(e) => {
+                        self.err(
+                            &cert.span(),
+                            format!("upstream client_cert/client_key: {e}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (Some(one), None) | (None, Some(one)) => {
+                self.err(
+                    &one.span(),
+                    "set both client_cert and client_key, or neither",
+                );
+                return None;
+            }
+        };
+        let server_name = match &u.server_name {
+            Some(n) => n.get_ref().clone(),
+            None => {
+                let first = u.endpoints.get_ref().first()?.get_ref();
+                let host = first.rsplit_once(':').map(|(h, _)| h).unwrap_or(first);
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            }
+        };
+        let server_name =
+            match pachgate_tls::rustls::pki_types::ServerName::try_from(server_name.clone()) {
+                Ok(n) => n,
+                Err(e) => {
+                    let span = u
+                        .server_name
+                        .as_ref()
+                        .map(|n| n.span())
+                        .unwrap_or(name.span());
+                    self.err(&span, format!("server_name {server_name:?}: {e}"));
+                    return None;
+                }
+            };
+        match pachgate_tls::upstream_client_config(ca_certs, client, &[b"h2"]) {
+            Ok(config) => Some(UpstreamTls {
+                connector: tokio_rustls::TlsConnector::from(config),
+                server_name,
+            }),
+            Err(e) => {
+                self.err(&ca.span(), format!("upstream TLS: {e}"));
+                None
+            }
+        }
     }
 
     fn cidrs(&mut self, blocks: &[Spanned<String>]) -> CidrSet {
@@ -908,7 +1004,7 @@ impl Validator<'_> {
             ),
             Some((_, u)) => {
                 let protocol = u.get_ref().protocol.as_ref().map(|p| p.get_ref().as_str());
-                if !matches!(protocol, None | Some("h2c")) {
+                if !matches!(protocol, None | Some("h2c") | Some("h2")) {
                     self.err(
                         &a.upstream.span(),
                         format!("auth.pachyderm.upstream {name:?} must be pachd's gRPC port (protocol = \"h2c\"): WhoAmI is a gRPC call"),

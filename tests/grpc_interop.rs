@@ -49,38 +49,30 @@ fn interop_dir() -> PathBuf {
     dir
 }
 
-#[test]
-fn official_interop_cases_pass_through_pachgate_over_tls() {
-    let dir = interop_dir();
+/// Starts the interop server (h2c, or TLS with its own test certificates) on loopback.
+fn interop_server(dir: &std::path::Path, tls: bool) -> (KillOnDrop, u16) {
     let port = free_port();
     let mut server = Command::new("ruby");
     server
         .arg("-r")
         .arg(repo_path("tests/interop/loopback.rb"))
         .arg(dir.join("server.rb"))
-        .args(["--port", &port.to_string(), "--use_tls", "false"]);
+        .args([
+            "--port",
+            &port.to_string(),
+            "--use_tls",
+            if tls { "true" } else { "false" },
+        ]);
     let server = KillOnDrop(server.spawn().expect("start the ruby interop server"));
     wait_for_port(
         format!("127.0.0.1:{port}").parse().unwrap(),
         Duration::from_secs(30),
     );
+    (server, port)
+}
 
-    let proxy = pachgate(
-        &format!(
-            r#"
-[upstreams.interop]
-endpoints = ["127.0.0.1:{port}"]
-protocol = "h2c"
-
-[[routes]]
-name = "grpc"
-match = {{ grpc = true }}
-upstream = "interop"
-"#
-        ),
-        "",
-    );
-
+/// Runs every case with the interop client against pachgate over TLS; returns the failures.
+fn run_cases(dir: &std::path::Path, proxy: &Proxy) -> Vec<&'static str> {
     let mut failed = Vec::new();
     for case in CASES {
         let output = Command::new("ruby")
@@ -112,8 +104,60 @@ upstream = "interop"
             failed.push(case);
         }
     }
+    failed
+}
+
+fn interop_route(port: u16, upstream_extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.interop]
+endpoints = ["127.0.0.1:{port}"]
+{upstream_extra}
+
+[[routes]]
+name = "grpc"
+match = {{ grpc = true }}
+upstream = "interop"
+"#
+    )
+}
+
+#[test]
+fn official_interop_cases_pass_through_pachgate_over_tls() {
+    let dir = interop_dir();
+    let (server, port) = interop_server(&dir, false);
+    let proxy = pachgate(&interop_route(port, "protocol = \"h2c\""), "");
+    let failed = run_cases(&dir, &proxy);
     drop(server);
     assert!(failed.is_empty(), "interop cases failed: {failed:?}");
+}
+
+/// pachd deployed with TLS: pachgate verifies the upstream against the configured CA.
+#[test]
+fn interop_cases_pass_to_a_tls_upstream_and_a_wrong_ca_is_unavailable() {
+    let dir = interop_dir();
+    let (server, port) = interop_server(&dir, true);
+    // The interop server's certificate (spec/testdata/server1.pem) is for *.test.google.fr.
+    let testdata = dir.join("../../spec/testdata");
+    let tls = format!(
+        "protocol = \"h2\"\nca = \"{}\"\nserver_name = \"foo.test.google.fr\"",
+        testdata.join("ca.pem").display()
+    );
+    let proxy = pachgate(&interop_route(port, &tls), "");
+    let failed = run_cases(&dir, &proxy);
+    assert!(
+        failed.is_empty(),
+        "interop cases failed over upstream TLS: {failed:?}"
+    );
+
+    // Trusting the wrong CA (pachgate's own): the call fails as UNAVAILABLE, saying why.
+    let wrong = format!(
+        "protocol = \"h2\"\nca = \"{}\"\nserver_name = \"foo.test.google.fr\"",
+        proxy.ca().display()
+    );
+    let mistrusting = pachgate(&interop_route(port, &wrong), "");
+    grpc_check(&mistrusting, "tls-upstream-wrong-ca");
+    drop(server);
 }
 
 struct KillOnDrop(std::process::Child);

@@ -469,7 +469,17 @@ def check_auth_rate_limit(args):
                     grpc.StatusCode.RESOURCE_EXHAUSTED, "too many")
 
 
+def check_tls_upstream_wrong_ca(args):
+    """The upstream's certificate does not verify: UNAVAILABLE, and the message says so."""
+    with channel(args) as ch:
+        empty = ch.unary_unary("/grpc.testing.TestService/EmptyCall",
+                               request_serializer=ident, response_deserializer=ident)
+        expect_code(lambda: empty(b"", timeout=20), grpc.StatusCode.UNAVAILABLE,
+                    "TLS verification failed")
+
+
 CHECKS = {
+    "tls-upstream-wrong-ca": check_tls_upstream_wrong_ca,
     "auth-gate": check_auth_gate,
     "auth-rate-limit": check_auth_rate_limit,
     "auth-bypass": check_auth_bypass,

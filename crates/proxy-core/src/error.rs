@@ -45,6 +45,12 @@ pub enum ProxyError {
         endpoint: String,
         reason: String,
     },
+    #[error("upstream {upstream}: TLS verification failed for {endpoint}: {reason}")]
+    UpstreamTls {
+        upstream: String,
+        endpoint: String,
+        reason: String,
+    },
     #[error("upstream {upstream}: no response within {timeout_ms} ms")]
     UpstreamTimeout { upstream: String, timeout_ms: u128 },
     #[error("upstream {upstream}: request failed: {reason}")]
@@ -59,9 +65,9 @@ impl ProxyError {
     fn grpc_code(&self) -> GrpcCode {
         match self {
             ProxyError::NoRoute => GrpcCode::Unimplemented,
-            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamFailed { .. } => {
-                GrpcCode::Unavailable
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpstreamTls { .. } => GrpcCode::Unavailable,
             ProxyError::UpstreamTimeout { .. } => GrpcCode::DeadlineExceeded,
             ProxyError::BadRequest(_) => GrpcCode::Internal,
             ProxyError::UpgradeFailed(_) => GrpcCode::Unavailable,
@@ -72,9 +78,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamFailed { .. } | ProxyError::UpgradeFailed(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpgradeFailed(_)
+            | ProxyError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
@@ -86,6 +92,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no route for this request\n",
             ProxyError::UpstreamConnect { .. } => "upstream unavailable\n",
             ProxyError::UpstreamFailed { .. } => "upstream failed\n",
+            ProxyError::UpstreamTls { .. } => "upstream TLS verification failed\n",
             ProxyError::UpstreamTimeout { .. } => "upstream timed out\n",
             ProxyError::BadRequest(reason) => reason,
             ProxyError::UpgradeFailed(_) => "websocket upgrade failed\n",

@@ -618,7 +618,7 @@ async fn forward(
                 }
             }
         }
-        UpstreamProtocol::H2c => {
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             // On h2 the host travels as :authority (set from the same value).
             parts.headers.remove(HOST);
         }

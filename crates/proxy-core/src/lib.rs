@@ -22,4 +22,4 @@ pub use gateway::{
 pub use pachgate_auth_gate::{
     Cidr, CidrSet, PachydermAuthSettings, RateLimiter, StaticTokens, WhenAuthDisabled,
 };
-pub use upstream::{UpstreamProtocol, UpstreamSpec};
+pub use upstream::{UpstreamProtocol, UpstreamSpec, UpstreamTls};

@@ -29,7 +29,35 @@ pub enum UpstreamProtocol {
     H2c,
     /// HTTP/1.1 over plain TCP (console, pachd's HTTP ports).
     Http1,
+    /// HTTP/2 over TLS (pachd deployed with TLS); needs [`UpstreamSpec::tls`].
+    H2,
 }
+
+impl UpstreamProtocol {
+    /// Whether requests travel as HTTP/2 (one multiplexed connection per endpoint).
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
+}
+
+/// TLS toward an upstream: whom to trust and which name to verify.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream connection, plain or TLS, as one type for hyper.
+trait UpstreamIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> UpstreamIo for T {}
 
 /// How to reach one upstream service.
 #[derive(Debug, Clone)]
@@ -44,6 +72,8 @@ pub struct UpstreamSpec {
     pub response_timeout: Option<Duration>,
     /// Ping interval on upstream h2 connections, to find dead peers behind idle NATs.
     pub h2_keepalive_interval: Option<Duration>,
+    /// Required for `protocol = "h2"`.
+    pub tls: Option<UpstreamTls>,
 }
 
 struct Endpoint {
@@ -125,16 +155,21 @@ impl Upstream {
         let endpoint = self.pick();
         let send = async {
             match self.spec.protocol {
-                UpstreamProtocol::H2c => {
+                UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                     let authority = authority.unwrap_or_else(|| endpoint.authority.clone());
-                    set_uri(&mut request, authority);
+                    let scheme = if self.spec.tls.is_some() {
+                        Scheme::HTTPS
+                    } else {
+                        Scheme::HTTP
+                    };
+                    set_uri(&mut request, scheme, authority);
                     *request.version_mut() = Version::HTTP_2;
                     self.send_h2(endpoint, request).await
                 }
                 UpstreamProtocol::Http1 => {
                     // The pool connects to the URI's authority; the Host header keeps what the
                     // client asked for.
-                    set_uri(&mut request, endpoint.authority.clone());
+                    set_uri(&mut request, Scheme::HTTP, endpoint.authority.clone());
                     *request.version_mut() = Version::HTTP_11;
                     let pool = self.http1_pool.as_ref().expect("http1 upstream has a pool");
                     pool.request(request).await.map_err(|e| {
@@ -197,7 +232,7 @@ impl Upstream {
                 return Ok(sender.clone());
             }
         }
-        let tcp = self.connect_tcp(endpoint).await?;
+        let io = self.connect_io(endpoint).await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -211,7 +246,7 @@ impl Upstream {
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let (sender, connection) = builder
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.connect_error(endpoint, &e))?;
         let name = self.spec.name.clone();
@@ -239,6 +274,29 @@ impl Upstream {
         tcp.set_nodelay(true)
             .map_err(|e| self.connect_error(endpoint, &e))?;
         Ok(tcp)
+    }
+
+    /// TCP, then TLS when the upstream is configured for it. A certificate problem is
+    /// reported as what it is: a TLS verification failure.
+    async fn connect_io(&self, endpoint: &Endpoint) -> Result<Box<dyn UpstreamIo>, ProxyError> {
+        let tcp = self.connect_tcp(endpoint).await?;
+        let Some(tls) = &self.spec.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+        match tokio::time::timeout(self.spec.connect_timeout, handshake).await {
+            Ok(Ok(stream)) => Ok(Box::new(stream)),
+            Ok(Err(e)) => Err(ProxyError::UpstreamTls {
+                upstream: self.spec.name.clone(),
+                endpoint: endpoint.address.clone(),
+                reason: error_chain(&e),
+            }),
+            Err(_) => Err(ProxyError::UpstreamConnect {
+                upstream: self.spec.name.clone(),
+                endpoint: endpoint.address.clone(),
+                reason: "TLS handshake timed out".into(),
+            }),
+        }
     }
 
     /// A dedicated HTTP/1.1 connection for one websocket upgrade; it leaves the pool's
@@ -274,9 +332,9 @@ impl Upstream {
     }
 }
 
-fn set_uri<B>(request: &mut Request<B>, authority: Authority) {
+fn set_uri<B>(request: &mut Request<B>, scheme: Scheme, authority: Authority) {
     let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

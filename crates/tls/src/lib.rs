@@ -228,6 +228,29 @@ pub fn listener_config(tls: ListenerTls) -> Result<Arc<ServerConfig>, TlsError> 
     Ok(Arc::new(config))
 }
 
+/// A client configuration for TLS toward an upstream: trusts only `ca`, offers `alpn`, and
+/// presents a client certificate when given one.
+pub fn upstream_client_config(
+    ca: Vec<CertificateDer<'static>>,
+    client: Option<CertifiedKeyPem>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in ca {
+        roots.add(cert)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(material) => builder.with_client_auth_cert(material.chain, material.key)?,
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
 /// Where a generated CA and leaf live. File names are those of a Kubernetes TLS secret.
 #[derive(Debug, Clone)]
 pub struct GeneratedPaths {
