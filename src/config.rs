@@ -226,16 +226,21 @@ pub enum TlsSource {
 }
 
 impl TlsSource {
-    /// Loads (or generates) the certificate and its key.
-    fn material(&self) -> Result<pachgate_tls::CertifiedKeyPem, pachgate_tls::TlsError> {
-        let (cert, key) = match self {
-            TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+    /// The certificate and key files (generating them first for `self_signed`).
+    fn paths(&self) -> Result<pachgate_tls::CertPaths, pachgate_tls::TlsError> {
+        Ok(match self {
+            TlsSource::Files { cert, key } => pachgate_tls::CertPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
             TlsSource::SelfSigned { dir, hosts } => {
                 let paths = pachgate_tls::ensure_self_signed(dir, hosts)?;
-                (paths.cert, paths.key)
+                pachgate_tls::CertPaths {
+                    cert: paths.cert,
+                    key: paths.key,
+                }
             }
-        };
-        pachgate_tls::load_cert_and_key(&cert, &key)
+        })
     }
 }
 
@@ -250,26 +255,25 @@ pub struct ListenerTlsSource {
 }
 
 impl ListenerTlsSource {
-    /// Loads every certificate and builds the listener's server config.
-    pub fn server_config(
-        &self,
-    ) -> Result<std::sync::Arc<pachgate_tls::rustls::ServerConfig>, pachgate_tls::TlsError> {
+    /// Builds the listener's server config, whose certificates can be reloaded later.
+    pub fn server_config(&self) -> Result<pachgate_tls::ListenerTlsHandle, pachgate_tls::TlsError> {
         let sni = self
             .sni
             .iter()
             .map(|(hosts, cert, key)| {
-                Ok((hosts.clone(), pachgate_tls::load_cert_and_key(cert, key)?))
+                (
+                    hosts.clone(),
+                    pachgate_tls::CertPaths {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    },
+                )
             })
-            .collect::<Result<Vec<_>, pachgate_tls::TlsError>>()?;
-        let client_ca = self
-            .client_ca
-            .as_deref()
-            .map(pachgate_tls::load_ca_certificates)
-            .transpose()?;
-        pachgate_tls::listener_config(pachgate_tls::ListenerTls {
-            default: self.default.material()?,
+            .collect();
+        pachgate_tls::listener_config(pachgate_tls::ListenerTlsFiles {
+            default: self.default.paths()?,
             sni,
-            client_ca,
+            client_ca: self.client_ca.clone(),
             min_version: self.min_version,
         })
     }

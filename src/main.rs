@@ -210,11 +210,12 @@ pub async fn serve(
             .map_err(|e| format!("TLS certificate: {e}"))?;
         let listener = bind(addr, "https").await?;
         https_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
-        tokio::spawn(
-            gateway
-                .clone()
-                .serve_tls(listener, tls, runtime.proxy_protocol),
-        );
+        tokio::spawn(gateway.clone().serve_tls(
+            listener,
+            tls.config.clone(),
+            runtime.proxy_protocol,
+        ));
+        tokio::spawn(watch_certificates(tls));
     }
     if let Some((addr, mut mode)) = runtime.http {
         if let (PlainMode::Redirect { https_port }, Some(bound)) = (&mut mode, https_addr) {
@@ -238,6 +239,28 @@ pub async fn serve(
     shutdown_signal().await;
     eprintln!("pachgate: shutting down");
     Ok(())
+}
+
+/// How often certificate files are compared with what is being served. Kubernetes updates
+/// a mounted secret by swapping a `..data` symlink; re-reading the files catches that and
+/// plain rewrites alike.
+const CERTIFICATE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves new certificates to new handshakes when the files change; refuses bad ones.
+async fn watch_certificates(tls: pachgate_tls::ListenerTlsHandle) {
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match tls.reload() {
+            Ok(true) => tracing::info!("TLS certificates reloaded; new handshakes use them"),
+            Ok(false) => {}
+            Err(error) => tracing::error!(
+                %error,
+                "new TLS certificate files refused; the certificates in use keep serving"
+            ),
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {

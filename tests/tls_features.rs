@@ -261,3 +261,96 @@ fn client_certificates_are_required_when_client_ca_is_set() {
     ]);
     assert_ne!(exit, 0, "TLS 1.2 was accepted with min_version = 1.3");
 }
+
+/// Kubernetes-style secret mount: `tls.crt -> ..data/tls.crt`, `..data -> <version dir>`,
+/// updated by swapping the `..data` symlink.
+fn point_data_at(secret: &Path, version: &str) {
+    let temporary = secret.join("..data_tmp");
+    let _ = std::fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(version, &temporary).unwrap();
+    std::fs::rename(&temporary, secret.join("..data")).unwrap();
+}
+
+#[test]
+fn certificates_rotate_under_load_and_bad_files_change_nothing() {
+    let standins = standins();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    for (version, host) in [("v1", "v1.example"), ("v2", "v2.example")] {
+        run(
+            BIN,
+            &[
+                "cert",
+                "generate",
+                "--out",
+                &format!("secret/{version}"),
+                "--host",
+                "localhost",
+                "--host",
+                host,
+            ],
+            dir.path(),
+        );
+    }
+    // A third version whose certificate is not PEM at all.
+    std::fs::create_dir(secret.join("v3")).unwrap();
+    std::fs::write(secret.join("v3/tls.crt"), "not a certificate\n").unwrap();
+    std::fs::copy(secret.join("v2/tls.key"), secret.join("v3/tls.key")).unwrap();
+    point_data_at(&secret, "v1");
+    for file in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{file}"), secret.join(file)).unwrap();
+    }
+    let bundle = dir.path().join("cas.pem");
+    let cas = std::fs::read_to_string(secret.join("v1/ca.crt")).unwrap()
+        + &std::fs::read_to_string(secret.join("v2/ca.crt")).unwrap();
+    std::fs::write(&bundle, cas).unwrap();
+
+    let config = format!(
+        "[listen]\nhttps = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{s}/tls.crt\"\nkey = \"{s}/tls.key\"\n{routes}",
+        s = secret.display(),
+        routes = standin_routes(&standins, "")
+    );
+    let proxy = pachgate_config(&config, 1);
+    let port = proxy.https().port();
+    assert!(presented_names(port, Some("localhost"), dir.path()).contains("DNS:v1.example"));
+
+    let client = Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_rotation.py"))
+        .args([
+            "--target",
+            &format!("localhost:{port}"),
+            "--seconds",
+            "12",
+            "--ca",
+        ])
+        .arg(&bundle)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    point_data_at(&secret, "v2");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let names = presented_names(port, Some("localhost"), dir.path());
+    assert!(names.contains("DNS:v2.example"), "after the swap: {names}");
+
+    point_data_at(&secret, "v3");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let names = presented_names(port, Some("localhost"), dir.path());
+    assert!(
+        names.contains("DNS:v2.example"),
+        "a bad file replaced the certificate: {names}"
+    );
+
+    let output = client.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "calls failed during rotation: {summary}"
+    );
+    assert!(summary.contains("\"failed\": 0"), "{summary}");
+    let log = proxy.running.stderr_so_far();
+    assert!(log.contains("TLS certificates reloaded"), "{log}");
+    assert!(log.contains("refused"), "{log}");
+}

@@ -103,17 +103,6 @@ pub enum MinVersion {
     Tls13,
 }
 
-/// Everything the TLS listener presents and asks for.
-pub struct ListenerTls {
-    /// Served when SNI names no configured host, or is absent.
-    pub default: CertifiedKeyPem,
-    /// Certificates chosen by SNI: `example.com` exactly, `*.example.com` for one label.
-    pub sni: Vec<(Vec<String>, CertifiedKeyPem)>,
-    /// PEM CA certificates; when set, clients must present a certificate they signed.
-    pub client_ca: Option<Vec<CertificateDer<'static>>>,
-    pub min_version: MinVersion,
-}
-
 /// Picks the certificate for a handshake by SNI; falls back to the default.
 #[derive(Debug)]
 struct SniResolver {
@@ -123,7 +112,7 @@ struct SniResolver {
     default: Arc<rustls::sign::CertifiedKey>,
 }
 
-impl rustls::server::ResolvesServerCert for SniResolver {
+impl SniResolver {
     fn resolve(
         &self,
         hello: rustls::server::ClientHello<'_>,
@@ -177,14 +166,111 @@ pub fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-/// The listener's server configuration: SNI selection, optional client certificates, the
-/// minimum version, ALPN and session tickets.
-pub fn listener_config(tls: ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// A certificate and key on disk.
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The listener's certificates as files, so they can be re-read when they change.
+#[derive(Debug, Clone)]
+pub struct ListenerTlsFiles {
+    pub default: CertPaths,
+    pub sni: Vec<(Vec<String>, CertPaths)>,
+    pub client_ca: Option<PathBuf>,
+    pub min_version: MinVersion,
+}
+
+/// The built server configuration plus the handle that reloads its certificates.
+pub struct ListenerTlsHandle {
+    pub config: Arc<ServerConfig>,
+    resolver: Arc<ReloadingResolver>,
+}
+
+impl ListenerTlsHandle {
+    /// Re-reads every certificate and key. `Ok(true)`: new material is now served to new
+    /// handshakes; `Ok(false)`: nothing changed; `Err`: the new files were refused and the
+    /// certificates in use stay (open connections are never touched either way).
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        self.resolver.reload()
+    }
+}
+
+#[derive(Debug)]
+struct ReloadingResolver {
+    current: arc_swap::ArcSwap<SniResolver>,
+    files: ListenerTlsFiles,
+    /// The bytes of every file as last loaded (or last refused), to notice changes.
+    loaded: std::sync::Mutex<Vec<u8>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.load().resolve(hello)
+    }
+}
+
+impl ReloadingResolver {
+    fn all_bytes(files: &ListenerTlsFiles) -> Result<Vec<u8>, TlsError> {
+        let mut bytes = Vec::new();
+        let pairs = std::iter::once(&files.default).chain(files.sni.iter().map(|(_, p)| p));
+        for paths in pairs {
+            for path in [&paths.cert, &paths.key] {
+                bytes.extend(fs::read(path).map_err(|source| TlsError::Read {
+                    path: path.clone(),
+                    source,
+                })?);
+                bytes.push(0);
+            }
+        }
+        Ok(bytes)
+    }
+
+    fn reload(&self) -> Result<bool, TlsError> {
+        let bytes = Self::all_bytes(&self.files)?;
+        let mut loaded = self.loaded.lock().expect("resolver lock");
+        if *loaded == bytes {
+            return Ok(false);
+        }
+        // Remember what was seen either way, so a refused file is reported once.
+        *loaded = bytes;
+        let resolver = build_resolver(&self.files, &self.provider)?;
+        self.current.store(Arc::new(resolver));
+        Ok(true)
+    }
+}
+
+fn load_checked(paths: &CertPaths) -> Result<CertifiedKeyPem, TlsError> {
+    let material = load_cert_and_key(&paths.cert, &paths.key)?;
+    if let Ok((_, leaf)) = x509_parser::parse_x509_certificate(material.chain[0].as_ref()) {
+        let not_after = leaf.validity().not_after.timestamp();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if not_after < now {
+            return Err(TlsError::BadCertificate {
+                path: paths.cert.clone(),
+                reason: "the certificate has expired".into(),
+            });
+        }
+    }
+    Ok(material)
+}
+
+fn build_resolver(
+    files: &ListenerTlsFiles,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<SniResolver, TlsError> {
     let mut exact = std::collections::HashMap::new();
     let mut wildcard = Vec::new();
-    for (hosts, material) in tls.sni {
-        let key = certified_key(material, &provider)?;
+    for (hosts, paths) in &files.sni {
+        let key = certified_key(load_checked(paths)?, provider)?;
         for host in hosts {
             let host = host.to_ascii_lowercase();
             match host.strip_prefix('*') {
@@ -195,22 +281,34 @@ pub fn listener_config(tls: ListenerTls) -> Result<Arc<ServerConfig>, TlsError> 
             }
         }
     }
-    let resolver = SniResolver {
+    Ok(SniResolver {
         exact,
         wildcard,
-        default: certified_key(tls.default, &provider)?,
-    };
-    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        default: certified_key(load_checked(&files.default)?, provider)?,
+    })
+}
+
+/// The listener's server configuration: SNI selection (reloadable), optional client
+/// certificates, the minimum version, ALPN and session tickets.
+pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Arc::new(ReloadingResolver {
+        current: arc_swap::ArcSwap::from_pointee(build_resolver(&files, &provider)?),
+        loaded: std::sync::Mutex::new(ReloadingResolver::all_bytes(&files)?),
+        files: files.clone(),
+        provider: provider.clone(),
+    });
+    let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
     };
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
-    let builder = match tls.client_ca {
+    let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
-        Some(cas) => {
+        Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for ca in cas {
+            for ca in load_ca_certificates(path)? {
                 roots.add(ca)?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -222,10 +320,13 @@ pub fn listener_config(tls: ListenerTls) -> Result<Arc<ServerConfig>, TlsError> 
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    Ok(Arc::new(config))
+    Ok(ListenerTlsHandle {
+        config: Arc::new(config),
+        resolver,
+    })
 }
 
 /// A client configuration for TLS toward an upstream: trusts only `ca`, offers `alpn`, and
