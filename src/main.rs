@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod local;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ enum Command {
     },
     /// Run stand-in pachd and console backends behind pachgate, with a generated certificate.
     Demo(demo::DemoArgs),
+    /// TLS on localhost in front of `pachctl port-forward`, with a remembered CA.
+    Local(local::LocalArgs),
     /// Measure throughput and latency of a target: pachgate, another proxy, or a backend.
     Bench {
         #[command(subcommand)]
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             command: CertCommand::Generate { out, hosts },
         } => generate_cert(&out, &hosts),
         Command::Demo(args) => run_blocking(None, demo::run(args)),
+        Command::Local(args) => run_blocking(None, local::run(args)),
         Command::Bench { workload, threads } => run_blocking(threads, async move {
             let report = pachgate_bench::run(workload).await?;
             // A run with failures or without a single success is not a measurement.

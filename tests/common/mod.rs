@@ -17,6 +17,7 @@ pub struct Running {
     child: Child,
     pub addresses: Vec<(String, SocketAddr)>,
     stderr_lines: mpsc::Receiver<String>,
+    stdout_lines: mpsc::Receiver<String>,
 }
 
 impl Running {
@@ -26,6 +27,25 @@ impl Running {
             .find(|(name, _)| name == what)
             .map(|(_, addr)| *addr)
             .unwrap_or_else(|| panic!("no {what} listener in {:?}", self.addresses))
+    }
+
+    /// Stdout lines after the listeners, until one contains `needle` (panics after `within`).
+    pub fn stdout_until(&self, needle: &str, within: Duration) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.stdout_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no stdout line with {needle:?}; saw {seen:#?}");
     }
 
     /// Kills the process now (for tests of a peer dying mid-stream).
@@ -100,6 +120,7 @@ pub fn start(mut command: Command, expected: usize) -> Running {
         child,
         addresses,
         stderr_lines: err_rx,
+        stdout_lines: rx,
     }
 }
 
