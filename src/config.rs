@@ -89,6 +89,9 @@ pub struct Listen {
     /// Expect a PROXY protocol v1/v2 header at the start of every connection.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Send `Strict-Transport-Security` on TLS responses.
+    #[serde(default)]
+    pub hsts: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +490,7 @@ impl Validator<'_> {
         }
         let route_count = route_specs.len();
         let clients = ClientPolicy {
+            hsts: listen.hsts,
             listener_allow: listener_allow.unwrap_or_default(),
             trusted_proxies: trusted_proxies.unwrap_or_default(),
             requests,

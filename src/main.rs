@@ -219,7 +219,7 @@ pub async fn serve(
             tls.config.clone(),
             runtime.proxy_protocol,
         ));
-        tokio::spawn(watch_certificates(tls));
+        tokio::spawn(tls.watch(CERTIFICATE_RECHECK));
     }
     if let Some((addr, mut mode)) = runtime.http {
         if let (PlainMode::Redirect { https_port }, Some(bound)) = (&mut mode, https_addr) {
@@ -245,27 +245,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// How often certificate files are compared with what is being served. Kubernetes updates
-/// a mounted secret by swapping a `..data` symlink; re-reading the files catches that and
-/// plain rewrites alike.
-const CERTIFICATE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Serves new certificates to new handshakes when the files change; refuses bad ones.
-async fn watch_certificates(tls: pachgate_tls::ListenerTlsHandle) {
-    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match tls.reload() {
-            Ok(true) => tracing::info!("TLS certificates reloaded; new handshakes use them"),
-            Ok(false) => {}
-            Err(error) => tracing::error!(
-                %error,
-                "new TLS certificate files refused; the certificates in use keep serving"
-            ),
-        }
-    }
-}
+/// The re-check behind the file-system watch on certificate files, in case an event is
+/// missed (network file systems, for example).
+const CERTIFICATE_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     let listener = TcpListener::bind(addr)

@@ -354,3 +354,45 @@ fn certificates_rotate_under_load_and_bad_files_change_nothing() {
     assert!(log.contains("TLS certificates reloaded"), "{log}");
     assert!(log.contains("refused"), "{log}");
 }
+
+#[test]
+fn generated_certificates_serve_and_are_trusted_by_grpcio() {
+    let standins = standins();
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        BIN,
+        &["cert", "generate", "--out", "tls", "--host", "localhost", "--host", "127.0.0.1"],
+        dir.path(),
+    );
+    let config = format!(
+        "[listen]\nhttps = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{d}/tls/tls.crt\"\nkey = \"{d}/tls/tls.key\"\n{routes}",
+        d = dir.path().display(),
+        routes = standin_routes(&standins, "")
+    );
+    let proxy = pachgate_config(&config, 1);
+    let output = Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_checks.py"))
+        .args(["--target", &format!("localhost:{}", proxy.https().port()), "--ca"])
+        .arg(dir.path().join("tls/ca.crt"))
+        .arg("pachd-methods")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn hsts_header_on_tls_responses_when_enabled() {
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "hsts = true");
+    let output = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(proxy.ca())
+        .arg(format!("https://{}/", proxy.target()))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains("strict-transport-security: max-age=31536000"),
+        "{headers}"
+    );
+}

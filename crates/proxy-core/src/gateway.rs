@@ -120,6 +120,8 @@ struct RouteTarget {
 /// per-address rate limits for all requests and for failed authentications.
 #[derive(Default)]
 pub struct ClientPolicy {
+    /// Add `Strict-Transport-Security` (one year) to responses on TLS connections.
+    pub hsts: bool,
     pub listener_allow: CidrSet,
     /// Peers whose PROXY headers and `X-Forwarded-For` are believed; empty: none for
     /// `X-Forwarded-For`, any peer for PROXY headers on a listener that expects them.
@@ -220,6 +222,7 @@ pub enum PlainMode {
 /// Per-connection facts, computed once at accept rather than per request.
 struct ConnInfo {
     peer: SocketAddr,
+    tls: bool,
     client_ip: HeaderValue,
     proto: HeaderValue,
     /// Set when the connection may carry HTTP/1 (see `framing_guard`).
@@ -230,6 +233,7 @@ impl ConnInfo {
     fn new(peer: SocketAddr, tls: bool, framing: Option<Arc<FramingVerdicts>>) -> Arc<Self> {
         Arc::new(ConnInfo {
             peer,
+            tls,
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -264,6 +268,18 @@ impl Gateway {
     /// Swaps in a new configuration; requests in flight finish on the old one.
     pub fn replace_snapshot(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The pipeline, plus response headers every answer on this connection gets.
+    async fn respond(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+        let mut response = self.handle(request, conn).await;
+        if conn.tls && self.snapshot.load().clients.hsts {
+            response.headers_mut().insert(
+                http::header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+        }
+        response
     }
 
     /// One request's journey: route → (websocket tunnel | forward) → response.
@@ -533,7 +549,7 @@ impl Gateway {
         let service = service_fn(move |request: Request<Incoming>| {
             let gateway = gateway.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request, &conn).await) }
+            async move { Ok::<_, Infallible>(gateway.respond(request, &conn).await) }
         });
         if let Err(e) = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)

@@ -195,6 +195,63 @@ impl ListenerTlsHandle {
     pub fn reload(&self) -> Result<bool, TlsError> {
         self.resolver.reload()
     }
+
+    /// Keeps the served certificates in step with the files: a file-system watch (inotify
+    /// on Linux) on the directories that hold them — which also sees Kubernetes swap the
+    /// `..data` symlink of a mounted secret — and a re-check every `fallback` in case events
+    /// are missed. Runs until the process ends.
+    pub async fn watch(self, fallback: std::time::Duration) {
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = self.start_watcher(events_tx);
+        if watcher.is_none() {
+            tracing::warn!("no file-system watch for certificates; re-checking periodically");
+        }
+        let mut tick = tokio::time::interval(fallback);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = events.recv() => {
+                    // A rotation is several file operations; let them land, then read once.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    while events.try_recv().is_ok() {}
+                }
+            }
+            match self.reload() {
+                Ok(true) => tracing::info!("TLS certificates reloaded; new handshakes use them"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(
+                    %error,
+                    "new TLS certificate files refused; the certificates in use keep serving"
+                ),
+            }
+        }
+    }
+
+    fn start_watcher(
+        &self,
+        events: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = events.send(());
+            }
+        })
+        .ok()?;
+        let files = &self.resolver.files;
+        let mut dirs: Vec<PathBuf> = std::iter::once(&files.default)
+            .chain(files.sni.iter().map(|(_, p)| p))
+            .flat_map(|p| [p.cert.clone(), p.key.clone()])
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+        }
+        Some(watcher)
+    }
 }
 
 #[derive(Debug)]
