@@ -843,17 +843,11 @@ impl Validator<'_> {
                 "h2c" => UpstreamProtocol::H2c,
                 "http1" => UpstreamProtocol::Http1,
                 "h2" => UpstreamProtocol::H2,
-                "http1-tls" => {
-                    self.err(
-                        &p.span(),
-                        "protocol \"http1-tls\" is not supported by this version yet: use \"h2\" (TLS), \"h2c\" or \"http1\"",
-                    );
-                    UpstreamProtocol::H2c
-                }
+                "http1-tls" => UpstreamProtocol::Http1Tls,
                 other => {
                     self.err(
                         &p.span(),
-                        format!("protocol {other:?} is not known: expected \"h2c\" or \"http1\""),
+                        format!("protocol {other:?} is not known: expected \"h2c\", \"http1\", \"h2\" or \"http1-tls\""),
                     );
                     UpstreamProtocol::H2c
                 }
@@ -875,12 +869,14 @@ impl Validator<'_> {
             .and_then(|v| self.optional_duration(v, "h2_keepalive_interval"))
             .unwrap_or(Some(Duration::from_secs(30)));
         let tls = if protocol == UpstreamProtocol::H2 {
-            self.upstream_tls(name, u)
+            self.upstream_tls(name, u, b"h2")
+        } else if protocol == UpstreamProtocol::Http1Tls {
+            self.upstream_tls(name, u, b"http/1.1")
         } else {
             if let Some(ca) = &u.ca {
                 self.err(
                     &ca.span(),
-                    "`ca` applies only to TLS upstreams (protocol = \"h2\")",
+                    "`ca` applies only to TLS upstreams (protocol = \"h2\" or \"http1-tls\")",
                 );
             }
             None
@@ -905,12 +901,17 @@ impl Validator<'_> {
     }
 
     /// TLS settings of an upstream with `protocol = "h2"`.
-    fn upstream_tls(&mut self, name: &Spanned<String>, u: &Upstream) -> Option<UpstreamTls> {
+    fn upstream_tls(
+        &mut self,
+        name: &Spanned<String>,
+        u: &Upstream,
+        alpn: &[u8],
+    ) -> Option<UpstreamTls> {
         let Some(ca) = &u.ca else {
             self.err(
                 &name.span(),
                 format!(
-                    "upstreams.{}: protocol \"h2\" (TLS) needs `ca`, the PEM CA certificate that signed the upstream's certificate",
+                    "upstreams.{}: a TLS protocol needs `ca`, the PEM CA certificate that signed the upstream's certificate",
                     name.get_ref()
                 ),
             );
@@ -971,7 +972,7 @@ impl Validator<'_> {
                     return None;
                 }
             };
-        match pachgate_tls::upstream_client_config(ca_certs, client, &[b"h2"]) {
+        match pachgate_tls::upstream_client_config(ca_certs, client, &[alpn]) {
             Ok(config) => Some(UpstreamTls {
                 connector: tokio_rustls::TlsConnector::from(config),
                 server_name,

@@ -361,7 +361,16 @@ fn generated_certificates_serve_and_are_trusted_by_grpcio() {
     let dir = tempfile::tempdir().unwrap();
     run(
         BIN,
-        &["cert", "generate", "--out", "tls", "--host", "localhost", "--host", "127.0.0.1"],
+        &[
+            "cert",
+            "generate",
+            "--out",
+            "tls",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+        ],
         dir.path(),
     );
     let config = format!(
@@ -372,12 +381,20 @@ fn generated_certificates_serve_and_are_trusted_by_grpcio() {
     let proxy = pachgate_config(&config, 1);
     let output = Command::new("python3")
         .arg(repo_path("tests/clients/grpc_checks.py"))
-        .args(["--target", &format!("localhost:{}", proxy.https().port()), "--ca"])
+        .args([
+            "--target",
+            &format!("localhost:{}", proxy.https().port()),
+            "--ca",
+        ])
         .arg(dir.path().join("tls/ca.crt"))
         .arg("pachd-methods")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -395,4 +412,86 @@ fn hsts_header_on_tls_responses_when_enabled() {
         headers.contains("strict-transport-security: max-age=31536000"),
         "{headers}"
     );
+}
+
+/// An HTTP/1.1 backend behind TLS (`openssl s_server -www`, a TLS implementation not ours):
+/// pachgate verifies it against the configured CA; a wrong CA is a 502 that says why.
+#[test]
+fn http1_tls_upstream_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        BIN,
+        &[
+            "cert",
+            "generate",
+            "--out",
+            "backend",
+            "--host",
+            "backend.internal",
+        ],
+        dir.path(),
+    );
+    let port = free_port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-www",
+            "-quiet",
+        ])
+        .args(["-cert", "backend/tls.crt", "-key", "backend/tls.key"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        std::time::Duration::from_secs(10),
+    );
+    let route = |ca: &str| {
+        format!(
+            r#"
+[upstreams.backend]
+endpoints = ["127.0.0.1:{port}"]
+protocol = "http1-tls"
+ca = "{ca}"
+server_name = "backend.internal"
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/" }}
+upstream = "backend"
+"#
+        )
+    };
+    let good = pachgate(
+        &route(&dir.path().join("backend/ca.crt").display().to_string()),
+        "",
+    );
+    let curl = |proxy: &Proxy| {
+        let output = Command::new("curl")
+            .args(["-sS", "--http1.1", "-w", "\n%{http_code}", "--cacert"])
+            .arg(proxy.ca())
+            .arg(format!("https://{}/", proxy.target()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let answer = curl(&good);
+    assert!(
+        answer.ends_with("\n200") && answer.contains("s_server"),
+        "{answer}"
+    );
+
+    let wrong_ca = good.ca().display().to_string();
+    let wrong = pachgate(&route(&wrong_ca), "");
+    let answer = curl(&wrong);
+    assert!(
+        answer.ends_with("\n502") && answer.contains("TLS verification failed"),
+        "{answer}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
 }

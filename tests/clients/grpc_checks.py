@@ -88,15 +88,14 @@ def ident(x):
 
 
 def channel(args):
+    options = [
+        ("grpc.max_send_message_length", MAX),
+        ("grpc.max_receive_message_length", MAX),
+    ]
+    if args.plaintext:
+        return grpc.insecure_channel(args.target, options=options)
     creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
-    return grpc.secure_channel(
-        args.target,
-        creds,
-        options=[
-            ("grpc.max_send_message_length", MAX),
-            ("grpc.max_receive_message_length", MAX),
-        ],
-    )
+    return grpc.secure_channel(args.target, creds, options=options)
 
 
 def method(ch, kind, name):
@@ -505,6 +504,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--target", required=True)
     parser.add_argument("--ca", required=True)
+    parser.add_argument("--plaintext", action="store_true", help="h2c instead of TLS")
     parser.add_argument("check", choices=sorted(CHECKS))
     args = parser.parse_args()
     CHECKS[args.check](args)

@@ -623,7 +623,7 @@ async fn forward(
         authority.as_ref().map(|a| a.host()),
     );
     match upstream.protocol() {
-        UpstreamProtocol::Http1 => {
+        UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
             // An h2 client sends :authority, not Host; an HTTP/1.1 upstream needs Host.
             if !parts.headers.contains_key(HOST) {
                 if let Some(value) = authority

@@ -31,6 +31,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over TLS (pachd deployed with TLS); needs [`UpstreamSpec::tls`].
     H2,
+    /// HTTP/1.1 over TLS; needs [`UpstreamSpec::tls`].
+    Http1Tls,
 }
 
 impl UpstreamProtocol {
@@ -89,7 +91,7 @@ pub struct Upstream {
     spec: UpstreamSpec,
     endpoints: Vec<Endpoint>,
     next_endpoint: AtomicUsize,
-    http1_pool: Option<PooledClient<HttpConnector, ProxyBody>>,
+    http1_pool: Option<Http1Pool>,
 }
 
 impl Upstream {
@@ -112,18 +114,34 @@ impl Upstream {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let http1_pool = (spec.protocol == UpstreamProtocol::Http1).then(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(spec.connect_timeout));
-            connector.enforce_http(true);
-            PooledClient::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(256)
-                .build(connector)
-        });
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(spec.connect_timeout));
+        let mut pool = PooledClient::builder(TokioExecutor::new());
+        pool.timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256);
+        let http1_pool = match (spec.protocol, &spec.tls) {
+            (UpstreamProtocol::Http1, _) => {
+                connector.enforce_http(true);
+                Some(Http1Pool::Plain(pool.build(connector)))
+            }
+            (UpstreamProtocol::Http1Tls, Some(tls)) => {
+                connector.enforce_http(false);
+                Some(Http1Pool::Tls(pool.build(TlsHttpConnector {
+                    http: connector,
+                    tls: tls.clone(),
+                })))
+            }
+            (UpstreamProtocol::Http1Tls, None) => {
+                return Err(format!(
+                    "upstream {}: http1-tls needs TLS settings",
+                    spec.name
+                ))
+            }
+            _ => None,
+        };
         Ok(Upstream {
             spec,
             endpoints,
@@ -166,14 +184,30 @@ impl Upstream {
                     *request.version_mut() = Version::HTTP_2;
                     self.send_h2(endpoint, request).await
                 }
-                UpstreamProtocol::Http1 => {
+                UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
                     // The pool connects to the URI's authority; the Host header keeps what the
                     // client asked for.
-                    set_uri(&mut request, Scheme::HTTP, endpoint.authority.clone());
+                    let scheme = if self.spec.tls.is_some() {
+                        Scheme::HTTPS
+                    } else {
+                        Scheme::HTTP
+                    };
+                    set_uri(&mut request, scheme, endpoint.authority.clone());
                     *request.version_mut() = Version::HTTP_11;
                     let pool = self.http1_pool.as_ref().expect("http1 upstream has a pool");
-                    pool.request(request).await.map_err(|e| {
-                        if e.is_connect() {
+                    let result = match pool {
+                        Http1Pool::Plain(pool) => pool.request(request).await,
+                        Http1Pool::Tls(pool) => pool.request(request).await,
+                    };
+                    result.map_err(|e| {
+                        let chain = error_chain(&e);
+                        if e.is_connect() && chain.contains("certificate") {
+                            ProxyError::UpstreamTls {
+                                upstream: self.spec.name.clone(),
+                                endpoint: endpoint.address.clone(),
+                                reason: chain,
+                            }
+                        } else if e.is_connect() {
                             self.connect_error(endpoint, &e)
                         } else {
                             self.failed(&e)
@@ -329,6 +363,89 @@ impl Upstream {
             upstream: self.spec.name.clone(),
             reason: error_chain(error),
         }
+    }
+}
+
+/// Keep-alive pools for HTTP/1.1 upstreams, plain or TLS.
+enum Http1Pool {
+    Plain(PooledClient<HttpConnector, ProxyBody>),
+    Tls(PooledClient<TlsHttpConnector, ProxyBody>),
+}
+
+/// Connects like the plain pool, then speaks TLS (verified against the upstream's CA).
+#[derive(Clone)]
+struct TlsHttpConnector {
+    http: HttpConnector,
+    tls: UpstreamTls,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for TlsHttpConnector {
+    type Response = TlsConnection;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<TlsConnection, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+            Ok(TlsConnection(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// A pooled TLS connection, as hyper's legacy client wants it.
+struct TlsConnection(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl hyper_util::client::legacy::connect::Connection for TlsConnection {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TlsConnection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TlsConnection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 

@@ -233,12 +233,13 @@ impl ListenerTlsHandle {
         events: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = events.send(());
-            }
-        })
-        .ok()?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = events.send(());
+                }
+            })
+            .ok()?;
         let files = &self.resolver.files;
         let mut dirs: Vec<PathBuf> = std::iter::once(&files.default)
             .chain(files.sni.iter().map(|(_, p)| p))
@@ -248,7 +249,9 @@ impl ListenerTlsHandle {
         dirs.sort();
         dirs.dedup();
         for dir in dirs {
-            watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+            watcher
+                .watch(&dir, notify::RecursiveMode::NonRecursive)
+                .ok()?;
         }
         Some(watcher)
     }
