@@ -48,30 +48,8 @@ hosts = ["localhost", "127.0.0.1"]
         routes =
             pachgate_standins::routes_toml(&pachd_addr.to_string(), &console_addr.to_string(), ""),
     );
-    let runtime = crate::config::parse(
-        std::path::Path::new("<demo>"),
-        &text,
-        std::path::Path::new("."),
-    )
-    .map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
 
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(crate::serve(runtime, Some(ready_tx)));
-    let https = match ready_rx.await {
-        Ok(Some(addr)) => addr,
-        _ => {
-            return match server.await {
-                Ok(result) => result,
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    };
+    let (server, https) = crate::serve_embedded("<demo>", &text).await?;
     let ca = cert_dir.join("ca.crt");
     let port = https.port();
     println!(

@@ -131,18 +131,6 @@ auth = "pachyderm"
         dir = cert_dir.display().to_string(),
         pachd = args.pachd,
     );
-    let runtime = crate::config::parse(
-        std::path::Path::new("<local>"),
-        &text,
-        std::path::Path::new("."),
-    )
-    .map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
 
     check_port_forward("pachd", &args.pachd).await;
     if args.v1 {
@@ -151,17 +139,7 @@ auth = "pachyderm"
         check_port_forward("console", &args.console).await;
     }
 
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(crate::serve(runtime, Some(ready_tx)));
-    let https = match ready_rx.await {
-        Ok(Some(addr)) => addr,
-        _ => {
-            return match server.await {
-                Ok(result) => result,
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    };
+    let (server, https) = crate::serve_embedded("<local>", &text).await?;
     let ca = cert_dir.join("ca.crt");
     let port = https.port();
     println!(

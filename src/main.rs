@@ -196,6 +196,32 @@ fn run_blocking(
     }
 }
 
+/// Parses a config built in code (`demo`, `local`) and starts serving it. Returns the running
+/// server and its bound https address once every listener is up.
+pub async fn serve_embedded(
+    name: &str,
+    text: &str,
+) -> Result<(tokio::task::JoinHandle<Result<(), String>>, SocketAddr), String> {
+    let runtime = config::parse(std::path::Path::new(name), text, std::path::Path::new("."))
+        .map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(serve(runtime, Some(ready_tx)));
+    match ready_rx.await {
+        Ok(Some(addr)) => Ok((server, addr)),
+        _ => Err(match server.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => "the server stopped before it was ready".into(),
+            Err(e) => e.to_string(),
+        }),
+    }
+}
+
 /// Binds every listener, then serves until SIGINT/SIGTERM. `ready` hears the bound https
 /// address (the demo prints it).
 pub async fn serve(

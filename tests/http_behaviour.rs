@@ -227,20 +227,41 @@ fn plaintext_listener_in_serve_mode_speaks_http1_and_h2c() {
     let http = proxy.running.address("http");
     for flag in ["--http1.1", "--http2-prior-knowledge"] {
         let output = Command::new("curl")
-            .args(["-sS", flag, "-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+            .args([
+                "-sS",
+                flag,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
             .arg(format!("http://127.0.0.1:{}/headers", http.port()))
             .output()
             .unwrap();
         let text = String::from_utf8(output.stdout).unwrap();
-        let want = if flag == "--http1.1" { "200 1.1" } else { "200 2" };
+        let want = if flag == "--http1.1" {
+            "200 1.1"
+        } else {
+            "200 2"
+        };
         assert_eq!(text, want, "{flag}");
     }
     // gRPC over h2c on the plaintext port reaches pachd too.
     let output = Command::new("python3")
         .arg(repo_path("tests/clients/grpc_checks.py"))
-        .args(["--target", &format!("127.0.0.1:{}", http.port()), "--plaintext", "--ca", "-"])
+        .args([
+            "--target",
+            &format!("127.0.0.1:{}", http.port()),
+            "--plaintext",
+            "--ca",
+            "-",
+        ])
         .arg("pachd-methods")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

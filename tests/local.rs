@@ -57,17 +57,6 @@ fn local_prints_the_pachctl_lines_and_proxies_to_the_default_pachd_port() {
     );
 
     // And gRPC goes through to the stand-in pachd on 30650, trusting the printed CA.
-    let output = Command::new("python3")
-        .arg(repo_path("tests/clients/grpc_checks.py"))
-        .args(["--target", &format!("localhost:{port}"), "--ca"])
-        .arg(&ca)
-        .arg("pachd-methods")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    grpc_check_at(&format!("localhost:{port}"), &ca, "pachd-methods");
     drop(standins);
 }

@@ -379,21 +379,10 @@ fn generated_certificates_serve_and_are_trusted_by_grpcio() {
         routes = standin_routes(&standins, "")
     );
     let proxy = pachgate_config(&config, 1);
-    let output = Command::new("python3")
-        .arg(repo_path("tests/clients/grpc_checks.py"))
-        .args([
-            "--target",
-            &format!("localhost:{}", proxy.https().port()),
-            "--ca",
-        ])
-        .arg(dir.path().join("tls/ca.crt"))
-        .arg("pachd-methods")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    grpc_check_at(
+        &format!("localhost:{}", proxy.https().port()),
+        &dir.path().join("tls/ca.crt"),
+        "pachd-methods",
     );
 }
 

@@ -219,16 +219,14 @@ pub fn python(script: &str, args: &[&str]) -> Output {
 
 /// Runs one check of tests/clients/grpc_checks.py (grpcio) against pachgate over TLS.
 pub fn grpc_check(proxy: &Proxy, check: &str) -> Output {
-    let ca = proxy.ca();
+    grpc_check_at(&proxy.target(), &proxy.ca(), check)
+}
+
+/// The same against any target, trusting `ca`.
+pub fn grpc_check_at(target: &str, ca: &Path, check: &str) -> Output {
     python(
         "grpc_checks.py",
-        &[
-            "--target",
-            &proxy.target(),
-            "--ca",
-            ca.to_str().unwrap(),
-            check,
-        ],
+        &["--target", target, "--ca", ca.to_str().unwrap(), check],
     )
 }
 
