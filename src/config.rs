@@ -175,6 +175,7 @@ pub struct Limits {
     pub h2_keepalive_timeout: Option<Spanned<String>>,
     pub h1_header_read_timeout: Option<Spanned<String>>,
     pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
     pub h2_stream_window: Option<Spanned<u32>>,
     pub h2_connection_window: Option<Spanned<u32>>,
 }
@@ -783,6 +784,11 @@ impl Validator<'_> {
         if let Some(v) = &limits.h1_header_read_timeout {
             if let Some(d) = self.duration(v, "limits.h1_header_read_timeout") {
                 out.h1_header_read_timeout = d;
+            }
+        }
+        if let Some(v) = &limits.drain_timeout {
+            if let Some(d) = self.duration(v, "limits.drain_timeout") {
+                out.drain_timeout = d;
             }
         }
         if let Some(v) = &limits.tls_handshake_timeout {

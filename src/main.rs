@@ -228,6 +228,7 @@ pub async fn serve(
     runtime: RuntimeConfig,
     ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
 ) -> Result<(), String> {
+    let drain_timeout = runtime.limits.drain_timeout;
     let gateway = Gateway::new(runtime.snapshot, runtime.limits);
     let mut https_addr = None;
     if let Some(addr) = runtime.https {
@@ -261,13 +262,24 @@ pub async fn serve(
     }
     if let Some(addr) = runtime.admin {
         let listener = bind(addr, "admin").await?;
-        tokio::spawn(admin::serve(listener));
+        tokio::spawn(admin::serve(listener, gateway.clone()));
     }
     if let Some(ready) = ready {
         let _ = ready.send(https_addr);
     }
     shutdown_signal().await;
-    eprintln!("pachgate: shutting down");
+    // Graceful drain: /readyz fails at once (the load balancer stops sending), listeners
+    // close, h2 clients get GOAWAY and HTTP/1 clients `Connection: close`, and what is in
+    // flight gets up to drain_timeout. A second signal ends it at once.
+    eprintln!("pachgate: draining for up to {drain_timeout:?}; a second signal exits now");
+    gateway.begin_drain();
+    tokio::select! {
+        _ = gateway.drained() => eprintln!("pachgate: drained; exiting"),
+        _ = tokio::time::sleep(drain_timeout) => {
+            eprintln!("pachgate: drain_timeout reached; closing what is left")
+        }
+        _ = shutdown_signal() => eprintln!("pachgate: second signal; exiting now"),
+    }
     Ok(())
 }
 
@@ -351,6 +363,7 @@ fn generate_cert(out: &std::path::Path, hosts: &[String]) -> ExitCode {
 mod admin {
     //! The admin listener's liveness and readiness probes.
     use std::convert::Infallible;
+    use std::sync::Arc;
 
     use bytes::Bytes;
     use http::{Request, Response, StatusCode};
@@ -358,25 +371,33 @@ mod admin {
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    use pachgate_proxy_core::Gateway;
     use tokio::net::TcpListener;
 
-    pub async fn serve(listener: TcpListener) {
+    fn answer(path: &str, draining: bool) -> Response<Full<Bytes>> {
+        let (status, body) = match path {
+            "/healthz" => (StatusCode::OK, "ok\n"),
+            // Listeners are bound before this one and the config is loaded; a draining
+            // instance must leave the load balancer's rotation.
+            "/readyz" if draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+            "/readyz" => (StatusCode::OK, "ready\n"),
+            _ => (StatusCode::NOT_FOUND, "not found\n"),
+        };
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response
+    }
+
+    pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            let gateway = gateway.clone();
             tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let (status, body) = match request.uri().path() {
-                        "/healthz" => (StatusCode::OK, "ok\n"),
-                        // Listeners are bound before this one, and the config is loaded.
-                        "/readyz" => (StatusCode::OK, "ready\n"),
-                        _ => (StatusCode::NOT_FOUND, "not found\n"),
-                    };
-                    let mut response =
-                        Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                    *response.status_mut() = status;
-                    Ok::<_, Infallible>(response)
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let response = answer(request.uri().path(), gateway.is_draining());
+                    async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)

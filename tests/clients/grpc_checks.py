@@ -477,7 +477,22 @@ def check_tls_upstream_wrong_ca(args):
                     "TLS verification failed")
 
 
+def check_stream_survives_drain(args):
+    """A 3-second server stream, started before pachgate is told to drain, completes whole."""
+    received = 0
+    with channel(args) as ch:
+        for raw in method(ch, "server", "ServerStream")(
+            echo_request(b"tick", count=30, interval_ms=100), timeout=30
+        ):
+            expect(echo_response(raw)["sequence"] == received, "messages out of order")
+            received += 1
+            if received == 3:
+                print("streaming", flush=True)
+    expect(received == 30, f"stream ended after {received} of 30 messages")
+
+
 CHECKS = {
+    "stream-survives-drain": check_stream_survives_drain,
     "tls-upstream-wrong-ca": check_tls_upstream_wrong_ca,
     "auth-gate": check_auth_gate,
     "auth-rate-limit": check_auth_rate_limit,

@@ -54,6 +54,8 @@ pub struct ServerLimits {
     pub h1_header_read_timeout: Duration,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish.
+    pub drain_timeout: Duration,
     /// h2 flow-control window per stream, in bytes.
     pub h2_stream_window: u32,
     /// h2 flow-control window per connection, in bytes. h2 also sizes its flood guard on
@@ -74,6 +76,7 @@ impl Default for ServerLimits {
             h2_keepalive_timeout: Duration::from_secs(20),
             h1_header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
             h2_stream_window: 2 * 1024 * 1024,
             h2_connection_window: 8 * 1024 * 1024,
         }
@@ -245,6 +248,11 @@ impl ConnInfo {
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     limits: ServerLimits,
+    /// Set once on shutdown: listeners stop accepting, connections are told to finish.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// Connections still open, and a wake-up when that reaches zero.
+    active_connections: std::sync::atomic::AtomicUsize,
+    all_closed: tokio::sync::Notify,
     /// Chosen by ALPN: h2 and http/1.1 skip preface sniffing; no ALPN gets auto-detection.
     auto: auto::Builder<TokioExecutor>,
     h1_only: auto::Builder<TokioExecutor>,
@@ -259,10 +267,38 @@ impl Gateway {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             limits,
+            draining: tokio::sync::watch::channel(false).0,
+            active_connections: std::sync::atomic::AtomicUsize::new(0),
+            all_closed: tokio::sync::Notify::new(),
             auto,
             h1_only,
             h2_only,
         })
+    }
+
+    /// Graceful drain, step one: stop accepting, tell every connection to finish (GOAWAY to
+    /// h2 clients, `Connection: close` to HTTP/1), keep serving what is in flight.
+    pub fn begin_drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Step two: resolves once every connection has closed.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            if self
+                .active_connections
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+            {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Swaps in a new configuration; requests in flight finish on the old one.
@@ -454,8 +490,14 @@ impl Gateway {
         proxy_protocol: bool,
     ) {
         let acceptor = TlsAcceptor::from(tls);
+        let mut draining = self.draining.subscribe();
         loop {
-            let Some((tcp, peer)) = accept(&listener).await else {
+            let accepted = tokio::select! {
+                accepted = accept(&listener) => accepted,
+                // Dropping the listener on return closes it: new connections are refused.
+                _ = draining.wait_for(|draining| *draining) => return,
+            };
+            let Some((tcp, peer)) = accepted else {
                 continue;
             };
             let gateway = self.clone();
@@ -506,8 +548,13 @@ impl Gateway {
         mode: PlainMode,
         proxy_protocol: bool,
     ) {
+        let mut draining = self.draining.subscribe();
         loop {
-            let Some((tcp, peer)) = accept(&listener).await else {
+            let accepted = tokio::select! {
+                accepted = accept(&listener) => accepted,
+                _ = draining.wait_for(|draining| *draining) => return,
+            };
+            let Some((tcp, peer)) = accepted else {
                 continue;
             };
             let gateway = self.clone();
@@ -544,6 +591,7 @@ impl Gateway {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let _open = OpenConnection::new(self.clone());
         let gateway = self.clone();
         let peer = conn.peer;
         let service = service_fn(move |request: Request<Incoming>| {
@@ -551,11 +599,45 @@ impl Gateway {
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(gateway.respond(request, &conn).await) }
         });
-        if let Err(e) = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .await
-        {
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut draining = self.draining.subscribe();
+        let mut told_to_finish = false;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = draining.wait_for(|draining| *draining), if !told_to_finish => {
+                    connection.as_mut().graceful_shutdown();
+                    told_to_finish = true;
+                }
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Counts a connection as open for the drain until it is dropped.
+struct OpenConnection(Arc<Gateway>);
+
+impl OpenConnection {
+    fn new(gateway: Arc<Gateway>) -> Self {
+        gateway
+            .active_connections
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenConnection(gateway)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .active_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if left == 1 {
+            self.0.all_closed.notify_waiters();
         }
     }
 }
