@@ -98,7 +98,10 @@ fn main() -> ExitCode {
             Err(errors) => report_config_errors(&errors),
         },
         Command::Serve { config } => match config::load(&config) {
-            Ok(runtime) => run_blocking(runtime.worker_threads, serve(runtime, None)),
+            Ok(runtime) => run_blocking(runtime.worker_threads, async move {
+                let reload = ConfigReloader { path: config };
+                serve_with_reload(runtime, None, Some(reload)).await
+            }),
             Err(errors) => report_config_errors(&errors),
         },
         Command::Cert {
@@ -228,6 +231,63 @@ pub async fn serve(
     runtime: RuntimeConfig,
     ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
 ) -> Result<(), String> {
+    serve_with_reload(runtime, ready, None).await
+}
+
+/// Re-reads the config file on SIGHUP. A valid file replaces routes, upstreams, auth and
+/// limits for new requests (in-flight ones finish on the old snapshot); an invalid one is
+/// logged with file:line:column and changes nothing. Listener addresses and TLS settings are
+/// read at start only.
+struct ConfigReloader {
+    path: PathBuf,
+}
+
+impl ConfigReloader {
+    /// Registers for SIGHUP now, before any listener is announced, so an early SIGHUP is a
+    /// reload request rather than the default "terminate".
+    #[cfg(unix)]
+    fn listen(self) -> Option<(Self, tokio::signal::unix::Signal)> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some((self, hangups)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off");
+                None
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    async fn run(self, mut hangups: tokio::signal::unix::Signal, gateway: std::sync::Arc<Gateway>) {
+        while hangups.recv().await.is_some() {
+            match config::load(&self.path) {
+                Ok(runtime) => {
+                    gateway.replace_snapshot(runtime.snapshot);
+                    tracing::info!(
+                        file = %self.path.display(),
+                        routes = runtime.route_count,
+                        "config reloaded"
+                    );
+                }
+                Err(errors) => {
+                    for error in &errors {
+                        tracing::error!(%error, "config reload refused; the running config stays");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_with_reload(
+    runtime: RuntimeConfig,
+    ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
+    reload: Option<ConfigReloader>,
+) -> Result<(), String> {
+    #[cfg(unix)]
+    let reload = reload.and_then(ConfigReloader::listen);
+    #[cfg(not(unix))]
+    let _ = reload;
     let drain_timeout = runtime.limits.drain_timeout;
     let gateway = Gateway::new(runtime.snapshot, runtime.limits);
     let mut https_addr = None;
@@ -263,6 +323,10 @@ pub async fn serve(
     if let Some(addr) = runtime.admin {
         let listener = bind(addr, "admin").await?;
         tokio::spawn(admin::serve(listener, gateway.clone()));
+    }
+    #[cfg(unix)]
+    if let Some((reload, hangups)) = reload {
+        tokio::spawn(reload.run(hangups, gateway.clone()));
     }
     if let Some(ready) = ready {
         let _ = ready.send(https_addr);
