@@ -578,7 +578,7 @@ impl Validator<'_> {
                 }
                 let cert = self.path(entry.cert.get_ref());
                 let key = self.path(entry.key.get_ref());
-                if let Err(e) = pachgate_tls::load_cert_and_key(&cert, &key) {
+                if let Err(e) = pachgate_tls::check_pair(&cert, &key) {
                     self.err(&entry.cert.span(), format!("tls.sni cert/key: {e}"));
                 }
                 sni.push((entry.hosts.get_ref().clone(), cert, key));
@@ -684,9 +684,7 @@ impl Validator<'_> {
             return None;
         }
         // Load now, so a bad PEM or a key that does not match is reported here, not at serve.
-        if let Err(e) = pachgate_tls::load_cert_and_key(&cert_path, &key_path)
-            .and_then(pachgate_tls::server_config)
-        {
+        if let Err(e) = pachgate_tls::check_pair(&cert_path, &key_path) {
             self.err(&cert.span(), format!("tls.cert/tls.key: {e}"));
             return None;
         }

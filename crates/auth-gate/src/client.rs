@@ -87,6 +87,9 @@ pub struct RateLimiter {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// Set once any bucket exists, so `check` on the common path (nobody has failed yet)
+    /// takes no lock.
+    any_tracked: std::sync::atomic::AtomicBool,
 }
 
 /// Addresses remembered before idle (full) buckets are dropped.
@@ -98,6 +101,7 @@ impl RateLimiter {
             rate: rate_per_second,
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
+            any_tracked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -120,6 +124,8 @@ impl RateLimiter {
                 *tokens + now.saturating_duration_since(*since).as_secs_f64() * rate < burst
             });
         }
+        self.any_tracked
+            .store(true, std::sync::atomic::Ordering::Release);
         let (tokens, since) = buckets.entry(address).or_insert((self.burst, now));
         let available = self.refill(*tokens, *since, now);
         if available >= 1.0 {
@@ -140,6 +146,9 @@ impl RateLimiter {
 
     /// Whether the address has budget left, without taking any.
     pub fn check(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
+        if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         let buckets = self.buckets.lock().expect("rate limiter lock");
         match buckets.get(&address) {
             None => Ok(()),

@@ -65,25 +65,19 @@ pub async fn run(args: HttpArgs) -> Result<Report, String> {
     let uri = Arc::new(uri);
     let mut workers = Vec::new();
     for sender in senders {
-        match sender {
-            Sender::H1(sender) => workers.push(tokio::spawn(h1_worker(
+        // HTTP/1.1 carries one request at a time; h2 multiplexes `streams` per connection.
+        let copies = match &sender {
+            Sender::H1(_) => vec![sender],
+            Sender::H2(h2) => (0..streams).map(|_| Sender::H2(h2.clone())).collect(),
+        };
+        for sender in copies {
+            workers.push(tokio::spawn(worker(
                 sender,
                 shared.clone(),
                 uri.clone(),
                 method.clone(),
                 body.clone(),
-            ))),
-            Sender::H2(sender) => {
-                for _ in 0..streams {
-                    workers.push(tokio::spawn(h2_worker(
-                        sender.clone(),
-                        shared.clone(),
-                        uri.clone(),
-                        method.clone(),
-                        body.clone(),
-                    )));
-                }
-            }
+            )));
         }
     }
     let recorders = collect(&shared, progress, workers).await?;
@@ -140,42 +134,44 @@ async fn read_response(
     }
 }
 
-async fn h1_worker(
-    mut sender: http1::SendRequest<Full<Bytes>>,
+impl Sender {
+    /// Sends one request when the connection can take it.
+    async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+            Sender::H2(sender) => sender.send_request(request).await,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(sender) => sender.is_closed(),
+            Sender::H2(sender) => sender.is_closed(),
+        }
+    }
+}
+
+async fn worker(
+    mut sender: Sender,
     shared: Arc<Shared>,
     uri: Arc<Uri>,
     method: Method,
     body: Bytes,
 ) -> Recorder {
+    let h1 = matches!(sender, Sender::H1(_));
     let mut recorder = Recorder::new(shared.clone());
     while let Some(started) = shared.next().await {
-        if sender.ready().await.is_err() {
+        if sender.is_closed() {
             recorder.error("connection closed");
             break;
         }
-        let response = sender
-            .send_request(request(&uri, &method, &body, true))
-            .await;
-        match read_response(response).await {
-            Ok(()) => recorder.ok(started, 1),
-            Err(kind) => recorder.error(kind),
-        }
-    }
-    recorder
-}
-
-async fn h2_worker(
-    mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    shared: Arc<Shared>,
-    uri: Arc<Uri>,
-    method: Method,
-    body: Bytes,
-) -> Recorder {
-    let mut recorder = Recorder::new(shared.clone());
-    while let Some(started) = shared.next().await {
-        let response = sender
-            .send_request(request(&uri, &method, &body, false))
-            .await;
+        let response = sender.send(request(&uri, &method, &body, h1)).await;
         match read_response(response).await {
             Ok(()) => recorder.ok(started, 1),
             Err(kind) => recorder.error(kind),

@@ -308,8 +308,10 @@ impl Gateway {
 
     /// The pipeline, plus response headers every answer on this connection gets.
     async fn respond(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
-        let mut response = self.handle(request, conn).await;
-        if conn.tls && self.snapshot.load().clients.hsts {
+        // One snapshot for the whole request: the configuration it started with.
+        let snapshot = self.snapshot.load_full();
+        let mut response = self.handle(request, conn, &snapshot).await;
+        if conn.tls && snapshot.clients.hsts {
             response.headers_mut().insert(
                 http::header::STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static("max-age=31536000"),
@@ -319,7 +321,12 @@ impl Gateway {
     }
 
     /// One request's journey: route → (websocket tunnel | forward) → response.
-    async fn handle(&self, mut request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        conn: &ConnInfo,
+        snapshot: &Snapshot,
+    ) -> Response<ProxyBody> {
         if request.version() <= Version::HTTP_11 {
             if let Some(framing) = &conn.framing {
                 if framing.next_request_is_ambiguous() {
@@ -346,7 +353,6 @@ impl Gateway {
                 return error.into_response(grpc);
             }
         }
-        let snapshot = self.snapshot.load_full();
         let facts = Facts::of(&request, grpc);
         let Some(route) = snapshot.routes.pick(&facts) else {
             tracing::debug!(path = facts.path(), client = %conn.peer, "no route");

@@ -200,12 +200,11 @@ impl Upstream {
                         Http1Pool::Tls(pool) => pool.request(request).await,
                     };
                     result.map_err(|e| {
-                        let chain = error_chain(&e);
-                        if e.is_connect() && chain.contains("certificate") {
+                        if is_tls_handshake_failure(&e) {
                             ProxyError::UpstreamTls {
                                 upstream: self.spec.name.clone(),
                                 endpoint: endpoint.address.clone(),
-                                reason: chain,
+                                reason: error_chain(&e),
                             }
                         } else if e.is_connect() {
                             self.connect_error(endpoint, &e)
@@ -400,10 +399,31 @@ impl tower_service::Service<Uri> for TlsHttpConnector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+            let stream = tls
+                .connector
+                .connect(tls.server_name.clone(), tcp)
+                .await
+                .map_err(TlsHandshakeFailed)?;
             Ok(TlsConnection(TokioIo::new(stream)))
         })
     }
+}
+
+/// The TLS handshake with an HTTP/1.1 upstream failed (typically verification); typed so the
+/// pool's error can be told apart from a refused TCP connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TlsHandshakeFailed(std::io::Error);
+
+fn is_tls_handshake_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<TlsHandshakeFailed>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// A pooled TLS connection, as hyper's legacy client wants it.

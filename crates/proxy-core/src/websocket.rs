@@ -24,17 +24,10 @@ pub async fn tunnel(
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, _endpoint) = upstream.connect_for_upgrade().await?;
 
+    // The pipeline already stripped hop-by-hop headers (Upgrade and Connection included) and
+    // checked that the client asked for `websocket`; put back exactly this hop's pair.
     let (mut parts, _body) = request.into_parts();
-    let upgrade_value = parts
-        .headers
-        .get(UPGRADE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("websocket"));
-    crate::headers::strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    parts.headers.insert(UPGRADE, upgrade_value);
+    set_upgrade_headers(&mut parts.headers);
     let mut response = match handshake_upstream(&mut sender, parts).await? {
         Handshake::Switched(response) => response,
         Handshake::Refused(response) => return Ok(response),
@@ -73,11 +66,9 @@ pub async fn tunnel_extended_connect(
     let (mut sender, endpoint) = upstream.connect_for_upgrade().await?;
 
     let (mut parts, _body) = request.into_parts();
-    crate::headers::strip_hop_by_hop(&mut parts.headers);
     let key = tungstenite::handshake::client::generate_key();
     let headers = &mut parts.headers;
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    set_upgrade_headers(headers);
     headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
     headers.insert(
         SEC_WEBSOCKET_KEY,
@@ -120,6 +111,11 @@ pub async fn tunnel_extended_connect(
         }
     }
     Ok(reply)
+}
+
+fn set_upgrade_headers(headers: &mut http::HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 enum Handshake {
