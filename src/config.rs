@@ -42,6 +42,23 @@ pub struct FileConfig {
     pub auth: Auth,
     #[serde(default)]
     pub rate_limits: RateLimits,
+    #[serde(default)]
+    pub log: Log,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// "json" (default), "text" or "off": one line per request on stdout.
+    pub access: Option<Spanned<String>>,
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Json,
+    Text,
+    Off,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,13 +234,13 @@ pub struct RuntimeConfig {
     pub snapshot: Snapshot,
     pub limits: ServerLimits,
     pub worker_threads: Option<usize>,
-    pub proxy_protocol: bool,
+    pub access_log: AccessLog,
     pub route_count: usize,
     pub upstream_count: usize,
 }
 
 /// Where the listener's certificate comes from, with paths already resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
     Files { cert: PathBuf, key: PathBuf },
     SelfSigned { dir: PathBuf, hosts: Vec<String> },
@@ -249,7 +266,7 @@ impl TlsSource {
 }
 
 /// The TLS listener's whole setup, with paths resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTlsSource {
     pub default: TlsSource,
     /// (hosts, cert, key) chosen by SNI.
@@ -486,6 +503,24 @@ impl Validator<'_> {
             }
         });
 
+        let access_log = match config
+            .log
+            .access
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v))
+        {
+            None | Some(("json", _)) => AccessLog::Json,
+            Some(("text", _)) => AccessLog::Text,
+            Some(("off", _)) => AccessLog::Off,
+            Some((other, value)) => {
+                self.err(
+                    &value.span(),
+                    format!("log.access = {other:?} is not known: expected \"json\", \"text\" or \"off\""),
+                );
+                AccessLog::Off
+            }
+        };
+
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
@@ -496,6 +531,7 @@ impl Validator<'_> {
             trusted_proxies: trusted_proxies.unwrap_or_default(),
             requests,
             failed_auth,
+            proxy_protocol: listen.proxy_protocol,
         };
         let snapshot = Snapshot::build(
             route_specs,
@@ -504,7 +540,8 @@ impl Validator<'_> {
             static_tokens,
             clients,
         )
-        .map_err(|message| vec![self.locate.error(&(0..0), message)])?;
+        .map_err(|message| vec![self.locate.error(&(0..0), message)])?
+        .with_access_log(access_log != AccessLog::Off);
         Ok(RuntimeConfig {
             https,
             http,
@@ -513,7 +550,7 @@ impl Validator<'_> {
             snapshot,
             limits,
             worker_threads,
-            proxy_protocol: listen.proxy_protocol,
+            access_log,
             route_count,
             upstream_count,
         })

@@ -36,6 +36,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         r#"
 [listen]
 https = "127.0.0.1:{port}"
+admin = "127.0.0.1:0"
+
+[log]
+access = "text"
 
 [tls]
 self_signed = true
@@ -59,6 +63,7 @@ pachgate demo is running.
   stand-in console (HTTP, ws): {console_addr}
   pachgate (TLS):              https://localhost:{port}
   CA certificate:              {ca}
+  status page, /metrics:       the "admin listening on" address above
 
 Try it:
   curl --cacert {ca} https://localhost:{port}/

@@ -1,19 +1,22 @@
 //! The `pachgate` binary: command line, config file → typed config, wiring of the crates,
 //! signals. Thin by design: it assembles crates, it does not proxy.
 
+mod admin;
 mod config;
 mod demo;
 mod local;
+mod logging;
+mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pachgate_proxy_core::{Gateway, PlainMode};
 use tokio::net::TcpListener;
 
-use crate::config::RuntimeConfig;
+pub use crate::serve::serve_embedded;
+use crate::serve::shutdown_signal;
 
 #[derive(Parser)]
 #[command(
@@ -82,7 +85,7 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
@@ -98,10 +101,12 @@ fn main() -> ExitCode {
             Err(errors) => report_config_errors(&errors),
         },
         Command::Serve { config } => match config::load(&config) {
-            Ok(runtime) => run_blocking(runtime.worker_threads, async move {
-                let reload = ConfigReloader { path: config };
-                serve_with_reload(runtime, None, Some(reload)).await
-            }),
+            Ok(runtime) => {
+                logging::set_access_format(runtime.access_log);
+                run_blocking(runtime.worker_threads, async move {
+                    serve::serve(runtime, None, Some(config)).await
+                })
+            }
             Err(errors) => report_config_errors(&errors),
         },
         Command::Cert {
@@ -127,15 +132,6 @@ fn main() -> ExitCode {
             auth_inactive,
         } => run_blocking(None, standins(pachd, console, auth_inactive)),
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PACHGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn report_config_errors(errors: &[config::ConfigError]) -> ExitCode {
@@ -199,182 +195,6 @@ fn run_blocking(
     }
 }
 
-/// Parses a config built in code (`demo`, `local`) and starts serving it. Returns the running
-/// server and its bound https address once every listener is up.
-pub async fn serve_embedded(
-    name: &str,
-    text: &str,
-) -> Result<(tokio::task::JoinHandle<Result<(), String>>, SocketAddr), String> {
-    let runtime = config::parse(std::path::Path::new(name), text, std::path::Path::new("."))
-        .map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(serve(runtime, Some(ready_tx)));
-    match ready_rx.await {
-        Ok(Some(addr)) => Ok((server, addr)),
-        _ => Err(match server.await {
-            Ok(Err(e)) => e,
-            Ok(Ok(())) => "the server stopped before it was ready".into(),
-            Err(e) => e.to_string(),
-        }),
-    }
-}
-
-/// Binds every listener, then serves until SIGINT/SIGTERM. `ready` hears the bound https
-/// address (the demo prints it).
-pub async fn serve(
-    runtime: RuntimeConfig,
-    ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
-) -> Result<(), String> {
-    serve_with_reload(runtime, ready, None).await
-}
-
-/// Re-reads the config file on SIGHUP. A valid file replaces routes, upstreams, auth and
-/// limits for new requests (in-flight ones finish on the old snapshot); an invalid one is
-/// logged with file:line:column and changes nothing. Listener addresses and TLS settings are
-/// read at start only.
-struct ConfigReloader {
-    path: PathBuf,
-}
-
-impl ConfigReloader {
-    /// Registers for SIGHUP now, before any listener is announced, so an early SIGHUP is a
-    /// reload request rather than the default "terminate".
-    #[cfg(unix)]
-    fn listen(self) -> Option<(Self, tokio::signal::unix::Signal)> {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(hangups) => Some((self, hangups)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off");
-                None
-            }
-        }
-    }
-
-    #[cfg(unix)]
-    async fn run(self, mut hangups: tokio::signal::unix::Signal, gateway: std::sync::Arc<Gateway>) {
-        while hangups.recv().await.is_some() {
-            match config::load(&self.path) {
-                Ok(runtime) => {
-                    gateway.replace_snapshot(runtime.snapshot);
-                    tracing::info!(
-                        file = %self.path.display(),
-                        routes = runtime.route_count,
-                        "config reloaded"
-                    );
-                }
-                Err(errors) => {
-                    for error in &errors {
-                        tracing::error!(%error, "config reload refused; the running config stays");
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn serve_with_reload(
-    runtime: RuntimeConfig,
-    ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
-    reload: Option<ConfigReloader>,
-) -> Result<(), String> {
-    #[cfg(unix)]
-    let reload = reload.and_then(ConfigReloader::listen);
-    #[cfg(not(unix))]
-    let _ = reload;
-    let drain_timeout = runtime.limits.drain_timeout;
-    let gateway = Gateway::new(runtime.snapshot, runtime.limits);
-    let mut https_addr = None;
-    if let Some(addr) = runtime.https {
-        let source = runtime
-            .tls
-            .as_ref()
-            .ok_or("listen.https is set but [tls] is missing")?;
-        let tls = source
-            .server_config()
-            .map_err(|e| format!("TLS certificate: {e}"))?;
-        let listener = bind(addr, "https").await?;
-        https_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
-        tokio::spawn(gateway.clone().serve_tls(
-            listener,
-            tls.config.clone(),
-            runtime.proxy_protocol,
-        ));
-        tokio::spawn(tls.watch(CERTIFICATE_RECHECK));
-    }
-    if let Some((addr, mut mode)) = runtime.http {
-        if let (PlainMode::Redirect { https_port }, Some(bound)) = (&mut mode, https_addr) {
-            // With `https = "…:0"` the real port is only known now.
-            *https_port = bound.port();
-        }
-        let listener = bind(addr, "http").await?;
-        tokio::spawn(
-            gateway
-                .clone()
-                .serve_plain(listener, mode, runtime.proxy_protocol),
-        );
-    }
-    if let Some(addr) = runtime.admin {
-        let listener = bind(addr, "admin").await?;
-        tokio::spawn(admin::serve(listener, gateway.clone()));
-    }
-    #[cfg(unix)]
-    if let Some((reload, hangups)) = reload {
-        tokio::spawn(reload.run(hangups, gateway.clone()));
-    }
-    if let Some(ready) = ready {
-        let _ = ready.send(https_addr);
-    }
-    shutdown_signal().await;
-    // Graceful drain: /readyz fails at once (the load balancer stops sending), listeners
-    // close, h2 clients get GOAWAY and HTTP/1 clients `Connection: close`, and what is in
-    // flight gets up to drain_timeout. A second signal ends it at once.
-    eprintln!("pachgate: draining for up to {drain_timeout:?}; a second signal exits now");
-    gateway.begin_drain();
-    tokio::select! {
-        _ = gateway.drained() => eprintln!("pachgate: drained; exiting"),
-        _ = tokio::time::sleep(drain_timeout) => {
-            eprintln!("pachgate: drain_timeout reached; closing what is left")
-        }
-        _ = shutdown_signal() => eprintln!("pachgate: second signal; exiting now"),
-    }
-    Ok(())
-}
-
-/// The re-check behind the file-system watch on certificate files, in case an event is
-/// missed (network file systems, for example).
-const CERTIFICATE_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    // Tests and scripts wait for this line; it is the contract for "ready on this port".
-    println!("pachgate: {what} listening on {local}");
-    Ok(listener)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 async fn standins(
     pachd: SocketAddr,
     console: SocketAddr,
@@ -420,53 +240,6 @@ fn generate_cert(out: &std::path::Path, hosts: &[String]) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-mod admin {
-    //! The admin listener's liveness and readiness probes.
-    use std::convert::Infallible;
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use http::{Request, Response, StatusCode};
-    use http_body_util::Full;
-    use hyper::body::Incoming;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    use pachgate_proxy_core::Gateway;
-    use tokio::net::TcpListener;
-
-    fn answer(path: &str, draining: bool) -> Response<Full<Bytes>> {
-        let (status, body) = match path {
-            "/healthz" => (StatusCode::OK, "ok\n"),
-            // Listeners are bound before this one and the config is loaded; a draining
-            // instance must leave the load balancer's rotation.
-            "/readyz" if draining => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-            "/readyz" => (StatusCode::OK, "ready\n"),
-            _ => (StatusCode::NOT_FOUND, "not found\n"),
-        };
-        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        *response.status_mut() = status;
-        response
-    }
-
-    pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let gateway = gateway.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let response = answer(request.uri().path(), gateway.is_draining());
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
         }
     }
 }

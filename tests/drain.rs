@@ -1,5 +1,7 @@
-//! Graceful drain on SIGTERM: /readyz fails at once, the listener closes, a stream in flight
-//! finishes whole, and the process exits 0.
+//! Graceful drain on SIGTERM, with a server stream, a websocket and a client loop in flight:
+//! /readyz fails at once, the listener closes, the stream finishes whole, the loop's accepted
+//! calls all succeed, the websocket gets a close frame 1001 at the deadline, and the process
+//! exits 0.
 
 mod common;
 
@@ -9,12 +11,14 @@ use std::time::Duration;
 
 use common::*;
 
+const DRAIN_TIMEOUT_SECS: u64 = 6;
+
 #[test]
-fn sigterm_drains_in_flight_streams_then_exits_zero() {
+fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
     let standins = standins();
     let mut proxy = pachgate(
         &format!(
-            "[limits]\ndrain_timeout = \"20s\"\n{}",
+            "[limits]\ndrain_timeout = \"{DRAIN_TIMEOUT_SECS}s\"\n{}",
             standin_routes(&standins, "")
         ),
         "admin = \"127.0.0.1:0\"",
@@ -30,7 +34,7 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
     };
     assert_eq!(readyz(), "200");
 
-    let mut client = Command::new("python3")
+    let mut stream = Command::new("python3")
         .arg(repo_path("tests/clients/grpc_checks.py"))
         .args(["--target", &proxy.target(), "--ca"])
         .arg(proxy.ca())
@@ -38,8 +42,35 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "streaming");
+    let mut stream_lines = BufReader::new(stream.stdout.take().unwrap()).lines();
+    assert_eq!(stream_lines.next().unwrap().unwrap(), "streaming");
+
+    let mut websocket = Command::new("python3")
+        .arg(repo_path("tests/clients/ws_checks.py"))
+        .args(["--url", &format!("wss://{}/ws", proxy.target()), "--ca"])
+        .arg(proxy.ca())
+        .arg("--until-going-away")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut websocket_lines = BufReader::new(websocket.stdout.take().unwrap()).lines();
+    assert_eq!(websocket_lines.next().unwrap().unwrap(), "open");
+
+    let client_loop = Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_rotation.py"))
+        .args([
+            "--target",
+            &proxy.target(),
+            "--seconds",
+            "30",
+            "--drain",
+            "--ca",
+        ])
+        .arg(proxy.ca())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
 
     proxy.running.signal("TERM");
     std::thread::sleep(Duration::from_millis(300));
@@ -50,16 +81,33 @@ fn sigterm_drains_in_flight_streams_then_exits_zero() {
         "the listener still accepts while draining"
     );
 
-    let status = client.wait().unwrap();
+    let status = stream.wait().unwrap();
     assert!(
         status.success(),
         "the in-flight stream was cut by the drain"
     );
+    let summary = client_loop.wait_with_output().unwrap();
+    let summary_text = String::from_utf8_lossy(&summary.stdout);
+    assert!(
+        summary.status.success(),
+        "an accepted call failed during the drain: {summary_text}"
+    );
+    assert!(summary_text.contains("\"refused\": true"), "{summary_text}");
+
+    let status = websocket.wait().unwrap();
+    let closed_line = websocket_lines
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert!(
+        status.success() && closed_line.contains("closed with 1001"),
+        "the websocket did not get a 1001 close: {closed_line}"
+    );
     let exit = proxy
         .running
-        .wait_exit(Duration::from_secs(15))
+        .wait_exit(Duration::from_secs(10))
         .expect("pachgate did not exit after draining");
     assert!(exit.success(), "exit status {exit:?}");
     let log = proxy.running.stderr_so_far();
-    assert!(log.contains("drained"), "{log}");
+    assert!(log.contains("drain_timeout reached"), "{log}");
 }

@@ -138,8 +138,32 @@ impl DenyReason {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allow { username: Option<String> },
+    Allow {
+        username: Option<String>,
+        reason: AllowReason,
+    },
     Deny(DenyReason),
+}
+
+/// Why a request was let through (for metrics; the username is for logs of the caller's
+/// choosing, never the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowReason {
+    /// A method pachd serves without a token (GetVersion, Activate, login flows).
+    PublicMethod,
+    ValidToken,
+    /// pachd has auth off and `when_auth_disabled = "allow"`.
+    AuthNotActive,
+}
+
+impl AllowReason {
+    pub fn kind(self) -> &'static str {
+        match self {
+            AllowReason::PublicMethod => "public_method",
+            AllowReason::ValidToken => "valid_token",
+            AllowReason::AuthNotActive => "auth_not_active",
+        }
+    }
 }
 
 /// The gate for `auth = "pachyderm"` routes.
@@ -170,7 +194,10 @@ impl PachydermGate {
                 .iter()
                 .any(|m| m == method)
         {
-            return Decision::Allow { username: None };
+            return Decision::Allow {
+                username: None,
+                reason: AllowReason::PublicMethod,
+            };
         }
         self.check_token(token).await
     }
@@ -193,12 +220,16 @@ impl PachydermGate {
         match answer {
             WhoAmIAnswer::Valid { username, .. } => Decision::Allow {
                 username: Some(username),
+                reason: AllowReason::ValidToken,
             },
             WhoAmIAnswer::Unauthenticated(message) => {
                 Decision::Deny(DenyReason::InvalidToken(message))
             }
             WhoAmIAnswer::AuthNotActive => match self.settings.when_auth_disabled {
-                WhenAuthDisabled::Allow => Decision::Allow { username: None },
+                WhenAuthDisabled::Allow => Decision::Allow {
+                    username: None,
+                    reason: AllowReason::AuthNotActive,
+                },
                 WhenAuthDisabled::Deny => Decision::Deny(DenyReason::AuthNotActive),
             },
             WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),

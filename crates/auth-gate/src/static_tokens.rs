@@ -89,7 +89,10 @@ impl StaticTokens {
         let mut state = self.state.lock().expect("token file lock");
         self.reload_if_changed(&mut state);
         if state.hashes.contains(digest.as_ref()) {
-            Decision::Allow { username: None }
+            Decision::Allow {
+                username: None,
+                reason: crate::AllowReason::ValidToken,
+            }
         } else {
             Decision::Deny(DenyReason::InvalidToken("invalid bearer token".into()))
         }

@@ -147,7 +147,10 @@ async fn decisions() {
         (
             "/versionpb_v2.API/GetVersion",
             TokenLookup::Missing,
-            Decision::Allow { username: None },
+            Decision::Allow {
+                username: None,
+                reason: AllowReason::PublicMethod,
+            },
         ),
         (
             "/pfs_v2.API/ListRepo",
@@ -164,6 +167,7 @@ async fn decisions() {
             TokenLookup::Found("good"),
             Decision::Allow {
                 username: Some("user:alice".into()),
+                reason: AllowReason::ValidToken,
             },
         ),
         (
@@ -207,7 +211,10 @@ async fn auth_not_active_denies_unless_allowed() {
         allow
             .check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Found("any"))
             .await,
-        Decision::Allow { username: None }
+        Decision::Allow {
+            username: None,
+            reason: AllowReason::AuthNotActive,
+        }
     );
 }
 

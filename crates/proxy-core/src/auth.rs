@@ -52,7 +52,7 @@ impl UpstreamWhoAmI {
             .body(body)
             .expect("static request parts");
         request.headers_mut().insert("authn-token", token);
-        let response = match self.upstream.send(request, None).await {
+        let response = match self.upstream.send(request, None, &mut None).await {
             Ok(response) => response,
             Err(e) => return WhoAmIAnswer::Unavailable(e.to_string()),
         };

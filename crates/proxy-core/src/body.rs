@@ -3,6 +3,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -12,6 +15,8 @@ use hyper::body::Incoming;
 pub enum ProxyBody {
     /// Frames (data and trailers) passed through from the other side, unbuffered.
     Stream(Incoming),
+    /// A client's request body on its way upstream, its data bytes added to a counter.
+    Metered(Incoming, Arc<AtomicU64>),
     /// A body pachgate produced (error text, redirect); taken on first poll.
     Full(Option<Bytes>),
     Empty,
@@ -39,6 +44,15 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Stream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Metered(body, received) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                polled
+            }
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Empty => Poll::Ready(None),
         }
@@ -46,7 +60,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Stream(body) => body.is_end_stream(),
+            ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Empty => true,
         }
@@ -54,7 +68,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Stream(body) => body.size_hint(),
+            ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.size_hint(),
             ProxyBody::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
         }

@@ -27,8 +27,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{deny_response, UpstreamWhoAmI};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::exchange::{ensure_request_id, Exchange, ObservedBody, X_REQUEST_ID};
 use crate::framing_guard::{FramingGuard, FramingVerdicts};
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy_protocol::read_header as read_proxy_header;
 use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
 
@@ -114,6 +116,8 @@ pub struct PachydermAuthSpec {
 
 #[derive(Debug, Clone)]
 struct RouteTarget {
+    /// Position in the config, which is also the index of the route's metric handles.
+    index: usize,
     upstream: usize,
     auth: RouteAuth,
     allow: CidrSet,
@@ -131,15 +135,37 @@ pub struct ClientPolicy {
     pub trusted_proxies: CidrSet,
     pub requests: Option<RateLimiter>,
     pub failed_auth: Option<RateLimiter>,
+    /// Expect a PROXY protocol v1/v2 header at the start of every connection.
+    pub proxy_protocol: bool,
 }
 
 /// One immutable configuration as requests see it; reload swaps the whole snapshot.
 pub struct Snapshot {
     routes: RouteTable<RouteTarget>,
+    route_specs: Vec<RouteSpec>,
+    /// Filled in when the snapshot is installed in a gateway (which owns the metrics).
+    route_metrics: Vec<Arc<RouteMetrics>>,
     upstreams: Vec<Arc<Upstream>>,
     pachyderm_gate: Option<PachydermGate>,
     static_tokens: Option<StaticTokens>,
     clients: ClientPolicy,
+    access_log: bool,
+    plain_mode: PlainMode,
+}
+
+/// A route as the status page shows it.
+pub struct RouteSummary {
+    pub name: String,
+    pub matcher: String,
+    pub upstream: String,
+    pub auth: &'static str,
+}
+
+/// An upstream as the status page shows it.
+pub struct UpstreamSummary {
+    pub name: String,
+    pub protocol: &'static str,
+    pub endpoints: Vec<String>,
 }
 
 impl Snapshot {
@@ -170,8 +196,9 @@ impl Snapshot {
                 Some(PachydermGate::new(spec.settings, who_am_i))
             }
         };
+        let route_specs = routes.clone();
         let mut specs = Vec::with_capacity(routes.len());
-        for route in routes {
+        for (position, route) in routes.into_iter().enumerate() {
             let index = upstreams
                 .iter()
                 .position(|u| u.name() == route.upstream)
@@ -194,6 +221,7 @@ impl Snapshot {
                 ));
             }
             let target = RouteTarget {
+                index: position,
                 upstream: index,
                 auth: route.auth,
                 allow: route.allow,
@@ -205,11 +233,62 @@ impl Snapshot {
             .map_err(|(index, e)| format!("route {}: {e}", names[index]))?;
         Ok(Snapshot {
             routes,
+            route_specs,
+            route_metrics: Vec::new(),
             upstreams,
             pachyderm_gate,
             static_tokens,
             clients,
+            access_log: true,
+            plain_mode: PlainMode::Serve,
         })
+    }
+
+    /// What the plaintext listener does (redirect or serve).
+    pub fn with_plain_mode(mut self, mode: PlainMode) -> Self {
+        self.plain_mode = mode;
+        self
+    }
+
+    /// One JSON (or text) line per request on stdout; on by default.
+    pub fn with_access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
+    fn attach_metrics(&mut self, metrics: &Metrics) {
+        self.route_metrics = self
+            .route_specs
+            .iter()
+            .map(|spec| metrics.route(&spec.name))
+            .collect();
+    }
+
+    pub fn routes(&self) -> Vec<RouteSummary> {
+        self.route_specs
+            .iter()
+            .map(|spec| RouteSummary {
+                name: spec.name.clone(),
+                matcher: spec.matcher.to_string(),
+                upstream: spec.upstream.clone(),
+                auth: match spec.auth {
+                    RouteAuth::None => "none",
+                    RouteAuth::Pachyderm => "pachyderm",
+                    RouteAuth::Token => "token",
+                },
+            })
+            .collect()
+    }
+
+    pub fn upstreams(&self) -> Vec<UpstreamSummary> {
+        self.upstreams
+            .iter()
+            .map(|upstream| UpstreamSummary {
+                name: upstream.name().to_string(),
+                protocol: upstream.protocol().name(),
+                endpoints: upstream.endpoints().map(str::to_string).collect(),
+            })
+            .collect()
     }
 }
 
@@ -247,12 +326,12 @@ impl ConnInfo {
 
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
     limits: ServerLimits,
     /// Set once on shutdown: listeners stop accepting, connections are told to finish.
     draining: tokio::sync::watch::Sender<bool>,
-    /// Connections still open, and a wake-up when that reaches zero.
-    active_connections: std::sync::atomic::AtomicUsize,
-    all_closed: tokio::sync::Notify,
+    /// Connections and tunnels still open, for the drain.
+    work: Arc<OpenWork>,
     /// Chosen by ALPN: h2 and http/1.1 skip preface sniffing; no ALPN gets auto-detection.
     auto: auto::Builder<TokioExecutor>,
     h1_only: auto::Builder<TokioExecutor>,
@@ -260,16 +339,24 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot, limits: ServerLimits) -> Arc<Self> {
+    pub fn new(mut snapshot: Snapshot, limits: ServerLimits) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        snapshot.attach_metrics(&metrics);
+        let work = Arc::new(OpenWork {
+            active: std::sync::atomic::AtomicUsize::new(0),
+            all_closed: tokio::sync::Notify::new(),
+            metrics: metrics.clone(),
+            close_tunnels: tokio::sync::watch::channel(false).0,
+        });
         let auto = server_builder(&limits);
         let h1_only = server_builder(&limits).http1_only();
         let h2_only = server_builder(&limits).http2_only();
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
             limits,
             draining: tokio::sync::watch::channel(false).0,
-            active_connections: std::sync::atomic::AtomicUsize::new(0),
-            all_closed: tokio::sync::Notify::new(),
+            work,
             auto,
             h1_only,
             h2_only,
@@ -286,38 +373,81 @@ impl Gateway {
         *self.draining.borrow()
     }
 
-    /// Step two: resolves once every connection has closed.
+    /// Step two: resolves once every connection and websocket tunnel has closed.
     pub async fn drained(&self) {
         loop {
-            let notified = self.all_closed.notified();
-            if self
-                .active_connections
-                .load(std::sync::atomic::Ordering::Acquire)
-                == 0
-            {
+            let notified = self.work.all_closed.notified();
+            if self.work.active.load(std::sync::atomic::Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;
         }
     }
 
+    /// Step three, at the drain deadline: websocket tunnels send close frames (1001, going
+    /// away) to both sides at the next frame boundary and end.
+    pub fn close_tunnels(&self) {
+        self.work.close_tunnels.send_replace(true);
+    }
+
+    fn tunnels(&self) -> TunnelTicket {
+        TunnelTicket(self.work.clone())
+    }
+
     /// Swaps in a new configuration; requests in flight finish on the old one.
-    pub fn replace_snapshot(&self, snapshot: Snapshot) {
+    pub fn replace_snapshot(&self, mut snapshot: Snapshot) {
+        snapshot.attach_metrics(&self.metrics);
         self.snapshot.store(Arc::new(snapshot));
     }
 
+    /// The configuration new requests use now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The pipeline, plus response headers every answer on this connection gets.
-    async fn respond(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    async fn respond(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ObservedBody> {
         // One snapshot for the whole request: the configuration it started with.
         let snapshot = self.snapshot.load_full();
-        let mut response = self.handle(request, conn, &snapshot).await;
+        let grpc = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| is_grpc_content_type(v.as_bytes()));
+        let mut record = RequestRecord {
+            exchange: Some(Exchange::start(
+                &self.metrics,
+                &request,
+                conn.peer,
+                grpc,
+                snapshot.access_log,
+            )),
+            request_id: None,
+        };
+        let mut response = self
+            .handle(request, conn, &snapshot, grpc, &mut record)
+            .await;
         if conn.tls && snapshot.clients.hsts {
             response.headers_mut().insert(
                 http::header::STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static("max-age=31536000"),
             );
         }
-        response
+        if let Some(request_id) = record.request_id {
+            response
+                .headers_mut()
+                .entry(&X_REQUEST_ID)
+                .or_insert(request_id);
+        }
+        // A tunnel took its exchange along; every other exchange ends with the body.
+        if let Some(exchange) = record.exchange.as_deref_mut() {
+            exchange.set_status(response.status().as_u16());
+            exchange.note_grpc(response.headers());
+        }
+        response.map(|body| ObservedBody::new(body, record.exchange))
     }
 
     /// One request's journey: route → (websocket tunnel | forward) → response.
@@ -326,6 +456,8 @@ impl Gateway {
         mut request: Request<Incoming>,
         conn: &ConnInfo,
         snapshot: &Snapshot,
+        grpc: bool,
+        record: &mut RequestRecord,
     ) -> Response<ProxyBody> {
         if request.version() <= Version::HTTP_11 {
             if let Some(framing) = &conn.framing {
@@ -338,16 +470,22 @@ impl Gateway {
                 }
             }
         }
-        let grpc = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| is_grpc_content_type(v.as_bytes()));
         let websocket_upgrade =
             request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
         // Routing, the gate and the upstream all see the same request: hop-by-hop headers
         // (and any header named in Connection, authn-token included) gone, the path
         // normalised, so no trick can show the gate one thing and pachd another.
         strip_hop_by_hop(request.headers_mut());
+        let request_id = ensure_request_id(request.headers_mut());
+        record.exchange().set_request_details(
+            &request_id,
+            request
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok())),
+        );
+        record.request_id = Some(request_id);
         if request.method() != http::Method::CONNECT {
             if let Err(error) = normalize_request_path(&mut request) {
                 return error.into_response(grpc);
@@ -359,6 +497,8 @@ impl Gateway {
             return ProxyError::NoRoute.into_response(grpc);
         };
         let upstream = &snapshot.upstreams[route.target.upstream];
+        let route_metrics = &snapshot.route_metrics[route.target.index];
+        record.exchange().set_route(route_metrics);
         let authority = facts.authority();
         let client_ip = forwarded_client(
             request.headers(),
@@ -367,6 +507,8 @@ impl Gateway {
         );
 
         let refuse = |reason: DenyReason| {
+            self.metrics
+                .auth_decision(&route_metrics.name, false, reason.kind());
             // The audit line: never a token, only why.
             tracing::warn!(
                 target: "pachgate::audit",
@@ -433,24 +575,50 @@ impl Gateway {
                 );
                 gate.check_http(token).await
             };
-            if let Decision::Deny(reason) = decision {
-                if matches!(reason, DenyReason::InvalidToken(_)) {
-                    if let Some(limiter) = &snapshot.clients.failed_auth {
-                        let _ = limiter.take(client_ip, now);
+            match decision {
+                Decision::Deny(reason) => {
+                    if matches!(reason, DenyReason::InvalidToken(_)) {
+                        if let Some(limiter) = &snapshot.clients.failed_auth {
+                            let _ = limiter.take(client_ip, now);
+                        }
                     }
+                    return refuse(reason);
                 }
-                return refuse(reason);
+                Decision::Allow { reason, .. } => {
+                    self.metrics
+                        .auth_decision(&route_metrics.name, true, reason.kind())
+                }
             }
         }
 
+        let upstream_protocol = upstream.protocol().name();
         let result = if websocket_upgrade {
-            crate::websocket::tunnel(request, upstream).await
+            record.exchange().set_upstream(upstream_protocol, None);
+            crate::websocket::tunnel(request, upstream, self.tunnels(), &mut record.exchange).await
         } else if crate::websocket::is_extended_connect_websocket(&request) {
-            crate::websocket::tunnel_extended_connect(request, upstream, authority).await
+            record.exchange().set_upstream(upstream_protocol, None);
+            crate::websocket::tunnel_extended_connect(
+                request,
+                upstream,
+                authority,
+                self.tunnels(),
+                &mut record.exchange,
+            )
+            .await
         } else {
-            forward(request, upstream, conn, authority).await
+            let mut endpoint = None;
+            let result = forward(request, upstream, conn, authority, record, &mut endpoint).await;
+            record
+                .exchange()
+                .set_upstream(upstream_protocol, endpoint.as_ref());
+            result
         };
         result.unwrap_or_else(|error| {
+            if let ProxyError::UpstreamConnect { upstream, .. }
+            | ProxyError::UpstreamTls { upstream, .. } = &error
+            {
+                self.metrics.upstream_connect_failed(upstream);
+            }
             tracing::warn!(route = %route.name, client = %conn.peer, %error, "request failed");
             error.into_response(grpc)
         })
@@ -458,15 +626,10 @@ impl Gateway {
 
     /// Learns the client address (the PROXY header, when the listener expects one and the
     /// sender may send it) and applies the listener-wide allow-list. `None`: close it.
-    async fn admit(
-        &self,
-        mut tcp: TcpStream,
-        peer: SocketAddr,
-        proxy_protocol: bool,
-    ) -> Option<(TcpStream, SocketAddr)> {
+    async fn admit(&self, mut tcp: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
         let snapshot = self.snapshot.load_full();
         let mut client = peer;
-        if proxy_protocol {
+        if snapshot.clients.proxy_protocol {
             let trusted = &snapshot.clients.trusted_proxies;
             if !trusted.is_empty() && !trusted.allows(peer.ip()) {
                 tracing::warn!(target: "pachgate::audit", peer = %peer, reason = "untrusted_proxy", "PROXY header sender is not in trusted_proxies; connection refused");
@@ -488,14 +651,14 @@ impl Gateway {
         Some((tcp, client))
     }
 
-    /// Accepts TLS connections until the listener fails.
+    /// Accepts TLS connections until the drain (or until the task is aborted, when a reload
+    /// moves the listener). `tls` may be swapped at any time; each handshake uses the
+    /// configuration current when it starts.
     pub async fn serve_tls(
         self: Arc<Self>,
         listener: TcpListener,
-        tls: Arc<ServerConfig>,
-        proxy_protocol: bool,
+        tls: Arc<ArcSwap<ServerConfig>>,
     ) {
-        let acceptor = TlsAcceptor::from(tls);
         let mut draining = self.draining.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -507,10 +670,10 @@ impl Gateway {
                 continue;
             };
             let gateway = self.clone();
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(tls.load_full());
             tokio::spawn(async move {
                 // Dropped connections are closed before any TLS byte.
-                let Some((tcp, peer)) = gateway.admit(tcp, peer, proxy_protocol).await else {
+                let Some((tcp, peer)) = gateway.admit(tcp, peer).await else {
                     return;
                 };
                 let handshake = tokio::time::timeout(
@@ -521,10 +684,13 @@ impl Gateway {
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        let reason = handshake_failure_reason(&e);
+                        gateway.metrics.tls_handshake_failed(reason);
+                        tracing::debug!(client = %peer, error = %e, reason, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        gateway.metrics.tls_handshake_failed("timeout");
                         tracing::debug!(client = %peer, "TLS handshake timed out");
                         return;
                     }
@@ -547,13 +713,9 @@ impl Gateway {
         }
     }
 
-    /// Accepts plaintext connections: HTTP/1.1 and h2c, or redirects to https.
-    pub async fn serve_plain(
-        self: Arc<Self>,
-        listener: TcpListener,
-        mode: PlainMode,
-        proxy_protocol: bool,
-    ) {
+    /// Accepts plaintext connections: HTTP/1.1 and h2c, or redirects to https (as the
+    /// current configuration says).
+    pub async fn serve_plain(self: Arc<Self>, listener: TcpListener) {
         let mut draining = self.draining.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -565,9 +727,10 @@ impl Gateway {
             };
             let gateway = self.clone();
             tokio::spawn(async move {
-                let Some((tcp, peer)) = gateway.admit(tcp, peer, proxy_protocol).await else {
+                let Some((tcp, peer)) = gateway.admit(tcp, peer).await else {
                     return;
                 };
+                let mode = gateway.snapshot.load().plain_mode;
                 match mode {
                     PlainMode::Serve => {
                         let verdicts = Arc::new(FramingVerdicts::default());
@@ -597,7 +760,7 @@ impl Gateway {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _open = OpenConnection::new(self.clone());
+        let _open = WorkGuard::new(self.work.clone(), WorkKind::Connection);
         let gateway = self.clone();
         let peer = conn.peer;
         let service = service_fn(move |request: Request<Incoming>| {
@@ -624,27 +787,81 @@ impl Gateway {
     }
 }
 
-/// Counts a connection as open for the drain until it is dropped.
-struct OpenConnection(Arc<Gateway>);
+/// What `respond` keeps about one request while `handle` runs.
+struct RequestRecord {
+    /// Taken by a websocket tunnel, which books it when the tunnel closes.
+    exchange: Option<Box<Exchange>>,
+    request_id: Option<HeaderValue>,
+}
 
-impl OpenConnection {
-    fn new(gateway: Arc<Gateway>) -> Self {
-        gateway
-            .active_connections
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        OpenConnection(gateway)
+impl RequestRecord {
+    fn exchange(&mut self) -> &mut Exchange {
+        self.exchange
+            .as_deref_mut()
+            .expect("only a tunnel takes the exchange, after the pipeline is done with it")
     }
 }
 
-impl Drop for OpenConnection {
+/// Connections and tunnels in flight: what the drain waits for.
+struct OpenWork {
+    active: std::sync::atomic::AtomicUsize,
+    all_closed: tokio::sync::Notify,
+    metrics: Arc<Metrics>,
+    /// Set at the drain deadline: tunnels end with close frames.
+    close_tunnels: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Clone, Copy)]
+enum WorkKind {
+    Connection,
+    Tunnel,
+}
+
+/// Counts a connection or tunnel as open (for the drain and the gauges) until dropped.
+pub(crate) struct WorkGuard {
+    work: Arc<OpenWork>,
+    kind: WorkKind,
+}
+
+impl WorkGuard {
+    fn new(work: Arc<OpenWork>, kind: WorkKind) -> Self {
+        match kind {
+            WorkKind::Connection => work.metrics.connection_opened(),
+            WorkKind::Tunnel => work.metrics.tunnel_opened(),
+        }
+        work.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        WorkGuard { work, kind }
+    }
+}
+
+impl Drop for WorkGuard {
     fn drop(&mut self) {
+        match self.kind {
+            WorkKind::Connection => self.work.metrics.connection_closed(),
+            WorkKind::Tunnel => self.work.metrics.tunnel_closed(),
+        }
         let left = self
-            .0
-            .active_connections
+            .work
+            .active
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         if left == 1 {
-            self.0.all_closed.notify_waiters();
+            self.work.all_closed.notify_waiters();
         }
+    }
+}
+
+/// What a websocket tunnel needs from the gateway: to be counted, and to hear when to close.
+#[derive(Clone)]
+pub(crate) struct TunnelTicket(Arc<OpenWork>);
+
+impl TunnelTicket {
+    pub(crate) fn open(&self) -> WorkGuard {
+        WorkGuard::new(self.0.clone(), WorkKind::Tunnel)
+    }
+
+    pub(crate) fn close_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.close_tunnels.subscribe()
     }
 }
 
@@ -702,6 +919,8 @@ async fn forward(
     upstream: &Upstream,
     conn: &ConnInfo,
     authority: Option<Authority>,
+    record: &mut RequestRecord,
+    endpoint: &mut Option<Arc<str>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     set_forwarded(
@@ -727,8 +946,13 @@ async fn forward(
             parts.headers.remove(HOST);
         }
     }
-    let request = Request::from_parts(parts, ProxyBody::Stream(body));
-    let response = upstream.send(request, authority).await?;
+    let body = if http_body::Body::is_end_stream(&body) {
+        ProxyBody::Stream(body)
+    } else {
+        ProxyBody::Metered(body, record.exchange().received_counter())
+    };
+    let request = Request::from_parts(parts, body);
+    let response = upstream.send(request, authority, endpoint).await?;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
@@ -803,6 +1027,27 @@ async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
             tokio::time::sleep(Duration::from_millis(50)).await;
             None
         }
+    }
+}
+
+/// A TLS handshake failure as a metric label: what an operator would act on.
+fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
+    use rustls::Error as Tls;
+    match error.get_ref().and_then(|e| e.downcast_ref::<Tls>()) {
+        Some(Tls::InvalidMessage(_) | Tls::InappropriateHandshakeMessage { .. }) => "not_tls",
+        Some(Tls::InappropriateMessage { .. }) => "not_tls",
+        Some(Tls::PeerIncompatible(_)) => "incompatible_client",
+        Some(Tls::AlertReceived(_)) => "alert_from_client",
+        Some(Tls::NoCertificatesPresented) => "client_certificate_missing",
+        Some(Tls::InvalidCertificate(_)) => "client_certificate_invalid",
+        Some(Tls::PeerMisbehaved(_)) => "client_misbehaved",
+        Some(_) => "other",
+        None => match error.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => "client_closed",
+            _ => "other",
+        },
     }
 }
 

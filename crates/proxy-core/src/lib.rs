@@ -1,6 +1,7 @@
 //! pachgate's data path: listeners, TLS accept, the hyper server (h1 + h2 by ALPN, h2c by
 //! preface), routing a request to an upstream, streaming bodies and trailers both ways,
-//! websocket tunnels, and the errors pachgate answers in the caller's protocol.
+//! websocket tunnels, and the errors pachgate answers in the caller's protocol. It also
+//! owns what the data path reports: Prometheus metrics and the per-request access-log line.
 //!
 //! It does not parse configuration files or generate certificates; the binary hands it
 //! typed specs and a rustls `ServerConfig`.
@@ -8,17 +9,20 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod exchange;
 pub mod framing_guard;
 pub mod gateway;
 pub mod headers;
+pub mod metrics;
 pub mod proxy_protocol;
 pub mod upstream;
 pub mod websocket;
 
 pub use gateway::{
-    ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, ServerLimits,
-    Snapshot,
+    ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary,
+    ServerLimits, Snapshot, UpstreamSummary,
 };
+pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{
     Cidr, CidrSet, PachydermAuthSettings, RateLimiter, StaticTokens, WhenAuthDisabled,
 };

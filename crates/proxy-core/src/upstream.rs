@@ -40,6 +40,16 @@ impl UpstreamProtocol {
     pub fn is_h2(self) -> bool {
         matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
     }
+
+    /// The config file's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Http1Tls => "http1-tls",
+        }
+    }
 }
 
 /// TLS toward an upstream: whom to trust and which name to verify.
@@ -80,6 +90,8 @@ pub struct UpstreamSpec {
 
 struct Endpoint {
     address: String,
+    /// The address again, shareable with access-log records without a copy.
+    label: Arc<str>,
     authority: Authority,
     /// The shared h2 connection; loaded lock-free on every request.
     h2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
@@ -108,6 +120,7 @@ impl Upstream {
                     .map_err(|e| format!("upstream {}: endpoint {address:?}: {e}", spec.name))?;
                 Ok(Endpoint {
                     address: address.clone(),
+                    label: Arc::from(address.as_str()),
                     authority,
                     h2: ArcSwapOption::empty(),
                     connecting: tokio::sync::Mutex::new(()),
@@ -158,19 +171,26 @@ impl Upstream {
         self.spec.protocol
     }
 
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|e| e.address.as_str())
+    }
+
     fn pick(&self) -> &Endpoint {
         let index = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         &self.endpoints[index]
     }
 
     /// Sends a request whose URI holds only the path (and query); `authority` is what the
-    /// client asked for and becomes `:authority` on h2 upstreams.
+    /// client asked for and becomes `:authority` on h2 upstreams. `endpoint_used` hears which
+    /// endpoint was chosen (for the access log).
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
         authority: Option<Authority>,
+        endpoint_used: &mut Option<Arc<str>>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let endpoint = self.pick();
+        *endpoint_used = Some(endpoint.label.clone());
         let send = async {
             match self.spec.protocol {
                 UpstreamProtocol::H2c | UpstreamProtocol::H2 => {

@@ -1,6 +1,10 @@
 //! Websocket tunnels: the HTTP/1.1 Upgrade handshake is forwarded to the upstream, and once
 //! both sides answered 101 the two connections become one byte tunnel. Frames (ping, pong,
 //! close) pass through untouched, and no request timeout applies to the tunnel.
+//!
+//! The tunnel follows frame boundaries (headers only, payloads are not inspected) so that at
+//! the drain deadline it can end both sides cleanly: a close frame with code 1001 (going
+//! away) to the client and to the backend, never cut into the middle of a frame.
 
 use http::header::{
     HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
@@ -10,16 +14,21 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::exchange::Exchange;
+use crate::gateway::TunnelTicket;
 use crate::upstream::{error_chain, Upstream};
 
 /// Forwards an upgrade request; on 101 from the upstream, answers 101 to the client and
 /// spawns the tunnel. Any other upstream answer is passed back as a normal response.
-pub async fn tunnel(
+pub(crate) async fn tunnel(
     mut request: Request<Incoming>,
     upstream: &Upstream,
+    ticket: TunnelTicket,
+    exchange: &mut Option<Box<Exchange>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, _endpoint) = upstream.connect_for_upgrade().await?;
@@ -38,6 +47,8 @@ pub async fn tunnel(
         upstream.name().to_string(),
         client_upgrade,
         upstream_upgrade,
+        ticket,
+        take_for_tunnel(exchange, StatusCode::SWITCHING_PROTOCOLS),
     );
 
     // 101 with the upstream's handshake headers (Sec-WebSocket-Accept, -Protocol, -Extensions).
@@ -57,10 +68,12 @@ pub fn is_extended_connect_websocket<B>(request: &Request<B>) -> bool {
 /// Serves an h2 extended CONNECT websocket from an HTTP/1.1 backend: pachgate makes the
 /// HTTP/1.1 handshake (its own key, checked against the backend's accept value), answers the
 /// client 200, and tunnels the h2 stream's bytes to the backend socket.
-pub async fn tunnel_extended_connect(
+pub(crate) async fn tunnel_extended_connect(
     mut request: Request<Incoming>,
     upstream: &Upstream,
     authority: Option<http::uri::Authority>,
+    ticket: TunnelTicket,
+    exchange: &mut Option<Box<Exchange>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, endpoint) = upstream.connect_for_upgrade().await?;
@@ -100,6 +113,8 @@ pub async fn tunnel_extended_connect(
         upstream.name().to_string(),
         client_upgrade,
         upstream_upgrade,
+        ticket,
+        take_for_tunnel(exchange, StatusCode::OK),
     );
 
     // 200 to the h2 client, keeping the negotiated subprotocol and extensions.
@@ -154,10 +169,24 @@ async fn handshake_upstream(
     )))
 }
 
+/// The tunnel books the exchange when it closes: one access-log line per tunnel, with its
+/// whole duration and byte counts.
+fn take_for_tunnel(
+    exchange: &mut Option<Box<Exchange>>,
+    status: StatusCode,
+) -> Option<Box<Exchange>> {
+    let mut exchange = exchange.take()?;
+    exchange.set_websocket();
+    exchange.set_status(status.as_u16());
+    Some(exchange)
+}
+
 fn spawn_tunnel(
     name: String,
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
+    ticket: TunnelTicket,
+    mut exchange: Option<Box<Exchange>>,
 ) {
     tokio::spawn(async move {
         let (client, server) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -167,13 +196,242 @@ fn spawn_tunnel(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut server = TokioIo::new(server);
-        match tokio::io::copy_bidirectional(&mut client, &mut server).await {
-            Ok((up, down)) => {
-                tracing::debug!(upstream = %name, bytes_up = up, bytes_down = down, "websocket tunnel closed")
-            }
-            Err(e) => tracing::debug!(upstream = %name, error = %e, "websocket tunnel ended"),
+        let _open = ticket.open();
+        let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
+        let (server_read, server_write) = tokio::io::split(TokioIo::new(server));
+        let going_away = GoingAway::new();
+        let (up, down) = tokio::join!(
+            pump(
+                client_read,
+                server_write,
+                ticket.clone(),
+                going_away.masked()
+            ),
+            pump(
+                server_read,
+                client_write,
+                ticket.clone(),
+                going_away.unmasked()
+            ),
+        );
+        tracing::debug!(
+            upstream = %name,
+            bytes_up = up.bytes,
+            bytes_down = down.bytes,
+            closed_for_drain = up.closed_for_drain || down.closed_for_drain,
+            "websocket tunnel closed"
+        );
+        if let Some(exchange) = exchange.as_mut() {
+            exchange.set_tunnel_bytes(up.bytes, down.bytes);
         }
     });
+}
+
+struct PumpEnd {
+    bytes: u64,
+    closed_for_drain: bool,
+}
+
+/// How long a direction may take, after the drain deadline, to reach the end of the frame
+/// it is in before it is cut without a close frame.
+const FRAME_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Copies one direction of a tunnel. On EOF it half-closes the other side (as
+/// `copy_bidirectional` does); when the gateway says close, it finishes the frame in flight,
+/// writes `close_frame`, and shuts the direction down.
+async fn pump<R, W>(mut from: R, mut to: W, ticket: TunnelTicket, close_frame: Vec<u8>) -> PumpEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut frames = FrameTracker::default();
+    let mut end = PumpEnd {
+        bytes: 0,
+        closed_for_drain: false,
+    };
+    let mut stopping = false;
+    let mut close_now = ticket.close_signal();
+    loop {
+        if stopping && frames.at_boundary() {
+            if to.write_all(&close_frame).await.is_ok() {
+                end.closed_for_drain = true;
+            }
+            let _ = to.shutdown().await;
+            return end;
+        }
+        let read = if stopping {
+            match tokio::time::timeout(FRAME_FINISH_LIMIT, from.read(&mut buffer)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let _ = to.shutdown().await;
+                    return end;
+                }
+            }
+        } else {
+            tokio::select! {
+                read = from.read(&mut buffer) => read,
+                _ = close_now.wait_for(|close| *close) => {
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        let n = match read {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return end;
+            }
+            Ok(n) => n,
+        };
+        let mut forward = 0;
+        while forward < n {
+            forward += frames.step(&buffer[forward..n]);
+            if stopping && frames.at_boundary() {
+                break; // what follows would come after our close frame
+            }
+        }
+        if to.write_all(&buffer[..forward]).await.is_err() {
+            return end;
+        }
+        end.bytes += forward as u64;
+    }
+}
+
+/// Where a byte stream of websocket frames is: in a frame header, in a payload, or exactly
+/// between two frames. Only headers are read (RFC 6455 §5.2).
+#[derive(Default)]
+struct FrameTracker {
+    header: [u8; 14],
+    header_len: usize,
+    payload_left: u64,
+}
+
+impl FrameTracker {
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0
+    }
+
+    /// Consumes `data` up to the end of the current frame (or all of it); returns how many
+    /// bytes were consumed.
+    fn step(&mut self, data: &[u8]) -> usize {
+        let mut used = 0;
+        while used < data.len() {
+            if self.payload_left > 0 {
+                let take = self.payload_left.min((data.len() - used) as u64);
+                used += take as usize;
+                self.payload_left -= take;
+                if self.payload_left == 0 {
+                    return used;
+                }
+                continue;
+            }
+            self.header[self.header_len] = data[used];
+            self.header_len += 1;
+            used += 1;
+            if self.header_len < 2 || self.header_len < self.header_size() {
+                continue;
+            }
+            self.payload_left = self.payload_size();
+            self.header_len = 0;
+            if self.payload_left == 0 {
+                return used;
+            }
+        }
+        used
+    }
+
+    fn header_size(&self) -> usize {
+        let masked = self.header[1] & 0x80 != 0;
+        let length_bytes = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + length_bytes + if masked { 4 } else { 0 }
+    }
+
+    fn payload_size(&self) -> u64 {
+        match self.header[1] & 0x7f {
+            126 => u16::from_be_bytes([self.header[2], self.header[3]]) as u64,
+            127 => u64::from_be_bytes(self.header[2..10].try_into().expect("eight bytes")),
+            short => short as u64,
+        }
+    }
+}
+
+/// Close frames with status 1001 (going away), as a server sends them (unmasked) and as a
+/// client must (masked, RFC 6455 §5.3).
+struct GoingAway {
+    payload: Vec<u8>,
+}
+
+impl GoingAway {
+    fn new() -> Self {
+        let mut payload = 1001u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"pachgate is shutting down");
+        GoingAway { payload }
+    }
+
+    fn unmasked(&self) -> Vec<u8> {
+        let mut frame = vec![0x88, self.payload.len() as u8];
+        frame.extend_from_slice(&self.payload);
+        frame
+    }
+
+    fn masked(&self) -> Vec<u8> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_usize(self.payload.len());
+        let key = (hasher.finish() as u32).to_be_bytes();
+        let mut frame = vec![0x88, 0x80 | self.payload.len() as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(self.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_boundaries_are_found_across_reads() {
+        // A masked 3-byte text frame, an unmasked 300-byte binary frame (16-bit length),
+        // then an empty ping.
+        let mut stream = vec![0x81, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3];
+        stream.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
+        stream.extend(std::iter::repeat_n(7u8, 300));
+        stream.extend_from_slice(&[0x89, 0x00]);
+        let mut boundaries = Vec::new();
+        let mut tracker = FrameTracker::default();
+        let mut offset = 0;
+        for chunk in stream.chunks(5) {
+            let mut used = 0;
+            while used < chunk.len() {
+                used += tracker.step(&chunk[used..]);
+                if tracker.at_boundary() {
+                    boundaries.push(offset + used);
+                }
+            }
+            offset += chunk.len();
+        }
+        assert_eq!(boundaries, vec![9, 9 + 4 + 300, stream.len()]);
+    }
+
+    #[test]
+    fn close_frames_carry_1001_and_the_client_one_is_masked() {
+        let going_away = GoingAway::new();
+        let plain = going_away.unmasked();
+        assert_eq!(&plain[..4], &[0x88, 27, 0x03, 0xe9]);
+        let masked = going_away.masked();
+        assert_eq!(masked[1], 0x80 | 27);
+        let key = &masked[2..6];
+        let unmasked: Vec<u8> = masked[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        assert_eq!(unmasked, plain[2..]);
+    }
 }

@@ -18,6 +18,37 @@ pub struct MatchSpec {
     pub header: Option<HeaderSpec>,
 }
 
+/// The config file's spelling, e.g. `{ host = "pachd.example", grpc = true }`.
+impl std::fmt::Display for MatchSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(host) = &self.host {
+            parts.push(format!("host = {host:?}"));
+        }
+        if let Some(prefix) = &self.path_prefix {
+            parts.push(format!("path_prefix = {prefix:?}"));
+        }
+        if let Some(grpc) = self.grpc {
+            parts.push(format!("grpc = {grpc}"));
+        }
+        if let Some(header) = &self.header {
+            let mut text = format!("header = {{ name = {:?}", header.name);
+            if let Some(exact) = &header.exact {
+                text.push_str(&format!(", exact = {exact:?}"));
+            }
+            if let Some(prefix) = &header.prefix {
+                text.push_str(&format!(", prefix = {prefix:?}"));
+            }
+            text.push_str(" }");
+            parts.push(text);
+        }
+        if parts.is_empty() {
+            return f.write_str("{ } (everything)");
+        }
+        write!(f, "{{ {} }}", parts.join(", "))
+    }
+}
+
 /// Matches one request header by name, and optionally by exact value or value prefix.
 /// With neither `exact` nor `prefix`, the header only has to be present.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -90,7 +90,8 @@ pub fn check_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
         load_checked(&CertPaths {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-        })?,
+        })?
+        .0,
         &provider,
     )
     .map(|_| ())
@@ -107,6 +108,8 @@ pub enum MinVersion {
 /// Picks the certificate for a handshake by SNI; falls back to the default.
 #[derive(Debug)]
 struct SniResolver {
+    /// What is served, for metrics and the status page.
+    certificates: Vec<CertificateInfo>,
     exact: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
     /// `.example.com` for `*.example.com`.
     wildcard: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
@@ -183,6 +186,16 @@ pub struct ListenerTlsFiles {
     pub min_version: MinVersion,
 }
 
+/// A certificate the listener serves: its names, file and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The DNS names and IP addresses it is valid for (subjectAltName), else its CN.
+    pub names: Vec<String>,
+    pub file: PathBuf,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
 /// The built server configuration plus the handle that reloads its certificates.
 pub struct ListenerTlsHandle {
     pub config: Arc<ServerConfig>,
@@ -197,11 +210,21 @@ impl ListenerTlsHandle {
         self.resolver.reload()
     }
 
+    /// The certificates new handshakes get now.
+    pub fn certificates(&self) -> Vec<CertificateInfo> {
+        self.resolver.current.load().certificates.clone()
+    }
+
     /// Keeps the served certificates in step with the files: a file-system watch (inotify
     /// on Linux) on the directories that hold them — which also sees Kubernetes swap the
     /// `..data` symlink of a mounted secret — and a re-check every `fallback` in case events
     /// are missed. Runs until the process ends.
-    pub async fn watch(self, fallback: std::time::Duration) {
+    /// `observe` hears every reload that changed something or was refused.
+    pub async fn watch(
+        self: Arc<Self>,
+        fallback: std::time::Duration,
+        observe: impl Fn(&Result<(), TlsError>) + Send + 'static,
+    ) {
         let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         let watcher = self.start_watcher(events_tx);
         if watcher.is_none() {
@@ -219,12 +242,18 @@ impl ListenerTlsHandle {
                 }
             }
             match self.reload() {
-                Ok(true) => tracing::info!("TLS certificates reloaded; new handshakes use them"),
+                Ok(true) => {
+                    tracing::info!("TLS certificates reloaded; new handshakes use them");
+                    observe(&Ok(()));
+                }
                 Ok(false) => {}
-                Err(error) => tracing::error!(
-                    %error,
-                    "new TLS certificate files refused; the certificates in use keep serving"
-                ),
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        "new TLS certificate files refused; the certificates in use keep serving"
+                    );
+                    observe(&Err(error));
+                }
             }
         }
     }
@@ -306,10 +335,17 @@ impl ReloadingResolver {
     }
 }
 
-fn load_checked(paths: &CertPaths) -> Result<CertifiedKeyPem, TlsError> {
+fn load_checked(paths: &CertPaths) -> Result<(CertifiedKeyPem, CertificateInfo), TlsError> {
     let material = load_cert_and_key(&paths.cert, &paths.key)?;
+    let mut info = CertificateInfo {
+        names: Vec::new(),
+        file: paths.cert.clone(),
+        not_after: 0,
+    };
     if let Ok((_, leaf)) = x509_parser::parse_x509_certificate(material.chain[0].as_ref()) {
         let not_after = leaf.validity().not_after.timestamp();
+        info.not_after = not_after;
+        info.names = certificate_names(&leaf);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -321,7 +357,42 @@ fn load_checked(paths: &CertPaths) -> Result<CertifiedKeyPem, TlsError> {
             });
         }
     }
-    Ok(material)
+    Ok((material, info))
+}
+
+fn certificate_names(leaf: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = leaf.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => names.push(dns.to_string()),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => names.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).expect("4 bytes"))
+                            .to_string(),
+                    ),
+                    16 => names.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).expect("16 bytes"))
+                            .to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        if let Some(cn) = leaf
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+        {
+            names.push(cn.to_string());
+        }
+    }
+    names
 }
 
 fn build_resolver(
@@ -330,8 +401,11 @@ fn build_resolver(
 ) -> Result<SniResolver, TlsError> {
     let mut exact = std::collections::HashMap::new();
     let mut wildcard = Vec::new();
+    let mut certificates = Vec::new();
     for (hosts, paths) in &files.sni {
-        let key = certified_key(load_checked(paths)?, provider)?;
+        let (material, info) = load_checked(paths)?;
+        certificates.push(info);
+        let key = certified_key(material, provider)?;
         for host in hosts {
             let host = host.to_ascii_lowercase();
             match host.strip_prefix('*') {
@@ -342,10 +416,13 @@ fn build_resolver(
             }
         }
     }
+    let (material, info) = load_checked(&files.default)?;
+    certificates.insert(0, info);
     Ok(SniResolver {
+        certificates,
         exact,
         wildcard,
-        default: certified_key(load_checked(&files.default)?, provider)?,
+        default: certified_key(material, provider)?,
     })
 }
 

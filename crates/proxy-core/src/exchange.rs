@@ -1,0 +1,367 @@
+//! One request's record from head to last byte: what the metrics and the access log say about
+//! it. It rides in the response body ([`ObservedBody`]) — or in a websocket tunnel's task —
+//! and is booked exactly once, when that ends or is dropped (a client that resets a stream
+//! still gets a line).
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, USER_AGENT};
+use http::{HeaderMap, Method, Request, Version};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::ProxyBody;
+use crate::metrics::{FinishedRequest, Metrics, RouteMetrics};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// Longest grpc-message kept for the log; the rest is cut at a character boundary.
+const GRPC_MESSAGE_LOG_LIMIT: usize = 256;
+/// Sent bytes are booked to the route's counter in chunks of this size while a stream runs.
+const SENT_BOOKING_CHUNK: u64 = 1 << 20;
+
+/// What only the access log needs; not built when the log is off.
+struct AccessFields {
+    method: Method,
+    /// Path only: queries can carry credentials (OIDC `code=`), so they are not logged.
+    path: String,
+    version: Version,
+    client: SocketAddr,
+    user_agent: Option<HeaderValue>,
+    authority: Option<String>,
+    request_id: Option<HeaderValue>,
+    upstream_protocol: Option<&'static str>,
+    upstream: Option<Arc<str>>,
+    grpc_message: Option<String>,
+}
+
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    protocol: &'static str,
+    route: Option<Arc<RouteMetrics>>,
+    status: u16,
+    grpc_status: Option<u16>,
+    received: Option<Arc<AtomicU64>>,
+    sent: u64,
+    sent_booked: u64,
+    log: Option<Box<AccessFields>>,
+}
+
+impl Exchange {
+    pub(crate) fn start<B>(
+        metrics: &Arc<Metrics>,
+        request: &Request<B>,
+        client: SocketAddr,
+        grpc: bool,
+        access_log: bool,
+    ) -> Box<Self> {
+        metrics.stream_started();
+        let log = access_log.then(|| {
+            Box::new(AccessFields {
+                method: request.method().clone(),
+                path: request.uri().path().to_string(),
+                version: request.version(),
+                client,
+                user_agent: request.headers().get(USER_AGENT).cloned(),
+                authority: None,
+                request_id: None,
+                upstream_protocol: None,
+                upstream: None,
+                grpc_message: None,
+            })
+        });
+        Box::new(Exchange {
+            metrics: metrics.clone(),
+            started: Instant::now(),
+            protocol: if grpc { "grpc" } else { "http" },
+            route: None,
+            status: 0,
+            grpc_status: None,
+            received: None,
+            sent: 0,
+            sent_booked: 0,
+            log,
+        })
+    }
+
+    pub(crate) fn set_route(&mut self, route: &Arc<RouteMetrics>) {
+        self.route = Some(route.clone());
+    }
+
+    pub(crate) fn set_websocket(&mut self) {
+        self.protocol = "websocket";
+    }
+
+    pub(crate) fn set_request_details(
+        &mut self,
+        request_id: &HeaderValue,
+        authority: Option<&str>,
+    ) {
+        if let Some(log) = &mut self.log {
+            log.request_id = Some(request_id.clone());
+            log.authority = authority.map(str::to_string);
+        }
+    }
+
+    pub(crate) fn set_upstream(&mut self, protocol: &'static str, endpoint: Option<&Arc<str>>) {
+        if let Some(log) = &mut self.log {
+            log.upstream_protocol = Some(protocol);
+            log.upstream = endpoint.cloned();
+        }
+    }
+
+    /// A counter the request body adds to as it streams to the upstream.
+    pub(crate) fn received_counter(&mut self) -> Arc<AtomicU64> {
+        self.received
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .clone()
+    }
+
+    pub(crate) fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// Reads grpc-status (and grpc-message) from response headers (trailers-only) or trailers.
+    pub(crate) fn note_grpc(&mut self, headers: &HeaderMap) {
+        let Some(code) = headers.get(&GRPC_STATUS) else {
+            return;
+        };
+        self.grpc_status = std::str::from_utf8(code.as_bytes())
+            .ok()
+            .and_then(|s| s.parse().ok());
+        if let (Some(log), Some(message)) = (&mut self.log, headers.get(&GRPC_MESSAGE)) {
+            log.grpc_message = Some(truncate(
+                &percent_decode(message.as_bytes()),
+                GRPC_MESSAGE_LOG_LIMIT,
+            ));
+        }
+    }
+
+    /// Tunnel byte counts, known only when the tunnel closes.
+    pub(crate) fn set_tunnel_bytes(&mut self, up: u64, down: u64) {
+        self.received_counter().store(up, Ordering::Relaxed);
+        self.sent = down;
+    }
+
+    fn add_sent(&mut self, bytes: u64) {
+        self.sent += bytes;
+        if let Some(route) = &self.route {
+            if self.sent - self.sent_booked >= SENT_BOOKING_CHUNK {
+                route.add_sent(self.sent - self.sent_booked);
+                self.sent_booked = self.sent;
+            }
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let received = self
+            .received
+            .as_ref()
+            .map_or(0, |r| r.load(Ordering::Relaxed));
+        self.metrics.request_finished(FinishedRequest {
+            route: self.route.as_deref(),
+            protocol: self.protocol,
+            status: self.status,
+            grpc_status: self.grpc_status,
+            seconds: elapsed.as_secs_f64(),
+            received,
+            sent_unbooked: self.sent - self.sent_booked,
+        });
+        let Some(log) = &self.log else {
+            return;
+        };
+        tracing::info!(
+            target: "pachgate::access",
+            method = log.method.as_str(),
+            path = log.path.as_str(),
+            protocol = version_name(log.version),
+            kind = self.protocol,
+            upstream_protocol = log.upstream_protocol,
+            status = self.status,
+            grpc_status = self.grpc_status,
+            grpc_message = log.grpc_message.as_deref(),
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            bytes_received = received,
+            bytes_sent = self.sent,
+            client = %log.client,
+            user_agent = log.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+            authority = log.authority.as_deref(),
+            route = self.route.as_ref().map(|r| &*r.name),
+            upstream = log.upstream.as_deref(),
+            request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            "access"
+        );
+    }
+}
+
+fn version_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// grpc-message travels percent-encoded (gRPC over HTTP/2 spec); the log shows the text.
+fn percent_decode(encoded: &[u8]) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut i = 0;
+    while i < encoded.len() {
+        if encoded[i] == b'%' && i + 2 < encoded.len() {
+            if let (Some(high), Some(low)) = (hex(encoded[i + 1]), hex(encoded[i + 2])) {
+                bytes.push(high << 4 | low);
+                i += 3;
+                continue;
+            }
+        }
+        bytes.push(encoded[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The response body with its exchange: counts bytes, reads trailers, and books the
+/// exchange when the body is finished or dropped.
+pub struct ObservedBody {
+    inner: ProxyBody,
+    exchange: Option<Box<Exchange>>,
+}
+
+impl ObservedBody {
+    pub(crate) fn new(inner: ProxyBody, exchange: Option<Box<Exchange>>) -> Self {
+        ObservedBody { inner, exchange }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(exchange)) = (&polled, &mut this.exchange) {
+            if let Some(data) = frame.data_ref() {
+                exchange.add_sent(data.len() as u64);
+            } else if let Some(trailers) = frame.trailers_ref() {
+                exchange.note_grpc(trailers);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Keeps a valid client-sent `x-request-id` (visible ASCII, at most 128 bytes), else sets a
+/// new random one; either way the upstream receives it. Returns the value.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&X_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            return value.clone();
+        }
+    }
+    let value = new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), value.clone());
+    value
+}
+
+/// 128 random bits as 32 hex digits, from a per-thread generator seeded by the standard
+/// library's random hasher keys (no syscall per request).
+fn new_request_id() -> HeaderValue {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    fn seed() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        );
+        hasher.finish()
+    }
+    // splitmix64: a full-period sequence per thread with well-mixed output.
+    fn next(state: &Cell<u64>) -> u64 {
+        let s = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let (high, low) = STATE.with(|state| (next(state), next(state)));
+    let text = format!("{high:016x}{low:016x}");
+    HeaderValue::from_maybe_shared(Bytes::from(text)).expect("hex digits are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(ensure_request_id(&mut headers), "abc-123");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let made = ensure_request_id(&mut headers);
+        assert_eq!(made.len(), 32);
+        assert_eq!(headers.get(&X_REQUEST_ID), Some(&made));
+
+        let mut headers = HeaderMap::new();
+        let first = ensure_request_id(&mut headers);
+        let mut headers = HeaderMap::new();
+        assert_ne!(first, ensure_request_id(&mut headers));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("ééé", 3), "é…");
+        assert_eq!(
+            percent_decode(b"no%20such%20repo %C3%BC%2"),
+            "no such repo ü%2"
+        );
+    }
+}

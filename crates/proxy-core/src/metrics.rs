@@ -1,0 +1,406 @@
+//! Prometheus metrics: one registry per process, encoded in the OpenMetrics text format by
+//! prometheus-client. The data path touches only pre-resolved handles and local tallies;
+//! label lookups happen once per request, at its end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Latency buckets in seconds: sub-millisecond proxying up to five-minute streams.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Arc<str>,
+    protocol: &'static str,
+    status: u16,
+    grpc_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    route: Arc<str>,
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    name: String,
+    file: String,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+/// Every metric pachgate exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily,
+    received: Family<RouteLabel, Counter>,
+    sent: Family<RouteLabel, Counter>,
+    connections: Gauge,
+    streams: Gauge,
+    tunnels: Gauge,
+    tls_handshake_failures: Family<ReasonLabel, Counter>,
+    auth_decisions: Family<AuthLabels, Counter>,
+    upstream_connect_failures: Family<UpstreamLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
+    certificate_reloads: Family<ResultLabel, Counter>,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// All requests, for the status page (the labelled family is not summed at scrape).
+    requests_all: AtomicU64,
+}
+
+/// Per-route handles, resolved when a configuration is installed so a request does not
+/// look its route's histogram and byte counters up by label.
+pub struct RouteMetrics {
+    pub(crate) name: Arc<str>,
+    duration: Histogram,
+    received: Counter,
+    sent: Counter,
+}
+
+/// Live figures for the status page.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveCounts {
+    pub requests: u64,
+    pub connections: i64,
+    pub streams: i64,
+    pub tunnels: i64,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pachgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests and websocket tunnels by route, protocol, HTTP status and grpc-status",
+            requests.clone(),
+        );
+        let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request head to the end of the response (or tunnel), by route",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        let received = Family::<RouteLabel, Counter>::default();
+        registry.register_with_unit(
+            "received",
+            "Body bytes received from clients, by route",
+            Unit::Bytes,
+            received.clone(),
+        );
+        let sent = Family::<RouteLabel, Counter>::default();
+        registry.register_with_unit(
+            "sent",
+            "Body bytes sent to clients, by route",
+            Unit::Bytes,
+            sent.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "active_connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        let streams = Gauge::default();
+        registry.register(
+            "active_streams",
+            "Requests and h2 streams in flight now",
+            streams.clone(),
+        );
+        let tunnels = Gauge::default();
+        registry.register(
+            "active_websocket_tunnels",
+            "Websocket tunnels open now",
+            tunnels.clone(),
+        );
+        let tls_handshake_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed, by reason",
+            tls_handshake_failures.clone(),
+        );
+        let auth_decisions = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "Edge authentication and admission decisions on gated routes, by route, decision and reason",
+            auth_decisions.clone(),
+        );
+        let upstream_connect_failures = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "upstream_connect_failures",
+            "Failed connection attempts to upstream endpoints, by upstream",
+            upstream_connect_failures.clone(),
+        );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok, failed)",
+            config_reloads.clone(),
+        );
+        let certificate_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Listener certificate reloads, by result (ok, failed)",
+            certificate_reloads.clone(),
+        );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter, Unix time) of each certificate the listener serves",
+            certificate_expiry.clone(),
+        );
+        // Both results exist from the start, so a dashboard sees 0 rather than no series.
+        for result in ["ok", "failed"] {
+            let _ = config_reloads.get_or_create(&ResultLabel { result });
+            let _ = certificate_reloads.get_or_create(&ResultLabel { result });
+        }
+        Metrics {
+            registry,
+            requests,
+            durations,
+            received,
+            sent,
+            connections,
+            streams,
+            tunnels,
+            tls_handshake_failures,
+            auth_decisions,
+            upstream_connect_failures,
+            config_reloads,
+            certificate_reloads,
+            certificate_expiry,
+            requests_all: AtomicU64::new(0),
+        }
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn live(&self) -> LiveCounts {
+        LiveCounts {
+            requests: self.requests_all.load(Ordering::Relaxed),
+            connections: self.connections.get(),
+            streams: self.streams.get(),
+            tunnels: self.tunnels.get(),
+        }
+    }
+
+    pub(crate) fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let label = RouteLabel {
+            route: Arc::from(name),
+        };
+        Arc::new(RouteMetrics {
+            duration: self.durations.get_or_create_owned(&label),
+            received: self.received.get_or_create_owned(&label),
+            sent: self.sent.get_or_create_owned(&label),
+            name: label.route,
+        })
+    }
+
+    pub fn record_config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    pub fn record_certificate_reload(&self, ok: bool) {
+        self.certificate_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// Replaces the expiry series with the certificates now served: (name, file, notAfter).
+    pub fn set_certificates(&self, certificates: &[(String, String, i64)]) {
+        self.certificate_expiry.clear();
+        for (name, file, not_after) in certificates {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    name: name.clone(),
+                    file: file.clone(),
+                })
+                .set(*not_after);
+        }
+    }
+
+    pub(crate) fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub(crate) fn auth_decision(&self, route: &Arc<str>, allowed: bool, reason: &'static str) {
+        self.auth_decisions
+            .get_or_create(&AuthLabels {
+                route: route.clone(),
+                decision: if allowed { "allow" } else { "deny" },
+                reason,
+            })
+            .inc();
+    }
+
+    pub(crate) fn upstream_connect_failed(&self, upstream: &str) {
+        self.upstream_connect_failures
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    pub(crate) fn stream_started(&self) {
+        self.streams.inc();
+    }
+
+    pub(crate) fn tunnel_opened(&self) {
+        self.tunnels.inc();
+    }
+
+    pub(crate) fn tunnel_closed(&self) {
+        self.tunnels.dec();
+    }
+
+    /// Books one finished request (or tunnel); called once, from the exchange's end.
+    pub(crate) fn request_finished(&self, finished: FinishedRequest<'_>) {
+        self.streams.dec();
+        self.requests_all.fetch_add(1, Ordering::Relaxed);
+        let route = match finished.route {
+            Some(route) => {
+                route.duration.observe(finished.seconds);
+                route.received.inc_by(finished.received);
+                route.sent.inc_by(finished.sent_unbooked);
+                route.name.clone()
+            }
+            None => Arc::from(""),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                protocol: finished.protocol,
+                status: finished.status,
+                grpc_status: grpc_status_label(finished.grpc_status),
+            })
+            .inc();
+    }
+}
+
+impl RouteMetrics {
+    /// Long streams book their sent bytes as they go, not only at the end.
+    pub(crate) fn add_sent(&self, bytes: u64) {
+        self.sent.inc_by(bytes);
+    }
+}
+
+pub(crate) struct FinishedRequest<'a> {
+    pub route: Option<&'a RouteMetrics>,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub grpc_status: Option<u16>,
+    pub seconds: f64,
+    pub received: u64,
+    pub sent_unbooked: u64,
+}
+
+/// gRPC status codes as label values without formatting; an unknown code is "other" and a
+/// response without one is "" (label absent).
+fn grpc_status_label(code: Option<u16>) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match code {
+        None => "",
+        Some(code) => CODES.get(code as usize).copied().unwrap_or("other"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_request_is_booked_under_its_labels() {
+        let metrics = Metrics::new();
+        let route = metrics.route("pachd-grpc");
+        metrics.stream_started();
+        metrics.request_finished(FinishedRequest {
+            route: Some(&route),
+            protocol: "grpc",
+            status: 200,
+            grpc_status: Some(5),
+            seconds: 0.002,
+            received: 10,
+            sent_unbooked: 20,
+        });
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"pachgate_requests_total{route="pachd-grpc",protocol="grpc",status="200",grpc_status="5"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"pachgate_received_bytes_total{route="pachd-grpc"} 10"#));
+        assert!(text.contains(r#"pachgate_sent_bytes_total{route="pachd-grpc"} 20"#));
+        assert!(text.contains("pachgate_active_streams 0"));
+        assert!(text.contains(r#"pachgate_config_reloads_total{result="failed"} 0"#));
+        assert_eq!(metrics.live().requests, 1);
+    }
+}

@@ -1,0 +1,523 @@
+//! Running a configuration: binding listeners, swapping in reloaded configs (SIGHUP or a
+//! change to the file), moving listeners whose address changed, and the graceful drain.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pachgate_proxy_core::{Gateway, PlainMode};
+use pachgate_tls::{CertificateInfo, ListenerTlsHandle};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{self, ListenerTlsSource, RuntimeConfig};
+
+/// The re-check behind the file-system watch on certificate files, in case an event is
+/// missed (network file systems, for example).
+const CERTIFICATE_RECHECK: Duration = Duration::from_secs(10);
+/// After the drain deadline, how long websocket tunnels get to deliver their close frames.
+const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Edits arrive as several file-system events (write, rename, the `..data` swap of a
+/// Kubernetes ConfigMap); the file is read once they settle.
+const CONFIG_SETTLE: Duration = Duration::from_millis(300);
+
+/// A task that ends when its owner drops it: dropping a listener's task closes its socket
+/// (connections already accepted live in their own tasks and are not touched).
+struct OwnedTask(JoinHandle<()>);
+
+impl Drop for OwnedTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct BoundListener {
+    /// The address as configured (`:0` stays `:0`), compared on reload.
+    configured: SocketAddr,
+    _accepting: OwnedTask,
+}
+
+struct HttpsListener {
+    socket: BoundListener,
+    bound: SocketAddr,
+    source: ListenerTlsSource,
+    config: Arc<ArcSwap<ServerConfig>>,
+    _certificate_watch: OwnedTask,
+}
+
+/// What the status page shows besides the gateway's own state.
+#[derive(Default)]
+pub struct ServedState {
+    pub certificates: ArcSwap<Vec<CertificateInfo>>,
+    pub config_file: Option<PathBuf>,
+    pub started: Option<std::time::SystemTime>,
+}
+
+/// The listeners of the running configuration.
+struct Listeners {
+    https: Option<HttpsListener>,
+    http: Option<BoundListener>,
+    admin: Option<BoundListener>,
+}
+
+/// Listener work prepared before anything running is touched, so that a reload that fails
+/// (a port in use, a bad certificate) changes nothing.
+struct Prepared {
+    https_socket: Option<TcpListener>,
+    /// Where https will listen once committed (the new socket, or the one kept).
+    https_bound: Option<SocketAddr>,
+    tls: Option<(ListenerTlsSource, ListenerTlsHandle)>,
+    http_socket: Option<TcpListener>,
+    admin_socket: Option<TcpListener>,
+}
+
+impl Listeners {
+    fn none() -> Self {
+        Listeners {
+            https: None,
+            http: None,
+            admin: None,
+        }
+    }
+
+    async fn prepare(&self, runtime: &ListenerShape) -> Result<Prepared, String> {
+        let tls = match (&runtime.https, &runtime.tls) {
+            (Some(_), None) => return Err("listen.https is set but [tls] is missing".into()),
+            (Some(_), Some(source)) if self.https.as_ref().map(|h| &h.source) != Some(source) => {
+                let handle = source
+                    .server_config()
+                    .map_err(|e| format!("TLS certificate: {e}"))?;
+                Some((source.clone(), handle))
+            }
+            _ => None,
+        };
+        let moved = |current: Option<SocketAddr>, wanted: Option<SocketAddr>| match wanted {
+            Some(addr) if current != Some(addr) => Some(addr),
+            _ => None,
+        };
+        let mut prepared = Prepared {
+            https_socket: None,
+            https_bound: runtime
+                .https
+                .and_then(|_| self.https.as_ref().map(|h| h.bound)),
+            tls,
+            http_socket: None,
+            admin_socket: None,
+        };
+        if let Some(addr) = moved(
+            self.https.as_ref().map(|h| h.socket.configured),
+            runtime.https,
+        ) {
+            let socket = bind(addr, "https").await?;
+            prepared.https_bound = Some(socket.local_addr().map_err(|e| e.to_string())?);
+            prepared.https_socket = Some(socket);
+        }
+        if let Some(addr) = moved(
+            self.http.as_ref().map(|l| l.configured),
+            runtime.http.map(|(addr, _)| addr),
+        ) {
+            prepared.http_socket = Some(bind(addr, "http").await?);
+        }
+        if let Some(addr) = moved(self.admin.as_ref().map(|l| l.configured), runtime.admin) {
+            prepared.admin_socket = Some(bind(addr, "admin").await?);
+        }
+        Ok(prepared)
+    }
+
+    /// Installs prepared listeners and drops the ones the new config no longer has.
+    fn commit(
+        &mut self,
+        prepared: Prepared,
+        runtime: &ListenerShape,
+        gateway: &Arc<Gateway>,
+        state: &Arc<ServedState>,
+    ) -> Result<(), String> {
+        let Prepared {
+            https_socket,
+            https_bound: _,
+            tls,
+            http_socket,
+            admin_socket,
+        } = prepared;
+        if runtime.https.is_none() {
+            self.https = None;
+        }
+        if let Some((source, handle)) = tls {
+            let handle = Arc::new(handle);
+            let watch = OwnedTask(tokio::spawn(handle.clone().watch(
+                CERTIFICATE_RECHECK,
+                certificate_observer(gateway, state, &handle),
+            )));
+            publish_certificates(gateway, state, &handle.certificates());
+            match &mut self.https {
+                Some(https) => {
+                    https.config.store(handle.config.clone());
+                    https.source = source;
+                    https._certificate_watch = watch;
+                }
+                None => {
+                    let listener = https_socket
+                        .as_ref()
+                        .ok_or("internal: a new https listener without a socket")?;
+                    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+                    self.https = Some(HttpsListener {
+                        socket: BoundListener {
+                            configured: runtime.https.expect("https is configured"),
+                            _accepting: OwnedTask(tokio::spawn(async {})),
+                        },
+                        bound,
+                        source,
+                        config: Arc::new(ArcSwap::new(handle.config.clone())),
+                        _certificate_watch: watch,
+                    });
+                }
+            }
+        }
+        if let (Some(socket), Some(https)) = (https_socket, &mut self.https) {
+            https.bound = socket.local_addr().map_err(|e| e.to_string())?;
+            https.socket = BoundListener {
+                configured: runtime.https.expect("https is configured"),
+                _accepting: OwnedTask(tokio::spawn(
+                    gateway.clone().serve_tls(socket, https.config.clone()),
+                )),
+            };
+        }
+        match (runtime.http, http_socket) {
+            (None, _) => self.http = None,
+            (Some((configured, _)), Some(socket)) => {
+                self.http = Some(BoundListener {
+                    configured,
+                    _accepting: OwnedTask(tokio::spawn(gateway.clone().serve_plain(socket))),
+                })
+            }
+            (Some(_), None) => {}
+        }
+        match (runtime.admin, admin_socket) {
+            (None, _) => self.admin = None,
+            (Some(configured), Some(socket)) => {
+                self.admin = Some(BoundListener {
+                    configured,
+                    _accepting: OwnedTask(tokio::spawn(crate::admin::serve(
+                        socket,
+                        gateway.clone(),
+                        state.clone(),
+                    ))),
+                })
+            }
+            (Some(_), None) => {}
+        }
+        Ok(())
+    }
+}
+
+/// The listener part of a config: addresses and the TLS setup.
+struct ListenerShape {
+    https: Option<SocketAddr>,
+    http: Option<(SocketAddr, PlainMode)>,
+    admin: Option<SocketAddr>,
+    tls: Option<ListenerTlsSource>,
+}
+
+impl ListenerShape {
+    fn of(runtime: &RuntimeConfig) -> Self {
+        ListenerShape {
+            https: runtime.https,
+            http: runtime.http,
+            admin: runtime.admin,
+            tls: runtime.tls.clone(),
+        }
+    }
+
+    /// The plaintext listener's behaviour, with the real https port (`:0` is known only
+    /// once bound).
+    fn plain_mode(&self, https_bound: Option<SocketAddr>) -> PlainMode {
+        match (self.http.map(|(_, mode)| mode), https_bound) {
+            (Some(PlainMode::Redirect { .. }), Some(bound)) => PlainMode::Redirect {
+                https_port: bound.port(),
+            },
+            (Some(mode), _) => mode,
+            (None, _) => PlainMode::Serve,
+        }
+    }
+}
+
+fn certificate_observer(
+    gateway: &Arc<Gateway>,
+    state: &Arc<ServedState>,
+    handle: &Arc<ListenerTlsHandle>,
+) -> impl Fn(&Result<(), pachgate_tls::TlsError>) + Send + 'static {
+    let gateway = gateway.clone();
+    let state = state.clone();
+    let handle = Arc::downgrade(handle);
+    move |outcome| {
+        gateway.metrics().record_certificate_reload(outcome.is_ok());
+        if let Some(handle) = handle.upgrade() {
+            publish_certificates(&gateway, &state, &handle.certificates());
+        }
+    }
+}
+
+fn publish_certificates(gateway: &Gateway, state: &ServedState, certificates: &[CertificateInfo]) {
+    let series: Vec<(String, String, i64)> = certificates
+        .iter()
+        .map(|c| (c.names.join(","), c.file.display().to_string(), c.not_after))
+        .collect();
+    gateway.metrics().set_certificates(&series);
+    state.certificates.store(Arc::new(certificates.to_vec()));
+}
+
+/// Parses a config built in code (`demo`, `local`) and starts serving it. Returns the running
+/// server and its bound https address once every listener is up.
+pub async fn serve_embedded(
+    name: &str,
+    text: &str,
+) -> Result<(JoinHandle<Result<(), String>>, SocketAddr), String> {
+    let runtime = config::parse(Path::new(name), text, Path::new(".")).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    crate::logging::set_access_format(runtime.access_log);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(serve(runtime, Some(ready_tx), None));
+    match ready_rx.await {
+        Ok(Some(addr)) => Ok((server, addr)),
+        _ => Err(match server.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => "the server stopped before it was ready".into(),
+            Err(e) => e.to_string(),
+        }),
+    }
+}
+
+/// Binds every listener, then serves until SIGINT/SIGTERM, reloading `config_file` (when
+/// given) on SIGHUP and when the file changes. `ready` hears the bound https address.
+pub async fn serve(
+    runtime: RuntimeConfig,
+    ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
+    config_file: Option<PathBuf>,
+) -> Result<(), String> {
+    // Registered before any listener is announced, so an early SIGHUP is a reload request
+    // rather than the default "terminate".
+    let hangups = config_file.as_ref().and_then(|_| Hangups::register());
+    let drain_timeout = runtime.limits.drain_timeout;
+    let state = Arc::new(ServedState {
+        certificates: ArcSwap::from_pointee(Vec::new()),
+        config_file: config_file.clone(),
+        started: Some(std::time::SystemTime::now()),
+    });
+    let shape = ListenerShape::of(&runtime);
+    let mut listeners = Listeners::none();
+    let prepared = listeners.prepare(&shape).await?;
+    let https_bound = prepared.https_bound;
+    let snapshot = runtime
+        .snapshot
+        .with_plain_mode(shape.plain_mode(https_bound));
+    let gateway = Gateway::new(snapshot, runtime.limits);
+    listeners.commit(prepared, &shape, &gateway, &state)?;
+    if let Some(ready) = ready {
+        let _ = ready.send(https_bound);
+    }
+
+    // Shared with the reloader, and kept here so listeners (the admin one above all) stay
+    // up through the drain even though reloading stops.
+    let listeners = Arc::new(tokio::sync::Mutex::new(listeners));
+    let reloads = config_file.map(|path| {
+        let reloader = Reloader {
+            path,
+            gateway: gateway.clone(),
+            state: state.clone(),
+            listeners: listeners.clone(),
+        };
+        OwnedTask(tokio::spawn(reloader.run(hangups)))
+    });
+
+    shutdown_signal().await;
+    // Graceful drain: /readyz fails at once (the load balancer stops sending), listeners
+    // close, h2 clients get GOAWAY and HTTP/1 clients `Connection: close`, and what is in
+    // flight gets up to drain_timeout. Websocket tunnels then get close frames (1001). A
+    // second signal ends it at once.
+    eprintln!("pachgate: draining for up to {drain_timeout:?}; a second signal exits now");
+    drop(reloads);
+    gateway.begin_drain();
+    tokio::select! {
+        _ = gateway.drained() => eprintln!("pachgate: drained; exiting"),
+        _ = tokio::time::sleep(drain_timeout) => {
+            eprintln!("pachgate: drain_timeout reached; closing websocket tunnels (1001) and what is left");
+            gateway.close_tunnels();
+            tokio::select! {
+                _ = gateway.drained() => {}
+                _ = tokio::time::sleep(TUNNEL_CLOSE_GRACE) => {}
+                _ = shutdown_signal() => {}
+            }
+        }
+        _ = shutdown_signal() => eprintln!("pachgate: second signal; exiting now"),
+    }
+    Ok(())
+}
+
+/// Re-reads the config on SIGHUP and when the file (or the directory entry a Kubernetes
+/// ConfigMap swaps) changes. A valid file replaces routes, upstreams, auth, client policy
+/// and listener addresses; an invalid one is logged with file:line:column, counted as a
+/// failed reload, and changes nothing.
+struct Reloader {
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    state: Arc<ServedState>,
+    listeners: Arc<tokio::sync::Mutex<Listeners>>,
+}
+
+impl Reloader {
+    async fn run(mut self, mut hangups: Option<Hangups>) {
+        let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        let _watcher = watch_file(&self.path, changes_tx);
+        let mut last_text = std::fs::read(&self.path).ok();
+        loop {
+            let explicit = tokio::select! {
+                Some(()) = async { hangups.as_mut()?.recv().await } => true,
+                Some(()) = changes.recv() => {
+                    tokio::time::sleep(CONFIG_SETTLE).await;
+                    while changes.try_recv().is_ok() {}
+                    false
+                }
+                else => return,
+            };
+            let text = std::fs::read(&self.path).ok();
+            // A watch event that did not change the bytes (a touch, a chmod) is no reload.
+            if !explicit && text == last_text {
+                continue;
+            }
+            last_text = text;
+            self.reload(if explicit { "SIGHUP" } else { "file change" })
+                .await;
+        }
+    }
+
+    async fn reload(&mut self, trigger: &str) {
+        let runtime = match config::load(&self.path) {
+            Ok(runtime) => runtime,
+            Err(errors) => {
+                self.gateway.metrics().record_config_reload(false);
+                for error in &errors {
+                    tracing::error!(%error, trigger, "config reload refused; the running config stays");
+                }
+                return;
+            }
+        };
+        let shape = ListenerShape::of(&runtime);
+        let mut listeners = self.listeners.lock().await;
+        let prepared = match listeners.prepare(&shape).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.gateway.metrics().record_config_reload(false);
+                tracing::error!(%error, trigger, "config reload refused; the running config stays");
+                return;
+            }
+        };
+        let mode = shape.plain_mode(prepared.https_bound);
+        if let Err(error) = listeners.commit(prepared, &shape, &self.gateway, &self.state) {
+            self.gateway.metrics().record_config_reload(false);
+            tracing::error!(%error, trigger, "config reload failed part way");
+            return;
+        }
+        crate::logging::set_access_format(runtime.access_log);
+        let routes = runtime.route_count;
+        self.gateway
+            .replace_snapshot(runtime.snapshot.with_plain_mode(mode));
+        self.gateway.metrics().record_config_reload(true);
+        tracing::info!(file = %self.path.display(), routes, trigger, "config reloaded");
+    }
+}
+
+/// SIGHUP, where there is such a thing.
+struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn register() -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::hangup()) {
+                Ok(signal) => Some(Hangups { signal }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload follows file changes only");
+                    None
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        None
+    }
+
+    async fn recv(&mut self) -> Option<()> {
+        #[cfg(unix)]
+        return self.signal.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
+}
+
+/// Watches the config file's directory; events about the file, or about the entries a
+/// Kubernetes ConfigMap mount swaps (`..data`), wake the reloader.
+fn watch_file(
+    path: &Path,
+    changes: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let name = path.file_name()?.to_os_string();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else {
+            return;
+        };
+        let relevant = event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| n == name.as_os_str() || n == "..data")
+        });
+        if relevant {
+            let _ = changes.send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "no file watch on the config; reload on SIGHUP only"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "no file watch on the config; reload on SIGHUP only");
+        return None;
+    }
+    Some(watcher)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // Tests and scripts wait for this line; it is the contract for "ready on this port".
+    println!("pachgate: {what} listening on {local}");
+    Ok(listener)
+}
+
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
