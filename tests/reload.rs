@@ -1,6 +1,7 @@
-//! Config reload on SIGHUP under load: a route added, then a broken file, then a fixed one,
-//! while grpcio calls run on kept and new connections: zero failed calls, the new route
-//! works, the broken file changes nothing and is reported with file:line:column.
+//! Config reload under load, on SIGHUP and on a file change: a route added, then a broken
+//! file, then a fixed one, while grpcio calls run on kept and new connections: zero failed
+//! calls, the new route works, the broken file changes nothing and is reported with
+//! file:line:column and counted; listeners added or moved by a reload serve at once.
 
 mod common;
 
@@ -99,6 +100,120 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     proxy.running.signal("HUP");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(status("/fixed"), "200");
+
+    let output = client.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "calls failed during reloads: {summary}"
+    );
+}
+
+/// Collects stderr until a line contains `needle`.
+fn stderr_until(running: &Running, needle: &str, within: Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = String::new();
+    while std::time::Instant::now() < deadline {
+        seen.push_str(&running.stderr_so_far());
+        if seen.contains(needle) {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no stderr line with {needle:?}; saw:\n{seen}");
+}
+
+#[test]
+fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
+    let standins = standins();
+    let (admin_before, admin_after, plain) = (free_port(), free_port(), free_port());
+    let with_listeners = |listen: &str, extra_routes: &str| {
+        config(&standins, extra_routes).replace(
+            "[listen]\nhttps = \"127.0.0.1:0\"\n",
+            &format!("[listen]\nhttps = \"127.0.0.1:0\"\n{listen}"),
+        )
+    };
+    let proxy = pachgate_config(
+        &with_listeners(&format!("admin = \"127.0.0.1:{admin_before}\"\n"), ""),
+        2,
+    );
+    let path = proxy.dir.path().join("pachgate.toml");
+    let https_status = |route: &str| {
+        let output = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(proxy.ca())
+            .arg(format!("https://{}{route}", proxy.target()))
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let plain_status = |url: String| {
+        let output = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    let client = Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_rotation.py"))
+        .args(["--target", &proxy.target(), "--seconds", "8", "--ca"])
+        .arg(proxy.ca())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A route added, a plaintext listener added and the admin listener moved: no signal.
+    let moved = format!(
+        "admin = \"127.0.0.1:{admin_after}\"\nhttp = \"127.0.0.1:{plain}\"\nhttp_mode = \"serve\"\n"
+    );
+    std::fs::write(&path, with_listeners(&moved, ADDED)).unwrap();
+    stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));
+    assert_eq!(https_status("/added"), "200");
+    assert_eq!(
+        plain_status(format!("http://127.0.0.1:{plain}/added")),
+        "200"
+    );
+    assert_eq!(
+        plain_status(format!("http://127.0.0.1:{admin_after}/readyz")),
+        "200"
+    );
+    assert_eq!(
+        plain_status(format!("http://127.0.0.1:{admin_before}/readyz")),
+        "000",
+        "the old admin address still answers"
+    );
+
+    // Broken: refused, counted, and the running config (and its listeners) stay.
+    std::fs::write(
+        &path,
+        with_listeners(&moved, ADDED).replace("[[routes]]", "[[routes]]\nbogus = 1"),
+    )
+    .unwrap();
+    stderr_until(
+        &proxy.running,
+        "config reload refused",
+        Duration::from_secs(10),
+    );
+    assert_eq!(https_status("/added"), "200");
+    let output = python(
+        "observe.py",
+        &[
+            "metrics",
+            "--url",
+            &format!("http://127.0.0.1:{admin_after}/metrics"),
+        ],
+    );
+    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        samples["pachgate_config_reloads_total{result=ok}"], 1.0,
+        "{samples:#}"
+    );
+    assert_eq!(
+        samples["pachgate_config_reloads_total{result=failed}"], 1.0,
+        "{samples:#}"
+    );
 
     let output = client.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&output.stdout);
