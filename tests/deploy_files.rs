@@ -67,15 +67,17 @@ fn configmap_config_passes_check() {
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
     assert!(toml.contains("[listen]"), "{toml}");
+    // The Deployment's layout: the ConfigMap at /etc/pachgate, the TLS secret beside it.
     let dir = tempfile::tempdir().unwrap();
     let generate = Command::new(BIN)
         .args(["cert", "generate", "--out"])
-        .arg(dir.path().join("tls"))
+        .arg(dir.path().join("pachgate-tls"))
         .args(["--host", "pach.example.com"])
         .output()
         .unwrap();
     assert!(generate.status.success());
-    let config = dir.path().join("pachgate.toml");
+    std::fs::create_dir(dir.path().join("pachgate")).unwrap();
+    let config = dir.path().join("pachgate/pachgate.toml");
     std::fs::write(&config, toml).unwrap();
     let check = Command::new(BIN)
         .args(["check", "--config"])
