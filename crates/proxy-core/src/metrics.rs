@@ -79,6 +79,8 @@ pub struct Metrics {
     certificate_expiry: Family<CertificateLabels, Gauge>,
     /// All requests, for the status page (the labelled family is not summed at scrape).
     requests_all: AtomicU64,
+    /// The route label of requests no route matched, made once.
+    unrouted: Arc<str>,
 }
 
 /// Per-route handles, resolved when a configuration is installed so a request does not
@@ -214,6 +216,7 @@ impl Metrics {
             certificate_reloads,
             certificate_expiry,
             requests_all: AtomicU64::new(0),
+            unrouted: Arc::from(""),
         }
     }
 
@@ -330,7 +333,7 @@ impl Metrics {
                 route.sent.inc_by(finished.sent_unbooked);
                 route.name.clone()
             }
-            None => Arc::from(""),
+            None => self.unrouted.clone(),
         };
         self.requests
             .get_or_create(&RequestLabels {
