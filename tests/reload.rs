@@ -1,7 +1,8 @@
 //! Config reload under load, on SIGHUP and on a file change: a route added, then a broken
 //! file, then a fixed one, while grpcio calls run on kept and new connections: zero failed
 //! calls, the new route works, the broken file changes nothing and is reported with
-//! file:line:column and counted; listeners added or moved by a reload serve at once.
+//! file:line:column and counted; listeners added or moved by a reload serve at once; a
+//! ConfigMap-style `..data` symlink swap is seen by the file watch.
 
 mod common;
 
@@ -221,4 +222,45 @@ fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
         output.status.success(),
         "calls failed during reloads: {summary}"
     );
+}
+
+/// A Kubernetes ConfigMap volume: `pachgate.toml -> ..data/pachgate.toml`, and an update
+/// swaps the `..data` symlink to a new directory in one rename.
+#[test]
+fn a_configmap_style_symlink_swap_reloads() {
+    let standins = standins();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let write_version = |name: &str, text: &str| {
+        std::fs::create_dir(root.join(name)).unwrap();
+        std::fs::write(root.join(name).join("pachgate.toml"), text).unwrap();
+    };
+    write_version("..v1", &config(&standins, ""));
+    std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/pachgate.toml", root.join("pachgate.toml")).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(root.join("pachgate.toml"))
+        .env("PACHGATE_WORKER_THREADS", "2");
+    let running = start(command, 1);
+    let target = format!("localhost:{}", running.address("https").port());
+    let ca = root.join("certs/ca.crt");
+    let status = |route: &str| {
+        let output = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://{target}{route}"))
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(status("/added"), "404");
+
+    // What the kubelet does: write the new version, point a temporary link at it, rename.
+    write_version("..v2", &config(&standins, ADDED));
+    std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    stderr_until(&running, "config reloaded", Duration::from_secs(10));
+    assert_eq!(status("/added"), "200");
 }
