@@ -250,3 +250,53 @@ auth = "token"
     assert!(log.contains("token file refused"), "{log}");
     assert!(!log.contains("second-secret"), "a token reached the log");
 }
+
+#[test]
+fn auth_decisions_and_upstream_failures_are_counted_in_metrics() {
+    let mut standins = standins();
+    let proxy = pachgate(
+        &gated_routes(
+            &standins.address("standin-pachd").to_string(),
+            &standins.address("standin-console").to_string(),
+            "",
+        ),
+        "admin = \"127.0.0.1:0\"",
+    );
+    for _ in 0..2 {
+        assert_eq!(curl_status(&proxy, "/api/x", &[]), 401);
+    }
+    assert_eq!(
+        curl_status(&proxy, "/api/x", &["-H", "authn-token: wrong"]),
+        401
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            curl_status(&proxy, "/api/x", &["-H", "authn-token: demo-token"]),
+            200
+        );
+    }
+    // The backends gone: a request to the open console route fails to connect.
+    standins.kill();
+    assert_eq!(curl_status(&proxy, "/lineage", &[]), 503);
+
+    let admin = proxy.running.address("admin");
+    let output = python(
+        "observe.py",
+        &["metrics", "--url", &format!("http://{admin}/metrics")],
+    );
+    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let decisions = |decision: &str, reason: &str| {
+        samples[format!(
+            "pachgate_auth_decisions_total{{decision={decision},reason={reason},route=pachd-http-api}}"
+        )]
+        .as_f64()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(decisions("deny", "missing_token"), 2.0, "{samples:#}");
+    assert_eq!(decisions("deny", "invalid_token"), 1.0, "{samples:#}");
+    assert_eq!(decisions("allow", "valid_token"), 3.0, "{samples:#}");
+    assert_eq!(
+        samples["pachgate_upstream_connect_failures_total{upstream=console}"], 1.0,
+        "{samples:#}"
+    );
+}
