@@ -330,7 +330,11 @@ fn new_request_id() -> HeaderValue {
     }
     let (high, low) = STATE.with(|state| (next(state), next(state)));
     let text = format!("{high:016x}{low:016x}");
-    HeaderValue::from_maybe_shared(Bytes::from(text)).expect("hex digits are a valid header value")
+    let mut value = HeaderValue::from_maybe_shared(Bytes::from(text))
+        .expect("hex digits are a valid header value");
+    // Every value is new: HPACK should not index it (it would only evict useful entries).
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]

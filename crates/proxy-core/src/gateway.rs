@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{deny_response, UpstreamWhoAmI};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::exchange::{ensure_request_id, Exchange, ObservedBody, X_REQUEST_ID};
+use crate::exchange::{ensure_request_id, Exchange, ObservedBody};
 use crate::framing_guard::{FramingGuard, FramingVerdicts};
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -425,7 +425,6 @@ impl Gateway {
                 grpc,
                 snapshot.access_log,
             )),
-            request_id: None,
         };
         let mut response = self
             .handle(request, conn, &snapshot, grpc, &mut record)
@@ -435,12 +434,6 @@ impl Gateway {
                 http::header::STRICT_TRANSPORT_SECURITY,
                 HeaderValue::from_static("max-age=31536000"),
             );
-        }
-        if let Some(request_id) = record.request_id {
-            response
-                .headers_mut()
-                .entry(&X_REQUEST_ID)
-                .or_insert(request_id);
         }
         // A tunnel took its exchange along; every other exchange ends with the body.
         if let Some(exchange) = record.exchange.as_deref_mut() {
@@ -476,16 +469,19 @@ impl Gateway {
         // (and any header named in Connection, authn-token included) gone, the path
         // normalised, so no trick can show the gate one thing and pachd another.
         strip_hop_by_hop(request.headers_mut());
-        let request_id = ensure_request_id(request.headers_mut());
-        record.exchange().set_request_details(
-            &request_id,
-            request
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok())),
-        );
-        record.request_id = Some(request_id);
+        // The request id ties the access-log line to the upstream's logs; without an access
+        // log a client's id passes through untouched and none is made.
+        if snapshot.access_log {
+            let request_id = ensure_request_id(request.headers_mut());
+            record.exchange().set_request_details(
+                &request_id,
+                request
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok())),
+            );
+        }
         if request.method() != http::Method::CONNECT {
             if let Err(error) = normalize_request_path(&mut request) {
                 return error.into_response(grpc);
@@ -791,7 +787,6 @@ impl Gateway {
 struct RequestRecord {
     /// Taken by a websocket tunnel, which books it when the tunnel closes.
     exchange: Option<Box<Exchange>>,
-    request_id: Option<HeaderValue>,
 }
 
 impl RequestRecord {
