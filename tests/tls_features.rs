@@ -307,11 +307,11 @@ fn certificates_rotate_under_load_and_bad_files_change_nothing() {
     std::fs::write(&bundle, cas).unwrap();
 
     let config = format!(
-        "[listen]\nhttps = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{s}/tls.crt\"\nkey = \"{s}/tls.key\"\n{routes}",
+        "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{s}/tls.crt\"\nkey = \"{s}/tls.key\"\n{routes}",
         s = secret.display(),
         routes = standin_routes(&standins, "")
     );
-    let proxy = pachgate_config(&config, 1);
+    let proxy = pachgate_config(&config, 2);
     let port = proxy.https().port();
     assert!(presented_names(port, Some("localhost"), dir.path()).contains("DNS:v1.example"));
 
@@ -353,6 +353,32 @@ fn certificates_rotate_under_load_and_bad_files_change_nothing() {
     let log = proxy.running.stderr_so_far();
     assert!(log.contains("TLS certificates reloaded"), "{log}");
     assert!(log.contains("refused"), "{log}");
+
+    // The reloads are counted, and the expiry series names the certificate now served.
+    let admin = proxy.running.address("admin");
+    let output = python(
+        "observe.py",
+        &["metrics", "--url", &format!("http://{admin}/metrics")],
+    );
+    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        samples["pachgate_certificate_reloads_total{result=ok}"], 1.0,
+        "{samples:#}"
+    );
+    assert_eq!(
+        samples["pachgate_certificate_reloads_total{result=failed}"], 1.0,
+        "{samples:#}"
+    );
+    let expiry: Vec<&String> = samples
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("pachgate_certificate_expiry_timestamp_seconds{"))
+        .collect();
+    assert!(
+        expiry.len() == 1 && expiry[0].contains("v2.example"),
+        "{expiry:?}"
+    );
 }
 
 #[test]
