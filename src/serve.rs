@@ -142,48 +142,9 @@ impl Listeners {
             http_socket,
             admin_socket,
         } = prepared;
-        if runtime.https.is_none() {
-            self.https = None;
-        }
-        if let Some((source, handle)) = tls {
-            let handle = Arc::new(handle);
-            let watch = OwnedTask(tokio::spawn(handle.clone().watch(
-                CERTIFICATE_RECHECK,
-                certificate_observer(gateway, state, &handle),
-            )));
-            publish_certificates(gateway, state, &handle.certificates());
-            match &mut self.https {
-                Some(https) => {
-                    https.config.store(handle.config.clone());
-                    https.source = source;
-                    https._certificate_watch = watch;
-                }
-                None => {
-                    let listener = https_socket
-                        .as_ref()
-                        .ok_or("internal: a new https listener without a socket")?;
-                    let bound = listener.local_addr().map_err(|e| e.to_string())?;
-                    self.https = Some(HttpsListener {
-                        socket: BoundListener {
-                            configured: runtime.https.expect("https is configured"),
-                            _accepting: OwnedTask(tokio::spawn(async {})),
-                        },
-                        bound,
-                        source,
-                        config: Arc::new(ArcSwap::new(handle.config.clone())),
-                        _certificate_watch: watch,
-                    });
-                }
-            }
-        }
-        if let (Some(socket), Some(https)) = (https_socket, &mut self.https) {
-            https.bound = socket.local_addr().map_err(|e| e.to_string())?;
-            https.socket = BoundListener {
-                configured: runtime.https.expect("https is configured"),
-                _accepting: OwnedTask(tokio::spawn(
-                    gateway.clone().serve_tls(socket, https.config.clone()),
-                )),
-            };
+        match runtime.https {
+            None => self.https = None,
+            Some(configured) => self.commit_https(configured, https_socket, tls, gateway, state)?,
         }
         match (runtime.http, http_socket) {
             (None, _) => self.http = None,
@@ -208,6 +169,67 @@ impl Listeners {
                 })
             }
             (Some(_), None) => {}
+        }
+        Ok(())
+    }
+
+    /// The https listener: new TLS material goes into the shared config cell (or starts a
+    /// new listener), a new socket replaces the accept loop; the other parts stay.
+    fn commit_https(
+        &mut self,
+        configured: SocketAddr,
+        socket: Option<TcpListener>,
+        tls: Option<(ListenerTlsSource, ListenerTlsHandle)>,
+        gateway: &Arc<Gateway>,
+        state: &Arc<ServedState>,
+    ) -> Result<(), String> {
+        let mut fresh_tls = None;
+        if let Some((source, handle)) = tls {
+            let handle = Arc::new(handle);
+            let watch = OwnedTask(tokio::spawn(handle.clone().watch(
+                CERTIFICATE_RECHECK,
+                certificate_observer(gateway, state, &handle),
+            )));
+            publish_certificates(gateway, state, &handle.certificates());
+            match &mut self.https {
+                Some(https) => {
+                    https.config.store(handle.config.clone());
+                    https.source = source;
+                    https._certificate_watch = watch;
+                }
+                None => fresh_tls = Some((source, handle.config.clone(), watch)),
+            }
+        }
+        let Some(socket) = socket else {
+            return Ok(());
+        };
+        let bound = socket.local_addr().map_err(|e| e.to_string())?;
+        match (&mut self.https, fresh_tls) {
+            (Some(https), _) => {
+                https.bound = bound;
+                https.socket = BoundListener {
+                    configured,
+                    _accepting: OwnedTask(tokio::spawn(
+                        gateway.clone().serve_tls(socket, https.config.clone()),
+                    )),
+                };
+            }
+            (None, Some((source, config, watch))) => {
+                let config = Arc::new(ArcSwap::new(config));
+                self.https = Some(HttpsListener {
+                    socket: BoundListener {
+                        configured,
+                        _accepting: OwnedTask(tokio::spawn(
+                            gateway.clone().serve_tls(socket, config.clone()),
+                        )),
+                    },
+                    bound,
+                    source,
+                    config,
+                    _certificate_watch: watch,
+                });
+            }
+            (None, None) => return Err("internal: a new https listener without TLS".into()),
         }
         Ok(())
     }

@@ -264,3 +264,33 @@ fn a_configmap_style_symlink_swap_reloads() {
     stderr_until(&running, "config reloaded", Duration::from_secs(10));
     assert_eq!(status("/added"), "200");
 }
+
+/// `[tls]` settings reload too: new handshakes get the new policy on the same socket.
+#[test]
+fn tls_settings_change_on_reload_for_new_handshakes() {
+    let standins = standins();
+    let proxy = pachgate_config(&config(&standins, ""), 1);
+    let path = proxy.dir.path().join("pachgate.toml");
+    let handshake = |version: &str| {
+        Command::new("openssl")
+            .args(["s_client", "-connect", &proxy.https().to_string(), version])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(handshake("-tls1_2"), "TLS 1.2 refused before the reload");
+
+    std::fs::write(
+        &path,
+        config(&standins, "").replace("[tls]\n", "[tls]\nmin_version = \"1.3\"\n"),
+    )
+    .unwrap();
+    stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));
+    assert!(
+        !handshake("-tls1_2"),
+        "TLS 1.2 still accepted after the reload"
+    );
+    assert!(handshake("-tls1_3"), "TLS 1.3 refused after the reload");
+}
