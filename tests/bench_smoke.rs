@@ -206,3 +206,45 @@ fn a_call_counts_only_with_grpc_status_zero() {
         "{report}"
     );
 }
+
+#[test]
+fn metadata_reaches_a_gated_pachd_route() {
+    let standins = standins();
+    let routes = standin_routes(&standins, "").replace(
+        "upstream = \"pachd\"\n",
+        "upstream = \"pachd\"\nauth = \"pachyderm\"\n",
+    ) + "\n[auth.pachyderm]\nupstream = \"pachd\"\n";
+    let proxy = pachgate(&routes, "");
+    let ca = proxy.ca();
+    let https = format!("https://{}", proxy.target());
+    let args = |metadata: &'static [&'static str]| {
+        let mut args = vec![
+            "grpc",
+            "--target",
+            &https,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--requests",
+            "200",
+            "--connections",
+            "1",
+        ];
+        args.extend_from_slice(metadata);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run = |metadata| {
+        let args = args(metadata);
+        bench(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (success, report, _) = run(&["--metadata", "authn-token=demo-token"]);
+    assert!(success, "{report}");
+    assert_eq!(report["ok"].as_u64(), Some(200), "{report}");
+    // Without the token every call is refused by the gate (UNAUTHENTICATED).
+    let (success, report, _) = run(&[]);
+    assert!(!success);
+    assert_eq!(report["ok"].as_u64(), Some(0), "{report}");
+    assert!(
+        report["errors"]["grpc-status 16"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}

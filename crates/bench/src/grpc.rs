@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, TE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, TE};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
@@ -57,6 +57,7 @@ pub async fn run(args: GrpcArgs) -> Result<Report, String> {
         },
     };
     let body = grpc_frame(&request);
+    let metadata = Arc::new(parse_metadata(&args.metadata)?);
 
     let mut senders = Vec::with_capacity(common.connections);
     for _ in 0..common.connections {
@@ -77,6 +78,7 @@ pub async fn run(args: GrpcArgs) -> Result<Report, String> {
                 shared.clone(),
                 uri.clone(),
                 body.clone(),
+                metadata.clone(),
             )));
         }
     }
@@ -119,10 +121,11 @@ async fn worker(
     shared: Arc<Shared>,
     uri: Arc<Uri>,
     body: Bytes,
+    metadata: Arc<HeaderMap>,
 ) -> Recorder {
     let mut recorder = Recorder::new(shared.clone());
     while let Some(started) = shared.next().await {
-        match call(&mut sender, &uri, &body).await {
+        match call(&mut sender, &uri, &body, &metadata).await {
             Ok(messages) => recorder.ok(started, messages),
             Err(kind) => recorder.error(kind),
         }
@@ -130,17 +133,37 @@ async fn worker(
     recorder
 }
 
+/// `name=value` pairs as request headers; gRPC metadata names are lower-case.
+fn parse_metadata(pairs: &[String]) -> Result<HeaderMap, String> {
+    let mut metadata = HeaderMap::new();
+    for pair in pairs {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--metadata {pair:?}: expected NAME=VALUE"))?;
+        let name = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+            .map_err(|e| format!("--metadata {pair:?}: {e}"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|e| format!("--metadata {pair:?}: {e}"))?;
+        metadata.append(name, value);
+    }
+    Ok(metadata)
+}
+
 /// One call; returns the number of response messages.
 async fn call(
     sender: &mut http2::SendRequest<Full<Bytes>>,
     uri: &Uri,
     body: &Bytes,
+    metadata: &HeaderMap,
 ) -> Result<u64, String> {
-    let request = Request::post(uri.clone())
+    let mut request = Request::post(uri.clone())
         .header(CONTENT_TYPE, "application/grpc")
         .header(TE, "trailers")
         .body(Full::new(body.clone()))
         .expect("static parts are valid");
+    for (name, value) in metadata {
+        request.headers_mut().append(name, value.clone());
+    }
     let response = sender
         .send_request(request)
         .await

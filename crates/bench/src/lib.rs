@@ -84,6 +84,9 @@ pub struct GrpcArgs {
     /// Full method path; the default is the stand-in pachd's echo.
     #[arg(long)]
     pub method: Option<String>,
+    /// Request metadata `name=value`, repeatable (e.g. `authn-token=…` for a gated pachd).
+    #[arg(long = "metadata", value_name = "NAME=VALUE")]
+    pub metadata: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
