@@ -3,20 +3,19 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::metrics::ByteTally;
 
 /// A streamed peer body, or a small body pachgate wrote itself.
 #[derive(Debug)]
 pub enum ProxyBody {
     /// Frames (data and trailers) passed through from the other side, unbuffered.
     Stream(Incoming),
-    /// A client's request body on its way upstream, its data bytes added to a counter.
-    Metered(Incoming, Arc<AtomicU64>),
+    /// A client's request body on its way upstream, its data bytes counted.
+    Metered(Incoming, ByteTally),
     /// A body pachgate produced (error text, redirect); taken on first poll.
     Full(Option<Bytes>),
     Empty,
@@ -48,7 +47,7 @@ impl Body for ProxyBody {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
                     if let Some(data) = frame.data_ref() {
-                        received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        received.add(data.len() as u64);
                     }
                 }
                 polled

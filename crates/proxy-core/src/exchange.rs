@@ -17,7 +17,7 @@ use http::{HeaderMap, Method, Request, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::ProxyBody;
-use crate::metrics::{FinishedRequest, Metrics, RouteMetrics};
+use crate::metrics::{ByteTally, FinishedRequest, Metrics, RouteMetrics};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -50,7 +50,9 @@ pub struct Exchange {
     route: Option<Arc<RouteMetrics>>,
     status: u16,
     grpc_status: Option<u16>,
-    received: Option<Arc<AtomicU64>>,
+    /// Received bytes known at the end (a tunnel's), plus the live count of a logged request.
+    received: u64,
+    received_live: Option<Arc<AtomicU64>>,
     sent: u64,
     sent_booked: u64,
     log: Option<Box<AccessFields>>,
@@ -86,7 +88,8 @@ impl Exchange {
             route: None,
             status: 0,
             grpc_status: None,
-            received: None,
+            received: 0,
+            received_live: None,
             sent: 0,
             sent_booked: 0,
             log,
@@ -119,11 +122,16 @@ impl Exchange {
         }
     }
 
-    /// A counter the request body adds to as it streams to the upstream.
-    pub(crate) fn received_counter(&mut self) -> Arc<AtomicU64> {
-        self.received
-            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
-            .clone()
+    /// Where the request body's bytes are counted as it streams upstream: the request's own
+    /// count when a log line reports it, else the route's counter directly (no allocation).
+    pub(crate) fn received_tally(&mut self) -> Option<ByteTally> {
+        if self.log.is_some() {
+            let live = self
+                .received_live
+                .get_or_insert_with(|| Arc::new(AtomicU64::new(0)));
+            return Some(ByteTally::Request(live.clone()));
+        }
+        self.route.as_ref().map(|route| route.received_tally())
     }
 
     pub(crate) fn set_status(&mut self, status: u16) {
@@ -148,7 +156,7 @@ impl Exchange {
 
     /// Tunnel byte counts, known only when the tunnel closes.
     pub(crate) fn set_tunnel_bytes(&mut self, up: u64, down: u64) {
-        self.received_counter().store(up, Ordering::Relaxed);
+        self.received = up;
         self.sent = down;
     }
 
@@ -166,10 +174,11 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let received = self
-            .received
-            .as_ref()
-            .map_or(0, |r| r.load(Ordering::Relaxed));
+        let received = self.received
+            + self
+                .received_live
+                .as_ref()
+                .map_or(0, |live| live.load(Ordering::Relaxed));
         self.metrics.request_finished(FinishedRequest {
             route: self.route.as_deref(),
             protocol: self.protocol,

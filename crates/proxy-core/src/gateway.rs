@@ -471,23 +471,21 @@ impl Gateway {
         strip_hop_by_hop(request.headers_mut());
         // The request id ties the access-log line to the upstream's logs; without an access
         // log a client's id passes through untouched and none is made.
-        if snapshot.access_log {
-            let request_id = ensure_request_id(request.headers_mut());
-            record.exchange().set_request_details(
-                &request_id,
-                request
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str())
-                    .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok())),
-            );
-        }
+        let request_id = snapshot
+            .access_log
+            .then(|| ensure_request_id(request.headers_mut()));
         if request.method() != http::Method::CONNECT {
             if let Err(error) = normalize_request_path(&mut request) {
                 return error.into_response(grpc);
             }
         }
         let facts = Facts::of(&request, grpc);
+        let authority = facts.authority();
+        if let Some(request_id) = &request_id {
+            record
+                .exchange()
+                .set_request_details(request_id, authority.as_ref().map(|a| a.as_str()));
+        }
         let Some(route) = snapshot.routes.pick(&facts) else {
             tracing::debug!(path = facts.path(), client = %conn.peer, "no route");
             return ProxyError::NoRoute.into_response(grpc);
@@ -495,7 +493,6 @@ impl Gateway {
         let upstream = &snapshot.upstreams[route.target.upstream];
         let route_metrics = &snapshot.route_metrics[route.target.index];
         record.exchange().set_route(route_metrics);
-        let authority = facts.authority();
         let client_ip = forwarded_client(
             request.headers(),
             conn.peer.ip(),
@@ -941,10 +938,12 @@ async fn forward(
             parts.headers.remove(HOST);
         }
     }
-    let body = if http_body::Body::is_end_stream(&body) {
-        ProxyBody::Stream(body)
-    } else {
-        ProxyBody::Metered(body, record.exchange().received_counter())
+    let tally = (!http_body::Body::is_end_stream(&body))
+        .then(|| record.exchange().received_tally())
+        .flatten();
+    let body = match tally {
+        Some(tally) => ProxyBody::Metered(body, tally),
+        None => ProxyBody::Stream(body),
     };
     let request = Request::from_parts(parts, body);
     let response = upstream.send(request, authority, endpoint).await?;

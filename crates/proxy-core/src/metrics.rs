@@ -92,6 +92,29 @@ pub struct RouteMetrics {
     sent: Counter,
 }
 
+/// Where a request body's byte count goes while it streams upstream.
+#[derive(Debug)]
+pub enum ByteTally {
+    /// The request's own count, which its access-log line reports; booked to the route at
+    /// the end.
+    Request(Arc<AtomicU64>),
+    /// Straight into the route's counter: nothing per request when no log line needs it.
+    Route(Counter),
+}
+
+impl ByteTally {
+    pub(crate) fn add(&self, bytes: u64) {
+        match self {
+            ByteTally::Request(count) => {
+                count.fetch_add(bytes, Ordering::Relaxed);
+            }
+            ByteTally::Route(counter) => {
+                counter.inc_by(bytes);
+            }
+        }
+    }
+}
+
 /// Live figures for the status page.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveCounts {
@@ -347,6 +370,10 @@ impl Metrics {
 }
 
 impl RouteMetrics {
+    pub(crate) fn received_tally(&self) -> ByteTally {
+        ByteTally::Route(self.received.clone())
+    }
+
     /// Long streams book their sent bytes as they go, not only at the end.
     pub(crate) fn add_sent(&self, bytes: u64) {
         self.sent.inc_by(bytes);
