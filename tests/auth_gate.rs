@@ -280,11 +280,7 @@ fn auth_decisions_and_upstream_failures_are_counted_in_metrics() {
     assert_eq!(curl_status(&proxy, "/lineage", &[]), 503);
 
     let admin = proxy.running.address("admin");
-    let output = python(
-        "observe.py",
-        &["metrics", "--url", &format!("http://{admin}/metrics")],
-    );
-    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let samples = scrape_metrics(admin);
     let decisions = |decision: &str, reason: &str| {
         samples[format!(
             "pachgate_auth_decisions_total{{decision={decision},reason={reason},route=pachd-http-api}}"

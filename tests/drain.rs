@@ -24,14 +24,7 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
         "admin = \"127.0.0.1:0\"",
     );
     let admin = proxy.running.address("admin");
-    let readyz = || {
-        let output = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://{admin}/readyz"))
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let readyz = || http_code(&[], &format!("http://{admin}/readyz"));
     assert_eq!(readyz(), "200");
 
     let mut stream = Command::new("python3")

@@ -51,14 +51,12 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     let standins = standins();
     let proxy = pachgate_config(&config(&standins, ""), 1);
     let path = proxy.dir.path().join("pachgate.toml");
+    let ca = proxy.ca();
     let status = |route: &str| {
-        let output = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-            .arg(proxy.ca())
-            .arg(format!("https://{}{route}", proxy.target()))
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap()
+        http_code(
+            &["--cacert", ca.to_str().unwrap()],
+            &format!("https://{}{route}", proxy.target()),
+        )
     };
     assert_eq!(status("/added"), "404");
 
@@ -139,22 +137,14 @@ fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
         2,
     );
     let path = proxy.dir.path().join("pachgate.toml");
+    let ca = proxy.ca();
     let https_status = |route: &str| {
-        let output = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-            .arg(proxy.ca())
-            .arg(format!("https://{}{route}", proxy.target()))
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap()
+        http_code(
+            &["--cacert", ca.to_str().unwrap()],
+            &format!("https://{}{route}", proxy.target()),
+        )
     };
-    let plain_status = |url: String| {
-        let output = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let plain_status = |url: String| http_code(&[], &url);
 
     let client = Command::new("python3")
         .arg(repo_path("tests/clients/grpc_rotation.py"))
@@ -198,15 +188,7 @@ fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
         Duration::from_secs(10),
     );
     assert_eq!(https_status("/added"), "200");
-    let output = python(
-        "observe.py",
-        &[
-            "metrics",
-            "--url",
-            &format!("http://127.0.0.1:{admin_after}/metrics"),
-        ],
-    );
-    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let samples = scrape_metrics(format!("127.0.0.1:{admin_after}").parse().unwrap());
     assert_eq!(
         samples["pachgate_config_reloads_total{result=ok}"], 1.0,
         "{samples:#}"
@@ -247,13 +229,10 @@ fn a_configmap_style_symlink_swap_reloads() {
     let target = format!("localhost:{}", running.address("https").port());
     let ca = root.join("certs/ca.crt");
     let status = |route: &str| {
-        let output = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-            .arg(&ca)
-            .arg(format!("https://{target}{route}"))
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap()
+        http_code(
+            &["--cacert", ca.to_str().unwrap()],
+            &format!("https://{target}{route}"),
+        )
     };
     assert_eq!(status("/added"), "404");
 

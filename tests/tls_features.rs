@@ -356,11 +356,7 @@ fn certificates_rotate_under_load_and_bad_files_change_nothing() {
 
     // The reloads are counted, and the expiry series names the certificate now served.
     let admin = proxy.running.address("admin");
-    let output = python(
-        "observe.py",
-        &["metrics", "--url", &format!("http://{admin}/metrics")],
-    );
-    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let samples = scrape_metrics(admin);
     assert_eq!(
         samples["pachgate_certificate_reloads_total{result=ok}"], 1.0,
         "{samples:#}"

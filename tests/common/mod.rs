@@ -75,6 +75,11 @@ impl Running {
         let _ = self.child.wait();
     }
 
+    /// The stdout lines (after the listeners) written so far, without waiting.
+    pub fn stdout_lines_now(&self) -> Vec<String> {
+        self.stdout_lines.try_iter().collect()
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn stderr_so_far(&self) -> String {
         let mut text = String::new();
@@ -270,4 +275,25 @@ pub fn wait_for_port(addr: SocketAddr, within: Duration) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("nothing listens on {addr}");
+}
+
+/// `/metrics` at an admin address, parsed by prometheus-client's own OpenMetrics parser
+/// (tests/clients/observe.py): `"name{label=value,...}"` → value, labels sorted.
+pub fn scrape_metrics(admin: SocketAddr) -> serde_json::Value {
+    let output = python(
+        "observe.py",
+        &["metrics", "--url", &format!("http://{admin}/metrics")],
+    );
+    serde_json::from_slice(&output.stdout).expect("observe.py prints JSON")
+}
+
+/// The HTTP status curl got for `url` (`"000"`: no answer); `curl_args` go before the URL.
+pub fn http_code(curl_args: &[&str], url: &str) -> String {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(curl_args)
+        .arg(url)
+        .output()
+        .expect("curl must be installed (the README's test command installs it)");
+    String::from_utf8(output.stdout).unwrap()
 }
