@@ -49,11 +49,10 @@ struct HttpsListener {
 }
 
 /// What the status page shows besides the gateway's own state.
-#[derive(Default)]
 pub struct ServedState {
     pub certificates: ArcSwap<Vec<CertificateInfo>>,
     pub config_file: Option<PathBuf>,
-    pub started: Option<std::time::SystemTime>,
+    pub started: std::time::Instant,
 }
 
 /// The listeners of the running configuration.
@@ -331,7 +330,7 @@ pub async fn serve(
     let state = Arc::new(ServedState {
         certificates: ArcSwap::from_pointee(Vec::new()),
         config_file: config_file.clone(),
-        started: Some(std::time::SystemTime::now()),
+        started: std::time::Instant::now(),
     });
     let shape = ListenerShape::of(&runtime);
     let mut listeners = Listeners::none();

@@ -204,13 +204,13 @@ fn spawn_tunnel(
             pump(
                 client_read,
                 server_write,
-                ticket.clone(),
+                ticket.close_signal(),
                 going_away.masked()
             ),
             pump(
                 server_read,
                 client_write,
-                ticket.clone(),
+                ticket.close_signal(),
                 going_away.unmasked()
             ),
         );
@@ -239,7 +239,12 @@ const FRAME_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1
 /// Copies one direction of a tunnel. On EOF it half-closes the other side (as
 /// `copy_bidirectional` does); when the gateway says close, it finishes the frame in flight,
 /// writes `close_frame`, and shuts the direction down.
-async fn pump<R, W>(mut from: R, mut to: W, ticket: TunnelTicket, close_frame: Vec<u8>) -> PumpEnd
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    mut close_now: tokio::sync::watch::Receiver<bool>,
+    close_frame: Vec<u8>,
+) -> PumpEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -251,7 +256,6 @@ where
         closed_for_drain: false,
     };
     let mut stopping = false;
-    let mut close_now = ticket.close_signal();
     loop {
         if stopping && frames.at_boundary() {
             if to.write_all(&close_frame).await.is_ok() {
