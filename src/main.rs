@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 pub use crate::serve::serve_embedded;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::serve::shutdown_signal;
 
 #[derive(Parser)]
@@ -175,11 +178,19 @@ fn run_blocking(
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: the current-thread scheduler. It runs woken tasks in order, so the
+    // connection task that writes to a socket runs after every stream task that queued
+    // frames for it (one write for all of them), where the multi-thread scheduler's LIFO
+    // slot runs it right after the first (a write per stream). It also skips the
+    // work-stealing bookkeeping a single worker never uses.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
