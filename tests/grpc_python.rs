@@ -76,3 +76,70 @@ fn slow_upstream_gets_deadline_exceeded_from_pachgate() {
     // response_timeout bounds the wait for response headers only.
     run_check("upstream-timeout", "response_timeout = \"1s\"");
 }
+
+#[test]
+fn rolling_upstream_restart_loses_no_call() {
+    use std::process::Command;
+    use std::time::Duration;
+
+    let replica = |port: u16| {
+        let mut command = Command::new("python3");
+        command
+            .arg(repo_path("tests/clients/grpc_backend.py"))
+            .args(["--port", &port.to_string()]);
+        start(command, 1)
+    };
+    let mut old = replica(0);
+    let address = old.address("grpc-backend");
+    let proxy = pachgate(
+        &format!(
+            "[upstreams.pachd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n\n\
+             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
+        ),
+        "",
+    );
+    // Calls on a kept connection and on a new one each round, before, during and after.
+    let calls = Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_rotation.py"))
+        .args(["--target", &proxy.target(), "--ca"])
+        .arg(proxy.ca())
+        .args(["--seconds", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The new replica takes the same address; the old one leaves with a GOAWAY. pachgate's
+    // connection to it ends, and the next call opens one to the new replica.
+    let new = replica(address.port());
+    std::thread::sleep(Duration::from_millis(300));
+    old.signal("TERM");
+    let old_served = served(old.stdout_until("served", Duration::from_secs(15)));
+    assert!(old.wait_exit(Duration::from_secs(10)).is_some());
+
+    let output = calls.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "calls failed across the restart: {summary}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    new.signal("TERM");
+    let new_served = served(new.stdout_until("served", Duration::from_secs(15)));
+    assert!(old_served > 0, "the old replica answered nothing");
+    assert!(new_served > 0, "no call reached the new replica: {summary}");
+    assert_eq!(
+        old_served + new_served,
+        summary["ok"].as_u64().unwrap(),
+        "every successful call was answered by one of the replicas"
+    );
+}
+
+/// "served N" from a grpc_backend.py's last lines.
+fn served(lines: Vec<String>) -> u64 {
+    let last = lines.last().expect("a line");
+    last.trim_start_matches("served ")
+        .trim()
+        .parse()
+        .expect("served N")
+}

@@ -1,13 +1,17 @@
 //! One concrete body type for everything pachgate sends, so no body is boxed per request.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::metrics::ByteTally;
+
+/// Body errors: hyper's or h2's, boxed, so hyper finds an h2 reset reason in the chain and
+/// passes it on (a CANCEL from one side reaches the other as CANCEL).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A streamed peer body, or a small body pachgate wrote itself.
 #[derive(Debug)]
@@ -16,6 +20,8 @@ pub enum ProxyBody {
     Stream(Incoming),
     /// A client's request body on its way upstream, its data bytes counted.
     Metered(Incoming, ByteTally),
+    /// A response from an h2 upstream, read straight from its h2 stream.
+    Upstream(UpstreamBody),
     /// A body pachgate produced (error text, redirect); taken on first poll.
     Full(Option<Bytes>),
     Empty,
@@ -35,14 +41,14 @@ impl From<Incoming> for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Stream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Stream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ProxyBody::Metered(body, received) => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -50,8 +56,9 @@ impl Body for ProxyBody {
                         received.add(data.len() as u64);
                     }
                 }
-                polled
+                polled.map_err(Into::into)
             }
+            ProxyBody::Upstream(body) => body.poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Empty => Poll::Ready(None),
         }
@@ -60,6 +67,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.is_end_stream(),
+            ProxyBody::Upstream(body) => body.stream.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Empty => true,
         }
@@ -68,8 +76,48 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.size_hint(),
+            ProxyBody::Upstream(_) => SizeHint::default(),
             ProxyBody::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// An h2 upstream's response body: DATA frames, then trailers. Flow-control credit goes back
+/// to the upstream as each frame is handed on, so the client's pace (hyper polls this only
+/// when the client's window has room) is the upstream's pace.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    stream: h2::RecvStream,
+    data_done: bool,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(stream: h2::RecvStream) -> Self {
+        UpstreamBody {
+            stream,
+            data_done: false,
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if !self.data_done {
+            match ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
         }
     }
 }

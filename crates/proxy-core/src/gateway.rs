@@ -949,7 +949,7 @@ async fn forward(
     let response = upstream.send(request, authority, endpoint).await?;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, ProxyBody::Stream(body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 fn redirect_to_https(request: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {

@@ -2,26 +2,38 @@
 //! long-lived HTTP/2 connection per endpoint (no connection per request); http1 upstreams use
 //! a keep-alive pool. All upstream sockets set TCP_NODELAY: without it Nagle's algorithm and
 //! delayed ACKs stall small h2 frames (measured: 13× fewer small gRPC calls per second).
+//!
+//! h2 upstreams are spoken through the h2 crate directly, not hyper's client: a request is
+//! opened, fed and answered inside the task that serves the client's stream, where hyper's
+//! client adds a dispatch channel, a spawned task per request and another per request body
+//! (benches/README.md has the before/after).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 
 const UPSTREAM_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Request data h2 may hold for one stream beyond what the upstream's window lets out.
+const UPSTREAM_SEND_BUFFER: usize = 400 * 1024;
+/// A keepalive ping unanswered this long means the upstream connection is dead.
+const UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -88,13 +100,26 @@ pub struct UpstreamSpec {
     pub tls: Option<UpstreamTls>,
 }
 
+/// One live h2 connection to an endpoint: the handle that opens streams on it, and whether
+/// the task driving it has ended.
+struct H2Connection {
+    sender: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl H2Connection {
+    fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+}
+
 struct Endpoint {
     address: String,
     /// The address again, shareable with access-log records without a copy.
     label: Arc<str>,
     authority: Authority,
     /// The shared h2 connection; loaded lock-free on every request.
-    h2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
+    h2: ArcSwapOption<H2Connection>,
     /// Serialises reconnects so a burst after a failure opens one connection, not hundreds.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -188,7 +213,7 @@ impl Upstream {
         mut request: Request<ProxyBody>,
         authority: Option<Authority>,
         endpoint_used: &mut Option<Arc<str>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let endpoint = self.pick();
         *endpoint_used = Some(endpoint.label.clone());
         let send = async {
@@ -219,7 +244,7 @@ impl Upstream {
                         Http1Pool::Plain(pool) => pool.request(request).await,
                         Http1Pool::Tls(pool) => pool.request(request).await,
                     };
-                    result.map_err(|e| {
+                    result.map(|r| r.map(ProxyBody::Stream)).map_err(|e| {
                         if is_tls_handshake_failure(&e) {
                             ProxyError::UpstreamTls {
                                 upstream: self.spec.name.clone(),
@@ -250,66 +275,87 @@ impl Upstream {
         &self,
         endpoint: &Endpoint,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.h2_sender(endpoint).await?;
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(mut failed) => {
-                // The connection closed before the request left: nothing reached the upstream,
-                // so one more try on a fresh connection is safe even for non-idempotent calls.
-                let Some(request) = failed.take_message() else {
-                    return Err(self.failed(failed.error()));
-                };
-                endpoint.h2.store(None);
-                let mut sender = self.h2_sender(endpoint).await?;
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| self.failed(&e))
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut connection = self.h2_connection(endpoint).await?;
+        let mut sender = connection.sender.clone();
+        if poll_fn(|cx| sender.poll_ready(cx)).await.is_err() {
+            // The connection ended (closed, GOAWAY) before this request left: nothing reached
+            // the upstream, so one more try on a fresh connection is safe even for
+            // non-idempotent calls.
+            connection.closed.store(true, Ordering::Release);
+            connection = self.h2_connection(endpoint).await?;
+            sender = connection.sender.clone();
+            poll_fn(|cx| sender.poll_ready(cx))
+                .await
+                .map_err(|e| self.failed(&e))?;
+        }
+        let (head, body) = request.into_parts();
+        let end_of_stream = http_body::Body::is_end_stream(&body);
+        let (response, upload) = sender
+            .send_request(Request::from_parts(head, ()), end_of_stream)
+            .map_err(|e| self.failed(&e))?;
+        if !end_of_stream {
+            let mut pump = RequestPump { body, upload };
+            // A unary call's message usually arrives with its headers: forwarded here, it
+            // needs no task of its own. A body still arriving gets one.
+            let finished = poll_fn(|cx| Poll::Ready(Pin::new(&mut pump).poll(cx).is_ready())).await;
+            if !finished {
+                tokio::spawn(pump);
             }
         }
+        let response = response.await.map_err(|e| self.failed(&e))?;
+        Ok(response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body))))
     }
 
-    async fn h2_sender(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        if let Some(sender) = endpoint.h2.load().as_deref() {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
+    /// The endpoint's live h2 connection, or a new one.
+    async fn h2_connection(&self, endpoint: &Endpoint) -> Result<Arc<H2Connection>, ProxyError> {
+        if let Some(connection) = endpoint.h2.load_full() {
+            if connection.is_open() {
+                return Ok(connection);
             }
         }
         let _connecting = endpoint.connecting.lock().await;
-        if let Some(sender) = endpoint.h2.load().as_deref() {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
+        if let Some(connection) = endpoint.h2.load_full() {
+            if connection.is_open() {
+                return Ok(connection);
             }
         }
         let io = self.connect_io(endpoint).await?;
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            // Fixed windows rather than adaptive ones: h2 sizes its small-DATA-frame flood guard
-            // from the connection window, and the adaptive 64 KiB start trips it on streams of
+        let (sender, mut driver) = h2::client::Builder::new()
+            // Fixed windows rather than adaptive ones: h2 sizes its small-DATA-frame flood
+            // guard from the connection window, and a 64 KiB start trips it on streams of
             // small gRPC messages (see ServerLimits::h2_connection_window).
-            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+            .initial_window_size(UPSTREAM_STREAM_WINDOW)
             .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
             .max_frame_size(256 * 1024)
-            .keep_alive_interval(self.spec.h2_keepalive_interval)
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(io))
+            .max_send_buffer_size(UPSTREAM_SEND_BUFFER)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| self.connect_error(endpoint, &e))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let keepalive = self
+            .spec
+            .h2_keepalive_interval
+            .and_then(|every| Some((every, driver.ping_pong()?)));
         let name = self.spec.name.clone();
+        let closed_flag = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream = %name, error = %e, "upstream h2 connection ended");
+            let ended = match keepalive {
+                None => driver.await.map_err(|e| e.to_string()),
+                Some((every, pings)) => tokio::select! {
+                    ended = driver => ended.map_err(|e| e.to_string()),
+                    silent = ping_until_silent(pings, every) => Err(silent),
+                },
+            };
+            closed_flag.store(true, Ordering::Release);
+            if let Err(error) = ended {
+                tracing::debug!(upstream = %name, %error, "upstream h2 connection ended");
             }
         });
-        endpoint.h2.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        let connection = Arc::new(H2Connection { sender, closed });
+        endpoint.h2.store(Some(connection.clone()));
+        Ok(connection)
     }
 
     async fn connect_tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
@@ -383,6 +429,91 @@ impl Upstream {
             reason: error_chain(error),
         }
     }
+}
+
+/// Pings an upstream h2 connection every `every`; returns why once a ping goes unanswered
+/// (dropping the connection then closes it, and its streams end with an error).
+async fn ping_until_silent(mut pings: h2::PingPong, every: Duration) -> String {
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(UPSTREAM_KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await
+        {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return format!("keepalive ping failed: {e}"),
+            Err(_) => return format!("no keepalive pong within {UPSTREAM_KEEPALIVE_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Feeds a client's request body into its upstream h2 stream: DATA as the upstream's window
+/// allows (no more is pulled from the client meanwhile), then trailers or end of stream. A
+/// client's reset reaches the upstream with its reason; an upstream's reset stops the feed.
+struct RequestPump {
+    body: ProxyBody,
+    upload: h2::SendStream<Bytes>,
+}
+
+impl Future for RequestPump {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            // Room for at least one byte before the next frame is taken from the client; h2
+            // holds what exceeds the window (up to UPSTREAM_SEND_BUFFER) until credit comes.
+            this.upload.reserve_capacity(1);
+            if this.upload.capacity() == 0 {
+                loop {
+                    match ready!(this.upload.poll_capacity(cx)) {
+                        Some(Ok(0)) => {}
+                        Some(Ok(_)) => break,
+                        // The stream is over on the upstream's side (reset or closed).
+                        Some(Err(_)) | None => return Poll::Ready(()),
+                    }
+                }
+            } else if let Poll::Ready(reset) = this.upload.poll_reset(cx) {
+                tracing::debug!(?reset, "upstream reset a stream mid-request");
+                return Poll::Ready(());
+            }
+            let frame = match ready!(http_body::Body::poll_frame(Pin::new(&mut this.body), cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    this.upload.send_reset(h2_reason(&*error));
+                    return Poll::Ready(());
+                }
+                None => {
+                    let _ = this.upload.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let end_of_stream = http_body::Body::is_end_stream(&this.body);
+                    if this.upload.send_data(data, end_of_stream).is_err() || end_of_stream {
+                        return Poll::Ready(());
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = this.upload.send_trailers(trailers);
+                    }
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+/// The h2 reason inside an error chain (a client's CANCEL, say), else INTERNAL_ERROR.
+fn h2_reason(error: &(dyn std::error::Error + 'static)) -> h2::Reason {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        current = e.source();
+    }
+    h2::Reason::INTERNAL_ERROR
 }
 
 /// Keep-alive pools for HTTP/1.1 upstreams, plain or TLS.
