@@ -7,6 +7,7 @@ mod demo;
 mod local;
 mod logging;
 mod serve;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,17 +107,20 @@ fn main() -> ExitCode {
         Command::Serve { config } => match config::load(&config) {
             Ok(runtime) => {
                 logging::set_access_format(runtime.access_log);
-                run_blocking(runtime.worker_threads, async move {
-                    serve::serve(runtime, None, Some(config)).await
-                })
+                // The main thread runs the control plane; serve() starts the proxy workers.
+                run_on(
+                    1,
+                    async move { serve::serve(runtime, None, Some(config)).await },
+                )
             }
             Err(errors) => report_config_errors(&errors),
         },
         Command::Cert {
             command: CertCommand::Generate { out, hosts },
         } => generate_cert(&out, &hosts),
-        Command::Demo(args) => run_blocking(None, demo::run(args)),
-        Command::Local(args) => run_blocking(None, local::run(args)),
+        // Both serve an embedded config: the proxy work runs on serve()'s workers.
+        Command::Demo(args) => run_on(1, demo::run(args)),
+        Command::Local(args) => run_on(1, local::run(args)),
         Command::Bench { workload, threads } => run_blocking(threads, async move {
             let report = pachgate_bench::run(workload).await?;
             // A run with failures or without a single success is not a measurement.
@@ -151,7 +155,7 @@ fn report_config_errors(errors: &[config::ConfigError]) -> ExitCode {
 
 /// Worker threads: `PACHGATE_WORKER_THREADS`, else the config's `runtime.worker_threads`,
 /// else one per core.
-fn worker_threads(configured: Option<usize>) -> Result<usize, String> {
+pub(crate) fn worker_threads(configured: Option<usize>) -> Result<usize, String> {
     if let Ok(value) = std::env::var("PACHGATE_WORKER_THREADS") {
         return match value.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
@@ -171,18 +175,19 @@ fn run_blocking(
     configured_threads: Option<usize>,
     task: impl std::future::Future<Output = Result<(), String>>,
 ) -> ExitCode {
-    let threads = match worker_threads(configured_threads) {
-        Ok(n) => n,
+    match worker_threads(configured_threads) {
+        Ok(threads) => run_on(threads, task),
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    // One worker: the current-thread scheduler. It runs woken tasks in order, so the
-    // connection task that writes to a socket runs after every stream task that queued
-    // frames for it (one write for all of them), where the multi-thread scheduler's LIFO
-    // slot runs it right after the first (a write per stream). It also skips the
-    // work-stealing bookkeeping a single worker never uses.
+    }
+}
+
+fn run_on(threads: usize, task: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    // One thread: the current-thread scheduler, cheaper per task for the reasons in
+    // src/workers.rs (serve's control plane, a one-thread load generator). More: the
+    // multi-thread one (`bench --threads N`).
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

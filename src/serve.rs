@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ListenerTlsSource, RuntimeConfig};
+use crate::workers::{OwnedTasks, Workers};
 
 /// The re-check behind the file-system watch on certificate files, in case an event is
 /// missed (network file systems, for example).
@@ -24,20 +25,10 @@ const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Kubernetes ConfigMap); the file is read once they settle.
 const CONFIG_SETTLE: Duration = Duration::from_millis(300);
 
-/// A task that ends when its owner drops it: dropping a listener's task closes its socket
-/// (connections already accepted live in their own tasks and are not touched).
-struct OwnedTask(JoinHandle<()>);
-
-impl Drop for OwnedTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 struct BoundListener {
     /// The address as configured (`:0` stays `:0`), compared on reload.
     configured: SocketAddr,
-    _accepting: OwnedTask,
+    _accepting: OwnedTasks,
 }
 
 struct HttpsListener {
@@ -45,7 +36,7 @@ struct HttpsListener {
     bound: SocketAddr,
     source: ListenerTlsSource,
     config: Arc<ArcSwap<ServerConfig>>,
-    _certificate_watch: OwnedTask,
+    _certificate_watch: OwnedTasks,
 }
 
 /// What the status page shows besides the gateway's own state.
@@ -55,11 +46,12 @@ pub struct ServedState {
     pub started: std::time::Instant,
 }
 
-/// The listeners of the running configuration.
+/// The listeners of the running configuration, and the workers that accept on them.
 struct Listeners {
     https: Option<HttpsListener>,
     http: Option<BoundListener>,
     admin: Option<BoundListener>,
+    workers: Workers,
 }
 
 /// Listener work prepared before anything running is touched, so that a reload that fails
@@ -74,11 +66,12 @@ struct Prepared {
 }
 
 impl Listeners {
-    fn none() -> Self {
+    fn none(workers: Workers) -> Self {
         Listeners {
             https: None,
             http: None,
             admin: None,
+            workers,
         }
     }
 
@@ -148,9 +141,12 @@ impl Listeners {
         match (runtime.http, http_socket) {
             (None, _) => self.http = None,
             (Some((configured, _)), Some(socket)) => {
+                let gateway = gateway.clone();
                 self.http = Some(BoundListener {
                     configured,
-                    _accepting: OwnedTask(tokio::spawn(gateway.clone().serve_plain(socket))),
+                    _accepting: self
+                        .workers
+                        .accept_on_all(socket, move |socket| gateway.clone().serve_plain(socket))?,
                 })
             }
             (Some(_), None) => {}
@@ -160,7 +156,9 @@ impl Listeners {
             (Some(configured), Some(socket)) => {
                 self.admin = Some(BoundListener {
                     configured,
-                    _accepting: OwnedTask(tokio::spawn(crate::admin::serve(
+                    // The admin listener stays on the control runtime: a busy worker does not
+                    // delay /healthz.
+                    _accepting: OwnedTasks::one(tokio::spawn(crate::admin::serve(
                         socket,
                         gateway.clone(),
                         state.clone(),
@@ -185,7 +183,7 @@ impl Listeners {
         let mut fresh_tls = None;
         if let Some((source, handle)) = tls {
             let handle = Arc::new(handle);
-            let watch = OwnedTask(tokio::spawn(handle.clone().watch(
+            let watch = OwnedTasks::one(tokio::spawn(handle.clone().watch(
                 CERTIFICATE_RECHECK,
                 certificate_observer(gateway, state, &handle),
             )));
@@ -203,14 +201,18 @@ impl Listeners {
             return Ok(());
         };
         let bound = socket.local_addr().map_err(|e| e.to_string())?;
+        let serve_tls = |config: Arc<ArcSwap<ServerConfig>>| {
+            let gateway = gateway.clone();
+            move |socket| gateway.clone().serve_tls(socket, config.clone())
+        };
         match (&mut self.https, fresh_tls) {
             (Some(https), _) => {
                 https.bound = bound;
                 https.socket = BoundListener {
                     configured,
-                    _accepting: OwnedTask(tokio::spawn(
-                        gateway.clone().serve_tls(socket, https.config.clone()),
-                    )),
+                    _accepting: self
+                        .workers
+                        .accept_on_all(socket, serve_tls(https.config.clone()))?,
                 };
             }
             (None, Some((source, config, watch))) => {
@@ -218,9 +220,9 @@ impl Listeners {
                 self.https = Some(HttpsListener {
                     socket: BoundListener {
                         configured,
-                        _accepting: OwnedTask(tokio::spawn(
-                            gateway.clone().serve_tls(socket, config.clone()),
-                        )),
+                        _accepting: self
+                            .workers
+                            .accept_on_all(socket, serve_tls(config.clone()))?,
                     },
                     bound,
                     source,
@@ -333,7 +335,8 @@ pub async fn serve(
         started: std::time::Instant::now(),
     });
     let shape = ListenerShape::of(&runtime);
-    let mut listeners = Listeners::none();
+    let workers = Workers::start(crate::worker_threads(runtime.worker_threads)?)?;
+    let mut listeners = Listeners::none(workers);
     let prepared = listeners.prepare(&shape).await?;
     let https_bound = prepared.https_bound;
     let snapshot = runtime
@@ -355,7 +358,7 @@ pub async fn serve(
             state: state.clone(),
             listeners: listeners.clone(),
         };
-        OwnedTask(tokio::spawn(reloader.run(hangups)))
+        OwnedTasks::one(tokio::spawn(reloader.run(hangups)))
     });
 
     shutdown_signal().await;

@@ -191,8 +191,8 @@ pub fn pachgate(body: &str, extra_listen: &str) -> Proxy {
     std::fs::write(&path, config).unwrap();
     let mut command = Command::new(BIN);
     command.args(["serve", "--config"]).arg(&path);
-    // One worker runs the current-thread scheduler, more the multi-thread one: the tests
-    // started here use the first, `pachgate_config` the second, so both are exercised.
+    // One worker here, two in `pachgate_config` (both accepting on the same sockets), so
+    // both shapes are exercised.
     command.env("PACHGATE_WORKER_THREADS", "1");
     if let Ok(level) = std::env::var("PACHGATE_TEST_LOG") {
         command.env("PACHGATE_LOG", level);
