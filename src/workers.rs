@@ -1,7 +1,7 @@
 //! Proxy workers: one thread per worker, each running its own current-thread Tokio runtime
 //! and accepting on the same listening sockets (the way nginx, HAProxy and Envoy run one
-//! event loop per core). A connection, its streams and the upstream connections it opens
-//! stay on the worker that accepted it.
+//! event loop per core). A connection and its streams stay on the worker that accepted it,
+//! and each worker keeps its own h2 connection to each upstream endpoint.
 //!
 //! Why not Tokio's multi-thread scheduler: it runs a woken task from a LIFO slot right away,
 //! so a connection task wrote to its socket after each stream task queued a frame for it
@@ -61,6 +61,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("pachgate-worker-{index}"))
                 .spawn(move || {
+                    pachgate_proxy_core::set_worker_index(index);
                     // Dropping the runtime at the end drops whatever it still runs.
                     let _ = runtime.block_on(stopped);
                 })

@@ -26,4 +26,4 @@ pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{
     Cidr, CidrSet, PachydermAuthSettings, RateLimiter, StaticTokens, WhenAuthDisabled,
 };
-pub use upstream::{UpstreamProtocol, UpstreamSpec, UpstreamTls};
+pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};

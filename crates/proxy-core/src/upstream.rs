@@ -113,15 +113,43 @@ impl H2Connection {
     }
 }
 
+/// Workers keep their own h2 connection to each endpoint (a stream is then driven by the
+/// thread that serves its client, with no wake-up crossing threads); workers past this many
+/// share by index.
+const WORKER_SLOTS: usize = 64;
+
+thread_local! {
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tells this thread which worker it is, so its requests use that worker's upstream
+/// connections. Threads that never call it count as worker 0.
+pub fn set_worker_index(index: usize) {
+    WORKER_INDEX.with(|cell| cell.set(index));
+}
+
+/// One worker's connection to one endpoint.
+#[derive(Default)]
+struct H2Slot {
+    /// Loaded lock-free on every request.
+    connection: ArcSwapOption<H2Connection>,
+    /// Serialises reconnects so a burst after a failure opens one connection, not hundreds.
+    connecting: tokio::sync::Mutex<()>,
+}
+
 struct Endpoint {
     address: String,
     /// The address again, shareable with access-log records without a copy.
     label: Arc<str>,
     authority: Authority,
-    /// The shared h2 connection; loaded lock-free on every request.
-    h2: ArcSwapOption<H2Connection>,
-    /// Serialises reconnects so a burst after a failure opens one connection, not hundreds.
-    connecting: tokio::sync::Mutex<()>,
+    /// h2 connections, one per worker (empty for HTTP/1.1 upstreams, which use the pool).
+    h2: Box<[H2Slot]>,
+}
+
+impl Endpoint {
+    fn h2_slot(&self) -> &H2Slot {
+        &self.h2[WORKER_INDEX.with(|cell| cell.get()) % self.h2.len()]
+    }
 }
 
 pub struct Upstream {
@@ -147,8 +175,11 @@ impl Upstream {
                     address: address.clone(),
                     label: Arc::from(address.as_str()),
                     authority,
-                    h2: ArcSwapOption::empty(),
-                    connecting: tokio::sync::Mutex::new(()),
+                    h2: if spec.protocol.is_h2() {
+                        (0..WORKER_SLOTS).map(|_| H2Slot::default()).collect()
+                    } else {
+                        Box::new([])
+                    },
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -307,15 +338,16 @@ impl Upstream {
         Ok(response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body))))
     }
 
-    /// The endpoint's live h2 connection, or a new one.
+    /// This worker's live h2 connection to the endpoint, or a new one.
     async fn h2_connection(&self, endpoint: &Endpoint) -> Result<Arc<H2Connection>, ProxyError> {
-        if let Some(connection) = endpoint.h2.load_full() {
+        let slot = endpoint.h2_slot();
+        if let Some(connection) = slot.connection.load_full() {
             if connection.is_open() {
                 return Ok(connection);
             }
         }
-        let _connecting = endpoint.connecting.lock().await;
-        if let Some(connection) = endpoint.h2.load_full() {
+        let _connecting = slot.connecting.lock().await;
+        if let Some(connection) = slot.connection.load_full() {
             if connection.is_open() {
                 return Ok(connection);
             }
@@ -354,7 +386,7 @@ impl Upstream {
             }
         });
         let connection = Arc::new(H2Connection { sender, closed });
-        endpoint.h2.store(Some(connection.clone()));
+        slot.connection.store(Some(connection.clone()));
         Ok(connection)
     }
 
