@@ -2,9 +2,9 @@
 //! echo, HTTP/1.1 and h2 requests, and TLS connection workloads (held idle connections,
 //! handshake rate), against any target — pachgate, another proxy, or a backend directly.
 //!
-//! Closed loop by default; `--rate` switches to an open loop on a fixed schedule, and latency
-//! is then measured from each call's scheduled start, so a stalled target cannot hide its
-//! queueing (coordinated omission). It measures; it does not judge.
+//! Closed loop by default; `--rate` switches to an open loop on a fixed schedule, and a call
+//! that starts behind schedule is measured from its scheduled start, so a stalled target
+//! cannot hide its queueing (coordinated omission). It measures; it does not judge.
 
 mod connect;
 mod driver;
