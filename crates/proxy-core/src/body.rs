@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -83,13 +83,22 @@ impl Body for ProxyBody {
     }
 }
 
+/// Small DATA frames already waiting are passed on as one frame of up to this many bytes.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
 /// An h2 upstream's response body: DATA frames, then trailers. Flow-control credit goes back
 /// to the upstream as each frame is handed on, so the client's pace (hyper polls this only
 /// when the client's window has room) is the upstream's pace.
+///
+/// Small frames that have already arrived are joined (never waited for): a server stream of
+/// small gRPC messages comes one DATA frame per message, and every frame forwarded costs a
+/// frame's bookkeeping on both sides.
 #[derive(Debug)]
 pub struct UpstreamBody {
     stream: h2::RecvStream,
     data_done: bool,
+    /// An error met while joining frames, reported after the data before it.
+    failed: Option<h2::Error>,
 }
 
 impl UpstreamBody {
@@ -97,6 +106,7 @@ impl UpstreamBody {
         UpstreamBody {
             stream,
             data_done: false,
+            failed: None,
         }
     }
 
@@ -104,9 +114,13 @@ impl UpstreamBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(error) = self.failed.take() {
+            return Poll::Ready(Some(Err(error.into())));
+        }
         if !self.data_done {
             match ready!(self.stream.poll_data(cx)) {
                 Some(Ok(data)) => {
+                    let data = self.join_waiting(data, cx);
                     let _ = self.stream.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -119,5 +133,34 @@ impl UpstreamBody {
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e.into()))),
         }
+    }
+
+    /// `first`, followed by the DATA frames that have already arrived, up to COALESCE_LIMIT.
+    fn join_waiting(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        if first.len() >= COALESCE_LIMIT {
+            return first;
+        }
+        let mut joined: Option<BytesMut> = None;
+        while joined.as_ref().map_or(first.len(), BytesMut::len) < COALESCE_LIMIT {
+            match self.stream.poll_data(cx) {
+                Poll::Ready(Some(Ok(more))) => joined
+                    .get_or_insert_with(|| {
+                        let mut buffer = BytesMut::with_capacity(COALESCE_LIMIT);
+                        buffer.extend_from_slice(&first);
+                        buffer
+                    })
+                    .extend_from_slice(&more),
+                Poll::Ready(Some(Err(error))) => {
+                    self.failed = Some(error);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    self.data_done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        joined.map_or(first, BytesMut::freeze)
     }
 }
