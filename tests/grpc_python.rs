@@ -112,10 +112,24 @@ fn rolling_upstream_restart_loses_no_call() {
     // connection to it ends, and the next call opens one to the new replica.
     let new = replica(address.port());
     std::thread::sleep(Duration::from_millis(300));
+    // A slow call keeps pachgate's connection to the old replica open after its GOAWAY, so
+    // the calls that follow find that connection still there, refused: each must go out on
+    // a new connection (to the new replica) instead of failing.
+    let slow = Command::new("python3")
+        .args(["-c", SLOW_CALL, &proxy.target()])
+        .arg(proxy.ca())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     old.signal("TERM");
     let old_served = served(old.stdout_until("served", Duration::from_secs(15)));
     assert!(old.wait_exit(Duration::from_secs(10)).is_some());
 
+    let slow = slow.wait_with_output().unwrap();
+    assert!(
+        slow.status.success(),
+        "the slow call on the old replica failed"
+    );
     let output = calls.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -134,6 +148,11 @@ fn rolling_upstream_restart_loses_no_call() {
         "every successful call was answered by one of the replicas"
     );
 }
+
+/// One call to grpc_backend.py's slow method through pachgate: `python3 -c SLOW_CALL TARGET CA`.
+const SLOW_CALL: &str = "import sys, grpc\n\
+ch = grpc.secure_channel(sys.argv[1], grpc.ssl_channel_credentials(open(sys.argv[2], 'rb').read()))\n\
+ch.unary_unary('/pachgate.test.Slow/Wait')(b'', timeout=20)\n";
 
 /// "served N" from a grpc_backend.py's last lines.
 fn served(lines: Vec<String>) -> u64 {

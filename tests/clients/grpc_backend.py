@@ -1,6 +1,7 @@
 """A plain grpcio server standing in for one pachd replica during a rolling restart.
 
-Answers /versionpb_v2.API/GetVersion with an empty message and prints
+Answers /versionpb_v2.API/GetVersion with an empty message (and /pachgate.test.Slow/Wait
+after 3 seconds, to keep a connection busy through a shutdown), and prints
 "grpc-backend listening on ADDR" on stdout. Binds with SO_REUSEPORT, so a second replica can
 take the same address, as a new pod takes over a Service's endpoint. On SIGTERM it stops the
 way grpc servers do: GOAWAY to every connection, in-flight calls finish, then it prints
@@ -12,6 +13,7 @@ usage: grpc_backend.py [--port PORT]   (0, the default: any free port)
 import argparse
 import signal
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -31,12 +33,19 @@ def main():
             served += 1
         return b""
 
+    def wait(request, context):
+        time.sleep(3)
+        return b""
+
     handler = grpc.method_handlers_generic_handler(
         "versionpb_v2.API", {"GetVersion": grpc.unary_unary_rpc_method_handler(get_version)}
     )
+    slow = grpc.method_handlers_generic_handler(
+        "pachgate.test.Slow", {"Wait": grpc.unary_unary_rpc_method_handler(wait)}
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.so_reuseport", 1)])
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((handler, slow))
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"grpc-backend listening on 127.0.0.1:{port}", flush=True)
