@@ -49,20 +49,7 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
     let mut websocket_lines = BufReader::new(websocket.stdout.take().unwrap()).lines();
     assert_eq!(websocket_lines.next().unwrap().unwrap(), "open");
 
-    let client_loop = Command::new("python3")
-        .arg(repo_path("tests/clients/grpc_rotation.py"))
-        .args([
-            "--target",
-            &proxy.target(),
-            "--seconds",
-            "30",
-            "--drain",
-            "--ca",
-        ])
-        .arg(proxy.ca())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client_loop = start_call_loop(&proxy.target(), &proxy.ca(), 30, &["--drain"]);
     std::thread::sleep(Duration::from_millis(800));
 
     proxy.running.signal("TERM");
@@ -79,13 +66,8 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
         status.success(),
         "the in-flight stream was cut by the drain"
     );
-    let summary = client_loop.wait_with_output().unwrap();
-    let summary_text = String::from_utf8_lossy(&summary.stdout);
-    assert!(
-        summary.status.success(),
-        "an accepted call failed during the drain: {summary_text}"
-    );
-    assert!(summary_text.contains("\"refused\": true"), "{summary_text}");
+    let summary = finish_call_loop(client_loop, "an accepted call failed during the drain");
+    assert_eq!(summary["refused"], true, "{summary}");
 
     let status = websocket.wait().unwrap();
     let closed_line = websocket_lines

@@ -99,14 +99,7 @@ fn rolling_upstream_restart_loses_no_call() {
         "",
     );
     // Calls on a kept connection and on a new one each round, before, during and after.
-    let calls = Command::new("python3")
-        .arg(repo_path("tests/clients/grpc_rotation.py"))
-        .args(["--target", &proxy.target(), "--ca"])
-        .arg(proxy.ca())
-        .args(["--seconds", "6"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let calls = start_call_loop(&proxy.target(), &proxy.ca(), 6, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     // The new replica takes the same address; the old one leaves with a GOAWAY. pachgate's
     // connection to it ends, and the next call opens one to the new replica.
@@ -130,13 +123,7 @@ fn rolling_upstream_restart_loses_no_call() {
         slow.status.success(),
         "the slow call on the old replica failed"
     );
-    let output = calls.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "calls failed across the restart: {summary}"
-    );
-    let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    let summary = finish_call_loop(calls, "calls failed across the restart");
     assert_eq!(summary["failed"], 0, "{summary}");
     new.signal("TERM");
     let new_served = served(new.stdout_until("served", Duration::from_secs(15)));

@@ -60,13 +60,7 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     };
     assert_eq!(status("/added"), "404");
 
-    let client = Command::new("python3")
-        .arg(repo_path("tests/clients/grpc_rotation.py"))
-        .args(["--target", &proxy.target(), "--seconds", "8", "--ca"])
-        .arg(proxy.ca())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = start_call_loop(&proxy.target(), &proxy.ca(), 8, &[]);
 
     std::thread::sleep(Duration::from_secs(1));
     std::fs::write(&path, config(&standins, ADDED)).unwrap();
@@ -100,12 +94,7 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(status("/fixed"), "200");
 
-    let output = client.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "calls failed during reloads: {summary}"
-    );
+    finish_call_loop(client, "calls failed during reloads");
 }
 
 /// Collects stderr until a line contains `needle`.
@@ -146,13 +135,7 @@ fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
     };
     let plain_status = |url: String| http_code(&[], &url);
 
-    let client = Command::new("python3")
-        .arg(repo_path("tests/clients/grpc_rotation.py"))
-        .args(["--target", &proxy.target(), "--seconds", "8", "--ca"])
-        .arg(proxy.ca())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = start_call_loop(&proxy.target(), &proxy.ca(), 8, &[]);
     std::thread::sleep(Duration::from_secs(1));
 
     // A route added, a plaintext listener added and the admin listener moved: no signal.
@@ -198,12 +181,7 @@ fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
         "{samples:#}"
     );
 
-    let output = client.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "calls failed during reloads: {summary}"
-    );
+    finish_call_loop(client, "calls failed during reloads");
 }
 
 /// A Kubernetes ConfigMap volume: `pachgate.toml -> ..data/pachgate.toml`, and an update

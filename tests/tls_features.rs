@@ -315,19 +315,7 @@ fn certificates_rotate_under_load_and_bad_files_change_nothing() {
     let port = proxy.https().port();
     assert!(presented_names(port, Some("localhost"), dir.path()).contains("DNS:v1.example"));
 
-    let client = Command::new("python3")
-        .arg(repo_path("tests/clients/grpc_rotation.py"))
-        .args([
-            "--target",
-            &format!("localhost:{port}"),
-            "--seconds",
-            "12",
-            "--ca",
-        ])
-        .arg(&bundle)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = start_call_loop(&format!("localhost:{port}"), &bundle, 12, &[]);
 
     std::thread::sleep(std::time::Duration::from_secs(2));
     point_data_at(&secret, "v2");
@@ -343,13 +331,8 @@ fn certificates_rotate_under_load_and_bad_files_change_nothing() {
         "a bad file replaced the certificate: {names}"
     );
 
-    let output = client.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "calls failed during rotation: {summary}"
-    );
-    assert!(summary.contains("\"failed\": 0"), "{summary}");
+    let summary = finish_call_loop(client, "calls failed during rotation");
+    assert_eq!(summary["failed"], 0, "{summary}");
     let log = proxy.running.stderr_so_far();
     assert!(log.contains("TLS certificates reloaded"), "{log}");
     assert!(log.contains("refused"), "{log}");

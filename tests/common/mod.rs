@@ -259,6 +259,34 @@ pub fn grpc_check_at(target: &str, ca: &Path, check: &str) -> Output {
 }
 
 /// A loopback port that was free a moment ago, for peers that cannot report their own.
+/// Starts a steady loop of gRPC calls (tests/clients/grpc_rotation.py) for `seconds`: a kept
+/// connection and a new one each round. `extra` adds flags (`--drain`).
+pub fn start_call_loop(target: &str, ca: &Path, seconds: u32, extra: &[&str]) -> Child {
+    Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_rotation.py"))
+        .args([
+            "--target",
+            target,
+            "--seconds",
+            &seconds.to_string(),
+            "--ca",
+        ])
+        .arg(ca)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs grpc_rotation.py")
+}
+
+/// Waits for a call loop to end; panics with `what` and its summary if a call failed.
+/// Returns the summary (`ok`, `failed`, `new_connections`, `refused`, `errors`).
+pub fn finish_call_loop(call_loop: Child, what: &str) -> serde_json::Value {
+    let output = call_loop.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{what}: {text}");
+    serde_json::from_str(text.trim()).expect("grpc_rotation.py prints JSON")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
