@@ -17,10 +17,12 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 pub use crate::serve::serve_embedded;
+use crate::serve::shutdown_signal;
 
+/// mimalloc (built with `no_thp`): less CPU per request than glibc's malloc, and no
+/// transparent huge pages, which would raise memory per idle connection (benches/README.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use crate::serve::shutdown_signal;
 
 #[derive(Parser)]
 #[command(

@@ -12,7 +12,6 @@
 //! runs on the main thread's runtime.
 
 use std::future::Future;
-use std::thread::JoinHandle as ThreadHandle;
 
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -39,8 +38,8 @@ impl Drop for OwnedTasks {
 
 struct Worker {
     runtime: Handle,
+    /// Ends the worker's thread (its runtime, and whatever still runs on it, is dropped).
     stop: Option<oneshot::Sender<()>>,
-    _thread: ThreadHandle<()>,
 }
 
 pub struct Workers {
@@ -58,7 +57,7 @@ impl Workers {
                 .map_err(|e| format!("cannot start worker runtime {index}: {e}"))?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("pachgate-worker-{index}"))
                 .spawn(move || {
                     pachgate_proxy_core::set_worker_index(index);
@@ -69,7 +68,6 @@ impl Workers {
             workers.push(Worker {
                 runtime: handle,
                 stop: Some(stop),
-                _thread: thread,
             });
         }
         Ok(Workers { workers })
