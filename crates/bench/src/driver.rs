@@ -38,9 +38,12 @@ pub struct Shared {
 /// A latency histogram shared by the workers of one thread.
 type SharedHistogram = Arc<Mutex<Histogram<u64>>>;
 
-/// Latency in µs, 3 significant digits, up to an hour.
+/// The longest latency a histogram holds: an hour, in µs.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Latency in µs, 3 significant digits, up to MAX_LATENCY_US.
 fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
 }
 
 thread_local! {
@@ -160,7 +163,7 @@ impl Recorder {
             .latency_us
             .lock()
             .expect("latency histogram")
-            .record(micros.min(3_600_000_000));
+            .record(micros.min(MAX_LATENCY_US));
         self.ok += 1;
         self.units += units;
         self.shared.ok.fetch_add(1, Ordering::Relaxed);
