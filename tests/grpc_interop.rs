@@ -160,6 +160,54 @@ fn interop_cases_pass_to_a_tls_upstream_and_a_wrong_ca_is_unavailable() {
     drop(server);
 }
 
+/// `pachgate bench grpc` runs its own h2 client (crates/bench/src/h2_calls.rs); here it
+/// drives gRPC core (the Ruby interop server over TLS), another h2 implementation than the
+/// one pachgate serves with: HPACK tables, flow control on bodies larger than every window,
+/// and a non-zero grpc-status counted as a failure.
+#[test]
+fn bench_client_drives_the_grpc_core_server() {
+    let dir = interop_dir();
+    let (server, port) = interop_server(&dir, true);
+    let testdata = dir.join("../../spec/testdata");
+    let target = format!("https://127.0.0.1:{port}");
+    let ca = testdata.join("ca.pem");
+    let run = |method: &str, size: &str, requests: &str| {
+        let output = Command::new(BIN)
+            .args(["bench", "grpc", "--target", &target, "--ca"])
+            .arg(&ca)
+            .args(["--server-name", "foo.test.google.fr", "--method", method])
+            .args(["--size", size, "--requests", requests])
+            .args(["--connections", "2", "--streams", "8", "--json", "--quiet"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr))
+        });
+        (output.status.success(), report)
+    };
+    // EmptyCall ignores the request's payload field, so any size is a valid request.
+    for (size, requests) in [("16", "2000"), ("1000000", "64")] {
+        let (success, report) = run("/grpc.testing.TestService/EmptyCall", size, requests);
+        assert!(success, "{report}");
+        assert_eq!(
+            report["ok"].as_u64(),
+            Some(requests.parse().unwrap()),
+            "{report}"
+        );
+        assert!(report["errors"].as_object().unwrap().is_empty(), "{report}");
+    }
+    let (success, report) = run("/grpc.testing.TestService/Missing", "16", "100");
+    assert!(!success, "{report}");
+    assert_eq!(report["ok"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        report["errors"]["grpc-status 12"].as_u64(),
+        Some(100),
+        "{report}"
+    );
+    drop(server);
+}
+
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {

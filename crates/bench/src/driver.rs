@@ -97,32 +97,44 @@ impl Shared {
         self.deadline
     }
 
-    /// Waits for the next operation's slot. Returns the instant latency is measured from
-    /// (in an open loop: its scheduled start when the generator is behind schedule, else the
-    /// moment it starts), or `None` when the run is over.
-    pub async fn next(&self) -> Option<Instant> {
+    /// Takes the next operation's ticket: whether to start now, at a scheduled instant (open
+    /// loop, ahead of schedule), or not at all (the run is over).
+    pub fn claim(&self) -> Slot {
         if self.stopped.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
-            return None;
+            return Slot::Done;
         }
         let ticket = self.issued.fetch_add(1, Ordering::Relaxed);
         if self.plan.requests.is_some_and(|limit| ticket >= limit) {
-            return None;
+            return Slot::Done;
         }
         match self.plan.rate {
-            None => Some(Instant::now()),
+            None => Slot::Now(Instant::now()),
             Some(rate) => {
                 let at = self.start + Duration::from_secs_f64(ticket as f64 / rate);
                 if at >= self.deadline {
-                    return None;
+                    return Slot::Done;
                 }
                 if Instant::now() >= at {
                     // Behind schedule (every worker was busy: the target's queue): measured
                     // from the schedule, so a stall cannot hide (coordinated omission).
-                    return Some(at);
+                    return Slot::Now(at);
                 }
-                // On time: measured from the moment the call starts. The timer wakes on its
-                // 1 ms tick after `at`; that lateness is the generator's, not the target's,
-                // and counted in it blurred every proxy's p50 by up to a millisecond.
+                // On time: the caller waits for `at`, then measures from the moment the
+                // operation starts. The timer wakes on its 1 ms tick after `at`; that
+                // lateness is the generator's, not the target's, and counted in it blurred
+                // every proxy's p50 by up to a millisecond.
+                Slot::At(at)
+            }
+        }
+    }
+
+    /// Waits for the next operation's slot. Returns the instant latency is measured from
+    /// (see [`Slot`]), or `None` when the run is over.
+    pub async fn next(&self) -> Option<Instant> {
+        match self.claim() {
+            Slot::Done => None,
+            Slot::Now(started) => Some(started),
+            Slot::At(at) => {
                 tokio::time::sleep_until(at.into()).await;
                 Some(Instant::now())
             }
@@ -133,6 +145,16 @@ impl Shared {
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
     }
+}
+
+/// What a claimed ticket says.
+pub enum Slot {
+    /// The run is over: start nothing.
+    Done,
+    /// Start now; latency counts from this instant (now, or the missed schedule).
+    Now(Instant),
+    /// Open loop, ahead of schedule: wait until this instant, then start and count from then.
+    At(Instant),
 }
 
 /// One worker's results, merged into the report at the end.

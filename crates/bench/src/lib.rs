@@ -9,6 +9,7 @@
 mod connect;
 mod driver;
 mod grpc;
+mod h2_calls;
 mod http;
 mod report;
 mod ws;
@@ -167,7 +168,10 @@ pub async fn run(command: BenchCommand) -> Result<Report, String> {
         report.table()
     };
     // A closed stdout (`| head`) is the reader's choice, not a reason to panic.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    let mut stdout = std::io::stdout();
+    let _ = std::io::Write::write_all(&mut stdout, text.as_bytes());
+    // Before any error line on stderr, so the two read in order on a terminal.
+    let _ = std::io::Write::flush(&mut stdout);
     Ok(report)
 }
 

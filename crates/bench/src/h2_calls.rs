@@ -1,0 +1,935 @@
+//! A purpose-built h2 client connection for gRPC load: one task drives every call on its
+//! connection, the request's header block is HPACK-encoded once per connection, and reads and
+//! writes are batched per wake-up.
+//!
+//! The h2 crate's client keeps, per call, a task of ours, a stream slab entry, a `HeaderMap`
+//! built and HPACK-encoded, another decoded, and wake-ups between the call's task and the
+//! connection's; h2load does none of that, and cost less CPU per call than the generator did
+//! (benches/README.md). This connection speaks only what a gRPC call needs — HEADERS, DATA,
+//! trailers, both levels of flow control, SETTINGS, PING, RST_STREAM and GOAWAY — and decodes
+//! every response header block with a full HPACK decoder (loona-hpack), so any server's
+//! dynamic table and Huffman coding are understood.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+
+const CANCEL: u32 = 0x8;
+
+/// Our receive windows and largest frame: as the proxy's upstream side sets them.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+const MAX_FRAME: u32 = 256 * 1024;
+/// RFC 9113 defaults, until the server's SETTINGS say otherwise.
+const DEFAULT_WINDOW: u32 = 65_535;
+const DEFAULT_MAX_FRAME: u32 = 16_384;
+const DEFAULT_TABLE_SIZE: usize = 4_096;
+/// HPACK's per-entry overhead in the dynamic table size (RFC 7541 §4.1).
+const ENTRY_OVERHEAD: usize = 32;
+
+/// Request headers beyond the fixed ones: (lower-case name, value).
+pub type Metadata = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What every call on a connection sends.
+pub struct CallSpec {
+    pub https: bool,
+    pub authority: String,
+    pub path: String,
+    /// Extra request headers (gRPC metadata), lower-case names.
+    pub metadata: Metadata,
+    /// The request body: one length-prefixed gRPC message.
+    pub body: Bytes,
+}
+
+/// A finished call: when it started, and its response messages or what went wrong.
+pub type Completion = (Instant, Result<u64, String>);
+
+/// The request header block, encoded once: the first call inserts the varying fields into
+/// the server's HPACK table, later calls name them by index (a header block of a few bytes).
+struct RequestBlocks {
+    first: Vec<u8>,
+    repeat: Vec<u8>,
+    /// Dynamic table bytes the first block claims on the server.
+    table_bytes: usize,
+}
+
+impl RequestBlocks {
+    fn encode(spec: &CallSpec, peer_table_size: usize) -> Self {
+        // (static-table index of the name, or 0 for a literal name; name; value)
+        let mut fields: Vec<(usize, &[u8], &[u8])> = vec![
+            (1, b":authority", spec.authority.as_bytes()),
+            (4, b":path", spec.path.as_bytes()),
+            (31, b"content-type", b"application/grpc"),
+            (0, b"te", b"trailers"),
+        ];
+        for (name, value) in &spec.metadata {
+            fields.push((0, name, value));
+        }
+        let table_bytes: usize = fields
+            .iter()
+            .map(|(_, name, value)| ENTRY_OVERHEAD + name.len() + value.len())
+            .sum();
+        let scheme = if spec.https { 0x87 } else { 0x86 };
+        let mut first = Vec::new();
+        if peer_table_size < DEFAULT_TABLE_SIZE {
+            // The server shrank its table: an encoder must say it follows (RFC 7541 §4.2).
+            put_integer(&mut first, 0x20, 5, peer_table_size);
+        }
+        let mut repeat = Vec::new();
+        for block in [&mut first, &mut repeat] {
+            block.push(0x82 + 1); // :method POST, static index 3
+            block.push(scheme);
+        }
+        let indexing = table_bytes <= peer_table_size;
+        for (static_index, name, value) in &fields {
+            // With indexing: literal with incremental indexing (6-bit prefix, 0x40);
+            // without: literal without indexing (4-bit prefix, 0x00), sent every time.
+            let (pattern, prefix) = if indexing { (0x40, 6) } else { (0x00, 4) };
+            let mut literal = Vec::new();
+            put_integer(&mut literal, pattern, prefix, *static_index);
+            if *static_index == 0 {
+                put_string(&mut literal, name);
+            }
+            put_string(&mut literal, value);
+            first.extend_from_slice(&literal);
+            if !indexing {
+                repeat.extend_from_slice(&literal);
+            }
+        }
+        if indexing {
+            // The newest entry has index 62; the first inserted is the oldest.
+            for position in 0..fields.len() {
+                put_integer(&mut repeat, 0x80, 7, 62 + fields.len() - 1 - position);
+            }
+        }
+        RequestBlocks {
+            first,
+            repeat,
+            table_bytes: if indexing { table_bytes } else { 0 },
+        }
+    }
+}
+
+/// An HPACK integer (RFC 7541 §5.1) with `pattern` in the bits above the prefix.
+fn put_integer(out: &mut Vec<u8>, pattern: u8, prefix_bits: u32, mut value: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(pattern | value as u8);
+        return;
+    }
+    out.push(pattern | max as u8);
+    value -= max;
+    while value >= 0x80 {
+        out.push((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// An HPACK string literal, not Huffman-coded.
+fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_integer(out, 0x00, 7, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// One call in flight.
+struct Call {
+    started: Instant,
+    /// Request body bytes already sent.
+    body_sent: usize,
+    send_window: i64,
+    /// Response bytes received and not yet returned to the server's stream window.
+    unacknowledged: u32,
+    /// The response's `:status`, once its headers arrived.
+    status: Option<u16>,
+    messages: MessageCounter,
+}
+
+struct PeerSettings {
+    max_concurrent_streams: u32,
+    initial_window: u32,
+    max_frame: u32,
+    table_size: usize,
+}
+
+/// One h2 connection and the calls running on it.
+pub struct Connection<S> {
+    io: S,
+    spec: std::sync::Arc<CallSpec>,
+    read_buf: Vec<u8>,
+    read_start: usize,
+    read_end: usize,
+    write_buf: Vec<u8>,
+    write_pos: usize,
+    needs_flush: bool,
+    decoder: loona_hpack::Decoder<'static>,
+    /// A header block split over CONTINUATION frames: its stream, END_STREAM, the bytes.
+    continuing: Option<(u32, bool)>,
+    header_block: Vec<u8>,
+    calls: HashMap<u32, Call>,
+    /// Calls whose request body waits for flow-control credit, oldest first.
+    blocked: VecDeque<u32>,
+    next_stream: u32,
+    peer: PeerSettings,
+    peer_settings_seen: bool,
+    send_window: i64,
+    unacknowledged: u32,
+    requests: Option<RequestBlocks>,
+    sent_first: bool,
+    /// GOAWAY arrived: no new calls.
+    going_away: bool,
+    /// Finished calls not yet taken by the driver.
+    completions: Vec<Completion>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Sends the preface and our settings, and waits for the server's settings.
+    pub async fn handshake(io: S, spec: std::sync::Arc<CallSpec>) -> Result<Self, String> {
+        let mut connection = Connection {
+            io,
+            spec,
+            read_buf: vec![0; 64 * 1024],
+            read_start: 0,
+            read_end: 0,
+            write_buf: Vec::with_capacity(64 * 1024),
+            write_pos: 0,
+            needs_flush: false,
+            decoder: loona_hpack::Decoder::new(),
+            continuing: None,
+            header_block: Vec::new(),
+            calls: HashMap::new(),
+            blocked: VecDeque::new(),
+            next_stream: 1,
+            peer: PeerSettings {
+                max_concurrent_streams: u32::MAX,
+                initial_window: DEFAULT_WINDOW,
+                max_frame: DEFAULT_MAX_FRAME,
+                table_size: DEFAULT_TABLE_SIZE,
+            },
+            peer_settings_seen: false,
+            send_window: DEFAULT_WINDOW as i64,
+            unacknowledged: 0,
+            requests: None,
+            sent_first: false,
+            going_away: false,
+            completions: Vec::new(),
+        };
+        connection
+            .decoder
+            .set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
+        connection.write_buf.extend_from_slice(PREFACE);
+        let settings = [
+            (SETTINGS_ENABLE_PUSH, 0),
+            (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+            (SETTINGS_MAX_FRAME_SIZE, MAX_FRAME),
+        ];
+        connection.put_frame_header(settings.len() * 6, SETTINGS, 0, 0);
+        for (id, value) in settings {
+            connection.write_buf.extend_from_slice(&id.to_be_bytes());
+            connection.write_buf.extend_from_slice(&value.to_be_bytes());
+        }
+        connection.put_window_update(0, CONNECTION_WINDOW - DEFAULT_WINDOW);
+        poll_fn(|cx| {
+            while !connection.peer_settings_seen {
+                if let Poll::Ready(Err(e)) = connection.poll_flush(cx) {
+                    return Poll::Ready(Err(transport(&e)));
+                }
+                match connection.poll_read(cx) {
+                    Poll::Ready(Ok(())) => connection.process_frames()?,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        connection.requests = Some(RequestBlocks::encode(
+            &connection.spec,
+            connection.peer.table_size,
+        ));
+        Ok(connection)
+    }
+
+    /// Whether another call may start: the server's stream limit and ours, no GOAWAY.
+    pub fn can_start(&self, streams: usize) -> bool {
+        self.accepting()
+            && self.calls.len() < streams.min(self.peer.max_concurrent_streams as usize)
+    }
+
+    /// Whether this connection may ever start another call (no GOAWAY, stream ids left).
+    pub fn accepting(&self) -> bool {
+        !self.going_away && self.next_stream <= i32::MAX as u32
+    }
+
+    pub fn active(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn take_completions(&mut self) -> std::vec::Drain<'_, Completion> {
+        self.completions.drain(..)
+    }
+
+    /// Starts a call, measured from `started`: its HEADERS, and as much of its body as the
+    /// windows allow.
+    pub fn start(&mut self, started: Instant) {
+        let stream = self.next_stream;
+        self.next_stream += 2;
+        let requests = self.requests.take().expect("handshake encoded the request");
+        let block = if self.sent_first {
+            &requests.repeat
+        } else {
+            self.sent_first = true;
+            &requests.first
+        };
+        let end_stream = if self.spec.body.is_empty() {
+            END_STREAM
+        } else {
+            0
+        };
+        self.put_header_block(stream, block, end_stream);
+        self.requests = Some(requests);
+        self.calls.insert(
+            stream,
+            Call {
+                started,
+                body_sent: 0,
+                send_window: self.peer.initial_window as i64,
+                unacknowledged: 0,
+                status: None,
+                messages: MessageCounter::default(),
+            },
+        );
+        if !self.spec.body.is_empty() && !self.send_body(stream) {
+            self.blocked.push_back(stream);
+        }
+    }
+
+    /// Writes what is queued, reads what arrived, and handles it. `Ready(Ok(true))`: frames
+    /// were handled (completions may be waiting, calls may have room); `Pending`: nothing
+    /// more until a wake-up; an error ends the connection.
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+            return Poll::Ready(Err(transport(&e)));
+        }
+        match self.poll_read(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(self.process_frames()),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Ends every call still running with `error` (the connection failed).
+    pub fn fail_all(&mut self, error: &str) {
+        for (_, call) in self.calls.drain() {
+            self.completions
+                .push((call.started, Err(error.to_string())));
+        }
+        self.blocked.clear();
+    }
+
+    /// Says goodbye (GOAWAY, NO_ERROR) and closes the connection, best effort.
+    pub async fn close(mut self) {
+        let last_stream = self.next_stream.saturating_sub(2);
+        self.put_frame_header(8, GOAWAY, 0, 0);
+        self.write_buf.extend_from_slice(&last_stream.to_be_bytes());
+        self.write_buf.extend_from_slice(&0u32.to_be_bytes());
+        // Bounded: a target that stopped reading must not hold the run open.
+        let goodbye = async {
+            let _ = poll_fn(|cx| self.poll_flush(cx)).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.io).await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), goodbye).await;
+    }
+
+    /// Writes the queued frames; `Ready(Ok)` once all of them are out.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.write_pos < self.write_buf.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.io).poll_write(cx, &self.write_buf[self.write_pos..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.write_pos += n;
+            self.needs_flush = true;
+        }
+        self.write_buf.clear();
+        self.write_pos = 0;
+        if self.needs_flush {
+            // TLS keeps what the socket did not take; flushing writes it.
+            std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.needs_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads once into the buffer behind any partial frame.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        if self.read_start == self.read_end {
+            self.read_start = 0;
+            self.read_end = 0;
+        }
+        let pending = self.read_end - self.read_start;
+        let needed = if pending >= FRAME_HEADER {
+            // A longer frame is refused when it is parsed; no buffer grows for it.
+            FRAME_HEADER + frame_length(&self.read_buf[self.read_start..]).min(MAX_FRAME as usize)
+        } else {
+            FRAME_HEADER
+        };
+        if self.read_buf.len() - self.read_start < needed
+            || self.read_buf.len() - self.read_end < 4096
+        {
+            self.read_buf.copy_within(self.read_start..self.read_end, 0);
+            self.read_start = 0;
+            self.read_end = pending;
+            if self.read_buf.len() < needed + 4096 {
+                self.read_buf.resize(needed + 4096, 0);
+            }
+        }
+        let mut buf = ReadBuf::new(&mut self.read_buf[self.read_end..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                Poll::Ready(Err("transport: connection closed".into()))
+            }
+            Poll::Ready(Ok(())) => {
+                self.read_end += buf.filled().len();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(transport(&e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Handles every whole frame in the read buffer.
+    fn process_frames(&mut self) -> Result<(), String> {
+        let buffer = std::mem::take(&mut self.read_buf);
+        let result = (|| {
+            while self.read_end - self.read_start >= FRAME_HEADER {
+                let header = &buffer[self.read_start..self.read_start + FRAME_HEADER];
+                let length = frame_length(header);
+                let kind = header[3];
+                if !self.peer_settings_seen && kind != SETTINGS {
+                    return Err("protocol: the target did not open with h2 SETTINGS \
+                                (not an h2 server?)"
+                        .into());
+                }
+                if length > MAX_FRAME as usize {
+                    return Err(format!("protocol: {length}-byte frame over our limit"));
+                }
+                if self.read_end - self.read_start < FRAME_HEADER + length {
+                    break;
+                }
+                let flags = header[4];
+                let stream =
+                    u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+                let start = self.read_start + FRAME_HEADER;
+                self.read_start = start + length;
+                self.frame(kind, flags, stream, &buffer[start..start + length])?;
+            }
+            Ok(())
+        })();
+        self.read_buf = buffer;
+        result
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<(), String> {
+        if self.continuing.is_some() && kind != CONTINUATION {
+            return Err("protocol: header block interrupted".into());
+        }
+        match kind {
+            DATA => self.data(flags, stream, payload),
+            HEADERS => {
+                let (block, _) = unpad(flags, payload, if flags & PRIORITY != 0 { 5 } else { 0 })?;
+                if flags & END_HEADERS != 0 {
+                    self.header_block_done(stream, block, flags & END_STREAM != 0)
+                } else {
+                    self.header_block.clear();
+                    self.header_block.extend_from_slice(block);
+                    self.continuing = Some((stream, flags & END_STREAM != 0));
+                    Ok(())
+                }
+            }
+            CONTINUATION => {
+                let Some((open, end_stream)) = self.continuing else {
+                    return Err("protocol: CONTINUATION without HEADERS".into());
+                };
+                if open != stream {
+                    return Err("protocol: CONTINUATION on another stream".into());
+                }
+                self.header_block.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    self.continuing = None;
+                    let block = std::mem::take(&mut self.header_block);
+                    let result = self.header_block_done(stream, &block, end_stream);
+                    self.header_block = block;
+                    result
+                } else {
+                    Ok(())
+                }
+            }
+            RST_STREAM => {
+                let code = be_u32(payload)?;
+                self.end_call(
+                    stream,
+                    Err(format!("transport: reset {:?}", h2::Reason::from(code))),
+                );
+                Ok(())
+            }
+            SETTINGS => {
+                if flags & ACK == 0 {
+                    self.settings(payload)?;
+                    self.put_frame_header(0, SETTINGS, ACK, 0);
+                }
+                Ok(())
+            }
+            PING => {
+                if flags & ACK == 0 {
+                    self.put_frame_header(payload.len(), PING, ACK, 0);
+                    self.write_buf.extend_from_slice(payload);
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                let last_stream = be_u32(payload)? & 0x7fff_ffff;
+                let code = be_u32(&payload[4..])?;
+                self.going_away = true;
+                let refused: Vec<u32> = self
+                    .calls
+                    .keys()
+                    .copied()
+                    .filter(|id| *id > last_stream)
+                    .collect();
+                for id in refused {
+                    self.end_call(
+                        id,
+                        Err(format!("transport: goaway {:?}", h2::Reason::from(code))),
+                    );
+                }
+                Ok(())
+            }
+            WINDOW_UPDATE => {
+                let increment = (be_u32(payload)? & 0x7fff_ffff) as i64;
+                if stream == 0 {
+                    self.send_window += increment;
+                } else if let Some(call) = self.calls.get_mut(&stream) {
+                    call.send_window += increment;
+                }
+                self.send_blocked();
+                Ok(())
+            }
+            PUSH_PROMISE => Err("protocol: PUSH_PROMISE though push is off".into()),
+            // PRIORITY and frame types we do not know are ignored, as RFC 9113 asks.
+            _ => Ok(()),
+        }
+    }
+
+    fn data(&mut self, flags: u8, stream: u32, payload: &[u8]) -> Result<(), String> {
+        // Flow control counts the whole payload, padding included, known stream or not.
+        self.unacknowledged += payload.len() as u32;
+        if self.unacknowledged >= CONNECTION_WINDOW / 4 {
+            let increment = std::mem::take(&mut self.unacknowledged);
+            self.put_window_update(0, increment);
+        }
+        let (data, _) = unpad(flags, payload, 0)?;
+        let end_stream = flags & END_STREAM != 0;
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return Ok(()); // a call we already ended
+        };
+        call.messages.feed(data);
+        if end_stream {
+            self.cancel(stream, true);
+            self.end_call(stream, Err("no grpc-status".into()));
+            return Ok(());
+        }
+        call.unacknowledged += payload.len() as u32;
+        if call.unacknowledged >= STREAM_WINDOW / 4 {
+            let increment = std::mem::take(&mut call.unacknowledged);
+            self.put_window_update(stream, increment);
+        }
+        Ok(())
+    }
+
+    /// Decodes a response header block (always, to keep the HPACK table in step) and ends
+    /// the call when it carries the gRPC status.
+    fn header_block_done(
+        &mut self,
+        stream: u32,
+        block: &[u8],
+        end_stream: bool,
+    ) -> Result<(), String> {
+        let mut status = None;
+        let mut grpc_status: Option<Result<u32, String>> = None;
+        self.decoder
+            .decode_with_cb(block, |name, value| match &*name {
+                b":status" => status = parse_number(&value).map(|s| s as u16),
+                b"grpc-status" => {
+                    grpc_status = Some(parse_number(&value).ok_or_else(|| lossy(value)));
+                }
+                _ => {}
+            })
+            .map_err(|e| format!("protocol: hpack: {e}"))?;
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return Ok(());
+        };
+        if call.status.is_none() {
+            match status {
+                Some(100..=199) => return Ok(()), // informational; the real headers follow
+                Some(200) => call.status = Some(200),
+                Some(other) => {
+                    self.cancel(stream, end_stream);
+                    self.end_call(stream, Err(format!("http status {other}")));
+                    return Ok(());
+                }
+                None => {
+                    self.cancel(stream, end_stream);
+                    self.end_call(stream, Err("protocol: response without :status".into()));
+                    return Ok(());
+                }
+            }
+        }
+        let outcome = match grpc_status {
+            None if !end_stream => return Ok(()), // response headers; messages follow
+            None => Err("no grpc-status".to_string()),
+            Some(Ok(0)) => Ok(call.messages.messages),
+            Some(Ok(code)) => Err(format!("grpc-status {code}")),
+            Some(Err(text)) => Err(format!("grpc-status {text}")),
+        };
+        // A status before the stream's end (trailers-only without END_STREAM) still ends it.
+        self.cancel(stream, end_stream);
+        self.end_call(stream, outcome);
+        Ok(())
+    }
+
+    fn settings(&mut self, payload: &[u8]) -> Result<(), String> {
+        if !payload.len().is_multiple_of(6) {
+            return Err("protocol: SETTINGS length".into());
+        }
+        for entry in payload.chunks_exact(6) {
+            let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
+            match u16::from_be_bytes([entry[0], entry[1]]) {
+                SETTINGS_HEADER_TABLE_SIZE => {
+                    let size = value as usize;
+                    if self.requests.as_ref().is_some_and(|r| size < r.table_bytes) {
+                        return Err(
+                            "protocol: server shrank its HPACK table under the request's entries"
+                                .into(),
+                        );
+                    }
+                    if self.requests.is_none() {
+                        self.peer.table_size = size;
+                    }
+                }
+                SETTINGS_MAX_CONCURRENT_STREAMS => self.peer.max_concurrent_streams = value,
+                SETTINGS_INITIAL_WINDOW_SIZE => {
+                    let delta = value as i64 - self.peer.initial_window as i64;
+                    self.peer.initial_window = value;
+                    for call in self.calls.values_mut() {
+                        call.send_window += delta;
+                    }
+                    self.send_blocked();
+                }
+                SETTINGS_MAX_FRAME_SIZE => self.peer.max_frame = value,
+                _ => {}
+            }
+        }
+        self.peer_settings_seen = true;
+        Ok(())
+    }
+
+    /// Sends as much of the call's body as both windows allow; true once all of it is out.
+    fn send_body(&mut self, stream: u32) -> bool {
+        let body = self.spec.body.clone();
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return true;
+        };
+        while call.body_sent < body.len() {
+            let room = self.send_window.min(call.send_window).max(0) as usize;
+            let n = (body.len() - call.body_sent)
+                .min(room)
+                .min(self.peer.max_frame as usize);
+            if n == 0 {
+                return false;
+            }
+            let end = call.body_sent + n == body.len();
+            let flags = if end { END_STREAM } else { 0 };
+            self.send_window -= n as i64;
+            call.send_window -= n as i64;
+            put_frame_header(&mut self.write_buf, n, DATA, flags, stream);
+            self.write_buf
+                .extend_from_slice(&body[call.body_sent..call.body_sent + n]);
+            call.body_sent += n;
+        }
+        true
+    }
+
+    fn send_blocked(&mut self) {
+        for _ in 0..self.blocked.len() {
+            let Some(stream) = self.blocked.pop_front() else {
+                break;
+            };
+            if !self.send_body(stream) {
+                self.blocked.push_back(stream);
+            }
+        }
+    }
+
+    /// Resets a call's stream unless both sides are done with it: the server ended it and
+    /// all of the request body went out (a server may answer before reading the whole
+    /// request; the stream would stay open on its side otherwise).
+    fn cancel(&mut self, stream: u32, ended_by_server: bool) {
+        let body_left = self
+            .calls
+            .get(&stream)
+            .is_some_and(|call| call.body_sent < self.spec.body.len());
+        if !ended_by_server || body_left {
+            self.put_frame_header(4, RST_STREAM, 0, stream);
+            self.write_buf.extend_from_slice(&CANCEL.to_be_bytes());
+        }
+    }
+
+    fn end_call(&mut self, stream: u32, outcome: Result<u64, String>) {
+        if let Some(call) = self.calls.remove(&stream) {
+            self.completions.push((call.started, outcome));
+            if call.body_sent < self.spec.body.len() {
+                self.blocked.retain(|id| *id != stream);
+            }
+        }
+    }
+
+    fn put_header_block(&mut self, stream: u32, block: &[u8], end_stream: u8) {
+        let max = self.peer.max_frame as usize;
+        let mut chunks = block.chunks(max.max(1));
+        let first = chunks.next().unwrap_or(&[]);
+        let rest = chunks.len();
+        let flags = end_stream | if rest == 0 { END_HEADERS } else { 0 };
+        put_frame_header(&mut self.write_buf, first.len(), HEADERS, flags, stream);
+        self.write_buf.extend_from_slice(first);
+        for (i, chunk) in chunks.enumerate() {
+            let flags = if i + 1 == rest { END_HEADERS } else { 0 };
+            put_frame_header(
+                &mut self.write_buf,
+                chunk.len(),
+                CONTINUATION,
+                flags,
+                stream,
+            );
+            self.write_buf.extend_from_slice(chunk);
+        }
+    }
+
+    fn put_window_update(&mut self, stream: u32, increment: u32) {
+        self.put_frame_header(4, WINDOW_UPDATE, 0, stream);
+        self.write_buf.extend_from_slice(&increment.to_be_bytes());
+    }
+
+    fn put_frame_header(&mut self, length: usize, kind: u8, flags: u8, stream: u32) {
+        put_frame_header(&mut self.write_buf, length, kind, flags, stream);
+    }
+}
+
+fn put_frame_header(out: &mut Vec<u8>, length: usize, kind: u8, flags: u8, stream: u32) {
+    out.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+}
+
+fn frame_length(header: &[u8]) -> usize {
+    u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize
+}
+
+fn be_u32(bytes: &[u8]) -> Result<u32, String> {
+    bytes
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| "protocol: frame too short".to_string())
+}
+
+/// The payload without its padding (and `skip` bytes of priority fields after the pad
+/// length), and the pad length.
+fn unpad(flags: u8, payload: &[u8], skip: usize) -> Result<(&[u8], usize), String> {
+    let (pad, rest) = if flags & PADDED != 0 {
+        match payload.split_first() {
+            Some((pad, rest)) => (*pad as usize, rest),
+            None => return Err("protocol: padded frame without pad length".into()),
+        }
+    } else {
+        (0, payload)
+    };
+    if rest.len() < pad + skip {
+        return Err("protocol: padding longer than the frame".into());
+    }
+    Ok((&rest[skip..rest.len() - pad], pad))
+}
+
+fn parse_number(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+fn lossy(value: Cow<'_, [u8]>) -> String {
+    String::from_utf8_lossy(&value).into_owned()
+}
+
+fn transport(error: &io::Error) -> String {
+    format!("transport: {}", error.kind())
+}
+
+/// Counts length-prefixed gRPC messages across DATA chunks.
+#[derive(Default)]
+pub struct MessageCounter {
+    pub messages: u64,
+    header: [u8; 5],
+    header_filled: usize,
+    body_remaining: usize,
+}
+
+impl MessageCounter {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.body_remaining > 0 {
+                let take = self.body_remaining.min(data.len());
+                self.body_remaining -= take;
+                data = &data[take..];
+                continue;
+            }
+            let take = (5 - self.header_filled).min(data.len());
+            self.header[self.header_filled..self.header_filled + take]
+                .copy_from_slice(&data[..take]);
+            self.header_filled += take;
+            data = &data[take..];
+            if self.header_filled == 5 {
+                self.header_filled = 0;
+                self.messages += 1;
+                self.body_remaining = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_messages_across_chunk_boundaries() {
+        let mut stream = Vec::new();
+        for len in [0u32, 3, 70000, 1] {
+            stream.push(0);
+            stream.extend_from_slice(&len.to_be_bytes());
+            stream.extend(std::iter::repeat_n(7u8, len as usize));
+        }
+        for piece in [1, 2, 5, 7, 4096, stream.len()] {
+            let mut counter = MessageCounter::default();
+            for chunk in stream.chunks(piece) {
+                counter.feed(chunk);
+            }
+            assert_eq!(counter.messages, 4, "piece {piece}");
+        }
+    }
+
+    fn spec(metadata: Metadata) -> CallSpec {
+        CallSpec {
+            https: true,
+            authority: "localhost:8443".into(),
+            path: "/pachgate.standin.Echo/Unary".into(),
+            metadata,
+            body: Bytes::new(),
+        }
+    }
+
+    /// Decodes `blocks` in order with an independent HPACK decoder, as a server would.
+    fn decode(blocks: &[&[u8]], table_size: usize) -> Vec<Vec<(String, String)>> {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_table_size(table_size);
+        blocks
+            .iter()
+            .map(|block| {
+                decoder
+                    .decode(block)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(n, v)| (lossy(n.into()), lossy(v.into())))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn later_calls_name_the_first_calls_headers_by_index() {
+        let spec = spec(vec![(b"authn-token".to_vec(), b"secret".to_vec())]);
+        let blocks = RequestBlocks::encode(&spec, DEFAULT_TABLE_SIZE);
+        assert!(blocks.repeat.len() < 10, "{:?}", blocks.repeat);
+        let decoded = decode(&[&blocks.first, &blocks.repeat, &blocks.repeat], 4096);
+        let expected: Vec<(String, String)> = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "localhost:8443"),
+            (":path", "/pachgate.standin.Echo/Unary"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("authn-token", "secret"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        for headers in decoded {
+            assert_eq!(headers, expected);
+        }
+    }
+
+    #[test]
+    fn a_small_server_table_gets_literals_every_time() {
+        let long = vec![b'v'; 300];
+        let spec = spec(vec![(b"x-long".to_vec(), long.clone())]);
+        let blocks = RequestBlocks::encode(&spec, 256);
+        assert_eq!(blocks.table_bytes, 0);
+        let decoded = decode(&[&blocks.first, &blocks.repeat], 256);
+        assert_eq!(decoded[0], decoded[1]);
+        assert_eq!(decoded[0][6].1.as_bytes(), &long[..]);
+    }
+
+    #[test]
+    fn integers_past_their_prefix_continue_in_seven_bit_groups() {
+        // RFC 7541 C.1.2: 1337 with a 5-bit prefix.
+        let mut out = Vec::new();
+        put_integer(&mut out, 0, 5, 1337);
+        assert_eq!(out, [0x1f, 0x9a, 0x0a]);
+    }
+}
