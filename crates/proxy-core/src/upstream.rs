@@ -325,16 +325,25 @@ impl Upstream {
         let (response, upload) = sender
             .send_request(Request::from_parts(head, ()), end_of_stream)
             .map_err(|e| self.failed(&e))?;
-        if !end_of_stream {
-            let mut pump = RequestPump { body, upload };
-            // A unary call's message usually arrives with its headers: forwarded here, it
-            // needs no task of its own. A body still arriving gets one.
-            let finished = poll_fn(|cx| Poll::Ready(Pin::new(&mut pump).poll(cx).is_ready())).await;
-            if !finished {
-                tokio::spawn(pump);
+        // The request body is forwarded from this task while the response is awaited: a
+        // unary call's message arrives with its headers or just after them, and needs no
+        // task of its own. Only a body still going when the response headers arrive (a
+        // client or bidi stream) gets one.
+        let mut pump = (!end_of_stream).then_some(RequestPump { body, upload });
+        let mut response = response;
+        let response = poll_fn(|cx| {
+            if let Some(running) = pump.as_mut() {
+                if Pin::new(running).poll(cx).is_ready() {
+                    pump = None;
+                }
             }
+            Pin::new(&mut response).poll(cx)
+        })
+        .await;
+        let response = response.map_err(|e| self.failed(&e))?;
+        if let Some(pump) = pump {
+            tokio::spawn(pump);
         }
-        let response = response.await.map_err(|e| self.failed(&e))?;
         Ok(response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body))))
     }
 
