@@ -12,7 +12,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -105,110 +105,11 @@ pub struct UpstreamSpec {
 struct H2Connection {
     sender: h2::client::SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
-    driver: Arc<SharedDriver>,
-    /// Requests sent on this connection, for `nudge`'s pace.
-    sent: AtomicUsize,
 }
 
 impl H2Connection {
     fn is_open(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
-    }
-
-    /// Called after each request is handed to h2: every NUDGE_EVERY requests, writes what is
-    /// queued (and reads what has arrived) from the calling task instead of waiting for the
-    /// connection's own task.
-    ///
-    /// On a worker's current-thread runtime the connection task runs once per round of the
-    /// run queue, after every stream task woken in that round: a burst of calls went to the
-    /// upstream as one write at the end of the round, the upstream worked while the proxy
-    /// waited, then the other way round. Writing every few requests lets the two overlap.
-    fn nudge(&self) {
-        if self.sent.fetch_add(1, Ordering::Relaxed) % NUDGE_EVERY == NUDGE_EVERY - 1 {
-            self.driver.poll_from_elsewhere();
-        }
-    }
-}
-
-/// Requests per `H2Connection::nudge`. Under the unary workload (256 calls in flight, one
-/// worker) every 8, 16 or 32 gave 104k–111k calls/s against 95k without; every 4 wrote too
-/// often (101k), every 64 too seldom (103k).
-const NUDGE_EVERY: usize = 16;
-
-type H2Driver = h2::client::Connection<Box<dyn UpstreamIo>, Bytes>;
-
-/// An upstream h2 connection's driver, polled by its own task and, now and then, by a
-/// stream task (`H2Connection::nudge`) with the driver task's waker, so every wake-up still
-/// reaches the driver task.
-struct SharedDriver {
-    state: std::sync::Mutex<DriverState>,
-}
-
-struct DriverState {
-    /// Dropped (closing the socket) as soon as the connection has ended.
-    driver: Option<H2Driver>,
-    /// The driver task's waker, from its last poll.
-    waker: Option<Waker>,
-    /// The connection's end, when a stream task's poll saw it first.
-    ended: Option<Result<(), h2::Error>>,
-}
-
-impl SharedDriver {
-    fn new(driver: H2Driver) -> Self {
-        SharedDriver {
-            state: std::sync::Mutex::new(DriverState {
-                driver: Some(driver),
-                waker: None,
-                ended: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, DriverState> {
-        // A panic inside h2 must not leave every later request stuck on a poisoned lock.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The driver task's poll.
-    fn poll_driver(&self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
-        let mut state = self.lock();
-        if let Some(ended) = state.ended.take() {
-            return Poll::Ready(ended);
-        }
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            state.waker = Some(cx.waker().clone());
-        }
-        let Some(driver) = state.driver.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let polled = Pin::new(driver).poll(cx);
-        if polled.is_ready() {
-            state.driver = None;
-        }
-        polled
-    }
-
-    /// A stream task's poll, with the driver task's waker; an end it sees is handed to the
-    /// driver task.
-    fn poll_from_elsewhere(&self) {
-        let mut state = self.lock();
-        let Some(waker) = state.waker.clone() else {
-            return; // the driver task has not run yet
-        };
-        let Some(driver) = state.driver.as_mut() else {
-            return;
-        };
-        if let Poll::Ready(ended) = Pin::new(driver).poll(&mut Context::from_waker(&waker)) {
-            state.driver = None;
-            state.ended = Some(ended);
-            waker.wake();
-        }
     }
 }
 
@@ -429,13 +330,6 @@ impl Upstream {
         // task of its own. Only a body still going when the response headers arrive (a
         // client or bidi stream) gets one.
         let mut pump = (!end_of_stream).then_some(RequestPump { body, upload });
-        if let Some(running) = pump.as_mut() {
-            // Queued before the nudge, so a unary call's message leaves with its headers.
-            if poll_fn(|cx| Poll::Ready(Pin::new(&mut *running).poll(cx).is_ready())).await {
-                pump = None;
-            }
-        }
-        connection.nudge();
         let mut response = response;
         let response = poll_fn(|cx| {
             if let Some(running) = pump.as_mut() {
@@ -487,10 +381,7 @@ impl Upstream {
             .and_then(|every| Some((every, driver.ping_pong()?)));
         let name = self.spec.name.clone();
         let closed_flag = closed.clone();
-        let shared = Arc::new(SharedDriver::new(driver));
-        let polled = shared.clone();
         tokio::spawn(async move {
-            let driver = poll_fn(|cx| polled.poll_driver(cx));
             let ended = match keepalive {
                 None => driver.await.map_err(|e| e.to_string()),
                 Some((every, pings)) => tokio::select! {
@@ -503,12 +394,7 @@ impl Upstream {
                 tracing::debug!(upstream = %name, %error, "upstream h2 connection ended");
             }
         });
-        let connection = Arc::new(H2Connection {
-            sender,
-            closed,
-            driver: shared,
-            sent: AtomicUsize::new(0),
-        });
+        let connection = Arc::new(H2Connection { sender, closed });
         slot.connection.store(Some(connection.clone()));
         Ok(connection)
     }
