@@ -391,6 +391,42 @@ fn generated_certificates_serve_and_are_trusted_by_grpcio() {
     );
 }
 
+/// The listener chooses the cipher suite: AES-128-GCM (TLS 1.3's mandatory suite) even for
+/// a client that lists AES-256-GCM first, as OpenSSL's and rustls' clients do; a client
+/// that offers only AES-256-GCM or ChaCha20 still gets what it offers.
+#[test]
+fn the_listener_prefers_aes_128_gcm() {
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let negotiated = |suites: &str| {
+        let output = Command::new("openssl")
+            .args(["s_client", "-connect", &proxy.target(), "-tls1_3", "-brief"])
+            .args(["-ciphersuites", suites])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        // -brief prints the handshake summary on stderr.
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix("Ciphersuite: "))
+            .unwrap_or_else(|| panic!("no ciphersuite in {text}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        negotiated("TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"),
+        "TLS_AES_128_GCM_SHA256"
+    );
+    assert_eq!(
+        negotiated("TLS_AES_256_GCM_SHA384"),
+        "TLS_AES_256_GCM_SHA384"
+    );
+    assert_eq!(
+        negotiated("TLS_CHACHA20_POLY1305_SHA256"),
+        "TLS_CHACHA20_POLY1305_SHA256"
+    );
+}
+
 #[test]
 fn hsts_header_on_tls_responses_when_enabled() {
     let standins = standins();

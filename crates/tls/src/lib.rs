@@ -426,10 +426,31 @@ fn build_resolver(
     })
 }
 
+/// ring's suites for the listener, AES-128-GCM first within each TLS version.
+///
+/// rustls (and OpenSSL) clients list AES-256-GCM first; AES-128-GCM is TLS 1.3's mandatory
+/// suite (RFC 8446 §9.1), what BoringSSL (Envoy) and Go (Traefik, Caddy) servers choose on
+/// hardware with AES instructions, and needs 10 AES rounds per block instead of 14: less CPU
+/// per byte on every large body and websocket stream.
+fn listener_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite::*;
+    let mut provider = rustls::crypto::ring::default_provider();
+    let rank = |suite: &rustls::SupportedCipherSuite| match suite.suite() {
+        TLS13_AES_128_GCM_SHA256 => 0,
+        TLS13_AES_256_GCM_SHA384 => 1,
+        TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 4,
+        _ => 5,
+    };
+    provider.cipher_suites.sort_by_key(rank);
+    provider
+}
+
 /// The listener's server configuration: SNI selection (reloadable), optional client
 /// certificates, the minimum version, ALPN and session tickets.
 pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(listener_provider());
     let resolver = Arc::new(ReloadingResolver {
         current: arc_swap::ArcSwap::from_pointee(build_resolver(&files, &provider)?),
         loaded: std::sync::Mutex::new(ReloadingResolver::all_bytes(&files)?),
@@ -461,6 +482,8 @@ pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, Tls
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    // The suite is ours to choose (listener_provider's order), not the client's.
+    config.ignore_client_order = true;
     Ok(ListenerTlsHandle {
         config: Arc::new(config),
         resolver,
