@@ -5,16 +5,12 @@
 //! CPU per call stays low, so more of the machine is left to the target.
 
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
-use http_body_util::Full;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pachgate_standins::messages::EchoRequest;
 use prost::Message;
 
@@ -23,20 +19,6 @@ use crate::driver::{collect, finish, spawn_progress, Labels, Plan, Recorder, Sha
 use crate::h2_calls::{CallSpec, Connection, Metadata};
 use crate::report::Report;
 use crate::{GrpcArgs, GrpcMode};
-
-/// An h2 client connection tuned like the proxy's upstream side: large fixed windows.
-pub async fn h2_handshake(stream: Stream) -> Result<http2::SendRequest<Full<Bytes>>, String> {
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(256 * 1024)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("h2 handshake: {e}"))?;
-    tokio::spawn(connection);
-    Ok(sender)
-}
 
 pub async fn run(args: GrpcArgs) -> Result<Report, String> {
     let common = &args.common;
@@ -112,7 +94,7 @@ pub async fn run(args: GrpcArgs) -> Result<Report, String> {
             workload,
             target: common.target.clone(),
             connections: common.connections,
-            streams: args.streams.max(1),
+            streams,
             units: match args.mode {
                 GrpcMode::Unary => "operations",
                 GrpcMode::ServerStream => "messages",
@@ -142,23 +124,28 @@ async fn drive(
     streams: usize,
 ) -> Recorder {
     let mut recorder = Recorder::new(shared.clone());
-    let mut waiting: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // Open loop: one timer, reset for each call that waits for its slot.
+    let mut sleep = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let mut waiting = false;
     let mut exhausted = false;
     let mut failed = false;
     poll_fn(|cx| loop {
         while !exhausted && connection.can_start(streams) {
-            if let Some(sleep) = waiting.as_mut() {
+            if waiting {
                 if sleep.as_mut().poll(cx).is_pending() {
                     break;
                 }
-                waiting = None;
+                waiting = false;
                 connection.start(Instant::now());
                 continue;
             }
             match shared.claim() {
                 Slot::Done => exhausted = true,
                 Slot::Now(started) => connection.start(started),
-                Slot::At(at) => waiting = Some(Box::pin(tokio::time::sleep_until(at.into()))),
+                Slot::At(at) => {
+                    sleep.as_mut().reset(at.into());
+                    waiting = true;
+                }
             }
         }
         let progress = connection.poll_io(cx);

@@ -48,7 +48,8 @@ const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 
 const CANCEL: u32 = 0x8;
 
-/// Our receive windows and largest frame: as the proxy's upstream side sets them.
+/// Our receive windows and largest frame: large and fixed, as the generator's earlier h2
+/// crate client set them, so targets see the same settings as in earlier runs.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_FRAME: u32 = 256 * 1024;
@@ -109,7 +110,7 @@ impl RequestBlocks {
         }
         let mut repeat = Vec::new();
         for block in [&mut first, &mut repeat] {
-            block.push(0x82 + 1); // :method POST, static index 3
+            block.push(0x83); // indexed field 3, :method POST
             block.push(scheme);
         }
         let indexing = table_bytes <= peer_table_size;
@@ -207,7 +208,6 @@ pub struct Connection<S> {
     send_window: i64,
     unacknowledged: u32,
     requests: Option<RequestBlocks>,
-    sent_first: bool,
     /// GOAWAY arrived: no new calls.
     going_away: bool,
     /// Finished calls not yet taken by the driver.
@@ -242,7 +242,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             send_window: DEFAULT_WINDOW as i64,
             unacknowledged: 0,
             requests: None,
-            sent_first: false,
             going_away: false,
             completions: Vec::new(),
         };
@@ -263,16 +262,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         connection.put_window_update(0, CONNECTION_WINDOW - DEFAULT_WINDOW);
         poll_fn(|cx| {
             while !connection.peer_settings_seen {
-                if let Poll::Ready(Err(e)) = connection.poll_flush(cx) {
-                    return Poll::Ready(Err(transport(&e)));
-                }
-                match connection.poll_read(cx) {
-                    Poll::Ready(Ok(())) => connection.process_frames()?,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
+                std::task::ready!(connection.poll_io(cx))?;
             }
-            Poll::Ready(Ok(()))
+            Poll::Ready(Ok::<_, String>(()))
         })
         .await?;
         connection.requests = Some(RequestBlocks::encode(
@@ -306,20 +298,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn start(&mut self, started: Instant) {
         let stream = self.next_stream;
         self.next_stream += 2;
-        let requests = self.requests.take().expect("handshake encoded the request");
-        let block = if self.sent_first {
-            &requests.repeat
-        } else {
-            self.sent_first = true;
+        let requests = self
+            .requests
+            .as_ref()
+            .expect("handshake encoded the request");
+        // Stream 1 carries the first call, which fills the server's table.
+        let block = if stream == 1 {
             &requests.first
+        } else {
+            &requests.repeat
         };
         let end_stream = if self.spec.body.is_empty() {
             END_STREAM
         } else {
             0
         };
-        self.put_header_block(stream, block, end_stream);
-        self.requests = Some(requests);
+        let max_frame = self.peer.max_frame as usize;
+        put_header_block(&mut self.write_buf, max_frame, stream, block, end_stream);
         self.calls.insert(
             stream,
             Call {
@@ -336,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Writes what is queued, reads what arrived, and handles it. `Ready(Ok(true))`: frames
+    /// Writes what is queued, reads what arrived, and handles it. `Ready(Ok(()))`: frames
     /// were handled (completions may be waiting, calls may have room); `Pending`: nothing
     /// more until a wake-up; an error ends the connection.
     pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
@@ -728,27 +723,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    fn put_header_block(&mut self, stream: u32, block: &[u8], end_stream: u8) {
-        let max = self.peer.max_frame as usize;
-        let mut chunks = block.chunks(max.max(1));
-        let first = chunks.next().unwrap_or(&[]);
-        let rest = chunks.len();
-        let flags = end_stream | if rest == 0 { END_HEADERS } else { 0 };
-        put_frame_header(&mut self.write_buf, first.len(), HEADERS, flags, stream);
-        self.write_buf.extend_from_slice(first);
-        for (i, chunk) in chunks.enumerate() {
-            let flags = if i + 1 == rest { END_HEADERS } else { 0 };
-            put_frame_header(
-                &mut self.write_buf,
-                chunk.len(),
-                CONTINUATION,
-                flags,
-                stream,
-            );
-            self.write_buf.extend_from_slice(chunk);
-        }
-    }
-
     fn put_window_update(&mut self, stream: u32, increment: u32) {
         self.put_frame_header(4, WINDOW_UPDATE, 0, stream);
         self.write_buf.extend_from_slice(&increment.to_be_bytes());
@@ -756,6 +730,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     fn put_frame_header(&mut self, length: usize, kind: u8, flags: u8, stream: u32) {
         put_frame_header(&mut self.write_buf, length, kind, flags, stream);
+    }
+}
+
+/// A header block as HEADERS, then CONTINUATION frames if it exceeds the server's frame size.
+fn put_header_block(
+    out: &mut Vec<u8>,
+    max_frame: usize,
+    stream: u32,
+    block: &[u8],
+    end_stream: u8,
+) {
+    let mut chunks = block.chunks(max_frame.max(1));
+    let first = chunks.next().unwrap_or(&[]);
+    let rest = chunks.len();
+    let flags = end_stream | if rest == 0 { END_HEADERS } else { 0 };
+    put_frame_header(out, first.len(), HEADERS, flags, stream);
+    out.extend_from_slice(first);
+    for (i, chunk) in chunks.enumerate() {
+        let flags = if i + 1 == rest { END_HEADERS } else { 0 };
+        put_frame_header(out, chunk.len(), CONTINUATION, flags, stream);
+        out.extend_from_slice(chunk);
     }
 }
 
@@ -808,15 +803,15 @@ fn transport(error: &io::Error) -> String {
 
 /// Counts length-prefixed gRPC messages across DATA chunks.
 #[derive(Default)]
-pub struct MessageCounter {
-    pub messages: u64,
+struct MessageCounter {
+    messages: u64,
     header: [u8; 5],
     header_filled: usize,
     body_remaining: usize,
 }
 
 impl MessageCounter {
-    pub fn feed(&mut self, mut data: &[u8]) {
+    fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if self.body_remaining > 0 {
                 let take = self.body_remaining.min(data.len());

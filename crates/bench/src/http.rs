@@ -7,18 +7,31 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::connect::Target;
+use crate::connect::{Stream, Target};
 use crate::driver::{collect, finish, spawn_progress, Labels, Plan, Recorder, Shared};
-use crate::grpc::h2_handshake;
 use crate::report::Report;
 use crate::{ConnectionsArgs, ConnectionsMode, HttpArgs, HttpProtocol};
 
+/// An h2 client connection (hyper's) with large fixed windows.
+async fn h2_handshake(stream: Stream) -> Result<http2::SendRequest<Full<Bytes>>, String> {
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .max_frame_size(256 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
 pub async fn run(args: HttpArgs) -> Result<Report, String> {
