@@ -427,6 +427,52 @@ fn the_listener_prefers_aes_128_gcm() {
     );
 }
 
+/// The listener takes the post-quantum hybrid key exchange (X25519MLKEM768) from a client
+/// that asks for it first, as current browsers and Go clients do, and X25519 from one that
+/// does not offer it (a rustls client, the key exchange groups set per case).
+#[test]
+fn the_listener_takes_the_post_quantum_hybrid_key_exchange() {
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let roots = std::sync::Arc::new(roots);
+    let negotiated = |groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>| {
+        let mut provider = default_provider();
+        provider.kx_groups = groups;
+        let config = rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(config.into(), name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(proxy.https()).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        client.complete_io(&mut tcp).unwrap();
+        assert!(!client.is_handshaking());
+        client.negotiated_key_exchange_group().unwrap().name()
+    };
+    assert_eq!(
+        negotiated(vec![kx_group::X25519MLKEM768, kx_group::X25519]),
+        rustls::NamedGroup::X25519MLKEM768
+    );
+    assert_eq!(
+        negotiated(vec![kx_group::X25519MLKEM768]),
+        rustls::NamedGroup::X25519MLKEM768
+    );
+    assert_eq!(
+        negotiated(vec![kx_group::X25519, kx_group::X25519MLKEM768]),
+        rustls::NamedGroup::X25519
+    );
+}
+
 #[test]
 fn hsts_header_on_tls_responses_when_enabled() {
     let standins = standins();

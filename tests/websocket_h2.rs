@@ -28,7 +28,7 @@ async fn websocket_over_h2_extended_connect_reaches_an_http1_backend() {
     for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -24,7 +24,7 @@ pub struct TokenCache {
 }
 
 fn key(token: &str) -> Key {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     let mut key = [0u8; 32];
     key.copy_from_slice(digest.as_ref());
     key

@@ -85,7 +85,7 @@ impl StaticTokens {
             TokenLookup::Ambiguous => return Decision::Deny(DenyReason::AmbiguousToken),
             TokenLookup::Found(token) => token,
         };
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
         let mut state = self.state.lock().expect("token file lock");
         self.reload_if_changed(&mut state);
         if state.hashes.contains(digest.as_ref()) {
@@ -142,7 +142,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("tokens");
         let hash = |t: &str| {
-            let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
             d.as_ref()
                 .iter()
                 .map(|b| format!("{b:02x}"))
