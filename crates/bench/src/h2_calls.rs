@@ -165,6 +165,84 @@ fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Request-body chunks of at least this size are written from the body itself (vectored)
+/// instead of being copied into the write buffer.
+const WRITTEN_IN_PLACE: usize = 4096;
+
+/// Frames waiting to be written: bytes in `buf`, with large request-body slices placed in it
+/// by reference (written vectored, never copied).
+#[derive(Default)]
+struct Output {
+    buf: Vec<u8>,
+    /// Each slice goes out after `buf[..at]` and before the rest of `buf`.
+    in_place: Vec<(usize, Bytes)>,
+    /// Written so far: bytes of `buf`, whole slices, bytes of the next slice.
+    buf_written: usize,
+    slices_written: usize,
+    slice_written: usize,
+}
+
+impl Output {
+    fn put_in_place(&mut self, slice: Bytes) {
+        self.in_place.push((self.buf.len(), slice));
+    }
+
+    /// Fills `slices` with what is not written yet, in order; returns how many.
+    fn queued<'a>(&'a self, slices: &mut [io::IoSlice<'a>]) -> usize {
+        let (mut pos, mut done) = (self.buf_written, self.slices_written);
+        let mut offset = self.slice_written;
+        let mut count = 0;
+        while count < slices.len() {
+            let next = self.in_place.get(done);
+            let own_end = next.map_or(self.buf.len(), |(at, _)| *at);
+            if pos < own_end {
+                slices[count] = io::IoSlice::new(&self.buf[pos..own_end]);
+                count += 1;
+                pos = own_end;
+            } else if let Some((_, slice)) = next {
+                slices[count] = io::IoSlice::new(&slice[offset..]);
+                count += 1;
+                done += 1;
+                offset = 0;
+            } else {
+                break;
+            }
+        }
+        count
+    }
+
+    /// Marks the next `n` bytes as written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let next = self.in_place.get(self.slices_written);
+            let own_end = next.map_or(self.buf.len(), |(at, _)| *at);
+            if self.buf_written < own_end {
+                let take = n.min(own_end - self.buf_written);
+                self.buf_written += take;
+                n -= take;
+            } else if let Some((_, slice)) = next {
+                let take = n.min(slice.len() - self.slice_written);
+                self.slice_written += take;
+                n -= take;
+                if self.slice_written == slice.len() {
+                    self.slices_written += 1;
+                    self.slice_written = 0;
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.in_place.clear();
+        self.buf_written = 0;
+        self.slices_written = 0;
+        self.slice_written = 0;
+    }
+}
+
 /// One call in flight.
 struct Call {
     started: Instant,
@@ -192,8 +270,7 @@ pub struct Connection<S> {
     read_buf: Vec<u8>,
     read_start: usize,
     read_end: usize,
-    write_buf: Vec<u8>,
-    write_pos: usize,
+    out: Output,
     needs_flush: bool,
     decoder: loona_hpack::Decoder<'static>,
     /// A header block split over CONTINUATION frames: its stream, END_STREAM, the bytes.
@@ -223,8 +300,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             read_buf: vec![0; 64 * 1024],
             read_start: 0,
             read_end: 0,
-            write_buf: Vec::with_capacity(64 * 1024),
-            write_pos: 0,
+            out: Output {
+                buf: Vec::with_capacity(64 * 1024),
+                ..Output::default()
+            },
             needs_flush: false,
             decoder: loona_hpack::Decoder::new(),
             continuing: None,
@@ -248,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         connection
             .decoder
             .set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
-        connection.write_buf.extend_from_slice(PREFACE);
+        connection.out.buf.extend_from_slice(PREFACE);
         let settings = [
             (SETTINGS_ENABLE_PUSH, 0),
             (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
@@ -256,8 +335,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         ];
         connection.put_frame_header(settings.len() * 6, SETTINGS, 0, 0);
         for (id, value) in settings {
-            connection.write_buf.extend_from_slice(&id.to_be_bytes());
-            connection.write_buf.extend_from_slice(&value.to_be_bytes());
+            connection.out.buf.extend_from_slice(&id.to_be_bytes());
+            connection.out.buf.extend_from_slice(&value.to_be_bytes());
         }
         connection.put_window_update(0, CONNECTION_WINDOW - DEFAULT_WINDOW);
         poll_fn(|cx| {
@@ -314,7 +393,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             0
         };
         let max_frame = self.peer.max_frame as usize;
-        put_header_block(&mut self.write_buf, max_frame, stream, block, end_stream);
+        put_header_block(&mut self.out.buf, max_frame, stream, block, end_stream);
         self.calls.insert(
             stream,
             Call {
@@ -358,8 +437,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn close(mut self) {
         let last_stream = self.next_stream.saturating_sub(2);
         self.put_frame_header(8, GOAWAY, 0, 0);
-        self.write_buf.extend_from_slice(&last_stream.to_be_bytes());
-        self.write_buf.extend_from_slice(&0u32.to_be_bytes());
+        self.out.buf.extend_from_slice(&last_stream.to_be_bytes());
+        self.out.buf.extend_from_slice(&0u32.to_be_bytes());
         // Bounded: a target that stopped reading must not hold the run open.
         let goodbye = async {
             let _ = poll_fn(|cx| self.poll_flush(cx)).await;
@@ -370,18 +449,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Writes the queued frames; `Ready(Ok)` once all of them are out.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.write_pos < self.write_buf.len() {
+        loop {
+            let mut slices = [io::IoSlice::new(&[]); 64];
+            let count = self.out.queued(&mut slices);
+            if count == 0 {
+                break;
+            }
             let n = std::task::ready!(
-                Pin::new(&mut self.io).poll_write(cx, &self.write_buf[self.write_pos..])
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count])
             )?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.write_pos += n;
+            self.out.advance(n);
             self.needs_flush = true;
         }
-        self.write_buf.clear();
-        self.write_pos = 0;
+        self.out.clear();
         if self.needs_flush {
             // TLS keeps what the socket did not take; flushing writes it.
             std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -512,7 +595,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             PING => {
                 if flags & ACK == 0 {
                     self.put_frame_header(payload.len(), PING, ACK, 0);
-                    self.write_buf.extend_from_slice(payload);
+                    self.out.buf.extend_from_slice(payload);
                 }
                 Ok(())
             }
@@ -681,9 +764,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let flags = if end { END_STREAM } else { 0 };
             self.send_window -= n as i64;
             call.send_window -= n as i64;
-            put_frame_header(&mut self.write_buf, n, DATA, flags, stream);
-            self.write_buf
-                .extend_from_slice(&body[call.body_sent..call.body_sent + n]);
+            put_frame_header(&mut self.out.buf, n, DATA, flags, stream);
+            let chunk = call.body_sent..call.body_sent + n;
+            if n >= WRITTEN_IN_PLACE {
+                self.out.put_in_place(body.slice(chunk));
+            } else {
+                self.out.buf.extend_from_slice(&body[chunk]);
+            }
             call.body_sent += n;
         }
         true
@@ -710,7 +797,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .is_some_and(|call| call.body_sent < self.spec.body.len());
         if !ended_by_server || body_left {
             self.put_frame_header(4, RST_STREAM, 0, stream);
-            self.write_buf.extend_from_slice(&CANCEL.to_be_bytes());
+            self.out.buf.extend_from_slice(&CANCEL.to_be_bytes());
         }
     }
 
@@ -725,11 +812,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     fn put_window_update(&mut self, stream: u32, increment: u32) {
         self.put_frame_header(4, WINDOW_UPDATE, 0, stream);
-        self.write_buf.extend_from_slice(&increment.to_be_bytes());
+        self.out.buf.extend_from_slice(&increment.to_be_bytes());
     }
 
     fn put_frame_header(&mut self, length: usize, kind: u8, flags: u8, stream: u32) {
-        put_frame_header(&mut self.write_buf, length, kind, flags, stream);
+        put_frame_header(&mut self.out.buf, length, kind, flags, stream);
     }
 }
 
@@ -841,6 +928,56 @@ impl MessageCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Output written in pieces of every awkward size, through as few or as many slices as
+    /// the writer takes, comes out as the bytes and in-place slices in their order.
+    #[test]
+    fn output_with_in_place_slices_is_written_in_order_whatever_the_write_sizes() {
+        let body: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let body = Bytes::from(body);
+        for (piece, slots) in [(1, 64), (7, 2), (4096, 3), (5000, 1), (100_000, 64)] {
+            let mut out = Output::default();
+            let mut expected = Vec::new();
+            out.buf.extend_from_slice(b"head");
+            expected.extend_from_slice(b"head");
+            out.put_in_place(body.slice(0..9000));
+            expected.extend_from_slice(&body[0..9000]);
+            // Two slices back to back, then bytes, then a slice at the very end.
+            out.put_in_place(body.slice(9000..15000));
+            expected.extend_from_slice(&body[9000..15000]);
+            out.buf.extend_from_slice(b"middle");
+            expected.extend_from_slice(b"middle");
+            out.put_in_place(body.slice(15000..20000));
+            expected.extend_from_slice(&body[15000..20000]);
+
+            let mut written = Vec::new();
+            loop {
+                let mut slices = vec![io::IoSlice::new(&[]); slots];
+                let count = out.queued(&mut slices);
+                if count == 0 {
+                    break;
+                }
+                // A writer that takes at most `piece` bytes per call.
+                let mut taken = 0;
+                for slice in &slices[..count] {
+                    let take = slice.len().min(piece - taken);
+                    written.extend_from_slice(&slice[..take]);
+                    taken += take;
+                    if taken == piece {
+                        break;
+                    }
+                }
+                out.advance(taken);
+            }
+            assert_eq!(
+                written, expected,
+                "pieces of {piece}, {slots} slices per write"
+            );
+            out.clear();
+            let mut slices = [io::IoSlice::new(&[])];
+            assert_eq!(out.queued(&mut slices), 0);
+        }
+    }
 
     #[test]
     fn counts_messages_across_chunk_boundaries() {
