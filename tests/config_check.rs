@@ -69,6 +69,21 @@ fn presets_pass_check_with_generated_certificates() {
     );
     let printed = String::from_utf8_lossy(&generate.stdout);
     assert!(printed.contains("CA SHA-256:"), "{printed}");
+    // The printed fingerprint is the one openssl computes for the CA certificate.
+    let openssl = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(dir.path().join("tls/ca.crt"))
+        .output()
+        .expect("openssl must be installed");
+    let expected = String::from_utf8_lossy(&openssl.stdout);
+    let expected = expected.trim().rsplit('=').next().unwrap();
+    assert_eq!(expected.len(), 95, "{expected}");
+    assert!(
+        printed
+            .lines()
+            .any(|line| line.starts_with("CA SHA-256:") && line.ends_with(expected)),
+        "{printed} vs openssl {expected}"
+    );
 
     for preset in ["pachyderm.toml", "pachyderm-1x.toml", "local.toml"] {
         let target = dir.path().join(preset);

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -169,77 +169,49 @@ fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
 /// instead of being copied into the write buffer.
 const WRITTEN_IN_PLACE: usize = 4096;
 
-/// Frames waiting to be written: bytes in `buf`, with large request-body slices placed in it
-/// by reference (written vectored, never copied).
+/// Frames waiting to be written, in order: the sealed parts, then `buf`. A large request-body
+/// slice is queued by reference (written vectored, never copied) after the bytes before it,
+/// which are sealed off (split, not copied) ahead of it.
 #[derive(Default)]
 struct Output {
-    buf: Vec<u8>,
-    /// Each slice goes out after `buf[..at]` and before the rest of `buf`.
-    in_place: Vec<(usize, Bytes)>,
-    /// Written so far: bytes of `buf`, whole slices, bytes of the next slice.
-    buf_written: usize,
-    slices_written: usize,
-    slice_written: usize,
+    /// Bytes queued behind everything sealed.
+    buf: BytesMut,
+    /// Sealed parts, oldest first; each shrinks as it is written.
+    sealed: VecDeque<Bytes>,
 }
 
 impl Output {
     fn put_in_place(&mut self, slice: Bytes) {
-        self.in_place.push((self.buf.len(), slice));
+        if !self.buf.is_empty() {
+            self.sealed.push_back(self.buf.split().freeze());
+        }
+        self.sealed.push_back(slice);
     }
 
     /// Fills `slices` with what is not written yet, in order; returns how many.
     fn queued<'a>(&'a self, slices: &mut [io::IoSlice<'a>]) -> usize {
-        let (mut pos, mut done) = (self.buf_written, self.slices_written);
-        let mut offset = self.slice_written;
+        let parts = self.sealed.iter().map(|part| &part[..]);
+        let parts = parts.chain([&self.buf[..]]).filter(|part| !part.is_empty());
         let mut count = 0;
-        while count < slices.len() {
-            let next = self.in_place.get(done);
-            let own_end = next.map_or(self.buf.len(), |(at, _)| *at);
-            if pos < own_end {
-                slices[count] = io::IoSlice::new(&self.buf[pos..own_end]);
-                count += 1;
-                pos = own_end;
-            } else if let Some((_, slice)) = next {
-                slices[count] = io::IoSlice::new(&slice[offset..]);
-                count += 1;
-                done += 1;
-                offset = 0;
-            } else {
-                break;
-            }
+        for (slot, part) in slices.iter_mut().zip(parts) {
+            *slot = io::IoSlice::new(part);
+            count += 1;
         }
         count
     }
 
     /// Marks the next `n` bytes as written.
     fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let next = self.in_place.get(self.slices_written);
-            let own_end = next.map_or(self.buf.len(), |(at, _)| *at);
-            if self.buf_written < own_end {
-                let take = n.min(own_end - self.buf_written);
-                self.buf_written += take;
-                n -= take;
-            } else if let Some((_, slice)) = next {
-                let take = n.min(slice.len() - self.slice_written);
-                self.slice_written += take;
-                n -= take;
-                if self.slice_written == slice.len() {
-                    self.slices_written += 1;
-                    self.slice_written = 0;
-                }
-            } else {
-                break;
+        while let Some(front) = self.sealed.front_mut() {
+            let take = n.min(front.len());
+            front.advance(take);
+            n -= take;
+            if !front.is_empty() {
+                return;
             }
+            self.sealed.pop_front();
         }
-    }
-
-    fn clear(&mut self) {
-        self.buf.clear();
-        self.in_place.clear();
-        self.buf_written = 0;
-        self.slices_written = 0;
-        self.slice_written = 0;
+        self.buf.advance(n);
     }
 }
 
@@ -301,8 +273,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             read_start: 0,
             read_end: 0,
             out: Output {
-                buf: Vec::with_capacity(64 * 1024),
-                ..Output::default()
+                buf: BytesMut::with_capacity(64 * 1024),
+                sealed: VecDeque::new(),
             },
             needs_flush: false,
             decoder: loona_hpack::Decoder::new(),
@@ -464,7 +436,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.out.advance(n);
             self.needs_flush = true;
         }
-        self.out.clear();
         if self.needs_flush {
             // TLS keeps what the socket did not take; flushing writes it.
             std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -822,7 +793,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
 /// A header block as HEADERS, then CONTINUATION frames if it exceeds the server's frame size.
 fn put_header_block(
-    out: &mut Vec<u8>,
+    out: &mut BytesMut,
     max_frame: usize,
     stream: u32,
     block: &[u8],
@@ -841,10 +812,9 @@ fn put_header_block(
     }
 }
 
-fn put_frame_header(out: &mut Vec<u8>, length: usize, kind: u8, flags: u8, stream: u32) {
+fn put_frame_header(out: &mut BytesMut, length: usize, kind: u8, flags: u8, stream: u32) {
     out.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
+    out.extend_from_slice(&[kind, flags]);
     out.extend_from_slice(&stream.to_be_bytes());
 }
 
@@ -973,9 +943,7 @@ mod tests {
                 written, expected,
                 "pieces of {piece}, {slots} slices per write"
             );
-            out.clear();
-            let mut slices = [io::IoSlice::new(&[])];
-            assert_eq!(out.queued(&mut slices), 0);
+            assert!(out.buf.is_empty() && out.sealed.is_empty());
         }
     }
 

@@ -322,7 +322,7 @@ impl Upstream {
         }
         let (head, body) = request.into_parts();
         let end_of_stream = http_body::Body::is_end_stream(&body);
-        let (response, upload) = sender
+        let (mut response, upload) = sender
             .send_request(Request::from_parts(head, ()), end_of_stream)
             .map_err(|e| self.failed(&e))?;
         // The request body is forwarded from this task while the response is awaited: a
@@ -330,7 +330,6 @@ impl Upstream {
         // task of its own. Only a body still going when the response headers arrive (a
         // client or bidi stream) gets one.
         let mut pump = (!end_of_stream).then_some(RequestPump { body, upload });
-        let mut response = response;
         let response = poll_fn(|cx| {
             if let Some(running) = pump.as_mut() {
                 if Pin::new(running).poll(cx).is_ready() {

@@ -602,15 +602,7 @@ pub fn fingerprint_sha256(cert: &Path) -> Result<String, TlsError> {
         path: cert.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let digest = rustls::crypto::aws_lc_rs::default_provider()
-        .cipher_suites
-        .iter()
-        .find_map(|suite| {
-            let hash = suite.tls13()?.common.hash_provider;
-            (hash.algorithm() == rustls::crypto::hash::HashAlgorithm::SHA256)
-                .then(|| hash.hash(der.as_ref()))
-        })
-        .expect("ring provides SHA-256");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
     Ok(digest
         .as_ref()
         .iter()
