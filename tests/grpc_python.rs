@@ -62,6 +62,13 @@ fn deadline_expiring_mid_stream_is_deadline_exceeded() {
 }
 
 #[test]
+fn thousands_of_concurrent_calls_each_get_their_own_answer() {
+    // One worker: its upstream connection carries every call, so bursts fill the write
+    // batches that streams hand to the upstream themselves.
+    run_check("many-concurrent", "");
+}
+
+#[test]
 fn sixty_four_mib_each_way() {
     run_check("large", "");
 }

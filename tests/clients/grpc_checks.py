@@ -150,6 +150,31 @@ def check_client_stream(args):
     expect(reply["total_bytes"] == 500_000, f"upstream counted {reply['total_bytes']} bytes")
 
 
+def check_many_concurrent(args):
+    """4 channels × 500 unary calls in flight at once, each answered with its own payload,
+    while a server stream on the same connections keeps flowing."""
+    channels = [channel(args) for _ in range(4)]
+    try:
+        stream = method(channels[0], "server", "ServerStream")(
+            echo_request(b"s", count=2000, size=64), timeout=60
+        )
+        calls = []
+        for n in range(2000):
+            payload = n.to_bytes(4, "big") * (1 + n % 64)
+            call = method(channels[n % 4], "unary", "Unary").future(
+                echo_request(payload), timeout=60
+            )
+            calls.append((payload, call))
+        for n, (payload, call) in enumerate(calls):
+            reply = echo_response(call.result())
+            expect(reply["payload"] == payload, f"call {n} got another call's payload")
+        streamed = sum(1 for _ in stream)
+        expect(streamed == 2000, f"server stream delivered {streamed} of 2000 messages")
+    finally:
+        for ch in channels:
+            ch.close()
+
+
 def check_deadline(args):
     """A deadline that expires mid-stream ends the call with DEADLINE_EXCEEDED after the
     messages sent before it, instead of hanging or being cut earlier."""
@@ -506,6 +531,7 @@ CHECKS = {
     "large": check_large,
     "bidi-100k": check_bidi_100k,
     "client-stream": check_client_stream,
+    "many-concurrent": check_many_concurrent,
     "deadline": check_deadline,
     "trailers": check_trailers,
     "pachd-methods": check_pachd_methods,

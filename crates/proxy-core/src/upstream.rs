@@ -6,7 +6,9 @@
 //! h2 upstreams are spoken through the h2 crate directly, not hyper's client: a request is
 //! opened, fed and answered inside the task that serves the client's stream, where hyper's
 //! client adds a dispatch channel, a spawned task per request and another per request body
-//! (benches/README.md has the before/after).
+//! (benches/README.md has the before/after). Under a burst, every 16th request writes the
+//! queued batch out from its stream's task, so the upstream starts on it while the worker
+//! reads the rest (`UPSTREAM_WRITE_BATCH`).
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -105,11 +107,103 @@ pub struct UpstreamSpec {
 struct H2Connection {
     sender: h2::client::SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
+    driver: Arc<H2Driver>,
 }
 
 impl H2Connection {
     fn is_open(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
+    }
+}
+
+type H2ClientConnection = h2::client::Connection<Box<dyn UpstreamIo>, Bytes>;
+
+/// Requests queued on an upstream h2 connection before the stream that queued the last of
+/// them writes them out itself. A worker runs woken tasks in order, so the connection's own
+/// task writes only after every ready stream has queued its request: a burst from many
+/// clients then travels as one wave, and the upstream idles while the worker gathers it and
+/// the worker idles while the upstream answers it. Handing batches over as they fill keeps
+/// both busy (benches/README.md: unary calls/s +15 %, CPU per call +4 %).
+const UPSTREAM_WRITE_BATCH: usize = 16;
+
+/// The I/O of one upstream h2 connection. Its own task polls it; a stream that fills a batch
+/// polls it too, with the task's waker, so readiness still wakes that task.
+struct H2Driver {
+    state: std::sync::Mutex<DriverState>,
+    /// Requests queued since the connection was last polled.
+    queued: AtomicUsize,
+}
+
+struct DriverState {
+    /// `None` once the connection has ended (the socket is closed then).
+    connection: Option<H2ClientConnection>,
+    /// The driving task's waker, for polls made from other tasks.
+    waker: Option<std::task::Waker>,
+    /// How the connection ended, when a stream's poll saw it end first.
+    ended: Option<Result<(), h2::Error>>,
+}
+
+impl H2Driver {
+    fn new(connection: H2ClientConnection) -> Self {
+        H2Driver {
+            state: std::sync::Mutex::new(DriverState {
+                connection: Some(connection),
+                waker: None,
+                ended: None,
+            }),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// The driving task's poll: ready when the connection has ended.
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ended) = state.ended.take() {
+            return Poll::Ready(ended);
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        let Some(connection) = state.connection.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        self.queued.store(0, Ordering::Relaxed);
+        let ended = ready!(Pin::new(connection).poll(cx));
+        state.connection = None;
+        Poll::Ready(ended)
+    }
+
+    fn close(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.connection = None;
+    }
+
+    /// A stream queued a request; the one that fills a batch writes the batch out.
+    fn request_queued(&self) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) + 1 < UPSTREAM_WRITE_BATCH {
+            return;
+        }
+        // Busy means being polled right now (another worker sharing the slot): that poll
+        // writes the batch.
+        let Ok(mut state) = self.state.try_lock() else {
+            return;
+        };
+        let Some(waker) = state.waker.clone() else {
+            return;
+        };
+        let Some(connection) = state.connection.as_mut() else {
+            return;
+        };
+        self.queued.store(0, Ordering::Relaxed);
+        if let Poll::Ready(ended) = Pin::new(connection).poll(&mut Context::from_waker(&waker)) {
+            state.connection = None;
+            state.ended = Some(ended);
+            waker.wake();
+        }
     }
 }
 
@@ -325,6 +419,7 @@ impl Upstream {
         let (mut response, upload) = sender
             .send_request(Request::from_parts(head, ()), end_of_stream)
             .map_err(|e| self.failed(&e))?;
+        let mut counted = false;
         // The request body is forwarded from this task while the response is awaited: a
         // unary call's message arrives with its headers or just after them, and needs no
         // task of its own. Only a body still going when the response headers arrive (a
@@ -335,6 +430,11 @@ impl Upstream {
                 if Pin::new(running).poll(cx).is_ready() {
                     pump = None;
                 }
+            }
+            // After the pump's first turn: a unary call's message is queued by then.
+            if !counted {
+                counted = true;
+                connection.driver.request_queued();
             }
             Pin::new(&mut response).poll(cx)
         })
@@ -361,7 +461,7 @@ impl Upstream {
             }
         }
         let io = self.connect_io(endpoint).await?;
-        let (sender, mut driver) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             // Fixed windows rather than adaptive ones: h2 sizes its small-DATA-frame flood
             // guard from the connection window, and a 64 KiB start trips it on streams of
             // small gRPC messages (see ServerLimits::h2_connection_window).
@@ -377,10 +477,13 @@ impl Upstream {
         let keepalive = self
             .spec
             .h2_keepalive_interval
-            .and_then(|every| Some((every, driver.ping_pong()?)));
+            .and_then(|every| Some((every, connection.ping_pong()?)));
+        let shared = Arc::new(H2Driver::new(connection));
+        let driving = shared.clone();
         let name = self.spec.name.clone();
         let closed_flag = closed.clone();
         tokio::spawn(async move {
+            let driver = poll_fn(|cx| driving.poll_drive(cx));
             let ended = match keepalive {
                 None => driver.await.map_err(|e| e.to_string()),
                 Some((every, pings)) => tokio::select! {
@@ -388,12 +491,19 @@ impl Upstream {
                     silent = ping_until_silent(pings, every) => Err(silent),
                 },
             };
+            // Closes the socket (if a silent keepalive ended it: its streams fail now
+            // rather than wait for a peer that is gone).
+            driving.close();
             closed_flag.store(true, Ordering::Release);
             if let Err(error) = ended {
                 tracing::debug!(upstream = %name, %error, "upstream h2 connection ended");
             }
         });
-        let connection = Arc::new(H2Connection { sender, closed });
+        let connection = Arc::new(H2Connection {
+            sender,
+            closed,
+            driver: shared,
+        });
         slot.connection.store(Some(connection.clone()));
         Ok(connection)
     }
