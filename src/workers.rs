@@ -37,6 +37,12 @@ impl Drop for OwnedTasks {
     }
 }
 
+/// Tasks a worker polls between looks at the sockets (Tokio's default is 61). Looking more
+/// often lets a connection whose bytes have arrived join the queue while the tasks woken
+/// before it still run, instead of after all of them, so the proxy, its clients and its
+/// upstreams overlap more (benches/README.md: unary calls/s +8 %).
+const WORKER_EVENT_INTERVAL: u32 = 8;
+
 struct Worker {
     runtime: Handle,
     /// Ends the worker's thread (its runtime, and whatever still runs on it, is dropped).
@@ -53,6 +59,7 @@ impl Workers {
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
+                .event_interval(WORKER_EVENT_INTERVAL)
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start worker runtime {index}: {e}"))?;
