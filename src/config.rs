@@ -144,6 +144,7 @@ pub struct Upstream {
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub h2_keepalive_interval: Option<Spanned<String>>,
+    pub h2_keepalive_timeout: Option<Spanned<String>>,
     /// TLS upstreams: PEM CA certificate(s) to trust.
     pub ca: Option<Spanned<String>>,
     /// TLS upstreams: the name to verify (default: the first endpoint's host).
@@ -909,6 +910,11 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.optional_duration(v, "h2_keepalive_interval"))
             .unwrap_or(Some(Duration::from_secs(30)));
+        let h2_keepalive_timeout = u
+            .h2_keepalive_timeout
+            .as_ref()
+            .and_then(|v| self.duration(v, "h2_keepalive_timeout"))
+            .unwrap_or(Duration::from_secs(20));
         let tls = if protocol == UpstreamProtocol::H2 {
             self.upstream_tls(name, u, b"h2")
         } else if protocol == UpstreamProtocol::Http1Tls {
@@ -937,6 +943,7 @@ impl Validator<'_> {
             connect_timeout,
             response_timeout,
             h2_keepalive_interval,
+            h2_keepalive_timeout,
             tls,
         })
     }

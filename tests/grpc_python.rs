@@ -31,13 +31,15 @@ fn client_cancellation_reaches_the_upstream() {
     run_check("cancel", "");
 }
 
-#[test]
-fn upstream_dying_mid_stream_ends_the_client_stream_with_an_error() {
+/// Starts a server stream through pachgate (tests/clients/grpc_checks.py `upstream-dies`),
+/// lets `fail` do something to the stand-in once messages flow, and requires the client's
+/// stream to end with an error well before its deadline (the check says which codes count).
+fn stream_ends_with_an_error_when(upstream_extra: &str, fail: impl FnOnce(&mut Running)) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let mut standins = standins();
-    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    let proxy = pachgate(&standin_routes(&standins, upstream_extra), "");
     let mut client = Command::new("python3")
         .arg(repo_path("tests/clients/grpc_checks.py"))
         .args(["--target", &proxy.target(), "--ca"])
@@ -49,11 +51,26 @@ fn upstream_dying_mid_stream_ends_the_client_stream_with_an_error() {
     let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert_eq!(first, "streaming");
-    standins.kill();
+    fail(&mut standins);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = client.wait().unwrap();
     assert!(status.success(), "client check failed; it printed {rest:?}");
     eprintln!("{rest:?}");
+}
+
+#[test]
+fn upstream_dying_mid_stream_ends_the_client_stream_with_an_error() {
+    stream_ends_with_an_error_when("", |standins| standins.kill());
+}
+
+#[test]
+fn upstream_gone_silent_is_found_by_keepalive_and_its_streams_fail() {
+    // SIGSTOP: the socket stays open and the kernel still acknowledges bytes, but no PING is
+    // answered. Without the keepalive timeout the stream would wait for its 60 s deadline.
+    stream_ends_with_an_error_when(
+        "h2_keepalive_interval = \"1s\"\nh2_keepalive_timeout = \"1s\"",
+        |standins| standins.signal("STOP"),
+    );
 }
 
 #[test]

@@ -34,8 +34,6 @@ const UPSTREAM_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Request data h2 may hold for one stream beyond what the upstream's window lets out.
 const UPSTREAM_SEND_BUFFER: usize = 400 * 1024;
-/// A keepalive ping unanswered this long means the upstream connection is dead.
-const UPSTREAM_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -98,6 +96,9 @@ pub struct UpstreamSpec {
     pub response_timeout: Option<Duration>,
     /// Ping interval on upstream h2 connections, to find dead peers behind idle NATs.
     pub h2_keepalive_interval: Option<Duration>,
+    /// A keepalive ping unanswered this long means the upstream connection is dead: it is
+    /// closed, its streams fail, and the next request opens a new one.
+    pub h2_keepalive_timeout: Duration,
     /// Required for `protocol = "h2"`.
     pub tls: Option<UpstreamTls>,
 }
@@ -478,6 +479,7 @@ impl Upstream {
             .spec
             .h2_keepalive_interval
             .and_then(|every| Some((every, connection.ping_pong()?)));
+        let keepalive_timeout = self.spec.h2_keepalive_timeout;
         let shared = Arc::new(H2Driver::new(connection));
         let driving = shared.clone();
         let name = self.spec.name.clone();
@@ -488,7 +490,7 @@ impl Upstream {
                 None => driver.await.map_err(|e| e.to_string()),
                 Some((every, pings)) => tokio::select! {
                     ended = driver => ended.map_err(|e| e.to_string()),
-                    silent = ping_until_silent(pings, every) => Err(silent),
+                    silent = ping_until_silent(pings, every, keepalive_timeout) => Err(silent),
                 },
             };
             // Closes the socket (if a silent keepalive ended it: its streams fail now
@@ -582,15 +584,14 @@ impl Upstream {
 }
 
 /// Pings an upstream h2 connection every `every`; returns why once a ping goes unanswered
-/// (dropping the connection then closes it, and its streams end with an error).
-async fn ping_until_silent(mut pings: h2::PingPong, every: Duration) -> String {
+/// for `timeout` (dropping the connection then closes it, and its streams end with an error).
+async fn ping_until_silent(mut pings: h2::PingPong, every: Duration, timeout: Duration) -> String {
     loop {
         tokio::time::sleep(every).await;
-        match tokio::time::timeout(UPSTREAM_KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await
-        {
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
             Ok(Err(e)) => return format!("keepalive ping failed: {e}"),
-            Err(_) => return format!("no keepalive pong within {UPSTREAM_KEEPALIVE_TIMEOUT:?}"),
+            Err(_) => return format!("no keepalive pong within {timeout:?}"),
         }
     }
 }
