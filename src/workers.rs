@@ -9,8 +9,8 @@
 //! queues a single connection never needs. Per-worker current-thread runtimes run woken
 //! tasks in order, so one write carries every stream's frames (benches/README.md has the
 //! figures); upstream h2 writes are cut into batches of 16 requests so the upstream need
-//! not wait for the whole burst (proxy-core's upstream.rs). The control plane (signals, reloads, the admin listener, certificate watches)
-//! runs on the main thread's runtime.
+//! not wait for the whole burst (proxy-core's upstream.rs). The control plane (signals,
+//! reloads, the admin listener, certificate watches) runs on the main thread's runtime.
 
 use std::future::Future;
 
