@@ -51,7 +51,8 @@ fn interop_dir() -> PathBuf {
 
 /// Starts the interop server (h2c, or TLS with its own test certificates) on loopback.
 fn interop_server(dir: &std::path::Path, tls: bool) -> (KillOnDrop, u16) {
-    let port = free_port();
+    use std::io::{BufRead, BufReader};
+
     let mut server = Command::new("ruby");
     server
         .arg("-r")
@@ -59,11 +60,25 @@ fn interop_server(dir: &std::path::Path, tls: bool) -> (KillOnDrop, u16) {
         .arg(dir.join("server.rb"))
         .args([
             "--port",
-            &port.to_string(),
+            "0",
             "--use_tls",
             if tls { "true" } else { "false" },
-        ]);
-    let server = KillOnDrop(server.spawn().expect("start the ruby interop server"));
+        ])
+        .stdout(std::process::Stdio::piped());
+    let mut child = server.spawn().expect("start the ruby interop server");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let server = KillOnDrop(child);
+    // tests/interop/loopback.rb prints the port gRPC core bound.
+    let port = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("interop server bound 127.0.0.1:")
+                .map(|port| port.parse::<u16>().expect("a port number"))
+        })
+        .expect("the interop server exited before binding its port");
+    // Whatever else the server prints is read and dropped, so it never writes to a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     wait_for_port(
         format!("127.0.0.1:{port}").parse().unwrap(),
         Duration::from_secs(30),
