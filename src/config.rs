@@ -748,7 +748,21 @@ impl Validator<'_> {
         }
     }
 
-    /// A duration that may also be "off".
+    /// A timeout or interval: zero is refused, because it would fail every connection (or
+    /// send pings without pause) rather than turn anything off.
+    fn nonzero_duration(&mut self, value: &Spanned<String>, key: &str) -> Option<Duration> {
+        let duration = self.duration(value, key)?;
+        if duration.is_zero() {
+            self.err(
+                &value.span(),
+                format!("{key} = {:?} must be longer than zero", value.get_ref()),
+            );
+            return None;
+        }
+        Some(duration)
+    }
+
+    /// A timeout or interval that may also be "off".
     fn optional_duration(
         &mut self,
         value: &Spanned<String>,
@@ -757,7 +771,7 @@ impl Validator<'_> {
         if value.get_ref() == "off" {
             return Some(None);
         }
-        self.duration(value, key).map(Some)
+        self.nonzero_duration(value, key).map(Some)
     }
 
     fn limits(&mut self, limits: &Limits) -> ServerLimits {
@@ -813,12 +827,12 @@ impl Validator<'_> {
             }
         }
         if let Some(v) = &limits.h2_keepalive_timeout {
-            if let Some(d) = self.duration(v, "limits.h2_keepalive_timeout") {
+            if let Some(d) = self.nonzero_duration(v, "limits.h2_keepalive_timeout") {
                 out.h2_keepalive_timeout = d;
             }
         }
         if let Some(v) = &limits.h1_header_read_timeout {
-            if let Some(d) = self.duration(v, "limits.h1_header_read_timeout") {
+            if let Some(d) = self.nonzero_duration(v, "limits.h1_header_read_timeout") {
                 out.h1_header_read_timeout = d;
             }
         }
@@ -828,7 +842,7 @@ impl Validator<'_> {
             }
         }
         if let Some(v) = &limits.tls_handshake_timeout {
-            if let Some(d) = self.duration(v, "limits.tls_handshake_timeout") {
+            if let Some(d) = self.nonzero_duration(v, "limits.tls_handshake_timeout") {
                 out.tls_handshake_timeout = d;
             }
         }
@@ -898,7 +912,7 @@ impl Validator<'_> {
         let connect_timeout = u
             .connect_timeout
             .as_ref()
-            .and_then(|v| self.duration(v, "connect_timeout"))
+            .and_then(|v| self.nonzero_duration(v, "connect_timeout"))
             .unwrap_or(Duration::from_secs(5));
         let response_timeout = u
             .response_timeout
@@ -913,7 +927,7 @@ impl Validator<'_> {
         let h2_keepalive_timeout = u
             .h2_keepalive_timeout
             .as_ref()
-            .and_then(|v| self.duration(v, "h2_keepalive_timeout"))
+            .and_then(|v| self.nonzero_duration(v, "h2_keepalive_timeout"))
             .unwrap_or(Duration::from_secs(20));
         let tls = if protocol == UpstreamProtocol::H2 {
             self.upstream_tls(name, u, b"h2")
