@@ -152,7 +152,7 @@ def check_client_stream(args):
 
 def check_many_concurrent(args):
     """4 channels × 500 unary calls in flight at once, each answered with its own payload,
-    while a server stream on the same connections keeps flowing."""
+    while a server stream on one of the channels keeps flowing."""
     channels = [channel(args) for _ in range(4)]
     try:
         stream = method(channels[0], "server", "ServerStream")(

@@ -107,13 +107,12 @@ pub struct UpstreamSpec {
 /// the task driving it has ended.
 struct H2Connection {
     sender: h2::client::SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
     driver: Arc<H2Driver>,
 }
 
 impl H2Connection {
     fn is_open(&self) -> bool {
-        !self.closed.load(Ordering::Acquire)
+        !self.driver.closed.load(Ordering::Acquire)
     }
 }
 
@@ -133,6 +132,9 @@ struct H2Driver {
     state: std::sync::Mutex<DriverState>,
     /// Requests queued since the connection was last polled.
     queued: AtomicUsize,
+    /// Set once the connection has ended or failed a request: the next request opens a new
+    /// one. Read without the lock on every request.
+    closed: AtomicBool,
 }
 
 struct DriverState {
@@ -153,6 +155,7 @@ impl H2Driver {
                 ended: None,
             }),
             queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -193,17 +196,19 @@ impl H2Driver {
         let Ok(mut state) = self.state.try_lock() else {
             return;
         };
-        let Some(waker) = state.waker.clone() else {
-            return;
-        };
-        let Some(connection) = state.connection.as_mut() else {
+        let DriverState {
+            connection: Some(live),
+            waker: Some(waker),
+            ended,
+        } = &mut *state
+        else {
             return;
         };
         self.queued.store(0, Ordering::Relaxed);
-        if let Poll::Ready(ended) = Pin::new(connection).poll(&mut Context::from_waker(&waker)) {
+        if let Poll::Ready(outcome) = Pin::new(live).poll(&mut Context::from_waker(waker)) {
+            *ended = Some(outcome);
+            waker.wake_by_ref();
             state.connection = None;
-            state.ended = Some(ended);
-            waker.wake();
         }
     }
 }
@@ -408,7 +413,7 @@ impl Upstream {
             // The connection ended (closed, GOAWAY) before this request left: nothing reached
             // the upstream, so one more try on a fresh connection is safe even for
             // non-idempotent calls.
-            connection.closed.store(true, Ordering::Release);
+            connection.driver.closed.store(true, Ordering::Release);
             connection = self.h2_connection(endpoint).await?;
             sender = connection.sender.clone();
             poll_fn(|cx| sender.poll_ready(cx))
@@ -474,7 +479,6 @@ impl Upstream {
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| self.connect_error(endpoint, &e))?;
-        let closed = Arc::new(AtomicBool::new(false));
         let keepalive = self
             .spec
             .h2_keepalive_interval
@@ -483,7 +487,6 @@ impl Upstream {
         let shared = Arc::new(H2Driver::new(connection));
         let driving = shared.clone();
         let name = self.spec.name.clone();
-        let closed_flag = closed.clone();
         tokio::spawn(async move {
             let driver = poll_fn(|cx| driving.poll_drive(cx));
             let ended = match keepalive {
@@ -496,14 +499,13 @@ impl Upstream {
             // Closes the socket (if a silent keepalive ended it: its streams fail now
             // rather than wait for a peer that is gone).
             driving.close();
-            closed_flag.store(true, Ordering::Release);
+            driving.closed.store(true, Ordering::Release);
             if let Err(error) = ended {
                 tracing::debug!(upstream = %name, %error, "upstream h2 connection ended");
             }
         });
         let connection = Arc::new(H2Connection {
             sender,
-            closed,
             driver: shared,
         });
         slot.connection.store(Some(connection.clone()));
