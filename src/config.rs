@@ -193,6 +193,7 @@ pub struct Limits {
     pub h2_keepalive_timeout: Option<Spanned<String>>,
     pub h1_header_read_timeout: Option<Spanned<String>>,
     pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub h2_stream_window: Option<Spanned<u32>>,
     pub h2_connection_window: Option<Spanned<u32>>,
@@ -844,6 +845,11 @@ impl Validator<'_> {
         if let Some(v) = &limits.tls_handshake_timeout {
             if let Some(d) = self.nonzero_duration(v, "limits.tls_handshake_timeout") {
                 out.tls_handshake_timeout = d;
+            }
+        }
+        if let Some(v) = &limits.idle_timeout {
+            if let Some(d) = self.optional_duration(v, "limits.idle_timeout") {
+                out.idle_timeout = d;
             }
         }
         out

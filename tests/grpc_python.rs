@@ -78,6 +78,55 @@ fn deadline_expiring_mid_stream_is_deadline_exceeded() {
     run_check("deadline", "");
 }
 
+/// limits.idle_timeout closes a client connection that carries no call (with GOAWAY, so
+/// grpcio reconnects for its next call) and never a call in flight, however quiet.
+#[test]
+fn idle_connections_close_and_quiet_streams_do_not() {
+    use std::io::{BufRead, BufReader};
+
+    let standins = standins();
+    let proxy = pachgate(
+        &format!(
+            "[limits]\nidle_timeout = \"2s\"\n\n{}",
+            standin_routes(&standins, "")
+        ),
+        "admin = \"127.0.0.1:0\"",
+    );
+    let admin = proxy.running.address("admin");
+    // curl, not the metrics parser: this must be read well within the 2 s after the stream.
+    let idle_closes = || {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "1", &format!("http://{admin}/metrics")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix("pachgate_idle_connections_closed_total "))
+            .unwrap_or_else(|| panic!("no idle close counter in {text}"))
+            .trim()
+            .to_string()
+    };
+    let mut client = std::process::Command::new("python3")
+        .arg(repo_path("tests/clients/grpc_checks.py"))
+        .args(["--target", &proxy.target(), "--ca"])
+        .arg(proxy.ca())
+        .arg("idle-timeout")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "stream done");
+    // The quiet stream held its connection open: no close while it ran.
+    assert_eq!(idle_closes(), "0");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        client.wait().unwrap().success(),
+        "the check failed: {rest:?}"
+    );
+    // Then the one connection, closed once, while the channel sat without a call.
+    assert_eq!(idle_closes(), "1");
+}
+
 #[test]
 fn thousands_of_concurrent_calls_each_get_their_own_answer() {
     // One worker: its upstream connection carries every call, so bursts fill the write

@@ -5,6 +5,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -263,5 +264,67 @@ fn plaintext_listener_in_serve_mode_speaks_http1_and_h2c() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Sends `request` over TLS with ALPN `alpn` and reads until pachgate closes the connection:
+/// what came back, and how long after the request the close came.
+fn exchange_until_closed(proxy: &Proxy, alpn: &str, request: &[u8]) -> (String, Duration) {
+    use std::io::Write;
+    let started = std::time::Instant::now();
+    let mut child = Command::new("python3")
+        .arg(repo_path("tests/clients/raw_https.py"))
+        .args(["--port", &proxy.https().port().to_string(), "--ca"])
+        .arg(proxy.ca())
+        .args(["--alpn", alpn, "--wait", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(request).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("NOT CLOSED") && !stderr.contains("NO TLS"),
+        "{alpn}: the connection was not closed within 20 s ({stderr})"
+    );
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn connections_without_a_request_are_closed_after_the_idle_timeout() {
+    let standins = standins();
+    let proxy = pachgate(
+        &format!(
+            "[limits]\nidle_timeout = \"2s\"\n\n{}",
+            standin_routes(&standins, "")
+        ),
+        "admin = \"127.0.0.1:0\"",
+    );
+    // TLS done, h2 chosen, and then not even the preface: hyper would wait for it forever.
+    let (_, after) = exchange_until_closed(&proxy, "h2", b"");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "h2 without a preface: closed after {after:?}, before the idle timeout"
+    );
+    // HTTP/1.1 keep-alive after one answered request (hyper's own head timeout is 30 s).
+    let (answer, after) = exchange_until_closed(
+        &proxy,
+        "http/1.1",
+        b"GET /headers HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "HTTP/1.1 keep-alive: closed after {after:?}, before the idle timeout"
+    );
+    let samples = scrape_metrics(proxy.running.address("admin"));
+    assert_eq!(
+        samples["pachgate_idle_connections_closed_total{}"], 2.0,
+        "{samples:#}"
     );
 }

@@ -10,7 +10,7 @@ fn websocket_echo_survives_idle_and_keeps_frames_intact() {
     let standins = standins();
     let proxy = pachgate(
         &format!(
-            "[limits]\nh1_header_read_timeout = \"1s\"\nh2_keepalive_interval = \"1s\"\nh2_keepalive_timeout = \"1s\"\n{}",
+            "[limits]\nh1_header_read_timeout = \"1s\"\nh2_keepalive_interval = \"1s\"\nh2_keepalive_timeout = \"1s\"\nidle_timeout = \"1s\"\n{}",
             standin_routes(&standins, "response_timeout = \"1s\"")
         ),
         "",

@@ -22,7 +22,15 @@ use common::*;
 #[tokio::test]
 async fn websocket_over_h2_extended_connect_reaches_an_http1_backend() {
     let standins = standins();
-    let proxy = pachgate(&standin_routes(&standins, ""), "");
+    // The tunnel is a stream in flight: a quiet spell longer than the idle timeout must not
+    // close its connection.
+    let proxy = pachgate(
+        &format!(
+            "[limits]\nidle_timeout = \"1s\"\n\n{}",
+            standin_routes(&standins, "")
+        ),
+        "",
+    );
 
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
@@ -64,6 +72,12 @@ async fn websocket_over_h2_extended_connect_reaches_an_http1_backend() {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
     ws.send(Message::text("over h2")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over h2"));
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    ws.send(Message::text("after a quiet spell")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("after a quiet spell")
+    );
     let binary = vec![7u8; 1 << 20];
     ws.send(Message::binary(binary.clone())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(binary));

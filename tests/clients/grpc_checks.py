@@ -516,7 +516,30 @@ def check_stream_survives_drain(args):
     expect(received == 30, f"stream ended after {received} of 30 messages")
 
 
+def check_idle_timeout(args):
+    """Run with limits.idle_timeout = 2s. A server stream whose messages come 2.5 s apart
+    is a call in flight, however quiet, and runs to its end (then "stream done" is printed,
+    for the caller to look at pachgate's metrics). The connection then carries no
+    call for 4 s: pachgate closes it with GOAWAY, and the channel's next call goes out on a
+    new connection and succeeds."""
+    with channel(args) as ch:
+        start = time.monotonic()
+        replies = list(
+            method(ch, "server", "ServerStream")(
+                echo_request(b"quiet", count=2, interval_ms=2500), timeout=30
+            )
+        )
+        took = time.monotonic() - start
+        expect(len(replies) == 2, f"the quiet stream delivered {len(replies)} of 2 messages")
+        expect(took >= 4.5, f"the stream took {took:.1f}s; its messages were not 2.5 s apart")
+        print("stream done", flush=True)
+        time.sleep(4)
+        reply = echo_response(method(ch, "unary", "Unary")(echo_request(b"after idle"), timeout=10))
+        expect(reply["payload"] == b"after idle", "the call after the idle close came back wrong")
+
+
 CHECKS = {
+    "idle-timeout": check_idle_timeout,
     "stream-survives-drain": check_stream_survives_drain,
     "tls-upstream-wrong-ca": check_tls_upstream_wrong_ca,
     "auth-gate": check_auth_gate,

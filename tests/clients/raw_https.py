@@ -3,8 +3,11 @@ well-behaved clients refuse to send (conflicting Content-Length, CL + Transfer-E
 optionally preceded by a PROXY protocol header (v1 text or v2 binary) as a load balancer
 would send, and from a chosen loopback source address.
 
-usage: raw_https.py --port PORT --ca CA_FILE [--source 127.0.0.2]
-                    [--proxy v1|v2 --claim IP:PORT] < request
+With `--alpn h2` and an empty request it is a client that finishes the TLS handshake and
+then says nothing, not even the h2 preface.
+
+usage: raw_https.py --port PORT --ca CA_FILE [--source 127.0.0.2] [--alpn h2]
+                    [--wait SECONDS] [--proxy v1|v2 --claim IP:PORT] < request
 """
 
 import argparse
@@ -38,12 +41,14 @@ def main():
     parser.add_argument("--source", default="127.0.0.1")
     parser.add_argument("--proxy", choices=["v1", "v2"])
     parser.add_argument("--claim", default="203.0.113.7:5555")
+    parser.add_argument("--alpn", default="http/1.1")
+    parser.add_argument("--wait", type=float, default=10, help="seconds to wait for the close")
     args = parser.parse_args()
     request = sys.stdin.buffer.read()
     ctx = ssl.create_default_context(cafile=args.ca)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols([args.alpn])
     chunks = []
-    with socket.create_connection(("127.0.0.1", args.port), timeout=10,
+    with socket.create_connection(("127.0.0.1", args.port), timeout=args.wait,
                                   source_address=(args.source, 0)) as raw:
         if args.proxy:
             raw.sendall(proxy_header(args.proxy, args.claim, args.port))

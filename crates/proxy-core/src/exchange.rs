@@ -17,6 +17,7 @@ use http::{HeaderMap, Method, Request, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BodyError, ProxyBody};
+use crate::idle::InFlight;
 use crate::metrics::{ByteTally, FinishedRequest, Metrics, RouteMetrics};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -56,6 +57,8 @@ pub struct Exchange {
     sent: u64,
     sent_booked: u64,
     log: Option<Box<AccessFields>>,
+    /// Keeps the client connection from counting as idle; ended when this is booked.
+    in_flight: Option<InFlight>,
 }
 
 impl Exchange {
@@ -65,6 +68,7 @@ impl Exchange {
         client: SocketAddr,
         grpc: bool,
         access_log: bool,
+        in_flight: InFlight,
     ) -> Box<Self> {
         metrics.stream_started();
         let log = access_log.then(|| {
@@ -93,6 +97,7 @@ impl Exchange {
             sent: 0,
             sent_booked: 0,
             log,
+            in_flight: Some(in_flight),
         })
     }
 
@@ -174,6 +179,9 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.end(self.started + elapsed);
+        }
         let received = self.received
             + self
                 .received_live

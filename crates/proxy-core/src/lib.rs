@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod framing_guard;
 pub mod gateway;
 pub mod headers;
+mod idle;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod upstream;

@@ -72,6 +72,7 @@ pub struct Metrics {
     streams: Gauge,
     tunnels: Gauge,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
+    idle_closes: Counter,
     auth_decisions: Family<AuthLabels, Counter>,
     upstream_connect_failures: Family<UpstreamLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
@@ -188,6 +189,12 @@ impl Metrics {
             "Client TLS handshakes that failed, by reason",
             tls_handshake_failures.clone(),
         );
+        let idle_closes = Counter::default();
+        registry.register(
+            "idle_connections_closed",
+            "Client connections closed after limits.idle_timeout without a request",
+            idle_closes.clone(),
+        );
         let auth_decisions = Family::<AuthLabels, Counter>::default();
         registry.register(
             "auth_decisions",
@@ -233,6 +240,7 @@ impl Metrics {
             streams,
             tunnels,
             tls_handshake_failures,
+            idle_closes,
             auth_decisions,
             upstream_connect_failures,
             config_reloads,
@@ -305,6 +313,10 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    pub(crate) fn idle_connection_closed(&self) {
+        self.idle_closes.inc();
     }
 
     pub(crate) fn auth_decision(&self, route: &Arc<str>, allowed: bool, reason: &'static str) {
