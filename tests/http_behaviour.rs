@@ -303,7 +303,7 @@ fn connections_without_a_request_are_closed_after_the_idle_timeout() {
             "[limits]\nidle_timeout = \"2s\"\n\n{}",
             standin_routes(&standins, "")
         ),
-        "admin = \"127.0.0.1:0\"",
+        "admin = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"",
     );
     // TLS done, h2 chosen, and then not even the preface: hyper would wait for it forever.
     let (_, after) = exchange_until_closed(&proxy, "h2", b"");
@@ -322,9 +322,26 @@ fn connections_without_a_request_are_closed_after_the_idle_timeout() {
         after >= Duration::from_millis(1500),
         "HTTP/1.1 keep-alive: closed after {after:?}, before the idle timeout"
     );
+    // The plaintext listener (redirecting to https): a client that never sends a byte, so
+    // HTTP/1's head timeout never starts.
+    let started = std::time::Instant::now();
+    let mut silent = std::net::TcpStream::connect(proxy.running.address("http")).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let read = std::io::Read::read(&mut silent, &mut [0u8; 1]);
+    assert!(
+        matches!(read, Ok(0)),
+        "the silent plaintext connection was not closed within 20 s: {read:?}"
+    );
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500),
+        "silent plaintext connection: closed after {after:?}, before the idle timeout"
+    );
     let samples = scrape_metrics(proxy.running.address("admin"));
     assert_eq!(
-        samples["pachgate_idle_connections_closed_total{}"], 2.0,
+        samples["pachgate_idle_connections_closed_total{}"], 3.0,
         "{samples:#}"
     );
 }

@@ -744,10 +744,20 @@ impl Gateway {
                         let service = service_fn(move |request: Request<Incoming>| async move {
                             Ok::<_, Infallible>(redirect_to_https(&request, https_port))
                         });
-                        let _ = gateway
-                            .auto
-                            .serve_connection(TokioIo::new(tcp), service)
-                            .await;
+                        let serving = gateway.auto.serve_connection(TokioIo::new(tcp), service);
+                        // A connection that only ever gets redirects has no reason to stay
+                        // longer than an idle one would, and a silent client (no bytes, so
+                        // not even HTTP/1's head timeout starts) must not stay forever.
+                        match gateway.limits.idle_timeout {
+                            Some(limit) => {
+                                if tokio::time::timeout(limit, serving).await.is_err() {
+                                    gateway.metrics.idle_connection_closed();
+                                }
+                            }
+                            None => {
+                                let _ = serving.await;
+                            }
+                        }
                     }
                 }
             });
