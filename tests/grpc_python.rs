@@ -127,6 +127,33 @@ fn idle_connections_close_and_quiet_streams_do_not() {
     assert_eq!(idle_closes(), "1");
 }
 
+/// pachgate's idle GOAWAY still admits streams until the client answers its PING; a stream
+/// opened in that window runs to its end, though it outlasts the idle and keepalive
+/// timeouts that would otherwise close the connection (tests/clients/h2_goaway_race.py).
+#[test]
+fn a_stream_opened_as_the_idle_goaway_leaves_runs_to_its_end() {
+    let standins = standins();
+    let proxy = pachgate(
+        &format!(
+            "[limits]\nidle_timeout = \"1s\"\nh2_keepalive_timeout = \"1s\"\n\n{}",
+            standin_routes(&standins, "")
+        ),
+        "",
+    );
+    let output = std::process::Command::new("python3")
+        .arg(repo_path("tests/clients/h2_goaway_race.py"))
+        .args(["--port", &proxy.https().port().to_string(), "--ca"])
+        .arg(proxy.ca())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn thousands_of_concurrent_calls_each_get_their_own_answer() {
     // One worker: its upstream connection carries every call, so bursts fill the write

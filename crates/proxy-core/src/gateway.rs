@@ -803,16 +803,19 @@ impl Gateway {
                     finishing = Finishing::Drain;
                 }
                 _ = idle_tick(&mut idle_check), if finishing != Finishing::Drain => {
-                    if finishing == Finishing::Idle {
-                        // The GOAWAY went unanswered (a client that never finished the h2
-                        // handshake, or stopped reading): close without it.
-                        tracing::debug!(client = %info.peer, "idle connection did not close after GOAWAY");
-                        break Ok(());
-                    }
                     let timeout = self.limits.idle_timeout.unwrap_or_default();
                     let now = tokio::time::Instant::now();
                     let deadline = info.activity.idle_deadline(timeout);
+                    if finishing == Finishing::Idle && deadline.is_some() {
+                        // The GOAWAY went unanswered and still nothing is in flight (a
+                        // client that never finished the h2 handshake, or stopped reading):
+                        // close without it. A stream that slipped in as the GOAWAY left
+                        // keeps the connection until it ends.
+                        tracing::debug!(client = %info.peer, "idle connection did not close after GOAWAY");
+                        break Ok(());
+                    }
                     let next = match deadline.map(tokio::time::Instant::from_std) {
+                        _ if finishing == Finishing::Idle => now + self.limits.h2_keepalive_timeout,
                         Some(deadline) if deadline <= now => {
                             // h2: GOAWAY, and the connection ends once the client has seen
                             // it; HTTP/1: closed now, between requests.

@@ -1,0 +1,137 @@
+"""A stream that slips in as pachgate's idle GOAWAY leaves must run to its end.
+
+pachgate closes an idle h2 connection gracefully: a GOAWAY that still admits every stream,
+then a PING, and the final GOAWAY once the PING is answered. This client waits on an idle
+connection for that first GOAWAY, opens a server-streaming call before it answers the
+PING, and requires the call to finish with every message and grpc-status 0, although it
+lasts longer than pachgate's idle and keepalive timeouts.
+
+Frames are written and read by hand (the h2 library refuses to open a stream once it has
+seen a GOAWAY); header blocks go through the `hpack` package from PyPI.
+
+usage: h2_goaway_race.py --port PORT --ca CA_FILE
+"""
+
+import argparse
+import socket
+import ssl
+import struct
+import sys
+
+import hpack
+
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
+END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# pachgate.standin.Echo/ServerStream's request (crates/standins/src/messages.rs):
+# payload = 1 (bytes), response_count = 2 (varint), interval_ms = 4 (varint).
+MESSAGES = 3
+INTERVAL_MS = 1500
+
+
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def request_message():
+    payload = b"late"
+    body = b"\x0a" + bytes([len(payload)]) + payload
+    body += b"\x10" + bytes([MESSAGES]) + b"\x20" + bytes([INTERVAL_MS & 0x7F | 0x80, INTERVAL_MS >> 7])
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def fail(message):
+    print("FAIL: " + message, file=sys.stderr)
+    sys.exit(1)
+
+
+class Frames:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+
+    def next(self):
+        while True:
+            if len(self.buffer) >= 9:
+                length = int.from_bytes(self.buffer[:3], "big")
+                if len(self.buffer) >= 9 + length:
+                    head, self.buffer = self.buffer[:9 + length], self.buffer[9 + length:]
+                    stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+                    return head[3], head[4], stream, head[9:]
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ca", required=True)
+    args = parser.parse_args()
+
+    ctx = ssl.create_default_context(cafile=args.ca)
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", args.port), timeout=20)
+    tls = ctx.wrap_socket(raw, server_hostname="localhost")
+    if tls.selected_alpn_protocol() != "h2":
+        fail("h2 was not negotiated")
+    tls.sendall(PREFACE + frame(SETTINGS, 0, 0))
+    frames = Frames(tls)
+    decoder = hpack.Decoder()
+    opened = False
+    held_pings = []
+    messages = 0
+    grpc_status = None
+    goaways = []
+    while grpc_status is None:
+        got = frames.next()
+        if got is None:
+            fail(f"connection closed: {messages} messages, GOAWAYs {goaways}, stream opened {opened}")
+        kind, flags, stream, payload = got
+        if kind == SETTINGS and not flags & ACK:
+            tls.sendall(frame(SETTINGS, ACK, 0))
+        elif kind == PING and not flags & ACK:
+            if opened:
+                tls.sendall(frame(PING, ACK, 0, payload))
+            else:
+                held_pings.append(payload)
+        elif kind == GOAWAY:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            goaways.append(last)
+            if not opened:
+                if last < 1:
+                    fail(f"the first GOAWAY admits no stream (last {last})")
+                block = hpack.Encoder().encode([
+                    (":method", "POST"),
+                    (":scheme", "https"),
+                    (":authority", "localhost"),
+                    (":path", "/pachgate.standin.Echo/ServerStream"),
+                    ("content-type", "application/grpc"),
+                    ("te", "trailers"),
+                ])
+                tls.sendall(
+                    frame(HEADERS, END_HEADERS, 1, block)
+                    + frame(DATA, END_STREAM, 1, request_message())
+                    + b"".join(frame(PING, ACK, 0, p) for p in held_pings)
+                )
+                opened = True
+                print("stream opened after the first GOAWAY", flush=True)
+        elif kind == HEADERS and stream == 1:
+            headers = dict(decoder.decode(payload))
+            if flags & END_STREAM:
+                grpc_status = headers.get("grpc-status", "missing")
+        elif kind == DATA and stream == 1:
+            messages += payload.count(b"late")
+        elif kind == RST_STREAM and stream == 1:
+            fail(f"the stream was reset (error {int.from_bytes(payload, 'big')})")
+    if grpc_status != "0":
+        fail(f"the stream ended with grpc-status {grpc_status!r} after {messages} messages")
+    if messages != MESSAGES:
+        fail(f"{messages} of {MESSAGES} messages arrived")
+    print(f"ok: {messages} messages and grpc-status 0 after the GOAWAY (GOAWAYs: {goaways})")
+
+
+if __name__ == "__main__":
+    main()
