@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every pachgate test on a fresh Debian machine: installs the real peers the tests use
 # (Debian: ruby-grpc for the official gRPC interop client/server, curl, openssl;
-# PyPI: grpcio, websockets), then the unit and end-to-end tests of the whole workspace.
+# PyPI: grpcio, websockets, hpack and the rest of tests/requirements.txt), then the unit
+# and end-to-end tests of the whole workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

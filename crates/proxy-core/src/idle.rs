@@ -24,7 +24,8 @@ impl ConnActivity {
         })
     }
 
-    /// Counts a request as in flight until the returned guard is dropped.
+    /// Counts a request as in flight until the returned guard's `end`. A guard dropped
+    /// without it leaves the connection busy for good: never closed early, only never idle.
     pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
