@@ -518,21 +518,23 @@ def check_stream_survives_drain(args):
 
 def check_idle_timeout(args):
     """Run with limits.idle_timeout = 2s. A server stream whose messages come 2.5 s apart
-    is a call in flight, however quiet, and runs to its end (then "stream done" is printed,
-    for the caller to look at pachgate's metrics). The connection then carries no
-    call for 4 s: pachgate closes it with GOAWAY, and the channel's next call goes out on a
-    new connection and succeeds."""
+    is a call in flight, however quiet, and runs to its end ("first message" is printed
+    when the first reply arrives, past the idle timeout, for the caller to look at
+    pachgate's metrics while the stream still runs). The connection then carries no call
+    for 4 s: pachgate closes it with GOAWAY, and the channel's next call goes out on a new
+    connection and succeeds."""
     with channel(args) as ch:
         start = time.monotonic()
-        replies = list(
-            method(ch, "server", "ServerStream")(
-                echo_request(b"quiet", count=2, interval_ms=2500), timeout=30
-            )
-        )
+        replies = 0
+        for _ in method(ch, "server", "ServerStream")(
+            echo_request(b"quiet", count=2, interval_ms=2500), timeout=30
+        ):
+            replies += 1
+            if replies == 1:
+                print("first message", flush=True)
         took = time.monotonic() - start
-        expect(len(replies) == 2, f"the quiet stream delivered {len(replies)} of 2 messages")
+        expect(replies == 2, f"the quiet stream delivered {replies} of 2 messages")
         expect(took >= 4.5, f"the stream took {took:.1f}s; its messages were not 2.5 s apart")
-        print("stream done", flush=True)
         time.sleep(4)
         reply = echo_response(method(ch, "unary", "Unary")(echo_request(b"after idle"), timeout=10))
         expect(reply["payload"] == b"after idle", "the call after the idle close came back wrong")
