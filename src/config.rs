@@ -822,34 +822,48 @@ impl Validator<'_> {
         if let Some(v) = &limits.h2_max_local_error_reset_streams {
             out.h2_max_local_error_reset_streams = *v.get_ref() as usize;
         }
-        if let Some(v) = &limits.h2_keepalive_interval {
-            if let Some(d) = self.optional_duration(v, "limits.h2_keepalive_interval") {
-                out.h2_keepalive_interval = d;
+        // Timeouts and intervals: zero is refused (`nonzero_duration`); some may be "off".
+        for (value, key, slot) in [
+            (
+                &limits.h2_keepalive_timeout,
+                "limits.h2_keepalive_timeout",
+                &mut out.h2_keepalive_timeout,
+            ),
+            (
+                &limits.h1_header_read_timeout,
+                "limits.h1_header_read_timeout",
+                &mut out.h1_header_read_timeout,
+            ),
+            (
+                &limits.tls_handshake_timeout,
+                "limits.tls_handshake_timeout",
+                &mut out.tls_handshake_timeout,
+            ),
+        ] {
+            if let Some(d) = value.as_ref().and_then(|v| self.nonzero_duration(v, key)) {
+                *slot = d;
             }
         }
-        if let Some(v) = &limits.h2_keepalive_timeout {
-            if let Some(d) = self.nonzero_duration(v, "limits.h2_keepalive_timeout") {
-                out.h2_keepalive_timeout = d;
+        for (value, key, slot) in [
+            (
+                &limits.h2_keepalive_interval,
+                "limits.h2_keepalive_interval",
+                &mut out.h2_keepalive_interval,
+            ),
+            (
+                &limits.idle_timeout,
+                "limits.idle_timeout",
+                &mut out.idle_timeout,
+            ),
+        ] {
+            if let Some(d) = value.as_ref().and_then(|v| self.optional_duration(v, key)) {
+                *slot = d;
             }
         }
-        if let Some(v) = &limits.h1_header_read_timeout {
-            if let Some(d) = self.nonzero_duration(v, "limits.h1_header_read_timeout") {
-                out.h1_header_read_timeout = d;
-            }
-        }
+        // Zero is allowed here: no grace at all on shutdown.
         if let Some(v) = &limits.drain_timeout {
             if let Some(d) = self.duration(v, "limits.drain_timeout") {
                 out.drain_timeout = d;
-            }
-        }
-        if let Some(v) = &limits.tls_handshake_timeout {
-            if let Some(d) = self.nonzero_duration(v, "limits.tls_handshake_timeout") {
-                out.tls_handshake_timeout = d;
-            }
-        }
-        if let Some(v) = &limits.idle_timeout {
-            if let Some(d) = self.optional_duration(v, "limits.idle_timeout") {
-                out.idle_timeout = d;
             }
         }
         out

@@ -16,11 +16,9 @@ const DRAIN_TIMEOUT_SECS: u64 = 6;
 #[test]
 fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
     let standins = standins();
-    let mut proxy = pachgate(
-        &format!(
-            "[limits]\ndrain_timeout = \"{DRAIN_TIMEOUT_SECS}s\"\n{}",
-            standin_routes(&standins, "")
-        ),
+    let mut proxy = pachgate_with_limits(
+        &standins,
+        &format!("drain_timeout = \"{DRAIN_TIMEOUT_SECS}s\""),
         "admin = \"127.0.0.1:0\"",
     );
     let admin = proxy.running.address("admin");

@@ -85,11 +85,9 @@ fn idle_connections_close_and_quiet_streams_do_not() {
     use std::io::{BufRead, BufReader};
 
     let standins = standins();
-    let proxy = pachgate(
-        &format!(
-            "[limits]\nidle_timeout = \"2s\"\n\n{}",
-            standin_routes(&standins, "")
-        ),
+    let proxy = pachgate_with_limits(
+        &standins,
+        "idle_timeout = \"2s\"",
         "admin = \"127.0.0.1:0\"",
     );
     let admin = proxy.running.address("admin");
@@ -133,24 +131,16 @@ fn idle_connections_close_and_quiet_streams_do_not() {
 #[test]
 fn a_stream_opened_as_the_idle_goaway_leaves_runs_to_its_end() {
     let standins = standins();
-    let proxy = pachgate(
-        &format!(
-            "[limits]\nidle_timeout = \"1s\"\nh2_keepalive_timeout = \"1s\"\n\n{}",
-            standin_routes(&standins, "")
-        ),
+    let proxy = pachgate_with_limits(
+        &standins,
+        "idle_timeout = \"1s\"\nh2_keepalive_timeout = \"1s\"",
         "",
     );
-    let output = std::process::Command::new("python3")
-        .arg(repo_path("tests/clients/h2_goaway_race.py"))
-        .args(["--port", &proxy.https().port().to_string(), "--ca"])
-        .arg(proxy.ca())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let port = proxy.https().port().to_string();
+    let ca = proxy.ca();
+    python(
+        "h2_goaway_race.py",
+        &["--port", &port, "--ca", ca.to_str().unwrap()],
     );
 }
 

@@ -20,12 +20,12 @@ import sys
 
 import hpack
 
+from grpc_checks import echo_request  # the stand-in's request, encoded by hand
+
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
 END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-# pachgate.standin.Echo/ServerStream's request (crates/standins/src/messages.rs):
-# payload = 1 (bytes), response_count = 2 (varint), interval_ms = 4 (varint).
 MESSAGES = 3
 INTERVAL_MS = 1500
 
@@ -35,9 +35,7 @@ def frame(kind, flags, stream, payload=b""):
 
 
 def request_message():
-    payload = b"late"
-    body = b"\x0a" + bytes([len(payload)]) + payload
-    body += b"\x10" + bytes([MESSAGES]) + b"\x20" + bytes([INTERVAL_MS & 0x7F | 0x80, INTERVAL_MS >> 7])
+    body = echo_request(b"late", count=MESSAGES, interval_ms=INTERVAL_MS)
     return b"\x00" + len(body).to_bytes(4, "big") + body
 
 

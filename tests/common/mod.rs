@@ -215,6 +215,14 @@ pub fn pachgate_config(config: &str, listeners: usize) -> Proxy {
     Proxy { running, dir }
 }
 
+/// pachgate in front of the stand-ins (`standin_routes`) with these `[limits]` lines.
+pub fn pachgate_with_limits(standins: &Running, limits: &str, extra_listen: &str) -> Proxy {
+    pachgate(
+        &format!("[limits]\n{limits}\n\n{}", standin_routes(standins, "")),
+        extra_listen,
+    )
+}
+
 /// Upstreams and routes for the stand-ins: gRPC to pachd, everything else to console.
 pub fn standin_routes(standins: &Running, upstream_extra: &str) -> String {
     pachgate_standins::routes_toml(

@@ -181,9 +181,12 @@ impl H2Driver {
         Poll::Ready(ended)
     }
 
+    /// Drops the connection (closing its socket; its streams fail) and marks it closed, so
+    /// the next request opens a new one.
     fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.connection = None;
+        self.closed.store(true, Ordering::Release);
     }
 
     /// A stream queued a request; the one that fills a batch writes the batch out.
@@ -499,7 +502,6 @@ impl Upstream {
             // Closes the socket (if a silent keepalive ended it: its streams fail now
             // rather than wait for a peer that is gone).
             driving.close();
-            driving.closed.store(true, Ordering::Release);
             if let Err(error) = ended {
                 tracing::debug!(upstream = %name, %error, "upstream h2 connection ended");
             }
