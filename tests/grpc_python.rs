@@ -239,3 +239,34 @@ fn served(lines: Vec<String>) -> u64 {
         .parse()
         .expect("served N")
 }
+
+/// pachgate's own upstream h2 client against an upstream that keeps a stream limit of 2,
+/// sends and takes 40 KB header blocks (CONTINUATION), and on some methods breaks the
+/// protocol: calls queue under the limit instead of being refused, big headers arrive whole,
+/// each violation fails only its own call (or its connection) with the right status, and the
+/// calls after it are served (tests/clients/h2_upstream.py).
+#[test]
+fn an_upstream_with_a_stream_limit_big_headers_and_bad_frames_is_handled() {
+    use std::process::Command;
+
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_path("tests/clients/h2_upstream.py"))
+        .arg("serve");
+    let upstream = start(command, 1);
+    let address = upstream.address("odd-upstream");
+    let proxy = pachgate(
+        &format!(
+            "[upstreams.odd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n\n\
+             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"odd\"\n"
+        ),
+        "",
+    );
+    let target = proxy.target();
+    let ca = proxy.ca();
+    let output = python(
+        "h2_upstream.py",
+        &["check", "--target", &target, "--ca", ca.to_str().unwrap()],
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok: odd upstream"));
+}

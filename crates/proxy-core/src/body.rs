@@ -1,12 +1,13 @@
 //! One concrete body type for everything pachgate sends, so no body is boxed per request.
 
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::h2_client::StreamRef;
 use crate::metrics::ByteTally;
 
 /// Body errors: hyper's or h2's, boxed, so hyper finds an h2 reset reason in the chain and
@@ -83,84 +84,28 @@ impl Body for ProxyBody {
     }
 }
 
-/// Small DATA frames already waiting are passed on as one frame of up to this many bytes.
-const COALESCE_LIMIT: usize = 16 * 1024;
-
-/// An h2 upstream's response body: DATA frames, then trailers. Flow-control credit goes back
-/// to the upstream as each frame is handed on, so the client's pace (hyper polls this only
-/// when the client's window has room) is the upstream's pace.
-///
-/// Small frames that have already arrived are joined (never waited for): a server stream of
-/// small gRPC messages comes one DATA frame per message, and every frame forwarded costs a
-/// frame's bookkeeping on both sides.
-#[derive(Debug)]
+/// An h2 upstream's response body: DATA, then trailers, read from the upstream stream by
+/// the task that forwards them (`h2_client` joins small frames that have already arrived and
+/// credits the upstream as data is handed on).
 pub struct UpstreamBody {
-    stream: h2::RecvStream,
-    data_done: bool,
-    /// An error met while joining frames, reported after the data before it.
-    failed: Option<h2::Error>,
+    stream: StreamRef,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(stream: h2::RecvStream) -> Self {
-        UpstreamBody {
-            stream,
-            data_done: false,
-            failed: None,
-        }
+    pub(crate) fn new(stream: StreamRef) -> Self {
+        UpstreamBody { stream }
     }
 
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some(error) = self.failed.take() {
-            return Poll::Ready(Some(Err(error.into())));
-        }
-        if !self.data_done {
-            match ready!(self.stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let data = self.join_waiting(data, cx);
-                    let _ = self.stream.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => self.data_done = true,
-            }
-        }
-        match ready!(self.stream.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
-    }
-
-    /// `first`, followed by the DATA frames that have already arrived, up to COALESCE_LIMIT.
-    fn join_waiting(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
-        if first.len() >= COALESCE_LIMIT {
-            return first;
-        }
-        let mut joined: Option<BytesMut> = None;
-        while joined.as_ref().map_or(first.len(), BytesMut::len) < COALESCE_LIMIT {
-            match self.stream.poll_data(cx) {
-                Poll::Ready(Some(Ok(more))) => joined
-                    .get_or_insert_with(|| {
-                        let mut buffer = BytesMut::with_capacity(COALESCE_LIMIT);
-                        buffer.extend_from_slice(&first);
-                        buffer
-                    })
-                    .extend_from_slice(&more),
-                Poll::Ready(Some(Err(error))) => {
-                    self.failed = Some(error);
-                    break;
-                }
-                Poll::Ready(None) => {
-                    self.data_done = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
-        }
-        joined.map_or(first, BytesMut::freeze)
+        self.stream.poll_body(cx)
     }
 }

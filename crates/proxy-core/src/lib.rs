@@ -12,6 +12,7 @@ pub mod error;
 pub mod exchange;
 pub mod framing_guard;
 pub mod gateway;
+mod h2_client;
 pub mod headers;
 mod idle;
 pub mod metrics;

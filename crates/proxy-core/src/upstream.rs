@@ -3,16 +3,16 @@
 //! a keep-alive pool. All upstream sockets set TCP_NODELAY: without it Nagle's algorithm and
 //! delayed ACKs stall small h2 frames (measured: 13× fewer small gRPC calls per second).
 //!
-//! h2 upstreams are spoken through the h2 crate directly, not hyper's client: a request is
-//! opened, fed and answered inside the task that serves the client's stream, where hyper's
-//! client adds a dispatch channel, a spawned task per request and another per request body
-//! (benches/README.md has the before/after). Under a burst, every 16th request writes the
-//! queued batch out from its stream's task, so the upstream starts on it while the worker
-//! reads the rest (`UPSTREAM_WRITE_BATCH`).
+//! h2 upstreams are spoken by pachgate's own client connection (`h2_client`), not hyper's
+//! client: a request is opened, fed and answered inside the task that serves the client's
+//! stream, where hyper's client adds a dispatch channel, a spawned task per request and
+//! another per request body (benches/README.md has the before/after). Under a burst, every
+//! 16th request writes the queued batch out from its stream's task, so the upstream starts
+//! on it while the worker reads the rest (`UPSTREAM_WRITE_BATCH`).
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -29,11 +29,10 @@ use tokio::net::TcpStream;
 
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
+use crate::h2_client::{self, Failure, StreamRef};
 
 const UPSTREAM_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Request data h2 may hold for one stream beyond what the upstream's window lets out.
-const UPSTREAM_SEND_BUFFER: usize = 400 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -79,10 +78,6 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// An upstream connection, plain or TLS, as one type for hyper.
-trait UpstreamIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> UpstreamIo for T {}
-
 /// How to reach one upstream service.
 #[derive(Debug, Clone)]
 pub struct UpstreamSpec {
@@ -103,21 +98,6 @@ pub struct UpstreamSpec {
     pub tls: Option<UpstreamTls>,
 }
 
-/// One live h2 connection to an endpoint: the handle that opens streams on it, and whether
-/// the task driving it has ended.
-struct H2Connection {
-    sender: h2::client::SendRequest<Bytes>,
-    driver: Arc<H2Driver>,
-}
-
-impl H2Connection {
-    fn is_open(&self) -> bool {
-        !self.driver.closed.load(Ordering::Acquire)
-    }
-}
-
-type H2ClientConnection = h2::client::Connection<Box<dyn UpstreamIo>, Bytes>;
-
 /// Requests queued on an upstream h2 connection before the stream that queued the last of
 /// them writes them out itself. A worker runs woken tasks in order, so the connection's own
 /// task writes only after every ready stream has queued its request: a burst from many
@@ -125,96 +105,6 @@ type H2ClientConnection = h2::client::Connection<Box<dyn UpstreamIo>, Bytes>;
 /// the worker idles while the upstream answers it. Handing batches over as they fill keeps
 /// both busy (benches/README.md: unary calls/s +16 %, CPU per call +6 %).
 const UPSTREAM_WRITE_BATCH: usize = 16;
-
-/// The I/O of one upstream h2 connection. Its own task polls it; a stream that fills a batch
-/// polls it too, with the task's waker, so readiness still wakes that task.
-struct H2Driver {
-    state: std::sync::Mutex<DriverState>,
-    /// Requests queued since the connection was last polled.
-    queued: AtomicUsize,
-    /// Set once the connection has ended or failed a request: the next request opens a new
-    /// one. Read without the lock on every request.
-    closed: AtomicBool,
-}
-
-struct DriverState {
-    /// `None` once the connection has ended (the socket is closed then).
-    connection: Option<H2ClientConnection>,
-    /// The driving task's waker, for polls made from other tasks.
-    waker: Option<std::task::Waker>,
-    /// How the connection ended, when a stream's poll saw it end first.
-    ended: Option<Result<(), h2::Error>>,
-}
-
-impl H2Driver {
-    fn new(connection: H2ClientConnection) -> Self {
-        H2Driver {
-            state: std::sync::Mutex::new(DriverState {
-                connection: Some(connection),
-                waker: None,
-                ended: None,
-            }),
-            queued: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-        }
-    }
-
-    /// The driving task's poll: ready when the connection has ended.
-    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ended) = state.ended.take() {
-            return Poll::Ready(ended);
-        }
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            state.waker = Some(cx.waker().clone());
-        }
-        let Some(connection) = state.connection.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        self.queued.store(0, Ordering::Relaxed);
-        let ended = ready!(Pin::new(connection).poll(cx));
-        state.connection = None;
-        Poll::Ready(ended)
-    }
-
-    /// Drops the connection (closing its socket; its streams fail) and marks it closed, so
-    /// the next request opens a new one.
-    fn close(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.connection = None;
-        self.closed.store(true, Ordering::Release);
-    }
-
-    /// A stream queued a request; the one that fills a batch writes the batch out.
-    fn request_queued(&self) {
-        if self.queued.fetch_add(1, Ordering::Relaxed) + 1 < UPSTREAM_WRITE_BATCH {
-            return;
-        }
-        // Busy means being polled right now (another worker sharing the slot): that poll
-        // writes the batch.
-        let Ok(mut state) = self.state.try_lock() else {
-            return;
-        };
-        let DriverState {
-            connection: Some(live),
-            waker: Some(waker),
-            ended,
-        } = &mut *state
-        else {
-            return;
-        };
-        self.queued.store(0, Ordering::Relaxed);
-        if let Poll::Ready(outcome) = Pin::new(live).poll(&mut Context::from_waker(waker)) {
-            *ended = Some(outcome);
-            waker.wake_by_ref();
-            state.connection = None;
-        }
-    }
-}
 
 /// Workers keep their own h2 connection to each endpoint (a stream is then driven by the
 /// thread that serves its client, with no wake-up crossing threads); workers past this many
@@ -235,7 +125,7 @@ pub fn set_worker_index(index: usize) {
 #[derive(Default)]
 struct H2Slot {
     /// Loaded lock-free on every request.
-    connection: ArcSwapOption<H2Connection>,
+    connection: ArcSwapOption<h2_client::Connection>,
     /// Serialises reconnects so a burst after a failure opens one connection, not hundreds.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -410,53 +300,54 @@ impl Upstream {
         endpoint: &Endpoint,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut connection = self.h2_connection(endpoint).await?;
-        let mut sender = connection.sender.clone();
-        if poll_fn(|cx| sender.poll_ready(cx)).await.is_err() {
+        let (head, body) = request.into_parts();
+        let end_of_stream = http_body::Body::is_end_stream(&body);
+        let connection = self.h2_connection(endpoint).await?;
+        let mut stream = match connection.open(&head, end_of_stream).await {
+            Ok(stream) => stream,
             // The connection ended (closed, GOAWAY) before this request left: nothing reached
             // the upstream, so one more try on a fresh connection is safe even for
             // non-idempotent calls.
-            connection.driver.closed.store(true, Ordering::Release);
-            connection = self.h2_connection(endpoint).await?;
-            sender = connection.sender.clone();
-            poll_fn(|cx| sender.poll_ready(cx))
-                .await
-                .map_err(|e| self.failed(&e))?;
-        }
-        let (head, body) = request.into_parts();
-        let end_of_stream = http_body::Body::is_end_stream(&body);
-        let (mut response, upload) = sender
-            .send_request(Request::from_parts(head, ()), end_of_stream)
-            .map_err(|e| self.failed(&e))?;
-        let mut counted = false;
+            Err(Failure::Refused) => {
+                connection.retire();
+                let connection = self.h2_connection(endpoint).await?;
+                connection
+                    .open(&head, end_of_stream)
+                    .await
+                    .map_err(|e| self.failed(&e))?
+            }
+            Err(e) => return Err(self.failed(&e)),
+        };
         // The request body is forwarded from this task while the response is awaited: a
         // unary call's message arrives with its headers or just after them, and needs no
         // task of its own. Only a body still going when the response headers arrive (a
         // client or bidi stream) gets one.
-        let mut pump = (!end_of_stream).then_some(RequestPump { body, upload });
+        let mut pump = (!end_of_stream).then(|| RequestPump {
+            body,
+            upload: stream.clone_ref(),
+            waiting: None,
+        });
         let response = poll_fn(|cx| {
             if let Some(running) = pump.as_mut() {
                 if Pin::new(running).poll(cx).is_ready() {
                     pump = None;
                 }
             }
-            // After the pump's first turn: a unary call's message is queued by then.
-            if !counted {
-                counted = true;
-                connection.driver.request_queued();
-            }
-            Pin::new(&mut response).poll(cx)
+            stream.poll_response(cx)
         })
-        .await;
-        let response = response.map_err(|e| self.failed(&e))?;
+        .await
+        .map_err(|e| self.failed(&e))?;
         if let Some(pump) = pump {
             tokio::spawn(pump);
         }
-        Ok(response.map(|body| ProxyBody::Upstream(UpstreamBody::new(body))))
+        Ok(response.map(|()| ProxyBody::Upstream(UpstreamBody::new(stream))))
     }
 
     /// This worker's live h2 connection to the endpoint, or a new one.
-    async fn h2_connection(&self, endpoint: &Endpoint) -> Result<Arc<H2Connection>, ProxyError> {
+    async fn h2_connection(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Arc<h2_client::Connection>, ProxyError> {
         let slot = endpoint.h2_slot();
         if let Some(connection) = slot.connection.load_full() {
             if connection.is_open() {
@@ -470,46 +361,25 @@ impl Upstream {
             }
         }
         let io = self.connect_io(endpoint).await?;
-        let (sender, mut connection) = h2::client::Builder::new()
-            // Fixed windows rather than adaptive ones: h2 sizes its small-DATA-frame flood
-            // guard from the connection window, and a 64 KiB start trips it on streams of
-            // small gRPC messages (see ServerLimits::h2_connection_window).
-            .initial_window_size(UPSTREAM_STREAM_WINDOW)
-            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
-            .max_frame_size(256 * 1024)
-            .max_send_buffer_size(UPSTREAM_SEND_BUFFER)
-            .enable_push(false)
-            .handshake::<_, Bytes>(io)
-            .await
-            .map_err(|e| self.connect_error(endpoint, &e))?;
-        let keepalive = self
-            .spec
-            .h2_keepalive_interval
-            .and_then(|every| Some((every, connection.ping_pong()?)));
-        let keepalive_timeout = self.spec.h2_keepalive_timeout;
-        let shared = Arc::new(H2Driver::new(connection));
-        let driving = shared.clone();
+        let (connection, driving) = h2_client::Connection::start(
+            io,
+            h2_client::Settings {
+                stream_window: UPSTREAM_STREAM_WINDOW,
+                connection_window: UPSTREAM_CONNECTION_WINDOW,
+                write_batch: UPSTREAM_WRITE_BATCH,
+                keepalive: self
+                    .spec
+                    .h2_keepalive_interval
+                    .map(|every| (every, self.spec.h2_keepalive_timeout)),
+            },
+        );
         let name = self.spec.name.clone();
         tokio::spawn(async move {
-            let driver = poll_fn(|cx| driving.poll_drive(cx));
-            let ended = match keepalive {
-                None => driver.await.map_err(|e| e.to_string()),
-                Some((every, pings)) => tokio::select! {
-                    ended = driver => ended.map_err(|e| e.to_string()),
-                    silent = ping_until_silent(pings, every, keepalive_timeout) => Err(silent),
-                },
-            };
-            // Closes the socket (if a silent keepalive ended it: its streams fail now
-            // rather than wait for a peer that is gone).
-            driving.close();
-            if let Err(error) = ended {
+            if let Err(error) = driving.await {
                 tracing::debug!(upstream = %name, %error, "upstream h2 connection ended");
             }
         });
-        let connection = Arc::new(H2Connection {
-            sender,
-            driver: shared,
-        });
+        let connection = Arc::new(connection);
         slot.connection.store(Some(connection.clone()));
         Ok(connection)
     }
@@ -533,7 +403,10 @@ impl Upstream {
 
     /// TCP, then TLS when the upstream is configured for it. A certificate problem is
     /// reported as what it is: a TLS verification failure.
-    async fn connect_io(&self, endpoint: &Endpoint) -> Result<Box<dyn UpstreamIo>, ProxyError> {
+    async fn connect_io(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Box<dyn h2_client::Transport>, ProxyError> {
         let tcp = self.connect_tcp(endpoint).await?;
         let Some(tls) = &self.spec.tls else {
             return Ok(Box::new(tcp));
@@ -587,25 +460,15 @@ impl Upstream {
     }
 }
 
-/// Pings an upstream h2 connection every `every`; returns why once a ping goes unanswered
-/// for `timeout` (dropping the connection then closes it, and its streams end with an error).
-async fn ping_until_silent(mut pings: h2::PingPong, every: Duration, timeout: Duration) -> String {
-    loop {
-        tokio::time::sleep(every).await;
-        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(e)) => return format!("keepalive ping failed: {e}"),
-            Err(_) => return format!("no keepalive pong within {timeout:?}"),
-        }
-    }
-}
-
 /// Feeds a client's request body into its upstream h2 stream: DATA as the upstream's window
 /// allows (no more is pulled from the client meanwhile), then trailers or end of stream. A
 /// client's reset reaches the upstream with its reason; an upstream's reset stops the feed.
 struct RequestPump {
     body: ProxyBody,
-    upload: h2::SendStream<Bytes>,
+    upload: StreamRef,
+    /// Data taken from the client that the upstream's window has not let out yet, and
+    /// whether it ends the body.
+    waiting: Option<(Bytes, bool)>,
 }
 
 impl Future for RequestPump {
@@ -614,43 +477,37 @@ impl Future for RequestPump {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            // Room for at least one byte before the next frame is taken from the client; h2
-            // holds what exceeds the window (up to UPSTREAM_SEND_BUFFER) until credit comes.
-            this.upload.reserve_capacity(1);
-            if this.upload.capacity() == 0 {
-                loop {
-                    match ready!(this.upload.poll_capacity(cx)) {
-                        Some(Ok(0)) => {}
-                        Some(Ok(_)) => break,
-                        // The stream is over on the upstream's side (reset or closed).
-                        Some(Err(_)) | None => return Poll::Ready(()),
-                    }
+            if let Some((data, end_of_stream)) = this.waiting.as_mut() {
+                let end_of_stream = *end_of_stream;
+                if ready!(this.upload.poll_send(cx, data, end_of_stream)).is_err() || end_of_stream
+                {
+                    return Poll::Ready(());
                 }
-            } else if let Poll::Ready(reset) = this.upload.poll_reset(cx) {
-                tracing::debug!(?reset, "upstream reset a stream mid-request");
+                this.waiting = None;
+            }
+            if this.upload.poll_send_closed(cx).is_ready() {
+                tracing::debug!("upstream ended a stream mid-request");
                 return Poll::Ready(());
             }
             let frame = match ready!(http_body::Body::poll_frame(Pin::new(&mut this.body), cx)) {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
-                    this.upload.send_reset(h2_reason(&*error));
+                    this.upload.reset(h2_reason(&*error));
                     return Poll::Ready(());
                 }
                 None => {
-                    let _ = this.upload.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
+                    this.waiting = Some((Bytes::new(), true));
+                    continue;
                 }
             };
             match frame.into_data() {
                 Ok(data) => {
                     let end_of_stream = http_body::Body::is_end_stream(&this.body);
-                    if this.upload.send_data(data, end_of_stream).is_err() || end_of_stream {
-                        return Poll::Ready(());
-                    }
+                    this.waiting = Some((data, end_of_stream));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        let _ = this.upload.send_trailers(trailers);
+                        this.upload.send_trailers(&trailers);
                     }
                     return Poll::Ready(());
                 }

@@ -1,0 +1,1509 @@
+//! pachgate's own client side of an upstream HTTP/2 connection.
+//!
+//! A profile of small gRPC calls put about a third of the proxy's CPU in the h2 crate's
+//! client: its generic stream store, its send queue and its HPACK encoder, all built for
+//! every use of HTTP/2. A proxy's upstream connection needs less: requests whose heads it
+//! already holds as `http` types, bodies handed on as they come, and responses read into the
+//! task that forwards them. This module speaks exactly that (RFC 9113, client side):
+//! HEADERS and CONTINUATION, DATA with both levels of flow control, trailers, RST_STREAM,
+//! SETTINGS, PING (answers and keepalive), GOAWAY, and the peer's stream limit. Response
+//! header blocks go through a full HPACK decoder (loona-hpack); request heads are written as
+//! literals that never enter the upstream's table, so no encoder state is kept.
+//!
+//! One mutex guards a connection. The task that drives it reads and writes the socket;
+//! stream tasks queue frames and wake it. benches/README.md has the before/after.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Response, StatusCode, Version};
+use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::body::BodyError;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+
+const DEFAULT_WINDOW: u32 = 65_535;
+const DEFAULT_MAX_FRAME: usize = 16_384;
+const MAX_WINDOW: i64 = 0x7fff_ffff;
+const LAST_STREAM_ID: u32 = 0x7fff_ffff;
+
+/// Largest frame we accept (advertised in SETTINGS); big response messages then cost fewer
+/// frames.
+const MAX_FRAME_IN: usize = 256 * 1024;
+/// A response header block (HEADERS plus CONTINUATIONs) past this is a connection error:
+/// no upstream gets to make pachgate buffer without bound.
+const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// Reads handled per wake-up before the driver yields to other tasks.
+const READS_PER_WAKE: usize = 32;
+/// DATA payloads at least this large are written from their own buffer, not copied.
+const WRITTEN_IN_PLACE: usize = 4096;
+/// Small DATA frames already waiting are handed on as one chunk of up to this many bytes.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Windows and batching, as the caller configures the connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// Requests queued before the stream that queued the last of them writes the batch out
+    /// itself instead of waiting for the connection's task.
+    pub write_batch: usize,
+    /// Ping after this long without a frame from the upstream; fail the connection when the
+    /// ping is not answered within the second duration.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
+/// Why a stream or the connection ended badly.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// The upstream reset the stream (or we did, for a protocol violation).
+    Reset(h2::Reason),
+    /// The upstream went away before it processed the stream: safe to send again.
+    Refused,
+    /// The connection failed.
+    Connection(Arc<str>),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Reset(reason) => write!(f, "stream reset: {reason:?}"),
+            Failure::Refused => f.write_str("stream refused (upstream going away)"),
+            Failure::Connection(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    /// As a body error: a reset keeps its reason (hyper passes it on to the client's stream).
+    fn into_body_error(self) -> BodyError {
+        match self {
+            Failure::Reset(reason) => h2::Error::from(reason).into(),
+            Failure::Refused => h2::Error::from(h2::Reason::REFUSED_STREAM).into(),
+            Failure::Connection(text) => io::Error::other(text.to_string()).into(),
+        }
+    }
+}
+
+/// Stream ids are distinct odd numbers: spread them with one multiply instead of SipHash.
+#[derive(Default)]
+struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8 | u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type StreamMap = HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>;
+
+/// The response head of a stream, as it moves from the upstream to the caller.
+enum Head {
+    Awaiting,
+    Arrived(Response<()>),
+    Delivered,
+}
+
+struct Stream {
+    /// Handles alive (the response side, and the request body's pump while it runs).
+    refs: u8,
+    head: Head,
+    data: VecDeque<Bytes>,
+    buffered: usize,
+    trailers: Option<HeaderMap>,
+    /// END_STREAM received.
+    recv_closed: bool,
+    /// END_STREAM sent (or the upstream no longer wants the request body).
+    send_closed: bool,
+    failure: Option<Failure>,
+    /// Whether the stream still counts against the upstream's concurrent-stream limit.
+    open: bool,
+    recv_window: i64,
+    /// Bytes handed on and not yet credited back to the upstream.
+    unacked: u32,
+    send_window: i64,
+    recv_waker: Option<Waker>,
+    send_waker: Option<Waker>,
+}
+
+impl Stream {
+    fn wake(&mut self) {
+        if let Some(waker) = self.recv_waker.take() {
+            waker.wake();
+        }
+        if let Some(waker) = self.send_waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn response_done(&self) -> bool {
+        self.recv_closed && self.data.is_empty() && self.trailers.is_none()
+    }
+}
+
+/// Frames waiting for the socket: small ones copied into one buffer, large DATA payloads
+/// kept as their own `Bytes` and written with vectored writes.
+#[derive(Default)]
+struct Output {
+    chunks: VecDeque<Bytes>,
+    small: BytesMut,
+    /// Bytes of the front chunk already written.
+    front_written: usize,
+}
+
+impl Output {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.small.is_empty()
+    }
+
+    fn frame_header(&mut self, length: usize, kind: u8, flags: u8, stream: u32) {
+        let length = (length as u32).to_be_bytes();
+        self.small.extend_from_slice(&length[1..]);
+        self.small.extend_from_slice(&[kind, flags]);
+        self.small.extend_from_slice(&stream.to_be_bytes());
+    }
+
+    fn payload(&mut self, data: Bytes) {
+        if data.len() < WRITTEN_IN_PLACE {
+            self.small.extend_from_slice(&data);
+        } else {
+            self.seal();
+            self.chunks.push_back(data);
+        }
+    }
+
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push_back(self.small.split().freeze());
+        }
+    }
+
+    fn poll_write<T: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Small frames only (the common case): written straight from their buffer.
+        while self.chunks.is_empty() && !self.small.is_empty() {
+            match Pin::new(&mut *io).poll_write(cx, &self.small) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => bytes::Buf::advance(&mut self.small, n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.seal();
+        while !self.chunks.is_empty() {
+            let mut slices = [io::IoSlice::new(&[]); 32];
+            let mut count = 0;
+            for (index, chunk) in self.chunks.iter().take(slices.len()).enumerate() {
+                let skip = if index == 0 { self.front_written } else { 0 };
+                slices[count] = io::IoSlice::new(&chunk[skip..]);
+                count += 1;
+            }
+            let mut written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            while written > 0 {
+                let left = self.chunks[0].len() - self.front_written;
+                if written >= left {
+                    written -= left;
+                    self.chunks.pop_front();
+                    self.front_written = 0;
+                } else {
+                    self.front_written += written;
+                    written = 0;
+                }
+            }
+        }
+        Pin::new(&mut *io).poll_flush(cx)
+    }
+}
+
+/// An upstream connection, plain or TLS, as one type.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
+
+struct Inner {
+    io: Option<Box<dyn Transport>>,
+    read_buf: Vec<u8>,
+    read_start: usize,
+    read_end: usize,
+    out: Output,
+    driver: Option<Waker>,
+    streams: StreamMap,
+    next_id: u32,
+    open_streams: u32,
+    open_waiters: Vec<Waker>,
+    peer_max_streams: u32,
+    peer_initial_window: u32,
+    peer_max_frame: usize,
+    peer_settings_seen: bool,
+    send_window: i64,
+    recv_window: i64,
+    recv_unacked: u32,
+    decoder: loona_hpack::Decoder<'static>,
+    /// A header block waiting for its CONTINUATIONs: stream, END_STREAM.
+    continuing: Option<(u32, bool)>,
+    header_block: Vec<u8>,
+    /// Set by GOAWAY: streams above this id were refused, and no new ones open.
+    going_away: Option<u32>,
+    failure: Option<Failure>,
+    /// A frame other than a PING ACK arrived since the keepalive timer last looked.
+    heard: bool,
+    ping_outstanding: bool,
+    /// Requests queued since the connection's task last wrote.
+    queued: usize,
+    settings: Settings,
+}
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    /// Set once no new stream may open here: the next request opens a new connection.
+    closed: AtomicBool,
+}
+
+/// The handle that opens streams on one upstream h2 connection. Dropping it retires the
+/// connection: it closes once its streams have ended.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    /// Starts a connection on `io` (the preface and our SETTINGS are queued, not awaited);
+    /// the returned future drives it and ends when the connection does.
+    pub(crate) fn start(
+        io: Box<dyn Transport>,
+        settings: Settings,
+    ) -> (
+        Connection,
+        impl std::future::Future<Output = Result<(), Failure>>,
+    ) {
+        let mut out = Output::default();
+        out.small.extend_from_slice(PREFACE);
+        let entries: [(u16, u32); 4] = [
+            (SETTINGS_ENABLE_PUSH, 0),
+            (SETTINGS_MAX_CONCURRENT_STREAMS, 0),
+            (SETTINGS_INITIAL_WINDOW_SIZE, settings.stream_window),
+            (SETTINGS_MAX_FRAME_SIZE, MAX_FRAME_IN as u32),
+        ];
+        out.frame_header(entries.len() * 6, SETTINGS, 0, 0);
+        for (id, value) in entries {
+            out.small.extend_from_slice(&id.to_be_bytes());
+            out.small.extend_from_slice(&value.to_be_bytes());
+        }
+        if settings.connection_window > DEFAULT_WINDOW {
+            out.frame_header(4, WINDOW_UPDATE, 0, 0);
+            out.small
+                .extend_from_slice(&(settings.connection_window - DEFAULT_WINDOW).to_be_bytes());
+        }
+        let inner = Inner {
+            io: Some(io),
+            read_buf: vec![0; 16 * 1024],
+            read_start: 0,
+            read_end: 0,
+            out,
+            driver: None,
+            streams: StreamMap::default(),
+            next_id: 1,
+            open_streams: 0,
+            open_waiters: Vec::new(),
+            peer_max_streams: u32::MAX,
+            peer_initial_window: DEFAULT_WINDOW,
+            peer_max_frame: DEFAULT_MAX_FRAME,
+            peer_settings_seen: false,
+            send_window: i64::from(DEFAULT_WINDOW),
+            recv_window: i64::from(settings.connection_window),
+            recv_unacked: 0,
+            decoder: loona_hpack::Decoder::new(),
+            continuing: None,
+            header_block: Vec::new(),
+            going_away: None,
+            failure: None,
+            heard: false,
+            ping_outstanding: false,
+            queued: 0,
+            settings,
+        };
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            closed: AtomicBool::new(false),
+        });
+        let driving = shared.clone();
+        (Connection { shared }, drive(driving, settings.keepalive))
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        !self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Takes the connection out of use: no new streams; it ends once its streams have.
+    pub(crate) fn retire(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let mut inner = self.shared.lock();
+        inner.going_away.get_or_insert(LAST_STREAM_ID);
+        inner.wake_driver();
+    }
+
+    /// Opens a stream with the request's head (waiting while the upstream's stream limit is
+    /// reached). `Err(Failure::Refused)` means nothing was sent: the caller may try another
+    /// connection.
+    pub(crate) async fn open(
+        &self,
+        head: &http::request::Parts,
+        end_stream: bool,
+    ) -> Result<StreamRef, Failure> {
+        let mut block = Vec::with_capacity(256);
+        encode_request_head(head, &mut block);
+        let mut block = Some(block);
+        poll_fn(|cx| {
+            let mut inner = self.shared.lock();
+            if let Some(failure) = &inner.failure {
+                return Poll::Ready(Err(match failure {
+                    Failure::Connection(_) => Failure::Refused,
+                    other => other.clone(),
+                }));
+            }
+            if inner.going_away.is_some() || inner.next_id > LAST_STREAM_ID {
+                self.shared.closed.store(true, Ordering::Release);
+                return Poll::Ready(Err(Failure::Refused));
+            }
+            // Until the upstream's SETTINGS arrive its stream limit is unknown: one stream
+            // goes out, the rest wait the round trip rather than risk being refused.
+            let limit = if inner.peer_settings_seen {
+                inner.peer_max_streams
+            } else {
+                1
+            };
+            if inner.open_streams >= limit {
+                inner.open_waiters.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let id = inner.next_id;
+            inner.next_id += 2;
+            if inner.next_id > LAST_STREAM_ID {
+                self.shared.closed.store(true, Ordering::Release);
+            }
+            let send_window = i64::from(inner.peer_initial_window);
+            let recv_window = i64::from(inner.settings.stream_window);
+            inner.streams.insert(
+                id,
+                Stream {
+                    refs: 1,
+                    head: Head::Awaiting,
+                    data: VecDeque::new(),
+                    buffered: 0,
+                    trailers: None,
+                    recv_closed: false,
+                    send_closed: end_stream,
+                    failure: None,
+                    open: true,
+                    recv_window,
+                    unacked: 0,
+                    send_window,
+                    recv_waker: None,
+                    send_waker: None,
+                },
+            );
+            inner.open_streams += 1;
+            let block = block.take().expect("opened once");
+            inner.put_header_block(id, &block, end_stream);
+            inner.request_queued();
+            Poll::Ready(Ok(StreamRef {
+                shared: self.shared.clone(),
+                id,
+            }))
+        })
+        .await
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection task's poll: ready when the connection has ended.
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        let mut inner = self.lock();
+        if !inner
+            .driver
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            inner.driver = Some(cx.waker().clone());
+        }
+        inner.queued = 0;
+        let mut reads = 0;
+        while inner.failure.is_none() && inner.io.is_some() {
+            if reads == READS_PER_WAKE {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            reads += 1;
+            match inner.poll_read(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Err((reason, text)) = inner.process_frames() {
+                        inner.connection_error(reason, text);
+                    }
+                }
+                Poll::Ready(Err(text)) => inner.fail(Failure::Connection(text.into())),
+                Poll::Pending => break,
+            }
+        }
+        inner.write_out(cx);
+        if let Some(failure) = inner.failure.clone() {
+            self.closed.store(true, Ordering::Release);
+            inner.io = None;
+            return Poll::Ready(Err(failure));
+        }
+        if inner.going_away.is_some() {
+            self.closed.store(true, Ordering::Release);
+            if inner.streams.is_empty() && inner.out.is_empty() {
+                inner.io = None;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Keepalive: called when the timer fires; the next deadline, or the failure.
+    fn keepalive_tick(&self, every: Duration, timeout: Duration) -> Result<Duration, Failure> {
+        let mut inner = self.lock();
+        if std::mem::take(&mut inner.heard) {
+            inner.ping_outstanding = false;
+            return Ok(every);
+        }
+        if inner.ping_outstanding {
+            let failure =
+                Failure::Connection(format!("no keepalive pong within {timeout:?}").into());
+            inner.fail(failure.clone());
+            return Err(failure);
+        }
+        inner.ping_outstanding = true;
+        inner.out.frame_header(8, PING, 0, 0);
+        inner.out.small.extend_from_slice(b"pachgate");
+        inner.wake_driver();
+        Ok(timeout)
+    }
+}
+
+/// Drives the connection: socket I/O, and keepalive pings while the upstream is silent.
+async fn drive(
+    shared: Arc<Shared>,
+    keepalive: Option<(Duration, Duration)>,
+) -> Result<(), Failure> {
+    let mut timer = keepalive.map(|(every, _)| Box::pin(tokio::time::sleep(every)));
+    let ended = poll_fn(|cx| {
+        if let Poll::Ready(ended) = shared.poll_drive(cx) {
+            return Poll::Ready(ended);
+        }
+        if let (Some(timer), Some((every, timeout))) = (timer.as_mut(), keepalive) {
+            while timer.as_mut().poll(cx).is_ready() {
+                match shared.keepalive_tick(every, timeout) {
+                    Ok(next) => timer.as_mut().reset(tokio::time::Instant::now() + next),
+                    Err(failure) => {
+                        shared.closed.store(true, Ordering::Release);
+                        shared.lock().io = None;
+                        return Poll::Ready(Err(failure));
+                    }
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    shared.closed.store(true, Ordering::Release);
+    ended
+}
+
+impl Inner {
+    /// A stream queued a request. The one that fills a batch writes the batch out from its
+    /// own task, so the upstream starts on it while the worker reads the rest; otherwise the
+    /// connection's task writes once the worker has run every ready stream.
+    fn request_queued(&mut self) {
+        self.queued += 1;
+        if self.queued >= self.settings.write_batch {
+            self.queued = 0;
+            if let Some(waker) = self.driver.clone() {
+                self.write_out(&mut Context::from_waker(&waker));
+                return;
+            }
+        }
+        self.wake_driver();
+    }
+
+    fn wake_driver(&self) {
+        if let Some(waker) = &self.driver {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn write_out(&mut self, cx: &mut Context<'_>) {
+        let Some(io) = self.io.as_mut() else {
+            return;
+        };
+        if self.out.is_empty() {
+            return;
+        }
+        if let Poll::Ready(Err(e)) = self.out.poll_write(io, cx) {
+            self.fail(Failure::Connection(
+                format!("upstream write failed: {e}").into(),
+            ));
+        }
+    }
+
+    /// Reads once into the buffer behind any partial frame.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        if self.read_start == self.read_end {
+            self.read_start = 0;
+            self.read_end = 0;
+        }
+        let pending = self.read_end - self.read_start;
+        let needed = if pending >= FRAME_HEADER {
+            FRAME_HEADER + frame_length(&self.read_buf[self.read_start..]).min(MAX_FRAME_IN)
+        } else {
+            FRAME_HEADER
+        };
+        if self.read_buf.len() - self.read_start < needed
+            || self.read_buf.len() - self.read_end < 4096
+        {
+            self.read_buf.copy_within(self.read_start..self.read_end, 0);
+            self.read_start = 0;
+            self.read_end = pending;
+            if self.read_buf.len() < needed + 4096 {
+                self.read_buf.resize(needed + 4096, 0);
+            }
+        }
+        let io = self.io.as_mut().expect("read only while open");
+        let mut buf = ReadBuf::new(&mut self.read_buf[self.read_end..]);
+        match Pin::new(io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                Poll::Ready(Err("upstream closed the connection".into()))
+            }
+            Poll::Ready(Ok(())) => {
+                self.read_end += buf.filled().len();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(format!("upstream read failed: {e}"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Handles every whole frame in the read buffer.
+    fn process_frames(&mut self) -> Result<(), (h2::Reason, String)> {
+        let buffer = std::mem::take(&mut self.read_buf);
+        let result = (|| {
+            while self.read_end - self.read_start >= FRAME_HEADER {
+                let header = &buffer[self.read_start..self.read_start + FRAME_HEADER];
+                let length = frame_length(header);
+                let kind = header[3];
+                if !self.peer_settings_seen && kind != SETTINGS {
+                    return Err(protocol("the upstream did not open with h2 SETTINGS"));
+                }
+                if length > MAX_FRAME_IN {
+                    return Err((
+                        h2::Reason::FRAME_SIZE_ERROR,
+                        format!("{length}-byte frame over our limit"),
+                    ));
+                }
+                if self.read_end - self.read_start < FRAME_HEADER + length {
+                    break;
+                }
+                let flags = header[4];
+                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]])
+                    & LAST_STREAM_ID;
+                let start = self.read_start + FRAME_HEADER;
+                self.read_start = start + length;
+                if !(kind == PING && flags & ACK != 0) {
+                    self.heard = true;
+                }
+                self.frame(kind, flags, stream, &buffer[start..start + length])?;
+            }
+            Ok(())
+        })();
+        self.read_buf = buffer;
+        result
+    }
+
+    fn frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+    ) -> Result<(), (h2::Reason, String)> {
+        if self.continuing.is_some() && kind != CONTINUATION {
+            return Err(protocol("header block interrupted"));
+        }
+        match kind {
+            DATA => self.data(flags, stream, payload),
+            HEADERS => {
+                if stream == 0 {
+                    return Err(protocol("HEADERS on stream 0"));
+                }
+                let block = unpad(flags, payload, if flags & PRIORITY != 0 { 5 } else { 0 })?;
+                self.header_block.clear();
+                self.header_block.extend_from_slice(block);
+                if flags & END_HEADERS != 0 {
+                    self.header_block_done(stream, flags & END_STREAM != 0)
+                } else {
+                    self.continuing = Some((stream, flags & END_STREAM != 0));
+                    Ok(())
+                }
+            }
+            CONTINUATION => {
+                let Some((open, end_stream)) = self.continuing else {
+                    return Err(protocol("CONTINUATION without HEADERS"));
+                };
+                if open != stream {
+                    return Err(protocol("CONTINUATION on another stream"));
+                }
+                if self.header_block.len() + payload.len() > MAX_HEADER_BLOCK {
+                    return Err((
+                        h2::Reason::ENHANCE_YOUR_CALM,
+                        format!("response header block over {MAX_HEADER_BLOCK} bytes"),
+                    ));
+                }
+                self.header_block.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    self.continuing = None;
+                    self.header_block_done(stream, end_stream)
+                } else {
+                    Ok(())
+                }
+            }
+            RST_STREAM => {
+                if payload.len() != 4 || stream == 0 {
+                    return Err(protocol("malformed RST_STREAM"));
+                }
+                let reason = h2::Reason::from(be_u32(payload));
+                if let Some(state) = self.streams.get_mut(&stream) {
+                    state.send_closed = true;
+                    // After a complete response, a reset only stops the request body.
+                    if !state.recv_closed && state.failure.is_none() {
+                        state.failure = Some(
+                            if reason == h2::Reason::REFUSED_STREAM
+                                && matches!(state.head, Head::Awaiting)
+                            {
+                                Failure::Refused
+                            } else {
+                                Failure::Reset(reason)
+                            },
+                        );
+                    }
+                    state.wake();
+                    self.settle(stream);
+                }
+                Ok(())
+            }
+            SETTINGS => {
+                if stream != 0 {
+                    return Err(protocol("SETTINGS on a stream"));
+                }
+                if flags & ACK == 0 {
+                    self.apply_settings(payload)?;
+                    self.out.frame_header(0, SETTINGS, ACK, 0);
+                }
+                Ok(())
+            }
+            PING => {
+                if payload.len() != 8 || stream != 0 {
+                    return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed PING".into()));
+                }
+                if flags & ACK == 0 {
+                    self.out.frame_header(8, PING, ACK, 0);
+                    self.out.small.extend_from_slice(payload);
+                } else {
+                    self.ping_outstanding = false;
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                if payload.len() < 8 {
+                    return Err(protocol("malformed GOAWAY"));
+                }
+                let last = be_u32(payload) & LAST_STREAM_ID;
+                let reason = h2::Reason::from(be_u32(&payload[4..]));
+                tracing::debug!(?reason, last_stream = last, "upstream sent GOAWAY");
+                self.going_away = Some(self.going_away.map_or(last, |old| old.min(last)));
+                let refused: Vec<u32> = self
+                    .streams
+                    .keys()
+                    .copied()
+                    .filter(|id| *id > last)
+                    .collect();
+                for id in refused {
+                    if let Some(state) = self.streams.get_mut(&id) {
+                        state.failure.get_or_insert(Failure::Refused);
+                        state.send_closed = true;
+                        state.wake();
+                    }
+                    self.settle(id);
+                }
+                Ok(())
+            }
+            WINDOW_UPDATE => {
+                if payload.len() != 4 {
+                    return Err((
+                        h2::Reason::FRAME_SIZE_ERROR,
+                        "malformed WINDOW_UPDATE".into(),
+                    ));
+                }
+                let increment = i64::from(be_u32(payload) & LAST_STREAM_ID);
+                if stream == 0 {
+                    if increment == 0 {
+                        return Err(protocol("zero WINDOW_UPDATE"));
+                    }
+                    self.send_window += increment;
+                    if self.send_window > MAX_WINDOW {
+                        return Err((h2::Reason::FLOW_CONTROL_ERROR, "window overflow".into()));
+                    }
+                    for state in self.streams.values_mut() {
+                        if let Some(waker) = state.send_waker.take() {
+                            waker.wake();
+                        }
+                    }
+                } else if let Some(state) = self.streams.get_mut(&stream) {
+                    state.send_window += increment;
+                    if increment == 0 || state.send_window > MAX_WINDOW {
+                        self.reset_stream(stream, h2::Reason::FLOW_CONTROL_ERROR);
+                    } else if let Some(waker) = state.send_waker.take() {
+                        waker.wake();
+                    }
+                }
+                Ok(())
+            }
+            PUSH_PROMISE => Err(protocol("PUSH_PROMISE though push is off")),
+            // PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
+            _ => Ok(()),
+        }
+    }
+
+    fn data(&mut self, flags: u8, stream: u32, payload: &[u8]) -> Result<(), (h2::Reason, String)> {
+        if stream == 0 {
+            return Err(protocol("DATA on stream 0"));
+        }
+        let length = payload.len() as i64;
+        self.recv_window -= length;
+        if self.recv_window < 0 {
+            return Err((
+                h2::Reason::FLOW_CONTROL_ERROR,
+                "upstream overran our window".into(),
+            ));
+        }
+        let data = unpad(flags, payload, 0)?;
+        // Padding, and frames for streams we no longer track, are credited back at once.
+        let mut credit_now = (payload.len() - data.len()) as u32;
+        let end_stream = flags & END_STREAM != 0;
+        match self.streams.get_mut(&stream) {
+            Some(state) if state.failure.is_none() => {
+                if state.recv_closed || matches!(state.head, Head::Awaiting) {
+                    credit_now += data.len() as u32;
+                    let reason = if state.recv_closed {
+                        h2::Reason::STREAM_CLOSED
+                    } else {
+                        h2::Reason::PROTOCOL_ERROR
+                    };
+                    self.reset_stream(stream, reason);
+                } else {
+                    state.recv_window -= length;
+                    if state.recv_window < 0 {
+                        credit_now += data.len() as u32;
+                        self.reset_stream(stream, h2::Reason::FLOW_CONTROL_ERROR);
+                    } else {
+                        if !data.is_empty() {
+                            state.buffered += data.len();
+                            state.data.push_back(Bytes::copy_from_slice(data));
+                        }
+                        if end_stream {
+                            state.recv_closed = true;
+                        }
+                        if let Some(waker) = state.recv_waker.take() {
+                            waker.wake();
+                        }
+                        if end_stream {
+                            self.settle(stream);
+                        }
+                    }
+                }
+            }
+            _ => credit_now += data.len() as u32,
+        }
+        self.credit_connection(credit_now);
+        Ok(())
+    }
+
+    /// Decodes a complete header block (always: the HPACK table must stay in step) and
+    /// hands it to its stream as the response head or as trailers.
+    fn header_block_done(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+    ) -> Result<(), (h2::Reason, String)> {
+        let block = std::mem::take(&mut self.header_block);
+        let mut status: Option<StatusCode> = None;
+        let mut fields = HeaderMap::new();
+        let mut malformed: Option<&'static str> = None;
+        let decoded = self.decoder.decode_with_cb(&block, |name, value| {
+            if malformed.is_some() {
+                return;
+            }
+            if name.first() == Some(&b':') {
+                if &*name == b":status" && status.is_none() && fields.is_empty() {
+                    status = StatusCode::from_bytes(&value).ok();
+                    if status.is_none() {
+                        malformed = Some("invalid :status");
+                    }
+                } else {
+                    malformed = Some("unexpected pseudo-header");
+                }
+                return;
+            }
+            if name.iter().any(u8::is_ascii_uppercase) {
+                malformed = Some("uppercase header name");
+                return;
+            }
+            match (
+                HeaderName::from_bytes(&name),
+                HeaderValue::from_bytes(&value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    if is_connection_specific(&name) {
+                        malformed = Some("connection-specific header");
+                    } else {
+                        fields.append(name, value);
+                    }
+                }
+                _ => malformed = Some("invalid header field"),
+            }
+        });
+        self.header_block = block;
+        if let Err(error) = decoded {
+            return Err((h2::Reason::COMPRESSION_ERROR, format!("hpack: {error:?}")));
+        }
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return Ok(());
+        };
+        if state.failure.is_some() || state.recv_closed {
+            return Ok(());
+        }
+        if let Some(what) = malformed {
+            tracing::debug!(
+                stream,
+                what,
+                "malformed response header block from upstream"
+            );
+            self.reset_stream(stream, h2::Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
+        match state.head {
+            Head::Awaiting => match status {
+                // Informational heads are not passed on; the final head follows.
+                Some(status) if status.is_informational() && !end_stream => return Ok(()),
+                Some(status) if status != StatusCode::SWITCHING_PROTOCOLS => {
+                    let mut response = Response::new(());
+                    *response.status_mut() = status;
+                    *response.version_mut() = Version::HTTP_2;
+                    *response.headers_mut() = fields;
+                    state.head = Head::Arrived(response);
+                }
+                _ => {
+                    self.reset_stream(stream, h2::Reason::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+            },
+            Head::Arrived(_) | Head::Delivered => {
+                if status.is_some() || !end_stream {
+                    self.reset_stream(stream, h2::Reason::PROTOCOL_ERROR);
+                    return Ok(());
+                }
+                state.trailers = Some(fields);
+            }
+        }
+        if end_stream {
+            state.recv_closed = true;
+        }
+        if let Some(waker) = state.recv_waker.take() {
+            waker.wake();
+        }
+        if end_stream {
+            self.settle(stream);
+        }
+        Ok(())
+    }
+
+    fn apply_settings(&mut self, payload: &[u8]) -> Result<(), (h2::Reason, String)> {
+        if !payload.len().is_multiple_of(6) {
+            return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed SETTINGS".into()));
+        }
+        for entry in payload.chunks_exact(6) {
+            let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
+            match u16::from_be_bytes([entry[0], entry[1]]) {
+                SETTINGS_MAX_CONCURRENT_STREAMS => {
+                    self.peer_max_streams = value;
+                    self.wake_open_waiters();
+                }
+                SETTINGS_INITIAL_WINDOW_SIZE => {
+                    if i64::from(value) > MAX_WINDOW {
+                        return Err((h2::Reason::FLOW_CONTROL_ERROR, "initial window".into()));
+                    }
+                    let delta = i64::from(value) - i64::from(self.peer_initial_window);
+                    self.peer_initial_window = value;
+                    for state in self.streams.values_mut() {
+                        state.send_window += delta;
+                        if let Some(waker) = state.send_waker.take() {
+                            waker.wake();
+                        }
+                    }
+                }
+                SETTINGS_MAX_FRAME_SIZE => {
+                    if !(16_384..=16_777_215).contains(&value) {
+                        return Err(protocol("SETTINGS_MAX_FRAME_SIZE out of range"));
+                    }
+                    self.peer_max_frame = value as usize;
+                }
+                // The header table size only matters to an encoder that indexes; ours never
+                // adds to the upstream's table.
+                _ => {}
+            }
+        }
+        if !self.peer_settings_seen {
+            self.peer_settings_seen = true;
+            self.wake_open_waiters();
+        }
+        Ok(())
+    }
+
+    fn wake_open_waiters(&mut self) {
+        for waker in self.open_waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Resets a stream from our side (a protocol violation by the upstream, or our cancel).
+    fn reset_stream(&mut self, stream: u32, reason: h2::Reason) {
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if state.failure.is_none() {
+            state.failure = Some(Failure::Reset(reason));
+        }
+        state.send_closed = true;
+        state.wake();
+        self.out.frame_header(4, RST_STREAM, 0, stream);
+        self.out
+            .small
+            .extend_from_slice(&u32::from(reason).to_be_bytes());
+        self.settle(stream);
+        self.wake_driver();
+    }
+
+    /// Stops counting a stream against the upstream's limit once both sides are done.
+    fn settle(&mut self, stream: u32) {
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if state.open && ((state.recv_closed && state.send_closed) || state.failure.is_some()) {
+            state.open = false;
+            self.open_streams -= 1;
+            self.wake_open_waiters();
+        }
+    }
+
+    fn credit_connection(&mut self, bytes: u32) {
+        if bytes == 0 {
+            return;
+        }
+        self.recv_unacked += bytes;
+        if self.recv_unacked >= self.settings.connection_window / 2 {
+            let increment = std::mem::take(&mut self.recv_unacked);
+            self.recv_window += i64::from(increment);
+            self.out.frame_header(4, WINDOW_UPDATE, 0, 0);
+            self.out.small.extend_from_slice(&increment.to_be_bytes());
+            self.wake_driver();
+        }
+    }
+
+    /// Ends the connection: GOAWAY with `reason`, every unfinished stream failed.
+    fn connection_error(&mut self, reason: h2::Reason, text: String) {
+        tracing::debug!(?reason, %text, "upstream h2 protocol error");
+        let last = self.next_id.saturating_sub(2);
+        let text = format!("upstream h2 protocol error: {text}");
+        self.out.frame_header(8 + text.len(), GOAWAY, 0, 0);
+        self.out.small.extend_from_slice(&last.to_be_bytes());
+        self.out
+            .small
+            .extend_from_slice(&u32::from(reason).to_be_bytes());
+        self.out.small.extend_from_slice(text.as_bytes());
+        // Best effort: the GOAWAY goes out if the socket takes it now.
+        if let (Some(waker), true) = (self.driver.clone(), self.io.is_some()) {
+            self.write_out(&mut Context::from_waker(&waker));
+        }
+        self.fail(Failure::Connection(text.into()));
+    }
+
+    /// Fails the connection and every stream whose response is not complete.
+    fn fail(&mut self, failure: Failure) {
+        if self.failure.is_none() {
+            self.failure = Some(failure.clone());
+        }
+        for state in self.streams.values_mut() {
+            if !state.recv_closed && state.failure.is_none() {
+                state.failure = Some(failure.clone());
+            }
+            state.send_closed = true;
+            state.wake();
+            if state.open {
+                state.open = false;
+                self.open_streams -= 1;
+            }
+        }
+        self.wake_open_waiters();
+        self.wake_driver();
+    }
+
+    fn put_header_block(&mut self, stream: u32, block: &[u8], end_stream: bool) {
+        let max = self.peer_max_frame;
+        let mut chunks = block.chunks(max).peekable();
+        let first = chunks.next().unwrap_or(&[]);
+        let mut flags = if end_stream { END_STREAM } else { 0 };
+        if chunks.peek().is_none() {
+            flags |= END_HEADERS;
+        }
+        self.out.frame_header(first.len(), HEADERS, flags, stream);
+        self.out.small.extend_from_slice(first);
+        while let Some(chunk) = chunks.next() {
+            let flags = if chunks.peek().is_none() {
+                END_HEADERS
+            } else {
+                0
+            };
+            self.out
+                .frame_header(chunk.len(), CONTINUATION, flags, stream);
+            self.out.small.extend_from_slice(chunk);
+        }
+    }
+}
+
+/// One stream on a [`Connection`]; dropping the last handle before both sides have ended
+/// resets it with CANCEL.
+pub(crate) struct StreamRef {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+impl StreamRef {
+    /// A second handle on the same stream (for the request body's pump).
+    pub(crate) fn clone_ref(&self) -> StreamRef {
+        let mut inner = self.shared.lock();
+        if let Some(state) = inner.streams.get_mut(&self.id) {
+            state.refs += 1;
+        }
+        StreamRef {
+            shared: self.shared.clone(),
+            id: self.id,
+        }
+    }
+
+    /// The response head, once it arrives.
+    pub(crate) fn poll_response(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<()>, Failure>> {
+        let mut inner = self.shared.lock();
+        let Some(state) = inner.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(Failure::Reset(h2::Reason::CANCEL)));
+        };
+        if let Head::Arrived(_) = state.head {
+            let Head::Arrived(response) = std::mem::replace(&mut state.head, Head::Delivered)
+            else {
+                unreachable!()
+            };
+            return Poll::Ready(Ok(response));
+        }
+        if let Some(failure) = &state.failure {
+            return Poll::Ready(Err(failure.clone()));
+        }
+        state.recv_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// The response body's next frame: data already arrived (joined up to COALESCE_LIMIT),
+    /// then trailers. Credit goes back to the upstream as data is handed on, so the
+    /// client's pace is the upstream's pace.
+    pub(crate) fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut inner = self.shared.lock();
+        let Some(state) = inner.streams.get_mut(&self.id) else {
+            return Poll::Ready(None);
+        };
+        if let Some(first) = state.data.pop_front() {
+            let chunk = if first.len() >= COALESCE_LIMIT || state.data.is_empty() {
+                first
+            } else {
+                let mut joined = BytesMut::with_capacity(COALESCE_LIMIT.min(state.buffered));
+                joined.extend_from_slice(&first);
+                while let Some(next) = state.data.front() {
+                    if joined.len() + next.len() > COALESCE_LIMIT {
+                        break;
+                    }
+                    joined.extend_from_slice(next);
+                    state.data.pop_front();
+                }
+                joined.freeze()
+            };
+            let length = chunk.len() as u32;
+            state.buffered -= chunk.len();
+            state.unacked += length;
+            let stream_window = inner.settings.stream_window;
+            let state = inner.streams.get_mut(&self.id).expect("present");
+            if state.unacked >= stream_window / 2 && !state.recv_closed && state.failure.is_none() {
+                let increment = std::mem::take(&mut state.unacked);
+                state.recv_window += i64::from(increment);
+                inner.out.frame_header(4, WINDOW_UPDATE, 0, self.id);
+                inner.out.small.extend_from_slice(&increment.to_be_bytes());
+                inner.wake_driver();
+            }
+            inner.credit_connection(length);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(failure) = &state.failure {
+            return Poll::Ready(Some(Err(failure.clone().into_body_error())));
+        }
+        if let Some(trailers) = state.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if state.recv_closed {
+            return Poll::Ready(None);
+        }
+        state.recv_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        let inner = self.shared.lock();
+        inner
+            .streams
+            .get(&self.id)
+            .is_none_or(|state| state.failure.is_none() && state.response_done())
+    }
+
+    /// Sends as much of `data` as both windows allow, taking it from the front; ready once
+    /// all of it is queued (with END_STREAM on the last frame when `end_stream`). An error
+    /// means the upstream no longer wants the request body.
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+        end_stream: bool,
+    ) -> Poll<Result<(), ()>> {
+        if data.is_empty() && !end_stream {
+            return Poll::Ready(Ok(()));
+        }
+        let mut inner = self.shared.lock();
+        let max_frame = inner.peer_max_frame;
+        let connection_window = inner.send_window;
+        let Some(state) = inner.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(()));
+        };
+        if state.send_closed || state.failure.is_some() {
+            return Poll::Ready(Err(()));
+        }
+        let mut sent = 0i64;
+        let mut frames: Vec<(Bytes, bool)> = Vec::new();
+        loop {
+            let room = state.send_window.min(connection_window - sent).max(0) as usize;
+            let take = data.len().min(room).min(max_frame);
+            if take == 0 && !data.is_empty() {
+                break;
+            }
+            let chunk = data.split_to(take);
+            let last = data.is_empty();
+            state.send_window -= take as i64;
+            sent += take as i64;
+            frames.push((chunk, last && end_stream));
+            if last {
+                break;
+            }
+        }
+        let done = data.is_empty();
+        if done && end_stream {
+            state.send_closed = true;
+        }
+        if !done {
+            state.send_waker = Some(cx.waker().clone());
+        }
+        inner.send_window -= sent;
+        for (chunk, end) in frames {
+            inner
+                .out
+                .frame_header(chunk.len(), DATA, if end { END_STREAM } else { 0 }, self.id);
+            inner.out.payload(chunk);
+        }
+        if done && end_stream {
+            self.settle_locked(&mut inner);
+        }
+        inner.wake_driver();
+        if done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Ready when the upstream no longer wants the request body (reset, or its end).
+    pub(crate) fn poll_send_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.shared.lock();
+        match inner.streams.get_mut(&self.id) {
+            Some(state) if !state.send_closed && state.failure.is_none() => {
+                state.send_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+
+    /// Ends the request body with trailers.
+    pub(crate) fn send_trailers(&mut self, trailers: &HeaderMap) {
+        let mut block = Vec::with_capacity(64);
+        for (name, value) in trailers {
+            if !is_connection_specific(name) {
+                put_literal_field(&mut block, name.as_str(), value.as_bytes());
+            }
+        }
+        let mut inner = self.shared.lock();
+        match inner.streams.get_mut(&self.id) {
+            Some(state) if !state.send_closed && state.failure.is_none() => {
+                state.send_closed = true;
+            }
+            _ => return,
+        }
+        inner.put_header_block(self.id, &block, true);
+        self.settle_locked(&mut inner);
+        inner.wake_driver();
+    }
+
+    /// Resets the stream (the client's own reset, passed on with its reason).
+    pub(crate) fn reset(&mut self, reason: h2::Reason) {
+        let mut inner = self.shared.lock();
+        let live = inner.streams.get(&self.id).is_some_and(|state| {
+            state.failure.is_none() && !(state.recv_closed && state.send_closed)
+        });
+        if live {
+            inner.reset_stream(self.id, reason);
+        }
+    }
+
+    fn settle_locked(&self, inner: &mut Inner) {
+        inner.settle(self.id);
+    }
+}
+
+impl Drop for StreamRef {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        let Some(state) = inner.streams.get_mut(&self.id) else {
+            return;
+        };
+        state.refs -= 1;
+        if state.refs > 0 {
+            return;
+        }
+        let unfinished = state.failure.is_none() && !(state.recv_closed && state.send_closed);
+        let buffered = state.buffered as u32;
+        if unfinished {
+            inner.reset_stream(self.id, h2::Reason::CANCEL);
+        }
+        inner.settle(self.id);
+        inner.streams.remove(&self.id);
+        inner.credit_connection(buffered);
+        if inner.going_away.is_some() && inner.streams.is_empty() {
+            inner.wake_driver();
+        }
+    }
+}
+
+fn protocol(text: &str) -> (h2::Reason, String) {
+    (h2::Reason::PROTOCOL_ERROR, text.to_string())
+}
+
+fn frame_length(header: &[u8]) -> usize {
+    (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2])
+}
+
+fn be_u32(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// The payload without padding (and without the priority fields HEADERS may carry).
+fn unpad(flags: u8, payload: &[u8], skip: usize) -> Result<&[u8], (h2::Reason, String)> {
+    let (pad, rest) = if flags & PADDED != 0 {
+        match payload.split_first() {
+            Some((pad, rest)) => (usize::from(*pad), rest),
+            None => return Err(protocol("padded frame without a pad length")),
+        }
+    } else {
+        (0, payload)
+    };
+    if rest.len() < skip + pad {
+        return Err(protocol("padding longer than the frame"));
+    }
+    Ok(&rest[skip..rest.len() - pad])
+}
+
+/// Headers RFC 9113 forbids in HTTP/2 (§8.2.2).
+fn is_connection_specific(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+    )
+}
+
+/// The request head as an HPACK block of literals that never enter the upstream's table
+/// (names from the static table where it has them). No encoder state, so no table to keep
+/// in step; values that carry credentials are marked never-indexed for any intermediary.
+fn encode_request_head(head: &http::request::Parts, out: &mut Vec<u8>) {
+    match head.method {
+        http::Method::GET => out.push(0x80 | 2),
+        http::Method::POST => out.push(0x80 | 3),
+        ref other => put_indexed_name(out, 0x00, 2, other.as_str().as_bytes()),
+    }
+    match head.uri.scheme_str() {
+        Some("https") => out.push(0x80 | 7),
+        _ => out.push(0x80 | 6),
+    }
+    if let Some(authority) = head.uri.authority() {
+        put_indexed_name(out, 0x00, 1, authority.as_str().as_bytes());
+    }
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    if path == "/" {
+        out.push(0x80 | 4);
+    } else {
+        put_indexed_name(out, 0x00, 4, path.as_bytes());
+    }
+    for (name, value) in &head.headers {
+        if is_connection_specific(name) || (name == http::header::TE && value != "trailers") {
+            continue;
+        }
+        put_literal_field(out, name.as_str(), value.as_bytes());
+    }
+}
+
+fn put_literal_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    let pattern = if matches!(name, "authorization" | "cookie" | "authn-token") {
+        0x10 // never indexed
+    } else {
+        0x00 // without indexing
+    };
+    match static_name_index(name) {
+        Some(index) => put_indexed_name(out, pattern, index, value),
+        None => {
+            out.push(pattern);
+            put_string(out, name.as_bytes());
+            put_string(out, value);
+        }
+    }
+}
+
+fn put_indexed_name(out: &mut Vec<u8>, pattern: u8, index: usize, value: &[u8]) {
+    put_integer(out, pattern, 4, index);
+    put_string(out, value);
+}
+
+fn put_integer(out: &mut Vec<u8>, pattern: u8, prefix_bits: u32, mut value: usize) {
+    let limit = (1usize << prefix_bits) - 1;
+    if value < limit {
+        out.push(pattern | value as u8);
+        return;
+    }
+    out.push(pattern | limit as u8);
+    value -= limit;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_integer(out, 0x00, 7, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// Names in HPACK's static table (RFC 7541 appendix A) that requests commonly carry.
+fn static_name_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "accept-charset" => 15,
+        "accept-encoding" => 16,
+        "accept-language" => 17,
+        "accept" => 19,
+        "authorization" => 23,
+        "cache-control" => 24,
+        "content-encoding" => 26,
+        "content-length" => 28,
+        "content-type" => 31,
+        "cookie" => 32,
+        "host" => 38,
+        "if-modified-since" => 40,
+        "if-none-match" => 41,
+        "referer" => 51,
+        "user-agent" => 58,
+        "via" => 60,
+        _ => return None,
+    })
+}

@@ -1,0 +1,301 @@
+"""An h2c gRPC upstream that is strict about its limits and, on some methods, misbehaves.
+
+pachgate speaks HTTP/2 to upstreams with its own client connection. The tonic and gRPC
+core servers in the other tests are well behaved; this one checks the rest:
+
+  serve                 prints "odd-upstream listening on 127.0.0.1:PORT" and answers:
+    /odd.Upstream/Slow        after 50 ms: the request's message back, and trailers saying
+                              how many streams were ever open at once on the connection
+                              (x-most-open) and how many arrived past its limit of 2
+                              (x-over-limit), SETTINGS_MAX_CONCURRENT_STREAMS = 2
+    /odd.Upstream/BigHeaders  a 40,000-byte response header (HEADERS + CONTINUATIONs), and
+                              a trailer with the length of the request's x-big header
+    /odd.Upstream/Uppercase   a response header with an uppercase name (malformed)
+    /odd.Upstream/DataFirst   DATA before any HEADERS (malformed)
+    /odd.Upstream/ResetMid    headers and one message, then RST_STREAM INTERNAL_ERROR
+    /odd.Upstream/Push        a PUSH_PROMISE, which pachgate disabled: a connection error
+  check --target T --ca CA    runs grpcio calls through pachgate against a served upstream
+
+Frames are written and read by hand so the upstream can break the rules; header blocks
+go through the `hpack` package from PyPI.
+"""
+
+import argparse
+import socket
+import struct
+import sys
+import threading
+import time
+from concurrent import futures
+
+import hpack
+
+DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING = 0x0, 0x1, 0x3, 0x4, 0x5, 0x6
+GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x7, 0x8, 0x9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_STREAMS = 2
+BIG = 40_000
+SLICE = 16_384
+
+
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def grpc_message(body):
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+class Connection:
+    def __init__(self, sock):
+        self.sock = sock
+        # Encoding and sending happen under one lock: the peer's HPACK table must see header
+        # blocks in the order they were encoded.
+        self.write_lock = threading.RLock()
+        self.decoder = hpack.Decoder()
+        self.decoder.max_header_list_size = 1 << 20
+        self.encoder = hpack.Encoder()
+        self.streams = {}  # id -> {"headers": dict, "body": bytearray}
+        self.open = set()
+        self.most_open = 0
+        self.over_limit = 0
+        self.buffer = b""
+
+    def send(self, data):
+        with self.write_lock:
+            self.sock.sendall(data)
+
+    def header_frames(self, stream, fields, end_stream):
+        block = self.encoder.encode(fields)
+        pieces = [block[i:i + SLICE] for i in range(0, len(block), SLICE)] or [b""]
+        out = b""
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            flags = END_HEADERS if last else 0
+            if index == 0:
+                out += frame(HEADERS, flags | (END_STREAM if end_stream else 0), stream, piece)
+            else:
+                out += frame(CONTINUATION, flags, stream, piece)
+        return out
+
+    def read_frame(self):
+        while True:
+            if len(self.buffer) >= 9:
+                length = int.from_bytes(self.buffer[:3], "big")
+                if len(self.buffer) >= 9 + length:
+                    head, self.buffer = self.buffer[:9 + length], self.buffer[9 + length:]
+                    stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+                    return head[3], head[4], stream, head[9:]
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+
+    def serve(self):
+        preface = b""
+        while len(preface) < len(PREFACE):
+            more = self.sock.recv(len(PREFACE) - len(preface))
+            if not more:
+                return
+            preface += more
+        self.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x3, MAX_STREAMS)))
+        block, block_stream, block_end = b"", 0, False
+        while True:
+            got = self.read_frame()
+            if got is None:
+                return
+            kind, flags, stream, payload = got
+            if kind == SETTINGS and not flags & ACK:
+                self.send(frame(SETTINGS, ACK, 0))
+            elif kind == PING and not flags & ACK:
+                self.send(frame(PING, ACK, 0, payload))
+            elif kind == HEADERS:
+                if flags & PADDED:
+                    payload = payload[1:len(payload) - payload[0]]
+                if flags & PRIORITY:
+                    payload = payload[5:]
+                block, block_stream, block_end = payload, stream, bool(flags & END_STREAM)
+                if flags & END_HEADERS:
+                    self.headers_done(block_stream, block, block_end)
+            elif kind == CONTINUATION:
+                block += payload
+                if flags & END_HEADERS:
+                    self.headers_done(block_stream, block, block_end)
+            elif kind == DATA and stream in self.streams:
+                self.streams[stream]["body"] += payload
+                if payload:
+                    self.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
+                if flags & END_STREAM:
+                    self.respond(stream)
+            elif kind == RST_STREAM:
+                self.streams.pop(stream, None)
+                self.open.discard(stream)
+            elif kind == GOAWAY:
+                return
+
+    def headers_done(self, stream, block, end_stream):
+        fields = {name.decode() if isinstance(name, bytes) else name:
+                  value.decode() if isinstance(value, bytes) else value
+                  for name, value in self.decoder.decode(block, raw=True)}
+        if stream in self.streams:
+            return  # the request's trailers; gRPC requests have none
+        if len(self.open) >= MAX_STREAMS:
+            self.over_limit += 1
+        self.open.add(stream)
+        self.most_open = max(self.most_open, len(self.open))
+        self.streams[stream] = {"headers": fields, "body": bytearray()}
+        if end_stream:
+            self.respond(stream)
+
+    def finish(self, stream):
+        self.open.discard(stream)
+        self.streams.pop(stream, None)
+
+    def respond(self, stream):
+        request = self.streams[stream]
+        path = request["headers"].get(":path", "")
+        ok_head = [(":status", "200"), ("content-type", "application/grpc")]
+        if path.endswith("/Slow"):
+            body = bytes(request["body"])
+
+            def later():
+                trailers = [("grpc-status", "0"), ("x-most-open", str(self.most_open)),
+                            ("x-over-limit", str(self.over_limit))]
+                with self.write_lock:
+                    out = (self.header_frames(stream, ok_head, False)
+                           + frame(DATA, 0, stream, body)
+                           + self.header_frames(stream, trailers, True))
+                    self.finish(stream)
+                    self.send(out)
+
+            threading.Timer(0.05, later).start()
+            return
+        with self.write_lock:
+            self.finish(stream)
+            self.send(self.misbehave(stream, path, request, ok_head))
+
+    def misbehave(self, stream, path, request, ok_head):
+        if path.endswith("/BigHeaders"):
+            big = len(request["headers"].get("x-big", ""))
+            out = (self.header_frames(stream, ok_head + [("x-big", "b" * BIG)], False)
+                   + frame(DATA, 0, stream, grpc_message(b""))
+                   + self.header_frames(stream, [("grpc-status", "0"),
+                                                 ("x-request-big-length", str(big))], True))
+        elif path.endswith("/Uppercase"):
+            out = self.header_frames(stream, ok_head + [("X-Upper", "1")], False)
+        elif path.endswith("/DataFirst"):
+            out = frame(DATA, 0, stream, grpc_message(b"early"))
+        elif path.endswith("/ResetMid"):
+            out = (self.header_frames(stream, ok_head, False)
+                   + frame(DATA, 0, stream, grpc_message(b"one"))
+                   + frame(RST_STREAM, 0, stream, struct.pack(">I", 0x2)))
+        elif path.endswith("/Push"):
+            promise = struct.pack(">I", stream + 1) + self.encoder.encode(
+                [(":method", "GET"), (":scheme", "http"), (":path", "/pushed"),
+                 (":authority", "odd")])
+            out = frame(PUSH_PROMISE, END_HEADERS, stream, promise)
+        else:
+            out = self.header_frames(stream, ok_head + [("grpc-status", "12")], True)
+        return out
+
+
+def serve():
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    print(f"odd-upstream listening on 127.0.0.1:{listener.getsockname()[1]}", flush=True)
+    while True:
+        sock, _ = listener.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=lambda s=sock: serve_quietly(s), daemon=True).start()
+
+
+def serve_quietly(sock):
+    try:
+        Connection(sock).serve()
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def fail(message):
+    print("FAIL: " + message, file=sys.stderr)
+    sys.exit(1)
+
+
+def check(args):
+    import grpc
+
+    creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
+    options = [("grpc.max_metadata_size", 1 << 20)]
+    with grpc.secure_channel(args.target, creds, options=options) as channel:
+        def call(name):
+            return channel.unary_unary("/odd.Upstream/" + name,
+                                       request_serializer=lambda x: x,
+                                       response_deserializer=lambda x: x)
+
+        def slow_calls_pass(count, why):
+            with futures.ThreadPoolExecutor(count) as pool:
+                calls = [pool.submit(call("Slow").with_call, b"m%d" % i, timeout=20)
+                         for i in range(count)]
+                for index, done in enumerate(calls):
+                    try:
+                        reply, outcome = done.result()
+                    except grpc.RpcError as error:
+                        fail(f"{why}: call {index} failed: {error.code()} {error.details()}")
+                    if reply != b"m%d" % index:
+                        fail(f"{why}: call {index} got {reply!r}")
+                    trailers = dict(outcome.trailing_metadata())
+                    if trailers.get("x-over-limit") != "0":
+                        fail(f"{why}: {trailers.get('x-over-limit')} streams opened past "
+                             f"the upstream's limit of {MAX_STREAMS}")
+                    if int(trailers.get("x-most-open", "0")) > MAX_STREAMS:
+                        fail(f"{why}: {trailers.get('x-most-open')} streams open at once")
+
+        # Twelve calls at once against a limit of two: they queue, none is refused.
+        slow_calls_pass(12, "under the stream limit")
+
+        reply, outcome = call("BigHeaders").with_call(
+            b"", metadata=[("x-big", "a" * BIG)], timeout=20)
+        head = dict(outcome.initial_metadata())
+        trailers = dict(outcome.trailing_metadata())
+        if len(head.get("x-big", "")) != BIG or set(head["x-big"]) != {"b"}:
+            fail(f"the {BIG}-byte response header came back as {len(head.get('x-big', ''))} bytes")
+        if trailers.get("x-request-big-length") != str(BIG):
+            fail(f"the upstream saw a {trailers.get('x-request-big-length')}-byte request "
+                 f"header, sent {BIG}")
+
+        for name, expected in [("Uppercase", grpc.StatusCode.UNAVAILABLE),
+                               ("DataFirst", grpc.StatusCode.UNAVAILABLE),
+                               ("ResetMid", grpc.StatusCode.INTERNAL),
+                               ("Push", grpc.StatusCode.UNAVAILABLE)]:
+            try:
+                call(name)(b"", timeout=20)
+                fail(f"{name}: the call succeeded")
+            except grpc.RpcError as error:
+                if error.code() != expected:
+                    fail(f"{name}: {error.code()} ({error.details()}), expected {expected}")
+            # Whatever one stream (or connection) did, the next calls are served.
+            slow_calls_pass(3, f"after {name}")
+    print("ok: odd upstream")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve")
+    checking = sub.add_parser("check")
+    checking.add_argument("--target", required=True)
+    checking.add_argument("--ca", required=True)
+    args = parser.parse_args()
+    if args.command == "serve":
+        serve()
+    else:
+        check(args)
+
+
+if __name__ == "__main__":
+    main()
