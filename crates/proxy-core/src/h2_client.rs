@@ -298,6 +298,7 @@ struct Inner {
     /// A frame other than a PING ACK arrived since the keepalive timer last looked.
     heard: bool,
     ping_outstanding: bool,
+    pong_received: bool,
     /// Requests queued since the connection's task last wrote.
     queued: usize,
     settings: Settings,
@@ -368,6 +369,7 @@ impl Connection {
             failure: None,
             heard: false,
             ping_outstanding: false,
+            pong_received: false,
             queued: 0,
             settings,
         };
@@ -531,6 +533,10 @@ impl Shared {
                 Failure::Connection(format!("no keepalive pong within {timeout:?}").into());
             inner.fail(failure.clone());
             return Err(failure);
+        }
+        // The last ping was answered: a full interval before the next.
+        if std::mem::take(&mut inner.pong_received) {
+            return Ok(every);
         }
         inner.ping_outstanding = true;
         inner.out.frame_header(8, PING, 0, 0);
@@ -768,6 +774,7 @@ impl Inner {
                     self.out.small.extend_from_slice(payload);
                 } else {
                     self.ping_outstanding = false;
+                    self.pong_received = true;
                 }
                 Ok(())
             }
@@ -1256,47 +1263,42 @@ impl StreamRef {
             return Poll::Ready(Ok(()));
         }
         let mut inner = self.shared.lock();
-        let max_frame = inner.peer_max_frame;
-        let connection_window = inner.send_window;
-        let Some(state) = inner.streams.get_mut(&self.id) else {
+        let Inner {
+            streams,
+            out,
+            send_window: connection_window,
+            peer_max_frame,
+            ..
+        } = &mut *inner;
+        let Some(state) = streams.get_mut(&self.id) else {
             return Poll::Ready(Err(()));
         };
         if state.send_closed || state.failure.is_some() {
             return Poll::Ready(Err(()));
         }
-        let mut sent = 0i64;
-        let mut frames: Vec<(Bytes, bool)> = Vec::new();
         loop {
-            let room = state.send_window.min(connection_window - sent).max(0) as usize;
-            let take = data.len().min(room).min(max_frame);
+            let room = state.send_window.min(*connection_window).max(0) as usize;
+            let take = data.len().min(room).min(*peer_max_frame);
             if take == 0 && !data.is_empty() {
                 break;
             }
             let chunk = data.split_to(take);
             let last = data.is_empty();
             state.send_window -= take as i64;
-            sent += take as i64;
-            frames.push((chunk, last && end_stream));
+            *connection_window -= take as i64;
+            let flags = if last && end_stream { END_STREAM } else { 0 };
+            out.frame_header(chunk.len(), DATA, flags, self.id);
+            out.payload(chunk);
             if last {
                 break;
             }
         }
         let done = data.is_empty();
-        if done && end_stream {
-            state.send_closed = true;
-        }
         if !done {
             state.send_waker = Some(cx.waker().clone());
-        }
-        inner.send_window -= sent;
-        for (chunk, end) in frames {
-            inner
-                .out
-                .frame_header(chunk.len(), DATA, if end { END_STREAM } else { 0 }, self.id);
-            inner.out.payload(chunk);
-        }
-        if done && end_stream {
-            self.settle_locked(&mut inner);
+        } else if end_stream {
+            state.send_closed = true;
+            inner.settle(self.id);
         }
         inner.wake_driver();
         if done {
@@ -1334,7 +1336,7 @@ impl StreamRef {
             _ => return,
         }
         inner.put_header_block(self.id, &block, true);
-        self.settle_locked(&mut inner);
+        inner.settle(self.id);
         inner.wake_driver();
     }
 
@@ -1347,10 +1349,6 @@ impl StreamRef {
         if live {
             inner.reset_stream(self.id, reason);
         }
-    }
-
-    fn settle_locked(&self, inner: &mut Inner) {
-        inner.settle(self.id);
     }
 }
 
