@@ -66,6 +66,10 @@ const MAX_FRAME_IN: usize = 256 * 1024;
 /// A response header block (HEADERS plus CONTINUATIONs) past this is a connection error:
 /// no upstream gets to make pachgate buffer without bound.
 const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// Acknowledgements (SETTINGS, PING) queued while the upstream does not read what we write:
+/// past this many it is flooding us, and the connection ends (ENHANCE_YOUR_CALM) before the
+/// queue grows without bound.
+const MAX_UNWRITTEN_ACKS: u32 = 1024;
 /// Reads handled per wake-up before the driver yields to other tasks.
 const READS_PER_WAKE: usize = 32;
 /// DATA payloads at least this large are written from their own buffer, not copied.
@@ -299,6 +303,8 @@ struct Inner {
     heard: bool,
     ping_outstanding: bool,
     pong_received: bool,
+    /// Acknowledgements queued since the output was last written out whole.
+    unwritten_acks: u32,
     /// Requests queued since the connection's task last wrote.
     queued: usize,
     settings: Settings,
@@ -370,6 +376,7 @@ impl Connection {
             heard: false,
             ping_outstanding: false,
             pong_received: false,
+            unwritten_acks: 0,
             queued: 0,
             settings,
         };
@@ -602,12 +609,15 @@ impl Inner {
             return;
         };
         if self.out.is_empty() {
+            self.unwritten_acks = 0;
             return;
         }
-        if let Poll::Ready(Err(e)) = self.out.poll_write(io, cx) {
-            self.fail(Failure::Connection(
-                format!("upstream write failed: {e}").into(),
-            ));
+        match self.out.poll_write(io, cx) {
+            Poll::Ready(Ok(())) => self.unwritten_acks = 0,
+            Poll::Ready(Err(e)) => {
+                self.fail(Failure::Connection(format!("upstream write failed: {e}").into()))
+            }
+            Poll::Pending => {}
         }
     }
 
@@ -761,6 +771,7 @@ impl Inner {
                 }
                 if flags & ACK == 0 {
                     self.apply_settings(payload)?;
+                    self.acknowledged()?;
                     self.out.frame_header(0, SETTINGS, ACK, 0);
                 }
                 Ok(())
@@ -770,6 +781,7 @@ impl Inner {
                     return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed PING".into()));
                 }
                 if flags & ACK == 0 {
+                    self.acknowledged()?;
                     self.out.frame_header(8, PING, ACK, 0);
                     self.out.small.extend_from_slice(payload);
                 } else {
@@ -1030,6 +1042,18 @@ impl Inner {
         if !self.peer_settings_seen {
             self.peer_settings_seen = true;
             self.wake_open_waiters();
+        }
+        Ok(())
+    }
+
+    /// Counts an acknowledgement about to be queued; too many unwritten is a flood.
+    fn acknowledged(&mut self) -> Result<(), (h2::Reason, String)> {
+        self.unwritten_acks += 1;
+        if self.unwritten_acks > MAX_UNWRITTEN_ACKS {
+            return Err((
+                h2::Reason::ENHANCE_YOUR_CALM,
+                format!("over {MAX_UNWRITTEN_ACKS} SETTINGS/PING acknowledgements unread"),
+            ));
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! pachgate's data path: listeners, TLS accept, the hyper server (h1 + h2 by ALPN, h2c by
-//! preface), routing a request to an upstream, streaming bodies and trailers both ways,
+//! preface), routing a request to an upstream (over pachgate's own h2 client connection
+//! for h2 upstreams, `h2_client`), streaming bodies and trailers both ways,
 //! websocket tunnels, and the errors pachgate answers in the caller's protocol. It also
 //! owns what the data path reports: Prometheus metrics and the per-request access-log line.
 //!
