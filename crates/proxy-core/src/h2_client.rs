@@ -74,7 +74,7 @@ const MAX_UNWRITTEN_ACKS: u32 = 1024;
 const READS_PER_WAKE: usize = 32;
 /// DATA payloads at least this large are written from their own buffer, not copied.
 const WRITTEN_IN_PLACE: usize = 4096;
-/// Small DATA frames already waiting are handed on as one chunk of up to this many bytes.
+/// Small DATA frames that arrive before the last is handed on join it, up to this many bytes.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
 /// Windows and batching, as the caller configures the connection.
@@ -155,7 +155,10 @@ struct Stream {
     /// Handles alive (the response side, and the request body's pump while it runs).
     refs: u8,
     head: Head,
-    data: VecDeque<Bytes>,
+    /// Response data not yet handed on. A frame that arrives while the last chunk has room
+    /// (up to COALESCE_LIMIT) joins it: a server stream of small messages comes one DATA
+    /// frame per message, and every chunk handed on costs a frame's work downstream.
+    data: VecDeque<BytesMut>,
     buffered: usize,
     trailers: Option<HeaderMap>,
     /// END_STREAM received.
@@ -614,9 +617,9 @@ impl Inner {
         }
         match self.out.poll_write(io, cx) {
             Poll::Ready(Ok(())) => self.unwritten_acks = 0,
-            Poll::Ready(Err(e)) => {
-                self.fail(Failure::Connection(format!("upstream write failed: {e}").into()))
-            }
+            Poll::Ready(Err(e)) => self.fail(Failure::Connection(
+                format!("upstream write failed: {e}").into(),
+            )),
             Poll::Pending => {}
         }
     }
@@ -885,7 +888,17 @@ impl Inner {
                     } else {
                         if !data.is_empty() {
                             state.buffered += data.len();
-                            state.data.push_back(Bytes::copy_from_slice(data));
+                            match state.data.back_mut() {
+                                Some(last) if last.len() + data.len() <= COALESCE_LIMIT => {
+                                    last.extend_from_slice(data)
+                                }
+                                _ => {
+                                    // Room for a few more small frames without regrowing.
+                                    let mut chunk = BytesMut::with_capacity(data.len().max(1024));
+                                    chunk.extend_from_slice(data);
+                                    state.data.push_back(chunk);
+                                }
+                            }
                         }
                         if end_stream {
                             state.recv_closed = true;
@@ -1223,21 +1236,8 @@ impl StreamRef {
         let Some(state) = inner.streams.get_mut(&self.id) else {
             return Poll::Ready(None);
         };
-        if let Some(first) = state.data.pop_front() {
-            let chunk = if first.len() >= COALESCE_LIMIT || state.data.is_empty() {
-                first
-            } else {
-                let mut joined = BytesMut::with_capacity(COALESCE_LIMIT.min(state.buffered));
-                joined.extend_from_slice(&first);
-                while let Some(next) = state.data.front() {
-                    if joined.len() + next.len() > COALESCE_LIMIT {
-                        break;
-                    }
-                    joined.extend_from_slice(next);
-                    state.data.pop_front();
-                }
-                joined.freeze()
-            };
+        if let Some(chunk) = state.data.pop_front() {
+            let chunk = chunk.freeze();
             let length = chunk.len() as u32;
             state.buffered -= chunk.len();
             state.unacked += length;
