@@ -983,9 +983,16 @@ impl Inner {
         }
         match state.head {
             Head::Awaiting => match status {
-                // Informational heads are not passed on; the final head follows.
-                Some(status) if status.is_informational() && !end_stream => return Ok(()),
-                Some(status) if status != StatusCode::SWITCHING_PROTOCOLS => {
+                // Informational heads are not passed on; the final head follows. HTTP/2 has
+                // no 101.
+                Some(status)
+                    if status.is_informational()
+                        && status != StatusCode::SWITCHING_PROTOCOLS
+                        && !end_stream =>
+                {
+                    return Ok(())
+                }
+                Some(status) if !status.is_informational() => {
                     let mut response = Response::new(());
                     *response.status_mut() = status;
                     *response.version_mut() = Version::HTTP_2;
