@@ -1536,3 +1536,97 @@ fn static_name_index(name: &str) -> Option<usize> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(block: &[u8]) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        loona_hpack::Decoder::new()
+            .decode_with_cb(block, |name, value| {
+                fields.push((
+                    String::from_utf8(name.to_vec()).unwrap(),
+                    String::from_utf8(value.to_vec()).unwrap(),
+                ))
+            })
+            .expect("a valid HPACK block");
+        fields
+    }
+
+    #[test]
+    fn request_heads_decode_to_what_was_asked_without_connection_headers() {
+        let long_path = format!("/pfs_v2.API/{}", "x".repeat(300));
+        let request = http::Request::builder()
+            .method("PUT")
+            .uri(format!("https://pachd.example:1650{long_path}?q=1"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", "Bearer secret")
+            .header("x-custom", "v".repeat(200))
+            .header("connection", "keep-alive")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        let (head, ()) = request.into_parts();
+        let mut block = Vec::new();
+        encode_request_head(&head, &mut block);
+        let expected: Vec<(String, String)> = [
+            (":method", "PUT".to_string()),
+            (":scheme", "https".to_string()),
+            (":authority", "pachd.example:1650".to_string()),
+            (":path", format!("{long_path}?q=1")),
+            ("content-type", "application/grpc".to_string()),
+            ("te", "trailers".to_string()),
+            ("authorization", "Bearer secret".to_string()),
+            ("x-custom", "v".repeat(200)),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+        assert_eq!(decode(&block), expected);
+    }
+
+    #[test]
+    fn common_pseudo_headers_are_single_bytes_and_credentials_are_never_indexed() {
+        let request = http::Request::builder()
+            .method("GET")
+            .uri("http://console/")
+            .header("authorization", "Bearer secret")
+            .header("te", "gzip")
+            .body(())
+            .unwrap();
+        let (head, ()) = request.into_parts();
+        let mut block = Vec::new();
+        encode_request_head(&head, &mut block);
+        // GET, http and "/" come from the static table; `te` other than "trailers" is
+        // dropped (HTTP/2 forbids it).
+        assert_eq!(&block[..2], &[0x80 | 2, 0x80 | 6]);
+        assert_eq!(
+            decode(&block),
+            [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "console"),
+                (":path", "/"),
+                ("authorization", "Bearer secret"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        // The authorization field's representation: literal never indexed (0x10), name
+        // index 23 (15 in the 4-bit prefix, 8 after it), then the value's length.
+        let at = block.len() - "Bearer secret".len() - 3;
+        assert_eq!(block[at], 0x10 | 0x0f);
+        assert_eq!(block[at + 1], 23 - 15);
+    }
+
+    #[test]
+    fn padding_and_priority_fields_are_stripped_and_overlong_padding_refused() {
+        let padded = [3u8, b'a', b'b', 0, 0, 0];
+        assert_eq!(unpad(PADDED, &padded, 0).unwrap(), b"ab");
+        let prioritized = [0u8, 0, 0, 1, 16, b'h'];
+        assert_eq!(unpad(PRIORITY, &prioritized, 5).unwrap(), b"h");
+        assert!(unpad(PADDED, &[9u8, b'a'], 0).is_err());
+        assert!(unpad(PADDED, &[], 0).is_err());
+    }
+}
