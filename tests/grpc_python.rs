@@ -270,3 +270,23 @@ fn an_upstream_with_a_stream_limit_big_headers_and_bad_frames_is_handled() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok: odd upstream"));
 }
+
+/// An h2c upstream address where something accepts TCP and never speaks (here: a listener
+/// that never accepts; the kernel completes the handshake). Its calls fail UNAVAILABLE once
+/// the upstream's SETTINGS are overdue (`connect_timeout`), well inside the client's 20 s
+/// deadline, instead of waiting for keepalive (30 s + 20 s by default).
+#[test]
+fn an_upstream_that_accepts_and_says_nothing_is_unavailable() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap();
+    let proxy = pachgate(
+        &format!(
+            "[upstreams.pachd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n\
+             connect_timeout = \"1s\"\n\n\
+             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
+        ),
+        "",
+    );
+    grpc_check(&proxy, "unavailable");
+    drop(silent);
+}

@@ -88,6 +88,10 @@ pub(crate) struct Settings {
     /// Ping after this long without a frame from the upstream; fail the connection when the
     /// ping is not answered within the second duration.
     pub keepalive: Option<(Duration, Duration)>,
+    /// The upstream's SETTINGS must arrive within this long (an h2 server sends them at
+    /// once); an endpoint that accepts and says nothing then fails its calls instead of
+    /// holding them until keepalive gives up.
+    pub settings_timeout: Duration,
 }
 
 /// Why a stream or the connection ended badly.
@@ -388,7 +392,7 @@ impl Connection {
             closed: AtomicBool::new(false),
         });
         let driving = shared.clone();
-        (Connection { shared }, drive(driving, settings.keepalive))
+        (Connection { shared }, drive(driving, settings))
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -556,15 +560,33 @@ impl Shared {
     }
 }
 
-/// Drives the connection: socket I/O, and keepalive pings while the upstream is silent.
-async fn drive(
-    shared: Arc<Shared>,
-    keepalive: Option<(Duration, Duration)>,
-) -> Result<(), Failure> {
+/// Drives the connection: socket I/O, the deadline for the upstream's SETTINGS, and
+/// keepalive pings while the upstream is silent.
+async fn drive(shared: Arc<Shared>, settings: Settings) -> Result<(), Failure> {
+    let keepalive = settings.keepalive;
     let mut timer = keepalive.map(|(every, _)| Box::pin(tokio::time::sleep(every)));
+    let mut settings_deadline = Some(Box::pin(tokio::time::sleep(settings.settings_timeout)));
     let ended = poll_fn(|cx| {
         if let Poll::Ready(ended) = shared.poll_drive(cx) {
             return Poll::Ready(ended);
+        }
+        if let Some(deadline) = settings_deadline.as_mut() {
+            if shared.lock().peer_settings_seen {
+                settings_deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                let failure = Failure::Connection(
+                    format!(
+                        "no h2 SETTINGS from the upstream within {:?} (is it an h2 server?)",
+                        settings.settings_timeout
+                    )
+                    .into(),
+                );
+                let mut inner = shared.lock();
+                inner.fail(failure.clone());
+                inner.io = None;
+                shared.closed.store(true, Ordering::Release);
+                return Poll::Ready(Err(failure));
+            }
         }
         if let (Some(timer), Some((every, timeout))) = (timer.as_mut(), keepalive) {
             while timer.as_mut().poll(cx).is_ready() {

@@ -371,6 +371,7 @@ impl Upstream {
                     .spec
                     .h2_keepalive_interval
                     .map(|every| (every, self.spec.h2_keepalive_timeout)),
+                settings_timeout: self.spec.connect_timeout,
             },
         );
         let name = self.spec.name.clone();
