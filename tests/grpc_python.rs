@@ -181,13 +181,7 @@ fn rolling_upstream_restart_loses_no_call() {
     };
     let mut old = replica(0);
     let address = old.address("grpc-backend");
-    let proxy = pachgate(
-        &format!(
-            "[upstreams.pachd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n\n\
-             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
-        ),
-        "",
-    );
+    let proxy = pachgate_before_grpc(address, "");
     // Calls on a kept connection and on a new one each round, before, during and after.
     let calls = start_call_loop(&proxy.target(), &proxy.ca(), 6, &[]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -255,13 +249,7 @@ fn an_upstream_with_a_stream_limit_big_headers_and_bad_frames_is_handled() {
         .arg("serve");
     let upstream = start(command, 1);
     let address = upstream.address("odd-upstream");
-    let proxy = pachgate(
-        &format!(
-            "[upstreams.odd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n\n\
-             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"odd\"\n"
-        ),
-        "",
-    );
+    let proxy = pachgate_before_grpc(address, "");
     let target = proxy.target();
     let ca = proxy.ca();
     let output = python(
@@ -279,14 +267,7 @@ fn an_upstream_with_a_stream_limit_big_headers_and_bad_frames_is_handled() {
 fn an_upstream_that_accepts_and_says_nothing_is_unavailable() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = silent.local_addr().unwrap();
-    let proxy = pachgate(
-        &format!(
-            "[upstreams.pachd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n\
-             connect_timeout = \"1s\"\n\n\
-             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
-        ),
-        "",
-    );
+    let proxy = pachgate_before_grpc(address, "connect_timeout = \"1s\"");
     grpc_check(&proxy, "unavailable");
     drop(silent);
 }

@@ -15,23 +15,18 @@ usage: h2_goaway_race.py --port PORT --ca CA_FILE
 import argparse
 import socket
 import ssl
-import struct
 import sys
 
 import hpack
 
 from grpc_checks import echo_request  # the stand-in's request, encoded by hand
 
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
-END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+from h2_frames import (ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE,
+                       RST_STREAM, SETTINGS, Frames, frame)
 
 MESSAGES = 3
 INTERVAL_MS = 1500
 
-
-def frame(kind, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 
 
 def request_message():
@@ -42,25 +37,6 @@ def request_message():
 def fail(message):
     print("FAIL: " + message, file=sys.stderr)
     sys.exit(1)
-
-
-class Frames:
-    def __init__(self, sock):
-        self.sock = sock
-        self.buffer = b""
-
-    def next(self):
-        while True:
-            if len(self.buffer) >= 9:
-                length = int.from_bytes(self.buffer[:3], "big")
-                if len(self.buffer) >= 9 + length:
-                    head, self.buffer = self.buffer[:9 + length], self.buffer[9 + length:]
-                    stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-                    return head[3], head[4], stream, head[9:]
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buffer += data
 
 
 def main():

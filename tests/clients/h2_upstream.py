@@ -25,22 +25,17 @@ import socket
 import struct
 import sys
 import threading
-import time
 from concurrent import futures
 
 import hpack
 
-DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING = 0x0, 0x1, 0x3, 0x4, 0x5, 0x6
-GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x7, 0x8, 0x9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+from h2_frames import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS,
+                       PADDED, PING, PREFACE, PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS,
+                       WINDOW_UPDATE, Frames, frame)
 MAX_STREAMS = 2
 BIG = 40_000
 SLICE = 16_384
 
-
-def frame(kind, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 
 
 def grpc_message(body):
@@ -60,7 +55,7 @@ class Connection:
         self.open = set()
         self.most_open = 0
         self.over_limit = 0
-        self.buffer = b""
+        self.frames = Frames(sock)
 
     def send(self, data):
         with self.write_lock:
@@ -79,19 +74,6 @@ class Connection:
                 out += frame(CONTINUATION, flags, stream, piece)
         return out
 
-    def read_frame(self):
-        while True:
-            if len(self.buffer) >= 9:
-                length = int.from_bytes(self.buffer[:3], "big")
-                if len(self.buffer) >= 9 + length:
-                    head, self.buffer = self.buffer[:9 + length], self.buffer[9 + length:]
-                    stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-                    return head[3], head[4], stream, head[9:]
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buffer += data
-
     def serve(self):
         preface = b""
         while len(preface) < len(PREFACE):
@@ -102,7 +84,7 @@ class Connection:
         self.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x3, MAX_STREAMS)))
         block, block_stream, block_end = b"", 0, False
         while True:
-            got = self.read_frame()
+            got = self.frames.next()
             if got is None:
                 return
             kind, flags, stream, payload = got

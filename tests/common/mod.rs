@@ -232,6 +232,18 @@ pub fn standin_routes(standins: &Running, upstream_extra: &str) -> String {
     )
 }
 
+/// pachgate in front of one h2c gRPC upstream at `address` (named pachd; `upstream_extra`
+/// adds lines to its section), every gRPC call routed to it.
+pub fn pachgate_before_grpc(address: std::net::SocketAddr, upstream_extra: &str) -> Proxy {
+    pachgate(
+        &format!(
+            "[upstreams.pachd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n{upstream_extra}\n\n\
+             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
+        ),
+        "",
+    )
+}
+
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }

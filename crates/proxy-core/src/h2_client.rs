@@ -163,7 +163,6 @@ struct Stream {
     /// (up to COALESCE_LIMIT) joins it: a server stream of small messages comes one DATA
     /// frame per message, and every chunk handed on costs a frame's work downstream.
     data: VecDeque<BytesMut>,
-    buffered: usize,
     trailers: Option<HeaderMap>,
     /// END_STREAM received.
     recv_closed: bool,
@@ -303,6 +302,8 @@ struct Inner {
     /// A header block waiting for its CONTINUATIONs: stream, END_STREAM.
     continuing: Option<(u32, bool)>,
     header_block: Vec<u8>,
+    /// Where request heads are encoded before they are cut into frames.
+    head_scratch: Vec<u8>,
     /// Set by GOAWAY: streams above this id were refused, and no new ones open.
     going_away: Option<u32>,
     failure: Option<Failure>,
@@ -378,6 +379,7 @@ impl Connection {
             decoder: loona_hpack::Decoder::new(),
             continuing: None,
             header_block: Vec::new(),
+            head_scratch: Vec::new(),
             going_away: None,
             failure: None,
             heard: false,
@@ -415,9 +417,6 @@ impl Connection {
         head: &http::request::Parts,
         end_stream: bool,
     ) -> Result<StreamRef, Failure> {
-        let mut block = Vec::with_capacity(256);
-        encode_request_head(head, &mut block);
-        let mut block = Some(block);
         poll_fn(|cx| {
             let mut inner = self.shared.lock();
             if let Some(failure) = &inner.failure {
@@ -454,7 +453,6 @@ impl Connection {
                     refs: 1,
                     head: Head::Awaiting,
                     data: VecDeque::new(),
-                    buffered: 0,
                     trailers: None,
                     recv_closed: false,
                     send_closed: end_stream,
@@ -468,8 +466,13 @@ impl Connection {
                 },
             );
             inner.open_streams += 1;
-            let block = block.take().expect("opened once");
+            // Encoded under the lock into a buffer the connection keeps: no allocation per
+            // request.
+            let mut block = std::mem::take(&mut inner.head_scratch);
+            block.clear();
+            encode_request_head(head, &mut block);
             inner.put_header_block(id, &block, end_stream);
+            inner.head_scratch = block;
             inner.request_queued();
             Poll::Ready(Ok(StreamRef {
                 shared: self.shared.clone(),
@@ -909,7 +912,6 @@ impl Inner {
                         self.reset_stream(stream, h2::Reason::FLOW_CONTROL_ERROR);
                     } else {
                         if !data.is_empty() {
-                            state.buffered += data.len();
                             match state.data.back_mut() {
                                 Some(last) if last.len() + data.len() <= COALESCE_LIMIT => {
                                     last.extend_from_slice(data)
@@ -922,15 +924,7 @@ impl Inner {
                                 }
                             }
                         }
-                        if end_stream {
-                            state.recv_closed = true;
-                        }
-                        if let Some(waker) = state.recv_waker.take() {
-                            waker.wake();
-                        }
-                        if end_stream {
-                            self.settle(stream);
-                        }
+                        self.received(stream, end_stream);
                     }
                 }
             }
@@ -1034,6 +1028,16 @@ impl Inner {
                 state.trailers = Some(fields);
             }
         }
+        self.received(stream, end_stream);
+        Ok(())
+    }
+
+    /// Wakes the stream's reader after something arrived for it; END_STREAM closes its
+    /// receiving side.
+    fn received(&mut self, stream: u32, end_stream: bool) {
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return;
+        };
         if end_stream {
             state.recv_closed = true;
         }
@@ -1043,7 +1047,6 @@ impl Inner {
         if end_stream {
             self.settle(stream);
         }
-        Ok(())
     }
 
     fn apply_settings(&mut self, payload: &[u8]) -> Result<(), (h2::Reason, String)> {
@@ -1240,12 +1243,9 @@ impl StreamRef {
         let Some(state) = inner.streams.get_mut(&self.id) else {
             return Poll::Ready(Err(Failure::Reset(h2::Reason::CANCEL)));
         };
-        if let Head::Arrived(_) = state.head {
-            let Head::Arrived(response) = std::mem::replace(&mut state.head, Head::Delivered)
-            else {
-                unreachable!()
-            };
-            return Poll::Ready(Ok(response));
+        match std::mem::replace(&mut state.head, Head::Delivered) {
+            Head::Arrived(response) => return Poll::Ready(Ok(response)),
+            other => state.head = other,
         }
         if let Some(failure) = &state.failure {
             return Poll::Ready(Err(failure.clone()));
@@ -1268,7 +1268,6 @@ impl StreamRef {
         if let Some(chunk) = state.data.pop_front() {
             let chunk = chunk.freeze();
             let length = chunk.len() as u32;
-            state.buffered -= chunk.len();
             state.unacked += length;
             let stream_window = inner.settings.stream_window;
             let state = inner.streams.get_mut(&self.id).expect("present");
@@ -1416,13 +1415,14 @@ impl Drop for StreamRef {
             return;
         }
         let unfinished = state.failure.is_none() && !(state.recv_closed && state.send_closed);
-        let buffered = state.buffered as u32;
+        // What the upstream sent and nobody will read goes back to its connection window.
+        let buffered: usize = state.data.iter().map(BytesMut::len).sum();
         if unfinished {
             inner.reset_stream(self.id, h2::Reason::CANCEL);
         }
         inner.settle(self.id);
         inner.streams.remove(&self.id);
-        inner.credit_connection(buffered);
+        inner.credit_connection(buffered as u32);
         if inner.going_away.is_some() && inner.streams.is_empty() {
             inner.wake_driver();
         }
