@@ -19,32 +19,14 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER: usize = 9;
-
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
-
-const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
-const SETTINGS_ENABLE_PUSH: u16 = 0x2;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
-const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+use pachgate_h2_wire::{
+    put_frame_header, put_header_block, put_integer, put_string, FrameReader, Next, ACK,
+    CONTINUATION, DATA, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, END_HEADERS, END_STREAM, GOAWAY,
+    HEADERS, PING, PREFACE, PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS, SETTINGS_ENABLE_PUSH,
+    SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 const CANCEL: u32 = 0x8;
 
@@ -53,9 +35,7 @@ const CANCEL: u32 = 0x8;
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_FRAME: u32 = 256 * 1024;
-/// RFC 9113 defaults, until the server's SETTINGS say otherwise.
-const DEFAULT_WINDOW: u32 = 65_535;
-const DEFAULT_MAX_FRAME: u32 = 16_384;
+/// RFC 7541's default, until the server's SETTINGS say otherwise.
 const DEFAULT_TABLE_SIZE: usize = 4_096;
 /// HPACK's per-entry overhead in the dynamic table size (RFC 7541 §4.1).
 const ENTRY_OVERHEAD: usize = 32;
@@ -143,28 +123,6 @@ impl RequestBlocks {
     }
 }
 
-/// An HPACK integer (RFC 7541 §5.1) with `pattern` in the bits above the prefix.
-fn put_integer(out: &mut Vec<u8>, pattern: u8, prefix_bits: u32, mut value: usize) {
-    let max = (1usize << prefix_bits) - 1;
-    if value < max {
-        out.push(pattern | value as u8);
-        return;
-    }
-    out.push(pattern | max as u8);
-    value -= max;
-    while value >= 0x80 {
-        out.push((value & 0x7f) as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// An HPACK string literal, not Huffman-coded.
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_integer(out, 0x00, 7, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
 /// Request-body chunks of at least this size are written from the body itself (vectored)
 /// instead of being copied into the write buffer.
 const WRITTEN_IN_PLACE: usize = 4096;
@@ -239,9 +197,7 @@ struct PeerSettings {
 pub struct Connection<S> {
     io: S,
     spec: std::sync::Arc<CallSpec>,
-    read_buf: Vec<u8>,
-    read_start: usize,
-    read_end: usize,
+    reader: FrameReader,
     out: Output,
     needs_flush: bool,
     decoder: loona_hpack::Decoder<'static>,
@@ -269,9 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut connection = Connection {
             io,
             spec,
-            read_buf: vec![0; 64 * 1024],
-            read_start: 0,
-            read_end: 0,
+            reader: FrameReader::new(64 * 1024, MAX_FRAME as usize),
             out: Output {
                 buf: BytesMut::with_capacity(64 * 1024),
                 sealed: VecDeque::new(),
@@ -359,11 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         } else {
             &requests.repeat
         };
-        let end_stream = if self.spec.body.is_empty() {
-            END_STREAM
-        } else {
-            0
-        };
+        let end_stream = self.spec.body.is_empty();
         let max_frame = self.peer.max_frame as usize;
         put_header_block(&mut self.out.buf, max_frame, stream, block, end_stream);
         self.calls.insert(
@@ -446,36 +396,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Reads once into the buffer behind any partial frame.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        if self.read_start == self.read_end {
-            self.read_start = 0;
-            self.read_end = 0;
-        }
-        let pending = self.read_end - self.read_start;
-        let needed = if pending >= FRAME_HEADER {
-            // A longer frame is refused when it is parsed; no buffer grows for it.
-            FRAME_HEADER + frame_length(&self.read_buf[self.read_start..]).min(MAX_FRAME as usize)
-        } else {
-            FRAME_HEADER
-        };
-        if self.read_buf.len() - self.read_start < needed
-            || self.read_buf.len() - self.read_end < 4096
-        {
-            self.read_buf.copy_within(self.read_start..self.read_end, 0);
-            self.read_start = 0;
-            self.read_end = pending;
-            if self.read_buf.len() < needed + 4096 {
-                self.read_buf.resize(needed + 4096, 0);
-            }
-        }
-        let mut buf = ReadBuf::new(&mut self.read_buf[self.read_end..]);
-        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                Poll::Ready(Err("transport: connection closed".into()))
-            }
-            Poll::Ready(Ok(())) => {
-                self.read_end += buf.filled().len();
-                Poll::Ready(Ok(()))
-            }
+        match self.reader.poll_read(&mut self.io, cx) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err("transport: connection closed".into())),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(transport(&e))),
             Poll::Pending => Poll::Pending,
         }
@@ -483,33 +406,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Handles every whole frame in the read buffer.
     fn process_frames(&mut self) -> Result<(), String> {
-        let buffer = std::mem::take(&mut self.read_buf);
-        let result = (|| {
-            while self.read_end - self.read_start >= FRAME_HEADER {
-                let header = &buffer[self.read_start..self.read_start + FRAME_HEADER];
-                let length = frame_length(header);
-                let kind = header[3];
-                if !self.peer_settings_seen && kind != SETTINGS {
-                    return Err("protocol: the target did not open with h2 SETTINGS \
-                                (not an h2 server?)"
-                        .into());
-                }
-                if length > MAX_FRAME as usize {
-                    return Err(format!("protocol: {length}-byte frame over our limit"));
-                }
-                if self.read_end - self.read_start < FRAME_HEADER + length {
-                    break;
-                }
-                let flags = header[4];
-                let stream =
-                    u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-                let start = self.read_start + FRAME_HEADER;
-                self.read_start = start + length;
-                self.frame(kind, flags, stream, &buffer[start..start + length])?;
+        let mut reader = std::mem::take(&mut self.reader);
+        let result = (|| loop {
+            let (kind, head) = match reader.next_frame() {
+                Next::Incomplete => return Ok(()),
+                Next::Oversized { kind, length } => (kind, Err(length)),
+                Next::Frame(head) => (head.kind, Ok(head)),
+            };
+            if !self.peer_settings_seen && kind != SETTINGS {
+                return Err("protocol: the target did not open with h2 SETTINGS \
+                            (not an h2 server?)"
+                    .into());
             }
-            Ok(())
+            let head =
+                head.map_err(|length| format!("protocol: {length}-byte frame over our limit"))?;
+            self.frame(kind, head.flags, head.stream, reader.payload(&head))?;
         })();
-        self.read_buf = buffer;
+        self.reader = reader;
         result
     }
 
@@ -520,7 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         match kind {
             DATA => self.data(flags, stream, payload),
             HEADERS => {
-                let (block, _) = unpad(flags, payload, if flags & PRIORITY != 0 { 5 } else { 0 })?;
+                let block = unpad(flags, payload, if flags & PRIORITY != 0 { 5 } else { 0 })?;
                 if flags & END_HEADERS != 0 {
                     self.header_block_done(stream, block, flags & END_STREAM != 0)
                 } else {
@@ -611,7 +524,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let increment = std::mem::take(&mut self.unacknowledged);
             self.put_window_update(0, increment);
         }
-        let (data, _) = unpad(flags, payload, 0)?;
+        let data = unpad(flags, payload, 0)?;
         let end_stream = flags & END_STREAM != 0;
         let Some(call) = self.calls.get_mut(&stream) else {
             return Ok(()); // a call we already ended
@@ -791,37 +704,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-/// A header block as HEADERS, then CONTINUATION frames if it exceeds the server's frame size.
-fn put_header_block(
-    out: &mut BytesMut,
-    max_frame: usize,
-    stream: u32,
-    block: &[u8],
-    end_stream: u8,
-) {
-    let mut chunks = block.chunks(max_frame.max(1));
-    let first = chunks.next().unwrap_or(&[]);
-    let rest = chunks.len();
-    let flags = end_stream | if rest == 0 { END_HEADERS } else { 0 };
-    put_frame_header(out, first.len(), HEADERS, flags, stream);
-    out.extend_from_slice(first);
-    for (i, chunk) in chunks.enumerate() {
-        let flags = if i + 1 == rest { END_HEADERS } else { 0 };
-        put_frame_header(out, chunk.len(), CONTINUATION, flags, stream);
-        out.extend_from_slice(chunk);
-    }
-}
-
-fn put_frame_header(out: &mut BytesMut, length: usize, kind: u8, flags: u8, stream: u32) {
-    out.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-}
-
-fn frame_length(header: &[u8]) -> usize {
-    u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize
-}
-
 fn be_u32(bytes: &[u8]) -> Result<u32, String> {
     bytes
         .get(..4)
@@ -829,21 +711,10 @@ fn be_u32(bytes: &[u8]) -> Result<u32, String> {
         .ok_or_else(|| "protocol: frame too short".to_string())
 }
 
-/// The payload without its padding (and `skip` bytes of priority fields after the pad
-/// length), and the pad length.
-fn unpad(flags: u8, payload: &[u8], skip: usize) -> Result<(&[u8], usize), String> {
-    let (pad, rest) = if flags & PADDED != 0 {
-        match payload.split_first() {
-            Some((pad, rest)) => (*pad as usize, rest),
-            None => return Err("protocol: padded frame without pad length".into()),
-        }
-    } else {
-        (0, payload)
-    };
-    if rest.len() < pad + skip {
-        return Err("protocol: padding longer than the frame".into());
-    }
-    Ok((&rest[skip..rest.len() - pad], pad))
+/// The payload without its padding (and `skip` bytes of priority fields).
+fn unpad(flags: u8, payload: &[u8], skip: usize) -> Result<&[u8], String> {
+    pachgate_h2_wire::unpad(flags, payload, skip)
+        .ok_or_else(|| "protocol: padding longer than the frame".to_string())
 }
 
 fn parse_number(bytes: &[u8]) -> Option<u32> {
@@ -1023,13 +894,5 @@ mod tests {
         let decoded = decode(&[&blocks.first, &blocks.repeat], 256);
         assert_eq!(decoded[0], decoded[1]);
         assert_eq!(decoded[0][6].1.as_bytes(), &long[..]);
-    }
-
-    #[test]
-    fn integers_past_their_prefix_continue_in_seven_bit_groups() {
-        // RFC 7541 C.1.2: 1337 with a 5-bit prefix.
-        let mut out = Vec::new();
-        put_integer(&mut out, 0, 5, 1337);
-        assert_eq!(out, [0x1f, 0x9a, 0x0a]);
     }
 }

@@ -27,36 +27,17 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Version};
 use http_body::Frame;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use pachgate_h2_wire::{
+    self as wire, FrameReader, Next, ACK, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS,
+    END_STREAM, GOAWAY, HEADERS, PING, PREFACE, PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS,
+    SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::BodyError;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER: usize = 9;
-
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
-
-const SETTINGS_ENABLE_PUSH: u16 = 0x2;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
-const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
-
-const DEFAULT_WINDOW: u32 = 65_535;
-const DEFAULT_MAX_FRAME: usize = 16_384;
+const DEFAULT_MAX_FRAME: usize = wire::DEFAULT_MAX_FRAME as usize;
 const MAX_WINDOW: i64 = 0x7fff_ffff;
 const LAST_STREAM_ID: u32 = 0x7fff_ffff;
 
@@ -210,10 +191,7 @@ impl Output {
     }
 
     fn frame_header(&mut self, length: usize, kind: u8, flags: u8, stream: u32) {
-        let length = (length as u32).to_be_bytes();
-        self.small.extend_from_slice(&length[1..]);
-        self.small.extend_from_slice(&[kind, flags]);
-        self.small.extend_from_slice(&stream.to_be_bytes());
+        wire::put_frame_header(&mut self.small, length, kind, flags, stream);
     }
 
     fn payload(&mut self, data: Bytes) {
@@ -282,9 +260,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
 
 struct Inner {
     io: Option<Box<dyn Transport>>,
-    read_buf: Vec<u8>,
-    read_start: usize,
-    read_end: usize,
+    reader: FrameReader,
     out: Output,
     driver: Option<Waker>,
     streams: StreamMap,
@@ -360,9 +336,7 @@ impl Connection {
         }
         let inner = Inner {
             io: Some(io),
-            read_buf: vec![0; 16 * 1024],
-            read_start: 0,
-            read_end: 0,
+            reader: FrameReader::new(16 * 1024, MAX_FRAME_IN),
             out,
             driver: None,
             streams: StreamMap::default(),
@@ -651,36 +625,10 @@ impl Inner {
 
     /// Reads once into the buffer behind any partial frame.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        if self.read_start == self.read_end {
-            self.read_start = 0;
-            self.read_end = 0;
-        }
-        let pending = self.read_end - self.read_start;
-        let needed = if pending >= FRAME_HEADER {
-            FRAME_HEADER + frame_length(&self.read_buf[self.read_start..]).min(MAX_FRAME_IN)
-        } else {
-            FRAME_HEADER
-        };
-        if self.read_buf.len() - self.read_start < needed
-            || self.read_buf.len() - self.read_end < 4096
-        {
-            self.read_buf.copy_within(self.read_start..self.read_end, 0);
-            self.read_start = 0;
-            self.read_end = pending;
-            if self.read_buf.len() < needed + 4096 {
-                self.read_buf.resize(needed + 4096, 0);
-            }
-        }
         let io = self.io.as_mut().expect("read only while open");
-        let mut buf = ReadBuf::new(&mut self.read_buf[self.read_end..]);
-        match Pin::new(io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                Poll::Ready(Err("upstream closed the connection".into()))
-            }
-            Poll::Ready(Ok(())) => {
-                self.read_end += buf.filled().len();
-                Poll::Ready(Ok(()))
-            }
+        match self.reader.poll_read(io, cx) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err("upstream closed the connection".into())),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(format!("upstream read failed: {e}"))),
             Poll::Pending => Poll::Pending,
         }
@@ -688,37 +636,28 @@ impl Inner {
 
     /// Handles every whole frame in the read buffer.
     fn process_frames(&mut self) -> Result<(), (h2::Reason, String)> {
-        let buffer = std::mem::take(&mut self.read_buf);
-        let result = (|| {
-            while self.read_end - self.read_start >= FRAME_HEADER {
-                let header = &buffer[self.read_start..self.read_start + FRAME_HEADER];
-                let length = frame_length(header);
-                let kind = header[3];
-                if !self.peer_settings_seen && kind != SETTINGS {
-                    return Err(protocol("the upstream did not open with h2 SETTINGS"));
-                }
-                if length > MAX_FRAME_IN {
-                    return Err((
-                        h2::Reason::FRAME_SIZE_ERROR,
-                        format!("{length}-byte frame over our limit"),
-                    ));
-                }
-                if self.read_end - self.read_start < FRAME_HEADER + length {
-                    break;
-                }
-                let flags = header[4];
-                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]])
-                    & LAST_STREAM_ID;
-                let start = self.read_start + FRAME_HEADER;
-                self.read_start = start + length;
-                if !(kind == PING && flags & ACK != 0) {
-                    self.heard = true;
-                }
-                self.frame(kind, flags, stream, &buffer[start..start + length])?;
+        let mut reader = std::mem::take(&mut self.reader);
+        let result = (|| loop {
+            let (kind, head) = match reader.next_frame() {
+                Next::Incomplete => return Ok(()),
+                Next::Oversized { kind, .. } => (kind, None),
+                Next::Frame(head) => (head.kind, Some(head)),
+            };
+            if !self.peer_settings_seen && kind != SETTINGS {
+                return Err(protocol("the upstream did not open with h2 SETTINGS"));
             }
-            Ok(())
+            let Some(head) = head else {
+                return Err((
+                    h2::Reason::FRAME_SIZE_ERROR,
+                    format!("a frame over our {MAX_FRAME_IN}-byte limit"),
+                ));
+            };
+            if !(kind == PING && head.flags & ACK != 0) {
+                self.heard = true;
+            }
+            self.frame(kind, head.flags, head.stream, reader.payload(&head))?;
         })();
-        self.read_buf = buffer;
+        self.reader = reader;
         result
     }
 
@@ -1192,25 +1131,13 @@ impl Inner {
     }
 
     fn put_header_block(&mut self, stream: u32, block: &[u8], end_stream: bool) {
-        let max = self.peer_max_frame;
-        let mut chunks = block.chunks(max).peekable();
-        let first = chunks.next().unwrap_or(&[]);
-        let mut flags = if end_stream { END_STREAM } else { 0 };
-        if chunks.peek().is_none() {
-            flags |= END_HEADERS;
-        }
-        self.out.frame_header(first.len(), HEADERS, flags, stream);
-        self.out.small.extend_from_slice(first);
-        while let Some(chunk) = chunks.next() {
-            let flags = if chunks.peek().is_none() {
-                END_HEADERS
-            } else {
-                0
-            };
-            self.out
-                .frame_header(chunk.len(), CONTINUATION, flags, stream);
-            self.out.small.extend_from_slice(chunk);
-        }
+        wire::put_header_block(
+            &mut self.out.small,
+            self.peer_max_frame,
+            stream,
+            block,
+            end_stream,
+        );
     }
 }
 
@@ -1433,28 +1360,13 @@ fn protocol(text: &str) -> (h2::Reason, String) {
     (h2::Reason::PROTOCOL_ERROR, text.to_string())
 }
 
-fn frame_length(header: &[u8]) -> usize {
-    (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2])
-}
-
 fn be_u32(bytes: &[u8]) -> u32 {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
 /// The payload without padding (and without the priority fields HEADERS may carry).
 fn unpad(flags: u8, payload: &[u8], skip: usize) -> Result<&[u8], (h2::Reason, String)> {
-    let (pad, rest) = if flags & PADDED != 0 {
-        match payload.split_first() {
-            Some((pad, rest)) => (usize::from(*pad), rest),
-            None => return Err(protocol("padded frame without a pad length")),
-        }
-    } else {
-        (0, payload)
-    };
-    if rest.len() < skip + pad {
-        return Err(protocol("padding longer than the frame"));
-    }
-    Ok(&rest[skip..rest.len() - pad])
+    wire::unpad(flags, payload, skip).ok_or_else(|| protocol("padding longer than the frame"))
 }
 
 /// Headers RFC 9113 forbids in HTTP/2 (§8.2.2).
@@ -1505,35 +1417,15 @@ fn put_literal_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
         Some(index) => put_indexed_name(out, pattern, index, value),
         None => {
             out.push(pattern);
-            put_string(out, name.as_bytes());
-            put_string(out, value);
+            wire::put_string(out, name.as_bytes());
+            wire::put_string(out, value);
         }
     }
 }
 
 fn put_indexed_name(out: &mut Vec<u8>, pattern: u8, index: usize, value: &[u8]) {
-    put_integer(out, pattern, 4, index);
-    put_string(out, value);
-}
-
-fn put_integer(out: &mut Vec<u8>, pattern: u8, prefix_bits: u32, mut value: usize) {
-    let limit = (1usize << prefix_bits) - 1;
-    if value < limit {
-        out.push(pattern | value as u8);
-        return;
-    }
-    out.push(pattern | limit as u8);
-    value -= limit;
-    while value >= 128 {
-        out.push((value % 128) as u8 | 0x80);
-        value /= 128;
-    }
-    out.push(value as u8);
-}
-
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_integer(out, 0x00, 7, bytes.len());
-    out.extend_from_slice(bytes);
+    wire::put_integer(out, pattern, 4, index);
+    wire::put_string(out, value);
 }
 
 /// Names in HPACK's static table (RFC 7541 appendix A) that requests commonly carry.
@@ -1640,15 +1532,5 @@ mod tests {
         let at = block.len() - "Bearer secret".len() - 3;
         assert_eq!(block[at], 0x10 | 0x0f);
         assert_eq!(block[at + 1], 23 - 15);
-    }
-
-    #[test]
-    fn padding_and_priority_fields_are_stripped_and_overlong_padding_refused() {
-        let padded = [3u8, b'a', b'b', 0, 0, 0];
-        assert_eq!(unpad(PADDED, &padded, 0).unwrap(), b"ab");
-        let prioritized = [0u8, 0, 0, 1, 16, b'h'];
-        assert_eq!(unpad(PRIORITY, &prioritized, 5).unwrap(), b"h");
-        assert!(unpad(PADDED, &[9u8, b'a'], 0).is_err());
-        assert!(unpad(PADDED, &[], 0).is_err());
     }
 }
