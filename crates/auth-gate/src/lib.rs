@@ -215,7 +215,11 @@ impl PachydermGate {
         };
         let answer = self
             .cache
-            .get_or_check(token, &self.settings, || self.who_am_i.who_am_i(token))
+            // Boxed: the WhoAmI call runs on a cache miss only, and inline its state would
+            // grow the future of every gated request.
+            .get_or_check(token, &self.settings, || {
+                Box::pin(self.who_am_i.who_am_i(token))
+            })
             .await;
         match answer {
             WhoAmIAnswer::Valid { username, .. } => Decision::Allow {

@@ -594,18 +594,27 @@ impl Gateway {
         }
 
         let upstream_protocol = upstream.protocol().name();
+        // The websocket handshakes are boxed: inline, their connect and handshake state
+        // would be part of every request's future, which hyper moves into a task per
+        // stream (a memmove of all of it per gRPC call).
         let result = if websocket_upgrade {
             record.exchange().set_upstream(upstream_protocol, None);
-            crate::websocket::tunnel(request, upstream, self.tunnels(), &mut record.exchange).await
+            Box::pin(crate::websocket::tunnel(
+                request,
+                upstream,
+                self.tunnels(),
+                &mut record.exchange,
+            ))
+            .await
         } else if crate::websocket::is_extended_connect_websocket(&request) {
             record.exchange().set_upstream(upstream_protocol, None);
-            crate::websocket::tunnel_extended_connect(
+            Box::pin(crate::websocket::tunnel_extended_connect(
                 request,
                 upstream,
                 authority,
                 self.tunnels(),
                 &mut record.exchange,
-            )
+            ))
             .await
         } else {
             let mut endpoint = None;

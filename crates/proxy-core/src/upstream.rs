@@ -254,33 +254,9 @@ impl Upstream {
                     self.send_h2(endpoint, request).await
                 }
                 UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
-                    // The pool connects to the URI's authority; the Host header keeps what the
-                    // client asked for.
-                    let scheme = if self.spec.tls.is_some() {
-                        Scheme::HTTPS
-                    } else {
-                        Scheme::HTTP
-                    };
-                    set_uri(&mut request, scheme, endpoint.authority.clone());
-                    *request.version_mut() = Version::HTTP_11;
-                    let pool = self.http1_pool.as_ref().expect("http1 upstream has a pool");
-                    let result = match pool {
-                        Http1Pool::Plain(pool) => pool.request(request).await,
-                        Http1Pool::Tls(pool) => pool.request(request).await,
-                    };
-                    result.map(|r| r.map(ProxyBody::Stream)).map_err(|e| {
-                        if is_tls_handshake_failure(&e) {
-                            ProxyError::UpstreamTls {
-                                upstream: self.spec.name.clone(),
-                                endpoint: endpoint.address.clone(),
-                                reason: error_chain(&e),
-                            }
-                        } else if e.is_connect() {
-                            self.connect_error(endpoint, &e)
-                        } else {
-                            self.failed(&e)
-                        }
-                    })
+                    // Boxed: hyper's pooled request keeps a lot of state, and inline it would
+                    // grow the future of every request, gRPC calls to h2 upstreams included.
+                    Box::pin(self.send_http1(endpoint, request)).await
                 }
             }
         };
@@ -293,6 +269,40 @@ impl Upstream {
                 })
             }),
         }
+    }
+
+    async fn send_http1(
+        &self,
+        endpoint: &Endpoint,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The pool connects to the URI's authority; the Host header keeps what the client
+        // asked for.
+        let scheme = if self.spec.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        set_uri(&mut request, scheme, endpoint.authority.clone());
+        *request.version_mut() = Version::HTTP_11;
+        let pool = self.http1_pool.as_ref().expect("http1 upstream has a pool");
+        let result = match pool {
+            Http1Pool::Plain(pool) => pool.request(request).await,
+            Http1Pool::Tls(pool) => pool.request(request).await,
+        };
+        result.map(|r| r.map(ProxyBody::Stream)).map_err(|e| {
+            if is_tls_handshake_failure(&e) {
+                ProxyError::UpstreamTls {
+                    upstream: self.spec.name.clone(),
+                    endpoint: endpoint.address.clone(),
+                    reason: error_chain(&e),
+                }
+            } else if e.is_connect() {
+                self.connect_error(endpoint, &e)
+            } else {
+                self.failed(&e)
+            }
+        })
     }
 
     async fn send_h2(
@@ -348,12 +358,23 @@ impl Upstream {
         &self,
         endpoint: &Endpoint,
     ) -> Result<Arc<h2_client::Connection>, ProxyError> {
-        let slot = endpoint.h2_slot();
-        if let Some(connection) = slot.connection.load_full() {
+        if let Some(connection) = endpoint.h2_slot().connection.load_full() {
             if connection.is_open() {
                 return Ok(connection);
             }
         }
+        // Boxed: connecting (TCP, TLS, the h2 start) is rare, and inline its state would be
+        // part of every request's future.
+        Box::pin(self.connect_h2(endpoint)).await
+    }
+
+    /// Makes this worker's h2 connection to the endpoint, unless a request that waited for
+    /// the same slot already has.
+    async fn connect_h2(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Arc<h2_client::Connection>, ProxyError> {
+        let slot = endpoint.h2_slot();
         let _connecting = slot.connecting.lock().await;
         if let Some(connection) = slot.connection.load_full() {
             if connection.is_open() {
