@@ -238,7 +238,9 @@ fn served(lines: Vec<String>) -> u64 {
 /// sends and takes 40 KB header blocks (CONTINUATION), and on some methods breaks the
 /// protocol: calls queue under the limit instead of being refused, big headers arrive whole,
 /// each violation fails only its own call (or its connection) with the right status, and the
-/// calls after it are served (tests/clients/h2_upstream.py).
+/// calls after it are served (tests/clients/h2_upstream.py). The last violation floods PINGs
+/// and stops reading: pachgate must end that connection (UNAVAILABLE) rather than queue
+/// acknowledgements until the client's deadline.
 #[test]
 fn an_upstream_with_a_stream_limit_big_headers_and_bad_frames_is_handled() {
     use std::process::Command;

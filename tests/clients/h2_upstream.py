@@ -14,6 +14,9 @@ core servers in the other tests are well behaved; this one checks the rest:
     /odd.Upstream/DataFirst   DATA before any HEADERS (malformed)
     /odd.Upstream/ResetMid    headers and one message, then RST_STREAM INTERNAL_ERROR
     /odd.Upstream/Push        a PUSH_PROMISE, which pachgate disabled: a connection error
+    /odd.Upstream/PingFlood   PINGs without end while never reading again, so pachgate's
+                              acknowledgements pile up unwritten: it must end the
+                              connection (ENHANCE_YOUR_CALM) instead of queueing them all
   check --target T --ca CA    runs grpcio calls through pachgate against a served upstream
 
 Frames are written and read by hand so the upstream can break the rules; header blocks
@@ -25,6 +28,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from concurrent import futures
 
 import hpack
@@ -35,6 +39,8 @@ from h2_frames import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY,
 MAX_STREAMS = 2
 BIG = 40_000
 SLICE = 16_384
+# Long enough to outlast the client's deadline if the flood were queued without a limit.
+FLOOD_SECONDS = 30
 
 
 
@@ -138,6 +144,9 @@ class Connection:
         request = self.streams[stream]
         path = request["headers"].get(":path", "")
         ok_head = [(":status", "200"), ("content-type", "application/grpc")]
+        if path.endswith("/PingFlood"):
+            self.flood_pings()
+            return
         if path.endswith("/Slow"):
             body = bytes(request["body"])
 
@@ -156,6 +165,15 @@ class Connection:
         with self.write_lock:
             self.finish(stream)
             self.send(self.misbehave(stream, path, request, ok_head))
+
+    def flood_pings(self):
+        """Runs on the reading thread, so nothing is read from here on: pachgate's ACKs
+        fill the socket buffers and then its queue. Ends when pachgate closes the
+        connection (the send fails) or after FLOOD_SECONDS."""
+        batch = b"".join(frame(PING, 0, 0, i.to_bytes(8, "big")) for i in range(4096))
+        deadline = time.monotonic() + FLOOD_SECONDS
+        while time.monotonic() < deadline:
+            self.send(batch)  # raises OSError once pachgate has closed the connection
 
     def misbehave(self, stream, path, request, ok_head):
         if path.endswith("/BigHeaders"):
@@ -253,7 +271,8 @@ def check(args):
         for name, expected in [("Uppercase", grpc.StatusCode.UNAVAILABLE),
                                ("DataFirst", grpc.StatusCode.UNAVAILABLE),
                                ("ResetMid", grpc.StatusCode.INTERNAL),
-                               ("Push", grpc.StatusCode.UNAVAILABLE)]:
+                               ("Push", grpc.StatusCode.UNAVAILABLE),
+                               ("PingFlood", grpc.StatusCode.UNAVAILABLE)]:
             try:
                 call(name)(b"", timeout=20)
                 fail(f"{name}: the call succeeded")
