@@ -14,6 +14,10 @@ core servers in the other tests are well behaved; this one checks the rest:
     /odd.Upstream/DataFirst   DATA before any HEADERS (malformed)
     /odd.Upstream/ResetMid    headers and one message, then RST_STREAM INTERNAL_ERROR
     /odd.Upstream/Push        a PUSH_PROMISE, which pachgate disabled: a connection error
+    /odd.Upstream/Refuse      the first time a call's x-key is seen: RST_STREAM
+                              REFUSED_STREAM as its headers arrive; after that, the
+                              request's message back and x-arrivals (times seen) in trailers
+    /odd.Upstream/GoAway      the same, refused by a GOAWAY below the stream's id instead
     /odd.Upstream/PingFlood   PINGs without end while never reading again, so pachgate's
                               acknowledgements pile up unwritten: it must end the
                               connection (ENHANCE_YOUR_CALM) instead of queueing them all
@@ -39,6 +43,10 @@ from h2_frames import (ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY,
 MAX_STREAMS = 2
 BIG = 40_000
 SLICE = 16_384
+# Arrivals per x-key across connections: a refused call comes back on a new one after a
+# GOAWAY.
+ARRIVALS = {}
+ARRIVALS_LOCK = threading.Lock()
 # Long enough to outlast the client's deadline if the flood were queued without a limit.
 FLOOD_SECONDS = 30
 
@@ -110,12 +118,14 @@ class Connection:
                 block += payload
                 if flags & END_HEADERS:
                     self.headers_done(block_stream, block, block_end)
-            elif kind == DATA and stream in self.streams:
-                self.streams[stream]["body"] += payload
+            elif kind == DATA:
+                # The connection's window comes back even for a refused stream's DATA.
                 if payload:
                     self.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", len(payload))))
-                if flags & END_STREAM:
-                    self.respond(stream)
+                if stream in self.streams:
+                    self.streams[stream]["body"] += payload
+                    if flags & END_STREAM:
+                        self.respond(stream)
             elif kind == RST_STREAM:
                 self.streams.pop(stream, None)
                 self.open.discard(stream)
@@ -128,6 +138,8 @@ class Connection:
                   for name, value in self.decoder.decode(block, raw=True)}
         if stream in self.streams:
             return  # the request's trailers; gRPC requests have none
+        if self.refused(stream, fields):
+            return
         if len(self.open) >= MAX_STREAMS:
             self.over_limit += 1
         self.open.add(stream)
@@ -135,6 +147,24 @@ class Connection:
         self.streams[stream] = {"headers": fields, "body": bytearray()}
         if end_stream:
             self.respond(stream)
+
+    def refused(self, stream, fields):
+        """Refuses a /Refuse or /GoAway call the first time its x-key arrives."""
+        path = fields.get(":path", "")
+        if not (path.endswith("/Refuse") or path.endswith("/GoAway")):
+            return False
+        with ARRIVALS_LOCK:
+            key = (path, fields.get("x-key"))
+            ARRIVALS[key] = ARRIVALS.get(key, 0) + 1
+            fields["x-arrivals"] = str(ARRIVALS[key])
+            if ARRIVALS[key] > 1:
+                return False
+        if path.endswith("/Refuse"):
+            self.send(frame(RST_STREAM, 0, stream, struct.pack(">I", 0x7)))
+        else:
+            # Nothing from this stream on was processed; the connection takes no more.
+            self.send(frame(GOAWAY, 0, 0, struct.pack(">II", max(stream - 2, 0), 0)))
+        return True
 
     def finish(self, stream):
         self.open.discard(stream)
@@ -146,6 +176,14 @@ class Connection:
         ok_head = [(":status", "200"), ("content-type", "application/grpc")]
         if path.endswith("/PingFlood"):
             self.flood_pings()
+            return
+        if path.endswith("/Refuse") or path.endswith("/GoAway"):
+            trailers = [("grpc-status", "0"), ("x-arrivals", request["headers"]["x-arrivals"])]
+            with self.write_lock:
+                self.finish(stream)
+                self.send(self.header_frames(stream, ok_head, False)
+                          + frame(DATA, 0, stream, bytes(request["body"]))
+                          + self.header_frames(stream, trailers, True))
             return
         if path.endswith("/Slow"):
             body = bytes(request["body"])
@@ -267,6 +305,28 @@ def check(args):
         if trailers.get("x-request-big-length") != str(BIG):
             fail(f"the upstream saw a {trailers.get('x-request-big-length')}-byte request "
                  f"header, sent {BIG}")
+
+        # Refused unprocessed (RST_STREAM REFUSED_STREAM, or GOAWAY below the stream):
+        # pachgate sends the call again, whole, and the client never knows.
+        for name in ["Refuse", "GoAway"]:
+            message = b"sent twice, answered once: " + name.encode()
+            reply, outcome = call(name).with_call(message, metadata=[("x-key", name)],
+                                                  timeout=20)
+            trailers = dict(outcome.trailing_metadata())
+            if reply != message:
+                fail(f"{name}: the call sent again came back as {reply!r}")
+            if trailers.get("x-arrivals") != "2":
+                fail(f"{name}: the upstream saw the call {trailers.get('x-arrivals')} times")
+            slow_calls_pass(3, f"after {name}")
+        # A body over pachgate's resend limit (64 KiB) is not kept: that refusal fails.
+        try:
+            call("Refuse")(b"x" * 100_000, metadata=[("x-key", "big")], timeout=20)
+            fail("a refused 100 KB call was answered")
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                fail(f"refused 100 KB call: {error.code()} ({error.details()}), "
+                     "expected UNAVAILABLE")
+        slow_calls_pass(3, "after the refused 100 KB call")
 
         for name, expected in [("Uppercase", grpc.StatusCode.UNAVAILABLE),
                                ("DataFirst", grpc.StatusCode.UNAVAILABLE),

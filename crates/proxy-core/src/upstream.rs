@@ -8,7 +8,8 @@
 //! stream, where hyper's client adds a dispatch channel, a spawned task per request and
 //! another per request body (benches/README.md has the before/after). Under a burst, every
 //! 16th request writes the queued batch out from its stream's task, so the upstream starts
-//! on it while the worker reads the rest (`UPSTREAM_WRITE_BATCH`).
+//! on it while the worker reads the rest (`UPSTREAM_WRITE_BATCH`). A stream the upstream
+//! refuses unprocessed is sent once more when its body fits `RESEND_LIMIT`.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -310,47 +311,72 @@ impl Upstream {
         endpoint: &Endpoint,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (head, body) = request.into_parts();
-        let end_of_stream = http_body::Body::is_end_stream(&body);
-        let connection = self.h2_connection(endpoint).await?;
-        let mut stream = match connection.open(&head, end_of_stream).await {
-            Ok(stream) => stream,
-            // The connection ended (closed, GOAWAY) before this request left: nothing reached
-            // the upstream, so one more try on a fresh connection is safe even for
-            // non-idempotent calls.
-            Err(Failure::Refused) => {
-                connection.retire();
-                let connection = self.h2_connection(endpoint).await?;
-                connection
-                    .open(&head, end_of_stream)
-                    .await
-                    .map_err(|e| self.failed(&e))?
-            }
-            Err(e) => return Err(self.failed(&e)),
-        };
-        // The request body is forwarded from this task while the response is awaited: a
-        // unary call's message arrives with its headers or just after them, and needs no
-        // task of its own. Only a body still going when the response headers arrive (a
-        // client or bidi stream) gets one.
-        let mut pump = (!end_of_stream).then(|| RequestPump {
-            body,
-            upload: stream.clone_ref(),
-            waiting: None,
-        });
-        let response = poll_fn(|cx| {
-            if let Some(running) = pump.as_mut() {
-                if Pin::new(running).poll(cx).is_ready() {
-                    pump = None;
+        let (head, mut body) = request.into_parts();
+        // Once: a stream the upstream refused unprocessed is sent again, on a new
+        // connection if the refusal was a GOAWAY.
+        let mut first_try = true;
+        loop {
+            let end_of_stream = http_body::Body::is_end_stream(&body);
+            let connection = self.h2_connection(endpoint).await?;
+            let mut stream = match connection.open(&head, end_of_stream).await {
+                Ok(stream) => stream,
+                // The connection ended (closed, GOAWAY) before this request left: nothing
+                // reached the upstream, so one more try on a fresh connection is safe even
+                // for non-idempotent calls.
+                Err(Failure::Refused) => {
+                    connection.retire();
+                    let connection = self.h2_connection(endpoint).await?;
+                    connection
+                        .open(&head, end_of_stream)
+                        .await
+                        .map_err(|e| self.failed(&e))?
                 }
+                Err(e) => return Err(self.failed(&e)),
+            };
+            // The request body is forwarded from this task while the response is awaited:
+            // a unary call's message arrives with its headers or just after them, and needs
+            // no task of its own. Only a body still going when the response headers arrive
+            // (a client or bidi stream) gets one.
+            let mut pump =
+                (!end_of_stream).then(|| RequestPump::new(body, stream.clone_ref(), first_try));
+            let mut pump_done = false;
+            let response = poll_fn(|cx| {
+                if let Some(running) = pump.as_mut().filter(|_| !pump_done) {
+                    pump_done = Pin::new(running).poll(cx).is_ready();
+                }
+                stream.poll_response(cx)
+            })
+            .await;
+            match response {
+                Ok(response) => {
+                    if let Some(mut pump) = pump.filter(|_| !pump_done) {
+                        pump.taken = None; // answered: nothing will be sent again
+                        tokio::spawn(pump);
+                    }
+                    return Ok(response.map(|()| ProxyBody::Upstream(UpstreamBody::new(stream))));
+                }
+                // REFUSED_STREAM, or a GOAWAY below this stream's id: the upstream did not
+                // process it (RFC 9113 §8.7), so sending it again is safe whatever the
+                // method, if the whole body is still at hand.
+                Err(Failure::Refused) if first_try => {
+                    let again = match pump {
+                        None => Some(ProxyBody::Empty),
+                        Some(pump) => {
+                            let mut pump = Some(pump);
+                            poll_fn(|cx| Poll::Ready(pump.take().and_then(|p| p.into_resend(cx))))
+                                .await
+                        }
+                    };
+                    let Some(again) = again else {
+                        return Err(self.failed(&Failure::Refused));
+                    };
+                    tracing::debug!(upstream = %self.spec.name, "stream refused unprocessed; sending it again");
+                    body = again;
+                    first_try = false;
+                }
+                Err(e) => return Err(self.failed(&e)),
             }
-            stream.poll_response(cx)
-        })
-        .await
-        .map_err(|e| self.failed(&e))?;
-        if let Some(pump) = pump {
-            tokio::spawn(pump);
         }
-        Ok(response.map(|()| ProxyBody::Upstream(UpstreamBody::new(stream))))
     }
 
     /// This worker's live h2 connection to the endpoint, or a new one.
@@ -482,6 +508,11 @@ impl Upstream {
     }
 }
 
+/// Request bodies up to this size are kept while they are sent (as shared `Bytes`, not
+/// copies), so that a stream the upstream refused unprocessed can be sent again. Unary gRPC
+/// calls fit; a larger body whose stream is refused fails as before.
+const RESEND_LIMIT: usize = 64 * 1024;
+
 /// Feeds a client's request body into its upstream h2 stream: DATA as the upstream's window
 /// allows (no more is pulled from the client meanwhile), then trailers or end of stream. A
 /// client's reset reaches the upstream with its reason; an upstream's reset stops the feed.
@@ -491,6 +522,82 @@ struct RequestPump {
     /// Data taken from the client that the upstream's window has not let out yet, and
     /// whether it ends the body.
     waiting: Option<(Bytes, bool)>,
+    /// Every chunk taken from the client so far, while the body may still be sent again
+    /// (`None` once it is over `RESEND_LIMIT`, has trailers or failed).
+    taken: Option<TakenBody>,
+}
+
+#[derive(Default)]
+struct TakenBody {
+    /// A unary call's message is one chunk: it is kept without allocating.
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+    len: usize,
+    complete: bool,
+}
+
+impl RequestPump {
+    fn new(body: ProxyBody, upload: StreamRef, keep_for_resend: bool) -> Self {
+        RequestPump {
+            body,
+            upload,
+            waiting: None,
+            taken: keep_for_resend.then(TakenBody::default),
+        }
+    }
+
+    /// Notes a chunk taken from the client; `None` data means the body ended.
+    fn keep(&mut self, data: Option<&Bytes>) {
+        let Some(taken) = self.taken.as_mut() else {
+            return;
+        };
+        match data {
+            None => taken.complete = true,
+            Some(data) if taken.len + data.len() > RESEND_LIMIT => self.taken = None,
+            Some(data) => {
+                taken.len += data.len();
+                if taken.first.is_none() {
+                    taken.first = Some(data.clone());
+                } else {
+                    taken.more.push(data.clone());
+                }
+            }
+        }
+    }
+
+    /// The whole request body to send again, if the client has sent all of it (within
+    /// `RESEND_LIMIT`) by now. It does not wait for more: a bidi client may be waiting for
+    /// a response before it sends the rest, and a refusal must not hang it.
+    fn into_resend(mut self, cx: &mut Context<'_>) -> Option<ProxyBody> {
+        while !self.taken.as_ref()?.complete {
+            match http_body::Body::poll_frame(Pin::new(&mut self.body), cx) {
+                Poll::Pending => return None,
+                Poll::Ready(None) => self.keep(None),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = frame.into_data().ok()?; // trailers are not kept
+                    self.keep(Some(&data));
+                    if http_body::Body::is_end_stream(&self.body) {
+                        self.keep(None);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return None,
+            }
+        }
+        let taken = self.taken?;
+        let whole = match (taken.first, taken.more.is_empty()) {
+            (None, _) => return Some(ProxyBody::Empty),
+            (Some(only), true) => only,
+            (Some(first), false) => {
+                let mut whole = bytes::BytesMut::with_capacity(taken.len);
+                whole.extend_from_slice(&first);
+                for chunk in &taken.more {
+                    whole.extend_from_slice(chunk);
+                }
+                whole.freeze()
+            }
+        };
+        Some(ProxyBody::Full(Some(whole)))
+    }
 }
 
 impl Future for RequestPump {
@@ -514,10 +621,12 @@ impl Future for RequestPump {
             let frame = match ready!(http_body::Body::poll_frame(Pin::new(&mut this.body), cx)) {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
+                    this.taken = None;
                     this.upload.reset(h2_reason(&*error));
                     return Poll::Ready(());
                 }
                 None => {
+                    this.keep(None);
                     this.waiting = Some((Bytes::new(), true));
                     continue;
                 }
@@ -525,9 +634,14 @@ impl Future for RequestPump {
             match frame.into_data() {
                 Ok(data) => {
                     let end_of_stream = http_body::Body::is_end_stream(&this.body);
+                    this.keep(Some(&data));
+                    if end_of_stream {
+                        this.keep(None);
+                    }
                     this.waiting = Some((data, end_of_stream));
                 }
                 Err(frame) => {
+                    this.taken = None;
                     if let Ok(trailers) = frame.into_trailers() {
                         this.upload.send_trailers(&trailers);
                     }
