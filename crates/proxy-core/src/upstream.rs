@@ -245,19 +245,12 @@ impl Upstream {
             match self.spec.protocol {
                 UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                     let authority = authority.unwrap_or_else(|| endpoint.authority.clone());
-                    let scheme = if self.spec.tls.is_some() {
-                        Scheme::HTTPS
-                    } else {
-                        Scheme::HTTP
-                    };
-                    set_uri(&mut request, scheme, authority);
+                    set_uri(&mut request, self.scheme(), authority);
                     *request.version_mut() = Version::HTTP_2;
                     self.send_h2(endpoint, request).await
                 }
                 UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
-                    // Boxed: hyper's pooled request keeps a lot of state, and inline it would
-                    // grow the future of every request, gRPC calls to h2 upstreams included.
-                    Box::pin(self.send_http1(endpoint, request)).await
+                    self.send_http1(endpoint, request).await
                 }
             }
         };
@@ -272,6 +265,14 @@ impl Upstream {
         }
     }
 
+    fn scheme(&self) -> Scheme {
+        if self.spec.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        }
+    }
+
     async fn send_http1(
         &self,
         endpoint: &Endpoint,
@@ -279,12 +280,7 @@ impl Upstream {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The pool connects to the URI's authority; the Host header keeps what the client
         // asked for.
-        let scheme = if self.spec.tls.is_some() {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        };
-        set_uri(&mut request, scheme, endpoint.authority.clone());
+        set_uri(&mut request, self.scheme(), endpoint.authority.clone());
         *request.version_mut() = Version::HTTP_11;
         let pool = self.http1_pool.as_ref().expect("http1 upstream has a pool");
         let result = match pool {
@@ -359,13 +355,9 @@ impl Upstream {
                 // process it (RFC 9113 §8.7), so sending it again is safe whatever the
                 // method, if the whole body is still at hand.
                 Err(Failure::Refused) if first_try => {
-                    let again = match pump {
+                    let again = match pump.as_mut() {
                         None => Some(ProxyBody::Empty),
-                        Some(pump) => {
-                            let mut pump = Some(pump);
-                            poll_fn(|cx| Poll::Ready(pump.take().and_then(|p| p.into_resend(cx))))
-                                .await
-                        }
+                        Some(pump) => poll_fn(|cx| Poll::Ready(pump.take_resend(cx))).await,
                     };
                     let Some(again) = again else {
                         return Err(self.failed(&Failure::Refused));
@@ -568,7 +560,7 @@ impl RequestPump {
     /// The whole request body to send again, if the client has sent all of it (within
     /// `RESEND_LIMIT`) by now. It does not wait for more: a bidi client may be waiting for
     /// a response before it sends the rest, and a refusal must not hang it.
-    fn into_resend(mut self, cx: &mut Context<'_>) -> Option<ProxyBody> {
+    fn take_resend(&mut self, cx: &mut Context<'_>) -> Option<ProxyBody> {
         while !self.taken.as_ref()?.complete {
             match http_body::Body::poll_frame(Pin::new(&mut self.body), cx) {
                 Poll::Pending => return None,
@@ -583,7 +575,7 @@ impl RequestPump {
                 Poll::Ready(Some(Err(_))) => return None,
             }
         }
-        let taken = self.taken?;
+        let taken = self.taken.take()?;
         let whole = match (taken.first, taken.more.is_empty()) {
             (None, _) => return Some(ProxyBody::Empty),
             (Some(only), true) => only,
