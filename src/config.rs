@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pachgate_proxy_core::{
-    Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PlainMode, RateLimiter,
-    RouteAuth, RouteSpec, ServerLimits, Snapshot, StaticTokens, UpstreamProtocol, UpstreamSpec,
-    UpstreamTls, WhenAuthDisabled,
+    Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PachydermLine,
+    PlainMode, RateLimiter, RouteAuth, RouteSpec, ServerLimits, Snapshot, StaticTokens,
+    UpstreamProtocol, UpstreamSpec, UpstreamTls, WhenAuthDisabled,
 };
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use serde::Deserialize;
@@ -94,6 +94,8 @@ pub struct PachydermAuth {
     pub when_auth_disabled: Option<Spanned<String>>,
     pub public_methods: Option<Vec<Spanned<String>>>,
     pub who_am_i_method: Option<Spanned<String>>,
+    /// "2" (default) or "1": which Pachyderm line's public methods apply.
+    pub version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1145,6 +1147,28 @@ impl Validator<'_> {
             }
             settings.extra_public_methods.push(method.get_ref().clone());
         }
+        settings.line = match &a.version {
+            Some(v) => match v.get_ref().as_str() {
+                "2" => PachydermLine::V2,
+                "1" => PachydermLine::V1,
+                other => {
+                    self.err(
+                        &v.span(),
+                        format!("auth.pachyderm.version {other:?} is not known: expected \"2\" (Pachyderm 2.x) or \"1\" (1.x)"),
+                    );
+                    PachydermLine::V2
+                }
+            },
+            // Configs written before `version` existed said 1.x through the WhoAmI method.
+            None if a
+                .who_am_i_method
+                .as_ref()
+                .is_some_and(|m| m.get_ref() == PachydermLine::V1.who_am_i_method()) =>
+            {
+                PachydermLine::V1
+            }
+            None => PachydermLine::V2,
+        };
         let who_am_i_method = match &a.who_am_i_method {
             Some(m) => {
                 if !pachgate_auth_gate::is_well_formed_grpc_path(m.get_ref()) {
@@ -1155,7 +1179,7 @@ impl Validator<'_> {
                 }
                 m.get_ref().clone()
             }
-            None => "/auth_v2.API/WhoAmI".to_string(),
+            None => settings.line.who_am_i_method().to_string(),
         };
         (self.errors.len() == before).then(|| PachydermAuthSpec {
             upstream: name.clone(),

@@ -39,6 +39,12 @@ upstream = "console"
 auth = "pachyderm"
 
 [[routes]]
+name = "pachd-files"
+match = {{ path_prefix = "/pfs" }}
+upstream = "console"
+auth = "pachyderm"
+
+[[routes]]
 name = "console"
 match = {{ path_prefix = "/" }}
 upstream = "console"
@@ -126,32 +132,93 @@ fn expired_tokens_are_refused_within_the_cache_ttl() {
     grpc_check(&proxy, "auth-expiry");
 }
 
+/// curl's status, `Content-Type` and body.
+fn curl_answer(proxy: &Proxy, path: &str, extra: &[&str]) -> (u16, String, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code} %{content_type}", "--cacert"])
+        .arg(proxy.ca())
+        .args(extra)
+        .arg(format!("https://{}{path}", proxy.target()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    let (status, content_type) = tail.split_once(' ').unwrap();
+    (status.parse().unwrap(), content_type.to_string(), body.to_string())
+}
+
 #[test]
-fn http_routes_take_the_token_from_header_cookie_or_bearer() {
+fn http_routes_take_the_token_where_pachd_does() {
     let standins = standins();
     let proxy = proxy_for(&standins, "");
-    assert_eq!(curl_status(&proxy, "/api/v1/repos", &[]), 401);
+    // pachd's REST gateway reads the authn-token header and nothing else: a bearer token or
+    // a cookie is no token to pachd, so none to the gate.
+    for ignored in ["Authorization: Bearer demo-token", "Cookie: authn-token=demo-token"] {
+        assert_eq!(
+            curl_status(&proxy, "/api/pfs_v2.API/ListRepo", &["-H", ignored]),
+            401,
+            "{ignored}"
+        );
+    }
     assert_eq!(
         curl_status(
             &proxy,
-            "/api/v1/repos",
-            &["-H", "Authorization: Bearer nope"]
+            "/api/pfs_v2.API/ListRepo",
+            &["-H", "authn-token: demo-token"]
         ),
-        401
+        200
     );
-    for good in [
-        "authn-token: demo-token",
-        "Authorization: Bearer demo-token",
-        "Cookie: theme=dark; authn-token=demo-token",
+    // A denial on /api/ is grpc-gateway's JSON, which the console parses (the Content-Type
+    // compared as a whole string).
+    let (status, content_type, body) = curl_answer(&proxy, "/api/pfs_v2.API/ListRepo", &[]);
+    assert_eq!((status, content_type.as_str()), (401, "application/json"));
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["code"], 16, "{body}");
+    assert_eq!(error["message"], "no authentication token (try logging in)");
+    assert_eq!(error["details"], serde_json::json!([]));
+    // Public methods pass without a token through the gateway too; an empty header (the
+    // console sends one before login) is no token, not a bad one.
+    for public in [
+        "/api/auth_v2.API/Authenticate",
+        "/api/versionpb_v2.API/GetVersion",
+        "/api/auth_v2.API/WhoAmI",
     ] {
         assert_eq!(
-            curl_status(&proxy, "/api/v1/repos", &["-H", good]),
+            curl_status(&proxy, public, &["-H", "authn-token;"]),
             200,
-            "{good}"
+            "{public}"
         );
     }
+    // File downloads: the query parameter first (the console's previews use it), then the
+    // header; the one checked is the one pachd uses.
+    let file = "/pfs/default/images/master/a.png";
+    for (query, header, want) in [
+        ("?authn-token=demo-token", None, 200),
+        ("?x=1&authn-token=demo%2Dtoken", None, 200),
+        ("?authn-token=wrong", Some("authn-token: demo-token"), 401),
+        ("?authn-token=demo-token", Some("authn-token: wrong"), 200),
+        ("?authn-token=", Some("authn-token: demo-token"), 200),
+        ("", Some("authn-token: demo-token"), 200),
+        ("", None, 401),
+    ] {
+        let mut extra = vec![];
+        if let Some(header) = header {
+            extra = vec!["-H", header];
+        }
+        assert_eq!(
+            curl_status(&proxy, &format!("{file}{query}"), &extra),
+            want,
+            "{query} {header:?}"
+        );
+    }
+    // Outside /api/ a denial is text, with Content-Type exactly text/plain.
+    let (status, content_type, _) = curl_answer(&proxy, file, &[]);
+    assert_eq!((status, content_type.as_str()), (401, "text/plain"));
     // Routes without auth are untouched.
     assert_eq!(curl_status(&proxy, "/lineage", &[]), 200);
+    // The query token never reaches the log.
+    let log = proxy.running.stderr_so_far();
+    assert!(!log.contains("demo-token"), "a token reached the log:\n{log}");
 }
 
 #[test]

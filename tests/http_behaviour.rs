@@ -45,7 +45,10 @@ fn upstream_down_is_unavailable_for_grpc_and_503_for_http() {
     for version in ["--http1.1", "--http2"] {
         let (status, body) = curl(&proxy, &url, &[version]);
         assert_eq!(status, 503, "{version}: body {body:?}");
-        assert!(body.contains("upstream unavailable"), "{version}: {body:?}");
+        assert!(
+            body.contains("upstream connect error"),
+            "{version}: {body:?}"
+        );
         assert!(!body.contains("<html"), "{version}: {body:?}");
     }
 }

@@ -13,6 +13,10 @@ use crate::{PachydermAuthSettings, WhoAmIAnswer};
 
 type Key = [u8; 32];
 
+/// The key under which the answer for "no token at all" is kept (whether auth is active).
+/// No request's token is empty: an empty `authn-token` counts as none.
+pub(crate) const NO_TOKEN: &str = "";
+
 struct Slot {
     /// Filled once by the first caller; later callers wait on it.
     answer: OnceCell<(WhoAmIAnswer, Instant)>,
@@ -45,9 +49,9 @@ fn lifetime(answer: &WhoAmIAnswer, settings: &PachydermAuthSettings) -> Option<I
             }
             (!ttl.is_zero()).then(|| now + ttl)
         }
-        WhoAmIAnswer::Unauthenticated(_) | WhoAmIAnswer::AuthNotActive => {
-            Some(now + settings.negative_cache_ttl)
-        }
+        WhoAmIAnswer::Unauthenticated(_)
+        | WhoAmIAnswer::Expired(_)
+        | WhoAmIAnswer::AuthNotActive => Some(now + settings.negative_cache_ttl),
         WhoAmIAnswer::Unavailable(_) => None,
     }
 }
@@ -103,6 +107,13 @@ impl TokenCache {
             })
             .await;
         answer.clone()
+    }
+
+    /// A fresh answer already known for `token`, without asking or waiting.
+    pub fn peek(&self, token: &str) -> Option<WhoAmIAnswer> {
+        let slots = self.slots.lock().expect("cache lock");
+        let (answer, until) = slots.get(&key(token))?.answer.get()?;
+        (*until > Instant::now()).then(|| answer.clone())
     }
 
     #[cfg(test)]

@@ -14,8 +14,8 @@ mod static_tokens;
 pub use cache::TokenCache;
 pub use client::{Cidr, CidrSet, RateLimiter};
 pub use pachyderm::{
-    is_public_method, is_well_formed_grpc_path, token_from_grpc_metadata, token_from_http,
-    TokenLookup,
+    bearer_token, is_well_formed_grpc_path, pachd_http_surface, token_for_pachd_files,
+    token_from_grpc_metadata, PachdHttpSurface, PachydermLine, TokenLookup,
 };
 pub use static_tokens::{parse_hash_file, StaticTokens};
 
@@ -34,15 +34,23 @@ pub enum WhoAmIAnswer {
     },
     /// UNAUTHENTICATED, with pachd's own message.
     Unauthenticated(String),
+    /// INTERNAL "token expiration is in the past": pachd keeps expired tokens for a while
+    /// and answers this for them (the console logs the user out on it).
+    Expired(String),
     /// UNIMPLEMENTED: auth is not activated on this cluster.
     AuthNotActive,
     /// pachd could not be asked (down, refused, timed out); never treated as valid.
     Unavailable(String),
 }
 
-/// Asks pachd about a token. Implemented by proxy-core over its pooled upstream connection.
+/// Asks pachd about a token, or with `None` about no token at all (which tells whether auth
+/// is active: UNIMPLEMENTED when it is off, UNAUTHENTICATED when it is on). Implemented by
+/// proxy-core over its pooled upstream connection.
 pub trait WhoAmI: Send + Sync {
-    fn who_am_i(&self, token: &str) -> Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + '_>>;
+    fn who_am_i(
+        &self,
+        token: Option<&str>,
+    ) -> Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + '_>>;
 }
 
 /// What to do when pachd says auth is not activated.
@@ -59,6 +67,8 @@ pub struct PachydermAuthSettings {
     pub negative_cache_ttl: Duration,
     pub cache_capacity: usize,
     pub when_auth_disabled: WhenAuthDisabled,
+    /// Which public-method list applies.
+    pub line: PachydermLine,
     /// Methods (`/package.Service/Method`) that pass without a token, beyond pachd's own list.
     pub extra_public_methods: Vec<String>,
 }
@@ -70,6 +80,7 @@ impl Default for PachydermAuthSettings {
             negative_cache_ttl: Duration::from_secs(5),
             cache_capacity: 10_000,
             when_auth_disabled: WhenAuthDisabled::Deny,
+            line: PachydermLine::V2,
             extra_public_methods: Vec::new(),
         }
     }
@@ -85,6 +96,8 @@ pub enum DenyReason {
     AmbiguousToken,
     /// pachd rejected the token; its message (gRPC 16 / HTTP 401).
     InvalidToken(String),
+    /// pachd says the token has expired; its message (gRPC 13, as pachd answers / HTTP 401).
+    ExpiredToken(String),
     /// Auth is not activated on pachd and the gate is set to deny (gRPC 7 / HTTP 403).
     AuthNotActive,
     /// The token could not be checked (gRPC 14 / HTTP 503).
@@ -106,7 +119,9 @@ impl DenyReason {
             DenyReason::AmbiguousToken => {
                 "more than one authn-token value; send exactly one".into()
             }
-            DenyReason::InvalidToken(message) => message.clone(),
+            DenyReason::InvalidToken(message) | DenyReason::ExpiredToken(message) => {
+                message.clone()
+            }
             DenyReason::AuthNotActive => "the auth service is not activated on pachd, and \
                 pachgate denies access to an unauthenticated cluster (when_auth_disabled = \"deny\")"
                 .into(),
@@ -127,6 +142,7 @@ impl DenyReason {
             DenyReason::MissingToken => "missing_token",
             DenyReason::AmbiguousToken => "ambiguous_token",
             DenyReason::InvalidToken(_) => "invalid_token",
+            DenyReason::ExpiredToken(_) => "expired_token",
             DenyReason::AuthNotActive => "auth_not_active",
             DenyReason::CheckUnavailable(_) => "check_unavailable",
             DenyReason::MalformedMethod => "malformed_method",
@@ -182,18 +198,21 @@ impl PachydermGate {
         }
     }
 
-    /// Decides a gRPC call: `method` is the request path, `token` what the metadata held.
-    pub async fn check_grpc(&self, method: &str, token: TokenLookup<'_>) -> Decision {
-        if !is_well_formed_grpc_path(method) {
-            return Decision::Deny(DenyReason::MalformedMethod);
-        }
-        if is_public_method(method)
+    fn is_public(&self, method: &str) -> bool {
+        self.settings.line.is_public_method(method)
             || self
                 .settings
                 .extra_public_methods
                 .iter()
                 .any(|m| m == method)
-        {
+    }
+
+    /// Decides a gRPC call: `method` is the request path, `token` what the metadata held.
+    pub async fn check_grpc(&self, method: &str, token: TokenLookup<'_>) -> Decision {
+        if !is_well_formed_grpc_path(method) {
+            return Decision::Deny(DenyReason::MalformedMethod);
+        }
+        if self.is_public(method) {
             return Decision::Allow {
                 username: None,
                 reason: AllowReason::PublicMethod,
@@ -202,23 +221,55 @@ impl PachydermGate {
         self.check_token(token).await
     }
 
-    /// Decides an HTTP request to a pachd HTTP route: every request needs a token.
-    pub async fn check_http(&self, token: TokenLookup<'_>) -> Decision {
+    /// Decides an HTTP request to pachd's HTTP server. On the grpc-gateway (`/api/…`) the
+    /// method's own rule applies, as pachd's interceptor sees the same method; everything
+    /// else needs a token. The caller takes the token where pachd will
+    /// ([`token_for_pachd_files`] on `/pfs` and `/archive`, the header elsewhere).
+    pub async fn check_http(&self, path: &str, token: TokenLookup<'_>) -> Decision {
+        if let PachdHttpSurface::Gateway { method } = pachd_http_surface(path) {
+            if is_well_formed_grpc_path(method) && self.is_public(method) {
+                return Decision::Allow {
+                    username: None,
+                    reason: AllowReason::PublicMethod,
+                };
+            }
+        }
         self.check_token(token).await
     }
 
+    /// Whether pachd serves this request without a token: a public gRPC method, or the same
+    /// method through the grpc-gateway.
+    pub fn is_public_call(&self, path: &str, grpc: bool) -> bool {
+        let method = if grpc {
+            path
+        } else {
+            match pachd_http_surface(path) {
+                PachdHttpSurface::Gateway { method } => method,
+                _ => return false,
+            }
+        };
+        is_well_formed_grpc_path(method) && self.is_public(method)
+    }
+
+    /// Whether the cache holds a fresh "valid" answer for this token: such a token is never
+    /// refused by the failed-authentication limiter, so one broken client behind a shared
+    /// address cannot lock out everyone else behind it.
+    pub fn knows_valid(&self, token: &str) -> bool {
+        matches!(self.cache.peek(token), Some(WhoAmIAnswer::Valid { .. }))
+    }
+
     async fn check_token(&self, token: TokenLookup<'_>) -> Decision {
-        let token = match token {
-            TokenLookup::Missing => return Decision::Deny(DenyReason::MissingToken),
+        let token = match &token {
+            TokenLookup::Missing => return self.check_without_token().await,
             TokenLookup::Ambiguous => return Decision::Deny(DenyReason::AmbiguousToken),
-            TokenLookup::Found(token) => token,
+            TokenLookup::Found(token) => token.as_ref(),
         };
         let answer = self
             .cache
             // Boxed: the WhoAmI call runs on a cache miss only, and inline its state would
             // grow the future of every gated request.
             .get_or_check(token, &self.settings, || {
-                Box::pin(self.who_am_i.who_am_i(token))
+                Box::pin(self.who_am_i.who_am_i(Some(token)))
             })
             .await;
         match answer {
@@ -229,14 +280,39 @@ impl PachydermGate {
             WhoAmIAnswer::Unauthenticated(message) => {
                 Decision::Deny(DenyReason::InvalidToken(message))
             }
-            WhoAmIAnswer::AuthNotActive => match self.settings.when_auth_disabled {
-                WhenAuthDisabled::Allow => Decision::Allow {
-                    username: None,
-                    reason: AllowReason::AuthNotActive,
-                },
-                WhenAuthDisabled::Deny => Decision::Deny(DenyReason::AuthNotActive),
-            },
+            WhoAmIAnswer::Expired(message) => Decision::Deny(DenyReason::ExpiredToken(message)),
+            WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
             WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
+        }
+    }
+
+    /// No token. With `when_auth_disabled = "allow"` pachd may serve the call anyway (auth
+    /// off): whether auth is active is learned from pachd (WhoAmI without a token) and
+    /// cached like any answer, never guessed per call.
+    async fn check_without_token(&self) -> Decision {
+        if self.settings.when_auth_disabled == WhenAuthDisabled::Deny {
+            return Decision::Deny(DenyReason::MissingToken);
+        }
+        let answer = self
+            .cache
+            .get_or_check(cache::NO_TOKEN, &self.settings, || {
+                Box::pin(self.who_am_i.who_am_i(None))
+            })
+            .await;
+        match answer {
+            WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
+            WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
+            _ => Decision::Deny(DenyReason::MissingToken),
+        }
+    }
+
+    fn auth_not_active(&self) -> Decision {
+        match self.settings.when_auth_disabled {
+            WhenAuthDisabled::Allow => Decision::Allow {
+                username: None,
+                reason: AllowReason::AuthNotActive,
+            },
+            WhenAuthDisabled::Deny => Decision::Deny(DenyReason::AuthNotActive),
         }
     }
 }

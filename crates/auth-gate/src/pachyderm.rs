@@ -1,8 +1,21 @@
 //! Pachyderm's facts: which gRPC methods work without a token, and where the token travels.
 
-/// Methods pachd serves without a token (2.x and 1.x package names). A route with
-/// `auth = "pachyderm"` lets exactly these through unauthenticated.
-const PUBLIC_METHODS: &[&str] = &[
+use std::borrow::Cow;
+
+/// Which Pachyderm release line pachd runs: the public methods and package names differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PachydermLine {
+    /// 2.x: `_v2` packages.
+    #[default]
+    V2,
+    /// 1.x: packages without the `_v2` suffix.
+    V1,
+}
+
+/// Methods pachd 2.x serves without a token: its auth interceptor's list, the same from 2.5
+/// to 2.12. `GetFileTAR` is public there because pachd guards it with file-set capabilities
+/// instead of a token.
+const PUBLIC_METHODS_V2: &[&str] = &[
     "/admin_v2.API/InspectCluster",
     "/auth_v2.API/Activate",
     "/auth_v2.API/Authenticate",
@@ -15,7 +28,12 @@ const PUBLIC_METHODS: &[&str] = &[
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/proxy.API/Listen",
-    // Pachyderm 1.x packages have no _v2 suffix.
+    "/pfs_v2.API/GetFileTAR",
+];
+
+/// Methods pachd 1.x serves without a token (its packages have no `_v2` suffix, and its own
+/// health service is open).
+const PUBLIC_METHODS_V1: &[&str] = &[
     "/admin.API/InspectCluster",
     "/auth.API/Activate",
     "/auth.API/Authenticate",
@@ -24,11 +42,64 @@ const PUBLIC_METHODS: &[&str] = &[
     "/auth.API/GetOIDCLogin",
     "/enterprise.API/GetState",
     "/versionpb.API/GetVersion",
+    "/health.Health/Health",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
 ];
 
-/// Exact match only: a path that merely resembles a public method is not public.
-pub fn is_public_method(path: &str) -> bool {
-    PUBLIC_METHODS.contains(&path)
+impl PachydermLine {
+    pub fn public_methods(self) -> &'static [&'static str] {
+        match self {
+            PachydermLine::V2 => PUBLIC_METHODS_V2,
+            PachydermLine::V1 => PUBLIC_METHODS_V1,
+        }
+    }
+
+    /// Exact match only: a path that merely resembles a public method is not public.
+    pub fn is_public_method(self, path: &str) -> bool {
+        self.public_methods().contains(&path)
+    }
+
+    /// Where WhoAmI lives on this line.
+    pub fn who_am_i_method(self) -> &'static str {
+        match self {
+            PachydermLine::V2 => "/auth_v2.API/WhoAmI",
+            PachydermLine::V1 => "/auth.API/WhoAmI",
+        }
+    }
+}
+
+/// Which part of pachd's HTTP server (port 1659) a path reaches; each reads the token in
+/// its own place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PachdHttpSurface<'a> {
+    /// `/api/<package.Service>/<Method>`: the grpc-gateway. Every request header but
+    /// Content-Length becomes gRPC metadata, so the token is the `authn-token` header and
+    /// the method's own rules (public or not) apply. `method` is `/<package.Service>/<Method>`.
+    Gateway { method: &'a str },
+    /// `/pfs…` and `/archive…`: file downloads, which read the `authn-token` query parameter
+    /// first and the header second.
+    Files,
+    /// Anything else: the `authn-token` header.
+    Other,
+}
+
+fn has_segment_prefix(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Classifies a (normalised) request path the way pachd's HTTP server routes it.
+pub fn pachd_http_surface(path: &str) -> PachdHttpSurface<'_> {
+    if let Some(rest) = path.strip_prefix("/api") {
+        if rest.starts_with('/') {
+            return PachdHttpSurface::Gateway { method: rest };
+        }
+    }
+    if has_segment_prefix(path, "/pfs") || has_segment_prefix(path, "/archive") {
+        return PachdHttpSurface::Files;
+    }
+    PachdHttpSurface::Other
 }
 
 /// `/package.Service/Method` and nothing else: no empty segments, no dot segments, no
@@ -56,12 +127,23 @@ pub fn is_well_formed_grpc_path(path: &str) -> bool {
 }
 
 /// Where the gate looked for a token and what it found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenLookup<'a> {
     Missing,
     /// Several different tokens: refuse instead of guessing which one the upstream uses.
     Ambiguous,
-    Found(&'a str),
+    /// Borrowed from the request, or decoded from a percent-encoded query parameter.
+    Found(Cow<'a, str>),
+}
+
+impl TokenLookup<'_> {
+    /// The token, when exactly one was found.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            TokenLookup::Found(token) => Some(token),
+            _ => None,
+        }
+    }
 }
 
 fn as_token(value: &[u8]) -> Option<&str> {
@@ -69,7 +151,10 @@ fn as_token(value: &[u8]) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
-/// gRPC: the `authn-token` metadata values, in order.
+/// gRPC: the `authn-token` metadata values, in order. Also pachd's grpc-gateway (`/api/`),
+/// which hands every request header on as metadata. pachd refuses more than one value
+/// ("multiple authentication token keys"), so several are ambiguous; an empty value (the
+/// console sends one before login) is no token.
 pub fn token_from_grpc_metadata<'a>(values: impl Iterator<Item = &'a [u8]>) -> TokenLookup<'a> {
     let mut found = None;
     for value in values {
@@ -79,46 +164,77 @@ pub fn token_from_grpc_metadata<'a>(values: impl Iterator<Item = &'a [u8]>) -> T
         found = Some(value);
     }
     match found.and_then(as_token) {
-        Some(token) => TokenLookup::Found(token),
+        Some(token) => TokenLookup::Found(Cow::Borrowed(token)),
         None => TokenLookup::Missing,
     }
 }
 
-/// HTTP: an `authn-token` header, an `authn-token` cookie, or `Authorization: Bearer`.
-/// Several sources carrying different tokens are ambiguous.
-pub fn token_from_http<'a>(
-    authn_token_headers: impl Iterator<Item = &'a [u8]>,
-    cookie_headers: impl Iterator<Item = &'a [u8]>,
-    authorization_headers: impl Iterator<Item = &'a [u8]>,
+/// pachd's file handlers (`/pfs`, `/archive`): the first `authn-token` query parameter if it
+/// is not empty, else the first `authn-token` header — exactly the one pachd will use, so
+/// other copies are not ambiguous (pachd never looks at them).
+pub fn token_for_pachd_files<'a>(
+    query: Option<&'a str>,
+    mut authn_token_headers: impl Iterator<Item = &'a [u8]>,
 ) -> TokenLookup<'a> {
-    let mut found: Option<&str> = None;
-    let mut add = |candidate: Option<&'a str>| -> bool {
-        match (candidate, found) {
-            (None, _) => true,
-            (Some(token), None) => {
-                found = Some(token);
-                true
-            }
-            (Some(token), Some(existing)) => token == existing,
-        }
-    };
-    for value in authn_token_headers {
-        if !add(as_token(value)) {
-            return TokenLookup::Ambiguous;
+    let from_query = query.and_then(|query| {
+        query
+            .split('&')
+            .filter_map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (query_decode(name) == "authn-token").then_some(value)
+            })
+            .next()
+    });
+    if let Some(value) = from_query {
+        let decoded = query_decode(value);
+        let trimmed = decoded.trim();
+        if !trimmed.is_empty() {
+            return TokenLookup::Found(match decoded {
+                Cow::Borrowed(text) => Cow::Borrowed(text.trim()),
+                Cow::Owned(text) => Cow::Owned(text.trim().to_string()),
+            });
         }
     }
-    for value in cookie_headers {
-        let Ok(text) = std::str::from_utf8(value) else {
-            continue;
-        };
-        for pair in text.split(';') {
-            if let Some((name, token)) = pair.trim().split_once('=') {
-                if name == "authn-token" && !add(as_token(token.as_bytes())) {
-                    return TokenLookup::Ambiguous;
+    match authn_token_headers.next().and_then(as_token) {
+        Some(token) => TokenLookup::Found(Cow::Borrowed(token)),
+        None => TokenLookup::Missing,
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding as Go's `url.Query` does it: `+` is a space
+/// and `%XX` a byte; a malformed escape is kept as it is (Go drops the whole pair; either way
+/// the result is no valid token). Borrowed when there is nothing to decode.
+fn query_decode(text: &str) -> Cow<'_, str> {
+    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
                 }
             }
+            other => out.push(other),
         }
+        i += 1;
     }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `Authorization: Bearer TOKEN` (static-token routes). Several headers with different
+/// tokens are ambiguous.
+pub fn bearer_token<'a>(authorization_headers: impl Iterator<Item = &'a [u8]>) -> TokenLookup<'a> {
+    let mut found: Option<&'a str> = None;
     for value in authorization_headers {
         let Ok(text) = std::str::from_utf8(value) else {
             continue;
@@ -127,12 +243,15 @@ pub fn token_from_http<'a>(
             .split_once(' ')
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .and_then(|(_, token)| as_token(token.as_bytes()));
-        if !add(bearer) {
-            return TokenLookup::Ambiguous;
+        match (bearer, found) {
+            (None, _) => {}
+            (Some(token), None) => found = Some(token),
+            (Some(token), Some(existing)) if token == existing => {}
+            (Some(_), Some(_)) => return TokenLookup::Ambiguous,
         }
     }
     match found {
-        Some(token) => TokenLookup::Found(token),
+        Some(token) => TokenLookup::Found(Cow::Borrowed(token)),
         None => TokenLookup::Missing,
     }
 }

@@ -151,28 +151,28 @@ mod tests {
         std::fs::write(&file, format!("{}\n", hash("one"))).unwrap();
         let tokens = StaticTokens::open(&file).unwrap();
         assert!(matches!(
-            tokens.check(TokenLookup::Found("one")),
+            tokens.check(TokenLookup::Found("one".into())),
             Decision::Allow { .. }
         ));
         assert!(matches!(
-            tokens.check(TokenLookup::Found("two")),
+            tokens.check(TokenLookup::Found("two".into())),
             Decision::Deny(_)
         ));
         std::thread::sleep(Duration::from_millis(1100));
         std::fs::write(&file, format!("{}\n", hash("two"))).unwrap();
         std::thread::sleep(Duration::from_millis(1100));
         assert!(matches!(
-            tokens.check(TokenLookup::Found("two")),
+            tokens.check(TokenLookup::Found("two".into())),
             Decision::Allow { .. }
         ));
         assert!(matches!(
-            tokens.check(TokenLookup::Found("one")),
+            tokens.check(TokenLookup::Found("one".into())),
             Decision::Deny(_)
         ));
         std::fs::write(&file, "garbage\n").unwrap();
         std::thread::sleep(Duration::from_millis(1100));
         assert!(matches!(
-            tokens.check(TokenLookup::Found("two")),
+            tokens.check(TokenLookup::Found("two".into())),
             Decision::Allow { .. }
         ));
         let _ = std::fs::remove_dir_all(&dir);

@@ -12,9 +12,14 @@ struct Answers {
 }
 
 impl WhoAmI for Answers {
-    fn who_am_i(&self, token: &str) -> Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + '_>> {
+    fn who_am_i(
+        &self,
+        token: Option<&str>,
+    ) -> Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + '_>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let answer = (self.answer)(token);
+        // `None` is asked as the empty token: the fixtures answer it like pachd answers a
+        // WhoAmI without any token.
+        let answer = (self.answer)(token.unwrap_or(""));
         let delay = self.delay;
         Box::pin(async move {
             tokio::time::sleep(delay).await;
@@ -50,6 +55,8 @@ fn pachd(token: &str) -> WhoAmIAnswer {
             username: "user:bob".into(),
             expiration: Some(SystemTime::now() + Duration::from_millis(100)),
         },
+        "expired" => WhoAmIAnswer::Expired("token expiration is in the past".into()),
+        "" => WhoAmIAnswer::Unauthenticated("no authentication token (try logging in)".into()),
         _ => {
             WhoAmIAnswer::Unauthenticated("provided auth token is corrupted or has expired".into())
         }
@@ -76,11 +83,48 @@ fn grpc_paths() {
 }
 
 #[test]
-fn public_methods_are_exact() {
-    assert!(is_public_method("/versionpb_v2.API/GetVersion"));
-    assert!(is_public_method("/auth.API/WhoAmI"));
-    assert!(!is_public_method("/versionpb_v2.API/GetVersionX"));
-    assert!(!is_public_method("/pfs_v2.API/ListRepo"));
+fn public_methods_are_exact_and_per_line() {
+    let v2 = PachydermLine::V2;
+    let v1 = PachydermLine::V1;
+    assert!(v2.is_public_method("/versionpb_v2.API/GetVersion"));
+    assert!(v2.is_public_method("/pfs_v2.API/GetFileTAR"));
+    assert!(!v2.is_public_method("/auth.API/WhoAmI"));
+    assert!(!v2.is_public_method("/versionpb_v2.API/GetVersionX"));
+    assert!(!v2.is_public_method("/pfs_v2.API/ListRepo"));
+    assert!(v1.is_public_method("/auth.API/WhoAmI"));
+    assert!(v1.is_public_method("/health.Health/Health"));
+    assert!(!v1.is_public_method("/auth_v2.API/WhoAmI"));
+    assert!(!v1.is_public_method("/pfs_v2.API/GetFileTAR"));
+    assert_eq!(v1.who_am_i_method(), "/auth.API/WhoAmI");
+}
+
+#[test]
+fn pachd_http_surfaces() {
+    for (path, want) in [
+        (
+            "/api/auth_v2.API/Authenticate",
+            PachdHttpSurface::Gateway {
+                method: "/auth_v2.API/Authenticate",
+            },
+        ),
+        ("/api/", PachdHttpSurface::Gateway { method: "/" }),
+        ("/api", PachdHttpSurface::Other),
+        ("/apix/y", PachdHttpSurface::Other),
+        ("/pfs", PachdHttpSurface::Files),
+        ("/pfs/default/images/master/a.png", PachdHttpSurface::Files),
+        ("/archive/ASi1L.zip", PachdHttpSurface::Files),
+        ("/pfsx", PachdHttpSurface::Other),
+        (
+            "/jsonschema/pps_v2/CreatePipelineRequest.schema.json",
+            PachdHttpSurface::Other,
+        ),
+    ] {
+        assert_eq!(pachd_http_surface(path), want, "{path}");
+    }
+}
+
+fn found(token: &str) -> TokenLookup<'_> {
+    TokenLookup::Found(token.into())
 }
 
 #[test]
@@ -88,7 +132,7 @@ fn token_sources() {
     let none: [&[u8]; 0] = [];
     assert_eq!(
         token_from_grpc_metadata([b"t1".as_slice()].into_iter()),
-        TokenLookup::Found("t1")
+        found("t1")
     );
     assert_eq!(
         token_from_grpc_metadata([b"t1".as_slice(), b"t2".as_slice()].into_iter()),
@@ -98,46 +142,164 @@ fn token_sources() {
         token_from_grpc_metadata(none.into_iter()),
         TokenLookup::Missing
     );
+    // The console sends an empty header before login: no token.
     assert_eq!(
-        token_from_http(
-            none.into_iter(),
-            [b"theme=dark; authn-token=abc".as_slice()].into_iter(),
-            none.into_iter()
-        ),
-        TokenLookup::Found("abc")
+        token_from_grpc_metadata([b"".as_slice()].into_iter()),
+        TokenLookup::Missing
     );
     assert_eq!(
-        token_from_http(
-            none.into_iter(),
-            none.into_iter(),
-            [b"Bearer xyz".as_slice()].into_iter()
-        ),
-        TokenLookup::Found("xyz")
+        bearer_token([b"Bearer xyz".as_slice()].into_iter()),
+        found("xyz")
     );
     assert_eq!(
-        token_from_http(
-            [b"abc".as_slice()].into_iter(),
-            none.into_iter(),
-            [b"Bearer abc".as_slice()].into_iter()
-        ),
-        TokenLookup::Found("abc")
-    );
-    assert_eq!(
-        token_from_http(
-            [b"abc".as_slice()].into_iter(),
-            none.into_iter(),
-            [b"Bearer other".as_slice()].into_iter()
-        ),
+        bearer_token([b"Bearer a".as_slice(), b"Bearer b".as_slice()].into_iter()),
         TokenLookup::Ambiguous
     );
     assert_eq!(
-        token_from_http(
-            none.into_iter(),
-            none.into_iter(),
-            [b"Basic dXNlcjpwYXNz".as_slice()].into_iter()
-        ),
+        bearer_token([b"Basic dXNlcjpwYXNz".as_slice()].into_iter()),
         TokenLookup::Missing
     );
+}
+
+#[test]
+fn file_downloads_take_the_query_token_first_as_pachd_does() {
+    let none: [&[u8]; 0] = [];
+    let header = |v: &'static str| [v.as_bytes()].into_iter();
+    // Query before header; the other is not looked at, so not ambiguous.
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=q1&x=1"), header("h1")),
+        found("q1")
+    );
+    // An empty query token falls through to the header, as in pachd.
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=&x=1"), header("h1")),
+        found("h1")
+    );
+    assert_eq!(token_for_pachd_files(None, header("h1")), found("h1"));
+    // The first query value is the one Go's url.Query().Get returns.
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=a&authn-token=b"), none.into_iter()),
+        found("a")
+    );
+    // Percent and plus decoding, in the value and in the name.
+    assert_eq!(
+        token_for_pachd_files(Some("authn%2Dtoken=a%2Bb+c"), none.into_iter()),
+        found("a+b c")
+    );
+    // Names that only resemble it are not it.
+    assert_eq!(
+        token_for_pachd_files(Some("xauthn-token=a&authn-tokens=b"), none.into_iter()),
+        TokenLookup::Missing
+    );
+    // A malformed escape never panics.
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=%"), none.into_iter()),
+        found("%")
+    );
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=%4"), none.into_iter()),
+        found("%4")
+    );
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token"), none.into_iter()),
+        TokenLookup::Missing
+    );
+}
+
+#[tokio::test]
+async fn grpc_gateway_paths_follow_the_methods_rules() {
+    let (gate, answers) = gate(PachydermAuthSettings::default(), pachd);
+    let public = Decision::Allow {
+        username: None,
+        reason: AllowReason::PublicMethod,
+    };
+    // The console logs in without a token.
+    assert_eq!(
+        gate.check_http("/api/auth_v2.API/Authenticate", TokenLookup::Missing)
+            .await,
+        public
+    );
+    assert_eq!(
+        gate.check_http("/api/versionpb_v2.API/GetVersion", TokenLookup::Missing)
+            .await,
+        public
+    );
+    assert_eq!(
+        gate.check_http("/api/pfs_v2.API/ListProject", TokenLookup::Missing)
+            .await,
+        Decision::Deny(DenyReason::MissingToken)
+    );
+    assert_eq!(
+        gate.check_http("/api/pfs_v2.API/ListProject", found("expired"))
+            .await,
+        Decision::Deny(DenyReason::ExpiredToken(
+            "token expiration is in the past".into()
+        ))
+    );
+    // File downloads always need a token.
+    assert_eq!(
+        gate.check_http("/pfs/default/r/master/f", TokenLookup::Missing)
+            .await,
+        Decision::Deny(DenyReason::MissingToken)
+    );
+    // A 1.x name is not public on a 2.x gate.
+    assert_eq!(
+        gate.check_http("/api/auth.API/Authenticate", TokenLookup::Missing)
+            .await,
+        Decision::Deny(DenyReason::MissingToken)
+    );
+    assert_eq!(
+        answers.calls.load(Ordering::SeqCst),
+        1,
+        "only the expired one asked"
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_the_auth_state_is_learned_from_pachd_and_cached() {
+    let allow = PachydermAuthSettings {
+        when_auth_disabled: WhenAuthDisabled::Allow,
+        ..PachydermAuthSettings::default()
+    };
+    let (off, answers) = gate(allow.clone(), |_| WhoAmIAnswer::AuthNotActive);
+    for _ in 0..3 {
+        assert_eq!(
+            off.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Missing)
+                .await,
+            Decision::Allow {
+                username: None,
+                reason: AllowReason::AuthNotActive,
+            }
+        );
+    }
+    assert_eq!(answers.calls.load(Ordering::SeqCst), 1, "asked per call");
+    // Auth on: no token is still no token, in pachd's words.
+    let (on, _) = gate(allow, pachd);
+    assert_eq!(
+        on.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Missing)
+            .await,
+        Decision::Deny(DenyReason::MissingToken)
+    );
+    // With "deny", pachd is not even asked.
+    let (deny, asked) = gate(PachydermAuthSettings::default(), |_| {
+        WhoAmIAnswer::AuthNotActive
+    });
+    assert_eq!(
+        deny.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Missing)
+            .await,
+        Decision::Deny(DenyReason::MissingToken)
+    );
+    assert_eq!(asked.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn only_answers_already_known_valid_count_as_known_valid() {
+    let (gate, _) = gate(PachydermAuthSettings::default(), pachd);
+    assert!(!gate.knows_valid("good"), "never asked yet");
+    gate.check_grpc("/p.A/M", found("good")).await;
+    gate.check_grpc("/p.A/M", found("bad")).await;
+    assert!(gate.knows_valid("good"));
+    assert!(!gate.knows_valid("bad"));
 }
 
 #[tokio::test]
@@ -164,7 +326,7 @@ async fn decisions() {
         ),
         (
             "/pfs_v2.API/ListRepo",
-            TokenLookup::Found("good"),
+            found("good"),
             Decision::Allow {
                 username: Some("user:alice".into()),
                 reason: AllowReason::ValidToken,
@@ -172,23 +334,20 @@ async fn decisions() {
         ),
         (
             "/pfs_v2.API/ListRepo",
-            TokenLookup::Found("bad"),
+            found("bad"),
             Decision::Deny(DenyReason::InvalidToken(
                 "provided auth token is corrupted or has expired".into(),
             )),
         ),
         (
             "/pfs_v2.API/ListRepo/x",
-            TokenLookup::Found("good"),
+            found("good"),
             Decision::Deny(DenyReason::MalformedMethod),
         ),
     ];
     for (method, token, want) in cases {
-        assert_eq!(
-            gate.check_grpc(method, token).await,
-            want,
-            "{method} {token:?}"
-        );
+        let shown = format!("{method} {token:?}");
+        assert_eq!(gate.check_grpc(method, token).await, want, "{shown}");
     }
 }
 
@@ -198,8 +357,7 @@ async fn auth_not_active_denies_unless_allowed() {
         WhoAmIAnswer::AuthNotActive
     });
     assert_eq!(
-        deny.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Found("any"))
-            .await,
+        deny.check_grpc("/pfs_v2.API/ListRepo", found("any")).await,
         Decision::Deny(DenyReason::AuthNotActive)
     );
     let settings = PachydermAuthSettings {
@@ -208,9 +366,7 @@ async fn auth_not_active_denies_unless_allowed() {
     };
     let (allow, _) = gate(settings, |_| WhoAmIAnswer::AuthNotActive);
     assert_eq!(
-        allow
-            .check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Found("any"))
-            .await,
+        allow.check_grpc("/pfs_v2.API/ListRepo", found("any")).await,
         Decision::Allow {
             username: None,
             reason: AllowReason::AuthNotActive,
@@ -226,8 +382,7 @@ async fn concurrent_first_requests_make_one_call() {
     for _ in 0..50 {
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
-            gate.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Found("good"))
-                .await
+            gate.check_grpc("/pfs_v2.API/ListRepo", found("good")).await
         }));
     }
     for task in tasks {
@@ -235,21 +390,16 @@ async fn concurrent_first_requests_make_one_call() {
     }
     assert_eq!(answers.calls.load(Ordering::SeqCst), 1);
     // And later requests within the TTL reuse the answer.
-    gate.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Found("good"))
-        .await;
+    gate.check_grpc("/pfs_v2.API/ListRepo", found("good")).await;
     assert_eq!(answers.calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn answers_expire_with_the_token_and_failures_are_not_kept() {
     let (expiring, answers) = gate(PachydermAuthSettings::default(), pachd);
-    expiring
-        .check_grpc("/p.A/M", TokenLookup::Found("expiring"))
-        .await;
+    expiring.check_grpc("/p.A/M", found("expiring")).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
-    expiring
-        .check_grpc("/p.A/M", TokenLookup::Found("expiring"))
-        .await;
+    expiring.check_grpc("/p.A/M", found("expiring")).await;
     assert_eq!(
         answers.calls.load(Ordering::SeqCst),
         2,
@@ -261,7 +411,7 @@ async fn answers_expire_with_the_token_and_failures_are_not_kept() {
     });
     for _ in 0..3 {
         assert!(matches!(
-            down.check_grpc("/p.A/M", TokenLookup::Found("good")).await,
+            down.check_grpc("/p.A/M", found("good")).await,
             Decision::Deny(DenyReason::CheckUnavailable(_))
         ));
     }
@@ -281,9 +431,7 @@ async fn cache_is_bounded() {
     let (bounded, _) = gate(settings, pachd);
     for i in 0..1000 {
         let token = format!("t{i}");
-        bounded
-            .check_grpc("/p.A/M", TokenLookup::Found(&token))
-            .await;
+        bounded.check_grpc("/p.A/M", found(&token)).await;
     }
     assert!(bounded.cache.len() <= 100, "{}", bounded.cache.len());
 }

@@ -10,11 +10,18 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, TE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use pachgate_auth_gate::{DenyReason, WhoAmI, WhoAmIAnswer};
+use pachgate_auth_gate::{
+    bearer_token, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata, AllowReason,
+    Decision, DenyReason, PachdHttpSurface, PachydermGate, RateLimiter, StaticTokens, TokenLookup,
+    WhoAmI, WhoAmIAnswer,
+};
 
 use crate::body::ProxyBody;
-use crate::error::{grpc_status_response, GrpcCode};
+use crate::error::{gateway_error_response, grpc_status_response, text_response, GrpcCode};
 use crate::upstream::Upstream;
+
+/// What pachd's WhoAmI says, with code INTERNAL, for a token past its expiration.
+const EXPIRED_TOKEN_MESSAGE: &str = "token expiration is in the past";
 
 /// How long a WhoAmI call may take before the token counts as unverifiable.
 const WHO_AM_I_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,13 +34,18 @@ pub struct UpstreamWhoAmI {
 }
 
 impl WhoAmI for UpstreamWhoAmI {
-    fn who_am_i(&self, token: &str) -> Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + '_>> {
-        let token = HeaderValue::from_str(token);
+    fn who_am_i(
+        &self,
+        token: Option<&str>,
+    ) -> Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + '_>> {
+        let token = token.map(HeaderValue::from_str).transpose();
         Box::pin(async move {
             let Ok(mut token) = token else {
                 return WhoAmIAnswer::Unauthenticated("malformed authentication token".into());
             };
-            token.set_sensitive(true);
+            if let Some(token) = &mut token {
+                token.set_sensitive(true);
+            }
             match tokio::time::timeout(WHO_AM_I_TIMEOUT, self.call(token)).await {
                 Ok(answer) => answer,
                 Err(_) => WhoAmIAnswer::Unavailable("pachd did not answer WhoAmI in time".into()),
@@ -43,7 +55,7 @@ impl WhoAmI for UpstreamWhoAmI {
 }
 
 impl UpstreamWhoAmI {
-    async fn call(&self, token: HeaderValue) -> WhoAmIAnswer {
+    async fn call(&self, token: Option<HeaderValue>) -> WhoAmIAnswer {
         // An empty WhoAmIRequest: one uncompressed, zero-length gRPC message.
         let body = ProxyBody::Full(Some(Bytes::from_static(&[0, 0, 0, 0, 0])));
         let mut request = Request::post(http::Uri::from(self.method.clone()))
@@ -51,7 +63,9 @@ impl UpstreamWhoAmI {
             .header(TE, "trailers")
             .body(body)
             .expect("static request parts");
-        request.headers_mut().insert("authn-token", token);
+        if let Some(token) = token {
+            request.headers_mut().insert("authn-token", token);
+        }
         let response = match self.upstream.send(request, None, &mut None).await {
             Ok(response) => response,
             Err(e) => return WhoAmIAnswer::Unavailable(e.to_string()),
@@ -75,6 +89,9 @@ impl UpstreamWhoAmI {
             0 => parse_who_am_i(&collected.to_bytes())
                 .unwrap_or_else(|| WhoAmIAnswer::Unavailable("unreadable WhoAmI response".into())),
             16 => WhoAmIAnswer::Unauthenticated(message),
+            // pachd keeps expired tokens for a while and says so with INTERNAL; any other
+            // INTERNAL is pachd failing, which says nothing about the token.
+            13 if message.contains(EXPIRED_TOKEN_MESSAGE) => WhoAmIAnswer::Expired(message),
             12 => WhoAmIAnswer::AuthNotActive,
             _ => WhoAmIAnswer::Unavailable(format!("WhoAmI failed: status {code} {message}")),
         }
@@ -196,42 +213,159 @@ impl<'a> ProtoFields<'a> {
     }
 }
 
-/// A denial in the caller's protocol. The token never appears in it.
-pub fn deny_response(reason: &DenyReason, grpc: bool) -> Response<ProxyBody> {
-    let message = reason.message();
-    if grpc {
-        let code = match reason {
-            DenyReason::MissingToken | DenyReason::AmbiguousToken | DenyReason::InvalidToken(_) => {
-                GrpcCode::Unauthenticated
-            }
-            DenyReason::AuthNotActive => GrpcCode::PermissionDenied,
-            DenyReason::CheckUnavailable(_) => GrpcCode::Unavailable,
-            DenyReason::MalformedMethod => GrpcCode::Unimplemented,
-            DenyReason::AddressNotAllowed => GrpcCode::PermissionDenied,
-            DenyReason::RateLimited { .. } => GrpcCode::ResourceExhausted,
+static AUTHN_TOKEN: http::HeaderName = http::HeaderName::from_static("authn-token");
+
+/// The gate stage of the pipeline for a route with edge authentication.
+pub(crate) struct AuthGates<'a> {
+    pub pachyderm: Option<&'a PachydermGate>,
+    pub static_tokens: Option<&'a StaticTokens>,
+    pub failed_auth: Option<&'a RateLimiter>,
+}
+
+impl AuthGates<'_> {
+    /// Takes the token where the upstream will read it, applies the failed-authentication
+    /// limiter, and asks the route's gate. `pachyderm`: the route's gate is Pachyderm's
+    /// (else static bearer tokens).
+    pub(crate) async fn check<B>(
+        &self,
+        request: &Request<B>,
+        pachyderm: bool,
+        grpc: bool,
+        client: std::net::IpAddr,
+        now: std::time::Instant,
+    ) -> Result<AllowReason, DenyReason> {
+        let headers = request.headers();
+        let path = request.uri().path();
+        let authn_tokens = || headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes());
+        let token = if !pachyderm {
+            bearer_token(
+                headers
+                    .get_all(http::header::AUTHORIZATION)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        } else if !grpc && pachd_http_surface(path) == PachdHttpSurface::Files {
+            token_for_pachd_files(request.uri().query(), authn_tokens())
+        } else {
+            // gRPC metadata, and pachd's grpc-gateway, which turns headers into metadata.
+            token_from_grpc_metadata(authn_tokens())
         };
-        let mut response = grpc_status_response(code, &message);
-        add_retry_after(reason, &mut response);
-        return response;
-    }
-    let status = match reason {
-        DenyReason::MissingToken | DenyReason::AmbiguousToken | DenyReason::InvalidToken(_) => {
-            StatusCode::UNAUTHORIZED
+        let static_tokens = || {
+            self.static_tokens
+                .expect("routes with auth = token are only built with a token file")
+        };
+        let gate = || {
+            self.pachyderm
+                .expect("routes with auth = pachyderm are only built with a gate")
+        };
+        if let Some(limiter) = self.failed_auth {
+            // Brute force: an address out of failed attempts gets no more token checks. A
+            // token already known to be valid still passes, so one client with a broken
+            // token behind a NAT cannot lock out everyone behind the same address, and a
+            // public method tests no token at all.
+            if let Err(wait) = limiter.check(client, now) {
+                let exempt = match (&token, pachyderm) {
+                    (_, true) if gate().is_public_call(path, grpc) => true,
+                    (TokenLookup::Found(token), true) => gate().knows_valid(token),
+                    (TokenLookup::Found(_), false) => {
+                        matches!(static_tokens().check(token.clone()), Decision::Allow { .. })
+                    }
+                    _ => false,
+                };
+                if !exempt {
+                    return Err(DenyReason::RateLimited {
+                        retry_after_secs: wait.as_secs().max(1),
+                    });
+                }
+            }
         }
-        DenyReason::AuthNotActive => StatusCode::FORBIDDEN,
-        DenyReason::CheckUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        DenyReason::MalformedMethod => StatusCode::NOT_FOUND,
-        DenyReason::AddressNotAllowed => StatusCode::FORBIDDEN,
-        DenyReason::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        let decision = if !pachyderm {
+            static_tokens().check(token)
+        } else if grpc {
+            gate().check_grpc(path, token).await
+        } else {
+            gate().check_http(path, token).await
+        };
+        match decision {
+            Decision::Allow { reason, .. } => Ok(reason),
+            Decision::Deny(reason) => {
+                // Only rejected tokens count: an expired session (the console polls every
+                // few seconds) is not someone guessing.
+                if matches!(reason, DenyReason::InvalidToken(_)) {
+                    if let Some(limiter) = self.failed_auth {
+                        let _ = limiter.take(client, now);
+                    }
+                }
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// How a refusal on this request is written: gRPC for gRPC callers, grpc-gateway JSON on
+/// pachd's `/api/` (a gated route), text elsewhere.
+pub(crate) fn denial_style(grpc: bool, pachyderm_route: bool, path: &str) -> DenialStyle {
+    if grpc {
+        DenialStyle::Grpc
+    } else if pachyderm_route
+        && matches!(pachd_http_surface(path), PachdHttpSurface::Gateway { .. })
+    {
+        DenialStyle::GatewayJson
+    } else {
+        DenialStyle::Text
+    }
+}
+
+/// How a denial is written: the caller's protocol decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialStyle {
+    /// A trailers-only gRPC response.
+    Grpc,
+    /// grpc-gateway's JSON error (pachd's `/api/`): what the console parses.
+    GatewayJson,
+    /// A short text.
+    Text,
+}
+
+/// The gRPC code pachd would have answered with (or, for pachgate's own policies, the code
+/// that says what happened).
+fn denial_code(reason: &DenyReason) -> GrpcCode {
+    match reason {
+        DenyReason::MissingToken | DenyReason::AmbiguousToken | DenyReason::InvalidToken(_) => {
+            GrpcCode::Unauthenticated
+        }
+        DenyReason::ExpiredToken(_) => GrpcCode::Internal,
+        DenyReason::AuthNotActive | DenyReason::AddressNotAllowed => GrpcCode::PermissionDenied,
+        DenyReason::CheckUnavailable(_) => GrpcCode::Unavailable,
+        DenyReason::MalformedMethod => GrpcCode::Unimplemented,
+        DenyReason::RateLimited { .. } => GrpcCode::ResourceExhausted,
+    }
+}
+
+/// A denial in the caller's protocol, with pachd's own code and wording where pachd would
+/// have refused. The token never appears in it.
+pub fn deny_response(reason: &DenyReason, style: DenialStyle) -> Response<ProxyBody> {
+    let message = reason.message();
+    let code = denial_code(reason);
+    let mut response = match style {
+        DenialStyle::Grpc => grpc_status_response(code, &message),
+        DenialStyle::GatewayJson => gateway_error_response(code, &message),
+        DenialStyle::Text => {
+            let status = match reason {
+                DenyReason::MissingToken
+                | DenyReason::AmbiguousToken
+                | DenyReason::InvalidToken(_)
+                | DenyReason::ExpiredToken(_) => StatusCode::UNAUTHORIZED,
+                DenyReason::AuthNotActive | DenyReason::AddressNotAllowed => StatusCode::FORBIDDEN,
+                DenyReason::CheckUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                DenyReason::MalformedMethod => StatusCode::NOT_FOUND,
+                DenyReason::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            };
+            text_response(status, format!("{message}\n"))
+        }
     };
-    let mut response = Response::new(ProxyBody::Full(Some(Bytes::from(format!("{message}\n")))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     add_retry_after(reason, &mut response);
-    if status == StatusCode::UNAUTHORIZED {
+    if response.status() == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"pachyderm\""),

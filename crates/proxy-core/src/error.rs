@@ -2,6 +2,7 @@
 //! a gRPC caller gets a trailers-only response with `grpc-status`; an HTTP caller a status
 //! code and a short text body. Never an HTML page to a gRPC client.
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use thiserror::Error;
@@ -22,6 +23,19 @@ pub enum GrpcCode {
 }
 
 impl GrpcCode {
+    /// The HTTP status grpc-gateway answers for this code (its `HTTPStatusFromCode`).
+    fn gateway_http_status(self) -> StatusCode {
+        match self {
+            GrpcCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            GrpcCode::PermissionDenied => StatusCode::FORBIDDEN,
+            GrpcCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            GrpcCode::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            GrpcCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            GrpcCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GrpcCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        }
+    }
+
     fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             GrpcCode::DeadlineExceeded => "4",
@@ -86,14 +100,23 @@ impl ProxyError {
         }
     }
 
-    /// Short, fixed text for HTTP callers; details go to the log, not to the client.
+    /// Short, fixed text for HTTP callers; details go to the log, not to the client. The
+    /// upstream failures use the words Pachyderm's console looks for ("upstream connect
+    /// error", "no healthy upstream", what its own Envoy proxy says) to show its "cannot
+    /// reach the cluster" screen instead of a blank page.
     fn http_text(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no route for this request\n",
-            ProxyError::UpstreamConnect { .. } => "upstream unavailable\n",
-            ProxyError::UpstreamFailed { .. } => "upstream failed\n",
-            ProxyError::UpstreamTls { .. } => "upstream TLS verification failed\n",
-            ProxyError::UpstreamTimeout { .. } => "upstream timed out\n",
+            ProxyError::UpstreamConnect { .. } => {
+                "upstream connect error: no healthy upstream (pachgate cannot connect to it)\n"
+            }
+            ProxyError::UpstreamFailed { .. } => {
+                "upstream connect error or disconnect/reset before headers\n"
+            }
+            ProxyError::UpstreamTls { .. } => {
+                "upstream connect error: upstream TLS verification failed\n"
+            }
+            ProxyError::UpstreamTimeout { .. } => "upstream request timeout\n",
             ProxyError::BadRequest(reason) => reason,
             ProxyError::UpgradeFailed(_) => "websocket upgrade failed\n",
         }
@@ -108,12 +131,7 @@ impl ProxyError {
             };
             grpc_status_response(self.grpc_code(), &message)
         } else {
-            let mut response = Response::new(ProxyBody::text(self.http_text()));
-            *response.status_mut() = self.http_status();
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
+            let mut response = text_response(self.http_status(), self.http_text());
             if matches!(self, ProxyError::BadRequest(_)) {
                 // A malformed request may leave the connection's framing in doubt; end it.
                 response
@@ -123,6 +141,48 @@ impl ProxyError {
             response
         }
     }
+}
+
+/// A short text answer. `Content-Type` is exactly `text/plain`: Pachyderm's console compares
+/// the whole header and reads nothing else as text (`text/plain; charset=utf-8` is not).
+pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Full(Some(text.into())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// grpc-gateway's error: `{"code": N, "message": "…", "details": []}` with the HTTP status
+/// grpc-gateway uses for the code and `Content-Type` exactly `application/json` (the console
+/// parses nothing else as JSON).
+pub fn gateway_error_response(code: GrpcCode, message: &str) -> Response<ProxyBody> {
+    let mut body = String::with_capacity(message.len() + 48);
+    body.push_str("{\"code\":");
+    body.push_str(code.header_value().to_str().unwrap_or("2"));
+    body.push_str(",\"message\":");
+    push_json_string(&mut body, message);
+    body.push_str(",\"details\":[]}");
+    let mut response = Response::new(ProxyBody::Full(Some(Bytes::from(body))));
+    *response.status_mut() = code.gateway_http_status();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// A trailers-only gRPC response: HTTP 200, and `grpc-status` / `grpc-message` in the only
@@ -214,10 +274,59 @@ mod tests {
         for (error, status) in cases {
             let response = error.into_response(false);
             assert_eq!(response.status().as_u16(), status);
-            assert!(response.headers()[CONTENT_TYPE]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain"));
+            assert_eq!(response.headers()[CONTENT_TYPE], "text/plain");
+        }
+    }
+
+    fn body_text(response: Response<ProxyBody>) -> String {
+        match response.into_body() {
+            ProxyBody::Full(Some(bytes)) => String::from_utf8(bytes.to_vec()).unwrap(),
+            _ => panic!("expected a full body"),
+        }
+    }
+
+    #[test]
+    fn upstream_failures_use_the_words_the_console_looks_for() {
+        for error in [
+            ProxyError::UpstreamConnect {
+                upstream: "console".into(),
+                endpoint: "e".into(),
+                reason: "refused".into(),
+            },
+            ProxyError::UpstreamFailed {
+                upstream: "pachd-http".into(),
+                reason: "reset".into(),
+            },
+            ProxyError::UpstreamTls {
+                upstream: "console".into(),
+                endpoint: "e".into(),
+                reason: "bad".into(),
+            },
+        ] {
+            let text = body_text(error.into_response(false));
+            assert!(text.contains("upstream connect error"), "{text}");
+        }
+    }
+
+    #[test]
+    fn gateway_errors_are_grpc_gateway_json() {
+        let response = gateway_error_response(GrpcCode::Unauthenticated, "say \"hi\"\n\\");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_str(&body_text(response)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"code": 16, "message": "say \"hi\"\n\\", "details": []})
+        );
+        for (code, status) in [
+            (GrpcCode::Internal, 500),
+            (GrpcCode::Unimplemented, 501),
+            (GrpcCode::PermissionDenied, 403),
+            (GrpcCode::Unavailable, 503),
+            (GrpcCode::ResourceExhausted, 429),
+            (GrpcCode::DeadlineExceeded, 504),
+        ] {
+            assert_eq!(gateway_error_response(code, "m").status().as_u16(), status);
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, LOCATION};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -16,8 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pachgate_auth_gate::{
-    token_from_grpc_metadata, token_from_http, CidrSet, Decision, DenyReason,
-    PachydermAuthSettings, PachydermGate, RateLimiter, StaticTokens,
+    CidrSet, DenyReason, PachydermAuthSettings, PachydermGate, RateLimiter, StaticTokens,
 };
 use pachgate_routing::{is_grpc_content_type, normalize_path, MatchSpec, RequestFacts, RouteTable};
 use rustls::ServerConfig;
@@ -25,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{deny_response, UpstreamWhoAmI};
+use crate::auth::{denial_style, deny_response, AuthGates, UpstreamWhoAmI};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::{ensure_request_id, Exchange, ObservedBody};
@@ -35,8 +34,6 @@ use crate::idle::ConnActivity;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy_protocol::read_header as read_proxy_header;
 use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
-
-static AUTHN_TOKEN: HeaderName = HeaderName::from_static("authn-token");
 
 /// Protocol limits, each set on purpose (hyper's defaults are not an ingress's defaults).
 #[derive(Debug, Clone)]
@@ -508,6 +505,11 @@ impl Gateway {
             &snapshot.clients.trusted_proxies,
         );
 
+        let style = denial_style(
+            grpc,
+            route.target.auth == RouteAuth::Pachyderm,
+            request.uri().path(),
+        );
         let refuse = |reason: DenyReason| {
             self.metrics
                 .auth_decision(&route_metrics.name, false, reason.kind());
@@ -521,7 +523,7 @@ impl Gateway {
                 detail = %reason.message(),
                 "request denied"
             );
-            deny_response(&reason, grpc)
+            deny_response(&reason, style)
         };
         if !route.target.allow.allows(client_ip) {
             return refuse(DenyReason::AddressNotAllowed);
@@ -536,60 +538,18 @@ impl Gateway {
         }
 
         if route.target.auth != RouteAuth::None {
-            if let Some(limiter) = &snapshot.clients.failed_auth {
-                // Brute force: an address out of failed attempts is not even checked.
-                if let Err(wait) = limiter.check(client_ip, now) {
-                    return refuse(DenyReason::RateLimited {
-                        retry_after_secs: wait.as_secs().max(1),
-                    });
-                }
-            }
-            let headers = request.headers();
-            let decision = if route.target.auth == RouteAuth::Token {
-                let tokens = snapshot
-                    .static_tokens
-                    .as_ref()
-                    .expect("routes with auth = token are only built with a token file");
-                let none = std::iter::empty::<&[u8]>;
-                tokens.check(token_from_http(
-                    none(),
-                    none(),
-                    headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()),
-                ))
-            } else if grpc {
-                let gate = snapshot
-                    .pachyderm_gate
-                    .as_ref()
-                    .expect("routes with auth = pachyderm are only built with a gate");
-                let token = token_from_grpc_metadata(
-                    headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes()),
-                );
-                gate.check_grpc(request.uri().path(), token).await
-            } else {
-                let gate = snapshot
-                    .pachyderm_gate
-                    .as_ref()
-                    .expect("routes with auth = pachyderm are only built with a gate");
-                let token = token_from_http(
-                    headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes()),
-                    headers.get_all(COOKIE).iter().map(|v| v.as_bytes()),
-                    headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()),
-                );
-                gate.check_http(token).await
+            let gates = AuthGates {
+                pachyderm: snapshot.pachyderm_gate.as_ref(),
+                static_tokens: snapshot.static_tokens.as_ref(),
+                failed_auth: snapshot.clients.failed_auth.as_ref(),
             };
-            match decision {
-                Decision::Deny(reason) => {
-                    if matches!(reason, DenyReason::InvalidToken(_)) {
-                        if let Some(limiter) = &snapshot.clients.failed_auth {
-                            let _ = limiter.take(client_ip, now);
-                        }
-                    }
-                    return refuse(reason);
-                }
-                Decision::Allow { reason, .. } => {
+            let gate = matches!(route.target.auth, RouteAuth::Pachyderm);
+            match gates.check(&request, gate, grpc, client_ip, now).await {
+                Ok(allowed) => {
                     self.metrics
-                        .auth_decision(&route_metrics.name, true, reason.kind())
+                        .auth_decision(&route_metrics.name, true, allowed.kind())
                 }
+                Err(reason) => return refuse(reason),
             }
         }
 

@@ -27,6 +27,7 @@ pub use gateway::{
 };
 pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{
-    Cidr, CidrSet, PachydermAuthSettings, RateLimiter, StaticTokens, WhenAuthDisabled,
+    Cidr, CidrSet, PachydermAuthSettings, PachydermLine, RateLimiter, StaticTokens,
+    WhenAuthDisabled,
 };
 pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};
