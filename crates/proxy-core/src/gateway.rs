@@ -993,9 +993,7 @@ fn forwarded_client(headers: &http::HeaderMap, peer: IpAddr, trusted: &CidrSet) 
 
 /// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.
 /// Returns the target as sent when it changed it (a cheap clone: the bytes are shared).
-fn normalize_request_path<B>(
-    request: &mut Request<B>,
-) -> Result<Option<PathAndQuery>, ProxyError> {
+fn normalize_request_path<B>(request: &mut Request<B>) -> Result<Option<PathAndQuery>, ProxyError> {
     let Some(path_and_query) = request.uri().path_and_query() else {
         return Ok(None);
     };
