@@ -165,6 +165,8 @@ pub struct Route {
     pub upstream: Spanned<String>,
     pub auth: Option<Spanned<String>>,
     pub allow_cidrs: Option<Vec<Spanned<String>>>,
+    /// "normalized" (default) or "as-sent": the request target the upstream receives.
+    pub forward_path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +176,8 @@ pub struct Match {
     pub path_prefix: Option<String>,
     pub grpc: Option<bool>,
     pub header: Option<HeaderMatch>,
+    /// Query parameter names that must all be present.
+    pub query: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1283,11 +1287,36 @@ impl Validator<'_> {
                     exact: h.exact.clone(),
                     prefix: h.prefix.clone(),
                 }),
+                query: m.query.clone().unwrap_or_default(),
             };
             // Compile alone so the error points at this route's match table.
             if let Err((_, e)) = RouteTable::compile([(name.clone(), spec.clone(), ())]) {
                 self.err(&route.matcher.span(), format!("route {name:?}: {e}"));
             }
+            let forward_as_sent = match &route.forward_path {
+                None => false,
+                Some(mode) => match mode.get_ref().as_str() {
+                    "normalized" => false,
+                    "as-sent" => {
+                        // The gate would judge the normal form while pachd serves the path
+                        // as sent: `/pfs/../x` is not what the gate allowed.
+                        if auth != RouteAuth::None {
+                            self.err(
+                                &mode.span(),
+                                format!("route {name:?}: forward_path = \"as-sent\" needs auth = \"none\": the gate checks the normalised path, so the upstream must get that one"),
+                            );
+                        }
+                        true
+                    }
+                    other => {
+                        self.err(
+                            &mode.span(),
+                            format!("forward_path {other:?} is not known: expected \"normalized\" or \"as-sent\""),
+                        );
+                        false
+                    }
+                },
+            };
             let allow = route
                 .allow_cidrs
                 .as_deref()
@@ -1299,6 +1328,7 @@ impl Validator<'_> {
                 upstream: upstream.clone(),
                 auth,
                 allow,
+                forward_as_sent,
             });
         }
         specs
@@ -1361,6 +1391,27 @@ upstream = "pachd"
     }
 
     #[test]
+    fn s3_route_keys_parse() {
+        let text = VALID.replace(
+            "match = { grpc = true }\nupstream = \"pachd\"\n",
+            "match = { query = [\"X-Amz-Signature\"] }\nupstream = \"pachd\"\nauth = \"none\"\nforward_path = \"as-sent\"\n",
+        );
+        assert!(text.contains("as-sent"));
+        let config = parse(Path::new("t.toml"), &text, Path::new(".")).unwrap();
+        assert_eq!(config.route_count, 1);
+        let normalized = VALID.replace(
+            "upstream = \"pachd\"\n",
+            "upstream = \"pachd\"\nauth = \"token\"\nforward_path = \"normalized\"\n",
+        );
+        // Only the missing [auth.token] section is wrong there.
+        let found = errors(&normalized);
+        assert!(
+            found.len() == 1 && found[0].contains("[auth.token]"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
     fn bad_configs_are_located() {
         // (config text, expected "line:column", a phrase from the message)
         let cases: &[(&str, &str, &str)] = &[
@@ -1420,6 +1471,27 @@ upstream = "pachd"
                 &VALID.replace("protocol = \"h2c\"", "protocol = \"h2c\"\nresponse_timeout = \"soon\""),
                 "t.toml:9:20",
                 "not a duration",
+            ),
+            (
+                &VALID.replace(
+                    "upstream = \"pachd\"\n",
+                    "upstream = \"pachd\"\nauth = \"token\"\nforward_path = \"as-sent\"\n",
+                ),
+                "t.toml:15:16",
+                "forward_path = \"as-sent\" needs auth = \"none\"",
+            ),
+            (
+                &VALID.replace(
+                    "upstream = \"pachd\"\n",
+                    "upstream = \"pachd\"\nforward_path = \"raw\"\n",
+                ),
+                "t.toml:14:16",
+                "forward_path \"raw\" is not known",
+            ),
+            (
+                &VALID.replace("{ grpc = true }", "{ query = [\"X-Amz-Signature=\"] }"),
+                "t.toml:12:9",
+                "query parameter name \"X-Amz-Signature=\" is not valid",
             ),
             ("[listen\n", "t.toml:1:8", "expected"),
         ];

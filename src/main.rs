@@ -74,6 +74,9 @@ enum Command {
         /// Answer WhoAmI with UNIMPLEMENTED, as a pachd without auth does.
         #[arg(long)]
         auth_inactive: bool,
+        /// Also run the stand-in S3 gateway (signature-checking) on this address.
+        #[arg(long)]
+        s3: Option<SocketAddr>,
     },
 }
 
@@ -139,7 +142,8 @@ fn main() -> ExitCode {
             pachd,
             console,
             auth_inactive,
-        } => run_blocking(None, standins(pachd, console, auth_inactive)),
+            s3,
+        } => run_blocking(None, standins(pachd, console, auth_inactive, s3)),
     }
 }
 
@@ -217,6 +221,7 @@ async fn standins(
     pachd: SocketAddr,
     console: SocketAddr,
     auth_inactive: bool,
+    s3: Option<SocketAddr>,
 ) -> Result<(), String> {
     let pachd_listener = TcpListener::bind(pachd)
         .await
@@ -238,6 +243,16 @@ async fn standins(
     };
     tokio::spawn(pachgate_standins::serve_pachd(pachd_listener, options));
     tokio::spawn(pachgate_standins::serve_console(console_listener));
+    if let Some(s3) = s3 {
+        let s3_listener = TcpListener::bind(s3)
+            .await
+            .map_err(|e| format!("stand-in S3 on {s3}: {e}"))?;
+        println!(
+            "pachgate: standin-s3 listening on {}",
+            s3_listener.local_addr().map_err(|e| e.to_string())?
+        );
+        tokio::spawn(pachgate_standins::serve_s3(s3_listener));
+    }
     shutdown_signal().await;
     Ok(())
 }

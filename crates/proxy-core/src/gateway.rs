@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -107,6 +107,10 @@ pub struct RouteSpec {
     pub auth: RouteAuth,
     /// Client addresses allowed on this route; empty: all.
     pub allow: CidrSet,
+    /// Forward the request target (path and query) exactly as the client sent it instead of
+    /// its normal form; routing still matches on the normal form. For S3, whose signatures
+    /// cover the exact path. Only on routes without auth (the gate must see what pachd sees).
+    pub forward_as_sent: bool,
 }
 
 /// `[auth.pachyderm]`: where WhoAmI is asked and how answers are kept.
@@ -124,6 +128,7 @@ struct RouteTarget {
     upstream: usize,
     auth: RouteAuth,
     allow: CidrSet,
+    forward_as_sent: bool,
 }
 
 /// Who may connect and how often: listener-wide allow-list (checked before TLS), and
@@ -217,6 +222,12 @@ impl Snapshot {
                     route.name
                 ));
             }
+            if route.forward_as_sent && route.auth != RouteAuth::None {
+                return Err(format!(
+                    "route {}: forwarding the path as sent needs auth = \"none\"",
+                    route.name
+                ));
+            }
             if route.auth == RouteAuth::Pachyderm && pachyderm_gate.is_none() {
                 return Err(format!(
                     "route {}: auth = \"pachyderm\" needs an [auth.pachyderm] section",
@@ -228,6 +239,7 @@ impl Snapshot {
                 upstream: index,
                 auth: route.auth,
                 allow: route.allow,
+                forward_as_sent: route.forward_as_sent,
             };
             specs.push((route.name, route.matcher, target));
         }
@@ -480,9 +492,11 @@ impl Gateway {
         let request_id = snapshot
             .access_log
             .then(|| ensure_request_id(request.headers_mut()));
+        let mut as_sent = None;
         if request.method() != http::Method::CONNECT {
-            if let Err(error) = normalize_request_path(&mut request) {
-                return error.into_response(grpc);
+            match normalize_request_path(&mut request) {
+                Ok(original) => as_sent = original,
+                Err(error) => return error.into_response(grpc),
             }
         }
         let facts = Facts::of(&request, grpc);
@@ -496,6 +510,12 @@ impl Gateway {
             tracing::debug!(path = facts.path(), client = %conn.peer, "no route");
             return ProxyError::NoRoute.into_response(grpc);
         };
+        // S3 signs the exact target it sends: such routes (never gated) forward that.
+        if let (true, Some(original)) = (route.target.forward_as_sent, as_sent) {
+            if let Err(error) = restore_request_target(&mut request, original) {
+                return error.into_response(grpc);
+            }
+        }
         let upstream = &snapshot.upstreams[route.target.upstream];
         let route_metrics = &snapshot.route_metrics[route.target.index];
         record.exchange().set_route(route_metrics);
@@ -932,13 +952,15 @@ fn forwarded_client(headers: &http::HeaderMap, peer: IpAddr, trusted: &CidrSet) 
 }
 
 /// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.
-fn normalize_request_path<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+/// Returns the target as sent when it changed it (a cheap clone: the bytes are shared).
+fn normalize_request_path<B>(request: &mut Request<B>) -> Result<Option<PathAndQuery>, ProxyError> {
     let Some(path_and_query) = request.uri().path_and_query() else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(path) = normalize_path(path_and_query.path()) else {
-        return Ok(());
+        return Ok(None);
     };
+    let original = path_and_query.clone();
     let target = match path_and_query.query() {
         Some(query) => format!("{path}?{query}"),
         None => path,
@@ -949,6 +971,18 @@ fn normalize_request_path<B>(request: &mut Request<B>) -> Result<(), ProxyError>
             .parse()
             .map_err(|_| ProxyError::BadRequest("bad request target\n"))?,
     );
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
+    Ok(Some(original))
+}
+
+/// Puts back the target `normalize_request_path` replaced.
+fn restore_request_target<B>(
+    request: &mut Request<B>,
+    original: PathAndQuery,
+) -> Result<(), ProxyError> {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.path_and_query = Some(original);
     *request.uri_mut() =
         http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
     Ok(())
@@ -1140,6 +1174,9 @@ impl RequestFacts for Facts<'_> {
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.request.headers().get(name).map(|v| v.as_bytes())
+    }
+    fn query(&self) -> Option<&str> {
+        self.request.uri().query()
     }
 }
 

@@ -1,5 +1,5 @@
 //! The route table: compiles route specs into matchers and picks the first route that matches
-//! a request's parts (host, path, gRPC-ness, headers).
+//! a request's parts (host, path, gRPC-ness, headers, query parameter names).
 //!
 //! Pure by design: no I/O, no async, no allocation per match. It knows nothing about HTTP
 //! libraries; callers hand it borrowed request parts through [`RequestFacts`].
@@ -16,6 +16,9 @@ pub struct MatchSpec {
     /// `Some(true)`: only gRPC requests; `Some(false)`: only non-gRPC requests.
     pub grpc: Option<bool>,
     pub header: Option<HeaderSpec>,
+    /// Query parameter names that must all be present (exact, case-sensitive, as sent:
+    /// not percent-decoded), e.g. `X-Amz-Signature` for S3 presigned URLs. Empty: no test.
+    pub query: Vec<String>,
 }
 
 /// The config file's spelling, e.g. `{ host = "pachd.example", grpc = true }`.
@@ -41,6 +44,9 @@ impl std::fmt::Display for MatchSpec {
             }
             text.push_str(" }");
             parts.push(text);
+        }
+        if !self.query.is_empty() {
+            parts.push(format!("query = {:?}", self.query));
         }
         if parts.is_empty() {
             return f.write_str("{ } (everything)");
@@ -68,6 +74,8 @@ pub enum RouteError {
     BadHeaderName(String),
     #[error("header matcher sets both `exact` and `prefix`; choose one")]
     HeaderExactAndPrefix,
+    #[error("query parameter name {0:?} is not valid: expected a non-empty name without `&`, `=`, `#`, `?`, spaces or control characters")]
+    BadQueryName(String),
 }
 
 /// Borrowed parts of one request, as the table needs them.
@@ -79,6 +87,19 @@ pub trait RequestFacts {
     fn is_grpc(&self) -> bool;
     /// First value of a header; `name` is lower case.
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The query as sent (after `?`, not decoded); `None` without one.
+    fn query(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// True when `query` (`a=1&b&c=3`, as sent) has a parameter named exactly `name`. Names are
+/// compared as sent, byte for byte: `X-Amz-Signature` is not `x-amz-signature`, nor
+/// `X-Amz-SignatureX`, nor a value that happens to read `X-Amz-Signature`.
+pub fn query_has_name(query: &str, name: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair.split_once('=').map_or(pair, |(n, _)| n) == name)
 }
 
 /// `application/grpc`, `application/grpc+proto`, `application/grpc-web…`: the content types
@@ -88,7 +109,8 @@ pub fn is_grpc_content_type(value: &[u8]) -> bool {
     value.len() >= GRPC.len() && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
 }
 
-/// The path routing and the gate see, and the upstream receives: `%2E` decoded to `.`,
+/// The path routing and the gate see, and the upstream receives unless its route forwards
+/// the request target as sent (S3, whose signatures cover the exact path): `%2E` decoded to `.`,
 /// empty segments (`//`) collapsed, `.` and `..` segments resolved (never above the root).
 /// `%2F` stays encoded: it is data, not a separator, to routing and to backends alike.
 /// Returns `None` when the path is already normal (the common case: no allocation).
@@ -269,6 +291,18 @@ struct Matcher {
     path: Option<PathMatcher>,
     grpc: Option<bool>,
     header: Option<HeaderMatcher>,
+    query: Vec<String>,
+}
+
+fn compile_query_name(name: &str) -> Result<String, RouteError> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"&=#?".contains(&b));
+    if !valid {
+        return Err(RouteError::BadQueryName(name.to_string()));
+    }
+    Ok(name.to_string())
 }
 
 impl Matcher {
@@ -286,6 +320,11 @@ impl Matcher {
                 .as_ref()
                 .map(HeaderMatcher::compile)
                 .transpose()?,
+            query: spec
+                .query
+                .iter()
+                .map(|name| compile_query_name(name))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -308,6 +347,14 @@ impl Matcher {
         }
         if let Some(header) = &self.header {
             if !header.matches(facts) {
+                return false;
+            }
+        }
+        if !self.query.is_empty() {
+            let Some(query) = facts.query() else {
+                return false;
+            };
+            if !self.query.iter().all(|name| query_has_name(query, name)) {
                 return false;
             }
         }
@@ -367,6 +414,7 @@ mod tests {
         path: &'a str,
         grpc: bool,
         headers: &'a [(&'a str, &'a str)],
+        query: Option<&'a str>,
     }
 
     impl RequestFacts for Facts<'_> {
@@ -385,6 +433,9 @@ mod tests {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.as_bytes())
         }
+        fn query(&self) -> Option<&str> {
+            self.query
+        }
     }
 
     fn spec(host: Option<&str>, path: Option<&str>, grpc: Option<bool>) -> MatchSpec {
@@ -393,6 +444,7 @@ mod tests {
             path_prefix: path.map(str::to_string),
             grpc,
             header: None,
+            query: Vec::new(),
         }
     }
 
@@ -407,7 +459,15 @@ mod tests {
         }
     }
 
-    /// The Pachyderm 2.x table from DESIGN.md, in its order.
+    fn query(names: &[&str]) -> MatchSpec {
+        MatchSpec {
+            query: names.iter().map(|n| n.to_string()).collect(),
+            ..MatchSpec::default()
+        }
+    }
+
+    /// The Pachyderm 2.x table from DESIGN.md, in its order, with pachgate's presigned-URL
+    /// routes next to the signed-header one.
     fn pachyderm_table() -> RouteTable<&'static str> {
         RouteTable::compile([
             (
@@ -416,6 +476,16 @@ mod tests {
                 "pachd-grpc",
             ),
             ("s3".to_string(), s3_header(), "pachd-s3"),
+            (
+                "s3-presigned-v4".to_string(),
+                query(&["X-Amz-Signature"]),
+                "pachd-s3",
+            ),
+            (
+                "s3-presigned-v2".to_string(),
+                query(&["Signature", "AWSAccessKeyId"]),
+                "pachd-s3",
+            ),
             ("dex".to_string(), spec(None, Some("/dex"), None), "dex"),
             (
                 "oidc".to_string(),
@@ -444,10 +514,25 @@ mod tests {
     #[test]
     fn pachyderm_preset_routes_first_match_wins() {
         let table = pachyderm_table();
-        // (path, is gRPC, headers, expected target)
+        // (path[?query], is gRPC, headers, expected target)
         type Case<'a> = (&'a str, bool, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
             ("/pfs_v2.API/ListRepo", true, &[], "pachd-grpc"),
+            (
+                "/bucket/key?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc",
+                false,
+                &[],
+                "pachd-s3",
+            ),
+            (
+                "/bucket/key?AWSAccessKeyId=AK&Expires=1&Signature=abc",
+                false,
+                &[],
+                "pachd-s3",
+            ),
+            // Only half of a v2 presigned URL's names: the console's.
+            ("/bucket/key?Signature=abc", false, &[], "console"),
+            ("/dex/auth?X-Amz-Signature", false, &[], "pachd-s3"),
             // gRPC wins over any path rule, even one that looks like another route.
             ("/dex/whatever", true, &[], "pachd-grpc"),
             (
@@ -467,15 +552,20 @@ mod tests {
             ("/", false, &[], "console"),
             ("/lineage/default", false, &[], "console"),
         ];
-        for (path, grpc, headers, want) in cases {
+        for (target, grpc, headers, want) in cases {
+            let (path, query) = match target.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (*target, None),
+            };
             let facts = Facts {
                 host: Some("pach.example.com"),
                 path,
                 grpc: *grpc,
                 headers,
+                query,
             };
             let got = table.pick(&facts).map(|r| r.target);
-            assert_eq!(got, Some(*want), "path {path} grpc {grpc}");
+            assert_eq!(got, Some(*want), "target {target} grpc {grpc}");
         }
     }
 
@@ -511,6 +601,7 @@ mod tests {
                 path: "/",
                 grpc: false,
                 headers: &[],
+                query: None,
             };
             assert_eq!(table.pick(&facts).map(|r| r.target), *want, "host {host:?}");
         }
@@ -552,6 +643,7 @@ mod tests {
                     path: "/x",
                     grpc,
                     headers,
+                    query: None,
                 })
                 .map(|r| r.target)
         };
@@ -560,6 +652,45 @@ mod tests {
         assert_eq!(pick(true, &[("x-env", "prod")]), Some(3));
         assert_eq!(pick(true, &[("x-env", "production")]), None);
         assert_eq!(pick(true, &[]), None);
+    }
+
+    #[test]
+    fn query_names_match_exactly_and_all_of_them() {
+        let v2 = query(&["Signature", "AWSAccessKeyId"]);
+        // (query as sent, does the v2 presigned matcher match)
+        let cases: &[(Option<&str>, bool)] = &[
+            (Some("AWSAccessKeyId=AK&Expires=1&Signature=s"), true),
+            (Some("Signature=s&AWSAccessKeyId=AK"), true),
+            // A name without `=` is still a name.
+            (Some("Signature&AWSAccessKeyId"), true),
+            (Some("x=1&Signature=&AWSAccessKeyId=&y"), true),
+            (None, false),
+            (Some(""), false),
+            (Some("Signature=s"), false),
+            (Some("AWSAccessKeyId=AK"), false),
+            // Case-sensitive, as AWS sends them.
+            (Some("signature=s&awsaccesskeyid=AK"), false),
+            // A name that extends another is another name.
+            (Some("SignatureX=s&AWSAccessKeyId=AK"), false),
+            (Some("Signature=s&AWSAccessKeyIdX=AK"), false),
+            (Some("XSignature=s&AWSAccessKeyId=AK"), false),
+            // A value reading like a name is a value.
+            (Some("a=Signature&b=AWSAccessKeyId"), false),
+            (Some("a=Signature&AWSAccessKeyId=Signature"), false),
+            // Not decoded: `%53` is not `S` to the matcher.
+            (Some("%53ignature=s&AWSAccessKeyId=AK"), false),
+        ];
+        let table = RouteTable::compile([("v2".to_string(), v2, ())]).unwrap();
+        for (query, want) in cases {
+            let facts = Facts {
+                host: None,
+                path: "/bucket/key",
+                grpc: false,
+                headers: &[],
+                query: *query,
+            };
+            assert_eq!(table.pick(&facts).is_some(), *want, "query {query:?}");
+        }
     }
 
     #[test]
@@ -599,6 +730,10 @@ mod tests {
                 },
                 RouteError::HeaderExactAndPrefix,
             ),
+            (query(&[""]), RouteError::BadQueryName("".into())),
+            (query(&["a=b"]), RouteError::BadQueryName("a=b".into())),
+            (query(&["a b"]), RouteError::BadQueryName("a b".into())),
+            (query(&["a&b"]), RouteError::BadQueryName("a&b".into())),
         ];
         for (spec, want) in bad {
             let result = RouteTable::compile([

@@ -2,16 +2,20 @@
 //! end-to-end tests and the benchmarks:
 //! - a gRPC "pachd" (tonic) with `versionpb_v2.API/GetVersion`, `auth_v2.API/WhoAmI` and an
 //!   echo service (`pachgate.standin.Echo`) in all four call shapes;
-//! - an HTTP/1.1 "console" with a page, a header mirror and a websocket echo.
+//! - an HTTP/1.1 "console" with a page, a header mirror and a websocket echo;
+//! - an HTTP/1.1 "S3 gateway" that verifies AWS signatures (SigV4, SigV2) and keeps objects
+//!   in memory.
 //!
 //! They exist to be real peers on real sockets; they are not part of the proxy.
 
 pub mod console;
 pub mod messages;
 pub mod pachd;
+pub mod s3;
 
 pub use console::serve_console;
 pub use pachd::{serve_pachd, PachdOptions};
+pub use s3::serve_s3;
 
 /// The pachgate config section (upstreams and routes) that puts the stand-ins behind
 /// pachgate: gRPC to the stand-in pachd over h2c, everything else to the console over
