@@ -144,7 +144,11 @@ fn curl_answer(proxy: &Proxy, path: &str, extra: &[&str]) -> (u16, String, Strin
     let text = String::from_utf8(output.stdout).unwrap();
     let (body, tail) = text.rsplit_once('\n').unwrap();
     let (status, content_type) = tail.split_once(' ').unwrap();
-    (status.parse().unwrap(), content_type.to_string(), body.to_string())
+    (
+        status.parse().unwrap(),
+        content_type.to_string(),
+        body.to_string(),
+    )
 }
 
 #[test]
@@ -153,7 +157,10 @@ fn http_routes_take_the_token_where_pachd_does() {
     let proxy = proxy_for(&standins, "");
     // pachd's REST gateway reads the authn-token header and nothing else: a bearer token or
     // a cookie is no token to pachd, so none to the gate.
-    for ignored in ["Authorization: Bearer demo-token", "Cookie: authn-token=demo-token"] {
+    for ignored in [
+        "Authorization: Bearer demo-token",
+        "Cookie: authn-token=demo-token",
+    ] {
         assert_eq!(
             curl_status(&proxy, "/api/pfs_v2.API/ListRepo", &["-H", ignored]),
             401,
@@ -218,7 +225,10 @@ fn http_routes_take_the_token_where_pachd_does() {
     assert_eq!(curl_status(&proxy, "/lineage", &[]), 200);
     // The query token never reaches the log.
     let log = proxy.running.stderr_so_far();
-    assert!(!log.contains("demo-token"), "a token reached the log:\n{log}");
+    assert!(
+        !log.contains("demo-token"),
+        "a token reached the log:\n{log}"
+    );
 }
 
 #[test]

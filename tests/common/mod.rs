@@ -347,3 +347,36 @@ pub fn http_code(curl_args: &[&str], url: &str) -> String {
         .expect("curl must be installed (the README's test command installs it)");
     String::from_utf8(output.stdout).unwrap()
 }
+
+/// pachgate with the 2.x preset as shipped (config/pachyderm.toml from `[auth.pachyderm]` on:
+/// its gate, upstreams and routes, in order), each backend pointed at the stand-in playing it
+/// (pachd gRPC, S3, OIDC callback, dex, pachd's HTTP server, console); a backend without a
+/// stand-in in this run goes to the console. `edit` may change the preset's text first.
+pub fn pachgate_with_preset(standins: &Running, edit: impl Fn(String) -> String) -> Proxy {
+    let preset = std::fs::read_to_string(repo_path("config/pachyderm.toml")).unwrap();
+    let from = preset
+        .find("[auth.pachyderm]")
+        .expect("the preset has a gate");
+    let console = standins.address("standin-console");
+    let playing = |name: &str| {
+        standins
+            .addresses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(console, |(_, address)| *address)
+            .to_string()
+    };
+    let mut body = edit(preset[from..].to_string());
+    for (backend, standin) in [
+        ("pachd-proxy-backend:1650", "standin-pachd"),
+        ("pachd-proxy-backend:1600", "standin-s3"),
+        ("pachd-proxy-backend:1657", "standin-oidc"),
+        ("pachd-proxy-backend:1658", "standin-dex"),
+        ("pachd-proxy-backend:1659", "standin-pachd-http"),
+        ("console-proxy-backend:4000", "standin-console"),
+    ] {
+        body = body.replace(backend, &playing(standin));
+    }
+    assert!(!body.contains("proxy-backend"), "{body}");
+    pachgate(&body, "")
+}
