@@ -258,6 +258,7 @@ async fn standins(
     let options = pachgate_standins::PachdOptions {
         auth_active: !auth_inactive,
         enforce_auth: pachyderm.enforce_auth,
+        record_calls: pachyderm.enforce_auth || pachyderm.pachyderm_http,
         ..Default::default()
     };
     let state = std::sync::Arc::new(pachgate_standins::PachdState::new(options));

@@ -23,9 +23,10 @@
 //!   `/api/` takes the header. grpc-gateway errors are `{"code","message","details"}` with
 //!   `Content-Type: application/json`; streaming methods answer NDJSON `{"result": …}` lines
 //!   as they are produced.
-//! - Every call is recorded (method, and the token's username or `none`/`invalid`/
-//!   `expired`/`multiple`, never the token): `GET /_standin/seen` on the HTTP server lists
-//!   the record, `DELETE` clears it.
+//! - With [`PachdOptions::record_calls`] (`pachgate standins` sets it with either flag) every
+//!   call is recorded (method, and the token's username or `none`/`invalid`/`expired`/
+//!   `multiple`, never the token): `GET /_standin/seen` on the HTTP server lists the record,
+//!   `DELETE` clears it.
 //!
 //! They exist to be real peers on real sockets; they are not part of the proxy.
 

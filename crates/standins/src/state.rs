@@ -140,6 +140,9 @@ struct Oidc {
     id_tokens: HashMap<String, String>,
 }
 
+/// Most calls the record keeps.
+pub const MAX_SEEN: usize = 10_000;
+
 /// The email every stand-in dex login stands for.
 pub const DEX_EMAIL: &str = "standin@example.com";
 
@@ -261,9 +264,17 @@ impl PachdState {
         }
     }
 
+    /// Notes one call (with `record_calls`); the oldest entries go beyond [`MAX_SEEN`].
     pub fn record(&self, via: &'static str, method: &str, values: &[&[u8]], source: &'static str) {
+        if !self.options.record_calls {
+            return;
+        }
         let token = self.classify(values);
-        self.seen.lock().unwrap().push(Seen {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.len() >= MAX_SEEN {
+            seen.drain(..MAX_SEEN / 2);
+        }
+        seen.push(Seen {
             via,
             method: method.to_string(),
             token,

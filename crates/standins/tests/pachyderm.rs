@@ -34,7 +34,10 @@ async fn bind() -> (TcpListener, SocketAddr) {
 }
 
 async fn start(options: PachdOptions) -> Stack {
-    let state = Arc::new(PachdState::new(options));
+    let state = Arc::new(PachdState::new(PachdOptions {
+        record_calls: true,
+        ..options
+    }));
     let (grpc_listener, grpc) = bind().await;
     let (http_listener, http) = bind().await;
     let (dex_listener, dex) = bind().await;
