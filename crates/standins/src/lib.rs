@@ -21,8 +21,15 @@
 //!   the HTTP server always enforces, as pachd does.
 //! - `/pfs` and `/archive` take the `authn-token` query parameter first, then the header;
 //!   `/api/` takes the header. grpc-gateway errors are `{"code","message","details"}` with
-//!   `Content-Type: application/json`; streaming methods answer NDJSON `{"result": …}` lines
-//!   as they are produced.
+//!   `Content-Type: application/json`; streaming methods (`ListProject`, `ListJob`) answer
+//!   NDJSON `{"result": …}` lines as they are produced (request headers
+//!   `standin-stream-count`, `standin-stream-interval-ms`, `standin-fail-after` shape them).
+//! - Login: dex `/dex/auth?…&redirect_uri=R&state=S` → 302 `R?code=C&state=S`; the OIDC
+//!   callback `/authorization-code/callback?code=C&state=S` answers 200 as pachd's does; then
+//!   `Authenticate` with `oidcState = S` (no token needed) returns a pach token for
+//!   `user:standin@example.com`. [`oidc`] lists where this is simpler than dex and pachd.
+//! - `pachgate standins --enforce-auth --pachyderm-http` runs all of it (extra listener lines
+//!   `standin-pachd-http`, `standin-dex`, `standin-oidc`).
 //! - With [`PachdOptions::record_calls`] (`pachgate standins` sets it with either flag) every
 //!   call is recorded (method, and the token's username or `none`/`invalid`/`expired`/
 //!   `multiple`, never the token): `GET /_standin/seen` on the HTTP server lists the record,
