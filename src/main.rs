@@ -77,7 +77,28 @@ enum Command {
         /// Also run the stand-in S3 gateway (signature-checking) on this address.
         #[arg(long)]
         s3: Option<SocketAddr>,
+        #[command(flatten)]
+        pachyderm: PachydermStandinArgs,
     },
+}
+
+/// The stand-ins' Pachyderm-faithful extras (pachd's auth interceptor, its HTTP server,
+/// dex and the OIDC callback), all opt-in.
+#[derive(clap::Args)]
+struct PachydermStandinArgs {
+    /// Enforce tokens on every gRPC method outside pachd's public list, as pachd does.
+    #[arg(long)]
+    enforce_auth: bool,
+    /// Also run pachd's HTTP server (/pfs, /archive, /api, /jsonschema), dex and the OIDC
+    /// callback: listeners standin-pachd-http, standin-dex, standin-oidc.
+    #[arg(long)]
+    pachyderm_http: bool,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pachd_http: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    dex: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    oidc: SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -143,7 +164,8 @@ fn main() -> ExitCode {
             console,
             auth_inactive,
             s3,
-        } => run_blocking(None, standins(pachd, console, auth_inactive, s3)),
+            pachyderm,
+        } => run_blocking(None, standins(pachd, console, auth_inactive, s3, pachyderm)),
     }
 }
 
@@ -222,6 +244,7 @@ async fn standins(
     console: SocketAddr,
     auth_inactive: bool,
     s3: Option<SocketAddr>,
+    pachyderm: PachydermStandinArgs,
 ) -> Result<(), String> {
     let pachd_listener = TcpListener::bind(pachd)
         .await
@@ -239,9 +262,36 @@ async fn standins(
     );
     let options = pachgate_standins::PachdOptions {
         auth_active: !auth_inactive,
+        enforce_auth: pachyderm.enforce_auth,
+        record_calls: pachyderm.enforce_auth || pachyderm.pachyderm_http,
         ..Default::default()
     };
-    tokio::spawn(pachgate_standins::serve_pachd(pachd_listener, options));
+    let state = std::sync::Arc::new(pachgate_standins::PachdState::new(options));
+    // pachd's HTTP server, dex and the OIDC callback, sharing the gRPC pachd's tokens.
+    if pachyderm.pachyderm_http {
+        let mut bound = Vec::new();
+        for (name, address) in [
+            ("standin-pachd-http", pachyderm.pachd_http),
+            ("standin-dex", pachyderm.dex),
+            ("standin-oidc", pachyderm.oidc),
+        ] {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("{name} on {address}: {e}"))?;
+            println!(
+                "pachgate: {name} listening on {}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            bound.push(listener);
+        }
+        let oidc = bound.pop().expect("three listeners");
+        let dex = bound.pop().expect("three listeners");
+        let http = bound.pop().expect("three listeners");
+        tokio::spawn(pachgate_standins::serve_pachd_http(http, state.clone()));
+        tokio::spawn(pachgate_standins::serve_dex(dex, state.clone()));
+        tokio::spawn(pachgate_standins::serve_oidc(oidc, state.clone()));
+    }
+    tokio::spawn(pachgate_standins::serve_pachd_shared(pachd_listener, state));
     tokio::spawn(pachgate_standins::serve_console(console_listener));
     if let Some(s3) = s3 {
         let s3_listener = TcpListener::bind(s3)

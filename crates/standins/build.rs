@@ -45,6 +45,15 @@ fn main() {
             )
             .build(),
         )
+        .method(
+            method(
+                "authenticate",
+                "Authenticate",
+                "crate::messages::AuthenticateRequest",
+                "crate::messages::AuthenticateResponse",
+            )
+            .build(),
+        )
         .build();
     let echo_in = "crate::messages::EchoRequest";
     let echo_out = "crate::messages::EchoResponse";

@@ -155,11 +155,16 @@ pub fn standins() -> Running {
     standins_with(&[])
 }
 
-/// The stand-ins with extra flags (`--auth-inactive`).
+/// The stand-ins with extra flags (`--auth-inactive`, `--enforce-auth`, `--pachyderm-http`).
+/// `--pachyderm-http` adds three listeners: standin-pachd-http, standin-dex, standin-oidc.
 pub fn standins_with(args: &[&str]) -> Running {
     let mut command = Command::new(BIN);
     command.arg("standins").args(args);
-    start(command, 2)
+    let mut listeners = 2;
+    if args.contains(&"--pachyderm-http") {
+        listeners += 3;
+    }
+    start(command, listeners)
 }
 
 pub struct Proxy {

@@ -52,6 +52,22 @@ pub struct WhoAmIResponse {
     pub expiration: Option<Timestamp>,
 }
 
+/// `auth_v2.AuthenticateRequest`
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthenticateRequest {
+    #[prost(string, tag = "1")]
+    pub oidc_state: String,
+    #[prost(string, tag = "2")]
+    pub id_token: String,
+}
+
+/// `auth_v2.AuthenticateResponse`
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthenticateResponse {
+    #[prost(string, tag = "1")]
+    pub pach_token: String,
+}
+
 /// What an echo call asks for. Unset fields mean "echo the payload back once".
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EchoRequest {

@@ -1,13 +1,17 @@
-//! Stand-in pachd: a tonic gRPC server over h2c with pachd's version and WhoAmI methods and
-//! an echo service covering unary, server-, client- and bidirectional streaming.
+//! Stand-in pachd: a tonic gRPC server over h2c with pachd's version, WhoAmI and
+//! Authenticate methods and an echo service covering unary, server-, client- and
+//! bidirectional streaming. A tower layer in front of every service records each call's
+//! token and, with `enforce_auth`, does what pachd's auth interceptor does.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::future::{ready, Either, Ready};
 use futures_util::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -17,6 +21,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::messages::*;
+use crate::state::PachdState;
 
 pub mod version_api {
     include!(concat!(env!("OUT_DIR"), "/versionpb_v2.API.rs"));
@@ -34,13 +39,23 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// The stand-in's auth state, matching pachd's WhoAmI semantics.
 #[derive(Debug, Clone)]
 pub struct PachdOptions {
-    /// `false`: WhoAmI answers UNIMPLEMENTED "the auth service is not activated".
+    /// `false`: WhoAmI answers UNIMPLEMENTED "the auth service is not activated", and no
+    /// method needs a token.
     pub auth_active: bool,
     /// token → username, valid for an hour from each WhoAmI.
     pub tokens: HashMap<String, String>,
     /// A token that is valid only until this long after the stand-in starts, and is
-    /// reported with that expiration; afterwards WhoAmI rejects it, as pachd does.
+    /// reported with that expiration; afterwards pachd's answer for it is INTERNAL "token
+    /// expiration is in the past" (pachd keeps expired tokens for a while).
     pub short_lived: Option<(String, Duration)>,
+    /// Tokens that are always expired (INTERNAL "token expiration is in the past").
+    pub expired: Vec<String>,
+    /// Enforce tokens on every gRPC method outside pachd's public list, as pachd's auth
+    /// interceptor does (`false`: only WhoAmI looks at the token).
+    pub enforce_auth: bool,
+    /// Keep a record of each call's method and token owner (`PachdState::seen`, served at
+    /// `/_standin/seen`). Off by default: benchmarks drive millions of calls.
+    pub record_calls: bool,
 }
 
 impl Default for PachdOptions {
@@ -52,6 +67,9 @@ impl Default for PachdOptions {
                 ("demo-token-2".to_string(), "robot:second".to_string()),
             ]),
             short_lived: Some(("short-lived-token".to_string(), Duration::from_secs(6))),
+            expired: vec!["expired-token".to_string()],
+            enforce_auth: false,
+            record_calls: false,
         }
     }
 }
@@ -61,25 +79,33 @@ pub async fn serve_pachd(
     listener: TcpListener,
     options: PachdOptions,
 ) -> Result<(), tonic::transport::Error> {
+    serve_pachd_shared(listener, Arc::new(PachdState::new(options))).await
+}
+
+/// The same with state shared with the pachd HTTP, dex and OIDC stand-ins.
+pub async fn serve_pachd_shared(
+    listener: TcpListener,
+    state: Arc<PachdState>,
+) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|tcp| {
         let tcp = tcp?;
         tcp.set_nodelay(true)?;
         Ok::<_, std::io::Error>(tcp)
     });
-    let options = Arc::new(options);
     let who_am_i_calls = Arc::new(AtomicU64::new(0));
     let unary_calls = Arc::new(AtomicU64::new(0));
-    let started = SystemTime::now();
     tonic::transport::Server::builder()
         // Large fixed windows: like pachd (Go), the stand-in must not be the bottleneck, and
         // h2's small-DATA-frame guard scales with the connection window.
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .layer(InterceptorLayer {
+            state: state.clone(),
+        })
         .add_service(version_api::a_p_i_server::APIServer::new(VersionService))
         .add_service(auth_api::a_p_i_server::APIServer::new(AuthService {
-            options: options.clone(),
+            state,
             calls: who_am_i_calls.clone(),
-            started,
         }))
         .add_service(
             echo_api::echo_server::EchoServer::new(EchoService {
@@ -110,10 +136,84 @@ impl version_api::a_p_i_server::API for VersionService {
     }
 }
 
+/// pachd's auth interceptor as a tower layer over every service: it records what token
+/// each call carried and, with `enforce_auth`, answers calls outside the public list that
+/// lack a valid token with pachd's status, before they reach the service.
+#[derive(Clone)]
+struct InterceptorLayer {
+    state: Arc<PachdState>,
+}
+
+impl<S> tower::Layer<S> for InterceptorLayer {
+    type Service = Interceptor<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Interceptor {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Interceptor<S> {
+    inner: S,
+    state: Arc<PachdState>,
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Interceptor<S>
+where
+    S: tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+    >,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Self::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let options = &self.state.options;
+        if !options.enforce_auth && !options.record_calls {
+            return Either::Right(self.inner.call(request));
+        }
+        let values: Vec<&[u8]> = request
+            .headers()
+            .get_all("authn-token")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let method = request.uri().path();
+        let source = if values.is_empty() {
+            "none"
+        } else {
+            "metadata"
+        };
+        self.state.record("grpc", method, &values, source);
+        if self.state.options.enforce_auth {
+            if let Some(denied) = self.state.intercept(method, &values) {
+                return Either::Left(ready(Ok(denied.to_status().into_http())));
+            }
+        }
+        Either::Right(self.inner.call(request))
+    }
+}
+
+fn token_values(metadata: &MetadataMap) -> Vec<&[u8]> {
+    metadata
+        .get_all("authn-token")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect()
+}
+
 struct AuthService {
-    options: Arc<PachdOptions>,
+    state: Arc<PachdState>,
     calls: Arc<AtomicU64>,
-    started: SystemTime,
 }
 
 #[tonic::async_trait]
@@ -123,49 +223,38 @@ impl auth_api::a_p_i_server::API for AuthService {
         request: Request<WhoAmIRequest>,
     ) -> Result<Response<WhoAmIResponse>, Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if !self.options.auth_active {
-            return Err(Status::unimplemented("the auth service is not activated"));
+        if !self.state.auth_active() {
+            return Err(Status::unimplemented(crate::state::NOT_ACTIVATED));
         }
-        let Some(token) = request
-            .metadata()
-            .get("authn-token")
-            .and_then(|v| v.to_str().ok())
-        else {
-            return Err(Status::unauthenticated(
-                "no authentication token (try logging in)",
-            ));
-        };
-        let rejected = || {
-            Status::unauthenticated(
-                "provided auth token is corrupted or has expired (try logging in again)",
-            )
-        };
-        let (username, expires) = match (&self.options.short_lived, self.options.tokens.get(token))
-        {
-            (Some((short, lifetime)), _) if short == token => {
-                let expires = self.started + *lifetime;
-                if SystemTime::now() >= expires {
-                    return Err(rejected());
-                }
-                ("robot:short-lived".to_string(), expires)
-            }
-            (_, Some(username)) => (
-                username.clone(),
-                SystemTime::now() + Duration::from_secs(3600),
-            ),
-            (_, None) => return Err(rejected()),
-        };
-        let seconds = expires
+        let principal = self
+            .state
+            .authenticate(&token_values(request.metadata()))
+            .map_err(|e| e.to_status())?;
+        let seconds = principal
+            .expires
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         Ok(Response::new(WhoAmIResponse {
-            username,
+            username: principal.username,
             expiration: Some(Timestamp {
                 seconds: seconds as i64,
                 nanos: 0,
             }),
         }))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let request = request.into_inner();
+        let pach_token = self
+            .state
+            .authenticate_oidc(&request.oidc_state, &request.id_token)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(AuthenticateResponse { pach_token }))
     }
 }
 
