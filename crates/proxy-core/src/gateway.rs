@@ -16,7 +16,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pachgate_auth_gate::{
-    CidrSet, DenyReason, PachydermAuthSettings, PachydermGate, RateLimiter, StaticTokens,
+    AllowReason, CidrSet, DenyReason, PachydermAuthSettings, PachydermGate, RateLimiter,
+    StaticTokens,
 };
 use pachgate_routing::{is_grpc_content_type, normalize_path, MatchSpec, RequestFacts, RouteTable};
 use rustls::ServerConfig;
@@ -525,12 +526,8 @@ impl Gateway {
             &snapshot.clients.trusted_proxies,
         );
 
-        let style = denial_style(
-            grpc,
-            route.target.auth == RouteAuth::Pachyderm,
-            request.uri().path(),
-        );
-        let refuse = |reason: DenyReason| {
+        let admitted = admit(&request, &route.target, snapshot, grpc, client_ip).await;
+        if let Err(reason) = admitted {
             self.metrics
                 .auth_decision(&route_metrics.name, false, reason.kind());
             // The audit line: never a token, only why.
@@ -543,34 +540,17 @@ impl Gateway {
                 detail = %reason.message(),
                 "request denied"
             );
-            deny_response(&reason, style)
-        };
-        if !route.target.allow.allows(client_ip) {
-            return refuse(DenyReason::AddressNotAllowed);
+            let style = denial_style(
+                grpc,
+                route.target.auth == RouteAuth::Pachyderm,
+                request.uri().path(),
+            );
+            let refusal = deny_response(&reason, style);
+            return answer_once_body_is_in(request, refusal).await;
         }
-        let now = std::time::Instant::now();
-        if let Some(limiter) = &snapshot.clients.requests {
-            if let Err(wait) = limiter.take(client_ip, now) {
-                return refuse(DenyReason::RateLimited {
-                    retry_after_secs: wait.as_secs().max(1),
-                });
-            }
-        }
-
-        if route.target.auth != RouteAuth::None {
-            let gates = AuthGates {
-                pachyderm: snapshot.pachyderm_gate.as_ref(),
-                static_tokens: snapshot.static_tokens.as_ref(),
-                failed_auth: snapshot.clients.failed_auth.as_ref(),
-            };
-            let gate = matches!(route.target.auth, RouteAuth::Pachyderm);
-            match gates.check(&request, gate, grpc, client_ip, now).await {
-                Ok(allowed) => {
-                    self.metrics
-                        .auth_decision(&route_metrics.name, true, allowed.kind())
-                }
-                Err(reason) => return refuse(reason),
-            }
+        if let Ok(Some(allowed)) = admitted {
+            self.metrics
+                .auth_decision(&route_metrics.name, true, allowed.kind())
         }
 
         let upstream_protocol = upstream.protocol().name();
@@ -925,6 +905,71 @@ impl TunnelTicket {
     pub(crate) fn close_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.0.close_tunnels.subscribe()
     }
+}
+
+/// The admit stage: the route's client allow-list, the per-address request rate, then the
+/// route's gate. `Ok(Some(why))`: the gate let the request in; `Ok(None)`: no gate.
+async fn admit(
+    request: &Request<Incoming>,
+    route: &RouteTarget,
+    snapshot: &Snapshot,
+    grpc: bool,
+    client_ip: IpAddr,
+) -> Result<Option<AllowReason>, DenyReason> {
+    if !route.allow.allows(client_ip) {
+        return Err(DenyReason::AddressNotAllowed);
+    }
+    let now = std::time::Instant::now();
+    if let Some(limiter) = &snapshot.clients.requests {
+        if let Err(wait) = limiter.take(client_ip, now) {
+            return Err(DenyReason::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+    }
+    if route.auth == RouteAuth::None {
+        return Ok(None);
+    }
+    let gates = AuthGates {
+        pachyderm: snapshot.pachyderm_gate.as_ref(),
+        static_tokens: snapshot.static_tokens.as_ref(),
+        failed_auth: snapshot.clients.failed_auth.as_ref(),
+    };
+    let pachyderm = route.auth == RouteAuth::Pachyderm;
+    gates
+        .check(request, pachyderm, grpc, client_ip, now)
+        .await
+        .map(Some)
+}
+
+/// How long, and how many body bytes, a refused request may still send before its answer.
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const REFUSED_BODY_LIMIT: usize = 64 * 1024;
+
+/// Answers a refused request once its body has arrived (up to 64 KiB and 1 s), reading and
+/// discarding it as nginx does. Answering first makes the h2 server reset the stream the
+/// client is still sending on, which some clients (curl before 8.x among them) report as a
+/// framing error instead of the answer; an HTTP/1.1 connection would be closed instead of
+/// kept. A larger or slower body gets the answer without waiting.
+async fn answer_once_body_is_in(
+    request: Request<Incoming>,
+    answer: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let mut body = request.into_body();
+    if http_body::Body::is_end_stream(&body) {
+        return answer;
+    }
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+            seen += frame.data_ref().map_or(0, |data| data.len());
+            if seen > REFUSED_BODY_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, discard).await;
+    answer
 }
 
 /// The client address behind trusted proxies: walking `X-Forwarded-For` from the right,
