@@ -21,5 +21,11 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# python-pachyderm pins protobuf < 4: its own virtualenv (tests/pachyderm_clients.rs).
+if [ ! -x target/python-pachyderm/bin/python ]; then
+    python3 -m venv target/python-pachyderm
+fi
+target/python-pachyderm/bin/python -m pip install --quiet --disable-pip-version-check \
+    -r tests/requirements-python-pachyderm.txt
 
 cargo test --workspace --all-targets

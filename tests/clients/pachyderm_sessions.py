@@ -19,6 +19,9 @@ def outcome(step, call):
     except grpc.RpcError as e:
         print(json.dumps({"step": step, "ok": False, "code": e.code().name,
                           "details": e.details() or ""}), flush=True)
+    except Exception as e:  # the SDK turns some statuses into its own exceptions
+        print(json.dumps({"step": step, "ok": False, "code": type(e).__name__,
+                          "details": str(e)}), flush=True)
 
 
 def sdk_session(host, port, ca, token, expired):

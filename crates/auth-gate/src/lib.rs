@@ -126,7 +126,9 @@ impl DenyReason {
                 pachgate denies access to an unauthenticated cluster (when_auth_disabled = \"deny\")"
                 .into(),
             DenyReason::CheckUnavailable(why) => {
-                format!("pachgate cannot verify the token with pachd: {why}")
+                // Envoy's words for an unreachable upstream, which Pachyderm's console
+                // looks for to show its "cannot reach the cluster" screen.
+                format!("upstream connect error: pachgate cannot verify the token with pachd: {why}")
             }
             DenyReason::MalformedMethod => "malformed gRPC method path".into(),
             DenyReason::AddressNotAllowed => "client address not allowed on this route".into(),

@@ -349,6 +349,11 @@ pub fn deny_response(reason: &DenyReason, style: DenialStyle) -> Response<ProxyB
     let code = denial_code(reason);
     let mut response = match style {
         DenialStyle::Grpc => grpc_status_response(code, &message),
+        // pachd cannot be reached: the console shows its "cannot reach the cluster" screen
+        // only for a text answer with Envoy's words, as for any unreachable upstream.
+        DenialStyle::GatewayJson if matches!(reason, DenyReason::CheckUnavailable(_)) => {
+            text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"))
+        }
         DenialStyle::GatewayJson => gateway_error_response(code, &message),
         DenialStyle::Text => {
             let status = match reason {

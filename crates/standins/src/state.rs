@@ -256,6 +256,10 @@ impl PachdState {
         if values.is_empty() {
             return "none".into();
         }
+        // The console before login, and the SDKs without a token, send an empty value.
+        if values.len() == 1 && values[0].is_empty() {
+            return "empty".into();
+        }
         match self.authenticate(values) {
             Ok(principal) => principal.username,
             Err(e) if e.message == EXPIRED_TOKEN => "expired".into(),
