@@ -34,6 +34,7 @@ use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::idle::ConnActivity;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy_protocol::read_header as read_proxy_header;
+use crate::route_timeouts::{bounded, RouteTimeouts};
 use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
 
 static AUTHN_TOKEN: HeaderName = HeaderName::from_static("authn-token");
@@ -110,6 +111,8 @@ pub struct RouteSpec {
     pub auth: RouteAuth,
     /// Client addresses allowed on this route; empty: all.
     pub allow: CidrSet,
+    /// `timeout` and `idle_timeout`; both off by default.
+    pub timeouts: RouteTimeouts,
 }
 
 /// `[auth.pachyderm]`: where WhoAmI is asked and how answers are kept.
@@ -127,14 +130,18 @@ struct RouteTarget {
     upstream: usize,
     auth: RouteAuth,
     allow: CidrSet,
+    timeouts: RouteTimeouts,
+    /// For the log line when a timeout cuts a response (only read then).
+    name: Arc<str>,
 }
 
 /// Who may connect and how often: listener-wide allow-list (checked before TLS), and
 /// per-address rate limits for all requests and for failed authentications.
 #[derive(Default)]
 pub struct ClientPolicy {
-    /// Add `Strict-Transport-Security` (one year) to responses on TLS connections.
-    pub hsts: bool,
+    /// `Strict-Transport-Security` value added to responses on TLS connections
+    /// (`max-age=…`); `None`: not sent.
+    pub hsts: Option<HeaderValue>,
     pub listener_allow: CidrSet,
     /// Peers whose PROXY headers and `X-Forwarded-For` are believed; empty: none for
     /// `X-Forwarded-For`, any peer for PROXY headers on a listener that expects them.
@@ -231,6 +238,8 @@ impl Snapshot {
                 upstream: index,
                 auth: route.auth,
                 allow: route.allow,
+                timeouts: route.timeouts,
+                name: Arc::from(route.name.as_str()),
             };
             specs.push((route.name, route.matcher, target));
         }
@@ -438,11 +447,10 @@ impl Gateway {
         let mut response = self
             .handle(request, conn, &snapshot, grpc, &mut record)
             .await;
-        if conn.tls && snapshot.clients.hsts {
-            response.headers_mut().insert(
-                http::header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static("max-age=31536000"),
-            );
+        if let (true, Some(hsts)) = (conn.tls, &snapshot.clients.hsts) {
+            response
+                .headers_mut()
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
         // A tunnel took its exchange along; every other exchange ends with the body.
         if let Some(exchange) = record.exchange.as_deref_mut() {
@@ -604,6 +612,7 @@ impl Gateway {
                 upstream,
                 self.tunnels(),
                 &mut record.exchange,
+                route.target.timeouts,
             ))
             .await
         } else if crate::websocket::is_extended_connect_websocket(&request) {
@@ -614,11 +623,22 @@ impl Gateway {
                 authority,
                 self.tunnels(),
                 &mut record.exchange,
+                route.target.timeouts,
             ))
             .await
         } else {
             let mut endpoint = None;
-            let result = forward(request, upstream, conn, authority, record, &mut endpoint).await;
+            let limits = (route.target.timeouts, &route.target.name, grpc);
+            let result = forward(
+                request,
+                upstream,
+                conn,
+                authority,
+                record,
+                &mut endpoint,
+                limits,
+            )
+            .await;
             record
                 .exchange()
                 .set_upstream(upstream_protocol, endpoint.as_ref());
@@ -995,7 +1015,8 @@ fn normalize_request_path<B>(request: &mut Request<B>) -> Result<(), ProxyError>
 }
 
 /// Streams the request to the upstream and the response back, frame by frame: data,
-/// trailers and resets pass through; nothing is buffered.
+/// trailers and resets pass through; nothing is buffered. `limits` are the route's
+/// timeouts (with its name, and whether the caller speaks gRPC, for how a cut is told).
 async fn forward(
     request: Request<Incoming>,
     upstream: &Upstream,
@@ -1003,6 +1024,7 @@ async fn forward(
     authority: Option<Authority>,
     record: &mut RequestRecord,
     endpoint: &mut Option<Arc<str>>,
+    (timeouts, route, grpc): (RouteTimeouts, &Arc<str>, bool),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     set_forwarded(
@@ -1035,10 +1057,23 @@ async fn forward(
         Some(tally) => ProxyBody::Metered(body, tally),
         None => ProxyBody::Stream(body),
     };
+    // No timer at all (the default) unless the route sets a timeout.
+    let mut timer = timeouts.start();
+    let body = match &timer {
+        Some(timer) => timer.request_body(body),
+        None => body,
+    };
     let request = Request::from_parts(parts, body);
-    let response = upstream.send(request, authority, endpoint).await?;
+    let sent = upstream.send(request, authority, endpoint);
+    let response = bounded(sent, timer.as_mut())
+        .await
+        .map_err(|expired| expired.into_error(upstream.name()))??;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let body = match timer {
+        Some(timer) => timer.response_body(body, grpc, route.clone()),
+        None => body,
+    };
     Ok(Response::from_parts(parts, body))
 }
 
