@@ -282,7 +282,8 @@ impl TimedBody {
                 }
                 let expired = match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if !frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                        let moved = frame.data_ref().is_some_and(|d| !d.is_empty());
+                        if !moved {
                             return polled;
                         }
                         let now = timer.activity.note();
