@@ -628,7 +628,7 @@ impl Gateway {
             .await
         } else {
             let mut endpoint = None;
-            let limits = (route.target.timeouts, &route.target.name, grpc);
+            let limits = (&route.target, grpc);
             let result = forward(
                 request,
                 upstream,
@@ -1015,8 +1015,8 @@ fn normalize_request_path<B>(request: &mut Request<B>) -> Result<(), ProxyError>
 }
 
 /// Streams the request to the upstream and the response back, frame by frame: data,
-/// trailers and resets pass through; nothing is buffered. `limits` are the route's
-/// timeouts (with its name, and whether the caller speaks gRPC, for how a cut is told).
+/// trailers and resets pass through; nothing is buffered. `limits`: the route, for its
+/// timeouts, and whether the caller speaks gRPC, for how a cut is told.
 async fn forward(
     request: Request<Incoming>,
     upstream: &Upstream,
@@ -1024,7 +1024,7 @@ async fn forward(
     authority: Option<Authority>,
     record: &mut RequestRecord,
     endpoint: &mut Option<Arc<str>>,
-    (timeouts, route, grpc): (RouteTimeouts, &Arc<str>, bool),
+    (route, grpc): (&RouteTarget, bool),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     set_forwarded(
@@ -1058,20 +1058,19 @@ async fn forward(
         None => ProxyBody::Stream(body),
     };
     // No timer at all (the default) unless the route sets a timeout.
-    let mut timer = timeouts.start();
+    let mut timer = route.timeouts.start();
     let body = match &timer {
         Some(timer) => timer.request_body(body),
         None => body,
     };
     let request = Request::from_parts(parts, body);
-    let sent = upstream.send(request, authority, endpoint);
-    let response = bounded(sent, timer.as_mut())
+    let response = bounded(upstream.send(request, authority, endpoint), timer.as_mut())
         .await
         .map_err(|expired| expired.into_error(upstream.name()))??;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = match timer {
-        Some(timer) => timer.response_body(body, grpc, route.clone()),
+        Some(timer) => timer.response_body(body, grpc, route.name.clone()),
         None => body,
     };
     Ok(Response::from_parts(parts, body))

@@ -9,7 +9,7 @@
 //! when it fires, looks at that and sleeps again until the real deadline.
 
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -54,9 +54,8 @@ impl RouteTimeouts {
             activity: Arc::new(Activity {
                 base: now,
                 last_ms: AtomicU64::new(0),
+                limits: *self,
             }),
-            limits: *self,
-            total_deadline,
             sleep: Box::pin(tokio::time::sleep_until(first)),
         })
     }
@@ -65,9 +64,11 @@ impl RouteTimeouts {
 /// When body bytes last moved, shared by both directions of one exchange.
 #[derive(Debug)]
 pub(crate) struct Activity {
+    /// When the exchange started.
     base: Instant,
     /// Milliseconds after `base`.
     last_ms: AtomicU64,
+    limits: RouteTimeouts,
 }
 
 impl Activity {
@@ -115,11 +116,9 @@ impl Expired {
 }
 
 /// One exchange's timer: a single sleep, moved from the wait for the response head into
-/// the response body.
+/// the response body. Two pointers: it sits in every request's state.
 pub(crate) struct ExchangeTimer {
     activity: Arc<Activity>,
-    limits: RouteTimeouts,
-    total_deadline: Option<Instant>,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -130,14 +129,15 @@ impl ExchangeTimer {
 
     /// The earlier of the two deadlines as they stand now, and which one it is.
     fn deadline(&self) -> (Instant, Expired) {
-        let idle = self
+        let activity = &self.activity;
+        let idle = activity
             .limits
             .idle
-            .map(|idle| (self.activity.last() + idle, Expired::Idle(idle)));
-        let total = self
-            .total_deadline
-            .zip(self.limits.total)
-            .map(|(at, limit)| (at, Expired::Total(limit)));
+            .map(|idle| (activity.last() + idle, Expired::Idle(idle)));
+        let total = activity
+            .limits
+            .total
+            .map(|limit| (activity.base + limit, Expired::Total(limit)));
         match (total, idle) {
             (Some(t), Some(i)) => {
                 if t.0 <= i.0 {
@@ -169,15 +169,15 @@ impl ExchangeTimer {
     /// True when the whole-exchange deadline has passed at `now` (checked as frames flow,
     /// since a body that is never pending never polls the sleep).
     fn total_passed(&self, now: Instant) -> Option<Expired> {
-        match (self.total_deadline, self.limits.total) {
-            (Some(at), Some(limit)) if now >= at => Some(Expired::Total(limit)),
+        match self.activity.limits.total {
+            Some(limit) if now >= self.activity.base + limit => Some(Expired::Total(limit)),
             _ => None,
         }
     }
 
     /// The request body on its way upstream: its data frames count as activity.
     pub(crate) fn request_body(&self, body: ProxyBody) -> ProxyBody {
-        if self.limits.idle.is_none() {
+        if self.activity.limits.idle.is_none() {
             return body;
         }
         ProxyBody::Timed(Box::new(TimedBody {
@@ -201,22 +201,34 @@ impl ExchangeTimer {
 }
 
 /// Runs `future` until it completes or, with a timer, until the timer expires (dropping
-/// the future: for a request, that drops the upstream request).
-pub(crate) async fn bounded<F: Future>(
-    future: F,
-    mut timer: Option<&mut ExchangeTimer>,
-) -> Result<F::Output, Expired> {
-    let mut future = pin!(future);
-    std::future::poll_fn(move |cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+/// the future: for a request, that drops the upstream request). A plain future rather than
+/// an `async fn`, so `future` is held once, inline, and nothing else: it sits in every
+/// request's state, which hyper moves into each stream's task.
+pub(crate) fn bounded<F: Future>(future: F, timer: Option<&mut ExchangeTimer>) -> Bounded<'_, F> {
+    Bounded { future, timer }
+}
+
+pin_project_lite::pin_project! {
+    pub(crate) struct Bounded<'t, F> {
+        #[pin]
+        future: F,
+        timer: Option<&'t mut ExchangeTimer>,
+    }
+}
+
+impl<F: Future> Future for Bounded<'_, F> {
+    type Output = Result<F::Output, Expired>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        match timer.as_deref_mut() {
+        match this.timer.as_deref_mut() {
             Some(timer) => timer.poll_expired(cx).map(Err),
             None => Poll::Pending,
         }
-    })
-    .await
+    }
 }
 
 /// A body under a route's timeouts (see [`ExchangeTimer`]).
