@@ -98,9 +98,16 @@ fn local_routes_every_forward_and_names_each_missing_one() {
     let s3 = named_listener("s3");
     let dex = named_listener("dex");
     let console = named_listener("console");
-    // pachd and the OIDC callback are not forwarded.
-    let pachd = format!("127.0.0.1:{}", free_port());
-    let oidc = format!("127.0.0.1:{}", free_port());
+    // pachd and the OIDC callback are not forwarded: ports held bound but not listening,
+    // so connections are refused and no other test's listener can take them meanwhile.
+    let held = || {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket
+    };
+    let (pachd_socket, oidc_socket) = (held(), held());
+    let pachd = pachd_socket.local_addr().unwrap().to_string();
+    let oidc = oidc_socket.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut local = Command::new(BIN);
     local
@@ -166,4 +173,5 @@ fn local_routes_every_forward_and_names_each_missing_one() {
     // The OIDC callback is routed to its (missing) forward, not to the console.
     let callback = get("/authorization-code/callback?code=x", &[]);
     assert!(callback.ends_with("\n503"), "{callback}");
+    drop((pachd_socket, oidc_socket));
 }
