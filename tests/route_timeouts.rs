@@ -130,7 +130,14 @@ fn route_timeout_answers_504_and_deadline_exceeded_and_cuts_late_bodies() {
         "{unary}"
     );
     assert!(unary["seconds"].as_f64().unwrap() < 3.0, "{unary}");
-    // A server stream that has started answering ends with DEADLINE_EXCEEDED trailers.
+    // A server stream that has started answering ends with DEADLINE_EXCEEDED trailers,
+    // and its upstream stream is reset (the stand-in counts a client that went away).
+    let cancelled = || {
+        grpc_outcome(&proxy, &["stats"])["cancelled"]
+            .as_u64()
+            .unwrap()
+    };
+    let cancelled_before = cancelled();
     let stream = grpc_outcome(&proxy, &["server", "--count", "20", "--interval-ms", "300"]);
     assert_eq!(stream["code"], "DEADLINE_EXCEEDED", "{stream}");
     assert!(
@@ -142,6 +149,16 @@ fn route_timeout_answers_504_and_deadline_exceeded_and_cuts_late_bodies() {
     );
     let replies = stream["replies"].as_u64().unwrap();
     assert!((1..20).contains(&replies), "{stream}");
+    // The stand-in notices at its next send, up to 300 ms later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cancelled() == cancelled_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        cancelled(),
+        cancelled_before + 1,
+        "the upstream stream was not dropped"
+    );
     // And a quick call still passes.
     let quick = grpc_outcome(&proxy, &["unary"]);
     assert_eq!(quick["code"], "OK", "{quick}");

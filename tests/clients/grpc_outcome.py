@@ -1,8 +1,9 @@
 """One call to the stand-in pachd's echo service through pachgate (grpcio), reported as
-JSON for the Rust test to judge: {"code", "details", "replies", "seconds"}. It judges
-nothing itself and exits 0 whatever the call's status.
+JSON for the Rust test to judge: {"code", "details", "replies", "seconds"}, and for
+`stats` the stand-in's count of server streams their client abandoned ("cancelled"). It
+judges nothing itself and exits 0 whatever the call's status.
 
-usage: grpc_outcome.py --target localhost:PORT --ca CA_FILE (unary|server)
+usage: grpc_outcome.py --target localhost:PORT --ca CA_FILE (unary|server|stats)
          [--count N] [--interval-ms MS] [--deadline S]
 """
 
@@ -12,7 +13,7 @@ import time
 
 import grpc
 
-from grpc_checks import channel, echo_request, method
+from grpc_checks import channel, echo_request, echo_response, method
 
 
 def main():
@@ -20,7 +21,7 @@ def main():
     parser.add_argument("--target", required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--plaintext", action="store_true")
-    parser.add_argument("shape", choices=["unary", "server"])
+    parser.add_argument("shape", choices=["unary", "server", "stats"])
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--interval-ms", type=int, default=0)
     parser.add_argument("--deadline", type=float, default=60)
@@ -30,7 +31,10 @@ def main():
     start = time.monotonic()
     with channel(args) as ch:
         try:
-            if args.shape == "unary":
+            if args.shape == "stats":
+                reply = method(ch, "unary", "Stats")(b"", timeout=args.deadline)
+                outcome["cancelled"] = echo_response(reply)["sequence"]
+            elif args.shape == "unary":
                 method(ch, "unary", "Unary")(request, timeout=args.deadline)
                 outcome["replies"] = 1
             else:
