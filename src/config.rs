@@ -483,7 +483,8 @@ impl Validator<'_> {
                 );
                 None
             }
-            (Some(age), true) => self.nonzero_duration(age, "listen.hsts_max_age").map(|d| {
+            // "0s" is allowed: it tells browsers to forget an earlier HSTS.
+            (Some(age), true) => self.duration(age, "listen.hsts_max_age").map(|d| {
                 HeaderValue::from_str(&format!("max-age={}", d.as_secs()))
                     .expect("digits are a valid header value")
             }),
