@@ -9,10 +9,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderValue;
 use pachgate_proxy_core::{
     Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PachydermLine,
-    PlainMode, RateLimiter, RouteAuth, RouteSpec, ServerLimits, Snapshot, StaticTokens,
-    UpstreamProtocol, UpstreamSpec, UpstreamTls, WhenAuthDisabled,
+    PlainMode, RateLimiter, RouteAuth, RouteSpec, RouteTimeouts, ServerLimits, Snapshot,
+    StaticTokens, UpstreamProtocol, UpstreamSpec, UpstreamTls, WhenAuthDisabled,
 };
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use serde::Deserialize;
@@ -111,6 +112,10 @@ pub struct Listen {
     /// Send `Strict-Transport-Security` on TLS responses.
     #[serde(default)]
     pub hsts: bool,
+    /// HSTS `max-age` (a duration; default one year).
+    pub hsts_max_age: Option<Spanned<String>>,
+    /// The https port clients use (a Service's 443 or NodePort), put in redirects.
+    pub public_https_port: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +172,10 @@ pub struct Route {
     pub allow_cidrs: Option<Vec<Spanned<String>>>,
     /// "normalized" (default) or "as-sent": the request target the upstream receives.
     pub forward_path: Option<Spanned<String>>,
+    /// The whole exchange (duration or "off").
+    pub timeout: Option<Spanned<String>>,
+    /// No body bytes either way for this long (duration or "off").
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,6 +418,21 @@ impl Validator<'_> {
                 }
             }
         };
+        let public_https_port = listen.public_https_port.as_ref().and_then(|port| {
+            match u16::try_from(*port.get_ref()) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    self.err(
+                        &port.span(),
+                        format!(
+                            "listen.public_https_port = {}: expected a port from 1 to 65535",
+                            port.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
         let http = match (&listen.http, http_addr) {
             (Some(spanned), Some(addr)) => {
                 if http_mode == "redirect" {
@@ -416,7 +440,16 @@ impl Validator<'_> {
                         Some(https) => Some((
                             addr,
                             PlainMode::Redirect {
-                                https_port: https.port(),
+                                // Clients reach a non-loopback listener through a Service or
+                                // load balancer on 443; a loopback one (`pachgate local`,
+                                // tests) directly. 0 (`:0`): the port once bound.
+                                https_port: public_https_port.unwrap_or(
+                                    if https.ip().is_loopback() {
+                                        https.port()
+                                    } else {
+                                        443
+                                    },
+                                ),
                             },
                         )),
                         None => {
@@ -446,6 +479,22 @@ impl Validator<'_> {
             _ => None,
         };
 
+        let hsts = match (&listen.hsts_max_age, listen.hsts) {
+            (None, false) => None,
+            (None, true) => Some(HeaderValue::from_static("max-age=31536000")),
+            (Some(age), false) => {
+                self.err(
+                    &age.span(),
+                    "listen.hsts_max_age is set but HSTS is off: add hsts = true",
+                );
+                None
+            }
+            // "0s" is allowed: it tells browsers to forget an earlier HSTS.
+            (Some(age), true) => self.duration(age, "listen.hsts_max_age").map(|d| {
+                HeaderValue::from_str(&format!("max-age={}", d.as_secs()))
+                    .expect("digits are a valid header value")
+            }),
+        };
         let tls = self.tls(config.tls, listen.https.as_ref());
         let limits = self.limits(&config.limits);
         let worker_threads = config.runtime.worker_threads.as_ref().and_then(|w| {
@@ -534,7 +583,7 @@ impl Validator<'_> {
         }
         let route_count = route_specs.len();
         let clients = ClientPolicy {
-            hsts: listen.hsts,
+            hsts,
             listener_allow: listener_allow.unwrap_or_default(),
             trusted_proxies: trusted_proxies.unwrap_or_default(),
             requests,
@@ -746,7 +795,7 @@ impl Validator<'_> {
                 self.err(
                     &value.span(),
                     format!(
-                        "{key} = {:?} is not a duration: expected a number with a unit, like \"500ms\", \"5s\", \"2m\" or \"1h\"",
+                        "{key} = {:?} is not a duration: expected a number with a unit, like \"500ms\", \"5s\", \"2m\", \"1h\" or \"7d\"",
                         value.get_ref()
                     ),
                 );
@@ -1322,6 +1371,19 @@ impl Validator<'_> {
                 .as_deref()
                 .map(|c| self.cidrs(c))
                 .unwrap_or_default();
+            // Off unless set: long gRPC streams and websockets are the point of some routes.
+            let timeouts = RouteTimeouts {
+                total: route
+                    .timeout
+                    .as_ref()
+                    .and_then(|v| self.optional_duration(v, "timeout"))
+                    .flatten(),
+                idle: route
+                    .idle_timeout
+                    .as_ref()
+                    .and_then(|v| self.optional_duration(v, "idle_timeout"))
+                    .flatten(),
+            };
             specs.push(RouteSpec {
                 name: name.clone(),
                 matcher: spec,
@@ -1329,6 +1391,7 @@ impl Validator<'_> {
                 auth,
                 allow,
                 forward_as_sent,
+                timeouts,
             });
         }
         specs
@@ -1342,7 +1405,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `"500ms"`, `"5s"`, `"2m"`, `"1h"` → Duration.
+/// `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"` → Duration.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
@@ -1353,6 +1416,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -1493,6 +1557,26 @@ upstream = "pachd"
                 "t.toml:12:9",
                 "query parameter name \"X-Amz-Signature=\" is not valid",
             ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"serve\"\npublic_https_port = 70000\n",
+                "t.toml:4:21",
+                "expected a port from 1 to 65535",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"serve\"\nhsts_max_age = \"7d\"\n",
+                "t.toml:4:16",
+                "add hsts = true",
+            ),
+            (
+                &VALID.replace("upstream = \"pachd\"\n", "upstream = \"pachd\"\nidle_timeout = \"0s\"\n"),
+                "t.toml:14:16",
+                "must be longer than zero",
+            ),
+            (
+                &format!("{VALID}timeout = \"soon\"\n"),
+                "t.toml:14:11",
+                "timeout = \"soon\" is not a duration",
+            ),
             ("[listen\n", "t.toml:1:8", "expected"),
         ];
         for (text, location, phrase) in cases {
@@ -1507,11 +1591,36 @@ upstream = "pachd"
     }
 
     #[test]
+    fn redirects_go_to_the_public_https_port() {
+        let redirect_port = |listen: &str| {
+            let text = format!("[listen]\n{listen}\nhttp = \"127.0.0.1:8080\"\n[tls]\nself_signed = true\nself_signed_dir = \"certs\"\n");
+            let dir = tempfile::tempdir().unwrap();
+            match parse(Path::new("t.toml"), &text, dir.path()).unwrap().http {
+                Some((_, PlainMode::Redirect { https_port })) => https_port,
+                other => panic!("{listen}: {other:?}"),
+            }
+        };
+        // Non-loopback: what a Service exposes, 443, unless told otherwise.
+        assert_eq!(redirect_port("https = \"0.0.0.0:8443\""), 443);
+        assert_eq!(
+            redirect_port("https = \"0.0.0.0:8443\"\npublic_https_port = 30443"),
+            30443
+        );
+        // Loopback (pachgate local, tests): the listener itself.
+        assert_eq!(redirect_port("https = \"127.0.0.1:8443\""), 8443);
+        assert_eq!(
+            redirect_port("https = \"127.0.0.1:8443\"\npublic_https_port = 443"),
+            443
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 days"), None);

@@ -1,5 +1,10 @@
 //! `pachgate local`: TLS on localhost in front of `pachctl port-forward`, with a generated
-//! CA that is remembered, and the exact lines to point pachctl at it.
+//! CA that is remembered, and the exact lines to point pachctl at it. It fronts every port
+//! the port-forward opens, routed as the 2.x preset routes them: pachd gRPC (30650), the S3
+//! gateway (30600, by AWS signature), Dex (30658, `/dex`), the OIDC callback (30657) and the
+//! console (4000). pachd's HTTP API (1659: `/pfs`, `/archive`, `/api/`, `/jsonschema/`) is
+//! not forwarded by pachctl, so those routes are left out and such requests reach the
+//! console.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +21,15 @@ pub struct LocalArgs {
     /// The console (2.x) as `pachctl port-forward` exposes it.
     #[arg(long, default_value = "127.0.0.1:4000")]
     console: String,
+    /// pachd's S3 gateway as `pachctl port-forward` exposes it.
+    #[arg(long, default_value = "127.0.0.1:30600")]
+    s3: String,
+    /// The OIDC login callback (2.x) as `pachctl port-forward` exposes it.
+    #[arg(long, default_value = "127.0.0.1:30657")]
+    oidc: String,
+    /// Dex, the identity provider (2.x), as `pachctl port-forward` exposes it.
+    #[arg(long, default_value = "127.0.0.1:30658")]
+    dex: String,
     /// Pachyderm 1.x: the dash UI and its websocket instead of console
     /// (`--dash` and `--dash-ws` pick their ports).
     #[arg(long)]
@@ -37,21 +51,29 @@ fn default_cert_dir() -> PathBuf {
     base.join("pachgate").join("local")
 }
 
-/// Says clearly which port-forward is missing, instead of failing on the first request.
-async fn check_port_forward(what: &str, address: &str) {
-    let reachable = tokio::time::timeout(
-        Duration::from_secs(1),
-        tokio::net::TcpStream::connect(address),
-    )
-    .await
-    .map(|r| r.is_ok())
-    .unwrap_or(false);
-    if !reachable {
-        eprintln!(
-            "warning: nothing answers on {address} ({what}). Start the port-forward with \
-             `pachctl port-forward` (it forwards pachd to 30650 and the console to 4000); \
-             pachgate keeps running and answers UNAVAILABLE until it is up."
-        );
+/// Checks every forward at once and says, one line each, which are missing: the port and
+/// what it is for. pachgate keeps running; requests for a missing one get 503 / UNAVAILABLE.
+async fn check_port_forwards(forwards: &[(&'static str, u16, &str)]) {
+    let mut checks = Vec::with_capacity(forwards.len());
+    for (_, _, address) in forwards {
+        let address = address.to_string();
+        checks.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(address),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+        }));
+    }
+    for ((what, default_port, address), check) in forwards.iter().zip(checks) {
+        if !check.await.unwrap_or(false) {
+            eprintln!(
+                "warning: nothing answers on {address} ({what}; `pachctl port-forward` \
+                 puts it on port {default_port}). pachgate keeps running and answers those \
+                 requests with 503 (gRPC: UNAVAILABLE) until it is up."
+            );
+        }
     }
 }
 
@@ -82,17 +104,42 @@ upstream = "dash"
             dash_ws = args.dash_ws
         )
     } else {
+        // The 2.x preset's routes for what the port-forward opens (see the module comment
+        // for pachd's HTTP port, which it does not).
         format!(
             r#"
+[upstreams.pachd-identity]
+endpoints = ["{dex}"]
+protocol = "http1"
+
+[upstreams.pachd-oidc]
+endpoints = ["{oidc}"]
+protocol = "http1"
+
 [upstreams.console]
 endpoints = ["{console}"]
 protocol = "http1"
 
 [[routes]]
+name = "dex"
+match = {{ path_prefix = "/dex" }}
+upstream = "pachd-identity"
+timeout = "60s"
+
+[[routes]]
+name = "oidc-callback"
+match = {{ path_prefix = "/authorization-code/callback" }}
+upstream = "pachd-oidc"
+timeout = "60s"
+
+[[routes]]
 name = "console"
 match = {{ path_prefix = "/" }}
 upstream = "console"
+idle_timeout = "600s"
 "#,
+            dex = args.dex,
+            oidc = args.oidc,
             console = args.console
         )
     };
@@ -121,23 +168,51 @@ when_auth_disabled = "allow"
 endpoints = ["{pachd}"]
 protocol = "h2c"
 
+[upstreams.pachd-s3]
+endpoints = ["{s3}"]
+protocol = "http1"
+
 [[routes]]
 name = "pachd-grpc"
 match = {{ grpc = true }}
 upstream = "pachd"
 auth = "pachyderm"
+
+[[routes]]
+name = "s3-sigv4"
+match = {{ header = {{ name = "authorization", prefix = "AWS4-HMAC-SHA256" }} }}
+upstream = "pachd-s3"
+idle_timeout = "600s"
+
+[[routes]]
+name = "s3-sigv2"
+match = {{ header = {{ name = "authorization", prefix = "AWS " }} }}
+upstream = "pachd-s3"
+idle_timeout = "600s"
 {ui_routes}"#,
         listen = args.listen,
         dir = cert_dir.display().to_string(),
         pachd = args.pachd,
+        s3 = args.s3,
     );
 
-    check_port_forward("pachd", &args.pachd).await;
+    let mut forwards = vec![
+        (
+            "pachd gRPC, for pachctl and the SDKs",
+            30650,
+            args.pachd.as_str(),
+        ),
+        ("the S3 gateway", 30600, args.s3.as_str()),
+    ];
     if args.v1 {
-        check_port_forward("dash", &args.dash).await;
+        forwards.push(("the dash UI", 30080, args.dash.as_str()));
+        forwards.push(("the dash websocket", 30081, args.dash_ws.as_str()));
     } else {
-        check_port_forward("console", &args.console).await;
+        forwards.push(("the OIDC login callback", 30657, args.oidc.as_str()));
+        forwards.push(("Dex, the login provider", 30658, args.dex.as_str()));
+        forwards.push(("the console", 4000, args.console.as_str()));
     }
+    check_port_forwards(&forwards).await;
 
     let (server, https) = crate::serve_embedded("<local>", &text).await?;
     let ca = cert_dir.join("ca.crt");
@@ -152,6 +227,7 @@ Point pachctl at it:
   pachctl config update context --server-cas "$(base64 -w0 < {ca})"
 
 Browser: https://localhost:{port}/  (trust {ca} to avoid the warning)
+S3 clients: endpoint https://localhost:{port} (AWS-signed requests go to the S3 gateway)
 
 Press Ctrl-C to stop."#,
         pachd = args.pachd,

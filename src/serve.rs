@@ -254,11 +254,11 @@ impl ListenerShape {
         }
     }
 
-    /// The plaintext listener's behaviour, with the real https port (`:0` is known only
-    /// once bound).
+    /// The plaintext listener's behaviour, with the real https port when redirects go to
+    /// the listen port itself and it is `:0` (known only once bound).
     fn plain_mode(&self, https_bound: Option<SocketAddr>) -> PlainMode {
         match (self.http.map(|(_, mode)| mode), https_bound) {
-            (Some(PlainMode::Redirect { .. }), Some(bound)) => PlainMode::Redirect {
+            (Some(PlainMode::Redirect { https_port: 0 }), Some(bound)) => PlainMode::Redirect {
                 https_port: bound.port(),
             },
             (Some(mode), _) => mode,

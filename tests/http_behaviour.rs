@@ -132,6 +132,7 @@ fn hop_by_hop_headers_stripped_and_forwarded_headers_set() {
     );
 }
 
+/// On loopback without `public_https_port`, redirects go to the https listener itself.
 #[test]
 fn plaintext_listener_redirects_to_https() {
     let standins = standins();
@@ -158,6 +159,65 @@ fn plaintext_listener_redirects_to_https() {
             "308 https://localhost:{}/lineage/default?view=dag",
             proxy.https().port()
         )
+    );
+}
+
+/// `curl -D -` against `url` (HTTP/1.1, then HTTP/2 over TLS): the status line and headers,
+/// lower-cased.
+fn response_heads(proxy: &Proxy, url: &str) -> Vec<String> {
+    ["--http1.1", "--http2"]
+        .iter()
+        .map(|version| {
+            let output = Command::new("curl")
+                .args(["-sS", "-D", "-", "-o", "/dev/null", version, "--cacert"])
+                .arg(proxy.ca())
+                .arg(url)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{version} {url}");
+            String::from_utf8_lossy(&output.stdout).to_ascii_lowercase()
+        })
+        .collect()
+}
+
+#[test]
+fn redirects_name_the_public_https_port_and_hsts_has_the_presets_max_age() {
+    let standins = standins();
+    // As the 2.x preset sets them (with the Service's port a NodePort here, so it shows).
+    let proxy = pachgate(
+        &standin_routes(&standins, ""),
+        "http = \"127.0.0.1:0\"\npublic_https_port = 30443\nhsts = true\nhsts_max_age = \"7d\"",
+    );
+    let http = proxy.running.address("http");
+    let redirect = format!("http://localhost:{}/pfs/a?authn-token=x", http.port());
+    for head in response_heads(&proxy, &redirect) {
+        assert!(head.starts_with("http/1.1 308"), "{head}");
+        assert!(
+            head.contains("\r\nlocation: https://localhost:30443/pfs/a?authn-token=x\r\n"),
+            "{head}"
+        );
+        // HSTS only means something over TLS; the plaintext redirect does not carry it.
+        assert!(!head.contains("strict-transport-security"), "{head}");
+    }
+    let tls = format!("https://{}/headers", proxy.target());
+    for head in response_heads(&proxy, &tls) {
+        assert!(
+            head.contains("\r\nstrict-transport-security: max-age=604800\r\n"),
+            "{head}"
+        );
+    }
+    drop(proxy);
+
+    // Port 443 is left out of the Location.
+    let proxy = pachgate(
+        &standin_routes(&standins, ""),
+        "http = \"127.0.0.1:0\"\npublic_https_port = 443",
+    );
+    let http = proxy.running.address("http");
+    let head = &response_heads(&proxy, &format!("http://localhost:{}/x", http.port()))[0];
+    assert!(
+        head.contains("\r\nlocation: https://localhost/x\r\n"),
+        "{head}"
     );
 }
 

@@ -23,6 +23,8 @@ pub enum ProxyBody {
     Metered(Incoming, ByteTally),
     /// A response from an h2 upstream, read straight from its h2 stream.
     Upstream(UpstreamBody),
+    /// A body under its route's `timeout` / `idle_timeout` (only when one is set).
+    Timed(Box<crate::route_timeouts::TimedBody>),
     /// A body pachgate produced (error text, redirect); taken on first poll.
     Full(Option<Bytes>),
     Empty,
@@ -60,6 +62,7 @@ impl Body for ProxyBody {
                 polled.map_err(Into::into)
             }
             ProxyBody::Upstream(body) => body.poll_frame(cx),
+            ProxyBody::Timed(body) => body.poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Empty => Poll::Ready(None),
         }
@@ -69,6 +72,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.is_end_stream(),
             ProxyBody::Upstream(body) => body.stream.is_end_stream(),
+            ProxyBody::Timed(body) => body.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Empty => true,
         }
@@ -78,6 +82,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.size_hint(),
             ProxyBody::Upstream(_) => SizeHint::default(),
+            ProxyBody::Timed(body) => body.size_hint(),
             ProxyBody::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
         }

@@ -34,6 +34,7 @@ use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::idle::ConnActivity;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy_protocol::read_header as read_proxy_header;
+use crate::route_timeouts::{bounded, RouteTimeouts};
 use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
 
 /// Protocol limits, each set on purpose (hyper's defaults are not an ingress's defaults).
@@ -112,6 +113,8 @@ pub struct RouteSpec {
     /// its normal form; routing still matches on the normal form. For S3, whose signatures
     /// cover the exact path. Only on routes without auth (the gate must see what pachd sees).
     pub forward_as_sent: bool,
+    /// `timeout` and `idle_timeout`; both off by default.
+    pub timeouts: RouteTimeouts,
 }
 
 /// `[auth.pachyderm]`: where WhoAmI is asked and how answers are kept.
@@ -130,14 +133,18 @@ struct RouteTarget {
     auth: RouteAuth,
     allow: CidrSet,
     forward_as_sent: bool,
+    timeouts: RouteTimeouts,
+    /// For the log line when a timeout cuts a response (only read then).
+    name: Arc<str>,
 }
 
 /// Who may connect and how often: listener-wide allow-list (checked before TLS), and
 /// per-address rate limits for all requests and for failed authentications.
 #[derive(Default)]
 pub struct ClientPolicy {
-    /// Add `Strict-Transport-Security` (one year) to responses on TLS connections.
-    pub hsts: bool,
+    /// `Strict-Transport-Security` value added to responses on TLS connections
+    /// (`max-age=…`); `None`: not sent.
+    pub hsts: Option<HeaderValue>,
     pub listener_allow: CidrSet,
     /// Peers whose PROXY headers and `X-Forwarded-For` are believed; empty: none for
     /// `X-Forwarded-For`, any peer for PROXY headers on a listener that expects them.
@@ -241,6 +248,8 @@ impl Snapshot {
                 auth: route.auth,
                 allow: route.allow,
                 forward_as_sent: route.forward_as_sent,
+                timeouts: route.timeouts,
+                name: Arc::from(route.name.as_str()),
             };
             specs.push((route.name, route.matcher, target));
         }
@@ -448,11 +457,10 @@ impl Gateway {
         let mut response = self
             .handle(request, conn, &snapshot, grpc, &mut record)
             .await;
-        if conn.tls && snapshot.clients.hsts {
-            response.headers_mut().insert(
-                http::header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static("max-age=31536000"),
-            );
+        if let (true, Some(hsts)) = (conn.tls, &snapshot.clients.hsts) {
+            response
+                .headers_mut()
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
         // A tunnel took its exchange along; every other exchange ends with the body.
         if let Some(exchange) = record.exchange.as_deref_mut() {
@@ -564,6 +572,7 @@ impl Gateway {
                 upstream,
                 self.tunnels(),
                 &mut record.exchange,
+                route.target.timeouts,
             ))
             .await
         } else if crate::websocket::is_extended_connect_websocket(&request) {
@@ -574,11 +583,22 @@ impl Gateway {
                 authority,
                 self.tunnels(),
                 &mut record.exchange,
+                route.target.timeouts,
             ))
             .await
         } else {
             let mut endpoint = None;
-            let result = forward(request, upstream, conn, authority, record, &mut endpoint).await;
+            let limits = (&route.target, grpc);
+            let result = forward(
+                request,
+                upstream,
+                conn,
+                authority,
+                record,
+                &mut endpoint,
+                limits,
+            )
+            .await;
             record
                 .exchange()
                 .set_upstream(upstream_protocol, endpoint.as_ref());
@@ -1034,7 +1054,8 @@ fn restore_request_target<B>(
 }
 
 /// Streams the request to the upstream and the response back, frame by frame: data,
-/// trailers and resets pass through; nothing is buffered.
+/// trailers and resets pass through; nothing is buffered. `limits`: the route, for its
+/// timeouts, and whether the caller speaks gRPC, for how a cut is told.
 async fn forward(
     request: Request<Incoming>,
     upstream: &Upstream,
@@ -1042,6 +1063,7 @@ async fn forward(
     authority: Option<Authority>,
     record: &mut RequestRecord,
     endpoint: &mut Option<Arc<str>>,
+    (route, grpc): (&RouteTarget, bool),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     set_forwarded(
@@ -1074,10 +1096,22 @@ async fn forward(
         Some(tally) => ProxyBody::Metered(body, tally),
         None => ProxyBody::Stream(body),
     };
+    // No timer at all (the default) unless the route sets a timeout.
+    let mut timer = route.timeouts.start();
+    let body = match &timer {
+        Some(timer) => timer.request_body(body),
+        None => body,
+    };
     let request = Request::from_parts(parts, body);
-    let response = upstream.send(request, authority, endpoint).await?;
+    let response = bounded(upstream.send(request, authority, endpoint), timer.as_mut())
+        .await
+        .map_err(|expired| expired.into_error(upstream.name()))??;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let body = match timer {
+        Some(timer) => timer.response_body(body, grpc, route.name.clone()),
+        None => body,
+    };
     Ok(Response::from_parts(parts, body))
 }
 

@@ -18,6 +18,7 @@ pub mod headers;
 mod idle;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod route_timeouts;
 pub mod upstream;
 pub mod websocket;
 
@@ -30,4 +31,5 @@ pub use pachgate_auth_gate::{
     Cidr, CidrSet, PachydermAuthSettings, PachydermLine, RateLimiter, StaticTokens,
     WhenAuthDisabled,
 };
+pub use route_timeouts::RouteTimeouts;
 pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};

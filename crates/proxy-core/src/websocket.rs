@@ -1,10 +1,12 @@
 //! Websocket tunnels: the HTTP/1.1 Upgrade handshake is forwarded to the upstream, and once
 //! both sides answered 101 the two connections become one byte tunnel. Frames (ping, pong,
-//! close) pass through untouched, and no request timeout applies to the tunnel.
+//! close) pass through untouched; only the route's own `timeout` / `idle_timeout` apply to it.
 //!
 //! The tunnel follows frame boundaries (headers only, payloads are not inspected) so that at
 //! the drain deadline it can end both sides cleanly: a close frame with code 1001 (going
 //! away) to the client and to the backend, never cut into the middle of a frame.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{
     HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
@@ -20,6 +22,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::gateway::TunnelTicket;
+use crate::route_timeouts::{bounded, Activity, RouteTimeouts};
 use crate::upstream::{error_chain, Upstream};
 
 /// Forwards an upgrade request; on 101 from the upstream, answers 101 to the client and
@@ -29,6 +32,7 @@ pub(crate) async fn tunnel(
     upstream: &Upstream,
     ticket: TunnelTicket,
     exchange: &mut Option<Box<Exchange>>,
+    timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, _endpoint) = upstream.connect_for_upgrade().await?;
@@ -49,6 +53,7 @@ pub(crate) async fn tunnel(
         upstream_upgrade,
         ticket,
         take_for_tunnel(exchange, StatusCode::SWITCHING_PROTOCOLS),
+        timeouts,
     );
 
     // 101 with the upstream's handshake headers (Sec-WebSocket-Accept, -Protocol, -Extensions).
@@ -74,6 +79,7 @@ pub(crate) async fn tunnel_extended_connect(
     authority: Option<http::uri::Authority>,
     ticket: TunnelTicket,
     exchange: &mut Option<Box<Exchange>>,
+    timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, endpoint) = upstream.connect_for_upgrade().await?;
@@ -115,6 +121,7 @@ pub(crate) async fn tunnel_extended_connect(
         upstream_upgrade,
         ticket,
         take_for_tunnel(exchange, StatusCode::OK),
+        timeouts,
     );
 
     // 200 to the h2 client, keeping the negotiated subprotocol and extensions.
@@ -187,6 +194,7 @@ fn spawn_tunnel(
     upstream_upgrade: hyper::upgrade::OnUpgrade,
     ticket: TunnelTicket,
     mut exchange: Option<Box<Exchange>>,
+    timeouts: RouteTimeouts,
 ) {
     tokio::spawn(async move {
         let (client, server) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -200,35 +208,51 @@ fn spawn_tunnel(
         let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
         let (server_read, server_write) = tokio::io::split(TokioIo::new(server));
         let going_away = GoingAway::new();
-        let (up, down) = tokio::join!(
-            pump(
-                client_read,
-                server_write,
-                ticket.close_signal(),
-                going_away.masked()
-            ),
-            pump(
-                server_read,
-                client_write,
-                ticket.close_signal(),
-                going_away.unmasked()
-            ),
-        );
+        // The route's timeouts, from the switch on: `idle_timeout` for a tunnel quiet both
+        // ways, `timeout` for its whole life. Cut at expiry: both sockets are closed.
+        let mut timer = timeouts.start();
+        let activity = timer.as_ref().map(|t| t.activity().clone());
+        let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let pumps = async {
+            tokio::join!(
+                pump(
+                    client_read,
+                    server_write,
+                    ticket.close_signal(),
+                    going_away.masked(),
+                    (&bytes_up, activity.as_deref()),
+                ),
+                pump(
+                    server_read,
+                    client_write,
+                    ticket.close_signal(),
+                    going_away.unmasked(),
+                    (&bytes_down, activity.as_deref()),
+                ),
+            )
+        };
+        let closed_for_drain = match bounded(pumps, timer.as_mut()).await {
+            Ok((up, down)) => up.closed_for_drain || down.closed_for_drain,
+            Err(expired) => {
+                tracing::info!(upstream = %name, "websocket tunnel closed: {}", expired.describe());
+                false
+            }
+        };
+        let (up, down) = (bytes_up.into_inner(), bytes_down.into_inner());
         tracing::debug!(
             upstream = %name,
-            bytes_up = up.bytes,
-            bytes_down = down.bytes,
-            closed_for_drain = up.closed_for_drain || down.closed_for_drain,
+            bytes_up = up,
+            bytes_down = down,
+            closed_for_drain,
             "websocket tunnel closed"
         );
         if let Some(exchange) = exchange.as_mut() {
-            exchange.set_tunnel_bytes(up.bytes, down.bytes);
+            exchange.set_tunnel_bytes(up, down);
         }
     });
 }
 
 struct PumpEnd {
-    bytes: u64,
     closed_for_drain: bool,
 }
 
@@ -238,12 +262,15 @@ const FRAME_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Copies one direction of a tunnel. On EOF it half-closes the other side (as
 /// `copy_bidirectional` does); when the gateway says close, it finishes the frame in flight,
-/// writes `close_frame`, and shuts the direction down.
+/// writes `close_frame`, and shuts the direction down. Bytes forwarded are counted in
+/// `bytes` (kept outside, so a tunnel cut by its route's timeout still knows them), and
+/// noted in `activity` when the route has timeouts.
 async fn pump<R, W>(
     mut from: R,
     mut to: W,
     mut close_now: tokio::sync::watch::Receiver<bool>,
     close_frame: Vec<u8>,
+    (bytes, activity): (&AtomicU64, Option<&Activity>),
 ) -> PumpEnd
 where
     R: AsyncRead + Unpin,
@@ -252,7 +279,6 @@ where
     let mut buffer = vec![0u8; 16 * 1024];
     let mut frames = FrameTracker::default();
     let mut end = PumpEnd {
-        bytes: 0,
         closed_for_drain: false,
     };
     let mut stopping = false;
@@ -295,10 +321,13 @@ where
                 break; // what follows would come after our close frame
             }
         }
+        if let Some(activity) = activity {
+            activity.note();
+        }
         if to.write_all(&buffer[..forward]).await.is_err() {
             return end;
         }
-        end.bytes += forward as u64;
+        bytes.fetch_add(forward as u64, Ordering::Relaxed);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Stand-in console: an HTTP/1.1 server with a page at `/`, a header mirror at `/headers`
-//! (so tests can see what the proxy forwarded) and a websocket echo on any path that asks
-//! for an upgrade.
+//! (so tests can see what the proxy forwarded), a slow answer at
+//! `/slow?head_ms=A&body_ms=B` (the head after A ms, `first` at once, `last` B ms later: for
+//! timeouts) and a websocket echo on any path that asks for an upgrade.
 
 use std::convert::Infallible;
 
@@ -10,11 +11,14 @@ use http::header::{
     HeaderValue, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
 };
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -29,8 +33,14 @@ pub async fn serve_console(listener: TcpListener) -> std::io::Result<()> {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
-            let service =
-                service_fn(|request| async move { Ok::<_, Infallible>(handle(request).await) });
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let response = if request.uri().path() == "/slow" {
+                    slow(&request).await
+                } else {
+                    handle(request).await.map(BodyExt::boxed_unsync)
+                };
+                Ok::<_, Infallible>(response)
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades()
@@ -74,6 +84,38 @@ async fn handle(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text_response(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
     }
+}
+
+/// `/slow`: waits `head_ms` before the head, sends `first\n`, waits `body_ms`, sends `last\n`.
+async fn slow(request: &Request<Incoming>) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
+    let wait = |name: &str| {
+        let ms = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        std::time::Duration::from_millis(ms)
+    };
+    let (head, body) = (wait("head_ms"), wait("body_ms"));
+    tokio::time::sleep(head).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    tokio::spawn(async move {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"first\n"))))
+            .await;
+        tokio::time::sleep(body).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"last\n"))))
+            .await;
+    });
+    let mut response = Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed_unsync());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
 }
 
 fn text_response(

@@ -1,0 +1,388 @@
+//! A route's `timeout` (the whole exchange, until the response body's end) and
+//! `idle_timeout` (no body bytes moved either way for that long). The timers are per
+//! exchange, not per connection: one h2 connection carries many streams with lives of their
+//! own, and a quiet gRPC stream must not be cut because its neighbour is busy, nor a stalled
+//! download kept alive by it.
+//!
+//! Cost: nothing when both are off (no timer, no allocation). When on, one timer per
+//! exchange, re-armed lazily: body frames only store the time they moved at, and the timer,
+//! when it fires, looks at that and sleeps again until the real deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{BodyError, ProxyBody};
+use crate::error::{percent_encode_grpc_message, ProxyError};
+
+/// A route's two limits; `None` is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    /// The whole exchange: until the response body's end (a tunnel: its whole life).
+    pub total: Option<Duration>,
+    /// No body bytes in either direction for this long.
+    pub idle: Option<Duration>,
+}
+
+impl RouteTimeouts {
+    pub fn is_off(&self) -> bool {
+        self.total.is_none() && self.idle.is_none()
+    }
+
+    /// The exchange's timer, started now; `None` (and no allocation) when both are off.
+    pub(crate) fn start(&self) -> Option<ExchangeTimer> {
+        if self.is_off() {
+            return None;
+        }
+        let now = Instant::now();
+        let total_deadline = self.total.map(|t| now + t);
+        let first = match (total_deadline, self.idle) {
+            (Some(total), Some(idle)) => total.min(now + idle),
+            (Some(total), None) => total,
+            (None, Some(idle)) => now + idle,
+            (None, None) => unreachable!("checked above"),
+        };
+        Some(ExchangeTimer {
+            activity: Arc::new(Activity {
+                base: now,
+                last_ms: AtomicU64::new(0),
+                limits: *self,
+            }),
+            sleep: Box::pin(tokio::time::sleep_until(first)),
+        })
+    }
+}
+
+/// When body bytes last moved, shared by both directions of one exchange.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// When the exchange started.
+    base: Instant,
+    /// Milliseconds after `base`.
+    last_ms: AtomicU64,
+    limits: RouteTimeouts,
+}
+
+impl Activity {
+    /// Bytes moved now; returns now.
+    pub(crate) fn note(&self) -> Instant {
+        let now = Instant::now();
+        let ms = now.saturating_duration_since(self.base).as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+        now
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Which limit ran out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Expired {
+    Total(Duration),
+    Idle(Duration),
+}
+
+impl Expired {
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Expired::Total(limit) => format!("route timeout ({} ms) reached", limit.as_millis()),
+            Expired::Idle(limit) => format!(
+                "route idle_timeout: no bytes moved for {} ms",
+                limit.as_millis()
+            ),
+        }
+    }
+
+    /// Before the response head: answered as gRPC 4 / HTTP 504.
+    pub(crate) fn into_error(self, upstream: &str) -> ProxyError {
+        let limit = match self {
+            Expired::Total(limit) | Expired::Idle(limit) => limit,
+        };
+        ProxyError::UpstreamTimeout {
+            upstream: upstream.to_string(),
+            timeout_ms: limit.as_millis(),
+        }
+    }
+}
+
+/// One exchange's timer: a single sleep, moved from the wait for the response head into
+/// the response body. Two pointers: it sits in every request's state.
+pub(crate) struct ExchangeTimer {
+    activity: Arc<Activity>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl ExchangeTimer {
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// The earlier of the two deadlines as they stand now, and which one it is.
+    fn deadline(&self) -> (Instant, Expired) {
+        let activity = &self.activity;
+        let idle = activity
+            .limits
+            .idle
+            .map(|idle| (activity.last() + idle, Expired::Idle(idle)));
+        let total = activity
+            .limits
+            .total
+            .map(|limit| (activity.base + limit, Expired::Total(limit)));
+        match (total, idle) {
+            (Some(t), Some(i)) => {
+                if t.0 <= i.0 {
+                    t
+                } else {
+                    i
+                }
+            }
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => unreachable!("a timer exists only with a limit"),
+        }
+    }
+
+    /// Ready once a deadline has passed. The sleep is re-armed only when it fires early
+    /// (bytes moved since it was set).
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (deadline, which) = self.deadline();
+            if Instant::now() >= deadline {
+                return Poll::Ready(which);
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// True when the whole-exchange deadline has passed at `now` (checked as frames flow,
+    /// since a body that is never pending never polls the sleep).
+    fn total_passed(&self, now: Instant) -> Option<Expired> {
+        match self.activity.limits.total {
+            Some(limit) if now >= self.activity.base + limit => Some(Expired::Total(limit)),
+            _ => None,
+        }
+    }
+
+    /// The request body on its way upstream: its data frames count as activity.
+    pub(crate) fn request_body(&self, body: ProxyBody) -> ProxyBody {
+        if self.activity.limits.idle.is_none() {
+            return body;
+        }
+        ProxyBody::Timed(Box::new(TimedBody {
+            inner: body,
+            side: Side::Request(self.activity.clone()),
+        }))
+    }
+
+    /// The response body toward the client, bounded by this timer.
+    pub(crate) fn response_body(self, body: ProxyBody, grpc: bool, route: Arc<str>) -> ProxyBody {
+        ProxyBody::Timed(Box::new(TimedBody {
+            inner: body,
+            side: Side::Response {
+                timer: self,
+                grpc,
+                route,
+                ended: false,
+            },
+        }))
+    }
+}
+
+/// Runs `future` until it completes or, with a timer, until the timer expires (dropping
+/// the future: for a request, that drops the upstream request). A plain future rather than
+/// an `async fn`, so `future` is held once, inline, and nothing else: it sits in every
+/// request's state, which hyper moves into each stream's task.
+pub(crate) fn bounded<F: Future>(future: F, timer: Option<&mut ExchangeTimer>) -> Bounded<'_, F> {
+    Bounded { future, timer }
+}
+
+pin_project_lite::pin_project! {
+    pub(crate) struct Bounded<'t, F> {
+        #[pin]
+        future: F,
+        timer: Option<&'t mut ExchangeTimer>,
+    }
+}
+
+impl<F: Future> Future for Bounded<'_, F> {
+    type Output = Result<F::Output, Expired>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        match this.timer.as_deref_mut() {
+            Some(timer) => timer.poll_expired(cx).map(Err),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A body under a route's timeouts (see [`ExchangeTimer`]).
+pub struct TimedBody {
+    inner: ProxyBody,
+    side: Side,
+}
+
+enum Side {
+    Request(Arc<Activity>),
+    Response {
+        timer: ExchangeTimer,
+        grpc: bool,
+        route: Arc<str>,
+        ended: bool,
+    },
+}
+
+impl std::fmt::Debug for TimedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimedBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error a timed-out response body ends with (HTTP/2: the stream is reset; HTTP/1:
+/// the connection is closed before the body's end).
+#[derive(Debug)]
+struct RouteTimedOut(String);
+
+impl std::fmt::Display for RouteTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RouteTimedOut {}
+
+impl TimedBody {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &mut self.side {
+            Side::Request(activity) => {
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                        activity.note();
+                    }
+                }
+                polled
+            }
+            Side::Response {
+                timer,
+                grpc,
+                route,
+                ended,
+            } => {
+                if *ended {
+                    return Poll::Ready(None);
+                }
+                let expired = match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let moved = frame.data_ref().is_some_and(|d| !d.is_empty());
+                        if !moved {
+                            return polled;
+                        }
+                        let now = timer.activity.note();
+                        match timer.total_passed(now) {
+                            None => return polled,
+                            Some(expired) => expired,
+                        }
+                    }
+                    Poll::Ready(_) => return polled,
+                    Poll::Pending => match timer.poll_expired(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(expired) => expired,
+                    },
+                };
+                // Drop the upstream's side now: its request is abandoned.
+                self.inner = ProxyBody::Empty;
+                *ended = true;
+                let message = expired.describe();
+                tracing::warn!(route = %route, "response cut: {message}");
+                if *grpc {
+                    // The stream ends as a gRPC call does, with DEADLINE_EXCEEDED.
+                    let mut trailers = HeaderMap::with_capacity(2);
+                    trailers.insert("grpc-status", HeaderValue::from_static("4"));
+                    if let Ok(value) = HeaderValue::from_str(&percent_encode_grpc_message(
+                        &format!("pachgate: {message}"),
+                    )) {
+                        trailers.insert("grpc-message", value);
+                    }
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                } else {
+                    Poll::Ready(Some(Err(Box::new(RouteTimedOut(message)))))
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        match &self.side {
+            Side::Response { ended: true, .. } => true,
+            _ => self.inner.is_end_stream(),
+        }
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_follows_the_last_activity() {
+        let limits = RouteTimeouts {
+            total: Some(Duration::from_secs(10)),
+            idle: Some(Duration::from_secs(3)),
+        };
+        let mut timer = limits.start().expect("on");
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        timer.activity().note();
+        let expired = bounded(std::future::pending::<()>(), Some(&mut timer))
+            .await
+            .unwrap_err();
+        assert!(matches!(expired, Expired::Idle(_)));
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        assert!(RouteTimeouts::default().start().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_total_deadline_holds_however_busy() {
+        let limits = RouteTimeouts {
+            total: Some(Duration::from_secs(4)),
+            idle: Some(Duration::from_secs(3)),
+        };
+        let mut timer = limits.start().expect("on");
+        let start = Instant::now();
+        let activity = timer.activity().clone();
+        let busy = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                activity.note();
+            }
+        };
+        let expired = bounded(busy, Some(&mut timer)).await.unwrap_err();
+        assert!(matches!(expired, Expired::Total(_)));
+        assert_eq!(Instant::now() - start, Duration::from_secs(4));
+    }
+}
