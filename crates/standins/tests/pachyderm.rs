@@ -575,7 +575,7 @@ async fn grpc_enforcement_covers_the_echo_service_with_pachds_answers() {
         [
             "none",
             "invalid",
-            "invalid",
+            "empty",
             "expired",
             "multiple",
             "robot:demo"
