@@ -91,7 +91,9 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
-    logging::init();
+    // Dropped when main returns, after the runtime and its workers: it writes out every
+    // access-log line still queued (graceful stop, demo and local included).
+    let _access_log = logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
