@@ -175,14 +175,18 @@ impl Gate {
 
     /// curl over TLS with this pachgate's CA; returns its stdout (panics if curl failed).
     fn curl(&self, args: &[&str]) -> String {
-        let output = Command::new("curl")
+        let output = self.curl_output(args);
+        assert!(output.status.success(), "curl {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn curl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new("curl")
             .args(["-s", "--cacert"])
             .arg(self.ca())
             .args(args)
             .output()
-            .expect("curl must be installed");
-        assert!(output.status.success(), "curl {args:?}: {output:?}");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+            .expect("curl must be installed")
     }
 
     /// The access-log line with this request id (waits for it: the log is written by a
@@ -386,19 +390,23 @@ fn lines_carry_pachctl_command_and_the_endpoint_used() {
     assert_eq!(line["upstream"], console, "{line}");
 }
 
-/// `pachgate_access_log_dropped_total` as /metrics says it now.
-fn dropped_lines(admin: SocketAddr) -> u64 {
+/// An unlabelled metric as /metrics says it now.
+fn metric(admin: SocketAddr, name: &str) -> u64 {
     let output = Command::new("curl")
         .args(["-sf", &format!("http://{admin}/metrics")])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     text.lines()
-        .find_map(|l| l.strip_prefix("pachgate_access_log_dropped_total "))
-        .unwrap_or_else(|| panic!("no pachgate_access_log_dropped_total in {text}"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
         .trim()
         .parse()
         .unwrap()
+}
+
+fn dropped_lines(admin: SocketAddr) -> u64 {
+    metric(admin, "pachgate_access_log_dropped_total")
 }
 
 #[test]
@@ -415,7 +423,7 @@ fn a_graceful_stop_writes_every_queued_line_even_with_the_pipe_stalled() {
         "-A",
         "access-log-count",
         "-w",
-        "%{http_code}\n",
+        "\n%{http_code}\n",
         &gate.url(&format!("/headers?n=[1-{REQUESTS}]")),
     ]);
     let ok = codes.lines().filter(|code| *code == "200").count();
@@ -484,7 +492,9 @@ fn no_token_reaches_stdout_or_stderr() {
         "/pachgate.standin.Echo/Unary?authn-token={QUERY_SECRET}"
     ));
     let token = format!("authn-token: {GRPC_SECRET}");
-    gate.curl(&grpc_args(
+    // The refusal can come while curl still sends its message; the stream's reset after it
+    // makes curl 7.88 exit with an error (92), so only the access line is the verdict here.
+    gate.curl_output(&grpc_args(
         &frame,
         &["-H", &token, "-H", "x-request-id: grpc-bad-token", &url],
     ));
@@ -535,4 +545,46 @@ fn no_token_reaches_stdout_or_stderr() {
         assert!(!stdout.contains(secret), "{secret} on stdout:\n{stdout}");
         assert!(!stderr.contains(secret), "{secret} on stderr:\n{stderr}");
     }
+}
+
+#[test]
+fn a_stalled_stdout_drops_lines_and_counts_every_one() {
+    // More lines than pachgate's queue (32,768) plus what its pipe and buffer absorb.
+    const REQUESTS: usize = 34_000;
+    let standins = standins();
+    let gate = Gate::start(&gated_config(&standins), true, "info");
+    let codes = gate.curl(&[
+        "--parallel",
+        "--parallel-max",
+        "64",
+        "-o",
+        "/dev/null",
+        "-A",
+        "access-log-drop",
+        "-w",
+        "\n%{http_code}\n",
+        &gate.url(&format!("/?n=[1-{REQUESTS}]")),
+    ]);
+    let ok = codes.lines().filter(|code| *code == "200").count();
+    assert_eq!(ok, REQUESTS, "requests must not wait for the log");
+    // A client can have its last byte a moment before pachgate books the request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(gate.admin, "pachgate_active_streams") > 0 {
+        assert!(Instant::now() < deadline, "requests still in flight");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let dropped = dropped_lines(gate.admin);
+    assert!(dropped > 0, "no line dropped; the queue never filled");
+
+    let (stdout, _) = gate.stop();
+    let written = stdout
+        .iter()
+        .filter(|line| line.contains(r#""user_agent":"access-log-drop""#))
+        .count();
+    assert_eq!(
+        written + dropped as usize,
+        REQUESTS,
+        "{written} lines written, {dropped} counted as dropped"
+    );
 }
