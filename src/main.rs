@@ -1,6 +1,7 @@
 //! The `pachgate` binary: command line, config file → typed config, wiring of the crates,
 //! signals. Thin by design: it assembles crates, it does not proxy.
 
+mod access_writer;
 mod admin;
 mod config;
 mod demo;

@@ -414,7 +414,7 @@ fn a_graceful_stop_writes_every_queued_line_even_with_the_pipe_stalled() {
     const REQUESTS: usize = 1000;
     let standins = standins();
     // Nobody reads pachgate's stdout until it has drained: the pipe (64 KiB) fills with the
-    // first lines and the rest wait in pachgate's queue when SIGTERM comes.
+    // first lines and the rest wait in pachgate's buffer when SIGTERM comes.
     let gate = Gate::start(&gated_config(&standins), true, "info");
     let codes = gate.curl(&[
         "--parallel",
@@ -431,7 +431,7 @@ fn a_graceful_stop_writes_every_queued_line_even_with_the_pipe_stalled() {
     assert_eq!(
         dropped_lines(gate.admin),
         0,
-        "lines dropped below the queue limit"
+        "lines dropped below the buffer limit"
     );
 
     let (stdout, _) = gate.stop();
@@ -447,7 +447,7 @@ fn a_graceful_stop_writes_every_queued_line_even_with_the_pipe_stalled() {
     assert_eq!(counted, REQUESTS, "access lines after SIGTERM");
     assert!(
         stdout.iter().map(|l| l.len() + 1).sum::<usize>() > 128 * 1024,
-        "the lines did not outgrow the pipe and the writer's buffer; the test proves nothing"
+        "the lines did not outgrow the pipe; the test proves nothing"
     );
 }
 
@@ -549,8 +549,10 @@ fn no_token_reaches_stdout_or_stderr() {
 
 #[test]
 fn a_stalled_stdout_drops_lines_and_counts_every_one() {
-    // More lines than pachgate's queue (32,768) plus what its pipe and buffer absorb.
-    const REQUESTS: usize = 34_000;
+    // Lines of some 2.3 KB (a long user-agent): 12,000 of them are more than the 16 MiB
+    // pachgate lets wait for stdout plus what its pipe absorbs.
+    const REQUESTS: usize = 12_000;
+    let agent = format!("access-log-drop-{}", "x".repeat(2000));
     let standins = standins();
     let gate = Gate::start(&gated_config(&standins), true, "info");
     let codes = gate.curl(&[
@@ -560,7 +562,7 @@ fn a_stalled_stdout_drops_lines_and_counts_every_one() {
         "-o",
         "/dev/null",
         "-A",
-        "access-log-drop",
+        &agent,
         "-w",
         "\n%{http_code}\n",
         &gate.url(&format!("/?n=[1-{REQUESTS}]")),
@@ -575,12 +577,12 @@ fn a_stalled_stdout_drops_lines_and_counts_every_one() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let dropped = dropped_lines(gate.admin);
-    assert!(dropped > 0, "no line dropped; the queue never filled");
+    assert!(dropped > 0, "no line dropped; the buffer never filled");
 
     let (stdout, _) = gate.stop();
     let written = stdout
         .iter()
-        .filter(|line| line.contains(r#""user_agent":"access-log-drop""#))
+        .filter(|line| line.contains(r#""user_agent":"access-log-drop-"#))
         .count();
     assert_eq!(
         written + dropped as usize,
