@@ -1,7 +1,15 @@
 //! Log output: diagnostics (filtered by `PACHGATE_LOG`) to stderr, and the access log — one
 //! line per request or tunnel, JSON or text as the config says — to stdout.
+//!
+//! The access log is on by default, so a line must cost a proxy worker next to nothing: the
+//! worker formats it into a reused buffer and appends it to a shared one; a thread of its own
+//! writes that to stdout in batches (src/access_writer.rs). When stdout cannot keep up, lines
+//! are dropped and counted (`pachgate_access_log_dropped_total`) rather than stalling
+//! requests. The guard that [`init`] returns writes out the rest when dropped, at the end of
+//! `main`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tracing::subscriber::Interest;
 use tracing_subscriber::filter::{DynFilterFn, EnvFilter};
@@ -9,9 +17,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
+use crate::access_writer::{self, JsonLayer, Sink, SinkWriter};
 use crate::config::AccessLog;
 
 const ACCESS_TARGET: &str = "pachgate::access";
+/// The access log's buffer, once [`init`] has run.
+static ACCESS_SINK: OnceLock<Arc<Sink>> = OnceLock::new();
 
 /// The access-log format now in force (reload may change it); JSON until a config says.
 static ACCESS_FORMAT: AtomicU8 = AtomicU8::new(0);
@@ -45,7 +56,15 @@ fn access_filter<S: tracing::Subscriber>(
     })
 }
 
-pub fn init() {
+/// Access-log lines dropped so far because the writer thread fell behind.
+pub fn access_log_dropped() -> u64 {
+    ACCESS_SINK.get().map_or(0, |sink| sink.dropped())
+}
+
+/// Installs the subscriber. Keep the returned guard until the process ends: dropping it
+/// writes out every waiting access-log line.
+#[must_use = "dropping the guard stops the access-log writer"]
+pub fn init() -> access_writer::Guard {
     let diagnostics_filter = EnvFilter::try_from_env("PACHGATE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info"))
         .add_directive(
@@ -53,27 +72,23 @@ pub fn init() {
                 .parse()
                 .expect("a valid directive"),
         );
+    let (sink, guard) = access_writer::start();
+    let _ = ACCESS_SINK.set(sink.clone());
     use std::io::IsTerminal;
     let diagnostics = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(diagnostics_filter);
-    let json = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_target(false)
-        .with_writer(std::io::stdout)
-        .with_filter(access_filter(AccessLog::Json));
+    let json = JsonLayer(sink.clone()).with_filter(access_filter(AccessLog::Json));
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
-        .with_writer(std::io::stdout)
+        .with_writer(SinkWriter(sink))
         .with_filter(access_filter(AccessLog::Text));
     tracing_subscriber::registry()
         .with(diagnostics)
         .with(json)
         .with(text)
         .init();
+    guard
 }

@@ -1,6 +1,7 @@
 //! The `pachgate` binary: command line, config file → typed config, wiring of the crates,
 //! signals. Thin by design: it assembles crates, it does not proxy.
 
+mod access_writer;
 mod admin;
 mod config;
 mod demo;
@@ -115,7 +116,9 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
-    logging::init();
+    // Dropped when main returns, after the runtime and its workers: it writes out every
+    // access-log line still queued (graceful stop, demo and local included).
+    let _access_log = logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {

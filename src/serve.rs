@@ -343,6 +343,9 @@ pub async fn serve(
         .snapshot
         .with_plain_mode(shape.plain_mode(https_bound));
     let gateway = Gateway::new(snapshot, runtime.limits);
+    gateway
+        .metrics()
+        .count_access_log_drops(crate::logging::access_log_dropped);
     listeners.commit(prepared, &shape, &gateway, &state)?;
     if let Some(ready) = ready {
         let _ = ready.send(https_bound);

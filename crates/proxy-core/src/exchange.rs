@@ -23,9 +23,13 @@ use crate::metrics::{ByteTally, FinishedRequest, Metrics, RouteMetrics};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// pachctl sends its command line as this gRPC metadata; Pachyderm's proxy logs it too.
+static PACHCTL_COMMAND: HeaderName = HeaderName::from_static("command");
 
 /// Longest grpc-message kept for the log; the rest is cut at a character boundary.
 const GRPC_MESSAGE_LOG_LIMIT: usize = 256;
+/// Longest pachctl command line kept for the log.
+const PACHCTL_COMMAND_LOG_LIMIT: usize = 256;
 /// Sent bytes are booked to the route's counter in chunks of this size while a stream runs.
 const SENT_BOOKING_CHUNK: u64 = 1 << 20;
 
@@ -42,6 +46,8 @@ struct AccessFields {
     upstream_protocol: Option<&'static str>,
     upstream: Option<Arc<str>>,
     grpc_message: Option<String>,
+    /// pachctl's `command` metadata: control characters dropped, cut at 256 bytes.
+    pachctl_command: Option<String>,
 }
 
 pub struct Exchange {
@@ -83,6 +89,10 @@ impl Exchange {
                 upstream_protocol: None,
                 upstream: None,
                 grpc_message: None,
+                pachctl_command: request
+                    .headers()
+                    .get(&PACHCTL_COMMAND)
+                    .map(|value| loggable_text(value.as_bytes(), PACHCTL_COMMAND_LOG_LIMIT)),
             })
         });
         Box::new(Exchange {
@@ -124,6 +134,13 @@ impl Exchange {
         if let Some(log) = &mut self.log {
             log.upstream_protocol = Some(protocol);
             log.upstream = endpoint.cloned();
+        }
+    }
+
+    /// The endpoint a websocket tunnel connected to (known only once it has connected).
+    pub(crate) fn set_upstream_endpoint(&mut self, endpoint: &Arc<str>) {
+        if let Some(log) = &mut self.log {
+            log.upstream = Some(endpoint.clone());
         }
     }
 
@@ -209,6 +226,7 @@ impl Drop for Exchange {
             status = self.status,
             grpc_status = self.grpc_status,
             grpc_message = log.grpc_message.as_deref(),
+            pachctl_command = log.pachctl_command.as_deref(),
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             bytes_received = received,
             bytes_sent = self.sent,
@@ -262,6 +280,15 @@ fn truncate(text: &str, limit: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// A client-supplied header value as one log-safe line: invalid UTF-8 replaced, control
+/// characters (newlines, escapes) dropped so a value cannot forge or garble a line, cut at
+/// `limit` bytes on a character boundary.
+fn loggable_text(value: &[u8], limit: usize) -> String {
+    let text = String::from_utf8_lossy(value);
+    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    truncate(&clean, limit)
 }
 
 /// The response body with its exchange: counts bytes, reads trailers, and books the
@@ -384,5 +411,22 @@ mod tests {
             percent_decode(b"no%20such%20repo %C3%BC%2"),
             "no such repo ü%2"
         );
+    }
+
+    #[test]
+    fn command_lines_lose_control_characters_and_are_cut() {
+        assert_eq!(
+            loggable_text(b"pachctl list repo\t--raw\x1b[31m", 256),
+            "pachctl list repo--raw[31m"
+        );
+        assert_eq!(
+            loggable_text("pachctl put file r@master:/é\u{85}x".as_bytes(), 256),
+            "pachctl put file r@master:/éx"
+        );
+        assert_eq!(loggable_text(b"\xffab", 256), "\u{fffd}ab");
+        let long = format!("pachctl {}", "é".repeat(300));
+        let cut = loggable_text(long.as_bytes(), 256);
+        assert!(cut.len() <= 256 + '…'.len_utf8(), "{}", cut.len());
+        assert!(cut.ends_with("é…"));
     }
 }

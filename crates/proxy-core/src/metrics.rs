@@ -3,7 +3,7 @@
 //! label lookups happen once per request, at its end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -78,6 +78,9 @@ pub struct Metrics {
     config_reloads: Family<ResultLabel, Counter>,
     certificate_reloads: Family<ResultLabel, Counter>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
+    access_log_dropped: Counter,
+    /// Where the access log's writer counts the lines it dropped; read at each scrape.
+    access_log_dropped_source: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
     /// All requests, for the status page (the labelled family is not summed at scrape).
     requests_all: AtomicU64,
     /// The route label of requests no route matched, made once.
@@ -225,6 +228,12 @@ impl Metrics {
             "Expiry (notAfter, Unix time) of each certificate the listener serves",
             certificate_expiry.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the log's writer fell behind (its queue was full)",
+            access_log_dropped.clone(),
+        );
         // Both results exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["ok", "failed"] {
             let _ = config_reloads.get_or_create(&ResultLabel { result });
@@ -246,6 +255,8 @@ impl Metrics {
             config_reloads,
             certificate_reloads,
             certificate_expiry,
+            access_log_dropped,
+            access_log_dropped_source: OnceLock::new(),
             requests_all: AtomicU64::new(0),
             unrouted: Arc::from(""),
         }
@@ -253,6 +264,12 @@ impl Metrics {
 
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(source) = self.access_log_dropped_source.get() {
+            // The writer's count only grows; fetch_max keeps concurrent scrapes monotonic.
+            self.access_log_dropped
+                .inner()
+                .fetch_max(source(), Ordering::Relaxed);
+        }
         let mut text = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -278,6 +295,12 @@ impl Metrics {
             sent: self.sent.get_or_create_owned(&label),
             name: label.route,
         })
+    }
+
+    /// Names the counter of access-log lines the log's writer dropped; `/metrics` reports it
+    /// as `pachgate_access_log_dropped_total`. The first source set stays.
+    pub fn count_access_log_drops(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.access_log_dropped_source.set(Box::new(source));
     }
 
     pub fn record_config_reload(&self, ok: bool) {
@@ -444,5 +467,26 @@ mod tests {
         assert!(text.contains("pachgate_active_streams 0"));
         assert!(text.contains(r#"pachgate_config_reloads_total{result="failed"} 0"#));
         assert_eq!(metrics.live().requests, 1);
+    }
+
+    #[test]
+    fn access_log_drops_are_read_from_the_writer_at_each_scrape() {
+        let metrics = Metrics::new();
+        assert!(metrics
+            .encode()
+            .contains("pachgate_access_log_dropped_total 0"));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let source = dropped.clone();
+        metrics.count_access_log_drops(move || source.load(Ordering::Relaxed));
+        dropped.store(7, Ordering::Relaxed);
+        let text = metrics.encode();
+        assert!(
+            text.contains("pachgate_access_log_dropped_total 7"),
+            "{text}"
+        );
+        dropped.store(9, Ordering::Relaxed);
+        assert!(metrics
+            .encode()
+            .contains("pachgate_access_log_dropped_total 9"));
     }
 }

@@ -469,9 +469,10 @@ impl Upstream {
 
     /// A dedicated HTTP/1.1 connection for one websocket upgrade; it leaves the pool's
     /// accounting because after the upgrade it is a byte tunnel, not an HTTP connection.
+    /// Also returns the endpoint's authority and its label (for the access log).
     pub async fn connect_for_upgrade(
         &self,
-    ) -> Result<(http1::SendRequest<ProxyBody>, Authority), ProxyError> {
+    ) -> Result<(http1::SendRequest<ProxyBody>, Authority, Arc<str>), ProxyError> {
         let endpoint = self.pick();
         let tcp = self.connect_tcp(endpoint).await?;
         let (sender, connection) = http1::Builder::new()
@@ -481,7 +482,7 @@ impl Upstream {
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
-        Ok((sender, endpoint.authority.clone()))
+        Ok((sender, endpoint.authority.clone(), endpoint.label.clone()))
     }
 
     fn connect_error(&self, endpoint: &Endpoint, error: &dyn std::error::Error) -> ProxyError {

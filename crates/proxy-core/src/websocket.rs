@@ -35,7 +35,10 @@ pub(crate) async fn tunnel(
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let (mut sender, _endpoint) = upstream.connect_for_upgrade().await?;
+    let (mut sender, _, label) = upstream.connect_for_upgrade().await?;
+    if let Some(exchange) = exchange.as_deref_mut() {
+        exchange.set_upstream_endpoint(&label);
+    }
 
     // The pipeline already stripped hop-by-hop headers (Upgrade and Connection included) and
     // checked that the client asked for `websocket`; put back exactly this hop's pair.
@@ -82,7 +85,10 @@ pub(crate) async fn tunnel_extended_connect(
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let (mut sender, endpoint) = upstream.connect_for_upgrade().await?;
+    let (mut sender, endpoint, label) = upstream.connect_for_upgrade().await?;
+    if let Some(exchange) = exchange.as_deref_mut() {
+        exchange.set_upstream_endpoint(&label);
+    }
 
     let (mut parts, _body) = request.into_parts();
     let key = tungstenite::handshake::client::generate_key();
