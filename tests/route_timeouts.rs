@@ -94,7 +94,11 @@ fn route_timeout_answers_504_and_deadline_exceeded_and_cuts_late_bodies() {
         let slow = curl(&proxy, "/slow?head_ms=4000", version);
         assert_eq!(slow.exit, 0, "{version}");
         assert_eq!(slow.status, "504", "{version}: {}", slow.body);
-        assert!(slow.body.contains("upstream request timeout"), "{}", slow.body);
+        assert!(
+            slow.body.contains("upstream request timeout"),
+            "{}",
+            slow.body
+        );
         assert!(
             slow.took >= Duration::from_millis(900) && slow.took < Duration::from_secs(3),
             "{version}: answered after {:?}",
