@@ -177,7 +177,7 @@ fn http_routes_take_the_token_where_pachd_does() {
     );
     // A denial on /api/ is grpc-gateway's JSON, which the console parses (the Content-Type
     // compared as a whole string).
-    let (status, content_type, body) = curl_answer(&proxy, "/api/pfs_v2.API/ListRepo", &[]);
+    let (status, content_type, body) = curl_answer(&proxy, "/api/pfs_v2.API/CreateRepo", &[]);
     assert_eq!((status, content_type.as_str()), (401, "application/json"));
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["code"], 16, "{body}");

@@ -296,20 +296,30 @@ fn file_preview_and_download_with_the_query_token() {
 fn an_expired_session_is_told_to_log_in_again() {
     let standins = pachyderm_standins(&[]);
     let proxy = preset(&standins);
-    let answer = api(&proxy, "pfs_v2.API/ListProject", "expired-token", "{}");
-    // pachd's answer, which the console reads as "log out": 13 with its message.
+    // pachd's answer, which the console reads as "log out": 13 with its message. A unary
+    // method's error is grpc-gateway's status object ...
+    let answer = api(&proxy, "pfs_v2.API/ReposSummary", "expired-token", "{}");
     assert_eq!(answer.status, 500, "{}", answer.body);
     assert_eq!(answer.content_type, "application/json");
     let error = answer.json();
-    assert_eq!(error["code"], 13);
+    assert_eq!(error["code"], 13, "{}", answer.body);
     assert_eq!(error["message"], "token expiration is in the past");
-    // A bad token is 16, as pachd says it.
+    // ... a server-streaming one's is wrapped as {"error": …}, as grpc-gateway's stream
+    // forwarder writes it (the console's first load streams ListProject and ListJob).
+    let streamed = api(&proxy, "pfs_v2.API/ListProject", "expired-token", "{}");
+    assert_eq!(streamed.status, 500, "{}", streamed.body);
+    assert_eq!(streamed.content_type, "application/json");
+    assert_eq!(streamed.json()["error"]["code"], 13, "{}", streamed.body);
+    assert_eq!(
+        streamed.json()["error"]["message"],
+        "token expiration is in the past"
+    );
     // Answered from the cache now, before the POST body has arrived: the answer still
     // reaches the client whole (HTTP/2 and HTTP/1.1).
     for protocol in ["--http2", "--http1.1"] {
         let again = fetch(
             &proxy,
-            "/api/pfs_v2.API/ListProject",
+            "/api/pfs_v2.API/ReposSummary",
             &[
                 protocol,
                 "-X",
@@ -325,13 +335,36 @@ fn an_expired_session_is_told_to_log_in_again() {
             (500, 13.into())
         );
     }
-    let bad = api(&proxy, "pfs_v2.API/ListProject", "not-a-token", "{}");
+    // A bad token is 16, as pachd says it.
+    let bad = api(&proxy, "pfs_v2.API/ReposSummary", "not-a-token", "{}");
     assert_eq!((bad.status, bad.json()["code"].clone()), (401, 16.into()));
     let seen = pachd_seen(&standins);
-    assert!(
-        !saw(&seen, "/pfs_v2.API/ListProject", "expired"),
-        "the gate let an expired token through: {seen:?}"
-    );
+    for method in ["/pfs_v2.API/ListProject", "/pfs_v2.API/ReposSummary"] {
+        assert!(
+            !saw(&seen, method, "expired"),
+            "the gate let an expired token through: {seen:?}"
+        );
+    }
+    // The same shape as pachd itself gives (the stand-in, asked directly, after the record
+    // above was read).
+    let direct = Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "authn-token: expired-token",
+            "--data",
+            "{}",
+        ])
+        .arg(format!(
+            "http://{}/api/pfs_v2.API/ListProject",
+            standins.address("standin-pachd-http")
+        ))
+        .output()
+        .unwrap();
+    let direct: Value = serde_json::from_slice(&direct.stdout).unwrap();
+    assert_eq!(direct, streamed.json());
 }
 
 #[test]

@@ -47,6 +47,58 @@ const PUBLIC_METHODS_V1: &[&str] = &[
     "/grpc.health.v1.Health/Watch",
 ];
 
+/// pachd 2.x's methods whose response is a stream (`returns (stream …)` in its protos,
+/// v2.11.6; 2.12 adds ListSnapshot). Through the grpc-gateway their errors come wrapped as
+/// `{"error": {…}}`, even before the first message, and the console reads them only so.
+const SERVER_STREAMING_V2: &[&str] = &[
+    "/debug_v2.Debug/Binary",
+    "/debug_v2.Debug/Dump",
+    "/debug_v2.Debug/DumpV2",
+    "/debug_v2.Debug/Profile",
+    "/debug_v2.Debug/Trace",
+    "/logs.API/GetLogs",
+    "/pfs_v2.API/DiffFile",
+    "/pfs_v2.API/FindCommits",
+    "/pfs_v2.API/Fsck",
+    "/pfs_v2.API/GetFile",
+    "/pfs_v2.API/GetFileTAR",
+    "/pfs_v2.API/GlobFile",
+    "/pfs_v2.API/InspectCommitSet",
+    "/pfs_v2.API/ListBranch",
+    "/pfs_v2.API/ListCommit",
+    "/pfs_v2.API/ListCommitSet",
+    "/pfs_v2.API/ListFile",
+    "/pfs_v2.API/ListProject",
+    "/pfs_v2.API/ListRepo",
+    "/pfs_v2.API/ListTask",
+    "/pfs_v2.API/SubscribeCommit",
+    "/pfs_v2.API/WalkBranchProvenance",
+    "/pfs_v2.API/WalkBranchSubvenance",
+    "/pfs_v2.API/WalkCommitProvenance",
+    "/pfs_v2.API/WalkCommitSubvenance",
+    "/pfs_v2.API/WalkFile",
+    "/pps_v2.API/CheckStatus",
+    "/pps_v2.API/CreateDatum",
+    "/pps_v2.API/GetKubeEvents",
+    "/pps_v2.API/GetLogs",
+    "/pps_v2.API/InspectJobSet",
+    "/pps_v2.API/ListDatum",
+    "/pps_v2.API/ListJob",
+    "/pps_v2.API/ListJobSet",
+    "/pps_v2.API/ListPipeline",
+    "/pps_v2.API/ListTask",
+    "/pps_v2.API/QueryLoki",
+    "/pps_v2.API/SubscribeJob",
+    "/proxy.API/Listen",
+    "/snapshot.API/ListSnapshot",
+];
+
+/// Whether pachd answers this method with a stream (its grpc-gateway errors are then
+/// wrapped as `{"error": …}`).
+pub fn is_server_streaming_method(method: &str) -> bool {
+    SERVER_STREAMING_V2.contains(&method)
+}
+
 impl PachydermLine {
     pub fn public_methods(self) -> &'static [&'static str] {
         match self {
@@ -176,23 +228,9 @@ pub fn token_for_pachd_files<'a>(
     query: Option<&'a str>,
     mut authn_token_headers: impl Iterator<Item = &'a [u8]>,
 ) -> TokenLookup<'a> {
-    let from_query = query.and_then(|query| {
-        query
-            .split('&')
-            .filter_map(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                (query_decode(name) == "authn-token").then_some(value)
-            })
-            .next()
-    });
-    if let Some(value) = from_query {
-        let decoded = query_decode(value);
-        let trimmed = decoded.trim();
-        if !trimmed.is_empty() {
-            return TokenLookup::Found(match decoded {
-                Cow::Borrowed(text) => Cow::Borrowed(text.trim()),
-                Cow::Owned(text) => Cow::Owned(text.trim().to_string()),
-            });
+    if let Some(token) = query.and_then(|query| go_query_get(query, "authn-token")) {
+        if !token.is_empty() {
+            return TokenLookup::Found(token);
         }
     }
     match authn_token_headers.next().and_then(as_token) {
@@ -201,12 +239,27 @@ pub fn token_for_pachd_files<'a>(
     }
 }
 
-/// `application/x-www-form-urlencoded` decoding as Go's `url.Query` does it: `+` is a space
-/// and `%XX` a byte; a malformed escape is kept as it is (Go drops the whole pair; either way
-/// the result is no valid token). Borrowed when there is nothing to decode.
-fn query_decode(text: &str) -> Cow<'_, str> {
+/// The first value of `name`, as Go's `url.Values.Get` after `url.ParseQuery` gives it (what
+/// pachd reads): pairs split on `&`; a pair holding `;` or a malformed `%` escape is skipped;
+/// `+` is a space and `%XX` a byte; nothing is trimmed.
+fn go_query_get<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.contains(';'))
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((query_decode(key)?, query_decode(value)?))
+        })
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+}
+
+/// `+` as a space and `%XX` as a byte; `None` for a malformed escape (Go skips the pair).
+/// Borrowed when there is nothing to decode. Bytes that are not UTF-8 cannot be a pachd
+/// token; they are kept visible as U+FFFD so the token is still checked (and refused).
+fn query_decode(text: &str) -> Option<Cow<'_, str>> {
     if !text.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(text);
+        return Some(Cow::Borrowed(text));
     }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -214,21 +267,17 @@ fn query_decode(text: &str) -> Cow<'_, str> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(high), Some(low)) => {
-                        out.push((high * 16 + low) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
+            b'%' => {
+                let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
+                let (high, low) = (hex(i + 1)?, hex(i + 2)?);
+                out.push((high * 16 + low) as u8);
+                i += 2;
             }
             other => out.push(other),
         }
         i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    Some(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// `Authorization: Bearer TOKEN` (static-token routes). Several headers with different

@@ -191,14 +191,27 @@ fn file_downloads_take_the_query_token_first_as_pachd_does() {
         token_for_pachd_files(Some("xauthn-token=a&authn-tokens=b"), none.into_iter()),
         TokenLookup::Missing
     );
-    // A malformed escape never panics.
+    // As Go's url.ParseQuery: a pair with a malformed escape or a `;` is skipped (so a
+    // later one counts), and nothing is trimmed; a malformed escape never panics.
     assert_eq!(
         token_for_pachd_files(Some("authn-token=%"), none.into_iter()),
-        found("%")
+        TokenLookup::Missing
     );
     assert_eq!(
-        token_for_pachd_files(Some("authn-token=%4"), none.into_iter()),
-        found("%4")
+        token_for_pachd_files(Some("authn-token=%zz&authn-token=good"), none.into_iter()),
+        found("good")
+    );
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=x;y&authn-token=good"), header("h1")),
+        found("good")
+    );
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=%4"), header("h1")),
+        found("h1")
+    );
+    assert_eq!(
+        token_for_pachd_files(Some("authn-token=+good"), none.into_iter()),
+        found(" good")
     );
     assert_eq!(
         token_for_pachd_files(Some("authn-token"), none.into_iter()),

@@ -11,9 +11,9 @@ use http::header::{HeaderValue, CONTENT_TYPE, TE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use pachgate_auth_gate::{
-    bearer_token, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata, AllowReason,
-    Decision, DenyReason, PachdHttpSurface, PachydermGate, RateLimiter, StaticTokens, TokenLookup,
-    WhoAmI, WhoAmIAnswer,
+    bearer_token, is_server_streaming_method, pachd_http_surface, token_for_pachd_files,
+    token_from_grpc_metadata, AllowReason, Decision, DenyReason, PachdHttpSurface, PachydermGate,
+    RateLimiter, StaticTokens, WhoAmI, WhoAmIAnswer,
 };
 
 use crate::body::ProxyBody;
@@ -260,18 +260,16 @@ impl AuthGates<'_> {
         };
         if let Some(limiter) = self.failed_auth {
             // Brute force: an address out of failed attempts gets no more token checks. A
-            // token already known to be valid still passes, so one client with a broken
-            // token behind a NAT cannot lock out everyone behind the same address, and a
-            // public method tests no token at all.
+            // Pachyderm token already known to be valid still passes, so one client with a
+            // broken token behind a NAT cannot lock out everyone behind the same address;
+            // pachd's tokens are random 128-bit values, so this answer helps no guesser. A
+            // public method tests no token at all. Static tokens get no such exemption: they
+            // may be weak, and checking them is free, so exempting the valid ones would let
+            // a locked-out address go on guessing at line rate.
             if let Err(wait) = limiter.check(client, now) {
-                let exempt = match (&token, pachyderm) {
-                    (_, true) if gate().is_public_call(path, grpc) => true,
-                    (TokenLookup::Found(token), true) => gate().knows_valid(token),
-                    (TokenLookup::Found(_), false) => {
-                        matches!(static_tokens().check(token.clone()), Decision::Allow { .. })
-                    }
-                    _ => false,
-                };
+                let exempt = pachyderm
+                    && (gate().is_public_call(path, grpc)
+                        || token.token().is_some_and(|token| gate().knows_valid(token)));
                 if !exempt {
                     return Err(DenyReason::RateLimited {
                         retry_after_secs: wait.as_secs().max(1),
@@ -307,10 +305,14 @@ impl AuthGates<'_> {
 pub(crate) fn denial_style(grpc: bool, pachyderm_route: bool, path: &str) -> DenialStyle {
     if grpc {
         DenialStyle::Grpc
-    } else if pachyderm_route
-        && matches!(pachd_http_surface(path), PachdHttpSurface::Gateway { .. })
+    } else if let (true, PachdHttpSurface::Gateway { method }) =
+        (pachyderm_route, pachd_http_surface(path))
     {
-        DenialStyle::GatewayJson
+        if is_server_streaming_method(method) {
+            DenialStyle::GatewayStreamJson
+        } else {
+            DenialStyle::GatewayJson
+        }
     } else {
         DenialStyle::Text
     }
@@ -323,6 +325,9 @@ pub enum DenialStyle {
     Grpc,
     /// grpc-gateway's JSON error (pachd's `/api/`): what the console parses.
     GatewayJson,
+    /// The same for a server-streaming method, wrapped as `{"error": …}` as grpc-gateway's
+    /// stream forwarder writes it.
+    GatewayStreamJson,
     /// A short text.
     Text,
 }
@@ -351,10 +356,13 @@ pub fn deny_response(reason: &DenyReason, style: DenialStyle) -> Response<ProxyB
         DenialStyle::Grpc => grpc_status_response(code, &message),
         // pachd cannot be reached: the console shows its "cannot reach the cluster" screen
         // only for a text answer with Envoy's words, as for any unreachable upstream.
-        DenialStyle::GatewayJson if matches!(reason, DenyReason::CheckUnavailable(_)) => {
+        DenialStyle::GatewayJson | DenialStyle::GatewayStreamJson
+            if matches!(reason, DenyReason::CheckUnavailable(_)) =>
+        {
             text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"))
         }
-        DenialStyle::GatewayJson => gateway_error_response(code, &message),
+        DenialStyle::GatewayJson => gateway_error_response(code, &message, false),
+        DenialStyle::GatewayStreamJson => gateway_error_response(code, &message, true),
         DenialStyle::Text => {
             let status = match reason {
                 DenyReason::MissingToken

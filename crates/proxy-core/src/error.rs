@@ -157,13 +157,25 @@ pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Pro
 /// grpc-gateway's error: `{"code": N, "message": "…", "details": []}` with the HTTP status
 /// grpc-gateway uses for the code and `Content-Type` exactly `application/json` (the console
 /// parses nothing else as JSON).
-pub fn gateway_error_response(code: GrpcCode, message: &str) -> Response<ProxyBody> {
-    let mut body = String::with_capacity(message.len() + 48);
+/// A server-streaming method's error is wrapped as `{"error": {…}}` and ends with a newline
+/// (`streaming`), as grpc-gateway's stream forwarder writes it.
+pub fn gateway_error_response(
+    code: GrpcCode,
+    message: &str,
+    streaming: bool,
+) -> Response<ProxyBody> {
+    let mut body = String::with_capacity(message.len() + 64);
+    if streaming {
+        body.push_str("{\"error\":");
+    }
     body.push_str("{\"code\":");
     body.push_str(code.header_value().to_str().unwrap_or("2"));
     body.push_str(",\"message\":");
     push_json_string(&mut body, message);
     body.push_str(",\"details\":[]}");
+    if streaming {
+        body.push_str("}\n");
+    }
     let mut response = Response::new(ProxyBody::Full(Some(Bytes::from(body))));
     *response.status_mut() = code.gateway_http_status();
     response
@@ -310,7 +322,7 @@ mod tests {
 
     #[test]
     fn gateway_errors_are_grpc_gateway_json() {
-        let response = gateway_error_response(GrpcCode::Unauthenticated, "say \"hi\"\n\\");
+        let response = gateway_error_response(GrpcCode::Unauthenticated, "say \"hi\"\n\\", false);
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let body: serde_json::Value = serde_json::from_str(&body_text(response)).unwrap();
@@ -326,8 +338,24 @@ mod tests {
             (GrpcCode::ResourceExhausted, 429),
             (GrpcCode::DeadlineExceeded, 504),
         ] {
-            assert_eq!(gateway_error_response(code, "m").status().as_u16(), status);
+            assert_eq!(
+                gateway_error_response(code, "m", false).status().as_u16(),
+                status
+            );
         }
+    }
+
+    #[test]
+    fn streaming_gateway_errors_are_wrapped() {
+        let response = gateway_error_response(GrpcCode::Internal, "gone", true);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = body_text(response);
+        assert!(text.ends_with('\n'), "{text:?}");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": 13, "message": "gone", "details": []}})
+        );
     }
 
     #[test]

@@ -396,6 +396,14 @@ async fn api(state: &Arc<PachdState>, request: &Request, rest: &str) -> Response
     let source = if values.is_empty() { "none" } else { "header" };
     state.record("http", method, &values, source);
     if let Some(denied) = state.intercept(method, &values) {
+        // A server-streaming call's error, even before its first message, comes out of
+        // grpc-gateway's ForwardResponseStream wrapped as {"error": …} (v2.20, pachd's).
+        if matches!(method, "/pfs_v2.API/ListProject" | "/pps_v2.API/ListJob") {
+            let mut response = gateway_error(&denied);
+            let wrapped = format!("{{\"error\":{}}}\n", status_json(&denied));
+            *response.body_mut() = crate::http_util::full(wrapped);
+            return response;
+        }
         return gateway_error(&denied);
     }
     let body: Value = if request.body().iter().all(u8::is_ascii_whitespace) {
