@@ -1407,23 +1407,38 @@ fn valid_name(name: &str) -> bool {
 
 /// `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"` → Duration.
 pub fn parse_duration(text: &str) -> Option<Duration> {
+    // Longer than any timer needs, and far from where `Instant + Duration` overflows (a
+    // panic on every request that starts such a timer).
+    const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().ok()?;
-    match unit {
+    let duration = match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
         "d" => n.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
-    }
+    }?;
+    (duration <= LONGEST).then_some(duration)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_past_a_century_are_refused() {
+        assert_eq!(
+            parse_duration("36500d"),
+            Some(Duration::from_secs(36_500 * 86_400))
+        );
+        assert_eq!(parse_duration("36501d"), None);
+        assert_eq!(parse_duration("18446744073709551615s"), None);
+        assert_eq!(parse_duration("18446744073709551615ms"), None);
+    }
 
     fn errors(text: &str) -> Vec<String> {
         match parse(Path::new("t.toml"), text, Path::new(".")) {

@@ -182,12 +182,28 @@ auth = "pachyderm"
 name = "s3-sigv4"
 match = {{ header = {{ name = "authorization", prefix = "AWS4-HMAC-SHA256" }} }}
 upstream = "pachd-s3"
+forward_path = "as-sent"
 idle_timeout = "600s"
 
 [[routes]]
 name = "s3-sigv2"
 match = {{ header = {{ name = "authorization", prefix = "AWS " }} }}
 upstream = "pachd-s3"
+forward_path = "as-sent"
+idle_timeout = "600s"
+
+[[routes]]
+name = "s3-presigned-v4"
+match = {{ query = ["X-Amz-Signature"] }}
+upstream = "pachd-s3"
+forward_path = "as-sent"
+idle_timeout = "600s"
+
+[[routes]]
+name = "s3-presigned-v2"
+match = {{ query = ["Signature", "AWSAccessKeyId"] }}
+upstream = "pachd-s3"
+forward_path = "as-sent"
 idle_timeout = "600s"
 {ui_routes}"#,
         listen = args.listen,

@@ -975,8 +975,13 @@ async fn answer_once_body_is_in(
     request: Request<Incoming>,
     answer: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
+    // Not for a CONNECT (an RFC 8441 websocket's body is the tunnel and never ends), nor
+    // for a client waiting on `Expect: 100-continue`: reading would invite the upload
+    // being refused.
+    let skip = request.method() == http::Method::CONNECT
+        || request.headers().contains_key(http::header::EXPECT);
     let mut body = request.into_body();
-    if http_body::Body::is_end_stream(&body) {
+    if skip || http_body::Body::is_end_stream(&body) {
         return answer;
     }
     let discard = async {
