@@ -436,9 +436,12 @@ fn new_request_id() -> HeaderValue {
         z ^ (z >> 31)
     }
     let (high, low) = STATE.with(|state| (next(state), next(state)));
-    let text = format!("{high:016x}{low:016x}");
-    let mut value = HeaderValue::from_maybe_shared(Bytes::from(text))
-        .expect("hex digits are a valid header value");
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        let word = if i < 16 { high } else { low };
+        *digit = b"0123456789abcdef"[(word >> (60 - 4 * (i % 16)) & 0xf) as usize];
+    }
+    let mut value = HeaderValue::from_bytes(&text).expect("hex digits are a valid header value");
     // Every value is new: HPACK should not index it (it would only evict useful entries).
     value.set_sensitive(true);
     value
