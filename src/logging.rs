@@ -2,7 +2,8 @@
 //! line per request or tunnel, JSON or text as the config says — to stdout.
 //!
 //! The access log is on by default, so a line must cost a proxy worker next to nothing: the
-//! worker formats it into a reused buffer and appends it to a shared one; a thread of its own
+//! worker formats a JSON line itself (handed the record by the proxy, not through `tracing`)
+//! into a reused buffer and appends it to a shared one; a thread of its own
 //! writes that to stdout in batches (src/access_writer.rs). When stdout cannot keep up, lines
 //! are dropped and counted (`pachgate_access_log_dropped_total`) rather than stalling
 //! requests. The guard that [`init`] returns writes out the rest when dropped, at the end of
@@ -17,7 +18,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::access_writer::{self, JsonLayer, Sink, SinkWriter};
+use pachgate_proxy_core::exchange::{AccessRecord, AccessSink};
+
+use crate::access_writer::{self, Sink, SinkWriter};
 use crate::config::AccessLog;
 
 const ACCESS_TARGET: &str = "pachgate::access";
@@ -56,6 +59,19 @@ fn access_filter<S: tracing::Subscriber>(
     })
 }
 
+/// Writes JSON access lines straight into the sink; the text format goes through `tracing`.
+struct JsonAccess(Arc<Sink>);
+
+impl AccessSink for JsonAccess {
+    fn record(&self, record: &AccessRecord<'_>) -> bool {
+        if ACCESS_FORMAT.load(Ordering::Relaxed) != format_code(AccessLog::Json) {
+            return false;
+        }
+        access_writer::push_json(&self.0, record);
+        true
+    }
+}
+
 /// Access-log lines dropped so far because the writer thread fell behind.
 pub fn access_log_dropped() -> u64 {
     ACCESS_SINK.get().map_or(0, |sink| sink.dropped())
@@ -79,7 +95,7 @@ pub fn init() -> access_writer::Guard {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(diagnostics_filter);
-    let json = JsonLayer(sink.clone()).with_filter(access_filter(AccessLog::Json));
+    pachgate_proxy_core::exchange::set_access_sink(Box::new(JsonAccess(sink.clone())));
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
@@ -87,7 +103,6 @@ pub fn init() -> access_writer::Guard {
         .with_filter(access_filter(AccessLog::Text));
     tracing_subscriber::registry()
         .with(diagnostics)
-        .with(json)
         .with(text)
         .init();
     guard
