@@ -590,3 +590,37 @@ fn a_stalled_stdout_drops_lines_and_counts_every_one() {
         "{written} lines written, {dropped} counted as dropped"
     );
 }
+
+/// `[log] access = "text"` (the demo's terminal format) still gets a line per request, with
+/// the same facts as the JSON line, and no token.
+#[test]
+fn the_text_format_writes_a_line_per_request() {
+    let standins = standins();
+    let config = gated_config(&standins).replace("access = \"json\"", "access = \"text\"");
+    let gate = Gate::start(&config, false, "info");
+    gate.curl(&[
+        "-H",
+        "x-request-id: text-format-line",
+        "-H",
+        "authn-token: demo-token",
+        &gate.url("/api/repos?authn-token=query-secret"),
+    ]);
+    let (stdout, stderr) = gate.stop();
+    let line = stdout
+        .iter()
+        .find(|line| line.contains("text-format-line"))
+        .unwrap_or_else(|| panic!("no text line for the request in {stdout:#?}"));
+    for fact in ["pachd-http-api", "200", "/api/repos"] {
+        assert!(line.contains(fact), "{fact} missing from {line}");
+    }
+    assert!(
+        !line.starts_with('{'),
+        "a JSON line where text was asked: {line}"
+    );
+    for secret in ["demo-token", "query-secret"] {
+        assert!(
+            !stdout.iter().any(|l| l.contains(secret)) && !stderr.contains(secret),
+            "{secret} reached the output"
+        );
+    }
+}
