@@ -349,9 +349,18 @@ fn truncate(text: &str, limit: usize) -> String {
 /// characters (newlines, escapes) dropped so a value cannot forge or garble a line, cut at
 /// `limit` bytes on a character boundary.
 fn loggable_text(value: &[u8], limit: usize) -> String {
+    // One allocation: pachctl sends its command line on every call, and the log is on by
+    // default. `from_utf8_lossy` borrows when the value is valid UTF-8.
     let text = String::from_utf8_lossy(value);
-    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
-    truncate(&clean, limit)
+    let mut clean = String::with_capacity(text.len().min(limit + '…'.len_utf8()));
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if clean.len() + c.len_utf8() > limit {
+            clean.push('…');
+            break;
+        }
+        clean.push(c);
+    }
+    clean
 }
 
 /// The response body with its exchange: counts bytes, reads trailers, and books the
