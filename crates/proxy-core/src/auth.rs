@@ -215,21 +215,24 @@ impl<'a> ProtoFields<'a> {
 
 static AUTHN_TOKEN: http::HeaderName = http::HeaderName::from_static("authn-token");
 
-/// The gate stage of the pipeline for a route with edge authentication.
+/// The gate stage of the pipeline: the route's gate, and the failed-authentication limiter.
 pub(crate) struct AuthGates<'a> {
-    pub pachyderm: Option<&'a PachydermGate>,
-    pub static_tokens: Option<&'a StaticTokens>,
+    pub gate: RouteGate<'a>,
     pub failed_auth: Option<&'a RateLimiter>,
+}
+
+/// Which gate a route with edge authentication has.
+pub(crate) enum RouteGate<'a> {
+    Pachyderm(&'a PachydermGate),
+    StaticTokens(&'a StaticTokens),
 }
 
 impl AuthGates<'_> {
     /// Takes the token where the upstream will read it, applies the failed-authentication
-    /// limiter, and asks the route's gate. `pachyderm`: the route's gate is Pachyderm's
-    /// (else static bearer tokens).
+    /// limiter, and asks the route's gate.
     pub(crate) async fn check<B>(
         &self,
         request: &Request<B>,
-        pachyderm: bool,
         grpc: bool,
         client: std::net::IpAddr,
         now: std::time::Instant,
@@ -237,26 +240,20 @@ impl AuthGates<'_> {
         let headers = request.headers();
         let path = request.uri().path();
         let authn_tokens = || headers.get_all(&AUTHN_TOKEN).iter().map(|v| v.as_bytes());
-        let token = if !pachyderm {
-            bearer_token(
+        let token = match self.gate {
+            RouteGate::StaticTokens(_) => bearer_token(
                 headers
                     .get_all(http::header::AUTHORIZATION)
                     .iter()
                     .map(|v| v.as_bytes()),
-            )
-        } else if !grpc && pachd_http_surface(path) == PachdHttpSurface::Files {
-            token_for_pachd_files(request.uri().query(), authn_tokens())
-        } else {
+            ),
+            RouteGate::Pachyderm(_)
+                if !grpc && pachd_http_surface(path) == PachdHttpSurface::Files =>
+            {
+                token_for_pachd_files(request.uri().query(), authn_tokens())
+            }
             // gRPC metadata, and pachd's grpc-gateway, which turns headers into metadata.
-            token_from_grpc_metadata(authn_tokens())
-        };
-        let static_tokens = || {
-            self.static_tokens
-                .expect("routes with auth = token are only built with a token file")
-        };
-        let gate = || {
-            self.pachyderm
-                .expect("routes with auth = pachyderm are only built with a gate")
+            RouteGate::Pachyderm(_) => token_from_grpc_metadata(authn_tokens()),
         };
         if let Some(limiter) = self.failed_auth {
             // Brute force: an address out of failed attempts gets no more token checks. A
@@ -267,9 +264,13 @@ impl AuthGates<'_> {
             // may be weak, and checking them is free, so exempting the valid ones would let
             // a locked-out address go on guessing at line rate.
             if let Err(wait) = limiter.check(client, now) {
-                let exempt = pachyderm
-                    && (gate().is_public_call(path, grpc)
-                        || token.token().is_some_and(|token| gate().knows_valid(token)));
+                let exempt = match self.gate {
+                    RouteGate::Pachyderm(gate) => {
+                        gate.is_public_call(path, grpc)
+                            || token.token().is_some_and(|token| gate.knows_valid(token))
+                    }
+                    RouteGate::StaticTokens(_) => false,
+                };
                 if !exempt {
                     return Err(DenyReason::RateLimited {
                         retry_after_secs: wait.as_secs().max(1),
@@ -277,12 +278,10 @@ impl AuthGates<'_> {
                 }
             }
         }
-        let decision = if !pachyderm {
-            static_tokens().check(token)
-        } else if grpc {
-            gate().check_grpc(path, token).await
-        } else {
-            gate().check_http(path, token).await
+        let decision = match self.gate {
+            RouteGate::StaticTokens(tokens) => tokens.check(token),
+            RouteGate::Pachyderm(gate) if grpc => gate.check_grpc(path, token).await,
+            RouteGate::Pachyderm(gate) => gate.check_http(path, token).await,
         };
         match decision {
             Decision::Allow { reason, .. } => Ok(reason),

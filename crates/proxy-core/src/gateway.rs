@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{denial_style, deny_response, AuthGates, UpstreamWhoAmI};
+use crate::auth::{denial_style, deny_response, AuthGates, RouteGate, UpstreamWhoAmI};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::{ensure_request_id, Exchange, ObservedBody};
@@ -947,19 +947,26 @@ async fn admit(
             });
         }
     }
-    if route.auth == RouteAuth::None {
-        return Ok(None);
-    }
+    let gate = match route.auth {
+        RouteAuth::None => return Ok(None),
+        RouteAuth::Pachyderm => RouteGate::Pachyderm(
+            snapshot
+                .pachyderm_gate
+                .as_ref()
+                .expect("routes with auth = pachyderm are only built with a gate"),
+        ),
+        RouteAuth::Token => RouteGate::StaticTokens(
+            snapshot
+                .static_tokens
+                .as_ref()
+                .expect("routes with auth = token are only built with a token file"),
+        ),
+    };
     let gates = AuthGates {
-        pachyderm: snapshot.pachyderm_gate.as_ref(),
-        static_tokens: snapshot.static_tokens.as_ref(),
+        gate,
         failed_auth: snapshot.clients.failed_auth.as_ref(),
     };
-    let pachyderm = route.auth == RouteAuth::Pachyderm;
-    gates
-        .check(request, pachyderm, grpc, client_ip, now)
-        .await
-        .map(Some)
+    gates.check(request, grpc, client_ip, now).await.map(Some)
 }
 
 /// How long, and how many body bytes, a refused request may still send before its answer.
