@@ -194,7 +194,6 @@ impl ExchangeTimer {
                 timer: self,
                 grpc,
                 route,
-                ended: false,
             },
         }))
     }
@@ -243,7 +242,6 @@ enum Side {
         timer: ExchangeTimer,
         grpc: bool,
         route: Arc<str>,
-        ended: bool,
     },
 }
 
@@ -254,19 +252,6 @@ impl std::fmt::Debug for TimedBody {
             .finish_non_exhaustive()
     }
 }
-
-/// The error a timed-out response body ends with (HTTP/2: the stream is reset; HTTP/1:
-/// the connection is closed before the body's end).
-#[derive(Debug)]
-struct RouteTimedOut(String);
-
-impl std::fmt::Display for RouteTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RouteTimedOut {}
 
 impl TimedBody {
     pub(crate) fn poll_frame(
@@ -283,15 +268,8 @@ impl TimedBody {
                 }
                 polled
             }
-            Side::Response {
-                timer,
-                grpc,
-                route,
-                ended,
-            } => {
-                if *ended {
-                    return Poll::Ready(None);
-                }
+            Side::Response { timer, grpc, route } => {
+                // After a cut the inner body is Empty, which ends the body here.
                 let expired = match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         let moved = frame.data_ref().is_some_and(|d| !d.is_empty());
@@ -312,7 +290,6 @@ impl TimedBody {
                 };
                 // Drop the upstream's side now: its request is abandoned.
                 self.inner = ProxyBody::Empty;
-                *ended = true;
                 let message = expired.describe();
                 tracing::warn!(route = %route, "response cut: {message}");
                 if *grpc {
@@ -326,17 +303,16 @@ impl TimedBody {
                     }
                     Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 } else {
-                    Poll::Ready(Some(Err(Box::new(RouteTimedOut(message)))))
+                    // HTTP/2: the stream is reset; HTTP/1: the connection closes before the
+                    // body's end.
+                    Poll::Ready(Some(Err(message.into())))
                 }
             }
         }
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        match &self.side {
-            Side::Response { ended: true, .. } => true,
-            _ => self.inner.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {
