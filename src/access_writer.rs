@@ -18,7 +18,6 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -186,8 +185,8 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"access\"");
     push_str_field(out, b",\"method\":\"", r.method);
     push_str_field(out, b",\"path\":\"", r.path);
-    push_str_field(out, b",\"protocol\":\"", r.protocol);
-    push_str_field(out, b",\"kind\":\"", r.kind);
+    // Our own words, never escaped: one copy for the three.
+    out.extend_from_slice(protocol_fields(r.protocol, r.kind).as_bytes());
     if let Some(value) = r.upstream_protocol {
         push_str_field(out, b",\"upstream_protocol\":\"", value);
     }
@@ -223,25 +222,7 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     push_u64(out, r.bytes_received);
     out.extend_from_slice(b",\"bytes_sent\":");
     push_u64(out, r.bytes_sent);
-    out.extend_from_slice(b",\"client\":");
-    out.push(b'"');
-    match r.client {
-        SocketAddr::V4(v4) => {
-            let [a, b, c, d] = v4.ip().octets();
-            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(octet));
-            }
-            out.push(b':');
-            push_u64(out, u64::from(v4.port()));
-        }
-        v6 => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-    out.push(b'"');
+    push_str_field(out, b",\"client\":\"", r.client);
     for (key, value) in [
         (&b",\"user_agent\":\""[..], r.user_agent),
         (b",\"authority\":\"", r.authority),
@@ -256,7 +237,35 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     out.extend_from_slice(b"}\n");
 }
 
+/// `,"protocol":"…","kind":"…"` as one static copy for the values the proxy reports.
+fn protocol_fields(protocol: &str, kind: &str) -> std::borrow::Cow<'static, str> {
+    macro_rules! pair {
+        ($protocol:literal, $kind:literal) => {
+            concat!(",\"protocol\":\"", $protocol, "\",\"kind\":\"", $kind, "\"")
+        };
+    }
+    let fields = match (protocol, kind) {
+        ("HTTP/2", "grpc") => pair!("HTTP/2", "grpc"),
+        ("HTTP/2", "http") => pair!("HTTP/2", "http"),
+        ("HTTP/2", "websocket") => pair!("HTTP/2", "websocket"),
+        ("HTTP/1.1", "grpc") => pair!("HTTP/1.1", "grpc"),
+        ("HTTP/1.1", "http") => pair!("HTTP/1.1", "http"),
+        ("HTTP/1.1", "websocket") => pair!("HTTP/1.1", "websocket"),
+        ("HTTP/1.0", "http") => pair!("HTTP/1.0", "http"),
+        _ => {
+            let mut out = Vec::new();
+            push_str_field(&mut out, b",\"protocol\":\"", protocol);
+            push_str_field(&mut out, b",\"kind\":\"", kind);
+            return String::from_utf8(out)
+                .expect("escaped UTF-8 stays UTF-8")
+                .into();
+        }
+    };
+    fields.into()
+}
+
 /// `prefix` is the field's `,"key":"` (keys are ours: nothing to escape).
+#[inline(always)]
 fn push_str_field(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
     out.extend_from_slice(prefix);
     push_escaped(out, value);
@@ -287,17 +296,31 @@ fn push_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
     }
 }
 
-/// The contents of a JSON string: `"`, `\` and control characters escaped, runs of other
+/// The contents of a JSON string: `"`, `\\` and control characters escaped, runs of other
 /// bytes (UTF-8 included) copied whole.
 fn push_escaped(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
-    // Most values need no escape: checked eight bytes at a time.
+    // Most values need no escape: checked eight bytes at a time, the tail padded with
+    // spaces, and then copied in one go.
+    let mut words = bytes.chunks_exact(8);
     let mut clean = 0;
-    while let Some(word) = bytes.get(clean..clean + 8) {
+    for word in &mut words {
         if needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
             break;
         }
         clean += 8;
+    }
+    let tail = words.remainder();
+    if clean + tail.len() == bytes.len() {
+        // Spaces with the tail's bytes XORed in (a copy here would be a memcpy call).
+        let mut padded = u64::from_le_bytes([b' '; 8]);
+        for (i, &byte) in tail.iter().enumerate() {
+            padded ^= u64::from(byte ^ b' ') << (8 * i);
+        }
+        if !needs_escape(padded) {
+            out.extend_from_slice(bytes);
+            return;
+        }
     }
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate().skip(clean) {
@@ -427,6 +450,18 @@ mod tests {
         let mut out = Vec::new();
         push_escaped(&mut out, "0123456789abcdef\"0123456\n");
         assert_eq!(out, b"0123456789abcdef\\\"0123456\\n");
+        // An escape only in the tail after whole clean words, and a clean short tail.
+        for (text, escaped) in [
+            ("abcdefgh\u{7f}ok\\", &b"abcdefgh\x7fok\\\\"[..]),
+            ("abcdefgh12", b"abcdefgh12"),
+            ("abcdefgh", b"abcdefgh"),
+            ("a\"", b"a\\\""),
+            ("", b""),
+        ] {
+            out.clear();
+            push_escaped(&mut out, text);
+            assert_eq!(out, escaped, "{text:?}");
+        }
     }
 
     fn record(duration: Duration) -> AccessRecord<'static> {
@@ -443,7 +478,7 @@ mod tests {
             duration,
             bytes_received: 5,
             bytes_sent: 1_234_567,
-            client: "10.0.0.7:50123".parse().unwrap(),
+            client: "10.0.0.7:50123",
             user_agent: Some("grpc-go/1.2"),
             authority: None,
             route: Some("pachd"),
@@ -494,9 +529,13 @@ mod tests {
         }
         let mut out = Vec::new();
         let mut v6 = record(Duration::ZERO);
-        v6.client = "[::1]:443".parse().unwrap();
+        v6.client = "[::1]:443";
+        v6.protocol = "HTTP/3\"";
+        v6.kind = "grpc";
         write_json(&mut out, &v6, at);
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["client"], "[::1]:443");
+        assert_eq!(line["protocol"], "HTTP/3\"");
+        assert_eq!(line["kind"], "grpc");
     }
 }

@@ -12,8 +12,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::Entry;
 use http::header::{HeaderName, HeaderValue, USER_AGENT};
-use http::{HeaderMap, Method, Request, Version};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BodyError, ProxyBody};
@@ -49,7 +51,8 @@ pub struct AccessRecord<'a> {
     pub duration: Duration,
     pub bytes_received: u64,
     pub bytes_sent: u64,
-    pub client: SocketAddr,
+    /// The client's `ip:port`, formatted once per connection.
+    pub client: &'a str,
     pub user_agent: Option<&'a str>,
     pub authority: Option<&'a str>,
     pub route: Option<&'a str>,
@@ -73,16 +76,18 @@ pub fn set_access_sink(sink: Box<dyn AccessSink>) {
     let _ = ACCESS_SINK.set(sink);
 }
 
-/// What only the access log needs; not built when the log is off.
+/// What only the access log needs; not built when the log is off. Held as the request's
+/// own (reference-counted) `http` values, not copied into `String`s: the log is on by
+/// default and every copy is paid per request.
 struct AccessFields {
     method: Method,
-    /// Path only: queries can carry credentials (OIDC `code=`), so they are not logged.
-    path: String,
+    /// Logged as its path only: queries can carry credentials (OIDC `code=`).
+    uri: Uri,
     version: Version,
-    client: SocketAddr,
+    client: Arc<str>,
     user_agent: Option<HeaderValue>,
-    authority: Option<String>,
-    request_id: Option<HeaderValue>,
+    authority: Option<Authority>,
+    request_id: Option<RequestId>,
     upstream_protocol: Option<&'static str>,
     upstream: Option<Arc<str>>,
     grpc_message: Option<String>,
@@ -102,7 +107,7 @@ pub struct Exchange {
     received_live: Option<Arc<AtomicU64>>,
     sent: u64,
     sent_booked: u64,
-    log: Option<Box<AccessFields>>,
+    log: Option<AccessFields>,
     /// Keeps the client connection from counting as idle; ended when this is booked.
     in_flight: Option<InFlight>,
 }
@@ -111,29 +116,27 @@ impl Exchange {
     pub(crate) fn start<B>(
         metrics: &Arc<Metrics>,
         request: &Request<B>,
-        client: SocketAddr,
+        client: &ClientAddress,
         grpc: bool,
         access_log: bool,
         in_flight: InFlight,
     ) -> Box<Self> {
         metrics.stream_started();
-        let log = access_log.then(|| {
-            Box::new(AccessFields {
-                method: request.method().clone(),
-                path: request.uri().path().to_string(),
-                version: request.version(),
-                client,
-                user_agent: request.headers().get(USER_AGENT).cloned(),
-                authority: None,
-                request_id: None,
-                upstream_protocol: None,
-                upstream: None,
-                grpc_message: None,
-                pachctl_command: request
-                    .headers()
-                    .get(&PACHCTL_COMMAND)
-                    .map(|value| loggable_text(value.as_bytes(), PACHCTL_COMMAND_LOG_LIMIT)),
-            })
+        let log = access_log.then(|| AccessFields {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            client: client.text(),
+            user_agent: request.headers().get(USER_AGENT).cloned(),
+            authority: None,
+            request_id: None,
+            upstream_protocol: None,
+            upstream: None,
+            grpc_message: None,
+            pachctl_command: request
+                .headers()
+                .get(&PACHCTL_COMMAND)
+                .map(|value| loggable_text(value.as_bytes(), PACHCTL_COMMAND_LOG_LIMIT)),
         });
         Box::new(Exchange {
             metrics: metrics.clone(),
@@ -161,12 +164,12 @@ impl Exchange {
 
     pub(crate) fn set_request_details(
         &mut self,
-        request_id: &HeaderValue,
-        authority: Option<&str>,
+        request_id: RequestId,
+        authority: Option<Authority>,
     ) {
         if let Some(log) = &mut self.log {
-            log.request_id = Some(request_id.clone());
-            log.authority = authority.map(str::to_string);
+            log.request_id = Some(request_id);
+            log.authority = authority;
         }
     }
 
@@ -258,7 +261,7 @@ impl Drop for Exchange {
         };
         let record = AccessRecord {
             method: log.method.as_str(),
-            path: log.path.as_str(),
+            path: log.uri.path(),
             protocol: version_name(log.version),
             kind: self.protocol,
             upstream_protocol: log.upstream_protocol,
@@ -269,12 +272,12 @@ impl Drop for Exchange {
             duration: elapsed,
             bytes_received: received,
             bytes_sent: self.sent,
-            client: log.client,
+            client: &log.client,
             user_agent: log.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-            authority: log.authority.as_deref(),
+            authority: log.authority.as_ref().map(Authority::as_str),
             route: self.route.as_ref().map(|r| &*r.name),
             upstream: log.upstream.as_deref(),
-            request_id: log.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            request_id: log.request_id.as_ref().and_then(RequestId::as_str),
         };
         if ACCESS_SINK.get().is_some_and(|sink| sink.record(&record)) {
             return;
@@ -293,7 +296,7 @@ impl Drop for Exchange {
             duration_ms = record.duration.as_micros() as f64 / 1000.0,
             bytes_received = record.bytes_received,
             bytes_sent = record.bytes_sent,
-            client = %record.client,
+            client = record.client,
             user_agent = record.user_agent,
             authority = record.authority,
             route = record.route,
@@ -405,23 +408,75 @@ impl Body for ObservedBody {
     }
 }
 
-/// Keeps a valid client-sent `x-request-id` (visible ASCII, at most 128 bytes), else sets a
-/// new random one; either way the upstream receives it. Returns the value.
-pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&X_REQUEST_ID) {
-        let bytes = value.as_bytes();
-        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
-            return value.clone();
+/// A connection's client address, formatted for the log the first time a line needs it.
+pub(crate) struct ClientAddress {
+    addr: SocketAddr,
+    text: OnceLock<Arc<str>>,
+}
+
+impl ClientAddress {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        ClientAddress {
+            addr,
+            text: OnceLock::new(),
         }
     }
-    let value = new_request_id();
-    headers.insert(X_REQUEST_ID.clone(), value.clone());
+
+    fn text(&self) -> Arc<str> {
+        self.text
+            .get_or_init(|| self.addr.to_string().into())
+            .clone()
+    }
+}
+
+/// The request id a log line reports: one the client sent, or one made here (kept as its
+/// digits, so the line needs no copy of the header value).
+pub(crate) enum RequestId {
+    Sent(HeaderValue),
+    Made([u8; 32]),
+}
+
+impl RequestId {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            RequestId::Sent(value) => value.to_str().ok(),
+            RequestId::Made(digits) => std::str::from_utf8(digits).ok(),
+        }
+    }
+}
+
+/// Keeps a valid client-sent `x-request-id` (visible ASCII, at most 128 bytes), else sets a
+/// new random one; either way the upstream receives it. One map lookup either way.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(mut entry) => {
+            let bytes = entry.get().as_bytes();
+            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+            {
+                return RequestId::Sent(entry.get().clone());
+            }
+            let digits = new_request_id();
+            entry.insert(request_id_value(&digits));
+            RequestId::Made(digits)
+        }
+        Entry::Vacant(entry) => {
+            let digits = new_request_id();
+            entry.insert(request_id_value(&digits));
+            RequestId::Made(digits)
+        }
+    }
+}
+
+fn request_id_value(digits: &[u8; 32]) -> HeaderValue {
+    let mut value = HeaderValue::from_bytes(digits).expect("hex digits are a valid header value");
+    // Every value is new: HPACK should not index it (it would only evict useful entries).
+    value.set_sensitive(true);
     value
 }
 
 /// 128 random bits as 32 hex digits, from a per-thread generator seeded by the standard
 /// library's random hasher keys (no syscall per request).
-fn new_request_id() -> HeaderValue {
+fn new_request_id() -> [u8; 32] {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(seed());
     }
@@ -445,15 +500,29 @@ fn new_request_id() -> HeaderValue {
         z ^ (z >> 31)
     }
     let (high, low) = STATE.with(|state| (next(state), next(state)));
-    let mut text = [0u8; 32];
-    for (i, digit) in text.iter_mut().enumerate() {
-        let word = if i < 16 { high } else { low };
-        *digit = b"0123456789abcdef"[(word >> (60 - 4 * (i % 16)) & 0xf) as usize];
+    let mut digits = [0u8; 32];
+    for (chunk, half) in digits
+        .chunks_exact_mut(8)
+        .zip([high, high >> 32, low, low >> 32])
+    {
+        chunk.copy_from_slice(&hex_digits(half as u32));
     }
-    let mut value = HeaderValue::from_bytes(&text).expect("hex digits are a valid header value");
-    // Every value is new: HPACK should not index it (it would only evict useful entries).
-    value.set_sensitive(true);
-    value
+    digits
+}
+
+/// The eight nibbles of `bits` as lowercase hex digits, all at once (a table lookup per
+/// digit cost ~9 instructions each). The digits come out in little-endian nibble order,
+/// which does not matter for random bits.
+fn hex_digits(bits: u32) -> [u8; 8] {
+    const LOW_NIBBLES: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+    // Spread nibble i into byte i.
+    let mut x = u64::from(bits);
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & LOW_NIBBLES;
+    // 1 in each byte whose nibble is 10..=15, which then skips from '9'+1 to 'a'.
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)).to_le_bytes()
 }
 
 #[cfg(test)]
@@ -464,18 +533,34 @@ mod tests {
     fn request_ids_are_kept_when_sane_and_made_otherwise() {
         let mut headers = HeaderMap::new();
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(ensure_request_id(&mut headers), "abc-123");
+        assert_eq!(ensure_request_id(&mut headers).as_str(), Some("abc-123"));
+        assert_eq!(headers.get(&X_REQUEST_ID).unwrap(), "abc-123");
 
         let mut headers = HeaderMap::new();
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        headers.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
         let made = ensure_request_id(&mut headers);
+        let made = made.as_str().unwrap();
         assert_eq!(made.len(), 32);
-        assert_eq!(headers.get(&X_REQUEST_ID), Some(&made));
+        assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+        let sent: Vec<_> = headers.get_all(&X_REQUEST_ID).iter().collect();
+        assert_eq!(sent, [made]);
 
         let mut headers = HeaderMap::new();
-        let first = ensure_request_id(&mut headers);
+        let first = ensure_request_id(&mut headers).as_str().map(str::to_string);
+        assert_eq!(
+            headers.get(&X_REQUEST_ID).unwrap().to_str().ok(),
+            first.as_deref()
+        );
         let mut headers = HeaderMap::new();
-        assert_ne!(first, ensure_request_id(&mut headers));
+        assert_ne!(first.as_deref(), ensure_request_id(&mut headers).as_str());
+    }
+
+    #[test]
+    fn hex_digits_cover_every_nibble() {
+        assert_eq!(&hex_digits(0x7654_3210), b"01234567");
+        assert_eq!(&hex_digits(0xfedc_ba98), b"89abcdef");
+        assert_eq!(&hex_digits(0), b"00000000");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{denial_style, deny_response, AuthGates, RouteGate, UpstreamWhoAmI};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::exchange::{ensure_request_id, Exchange, ObservedBody};
+use crate::exchange::{ensure_request_id, ClientAddress, Exchange, ObservedBody};
 use crate::framing_guard::{FramingGuard, FramingVerdicts};
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::idle::ConnActivity;
@@ -329,6 +329,8 @@ pub enum PlainMode {
 /// Per-connection facts, computed once at accept rather than per request.
 struct ConnInfo {
     peer: SocketAddr,
+    /// The peer as the access log writes it.
+    client: ClientAddress,
     tls: bool,
     client_ip: HeaderValue,
     proto: HeaderValue,
@@ -341,6 +343,7 @@ impl ConnInfo {
     fn new(peer: SocketAddr, tls: bool, framing: Option<Arc<FramingVerdicts>>) -> Arc<Self> {
         Arc::new(ConnInfo {
             peer,
+            client: ClientAddress::new(peer),
             tls,
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
@@ -448,7 +451,7 @@ impl Gateway {
             exchange: Some(Exchange::start(
                 &self.metrics,
                 &request,
-                conn.peer,
+                &conn.client,
                 grpc,
                 snapshot.access_log,
                 conn.activity.begin(),
@@ -510,10 +513,10 @@ impl Gateway {
         }
         let facts = Facts::of(&request, grpc);
         let authority = facts.authority();
-        if let Some(request_id) = &request_id {
+        if let Some(request_id) = request_id {
             record
                 .exchange()
-                .set_request_details(request_id, authority.as_ref().map(|a| a.as_str()));
+                .set_request_details(request_id, authority.clone());
         }
         let Some(route) = snapshot.routes.pick(&facts) else {
             tracing::debug!(path = facts.path(), client = %conn.peer, "no route");
