@@ -118,9 +118,8 @@ async fn start_gateway() -> (Arc<Gateway>, std::net::SocketAddr) {
 /// One HTTP/1.1 request on an open connection; the response head and body as text, or
 /// `None` when the connection closed without an answer.
 async fn http1_exchange(tcp: &mut TcpStream, path: &str) -> Option<String> {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: pachgate.test\r\nauthorization: {SECRET}\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: pachgate.test\r\nauthorization: {SECRET}\r\n\r\n");
     if tcp.write_all(request.as_bytes()).await.is_err() {
         return None;
     }
@@ -250,5 +249,8 @@ fn the_release_build_unwinds() {
         .and_then(|r| r.get("panic"))
         .and_then(|p| p.as_str())
         .unwrap_or("unwind");
-    assert_eq!(panic, "unwind", "[profile.release] panic must be \"unwind\"");
+    assert_eq!(
+        panic, "unwind",
+        "[profile.release] panic must be \"unwind\""
+    );
 }

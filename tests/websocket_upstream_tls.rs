@@ -29,7 +29,14 @@ const COOKIE: &str = "session=ws-upstream-secret-cookie";
 /// A CA and a leaf for `backend.internal` in `dir/name/` (ca.crt, tls.crt, tls.key).
 fn generate_cert(dir: &Path, name: &str) {
     let generated = Command::new(BIN)
-        .args(["cert", "generate", "--out", name, "--host", "backend.internal"])
+        .args([
+            "cert",
+            "generate",
+            "--out",
+            name,
+            "--host",
+            "backend.internal",
+        ])
         .current_dir(dir)
         .output()
         .unwrap();
