@@ -261,3 +261,75 @@ async fn websocket_to_an_h2_or_h2c_upstream_is_a_clear_502_and_sends_nothing() {
 
     echo(&mut bystander, "still here").await;
 }
+
+/// An RFC 8441 websocket from an h2 client, which pachgate turns into an HTTP/1.1 upgrade:
+/// toward an `http1-tls` upstream that upgrade goes over TLS as well.
+#[tokio::test]
+async fn extended_connect_from_an_h2_client_reaches_the_tls_upstream_over_tls() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let dir = tempfile::tempdir().unwrap();
+    generate_cert(dir.path(), "backend");
+    let standins = standins();
+    let upstream = tls_ws_upstream(dir.path());
+    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(proxy.https()).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://{}/ws", proxy.target()))
+        .header("sec-websocket-version", "13")
+        .header("cookie", COOKIE)
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = sender.send_request(request).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = events(&upstream);
+    assert!(
+        seen.iter()
+            .filter(|e| e["event"] == "connection")
+            .all(|e| e["first_bytes"] == "tls"),
+        "the upstream's TLS port was sent cleartext: {seen:?}"
+    );
+    assert_eq!(response.status(), http::StatusCode::OK, "{response:?}");
+    let upgraded = hyper::upgrade::on(&mut response).await.unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    ws.send(Message::text("over h2, then TLS")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("over h2, then TLS")
+    );
+    let handshakes: Vec<_> = events(&upstream)
+        .into_iter()
+        .chain(seen)
+        .filter(|e| e["event"] == "handshake")
+        .collect();
+    assert_eq!(handshakes.len(), 1, "{handshakes:?}");
+    assert_eq!(handshakes[0]["cookie"], COOKIE);
+}
