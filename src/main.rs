@@ -119,6 +119,10 @@ fn main() -> ExitCode {
     // Dropped when main returns, after the runtime and its workers: it writes out every
     // access-log line still queued (graceful stop, demo and local included).
     let _access_log = logging::init();
+    // A panic is counted and logged once, then ends only the task it happened in: the
+    // release build unwinds (Cargo.toml), and every connection, h2 stream and upstream
+    // connection runs in a task of its own.
+    pachgate_proxy_core::metrics::install_panic_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {

@@ -78,7 +78,7 @@ impl TokenCache {
     {
         let key = key(token);
         let slot = {
-            let mut slots = self.slots.lock().expect("cache lock");
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             let fresh = slots.get(&key).filter(|slot| match slot.answer.get() {
                 None => true, // a check is in flight: join it
                 Some((_, until)) => *until > Instant::now(),
@@ -111,14 +111,14 @@ impl TokenCache {
 
     /// A fresh answer already known for `token`, without asking or waiting.
     pub fn peek(&self, token: &str) -> Option<WhoAmIAnswer> {
-        let slots = self.slots.lock().expect("cache lock");
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let (answer, until) = slots.get(&key(token))?.answer.get()?;
         (*until > Instant::now()).then(|| answer.clone())
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.slots.lock().unwrap().len()
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

@@ -116,7 +116,7 @@ impl RateLimiter {
 
     /// Takes one token; `Err(retry_after)` when the address is over its budget.
     pub fn take(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_TRACKED {
             let burst = self.burst;
             let rate = self.rate;
@@ -149,7 +149,7 @@ impl RateLimiter {
         if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        let buckets = self.buckets.lock().expect("rate limiter lock");
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         match buckets.get(&address) {
             None => Ok(()),
             Some((tokens, since)) => {

@@ -86,7 +86,7 @@ impl StaticTokens {
             TokenLookup::Found(token) => token,
         };
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        let mut state = self.state.lock().expect("token file lock");
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.reload_if_changed(&mut state);
         if state.hashes.contains(digest.as_ref()) {
             Decision::Allow {

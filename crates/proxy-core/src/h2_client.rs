@@ -540,6 +540,7 @@ impl Shared {
 /// Drives the connection: socket I/O, the deadline for the upstream's SETTINGS, and
 /// keepalive pings while the upstream is silent.
 async fn drive(shared: Arc<Shared>, settings: Settings) -> Result<(), Failure> {
+    let _gone = DriverGone(shared.clone());
     let keepalive = settings.keepalive;
     let mut timer = keepalive.map(|(every, _)| Box::pin(tokio::time::sleep(every)));
     let mut settings_deadline = Some(Box::pin(tokio::time::sleep(settings.settings_timeout)));
@@ -582,6 +583,24 @@ async fn drive(shared: Arc<Shared>, settings: Settings) -> Result<(), Failure> {
     .await;
     shared.closed.store(true, Ordering::Release);
     ended
+}
+
+/// Ends the connection when its driving task does, however it ends: should that be a panic
+/// (or the runtime shutting down), its streams fail instead of waiting forever for frames
+/// nobody reads, and the next request opens a new connection.
+struct DriverGone(Arc<Shared>);
+
+impl Drop for DriverGone {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        let mut inner = self.0.lock();
+        if inner.failure.is_none() {
+            inner.fail(Failure::Connection(
+                "the upstream connection's task ended".into(),
+            ));
+        }
+        inner.io = None;
+    }
 }
 
 impl Inner {

@@ -59,6 +59,51 @@ struct CertificateLabels {
     file: String,
 }
 
+/// Panics so far, process-wide (a panic belongs to no gateway); `/metrics` shows it as
+/// `pachgate_panics_total`.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Longest panic message the log line carries; a longer one is cut (on a char boundary).
+const PANIC_MESSAGE_LIMIT: usize = 512;
+
+/// Installs the process's panic hook (replacing the default one, which would print a second
+/// report to stderr): each panic is counted in `pachgate_panics_total` and logged once,
+/// through `tracing`, with where it happened and its message only. The release build
+/// unwinds, so the panic then ends the task it happened in (a client connection, one h2
+/// stream, an upstream connection's driver) and the process goes on.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_else(|| "unknown".into());
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let mut end = message.len().min(PANIC_MESSAGE_LIMIT);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let thread = std::thread::current();
+        tracing::error!(
+            target: "pachgate::panic",
+            location = %location,
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = &message[..end],
+            "panic contained: the connection, stream or task it happened in was ended"
+        );
+    }));
+}
+
+/// Panics counted by the hook of [`install_panic_hook`] so far.
+pub fn panics_so_far() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
 /// Every metric pachgate exports, registered once.
@@ -81,6 +126,8 @@ pub struct Metrics {
     access_log_dropped: Counter,
     /// Where the access log's writer counts the lines it dropped; read at each scrape.
     access_log_dropped_source: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+    /// Panics in this process (`PANICS`, counted by the panic hook); read at each scrape.
+    panics: Counter,
     /// All requests, for the status page (the labelled family is not summed at scrape).
     requests_all: AtomicU64,
     /// The route label of requests no route matched, made once.
@@ -234,6 +281,13 @@ impl Metrics {
             "Access-log lines dropped because the log's writer fell behind (its queue was full)",
             access_log_dropped.clone(),
         );
+        let panics = Counter::default();
+        registry.register(
+            "panics",
+            "Panics caught in this process: each ended one connection, stream or upstream \
+             connection, not the process (see the log line \"panic contained\")",
+            panics.clone(),
+        );
         // Both results exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["ok", "failed"] {
             let _ = config_reloads.get_or_create(&ResultLabel { result });
@@ -257,6 +311,7 @@ impl Metrics {
             certificate_expiry,
             access_log_dropped,
             access_log_dropped_source: OnceLock::new(),
+            panics,
             requests_all: AtomicU64::new(0),
             unrouted: Arc::from(""),
         }
@@ -270,6 +325,9 @@ impl Metrics {
                 .inner()
                 .fetch_max(source(), Ordering::Relaxed);
         }
+        self.panics
+            .inner()
+            .fetch_max(PANICS.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut text = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -469,14 +469,27 @@ impl Upstream {
 
     /// A dedicated HTTP/1.1 connection for one websocket upgrade; it leaves the pool's
     /// accounting because after the upgrade it is a byte tunnel, not an HTTP connection.
+    /// On an `http1-tls` upstream it is TLS, made with the same client configuration (CA,
+    /// server name, client certificate) as the upstream's pool. h2 and h2c upstreams get no
+    /// connection at all: an HTTP/1.1 handshake is not theirs to read (and on `h2` it would
+    /// be written in cleartext to a TLS port), so the upgrade fails before any byte is sent.
     /// Also returns the endpoint's authority and its label (for the access log).
     pub async fn connect_for_upgrade(
         &self,
     ) -> Result<(http1::SendRequest<ProxyBody>, Authority, Arc<str>), ProxyError> {
+        if self.spec.protocol.is_h2() {
+            return Err(ProxyError::UpgradeFailed(format!(
+                "upstream {} speaks {}; websocket upgrades need an HTTP/1.1 upstream \
+                 (protocol = \"http1\" or \"http1-tls\")",
+                self.spec.name,
+                self.spec.protocol.name()
+            )));
+        }
         let endpoint = self.pick();
-        let tcp = self.connect_tcp(endpoint).await?;
+        // TCP, then TLS for http1-tls (connect_io reports a certificate problem as such).
+        let io = self.connect_io(endpoint).await?;
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.connect_error(endpoint, &e))?;
         tokio::spawn(async move {

@@ -2,6 +2,13 @@
 //! both sides answered 101 the two connections become one byte tunnel. Frames (ping, pong,
 //! close) pass through untouched; only the route's own `timeout` / `idle_timeout` apply to it.
 //!
+//! The upstream side is always an HTTP/1.1 upgrade, in the upstream's own transport: TLS for
+//! `http1-tls` (same CA, server name and client certificate as its HTTP requests), plain TCP
+//! for `http1`. An `h2` or `h2c` upstream is refused with a 502 before anything is written
+//! to it (`Upstream::connect_for_upgrade`): an HTTP/1.1 handshake is not its protocol, and
+//! on `h2` it would go out in cleartext to a TLS port. (RFC 8441 extended CONNECT toward h2
+//! upstreams is not implemented.)
+//!
 //! The tunnel follows frame boundaries (headers only, payloads are not inspected) so that at
 //! the drain deadline it can end both sides cleanly: a close frame with code 1001 (going
 //! away) to the client and to the backend, never cut into the middle of a frame.

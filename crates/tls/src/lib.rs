@@ -323,7 +323,7 @@ impl ReloadingResolver {
 
     fn reload(&self) -> Result<bool, TlsError> {
         let bytes = Self::all_bytes(&self.files)?;
-        let mut loaded = self.loaded.lock().expect("resolver lock");
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if *loaded == bytes {
             return Ok(false);
         }

@@ -1,0 +1,335 @@
+//! Websocket upgrades honour the upstream's protocol: over TLS (its `ca`, `server_name`) to
+//! an `http1-tls` upstream, never in cleartext to a TLS port; a certificate that does not
+//! verify is a 502 that says so; h2 and h2c upstreams get a clear 502 before any byte is
+//! written to them. The upstream is Python's `websockets` server with TLS, behind a spy that
+//! reports whether each connection began with a TLS ClientHello or with cleartext
+//! (tests/clients/ws_tls_upstream.py); the client is tungstenite over rustls; bystanders are
+//! websocket sessions to the stand-in console through the same pachgate.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use common::*;
+
+const COOKIE: &str = "session=ws-upstream-secret-cookie";
+
+/// A CA and a leaf for `backend.internal` in `dir/name/` (ca.crt, tls.crt, tls.key).
+fn generate_cert(dir: &Path, name: &str) {
+    let generated = Command::new(BIN)
+        .args([
+            "cert",
+            "generate",
+            "--out",
+            name,
+            "--host",
+            "backend.internal",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+}
+
+/// The spy-fronted TLS websocket upstream, with `dir/backend/`'s certificate.
+fn tls_ws_upstream(dir: &Path) -> Running {
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_path("tests/clients/ws_tls_upstream.py"))
+        .arg("--cert")
+        .arg(dir.join("backend/tls.crt"))
+        .arg("--key")
+        .arg(dir.join("backend/tls.key"));
+    start(command, 1)
+}
+
+/// The spy's and the server's reports so far, as JSON.
+fn events(upstream: &Running) -> Vec<serde_json::Value> {
+    upstream
+        .stdout_lines_now()
+        .iter()
+        .map(|line| serde_json::from_str(line).expect("a JSON event line"))
+        .collect()
+}
+
+/// pachgate with `/ws` to the TLS upstream (protocol and CA as given), `/ws-h2` to it as an
+/// `h2` upstream, `/ws-h2c` to the stand-in pachd (h2c), and everything else to the
+/// stand-in console, whose websocket echo is the bystanders' peer.
+fn proxy(standins: &Running, upstream: &Running, ca: &Path) -> Proxy {
+    let backend = upstream.address("ws-tls-upstream");
+    let ca = ca.display();
+    pachgate(
+        &format!(
+            r#"
+[upstreams.backend]
+endpoints = ["{backend}"]
+protocol = "http1-tls"
+ca = "{ca}"
+server_name = "backend.internal"
+
+[upstreams.backend-h2]
+endpoints = ["{backend}"]
+protocol = "h2"
+ca = "{ca}"
+server_name = "backend.internal"
+
+[upstreams.pachd]
+endpoints = ["{pachd}"]
+protocol = "h2c"
+
+[upstreams.console]
+endpoints = ["{console}"]
+protocol = "http1"
+
+[[routes]]
+name = "ws-tls"
+match = {{ path_prefix = "/ws" }}
+upstream = "backend"
+
+[[routes]]
+name = "ws-h2"
+match = {{ path_prefix = "/ws-h2" }}
+upstream = "backend-h2"
+
+[[routes]]
+name = "ws-h2c"
+match = {{ path_prefix = "/ws-h2c" }}
+upstream = "pachd"
+
+[[routes]]
+name = "console"
+match = {{ path_prefix = "/" }}
+upstream = "console"
+"#,
+            pachd = standins.address("standin-pachd"),
+            console = standins.address("standin-console"),
+        ),
+        "",
+    )
+}
+
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// A websocket to `path` through pachgate over TLS (HTTP/1.1), with a session cookie.
+async fn connect(proxy: &Proxy, path: &str) -> Result<Ws, tungstenite::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(proxy.https()).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut request = format!("wss://{}{path}", proxy.target())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", COOKIE.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    Ok(ws)
+}
+
+async fn echo(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an echo within 10 s")
+        .expect("the session is open")
+        .expect("a message");
+    assert_eq!(back, Message::text(text));
+}
+
+/// The status and body pachgate answered a websocket request it did not switch.
+fn refusal(result: Result<Ws, tungstenite::Error>) -> (u16, String) {
+    match result {
+        Err(tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_to_an_http1_tls_upstream_goes_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cert(dir.path(), "backend");
+    let standins = standins();
+    let upstream = tls_ws_upstream(dir.path());
+    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+
+    let session = connect(&proxy, "/ws").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = events(&upstream);
+    let connections: Vec<_> = seen.iter().filter(|e| e["event"] == "connection").collect();
+    assert!(
+        connections.iter().all(|e| e["first_bytes"] == "tls"),
+        "the upstream's TLS port was sent cleartext: {connections:?}"
+    );
+    assert_eq!(connections.len(), 1, "{seen:?}");
+
+    let mut ws = session.expect("the upgrade through pachgate succeeds");
+    echo(&mut ws, "over TLS to the upstream").await;
+    ws.send(Message::binary(vec![7u8; 200_000])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![7u8; 200_000])
+    );
+    ws.close(None).await.unwrap();
+
+    // The handshake, cookie included, reached the upstream inside TLS.
+    let handshakes: Vec<_> = events(&upstream)
+        .into_iter()
+        .chain(seen)
+        .filter(|e| e["event"] == "handshake")
+        .collect();
+    assert_eq!(handshakes.len(), 1, "{handshakes:?}");
+    assert_eq!(handshakes[0]["path"], "/ws");
+    assert_eq!(handshakes[0]["cookie"], COOKIE);
+}
+
+#[tokio::test]
+async fn a_tls_upstream_with_a_wrong_certificate_is_a_clear_502() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cert(dir.path(), "backend");
+    generate_cert(dir.path(), "other");
+    let standins = standins();
+    let upstream = tls_ws_upstream(dir.path());
+    // pachgate trusts a CA that did not sign the upstream's certificate.
+    let proxy = proxy(&standins, &upstream, &dir.path().join("other/ca.crt"));
+
+    let mut bystander = connect(&proxy, "/console/ws").await.unwrap();
+    echo(&mut bystander, "before").await;
+
+    let (status, body) = refusal(connect(&proxy, "/ws").await);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("TLS verification failed"), "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = events(&upstream);
+    assert!(
+        seen.iter()
+            .all(|e| e["event"] == "connection" && e["first_bytes"] == "tls"),
+        "only TLS reached the upstream, and no handshake: {seen:?}"
+    );
+
+    echo(&mut bystander, "after").await;
+    let mut fresh = connect(&proxy, "/console/ws").await.unwrap();
+    echo(&mut fresh, "a new bystander").await;
+}
+
+#[tokio::test]
+async fn websocket_to_an_h2_or_h2c_upstream_is_a_clear_502_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cert(dir.path(), "backend");
+    let standins = standins();
+    let upstream = tls_ws_upstream(dir.path());
+    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+    let mut bystander = connect(&proxy, "/console/ws").await.unwrap();
+
+    for path in ["/ws-h2", "/ws-h2c"] {
+        let (status, body) = refusal(connect(&proxy, path).await);
+        assert_eq!(status, 502, "{path}: {body}");
+        assert_eq!(body, "websocket upgrade failed\n", "{path}");
+    }
+    // Not a byte went to the TLS port (on the h2 route, an HTTP/1.1 handshake would have
+    // been cleartext).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = events(&upstream);
+    assert!(seen.is_empty(), "the h2 upstream was sent: {seen:?}");
+
+    echo(&mut bystander, "still here").await;
+}
+
+/// An RFC 8441 websocket from an h2 client, which pachgate turns into an HTTP/1.1 upgrade:
+/// toward an `http1-tls` upstream that upgrade goes over TLS as well.
+#[tokio::test]
+async fn extended_connect_from_an_h2_client_reaches_the_tls_upstream_over_tls() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let dir = tempfile::tempdir().unwrap();
+    generate_cert(dir.path(), "backend");
+    let standins = standins();
+    let upstream = tls_ws_upstream(dir.path());
+    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(proxy.https()).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("https://{}/ws", proxy.target()))
+        .header("sec-websocket-version", "13")
+        .header("cookie", COOKIE)
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = sender.send_request(request).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = events(&upstream);
+    assert!(
+        seen.iter()
+            .filter(|e| e["event"] == "connection")
+            .all(|e| e["first_bytes"] == "tls"),
+        "the upstream's TLS port was sent cleartext: {seen:?}"
+    );
+    assert_eq!(response.status(), http::StatusCode::OK, "{response:?}");
+    let upgraded = hyper::upgrade::on(&mut response).await.unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    ws.send(Message::text("over h2, then TLS")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("over h2, then TLS")
+    );
+    let handshakes: Vec<_> = events(&upstream)
+        .into_iter()
+        .chain(seen)
+        .filter(|e| e["event"] == "handshake")
+        .collect();
+    assert_eq!(handshakes.len(), 1, "{handshakes:?}");
+    assert_eq!(handshakes[0]["cookie"], COOKIE);
+}
