@@ -33,21 +33,7 @@ async fn read(tcp: &mut TcpStream) -> Result<ProxiedClient, String> {
         if n == 0 {
             return Err("connection closed before the PROXY header".into());
         }
-        let seen = &buf[..n];
-        let parsed = if seen.len() >= 12 && seen[..12] == V2_SIGNATURE {
-            parse_v2(seen)?
-        } else if V2_SIGNATURE.starts_with(seen)
-            || b"PROXY ".starts_with(&seen[..seen.len().min(6)])
-        {
-            if seen.starts_with(b"PROXY ") {
-                parse_v1(seen)?
-            } else {
-                None // a prefix of either form: wait for more
-            }
-        } else {
-            return Err("the connection does not start with a PROXY header".into());
-        };
-        if let Some((length, client)) = parsed {
+        if let Some((length, client)) = parse(&buf[..n])? {
             let mut header = vec![0u8; length];
             tcp.read_exact(&mut header)
                 .await
@@ -56,6 +42,23 @@ async fn read(tcp: &mut TcpStream) -> Result<ProxiedClient, String> {
         }
         // Incomplete: the rest is in flight. Short pause, then look again.
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Parses the start of a connection (what `peek` saw): `Some((header length, client))` when
+/// a whole header is there, `None` when more bytes are needed, an error when it is not a
+/// PROXY header. Pure, for the fuzz target (fuzz/fuzz_targets/proxy_protocol.rs).
+pub fn parse(seen: &[u8]) -> Result<Option<(usize, ProxiedClient)>, String> {
+    if seen.len() >= 12 && seen[..12] == V2_SIGNATURE {
+        parse_v2(seen)
+    } else if V2_SIGNATURE.starts_with(seen) || b"PROXY ".starts_with(&seen[..seen.len().min(6)]) {
+        if seen.starts_with(b"PROXY ") {
+            parse_v1(seen)
+        } else {
+            Ok(None) // a prefix of either form: wait for more
+        }
+    } else {
+        Err("the connection does not start with a PROXY header".into())
     }
 }
 
