@@ -71,6 +71,11 @@ fn parse_v1(seen: &[u8]) -> Result<Option<(usize, ProxiedClient)>, String> {
             Ok(None)
         };
     };
+    // Whether the CRLF came in the same read must not matter: a line longer than the
+    // maximum is refused whole, as its first 107 bytes alone would be (found by fuzzing).
+    if end + 2 > V1_MAX {
+        return Err("PROXY v1 line too long".into());
+    }
     let line = std::str::from_utf8(&seen[..end]).map_err(|_| "PROXY v1 line is not text")?;
     let fields: Vec<&str> = line.split(' ').collect();
     let client = match fields.as_slice() {
@@ -147,6 +152,11 @@ mod tests {
         assert_eq!(parse_v1(b"PROXY UNKNOWN\r\n").unwrap(), Some((15, None)));
         assert!(parse_v1(b"PROXY TCP6 203.0.113.7 ::1 1 2\r\n").is_err());
         assert!(parse_v1(b"PROXY TCP4 nope 10.0.0.1 1 2\r\n").is_err());
+        // 107 bytes with CRLF is the longest line; 108 is refused even when seen whole.
+        let longest = format!("PROXY UNKNOWN {}\r\n", "x".repeat(107 - 16));
+        assert_eq!(parse_v1(longest.as_bytes()).unwrap(), Some((107, None)));
+        let over = format!("PROXY UNKNOWN {}\r\n", "x".repeat(108 - 16));
+        assert!(parse_v1(over.as_bytes()).is_err());
     }
 
     #[test]
