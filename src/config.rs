@@ -212,6 +212,7 @@ pub struct Limits {
     pub drain_timeout: Option<Spanned<String>>,
     pub h2_stream_window: Option<Spanned<u32>>,
     pub h2_connection_window: Option<Spanned<u32>>,
+    pub reject_underscore_headers: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -870,6 +871,9 @@ impl Validator<'_> {
                 }
                 *slot = *v.get_ref();
             }
+        }
+        if let Some(v) = &limits.reject_underscore_headers {
+            out.reject_underscore_headers = *v.get_ref();
         }
         if let Some(v) = &limits.h2_max_pending_accept_reset_streams {
             out.h2_max_pending_accept_reset_streams = *v.get_ref() as usize;

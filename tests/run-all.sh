@@ -29,3 +29,6 @@ target/python-pachyderm/bin/python -m pip install --quiet --disable-pip-version-
     -r tests/requirements-python-pachyderm.txt
 
 cargo test --workspace --all-targets
+
+# A short, bounded fuzz run of every cargo-fuzz target (FUZZ_SECONDS each, default 30).
+tests/fuzz-smoke.sh

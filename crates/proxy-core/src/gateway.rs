@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{denial_style, deny_response, AuthGates, RouteGate, UpstreamWhoAmI};
 use crate::body::ProxyBody;
+use crate::closing::{close_cleanly, Reclaimable};
 use crate::error::ProxyError;
 use crate::exchange::{ensure_request_id, ClientAddress, Exchange, ObservedBody};
 use crate::framing_guard::{FramingGuard, FramingVerdicts};
@@ -42,8 +43,12 @@ use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
 pub struct ServerLimits {
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
     pub h2_max_concurrent_streams: u32,
-    /// Largest header block accepted (h2 SETTINGS_MAX_HEADER_LIST_SIZE; h1 read buffer).
+    /// Largest request header list accepted; larger ones are answered 431. HTTP/1: hyper's
+    /// read buffer. HTTP/2: checked per request, see [`H2_HEADER_LIST_SLACK`].
     pub max_header_list_size: u32,
+    /// Requests with an underscore in a header name are answered 400 (as Pachyderm's own
+    /// proxy, Envoy with `headers_with_underscores_action: REJECT_REQUEST`, does).
+    pub reject_underscore_headers: bool,
     /// Streams a client may open and reset before they are accepted (CVE-2023-44487).
     pub h2_max_pending_accept_reset_streams: usize,
     /// Streams pachgate may reset for protocol errors before it closes the connection
@@ -76,6 +81,7 @@ impl Default for ServerLimits {
         ServerLimits {
             h2_max_concurrent_streams: 1024,
             max_header_list_size: 64 * 1024,
+            reject_underscore_headers: false,
             h2_max_pending_accept_reset_streams: 100,
             h2_max_local_error_reset_streams: 1024,
             h2_keepalive_interval: Some(Duration::from_secs(60)),
@@ -493,6 +499,10 @@ impl Gateway {
                 }
             }
         }
+        if let Some(refusal) = refuse_head(&request, &self.limits, grpc) {
+            tracing::debug!(client = %conn.peer, status = refusal.status().as_u16(), "request head refused");
+            return answer_once_body_is_in(request, refusal).await;
+        }
         let websocket_upgrade =
             request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
         // Routing, the gate and the upstream all see the same request: hop-by-hop headers
@@ -693,7 +703,7 @@ impl Gateway {
                     Some(b"h2") => {
                         let conn = ConnInfo::new(peer, true, None);
                         return gateway
-                            .serve_connection(&gateway.h2_only, stream, conn)
+                            .serve_connection(&gateway.h2_only, stream, conn, true)
                             .await;
                     }
                     Some(b"http/1.1") => &gateway.h1_only,
@@ -702,7 +712,9 @@ impl Gateway {
                 let verdicts = Arc::new(FramingVerdicts::default());
                 let conn = ConnInfo::new(peer, true, Some(verdicts.clone()));
                 let guarded = FramingGuard::new(stream, verdicts);
-                gateway.serve_connection(builder, guarded, conn).await;
+                gateway
+                    .serve_connection(builder, guarded, conn, false)
+                    .await;
             });
         }
     }
@@ -730,7 +742,9 @@ impl Gateway {
                         let verdicts = Arc::new(FramingVerdicts::default());
                         let conn = ConnInfo::new(peer, false, Some(verdicts.clone()));
                         let guarded = FramingGuard::new(tcp, verdicts);
-                        gateway.serve_connection(&gateway.auto, guarded, conn).await
+                        gateway
+                            .serve_connection(&gateway.auto, guarded, conn, false)
+                            .await
                     }
                     PlainMode::Redirect { https_port } => {
                         let service = service_fn(move |request: Request<Incoming>| async move {
@@ -756,11 +770,14 @@ impl Gateway {
         }
     }
 
+    /// Serves one client connection. `h2_preface`: the client chose h2 by ALPN, so its first
+    /// bytes must be the HTTP/2 preface (a bad one is answered GOAWAY, see `closing`).
     async fn serve_connection<I>(
         self: &Arc<Self>,
         builder: &auto::Builder<TokioExecutor>,
         io: I,
         conn: Arc<ConnInfo>,
+        h2_preface: bool,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -777,57 +794,70 @@ impl Gateway {
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(gateway.respond(request, &conn).await) }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        let mut draining = self.draining.subscribe();
-        let mut finishing = Finishing::No;
-        // Looked at when the connection may have become idle; a request since moves it on.
-        // Boxed, for the same reason.
-        let mut idle_check = self
-            .limits
-            .idle_timeout
-            .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
-        let result = loop {
-            tokio::select! {
-                result = connection.as_mut() => break result,
-                _ = draining.wait_for(|draining| *draining), if finishing != Finishing::Drain => {
-                    connection.as_mut().graceful_shutdown();
-                    finishing = Finishing::Drain;
-                }
-                _ = idle_tick(&mut idle_check), if finishing != Finishing::Drain => {
-                    let timeout = self.limits.idle_timeout.unwrap_or_default();
-                    let now = tokio::time::Instant::now();
-                    let deadline = info.activity.idle_deadline(timeout);
-                    if finishing == Finishing::Idle && deadline.is_some() {
-                        // The GOAWAY went unanswered and still nothing is in flight (a
-                        // client that never finished the h2 handshake, or stopped reading):
-                        // close without it. A stream that slipped in as the GOAWAY left
-                        // keeps the connection until it ends.
-                        tracing::debug!(client = %info.peer, "idle connection did not close after GOAWAY");
-                        break Ok(());
+        // hyper drops the I/O when it is done with the connection; it comes back here then
+        // (unless a websocket upgrade took it), for a close that lets the last answer arrive.
+        let (io, mut returned) = Reclaimable::new(io, h2_preface);
+        let result = {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            let mut draining = self.draining.subscribe();
+            let mut finishing = Finishing::No;
+            // Looked at when the connection may have become idle; a request since moves it on.
+            // Boxed, for the same reason.
+            let mut idle_check = self
+                .limits
+                .idle_timeout
+                .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = draining.wait_for(|draining| *draining), if finishing != Finishing::Drain => {
+                        connection.as_mut().graceful_shutdown();
+                        finishing = Finishing::Drain;
                     }
-                    let next = match deadline.map(tokio::time::Instant::from_std) {
-                        _ if finishing == Finishing::Idle => now + self.limits.h2_keepalive_timeout,
-                        Some(deadline) if deadline <= now => {
-                            // h2: GOAWAY, and the connection ends once the client has seen
-                            // it; HTTP/1: closed now, between requests.
-                            tracing::debug!(client = %info.peer, "closing idle connection");
-                            self.metrics.idle_connection_closed();
-                            connection.as_mut().graceful_shutdown();
-                            finishing = Finishing::Idle;
-                            now + self.limits.h2_keepalive_timeout
+                    _ = idle_tick(&mut idle_check), if finishing != Finishing::Drain => {
+                        let timeout = self.limits.idle_timeout.unwrap_or_default();
+                        let now = tokio::time::Instant::now();
+                        let deadline = info.activity.idle_deadline(timeout);
+                        if finishing == Finishing::Idle && deadline.is_some() {
+                            // The GOAWAY went unanswered and still nothing is in flight (a
+                            // client that never finished the h2 handshake, or stopped reading):
+                            // close without it. A stream that slipped in as the GOAWAY left
+                            // keeps the connection until it ends.
+                            tracing::debug!(client = %info.peer, "idle connection did not close after GOAWAY");
+                            break Ok(());
                         }
-                        Some(deadline) => deadline,
-                        None => now + timeout,
-                    };
-                    if let Some(check) = idle_check.as_mut() {
-                        check.as_mut().reset(next);
+                        let next = match deadline.map(tokio::time::Instant::from_std) {
+                            _ if finishing == Finishing::Idle => now + self.limits.h2_keepalive_timeout,
+                            Some(deadline) if deadline <= now => {
+                                // h2: GOAWAY, and the connection ends once the client has seen
+                                // it; HTTP/1: closed now, between requests.
+                                tracing::debug!(client = %info.peer, "closing idle connection");
+                                self.metrics.idle_connection_closed();
+                                connection.as_mut().graceful_shutdown();
+                                finishing = Finishing::Idle;
+                                now + self.limits.h2_keepalive_timeout
+                            }
+                            Some(deadline) => deadline,
+                            None => now + timeout,
+                        };
+                        if let Some(check) = idle_check.as_mut() {
+                            check.as_mut().reset(next);
+                        }
                     }
                 }
             }
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");
+        }
+        // The connection is gone, so hyper has dropped the I/O (unless a websocket took it).
+        // Ended by an error (a refused head, a bad preface, a protocol error): the client may
+        // still be sending. A clean end needs nothing more.
+        if let Ok(returned) = returned.try_recv() {
+            if result.is_err() || returned.bad_preface {
+                Box::pin(close_cleanly(*returned)).await;
+            }
         }
     }
 }
@@ -1163,6 +1193,72 @@ fn redirect_to_https(request: &Request<Incoming>, https_port: u16) -> Response<P
     response
 }
 
+/// Over HTTP/2 the h2 library is given this many times `max_header_list_size`, and the limit
+/// itself is checked per request, answered 431 on the stream. At the library's own limit
+/// the stream would be refused instead (a 431 the library sends is followed by a stream
+/// reset), and clients also read the advertised SETTINGS_MAX_HEADER_LIST_SIZE: curl
+/// refuses to send a larger header list and retries it on fresh connections, never seeing
+/// a status. The library still stops keeping decoded headers at this size (HPACK bombs),
+/// and ends the connection at four times it.
+pub const H2_HEADER_LIST_SLACK: u32 = 4;
+
+/// A request's header list size as RFC 9113 §6.5.2 counts it (name + value + 32 each,
+/// pseudo-headers included), for HTTP/2 requests.
+fn h2_header_list_size<B>(request: &Request<B>) -> usize {
+    const ENTRY: usize = 32;
+    let uri = request.uri();
+    let mut size = ":method".len() + request.method().as_str().len() + ENTRY;
+    if let Some(path) = uri.path_and_query() {
+        size += ":path".len() + path.as_str().len() + ENTRY;
+    }
+    if let Some(scheme) = uri.scheme() {
+        size += ":scheme".len() + scheme.as_str().len() + ENTRY;
+    }
+    if let Some(authority) = uri.authority() {
+        size += ":authority".len() + authority.as_str().len() + ENTRY;
+    }
+    request.headers().iter().fold(size, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + ENTRY
+    })
+}
+
+/// The answer to a request whose head pachgate refuses before routing it: header list over
+/// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
+/// header name when configured. `None`: go on.
+fn refuse_head<B>(
+    request: &Request<B>,
+    limits: &ServerLimits,
+    grpc: bool,
+) -> Option<Response<ProxyBody>> {
+    if request.version() == Version::HTTP_2
+        && h2_header_list_size(request) > limits.max_header_list_size as usize
+    {
+        return Some(if grpc {
+            crate::error::grpc_status_response(
+                crate::error::GrpcCode::ResourceExhausted,
+                "pachgate: request headers too large",
+            )
+        } else {
+            crate::error::text_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large\n",
+            )
+        });
+    }
+    if limits.reject_underscore_headers
+        && request
+            .headers()
+            .keys()
+            .any(|name| name.as_str().contains('_'))
+    {
+        return Some(
+            ProxyError::BadRequest("header names with underscores are not accepted\n")
+                .into_response(grpc),
+        );
+    }
+    None
+}
+
 fn server_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -1175,7 +1271,11 @@ fn server_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         // Without a timer hyper's h2 keep-alive silently does nothing.
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_list_size)
+        .max_header_list_size(
+            limits
+                .max_header_list_size
+                .saturating_mul(H2_HEADER_LIST_SLACK),
+        )
         .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .keep_alive_interval(limits.h2_keepalive_interval)

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod body;
+mod closing;
 pub mod error;
 pub mod exchange;
 pub mod framing_guard;

@@ -33,21 +33,7 @@ async fn read(tcp: &mut TcpStream) -> Result<ProxiedClient, String> {
         if n == 0 {
             return Err("connection closed before the PROXY header".into());
         }
-        let seen = &buf[..n];
-        let parsed = if seen.len() >= 12 && seen[..12] == V2_SIGNATURE {
-            parse_v2(seen)?
-        } else if V2_SIGNATURE.starts_with(seen)
-            || b"PROXY ".starts_with(&seen[..seen.len().min(6)])
-        {
-            if seen.starts_with(b"PROXY ") {
-                parse_v1(seen)?
-            } else {
-                None // a prefix of either form: wait for more
-            }
-        } else {
-            return Err("the connection does not start with a PROXY header".into());
-        };
-        if let Some((length, client)) = parsed {
+        if let Some((length, client)) = parse(&buf[..n])? {
             let mut header = vec![0u8; length];
             tcp.read_exact(&mut header)
                 .await
@@ -56,6 +42,23 @@ async fn read(tcp: &mut TcpStream) -> Result<ProxiedClient, String> {
         }
         // Incomplete: the rest is in flight. Short pause, then look again.
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Parses the start of a connection (what `peek` saw): `Some((header length, client))` when
+/// a whole header is there, `None` when more bytes are needed, an error when it is not a
+/// PROXY header. Pure, for the fuzz target (fuzz/fuzz_targets/proxy_protocol.rs).
+pub fn parse(seen: &[u8]) -> Result<Option<(usize, ProxiedClient)>, String> {
+    if seen.len() >= 12 && seen[..12] == V2_SIGNATURE {
+        parse_v2(seen)
+    } else if V2_SIGNATURE.starts_with(seen) || b"PROXY ".starts_with(&seen[..seen.len().min(6)]) {
+        if seen.starts_with(b"PROXY ") {
+            parse_v1(seen)
+        } else {
+            Ok(None) // a prefix of either form: wait for more
+        }
+    } else {
+        Err("the connection does not start with a PROXY header".into())
     }
 }
 
@@ -68,6 +71,11 @@ fn parse_v1(seen: &[u8]) -> Result<Option<(usize, ProxiedClient)>, String> {
             Ok(None)
         };
     };
+    // Whether the CRLF came in the same read must not matter: a line longer than the
+    // maximum is refused whole, as its first 107 bytes alone would be (found by fuzzing).
+    if end + 2 > V1_MAX {
+        return Err("PROXY v1 line too long".into());
+    }
     let line = std::str::from_utf8(&seen[..end]).map_err(|_| "PROXY v1 line is not text")?;
     let fields: Vec<&str> = line.split(' ').collect();
     let client = match fields.as_slice() {
@@ -144,6 +152,11 @@ mod tests {
         assert_eq!(parse_v1(b"PROXY UNKNOWN\r\n").unwrap(), Some((15, None)));
         assert!(parse_v1(b"PROXY TCP6 203.0.113.7 ::1 1 2\r\n").is_err());
         assert!(parse_v1(b"PROXY TCP4 nope 10.0.0.1 1 2\r\n").is_err());
+        // 107 bytes with CRLF is the longest line; 108 is refused even when seen whole.
+        let longest = format!("PROXY UNKNOWN {}\r\n", "x".repeat(107 - 16));
+        assert_eq!(parse_v1(longest.as_bytes()).unwrap(), Some((107, None)));
+        let over = format!("PROXY UNKNOWN {}\r\n", "x".repeat(108 - 16));
+        assert!(parse_v1(over.as_bytes()).is_err());
     }
 
     #[test]
