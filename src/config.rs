@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderValue;
+use pachgate_proxy_core::upstream::{
+    DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
+};
 use pachgate_proxy_core::{
     Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PachydermLine,
     PlainMode, RateLimiter, RouteAuth, RouteSpec, RouteTimeouts, ServerLimits, Snapshot,
     StaticTokens, UpstreamProtocol, UpstreamSpec, UpstreamTls, WhenAuthDisabled,
-};
-use pachgate_proxy_core::upstream::{
-    DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
 };
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use serde::Deserialize;
