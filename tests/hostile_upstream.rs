@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -51,17 +51,29 @@ fn literal(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     wire::put_string(block, value);
 }
 
-fn read_frame(socket: &mut TcpStream) -> std::io::Result<(u8, u8, u32)> {
+/// Error codes pachgate sent the hostile upstream: (frame type, code).
+type Seen = Arc<Mutex<Vec<(u8, u32)>>>;
+
+fn read_frame(socket: &mut TcpStream, seen: &Seen) -> std::io::Result<(u8, u8, u32)> {
     let mut header = [0u8; FRAME_HEADER];
     socket.read_exact(&mut header)?;
     let mut payload = vec![0u8; wire::frame_length(&header)];
     socket.read_exact(&mut payload)?;
     let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    let at = match header[3] {
+        wire::GOAWAY => Some(4),
+        wire::RST_STREAM => Some(0),
+        _ => None,
+    };
+    if let Some(code) = at.and_then(|at| payload.get(at..at + 4)) {
+        let code = u32::from_be_bytes(code.try_into().unwrap());
+        seen.lock().unwrap().push((header[3], code));
+    }
     Ok((header[3], header[4], stream))
 }
 
 /// One connection from pachgate: handshake, then the attack on every request.
-fn serve(mut socket: TcpStream, attack: Attack) -> std::io::Result<()> {
+fn serve(mut socket: TcpStream, attack: Attack, seen: Seen) -> std::io::Result<()> {
     socket.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut preface = [0u8; 24];
     socket.read_exact(&mut preface)?;
@@ -69,7 +81,7 @@ fn serve(mut socket: TcpStream, attack: Attack) -> std::io::Result<()> {
     frame(&mut out, wire::SETTINGS, 0, 0, &[]);
     socket.write_all(&out)?;
     loop {
-        let (kind, flags, stream) = read_frame(&mut socket)?;
+        let (kind, flags, stream) = read_frame(&mut socket, &seen)?;
         if kind == wire::SETTINGS && flags & wire::ACK == 0 {
             let mut ack = BytesMut::new();
             frame(&mut ack, wire::SETTINGS, wire::ACK, 0, &[]);
@@ -128,6 +140,9 @@ fn serve(mut socket: TcpStream, attack: Attack) -> std::io::Result<()> {
             Attack::EndlessContinuation => {
                 frame(&mut out, wire::HEADERS, 0, stream, &status);
                 socket.write_all(&out)?;
+                // pachgate's GOAWAY is read on the side while the frames keep coming.
+                let (mut reader, seen) = (socket.try_clone()?, seen.clone());
+                std::thread::spawn(move || while read_frame(&mut reader, &seen).is_ok() {});
                 let mut more = BytesMut::new();
                 for _ in 0..100 {
                     frame(&mut more, wire::CONTINUATION, 0, stream, &[]);
@@ -156,15 +171,18 @@ fn serve(mut socket: TcpStream, attack: Attack) -> std::io::Result<()> {
 }
 
 /// The hostile upstream: every connection gets the attack.
-fn hostile_upstream(attack: Attack) -> std::net::SocketAddr {
+fn hostile_upstream(attack: Attack) -> (std::net::SocketAddr, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let record = seen.clone();
     std::thread::spawn(move || {
         for socket in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || serve(socket, attack));
+            let seen = record.clone();
+            std::thread::spawn(move || serve(socket, attack, seen));
         }
     });
-    address
+    (address, seen)
 }
 
 /// pachgate's resident set (KiB), found by its config path on its command line.
@@ -231,7 +249,7 @@ fn curl(proxy: &common::Proxy, path: &str, grpc: bool) -> (String, Option<String
 
 fn run(attack: Attack) {
     let standins = common::standins();
-    let hostile = hostile_upstream(attack);
+    let (hostile, seen) = hostile_upstream(attack);
     let proxy = common::pachgate(
         &format!(
             "[upstreams.hostile]\nendpoints = [\"{hostile}\"]\nprotocol = \"h2c\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"15s\"\n\n\
@@ -312,6 +330,20 @@ fn run(attack: Attack) {
         after.saturating_sub(before) < RSS_BOUND_KIB,
         "{attack:?}: RSS grew from {before} KiB to {after} KiB"
     );
+    // What pachgate told the upstream (the floods leave nothing read to tell).
+    let expected = match attack {
+        Attack::HeaderCount | Attack::HpackBomb => Some((wire::RST_STREAM, 0xb)),
+        Attack::SettingsWindowOverflow | Attack::WindowUpdateOverflow => Some((wire::GOAWAY, 0x3)),
+        Attack::EndlessContinuation => Some((wire::GOAWAY, 0xb)),
+        Attack::PingFlood | Attack::SettingsFlood => None,
+    };
+    if let Some(expected) = expected {
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.contains(&expected),
+            "{attack:?}: pachgate sent {seen:?}, not {expected:?}"
+        );
+    }
     eprintln!(
         "{attack:?}: RSS {before} -> {after} KiB, bystander {} ok",
         ok.load(Ordering::Relaxed)
