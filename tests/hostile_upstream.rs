@@ -112,7 +112,7 @@ fn serve(mut socket: TcpStream, attack: Attack, seen: Seen) -> std::io::Result<(
                 block.push(0x40);
                 wire::put_string(&mut block, b"x-bomb");
                 wire::put_string(&mut block, &[b'b'; 4000]);
-                block.extend(std::iter::repeat_n(0x80 | 62, 16_000));
+                block.resize(block.len() + 16_000, 0x80 | 62);
                 wire::put_header_block(&mut out, 16_384, stream, &block, true);
             }
             Attack::SettingsWindowOverflow => {

@@ -285,7 +285,7 @@ fn hpack_bomb() -> Vec<u8> {
     block.push(0x40); // literal with incremental indexing, new name
     wire::put_string(&mut block, b"x-bomb");
     wire::put_string(&mut block, &[b'b'; 4000]);
-    block.extend(std::iter::repeat_n(0x80 | 62, 16_000));
+    block.resize(block.len() + 16_000, 0x80 | 62);
     block
 }
 
