@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderValue;
+use pachgate_proxy_core::upstream::{
+    DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
+};
 use pachgate_proxy_core::{
     Cidr, CidrSet, ClientPolicy, PachydermAuthSettings, PachydermAuthSpec, PachydermLine,
     PlainMode, RateLimiter, RouteAuth, RouteSpec, RouteTimeouts, ServerLimits, Snapshot,
@@ -152,6 +155,9 @@ pub struct Upstream {
     pub response_timeout: Option<Spanned<String>>,
     pub h2_keepalive_interval: Option<Spanned<String>>,
     pub h2_keepalive_timeout: Option<Spanned<String>>,
+    /// h2 upstreams: limits on one decoded response header block.
+    pub h2_max_response_headers: Option<Spanned<usize>>,
+    pub h2_max_response_header_bytes: Option<Spanned<usize>>,
     /// TLS upstreams: PEM CA certificate(s) to trust.
     pub ca: Option<Spanned<String>>,
     /// TLS upstreams: the name to verify (default: the first endpoint's host).
@@ -1008,6 +1014,28 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.nonzero_duration(v, "h2_keepalive_timeout"))
             .unwrap_or(Duration::from_secs(20));
+        let h2_max_response_headers = match &u.h2_max_response_headers {
+            Some(v) if !(1..=MAX_RESPONSE_HEADERS_CAP).contains(v.get_ref()) => {
+                self.err(
+                    &v.span(),
+                    format!("h2_max_response_headers must be 1 to {MAX_RESPONSE_HEADERS_CAP}"),
+                );
+                0
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_MAX_RESPONSE_HEADERS,
+        };
+        let h2_max_response_header_bytes = match &u.h2_max_response_header_bytes {
+            Some(v) if !(1024..=16 * 1024 * 1024).contains(v.get_ref()) => {
+                self.err(
+                    &v.span(),
+                    "h2_max_response_header_bytes must be 1024 to 16777216 (16 MiB)",
+                );
+                0
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_MAX_RESPONSE_HEADER_BYTES,
+        };
         let tls = if protocol == UpstreamProtocol::H2 {
             self.upstream_tls(name, u, b"h2")
         } else if protocol == UpstreamProtocol::Http1Tls {
@@ -1038,6 +1066,8 @@ impl Validator<'_> {
             h2_keepalive_interval,
             h2_keepalive_timeout,
             tls,
+            h2_max_response_headers,
+            h2_max_response_header_bytes,
         })
     }
 

@@ -35,10 +35,13 @@ pub const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 pub const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+pub const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
 /// RFC 9113 defaults, until the peer's SETTINGS say otherwise.
 pub const DEFAULT_WINDOW: u32 = 65_535;
 pub const DEFAULT_MAX_FRAME: u32 = 16_384;
+/// RFC 7541's HPACK dynamic table size until SETTINGS_HEADER_TABLE_SIZE says otherwise.
+pub const DEFAULT_HEADER_TABLE_SIZE: u32 = 4_096;
 
 pub fn put_frame_header(out: &mut BytesMut, length: usize, kind: u8, flags: u8, stream: u32) {
     out.extend_from_slice(&(length as u32).to_be_bytes()[1..]);

@@ -69,6 +69,15 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String, timeout_ms: u128 },
     #[error("upstream {upstream}: request failed: {reason}")]
     UpstreamFailed { upstream: String, reason: String },
+    /// The upstream broke HTTP/2 or pachgate's limits on what it sends (header count or
+    /// size, flow control, endless CONTINUATION): its stream was reset or its connection
+    /// ended. Logged with the endpoint; the client hears only "upstream protocol error".
+    #[error("upstream {upstream} at {endpoint}: upstream protocol error: {detail}")]
+    UpstreamProtocol {
+        upstream: String,
+        endpoint: String,
+        detail: String,
+    },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("websocket upgrade is not possible: {0}")]
@@ -81,6 +90,7 @@ impl ProxyError {
             ProxyError::NoRoute => GrpcCode::Unimplemented,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamTls { .. } => GrpcCode::Unavailable,
             ProxyError::UpstreamTimeout { .. } => GrpcCode::DeadlineExceeded,
             ProxyError::BadRequest(_) => GrpcCode::Internal,
@@ -93,6 +103,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamFailed { .. }
+            | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpgradeFailed(_)
             | ProxyError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -116,6 +127,9 @@ impl ProxyError {
             ProxyError::UpstreamTls { .. } => {
                 "upstream connect error: upstream TLS verification failed\n"
             }
+            ProxyError::UpstreamProtocol { .. } => {
+                "upstream connect error or disconnect/reset before headers: upstream protocol error\n"
+            }
             ProxyError::UpstreamTimeout { .. } => "upstream request timeout\n",
             ProxyError::BadRequest(reason) => reason,
             ProxyError::UpgradeFailed(_) => "websocket upgrade failed\n",
@@ -127,6 +141,10 @@ impl ProxyError {
         if grpc {
             let message = match &self {
                 ProxyError::NoRoute => "pachgate: no route for this method".to_string(),
+                // The detail (and the endpoint) stay in the log.
+                ProxyError::UpstreamProtocol { upstream, .. } => {
+                    format!("pachgate: upstream protocol error (upstream {upstream})")
+                }
                 other => format!("pachgate: {other}"),
             };
             grpc_status_response(self.grpc_code(), &message)
@@ -356,6 +374,29 @@ mod tests {
             body,
             serde_json::json!({"error": {"code": 13, "message": "gone", "details": []}})
         );
+    }
+
+    #[test]
+    fn upstream_protocol_errors_are_502_and_unavailable_without_the_detail() {
+        let error = || ProxyError::UpstreamProtocol {
+            upstream: "pachd".into(),
+            endpoint: "10.0.0.7:1650".into(),
+            detail: "response header fields over the count limit".into(),
+        };
+        // The log line (the error's Display) names the endpoint and says what happened.
+        let logged = error().to_string();
+        assert!(logged.contains("10.0.0.7:1650") && logged.contains("count limit"));
+        let response = error().into_response(true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "14");
+        let message = response.headers()["grpc-message"].to_str().unwrap();
+        assert!(message.contains("upstream protocol error"), "{message}");
+        assert!(!message.contains("10.0.0.7") && !message.contains("limit"));
+        let response = error().into_response(false);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let text = body_text(response);
+        assert!(text.contains("upstream protocol error"), "{text}");
+        assert!(text.contains("upstream connect error"), "{text}");
     }
 
     #[test]

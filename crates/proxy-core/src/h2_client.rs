@@ -28,10 +28,11 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Version};
 use http_body::Frame;
 use pachgate_h2_wire::{
-    self as wire, FrameReader, Next, ACK, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS,
-    END_STREAM, GOAWAY, HEADERS, PING, PREFACE, PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS,
-    SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
-    SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
+    self as wire, FrameReader, Next, ACK, CONTINUATION, DATA, DEFAULT_HEADER_TABLE_SIZE,
+    DEFAULT_WINDOW, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, PRIORITY,
+    PUSH_PROMISE, RST_STREAM, SETTINGS, SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE,
+    SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE,
+    SETTINGS_MAX_HEADER_LIST_SIZE, WINDOW_UPDATE,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -47,6 +48,24 @@ const MAX_FRAME_IN: usize = 256 * 1024;
 /// A response header block (HEADERS plus CONTINUATIONs) past this is a connection error:
 /// no upstream gets to make pachgate buffer without bound.
 const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// CONTINUATION frames one header block may take. An encoder fills frames up to the frame
+/// size (16 KiB at least), so a block within MAX_HEADER_BLOCK needs at most 16; a peer that
+/// sends more is drip-feeding (empty CONTINUATIONs never grow the block) and the connection
+/// ends (ENHANCE_YOUR_CALM).
+const MAX_CONTINUATIONS: u32 = 64;
+/// The HPACK dynamic table the upstream may use for our decoder: what SETTINGS advertise
+/// (the RFC 7541 default, said out loud). A size update past it is a COMPRESSION_ERROR.
+const HEADER_TABLE_SIZE: u32 = DEFAULT_HEADER_TABLE_SIZE;
+/// Defaults for [`HeaderLimits`]: pachd's responses carry a dozen fields and a few KiB (a
+/// long `grpc-message` included); 1,000 fields and 256 KiB decoded leave room for any
+/// honest response while an HPACK bomb (a 20 KB block naming one large table entry over and
+/// over decodes to 64 MiB) or a 40,000-name block (`HeaderMap` panics past 32,768) is cut
+/// off. 256 KiB decoded is what the largest encoded block could carry uncompressed.
+pub const DEFAULT_MAX_RESPONSE_HEADERS: usize = 1_000;
+pub const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 256 * 1024;
+/// `http::HeaderMap` holds at most 32,768 entries and panics past that; the field-count limit
+/// never reaches it.
+pub const MAX_RESPONSE_HEADERS_CAP: usize = 16_384;
 /// Acknowledgements (SETTINGS, PING) queued while the upstream does not read what we write:
 /// past this many it is flooding us, and the connection ends (ENHANCE_YOUR_CALM) before the
 /// queue grows without bound.
@@ -73,6 +92,27 @@ pub(crate) struct Settings {
     /// once); an endpoint that accepts and says nothing then fails its calls instead of
     /// holding them until keepalive gives up.
     pub settings_timeout: Duration,
+    /// What one response header block (the head, or the trailers) may decode to.
+    pub header_limits: HeaderLimits,
+}
+
+/// Limits on one decoded response header block, enforced while it is decoded: the field
+/// that would cross a limit is dropped, not stored, and the stream is reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Fields, pseudo-headers included.
+    pub max_fields: usize,
+    /// RFC 9113's header list size: name + value + 32 bytes per field.
+    pub max_bytes: usize,
+}
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        HeaderLimits {
+            max_fields: DEFAULT_MAX_RESPONSE_HEADERS,
+            max_bytes: DEFAULT_MAX_RESPONSE_HEADER_BYTES,
+        }
+    }
 }
 
 /// Why a stream or the connection ended badly.
@@ -84,6 +124,8 @@ pub(crate) enum Failure {
     Refused,
     /// The connection failed.
     Connection(Arc<str>),
+    /// The upstream broke HTTP/2 or our limits: we reset the stream or ended the connection.
+    Violation(Arc<str>),
 }
 
 impl std::fmt::Display for Failure {
@@ -92,6 +134,7 @@ impl std::fmt::Display for Failure {
             Failure::Reset(reason) => write!(f, "stream reset: {reason:?}"),
             Failure::Refused => f.write_str("stream refused (upstream going away)"),
             Failure::Connection(text) => f.write_str(text),
+            Failure::Violation(text) => write!(f, "upstream protocol error: {text}"),
         }
     }
 }
@@ -104,7 +147,9 @@ impl Failure {
         match self {
             Failure::Reset(reason) => h2::Error::from(reason).into(),
             Failure::Refused => h2::Error::from(h2::Reason::REFUSED_STREAM).into(),
-            Failure::Connection(text) => io::Error::other(text.to_string()).into(),
+            Failure::Connection(text) | Failure::Violation(text) => {
+                io::Error::other(text.to_string()).into()
+            }
         }
     }
 }
@@ -277,6 +322,8 @@ struct Inner {
     decoder: loona_hpack::Decoder<'static>,
     /// A header block waiting for its CONTINUATIONs: stream, END_STREAM.
     continuing: Option<(u32, bool)>,
+    /// CONTINUATION frames in the header block being read.
+    continuations: u32,
     header_block: Vec<u8>,
     /// Where request heads are encoded before they are cut into frames.
     head_scratch: Vec<u8>,
@@ -318,11 +365,16 @@ impl Connection {
     ) {
         let mut out = Output::default();
         out.small.extend_from_slice(PREFACE);
-        let entries: [(u16, u32); 4] = [
+        let entries: [(u16, u32); 6] = [
+            (SETTINGS_HEADER_TABLE_SIZE, HEADER_TABLE_SIZE),
             (SETTINGS_ENABLE_PUSH, 0),
             (SETTINGS_MAX_CONCURRENT_STREAMS, 0),
             (SETTINGS_INITIAL_WINDOW_SIZE, settings.stream_window),
             (SETTINGS_MAX_FRAME_SIZE, MAX_FRAME_IN as u32),
+            (
+                SETTINGS_MAX_HEADER_LIST_SIZE,
+                u32::try_from(settings.header_limits.max_bytes).unwrap_or(u32::MAX),
+            ),
         ];
         out.frame_header(entries.len() * 6, SETTINGS, 0, 0);
         for (id, value) in entries {
@@ -350,8 +402,9 @@ impl Connection {
             send_window: i64::from(DEFAULT_WINDOW),
             recv_window: i64::from(settings.connection_window),
             recv_unacked: 0,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: response_decoder(),
             continuing: None,
+            continuations: 0,
             header_block: Vec::new(),
             head_scratch: Vec::new(),
             going_away: None,
@@ -395,7 +448,7 @@ impl Connection {
             let mut inner = self.shared.lock();
             if let Some(failure) = &inner.failure {
                 return Poll::Ready(Err(match failure {
-                    Failure::Connection(_) => Failure::Refused,
+                    Failure::Connection(_) | Failure::Violation(_) => Failure::Refused,
                     other => other.clone(),
                 }));
             }
@@ -699,6 +752,7 @@ impl Inner {
                 let block = unpad(flags, payload, if flags & PRIORITY != 0 { 5 } else { 0 })?;
                 self.header_block.clear();
                 self.header_block.extend_from_slice(block);
+                self.continuations = 0;
                 if flags & END_HEADERS != 0 {
                     self.header_block_done(stream, flags & END_STREAM != 0)
                 } else {
@@ -712,6 +766,13 @@ impl Inner {
                 };
                 if open != stream {
                     return Err(protocol("CONTINUATION on another stream"));
+                }
+                self.continuations += 1;
+                if self.continuations > MAX_CONTINUATIONS {
+                    return Err((
+                        h2::Reason::ENHANCE_YOUR_CALM,
+                        format!("over {MAX_CONTINUATIONS} CONTINUATION frames in one header block"),
+                    ));
                 }
                 if self.header_block.len() + payload.len() > MAX_HEADER_BLOCK {
                     return Err((
@@ -814,7 +875,10 @@ impl Inner {
                     }
                     self.send_window += increment;
                     if self.send_window > MAX_WINDOW {
-                        return Err((h2::Reason::FLOW_CONTROL_ERROR, "window overflow".into()));
+                        return Err((
+                            h2::Reason::FLOW_CONTROL_ERROR,
+                            "WINDOW_UPDATE overflows the connection's window".into(),
+                        ));
                     }
                     for state in self.streams.values_mut() {
                         if let Some(waker) = state.send_waker.take() {
@@ -822,9 +886,17 @@ impl Inner {
                         }
                     }
                 } else if let Some(state) = self.streams.get_mut(&stream) {
+                    // RFC 9113 §6.9: a zero increment is a stream error PROTOCOL_ERROR, a
+                    // window past 2^31-1 one of FLOW_CONTROL_ERROR (§6.9.1).
                     state.send_window += increment;
-                    if increment == 0 || state.send_window > MAX_WINDOW {
-                        self.reset_stream(stream, h2::Reason::FLOW_CONTROL_ERROR);
+                    if increment == 0 {
+                        self.violation(stream, h2::Reason::PROTOCOL_ERROR, "zero WINDOW_UPDATE");
+                    } else if state.send_window > MAX_WINDOW {
+                        self.violation(
+                            stream,
+                            h2::Reason::FLOW_CONTROL_ERROR,
+                            "WINDOW_UPDATE overflows the stream's window",
+                        );
                     } else if let Some(waker) = state.send_waker.take() {
                         waker.wake();
                     }
@@ -857,17 +929,21 @@ impl Inner {
             Some(state) if state.failure.is_none() => {
                 if state.recv_closed || matches!(state.head, Head::Awaiting) {
                     credit_now += data.len() as u32;
-                    let reason = if state.recv_closed {
-                        h2::Reason::STREAM_CLOSED
+                    let (reason, what) = if state.recv_closed {
+                        (h2::Reason::STREAM_CLOSED, "DATA after END_STREAM")
                     } else {
-                        h2::Reason::PROTOCOL_ERROR
+                        (h2::Reason::PROTOCOL_ERROR, "DATA before the response head")
                     };
-                    self.reset_stream(stream, reason);
+                    self.violation(stream, reason, what);
                 } else {
                     state.recv_window -= length;
                     if state.recv_window < 0 {
                         credit_now += data.len() as u32;
-                        self.reset_stream(stream, h2::Reason::FLOW_CONTROL_ERROR);
+                        self.violation(
+                            stream,
+                            h2::Reason::FLOW_CONTROL_ERROR,
+                            "DATA past the stream's window",
+                        );
                     } else {
                         if !data.is_empty() {
                             match state.data.back_mut() {
@@ -900,59 +976,21 @@ impl Inner {
         end_stream: bool,
     ) -> Result<(), (h2::Reason, String)> {
         let block = std::mem::take(&mut self.header_block);
-        let mut status: Option<StatusCode> = None;
-        let mut fields = HeaderMap::new();
-        let mut malformed: Option<&'static str> = None;
-        let decoded = self.decoder.decode_with_cb(&block, |name, value| {
-            if malformed.is_some() {
-                return;
-            }
-            if name.first() == Some(&b':') {
-                if &*name == b":status" && status.is_none() && fields.is_empty() {
-                    status = StatusCode::from_bytes(&value).ok();
-                    if status.is_none() {
-                        malformed = Some("invalid :status");
-                    }
-                } else {
-                    malformed = Some("unexpected pseudo-header");
-                }
-                return;
-            }
-            if name.iter().any(u8::is_ascii_uppercase) {
-                malformed = Some("uppercase header name");
-                return;
-            }
-            match (
-                HeaderName::from_bytes(&name),
-                HeaderValue::from_bytes(&value),
-            ) {
-                (Ok(name), Ok(value)) => {
-                    if is_connection_specific(&name) {
-                        malformed = Some("connection-specific header");
-                    } else {
-                        fields.append(name, value);
-                    }
-                }
-                _ => malformed = Some("invalid header field"),
-            }
-        });
+        let decoded = decode_response_block(&mut self.decoder, &block, self.settings.header_limits);
         self.header_block = block;
-        if let Err(error) = decoded {
-            return Err((h2::Reason::COMPRESSION_ERROR, format!("hpack: {error:?}")));
-        }
+        let DecodedBlock {
+            status,
+            fields,
+            problem,
+        } = decoded?;
         let Some(state) = self.streams.get_mut(&stream) else {
             return Ok(());
         };
         if state.failure.is_some() || state.recv_closed {
             return Ok(());
         }
-        if let Some(what) = malformed {
-            tracing::debug!(
-                stream,
-                what,
-                "malformed response header block from upstream"
-            );
-            self.reset_stream(stream, h2::Reason::PROTOCOL_ERROR);
+        if let Some((reason, what)) = problem {
+            self.violation(stream, reason, what);
             return Ok(());
         }
         match state.head {
@@ -974,13 +1012,21 @@ impl Inner {
                     state.head = Head::Arrived(response);
                 }
                 _ => {
-                    self.reset_stream(stream, h2::Reason::PROTOCOL_ERROR);
+                    self.violation(
+                        stream,
+                        h2::Reason::PROTOCOL_ERROR,
+                        "response head without a final :status",
+                    );
                     return Ok(());
                 }
             },
             Head::Arrived(_) | Head::Delivered => {
                 if status.is_some() || !end_stream {
-                    self.reset_stream(stream, h2::Reason::PROTOCOL_ERROR);
+                    self.violation(
+                        stream,
+                        h2::Reason::PROTOCOL_ERROR,
+                        "a second head, or trailers without END_STREAM",
+                    );
                     return Ok(());
                 }
                 state.trailers = Some(fields);
@@ -1024,11 +1070,21 @@ impl Inner {
                     }
                     let delta = i64::from(value) - i64::from(self.peer_initial_window);
                     self.peer_initial_window = value;
+                    let mut overflow = false;
                     for state in self.streams.values_mut() {
                         state.send_window += delta;
+                        overflow |= state.send_window > MAX_WINDOW;
                         if let Some(waker) = state.send_waker.take() {
                             waker.wake();
                         }
+                    }
+                    // RFC 9113 §6.9.2: a change that takes any stream's window past 2^31-1
+                    // is a connection error.
+                    if overflow {
+                        return Err((
+                            h2::Reason::FLOW_CONTROL_ERROR,
+                            "SETTINGS_INITIAL_WINDOW_SIZE overflows an open stream's window".into(),
+                        ));
                     }
                 }
                 SETTINGS_MAX_FRAME_SIZE => {
@@ -1052,6 +1108,13 @@ impl Inner {
     /// Counts an acknowledgement about to be queued; too many unwritten is a flood.
     fn acknowledged(&mut self) -> Result<(), (h2::Reason, String)> {
         self.unwritten_acks += 1;
+        if self.unwritten_acks > MAX_UNWRITTEN_ACKS {
+            // Many frames in one read are not yet a flood: write what is queued, and count
+            // only what the upstream leaves unread.
+            if let (Some(waker), true) = (self.driver.clone(), self.io.is_some()) {
+                self.write_out(&mut Context::from_waker(&waker));
+            }
+        }
         if self.unwritten_acks > MAX_UNWRITTEN_ACKS {
             return Err((
                 h2::Reason::ENHANCE_YOUR_CALM,
@@ -1111,10 +1174,23 @@ impl Inner {
         }
     }
 
+    /// Resets a stream for the upstream's violation (a stream error): its caller hears
+    /// "upstream protocol error"; the connection and its other streams go on.
+    fn violation(&mut self, stream: u32, reason: h2::Reason, what: &str) {
+        tracing::debug!(stream, ?reason, what, "upstream h2 stream error");
+        if let Some(state) = self.streams.get_mut(&stream) {
+            if state.failure.is_none() {
+                state.failure = Some(Failure::Violation(format!("{what} ({reason:?})").into()));
+            }
+        }
+        self.reset_stream(stream, reason);
+    }
+
     /// Ends the connection: GOAWAY with `reason`, every unfinished stream failed.
     fn connection_error(&mut self, reason: h2::Reason, text: String) {
         tracing::debug!(?reason, %text, "upstream h2 protocol error");
         let last = self.next_id.saturating_sub(2);
+        let failure = Failure::Violation(format!("{text} ({reason:?})").into());
         let text = format!("upstream h2 protocol error: {text}");
         self.out.frame_header(8 + text.len(), GOAWAY, 0, 0);
         self.out.small.extend_from_slice(&last.to_be_bytes());
@@ -1126,7 +1202,7 @@ impl Inner {
         if let (Some(waker), true) = (self.driver.clone(), self.io.is_some()) {
             self.write_out(&mut Context::from_waker(&waker));
         }
-        self.fail(Failure::Connection(text.into()));
+        self.fail(failure);
     }
 
     /// Fails the connection and every stream whose response is not complete.
@@ -1375,6 +1451,95 @@ impl Drop for StreamRef {
     }
 }
 
+/// The HPACK decoder for one upstream connection: its dynamic table may grow to what our
+/// SETTINGS advertise and no further.
+fn response_decoder() -> loona_hpack::Decoder<'static> {
+    let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
+    decoder
+}
+
+/// A decoded response header block.
+struct DecodedBlock {
+    status: Option<StatusCode>,
+    fields: HeaderMap,
+    /// Why the block cannot be used: the stream is reset, the connection goes on (the HPACK
+    /// table is in step, the whole block was decoded).
+    problem: Option<(h2::Reason, &'static str)>,
+}
+
+/// Decodes a response header block within `limits`, checked field by field as the decoder
+/// hands them over: past a limit nothing more is stored (what was is dropped), so an HPACK
+/// bomb costs the decoding of its encoded bytes and no more. An HPACK error (a size update
+/// past our table size included) is a connection error, COMPRESSION_ERROR.
+fn decode_response_block(
+    decoder: &mut loona_hpack::Decoder<'static>,
+    block: &[u8],
+    limits: HeaderLimits,
+) -> Result<DecodedBlock, (h2::Reason, String)> {
+    let mut status: Option<StatusCode> = None;
+    let mut fields = HeaderMap::new();
+    let mut problem: Option<(h2::Reason, &'static str)> = None;
+    let mut count = 0usize;
+    let mut size = 0usize;
+    let decoded = decoder.decode_with_cb(block, |name, value| {
+        if problem.is_some() {
+            return;
+        }
+        count += 1;
+        size = size.saturating_add(name.len() + value.len() + 32);
+        if count > limits.max_fields.min(MAX_RESPONSE_HEADERS_CAP) || size > limits.max_bytes {
+            problem = Some((
+                h2::Reason::ENHANCE_YOUR_CALM,
+                if size > limits.max_bytes {
+                    "response header list over the size limit"
+                } else {
+                    "response header fields over the count limit"
+                },
+            ));
+            fields = HeaderMap::new();
+            return;
+        }
+        let malformed = |what| Some((h2::Reason::PROTOCOL_ERROR, what));
+        if name.first() == Some(&b':') {
+            if &*name == b":status" && status.is_none() && fields.is_empty() {
+                status = StatusCode::from_bytes(&value).ok();
+                if status.is_none() {
+                    problem = malformed("invalid :status");
+                }
+            } else {
+                problem = malformed("unexpected pseudo-header");
+            }
+            return;
+        }
+        if name.iter().any(u8::is_ascii_uppercase) {
+            problem = malformed("uppercase header name");
+            return;
+        }
+        match (
+            HeaderName::from_bytes(&name),
+            HeaderValue::from_bytes(&value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                if is_connection_specific(&name) {
+                    problem = malformed("connection-specific header");
+                } else if fields.try_append(name, value).is_err() {
+                    problem = Some((h2::Reason::ENHANCE_YOUR_CALM, "header map full"));
+                }
+            }
+            _ => problem = malformed("invalid header field"),
+        }
+    });
+    if let Err(error) = decoded {
+        return Err((h2::Reason::COMPRESSION_ERROR, format!("hpack: {error:?}")));
+    }
+    Ok(DecodedBlock {
+        status,
+        fields,
+        problem,
+    })
+}
+
 fn protocol(text: &str) -> (h2::Reason, String) {
     (h2::Reason::PROTOCOL_ERROR, text.to_string())
 }
@@ -1468,6 +1633,149 @@ fn static_name_index(name: &str) -> Option<usize> {
         "via" => 60,
         _ => return None,
     })
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: no stability, no docs).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Decodes `data` as a run of response header blocks on one connection's decoder (each
+    /// block's length is the byte before it), as the upstream's HEADERS would arrive.
+    /// Panics only on a broken invariant: a decoded block over the limits.
+    pub fn hpack_response_blocks(data: &[u8]) {
+        let limits = HeaderLimits {
+            max_fields: 100,
+            max_bytes: 16 * 1024,
+        };
+        let mut decoder = response_decoder();
+        let mut rest = data;
+        while let Some((&length, tail)) = rest.split_first() {
+            let (block, tail) = tail.split_at(usize::from(length).min(tail.len()));
+            rest = tail;
+            match decode_response_block(&mut decoder, block, limits) {
+                Ok(decoded) => {
+                    assert!(decoded.fields.len() <= limits.max_fields);
+                    let size: usize = decoded
+                        .fields
+                        .iter()
+                        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+                        .sum();
+                    assert!(size <= limits.max_bytes);
+                }
+                // A connection error: the connection (and its decoder) ends here.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// An upstream that sends `input` (after its SETTINGS) in reads of `chunk` bytes, then
+    /// nothing more; whatever pachgate writes is discarded.
+    struct Scripted {
+        input: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let end = (self.at + self.chunk.min(buf.remaining())).min(self.input.len());
+            if self.at == end {
+                return Poll::Pending;
+            }
+            buf.put_slice(&self.input[self.at..end]);
+            self.at = end;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Runs an upstream h2 connection whose upstream sends `data` as its frames (after an
+    /// empty SETTINGS; the first byte picks the read size): two requests are opened, one
+    /// with a body, and both the response heads and bodies are read as far as they go.
+    /// The driver is polled directly, without a runtime or timers.
+    pub fn h2_client_frames(data: &[u8]) {
+        let Some((&chunk, data)) = data.split_first() else {
+            return;
+        };
+        let mut input = Vec::with_capacity(data.len() + 9);
+        input.extend_from_slice(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
+        input.extend_from_slice(data);
+        let io = Scripted {
+            input,
+            at: 0,
+            chunk: usize::from(chunk).max(1) * 64,
+        };
+        let settings = Settings {
+            stream_window: 65_535,
+            connection_window: 131_070,
+            write_batch: 16,
+            keepalive: None,
+            settings_timeout: Duration::from_secs(1),
+            header_limits: HeaderLimits {
+                max_fields: 100,
+                max_bytes: 16 * 1024,
+            },
+        };
+        let (connection, driving) = Connection::start(Box::new(io), settings);
+        drop(driving); // polled below through `Shared`, without its timers
+        let shared = connection.shared.clone();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let head = http::Request::post("http://upstream/pkg.API/Call")
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("a valid request")
+            .into_parts()
+            .0;
+        let mut streams: Vec<StreamRef> = Vec::new();
+        let mut body = Bytes::from_static(&[0u8; 100_000]);
+        for round in 0..64 {
+            if streams.len() < 2 && round % 2 == 0 {
+                let mut open = std::pin::pin!(connection.open(&head, streams.len() == 1));
+                if let Poll::Ready(Ok(stream)) = open.as_mut().poll(&mut cx) {
+                    streams.push(stream);
+                }
+            }
+            let ended = shared.poll_drive(&mut cx).is_ready();
+            if let Some(first) = streams.first_mut() {
+                let _ = first.poll_send(&mut cx, &mut body, true);
+            }
+            for stream in &mut streams {
+                let _ = stream.poll_response(&mut cx);
+                while let Poll::Ready(Some(Ok(_))) = stream.poll_body(&mut cx) {}
+                let _ = stream.is_end_stream();
+            }
+            if ended {
+                break;
+            }
+        }
+        if let Some(mut first) = streams.pop() {
+            first.reset(h2::Reason::CANCEL);
+        }
+        drop(streams);
+        drop(connection);
+        let _ = shared.poll_drive(&mut cx);
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub use gateway::{
     ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary,
     ServerLimits, Snapshot, UpstreamSummary,
 };
+/// For the fuzz targets in `fuzz/` only.
+#[doc(hidden)]
+pub use h2_client::fuzzing as h2_client_fuzzing;
 pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{
     Cidr, CidrSet, PachydermAuthSettings, PachydermLine, RateLimiter, StaticTokens,

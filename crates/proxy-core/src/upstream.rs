@@ -97,7 +97,19 @@ pub struct UpstreamSpec {
     pub h2_keepalive_timeout: Duration,
     /// Required for `protocol = "h2"`.
     pub tls: Option<UpstreamTls>,
+    /// h2 upstreams: what one response header block (head or trailers) may decode to,
+    /// in fields and in bytes (name + value + 32 per field). Past either the stream is reset
+    /// and the caller answered 502 / gRPC 14 "upstream protocol error".
+    pub h2_max_response_headers: usize,
+    pub h2_max_response_header_bytes: usize,
 }
+
+/// Defaults for [`UpstreamSpec::h2_max_response_headers`] and
+/// [`UpstreamSpec::h2_max_response_header_bytes`] (the reasoning is at their definition), and
+/// the largest field count allowed (`http::HeaderMap` holds no more than 32,768).
+pub use crate::h2_client::{
+    DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
+};
 
 /// Requests queued on an upstream h2 connection before the stream that queued the last of
 /// them writes them out itself. A worker runs woken tasks in order, so the connection's own
@@ -325,9 +337,9 @@ impl Upstream {
                     connection
                         .open(&head, end_of_stream)
                         .await
-                        .map_err(|e| self.failed(&e))?
+                        .map_err(|e| self.h2_failed(endpoint, e))?
                 }
-                Err(e) => return Err(self.failed(&e)),
+                Err(e) => return Err(self.h2_failed(endpoint, e)),
             };
             // The request body is forwarded from this task while the response is awaited:
             // a unary call's message arrives with its headers or just after them, and needs
@@ -360,13 +372,13 @@ impl Upstream {
                         Some(pump) => poll_fn(|cx| Poll::Ready(pump.take_resend(cx))).await,
                     };
                     let Some(again) = again else {
-                        return Err(self.failed(&Failure::Refused));
+                        return Err(self.h2_failed(endpoint, Failure::Refused));
                     };
                     tracing::debug!(upstream = %self.spec.name, "stream refused unprocessed; sending it again");
                     body = again;
                     first_try = false;
                 }
-                Err(e) => return Err(self.failed(&e)),
+                Err(e) => return Err(self.h2_failed(endpoint, e)),
             }
         }
     }
@@ -411,12 +423,23 @@ impl Upstream {
                     .h2_keepalive_interval
                     .map(|every| (every, self.spec.h2_keepalive_timeout)),
                 settings_timeout: self.spec.connect_timeout,
+                header_limits: h2_client::HeaderLimits {
+                    max_fields: self.spec.h2_max_response_headers,
+                    max_bytes: self.spec.h2_max_response_header_bytes,
+                },
             },
         );
         let name = self.spec.name.clone();
+        let label = endpoint.label.clone();
         tokio::spawn(async move {
-            if let Err(error) = driving.await {
-                tracing::debug!(upstream = %name, %error, "upstream h2 connection ended");
+            match driving.await {
+                Err(error @ Failure::Violation(_)) => {
+                    tracing::warn!(upstream = %name, endpoint = %label, %error, "upstream h2 connection ended");
+                }
+                Err(error) => {
+                    tracing::debug!(upstream = %name, endpoint = %label, %error, "upstream h2 connection ended");
+                }
+                Ok(()) => {}
             }
         });
         let connection = Arc::new(connection);
@@ -503,6 +526,19 @@ impl Upstream {
             upstream: self.spec.name.clone(),
             endpoint: endpoint.address.clone(),
             reason: error_chain(error),
+        }
+    }
+
+    /// An h2 stream's failure as the caller's error: the upstream's protocol violations
+    /// (ours to detect: limits, flow control, malformed frames) apart from plain failures.
+    fn h2_failed(&self, endpoint: &Endpoint, failure: Failure) -> ProxyError {
+        match failure {
+            Failure::Violation(detail) => ProxyError::UpstreamProtocol {
+                upstream: self.spec.name.clone(),
+                endpoint: endpoint.address.clone(),
+                detail: detail.to_string(),
+            },
+            other => self.failed(&other),
         }
     }
 
