@@ -101,6 +101,9 @@ async fn start_gateway() -> (Arc<Gateway>, std::net::SocketAddr) {
             response_timeout: None,
             h2_keepalive_interval: None,
             h2_keepalive_timeout: Duration::from_secs(20),
+            h2_max_response_headers: pachgate_proxy_core::upstream::DEFAULT_MAX_RESPONSE_HEADERS,
+            h2_max_response_header_bytes:
+                pachgate_proxy_core::upstream::DEFAULT_MAX_RESPONSE_HEADER_BYTES,
             tls: None,
         }],
         None,
