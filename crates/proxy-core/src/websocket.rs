@@ -429,7 +429,7 @@ fn spawn_tunnel<U, S>(
         };
         let _open = ticket.open();
         let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
-        let (server_read, server_write) = tokio::io::split(server);
+        let (mut server_read, mut server_write) = tokio::io::split(server);
         let going_away = GoingAway::new();
         // The route's timeouts, from the switch on: `idle_timeout` for a tunnel quiet both
         // ways, `timeout` for its whole life. Cut at expiry: both sockets are closed.
@@ -440,13 +440,13 @@ fn spawn_tunnel<U, S>(
             tokio::join!(
                 pump(
                     client_read,
-                    server_write,
+                    &mut server_write,
                     ticket.close_signal(),
                     going_away.masked(),
                     (&bytes_up, activity.as_deref()),
                 ),
                 pump(
-                    server_read,
+                    &mut server_read,
                     client_write,
                     ticket.close_signal(),
                     going_away.unmasked(),
@@ -461,6 +461,16 @@ fn spawn_tunnel<U, S>(
                 false
             }
         };
+        if closed_for_drain {
+            // The backend answers our close frame and ends its side; waiting for that (a
+            // moment at most) keeps the tunnel counted open until the close has left, which
+            // on an h2 stream means until the connection's task wrote it, not just queued it.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(FRAME_FINISH_LIMIT, async {
+                while matches!(server_read.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
         let (up, down) = (bytes_up.into_inner(), bytes_down.into_inner());
         tracing::debug!(
             upstream = %name,
@@ -532,6 +542,17 @@ where
         };
         let n = match read {
             Ok(0) | Err(_) => {
+                // The source ended (an h2 upstream may reset its stream as soon as it has
+                // answered our close, its reply discarded): at the drain deadline the other
+                // side still gets its close frame, unless one already went through.
+                let draining = stopping || *close_now.borrow();
+                if draining
+                    && frames.at_boundary()
+                    && !frames.close_seen
+                    && to.write_all(&close_frame).await.is_ok()
+                {
+                    end.closed_for_drain = true;
+                }
                 let _ = to.shutdown().await;
                 return end;
             }
@@ -561,6 +582,8 @@ struct FrameTracker {
     header: [u8; 14],
     header_len: usize,
     payload_left: u64,
+    /// A close frame has passed.
+    close_seen: bool,
 }
 
 impl FrameTracker {
@@ -589,6 +612,7 @@ impl FrameTracker {
                 continue;
             }
             self.payload_left = self.payload_size();
+            self.close_seen |= self.header[0] & 0x0f == 0x8;
             self.header_len = 0;
             if self.payload_left == 0 {
                 return used;
@@ -673,6 +697,9 @@ mod tests {
             offset += chunk.len();
         }
         assert_eq!(boundaries, vec![9, 9 + 4 + 300, stream.len()]);
+        assert!(!tracker.close_seen);
+        tracker.step(&GoingAway::new().unmasked());
+        assert!(tracker.close_seen && tracker.at_boundary());
     }
 
     #[test]
