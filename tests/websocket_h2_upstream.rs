@@ -50,6 +50,9 @@ struct H2Upstream {
     address: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
+    /// Websocket sessions whose stream has ended, however it did: the close code each got
+    /// from the client side, if a close frame came.
+    ended: Arc<Mutex<Vec<Option<u16>>>>,
 }
 
 impl H2Upstream {
@@ -58,7 +61,9 @@ impl H2Upstream {
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(Mutex::new(Vec::new()));
         let (seen_by_server, counted) = (seen.clone(), connections.clone());
+        let ended_by_server = ended.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -66,6 +71,7 @@ impl H2Upstream {
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
                 let seen = seen_by_server.clone();
+                let ended = ended_by_server.clone();
                 tokio::spawn(async move {
                     let mut builder =
                         hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -73,8 +79,8 @@ impl H2Upstream {
                         builder.enable_connect_protocol();
                     }
                     let service = hyper::service::service_fn(move |request| {
-                        let seen = seen.clone();
-                        async move { Ok::<_, Infallible>(serve(request, &seen)) }
+                        let (seen, ended) = (seen.clone(), ended.clone());
+                        async move { Ok::<_, Infallible>(serve(request, &seen, ended)) }
                     });
                     let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
                 });
@@ -84,7 +90,12 @@ impl H2Upstream {
             address,
             seen,
             connections,
+            ended,
         }
+    }
+
+    fn ended(&self) -> Vec<Option<u16>> {
+        self.ended.lock().unwrap().clone()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -92,7 +103,11 @@ impl H2Upstream {
     }
 }
 
-fn serve(mut request: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+fn serve(
+    mut request: Request<Incoming>,
+    seen: &Mutex<Vec<Seen>>,
+    ended: Arc<Mutex<Vec<Option<u16>>>>,
+) -> Response<Full<Bytes>> {
     let protocol = request
         .extensions()
         .get::<hyper::ext::Protocol>()
@@ -120,16 +135,18 @@ fn serve(mut request: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Fu
         };
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut close_code = None;
         while let Some(Ok(message)) = ws.next().await {
-            if message.is_text() || message.is_binary() {
-                if ws.send(message).await.is_err() {
-                    return;
-                }
-            } else if message.is_close() {
+            if let Message::Close(frame) = &message {
+                close_code = frame.as_ref().map(|f| u16::from(f.code));
                 let _ = ws.close(None).await;
-                return;
+                break;
+            }
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
             }
         }
+        ended.lock().unwrap().push(close_code);
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     if let Some(subprotocol) = subprotocol {
@@ -143,6 +160,11 @@ fn serve(mut request: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Fu
 /// pachgate with `/ws` to an upstream that enables extended CONNECT and `/plain-h2` to one
 /// that does not (both h2c).
 fn proxy(supporting: &H2Upstream, unsupporting: &H2Upstream) -> Proxy {
+    proxy_with(supporting, unsupporting, "")
+}
+
+/// The same, with more config (a `[limits]` section, say) after the routes.
+fn proxy_with(supporting: &H2Upstream, unsupporting: &H2Upstream, more: &str) -> Proxy {
     pachgate(
         &format!(
             r#"
@@ -163,6 +185,8 @@ upstream = "plain-h2"
 name = "rfc8441"
 match = {{ path_prefix = "/" }}
 upstream = "rfc8441"
+
+{more}
 "#,
             supporting = supporting.address,
             unsupporting = unsupporting.address,
@@ -244,7 +268,8 @@ fn refusal<T>(result: Result<T, tungstenite::Error>) -> (u16, String) {
     }
 }
 
-#[tokio::test]
+// Two workers: the upstream keeps running while the test waits for pachgate's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_websocket_reaches_an_h2c_upstream_by_extended_connect() {
     let (supporting, unsupporting) = (
         H2Upstream::start(true).await,
@@ -271,6 +296,26 @@ async fn http1_websocket_reaches_an_h2c_upstream_by_extended_connect() {
     })
     .await;
     assert!(closed.is_ok(), "the close handshake completes");
+    drop(ws);
+
+    // One access line for the tunnel, when it closes, with its byte counts both ways.
+    let lines = proxy
+        .running
+        .stdout_until("\"websocket\"", Duration::from_secs(10));
+    let tunnel: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|record| record["kind"] == "websocket")
+        .collect();
+    assert_eq!(tunnel.len(), 1, "{lines:#?}");
+    assert_eq!(tunnel[0]["status"], 101);
+    assert_eq!(tunnel[0]["upstream_protocol"], "h2c");
+    assert_eq!(tunnel[0]["upstream"], supporting.address.to_string());
+    assert_eq!(tunnel[0]["route"], "rfc8441");
+    for direction in ["bytes_received", "bytes_sent"] {
+        let bytes = tunnel[0][direction].as_u64().unwrap();
+        assert!(bytes > 400_000, "{direction}: {bytes}");
+    }
 
     let seen = supporting.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
@@ -367,6 +412,18 @@ async fn an_h2c_upstream_without_extended_connect_is_a_502_and_gets_no_stream() 
     let (status, body) = refusal(connect(&proxy, "/plain-h2/ws").await);
     assert_eq!(status, 502, "{body}");
     assert_eq!(body, "websocket upgrade failed\n");
+    let why = "does not support websockets over HTTP/2";
+    let logged = tokio::time::timeout(Duration::from_secs(5), async {
+        while !proxy.running.stderr_so_far().contains(why) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        logged.is_ok(),
+        "the log says why: {}",
+        proxy.running.stderr_so_far()
+    );
     // pachgate connected to read the upstream's SETTINGS, and opened no stream.
     assert_eq!(unsupporting.connections.load(Ordering::SeqCst), 1);
     assert!(unsupporting.seen().is_empty(), "{:?}", unsupporting.seen());
@@ -390,4 +447,66 @@ async fn an_h2c_upstream_without_extended_connect_is_a_502_and_gets_no_stream() 
     assert_eq!(unsupporting.seen()[0].method, Method::GET);
 
     echo(&mut bystander, Message::text("after")).await;
+}
+
+/// A client that vanishes without a close frame: the upstream's stream ends too (pachgate
+/// ends or resets it), so nothing is left open upstream; other sessions go on.
+#[tokio::test]
+async fn a_client_that_vanishes_ends_the_upstream_stream() {
+    let (supporting, unsupporting) = (
+        H2Upstream::start(true).await,
+        H2Upstream::start(false).await,
+    );
+    let proxy = proxy(&supporting, &unsupporting);
+    let (mut bystander, _) = connect(&proxy, "/bystander").await.unwrap();
+    let (mut ws, _) = connect(&proxy, "/ws").await.unwrap();
+    echo(&mut ws, Message::text("then gone")).await;
+    drop(ws);
+
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while supporting.ended().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the upstream's session is still open");
+    echo(&mut bystander, Message::text("still here")).await;
+    assert_eq!(supporting.ended(), [None], "ended without a close frame");
+}
+
+/// SIGTERM with a tunnel open: at `drain_timeout` both sides get a close frame 1001 (the
+/// upstream's through its h2 stream), and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_a_tunnel_to_an_h2c_upstream_with_1001_both_ways() {
+    let (supporting, unsupporting) = (
+        H2Upstream::start(true).await,
+        H2Upstream::start(false).await,
+    );
+    let mut proxy = proxy_with(
+        &supporting,
+        &unsupporting,
+        "[limits]\ndrain_timeout = \"1s\"",
+    );
+    let (mut ws, _) = connect(&proxy, "/ws").await.unwrap();
+    echo(&mut ws, Message::text("before the drain")).await;
+
+    proxy.running.signal("TERM");
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001, "{frame:?}"),
+        other => panic!("expected a close frame 1001, got {other:?}"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while supporting.ended().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the upstream's session did not end");
+    assert_eq!(
+        supporting.ended(),
+        [Some(1001)],
+        "the upstream got a close frame 1001"
+    );
+    let status = tokio::task::block_in_place(|| proxy.running.wait_exit(Duration::from_secs(10)));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
