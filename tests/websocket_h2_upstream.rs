@@ -1,10 +1,10 @@
-//! Websockets toward `h2c` upstreams: pachgate opens an RFC 8441 extended CONNECT stream
-//! (`:protocol websocket`) where the upstream's SETTINGS enable it, and tunnels the client's
-//! websocket (an HTTP/1.1 Upgrade, or the client's own extended CONNECT over h2) through that
-//! stream's DATA frames. An upstream that does not enable it gets no stream and the client a
-//! 502. The upstream is hyper's h2 server (its extended CONNECT support on or off) running
-//! tungstenite's server role on the stream; clients are tungstenite over rustls, and hyper's
-//! h2 client for extended CONNECT.
+//! Websockets toward `h2c` and `h2` upstreams: pachgate opens an RFC 8441 extended CONNECT
+//! stream (`:protocol websocket`) where the upstream's SETTINGS enable it, and tunnels the
+//! client's websocket (an HTTP/1.1 Upgrade, or the client's own extended CONNECT over h2)
+//! through that stream's DATA frames. An upstream that does not enable it gets no stream and
+//! the client a 502. The upstream is hyper's h2 server (its extended CONNECT support on or
+//! off; over TLS for `h2`) running tungstenite's server role on the stream; clients are
+//! tungstenite over rustls, and hyper's h2 client for extended CONNECT.
 
 mod common;
 
@@ -57,6 +57,14 @@ struct H2Upstream {
 
 impl H2Upstream {
     async fn start(connect_protocol: bool) -> H2Upstream {
+        H2Upstream::start_with(connect_protocol, None).await
+    }
+
+    /// Over TLS with ALPN `h2` when `tls` is given.
+    async fn start_with(
+        connect_protocol: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> H2Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -72,6 +80,7 @@ impl H2Upstream {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let seen = seen_by_server.clone();
                 let ended = ended_by_server.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let mut builder =
                         hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -82,7 +91,17 @@ impl H2Upstream {
                         let (seen, ended) = (seen.clone(), ended.clone());
                         async move { Ok::<_, Infallible>(serve(request, &seen, ended)) }
                     });
-                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                    }
                 });
             }
         });
@@ -509,4 +528,76 @@ async fn drain_closes_a_tunnel_to_an_h2c_upstream_with_1001_both_ways() {
     );
     let status = tokio::task::block_in_place(|| proxy.running.wait_exit(Duration::from_secs(10)));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// The TLS acceptor of an upstream with a certificate for `backend.internal`, made by
+/// `pachgate cert generate` in `dir/backend/`, offering ALPN `h2`.
+fn backend_tls(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::PrivateKeyDer;
+    let generated = std::process::Command::new(BIN)
+        .args([
+            "cert",
+            "generate",
+            "--out",
+            "backend",
+            "--host",
+            "backend.internal",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("backend/tls.crt"))
+            .unwrap()
+            .map(|cert| cert.unwrap())
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("backend/tls.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An `h2` upstream (TLS, verified against its `ca` and `server_name`) takes the websocket
+/// the same way, inside TLS.
+#[tokio::test]
+async fn http1_websocket_reaches_an_h2_tls_upstream_by_extended_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = H2Upstream::start_with(true, Some(backend_tls(dir.path()))).await;
+    let proxy = pachgate(
+        &format!(
+            r#"
+[upstreams.backend]
+endpoints = ["{address}"]
+protocol = "h2"
+ca = "{ca}"
+server_name = "backend.internal"
+
+[[routes]]
+name = "backend"
+match = {{ path_prefix = "/" }}
+upstream = "backend"
+"#,
+            address = upstream.address,
+            ca = dir.path().join("backend/ca.crt").display(),
+        ),
+        "",
+    );
+    let (mut ws, _) = connect(&proxy, "/ws-tls")
+        .await
+        .expect("the upgrade through pachgate succeeds");
+    echo(&mut ws, Message::text("inside TLS")).await;
+    echo(&mut ws, Message::binary(vec![9u8; 200_000])).await;
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, Method::CONNECT);
+    assert_eq!(seen[0].protocol.as_deref(), Some("websocket"));
+    assert_eq!(seen[0].uri.scheme_str(), Some("https"));
+    assert_eq!(seen[0].headers["cookie"], COOKIE);
 }
