@@ -1,10 +1,11 @@
 //! Websocket upgrades honour the upstream's protocol: over TLS (its `ca`, `server_name`) to
 //! an `http1-tls` upstream, never in cleartext to a TLS port; a certificate that does not
-//! verify is a 502 that says so; h2 and h2c upstreams get a clear 502 before any byte is
-//! written to them. The upstream is Python's `websockets` server with TLS, behind a spy that
-//! reports whether each connection began with a TLS ClientHello or with cleartext
-//! (tests/clients/ws_tls_upstream.py); the client is tungstenite over rustls; bystanders are
-//! websocket sessions to the stand-in console through the same pachgate.
+//! verify is a 502 that says so; h2 and h2c upstreams that do not enable RFC 8441 extended
+//! CONNECT get a clear 502 (tests/websocket_h2_upstream.rs has one that does). The upstream
+//! is Python's `websockets` server with TLS, behind a spy that reports whether each
+//! connection began with a TLS ClientHello or with cleartext (tests/clients/ws_tls_upstream.py);
+//! the client is tungstenite over rustls; bystanders are websocket sessions to the stand-in
+//! console through the same pachgate.
 
 mod common;
 
@@ -239,8 +240,11 @@ async fn a_tls_upstream_with_a_wrong_certificate_is_a_clear_502() {
     echo(&mut fresh, "a new bystander").await;
 }
 
+/// The stand-in pachd (h2c) does not enable extended CONNECT in its SETTINGS: pachgate
+/// opens no stream there and answers 502 (tests/websocket_h2_upstream.rs covers one that
+/// does, and checks that no stream is opened).
 #[tokio::test]
-async fn websocket_to_an_h2_or_h2c_upstream_is_a_clear_502_and_sends_nothing() {
+async fn websocket_to_an_h2c_upstream_without_extended_connect_is_a_clear_502() {
     let dir = tempfile::tempdir().unwrap();
     generate_cert(dir.path(), "backend");
     let standins = standins();
@@ -248,16 +252,34 @@ async fn websocket_to_an_h2_or_h2c_upstream_is_a_clear_502_and_sends_nothing() {
     let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
     let mut bystander = connect(&proxy, "/console/ws").await.unwrap();
 
-    for path in ["/ws-h2", "/ws-h2c"] {
-        let (status, body) = refusal(connect(&proxy, path).await);
-        assert_eq!(status, 502, "{path}: {body}");
-        assert_eq!(body, "websocket upgrade failed\n", "{path}");
-    }
-    // Not a byte went to the TLS port (on the h2 route, an HTTP/1.1 handshake would have
-    // been cleartext).
+    let (status, body) = refusal(connect(&proxy, "/ws-h2c").await);
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body, "websocket upgrade failed\n");
+
+    echo(&mut bystander, "still here").await;
+}
+
+/// An `h2` upstream is reached over TLS as HTTP/2 (to read whether its SETTINGS enable
+/// extended CONNECT); here the port speaks HTTP/1.1 websockets only, so the attempt fails
+/// with a 502 and not a byte of cleartext, nor a handshake, reaches it.
+#[tokio::test]
+async fn websocket_to_an_h2_upstream_never_writes_cleartext_to_its_tls_port() {
+    let dir = tempfile::tempdir().unwrap();
+    generate_cert(dir.path(), "backend");
+    let standins = standins();
+    let upstream = tls_ws_upstream(dir.path());
+    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+    let mut bystander = connect(&proxy, "/console/ws").await.unwrap();
+
+    let (status, body) = refusal(connect(&proxy, "/ws-h2").await);
+    assert_eq!(status, 502, "{body}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = events(&upstream);
-    assert!(seen.is_empty(), "the h2 upstream was sent: {seen:?}");
+    assert!(
+        seen.iter()
+            .all(|e| e["event"] == "connection" && e["first_bytes"] == "tls"),
+        "only TLS reached the upstream, and no handshake: {seen:?}"
+    );
 
     echo(&mut bystander, "still here").await;
 }

@@ -36,6 +36,8 @@ pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 pub const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 pub const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// RFC 8441: the peer accepts extended CONNECT (`:protocol`), e.g. websockets over HTTP/2.
+pub const SETTINGS_ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
 
 /// RFC 9113 defaults, until the peer's SETTINGS say otherwise.
 pub const DEFAULT_WINDOW: u32 = 65_535;

@@ -583,6 +583,7 @@ impl Gateway {
             Box::pin(crate::websocket::tunnel(
                 request,
                 upstream,
+                authority,
                 self.tunnels(),
                 &mut record.exchange,
                 route.target.timeouts,

@@ -30,9 +30,9 @@ use http_body::Frame;
 use pachgate_h2_wire::{
     self as wire, FrameReader, Next, ACK, CONTINUATION, DATA, DEFAULT_HEADER_TABLE_SIZE,
     DEFAULT_WINDOW, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, PRIORITY,
-    PUSH_PROMISE, RST_STREAM, SETTINGS, SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE,
-    SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE,
-    SETTINGS_MAX_HEADER_LIST_SIZE, WINDOW_UPDATE,
+    PUSH_PROMISE, RST_STREAM, SETTINGS, SETTINGS_ENABLE_CONNECT_PROTOCOL, SETTINGS_ENABLE_PUSH,
+    SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE, WINDOW_UPDATE,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -316,6 +316,9 @@ struct Inner {
     peer_initial_window: u32,
     peer_max_frame: usize,
     peer_settings_seen: bool,
+    /// The upstream's SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): extended CONNECT, the
+    /// way websockets travel over HTTP/2, is allowed.
+    peer_connect_protocol: bool,
     send_window: i64,
     recv_window: i64,
     recv_unacked: u32,
@@ -399,6 +402,7 @@ impl Connection {
             peer_initial_window: DEFAULT_WINDOW,
             peer_max_frame: DEFAULT_MAX_FRAME,
             peer_settings_seen: false,
+            peer_connect_protocol: false,
             send_window: i64::from(DEFAULT_WINDOW),
             recv_window: i64::from(settings.connection_window),
             recv_unacked: 0,
@@ -509,6 +513,31 @@ impl Connection {
         .await
     }
 }
+
+impl Connection {
+    /// Whether the upstream allows RFC 8441 extended CONNECT, once its first SETTINGS have
+    /// arrived (a connection that fails before, or gets none within the settings timeout,
+    /// is an error).
+    pub(crate) async fn connect_protocol_enabled(&self) -> Result<bool, Failure> {
+        poll_fn(|cx| {
+            let mut inner = self.shared.lock();
+            if let Some(failure) = &inner.failure {
+                return Poll::Ready(Err(failure.clone()));
+            }
+            if inner.peer_settings_seen {
+                return Poll::Ready(Ok(inner.peer_connect_protocol));
+            }
+            inner.open_waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The `:protocol` of an RFC 8441 extended CONNECT request, as an extension of its head:
+/// only CONNECT requests are looked at for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectProtocol(pub &'static str);
 
 impl Drop for Connection {
     fn drop(&mut self) {
@@ -1093,6 +1122,12 @@ impl Inner {
                     }
                     self.peer_max_frame = value as usize;
                 }
+                // RFC 8441 §3: 0 or 1, and once 1 it may not go back to 0.
+                SETTINGS_ENABLE_CONNECT_PROTOCOL => match value {
+                    1 => self.peer_connect_protocol = true,
+                    0 if !self.peer_connect_protocol => {}
+                    _ => return Err(protocol("bad SETTINGS_ENABLE_CONNECT_PROTOCOL")),
+                },
                 // The header table size only matters to an encoder that indexes; ours never
                 // adds to the upstream's table.
                 _ => {}
@@ -1583,6 +1618,13 @@ fn encode_request_head(head: &http::request::Parts, out: &mut Vec<u8>) {
     } else {
         put_indexed_name(out, 0x00, 4, path.as_bytes());
     }
+    if head.method == http::Method::CONNECT {
+        if let Some(ConnectProtocol(protocol)) = head.extensions.get::<ConnectProtocol>() {
+            out.push(0x00);
+            wire::put_string(out, b":protocol");
+            wire::put_string(out, protocol.as_bytes());
+        }
+    }
     for (name, value) in &head.headers {
         if is_connection_specific(name) || (name == http::header::TE && value != "trailers") {
             continue;
@@ -1826,6 +1868,95 @@ mod tests {
         .map(|(name, value)| (name.to_string(), value))
         .collect();
         assert_eq!(decode(&block), expected);
+    }
+
+    /// What `connect_protocol_enabled` says once the upstream has sent these SETTINGS
+    /// frames (each a list of id/value pairs), over an in-memory pipe.
+    async fn connect_protocol_after(frames: &[&[(u16, u32)]]) -> Result<bool, Failure> {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let settings = Settings {
+            stream_window: 65_535,
+            connection_window: 65_535,
+            write_batch: 16,
+            keepalive: None,
+            settings_timeout: Duration::from_secs(5),
+            header_limits: HeaderLimits::default(),
+        };
+        let (connection, driving) = Connection::start(Box::new(ours), settings);
+        tokio::spawn(driving);
+        let mut bytes = BytesMut::new();
+        for entries in frames {
+            wire::put_frame_header(&mut bytes, entries.len() * 6, SETTINGS, 0, 0);
+            for (id, value) in *entries {
+                bytes.extend_from_slice(&id.to_be_bytes());
+                bytes.extend_from_slice(&value.to_be_bytes());
+            }
+        }
+        theirs.write_all(&bytes).await.unwrap();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.connect_protocol_enabled(),
+        )
+        .await
+        .expect("an answer once SETTINGS arrived");
+        drop(theirs);
+        answer
+    }
+
+    #[tokio::test]
+    async fn extended_connect_is_what_the_upstream_settings_say() {
+        let enabled: &[(u16, u32)] = &[(SETTINGS_ENABLE_CONNECT_PROTOCOL, 1)];
+        assert!(matches!(connect_protocol_after(&[enabled]).await, Ok(true)));
+        let silent: &[(u16, u32)] = &[(SETTINGS_MAX_CONCURRENT_STREAMS, 100)];
+        assert!(matches!(connect_protocol_after(&[silent]).await, Ok(false)));
+        let off: &[(u16, u32)] = &[(SETTINGS_ENABLE_CONNECT_PROTOCOL, 0)];
+        assert!(matches!(connect_protocol_after(&[off]).await, Ok(false)));
+        // RFC 8441 §3: only 0 or 1, and never back to 0: the connection fails.
+        let two: &[(u16, u32)] = &[(SETTINGS_ENABLE_CONNECT_PROTOCOL, 2)];
+        assert!(matches!(
+            connect_protocol_after(&[two]).await,
+            Err(Failure::Connection(_) | Failure::Violation(_))
+        ));
+        assert!(matches!(
+            connect_protocol_after(&[enabled, off]).await,
+            Err(Failure::Connection(_) | Failure::Violation(_))
+        ));
+    }
+
+    #[test]
+    fn an_extended_connect_head_carries_its_protocol_after_the_pseudo_headers() {
+        let request = http::Request::builder()
+            .method("CONNECT")
+            .uri("http://pachd:1650/ws?x=1")
+            .header("sec-websocket-version", "13")
+            .extension(ConnectProtocol("websocket"))
+            .body(())
+            .unwrap();
+        let (head, ()) = request.into_parts();
+        let mut block = Vec::new();
+        encode_request_head(&head, &mut block);
+        assert_eq!(
+            decode(&block),
+            [
+                (":method", "CONNECT"),
+                (":scheme", "http"),
+                (":authority", "pachd:1650"),
+                (":path", "/ws?x=1"),
+                (":protocol", "websocket"),
+                ("sec-websocket-version", "13"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        // Only CONNECT takes it.
+        let (mut head, ()) = http::Request::get("http://pachd/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        head.extensions.insert(ConnectProtocol("websocket"));
+        let mut block = Vec::new();
+        encode_request_head(&head, &mut block);
+        assert!(!decode(&block).iter().any(|(name, _)| name == ":protocol"));
     }
 
     #[test]

@@ -493,17 +493,17 @@ impl Upstream {
     /// A dedicated HTTP/1.1 connection for one websocket upgrade; it leaves the pool's
     /// accounting because after the upgrade it is a byte tunnel, not an HTTP connection.
     /// On an `http1-tls` upstream it is TLS, made with the same client configuration (CA,
-    /// server name, client certificate) as the upstream's pool. h2 and h2c upstreams get no
-    /// connection at all: an HTTP/1.1 handshake is not theirs to read (and on `h2` it would
-    /// be written in cleartext to a TLS port), so the upgrade fails before any byte is sent.
+    /// server name, client certificate) as the upstream's pool. h2 and h2c upstreams never get
+    /// an HTTP/1.1 handshake (on `h2` it would be cleartext to a TLS port): their websockets
+    /// go through [`Upstream::open_websocket_h2`], and this refuses them as a safeguard.
     /// Also returns the endpoint's authority and its label (for the access log).
     pub async fn connect_for_upgrade(
         &self,
     ) -> Result<(http1::SendRequest<ProxyBody>, Authority, Arc<str>), ProxyError> {
         if self.spec.protocol.is_h2() {
             return Err(ProxyError::UpgradeFailed(format!(
-                "upstream {} speaks {}; websocket upgrades need an HTTP/1.1 upstream \
-                 (protocol = \"http1\" or \"http1-tls\")",
+                "upstream {} speaks {}: its websockets take extended CONNECT, not an \
+                 HTTP/1.1 upgrade",
                 self.spec.name,
                 self.spec.protocol.name()
             )));
@@ -519,6 +519,72 @@ impl Upstream {
             let _ = connection.with_upgrades().await;
         });
         Ok((sender, endpoint.authority.clone(), endpoint.label.clone()))
+    }
+
+    /// Opens an RFC 8441 extended CONNECT stream (`:protocol websocket`) on an h2 or h2c
+    /// upstream, on the same connections its requests use, and waits for the response head
+    /// (within `response_timeout`). `head` carries the path and the websocket headers to
+    /// forward; `authority` becomes `:authority`. Where the upstream's SETTINGS do not enable
+    /// extended CONNECT no stream is opened: the caller gets a 502 that says why. Also
+    /// returns the endpoint's label (for the access log).
+    pub(crate) async fn open_websocket_h2(
+        &self,
+        mut head: http::request::Parts,
+        authority: Option<Authority>,
+    ) -> Result<(StreamRef, Response<()>, Arc<str>), ProxyError> {
+        let endpoint = self.pick();
+        let authority = authority.unwrap_or_else(|| endpoint.authority.clone());
+        let path = head
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        head.uri = Uri::builder()
+            .scheme(self.scheme())
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
+        head.method = http::Method::CONNECT;
+        head.version = Version::HTTP_2;
+        head.extensions = http::Extensions::new();
+        head.extensions
+            .insert(h2_client::ConnectProtocol("websocket"));
+        let open = async {
+            let connection = self.h2_connection(endpoint).await?;
+            let enabled = connection
+                .connect_protocol_enabled()
+                .await
+                .map_err(|e| self.h2_failed(endpoint, e))?;
+            if !enabled {
+                return Err(ProxyError::UpgradeFailed(format!(
+                    "upstream {} ({}) does not support websockets over HTTP/2: its SETTINGS \
+                     do not enable extended CONNECT (RFC 8441)",
+                    self.spec.name,
+                    self.spec.protocol.name()
+                )));
+            }
+            let mut stream = connection
+                .open(&head, false)
+                .await
+                .map_err(|e| self.h2_failed(endpoint, e))?;
+            let response = poll_fn(|cx| stream.poll_response(cx))
+                .await
+                .map_err(|e| self.h2_failed(endpoint, e))?;
+            Ok((stream, response))
+        };
+        let (stream, response) = match self.spec.response_timeout {
+            None => open.await?,
+            Some(limit) => tokio::time::timeout(limit, open)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProxyError::UpstreamTimeout {
+                        upstream: self.spec.name.clone(),
+                        timeout_ms: limit.as_millis(),
+                    })
+                })?,
+        };
+        Ok((stream, response, endpoint.label.clone()))
     }
 
     fn connect_error(&self, endpoint: &Endpoint, error: &dyn std::error::Error) -> ProxyError {

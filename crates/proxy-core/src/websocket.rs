@@ -1,20 +1,26 @@
-//! Websocket tunnels: the HTTP/1.1 Upgrade handshake is forwarded to the upstream, and once
-//! both sides answered 101 the two connections become one byte tunnel. Frames (ping, pong,
-//! close) pass through untouched; only the route's own `timeout` / `idle_timeout` apply to it.
+//! Websocket tunnels: the client's handshake is forwarded to the upstream, and once both
+//! sides agreed the two connections become one byte tunnel. Frames (ping, pong, close) pass
+//! through untouched; only the route's own `timeout` / `idle_timeout` apply to it.
 //!
-//! The upstream side is always an HTTP/1.1 upgrade, in the upstream's own transport: TLS for
-//! `http1-tls` (same CA, server name and client certificate as its HTTP requests), plain TCP
-//! for `http1`. An `h2` or `h2c` upstream is refused with a 502 before anything is written
-//! to it (`Upstream::connect_for_upgrade`): an HTTP/1.1 handshake is not its protocol, and
-//! on `h2` it would go out in cleartext to a TLS port. (RFC 8441 extended CONNECT toward h2
-//! upstreams is not implemented.)
+//! The upstream side speaks the upstream's own protocol. `http1` and `http1-tls` upstreams
+//! get an HTTP/1.1 upgrade, TLS for `http1-tls` (same CA, server name and client certificate
+//! as its HTTP requests). `h2` and `h2c` upstreams get RFC 8441 extended CONNECT
+//! (`:protocol websocket`) as a stream of their usual connection, when their SETTINGS enable
+//! it (SETTINGS_ENABLE_CONNECT_PROTOCOL = 1): the tunnel is then the stream's DATA frames,
+//! with the stream's flow control, END_STREAM for a half-close and RST_STREAM for a cut. An
+//! h2 upstream that does not enable it gets no stream at all, and the client a 502.
 //!
 //! The tunnel follows frame boundaries (headers only, payloads are not inspected) so that at
 //! the drain deadline it can end both sides cleanly: a close frame with code 1001 (going
 //! away) to the client and to the backend, never cut into the middle of a frame.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 
+use bytes::Bytes;
 use http::header::{
     HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
     UPGRADE,
@@ -23,12 +29,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::gateway::TunnelTicket;
+use crate::h2_client::StreamRef;
 use crate::route_timeouts::{bounded, Activity, RouteTimeouts};
 use crate::upstream::{error_chain, Upstream};
 
@@ -37,10 +44,18 @@ use crate::upstream::{error_chain, Upstream};
 pub(crate) async fn tunnel(
     mut request: Request<Incoming>,
     upstream: &Upstream,
+    authority: Option<http::uri::Authority>,
     ticket: TunnelTicket,
     exchange: &mut Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if upstream.protocol().is_h2() {
+        let side = ClientSide::Upgrade;
+        return tunnel_over_h2(
+            request, upstream, authority, side, ticket, exchange, timeouts,
+        )
+        .await;
+    }
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, _, label) = upstream.connect_for_upgrade().await?;
     if let Some(exchange) = exchange.as_deref_mut() {
@@ -60,7 +75,7 @@ pub(crate) async fn tunnel(
     spawn_tunnel(
         upstream.name().to_string(),
         client_upgrade,
-        upstream_upgrade,
+        async move { upstream_upgrade.await.map(TokioIo::new) },
         ticket,
         take_for_tunnel(exchange, StatusCode::SWITCHING_PROTOCOLS),
         timeouts,
@@ -91,6 +106,13 @@ pub(crate) async fn tunnel_extended_connect(
     exchange: &mut Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if upstream.protocol().is_h2() {
+        let side = ClientSide::ExtendedConnect;
+        return tunnel_over_h2(
+            request, upstream, authority, side, ticket, exchange, timeouts,
+        )
+        .await;
+    }
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, endpoint, label) = upstream.connect_for_upgrade().await?;
     if let Some(exchange) = exchange.as_deref_mut() {
@@ -131,7 +153,7 @@ pub(crate) async fn tunnel_extended_connect(
     spawn_tunnel(
         upstream.name().to_string(),
         client_upgrade,
-        upstream_upgrade,
+        async move { upstream_upgrade.await.map(TokioIo::new) },
         ticket,
         take_for_tunnel(exchange, StatusCode::OK),
         timeouts,
@@ -146,6 +168,188 @@ pub(crate) async fn tunnel_extended_connect(
         }
     }
     Ok(reply)
+}
+
+/// How the client asked for its websocket, and so how it is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientSide {
+    /// An HTTP/1.1 Upgrade: 101 with the Sec-WebSocket-Accept for the client's key.
+    Upgrade,
+    /// An RFC 8441 CONNECT over h2: 200.
+    ExtendedConnect,
+}
+
+/// Request headers that belong to the client's hop only: the upstream's stream carries the
+/// websocket in `:method CONNECT` / `:protocol`, and its own `:authority`.
+const NOT_FORWARDED_OVER_H2: [http::header::HeaderName; 4] =
+    [HOST, CONNECTION, UPGRADE, SEC_WEBSOCKET_KEY];
+
+/// A websocket toward an `h2` or `h2c` upstream: an extended CONNECT stream there (RFC 8441)
+/// with the client's websocket headers (version, subprotocols, extensions, origin, cookies);
+/// on its 2xx the client is answered (101 or 200) and the stream's DATA become the tunnel.
+/// Any other status is passed back as the upstream gave it, as a refused HTTP/1.1 upgrade is.
+async fn tunnel_over_h2(
+    mut request: Request<Incoming>,
+    upstream: &Upstream,
+    authority: Option<http::uri::Authority>,
+    side: ClientSide,
+    ticket: TunnelTicket,
+    exchange: &mut Option<Box<Exchange>>,
+    timeouts: RouteTimeouts,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let (mut parts, _body) = request.into_parts();
+    let accept = match side {
+        ClientSide::Upgrade => {
+            let key = parts
+                .headers
+                .get(SEC_WEBSOCKET_KEY)
+                .ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key\n"))?;
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            Some(HeaderValue::from_str(&accept).expect("base64 is a valid header value"))
+        }
+        ClientSide::ExtendedConnect => None,
+    };
+    for name in NOT_FORWARDED_OVER_H2 {
+        parts.headers.remove(name);
+    }
+    if !parts.headers.contains_key(SEC_WEBSOCKET_VERSION) {
+        parts
+            .headers
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+    let (stream, response, label) = upstream.open_websocket_h2(parts, authority).await?;
+    if let Some(exchange) = exchange.as_deref_mut() {
+        exchange.set_upstream_endpoint(&label);
+    }
+    if !response.status().is_success() {
+        let (mut parts, ()) = response.into_parts();
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        let body = ProxyBody::Upstream(UpstreamBody::new(stream));
+        return Ok(Response::from_parts(parts, body));
+    }
+
+    let mut reply = Response::new(ProxyBody::Empty);
+    let status = match accept {
+        Some(accept) => {
+            let headers = reply.headers_mut();
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+            StatusCode::SWITCHING_PROTOCOLS
+        }
+        None => StatusCode::OK,
+    };
+    *reply.status_mut() = status;
+    for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
+        if let Some(value) = response.headers().get(name) {
+            reply.headers_mut().insert(name, value.clone());
+        }
+    }
+    spawn_tunnel(
+        upstream.name().to_string(),
+        client_upgrade,
+        std::future::ready(Ok(H2Tunnel::new(stream))),
+        ticket,
+        take_for_tunnel(exchange, status),
+        timeouts,
+    );
+    Ok(reply)
+}
+
+/// An upstream extended CONNECT stream as a byte stream: reads are its DATA (credited back
+/// to the upstream as they are read, so a slow client slows the upstream), writes go out as
+/// DATA as its windows allow, shutdown is END_STREAM. Dropped unfinished, the stream is
+/// reset (CANCEL).
+struct H2Tunnel {
+    stream: StreamRef,
+    /// Received data not yet read.
+    readable: Bytes,
+    /// Written data the upstream's window has not let out yet: one write's worth at most,
+    /// so the next write waits for it.
+    unsent: Bytes,
+    ended: bool,
+}
+
+impl H2Tunnel {
+    fn new(stream: StreamRef) -> Self {
+        H2Tunnel {
+            stream,
+            readable: Bytes::new(),
+            unsent: Bytes::new(),
+            ended: false,
+        }
+    }
+
+    fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unsent.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(self.stream.poll_send(cx, &mut self.unsent, false)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(()) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+impl AsyncRead for H2Tunnel {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.readable.is_empty() {
+            match ready!(this.stream.poll_body(cx)) {
+                // Trailers end a CONNECT stream no differently from END_STREAM.
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.readable = data;
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Err(io::Error::other(error))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = this.readable.len().min(buf.remaining());
+        buf.put_slice(&this.readable.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Tunnel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        this.unsent = Bytes::copy_from_slice(buf);
+        // Out now as far as the windows allow; the rest waits for the next write or flush.
+        if let Poll::Ready(Err(error)) = this.poll_unsent(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_unsent(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_unsent(cx))?;
+        if !this.ended {
+            // An error means the upstream already ended or reset its side: nothing to end.
+            let _ = ready!(this.stream.poll_send(cx, &mut Bytes::new(), true));
+            this.ended = true;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 fn set_upgrade_headers(headers: &mut http::HeaderMap) {
@@ -201,16 +405,21 @@ fn take_for_tunnel(
     Some(exchange)
 }
 
-fn spawn_tunnel(
+/// Joins the client's upgraded connection to the upstream side (an upgraded HTTP/1.1
+/// connection, or an h2 extended CONNECT stream) once both are ready.
+fn spawn_tunnel<U, S>(
     name: String,
     client_upgrade: hyper::upgrade::OnUpgrade,
-    upstream_upgrade: hyper::upgrade::OnUpgrade,
+    upstream: U,
     ticket: TunnelTicket,
     mut exchange: Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
-) {
+) where
+    U: Future<Output = Result<S, hyper::Error>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     tokio::spawn(async move {
-        let (client, server) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+        let (client, server) = match tokio::try_join!(client_upgrade, upstream) {
             Ok(both) => both,
             Err(e) => {
                 tracing::debug!(upstream = %name, error = %e, "websocket upgrade did not complete");
@@ -219,7 +428,7 @@ fn spawn_tunnel(
         };
         let _open = ticket.open();
         let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
-        let (server_read, server_write) = tokio::io::split(TokioIo::new(server));
+        let (mut server_read, mut server_write) = tokio::io::split(server);
         let going_away = GoingAway::new();
         // The route's timeouts, from the switch on: `idle_timeout` for a tunnel quiet both
         // ways, `timeout` for its whole life. Cut at expiry: both sockets are closed.
@@ -230,13 +439,13 @@ fn spawn_tunnel(
             tokio::join!(
                 pump(
                     client_read,
-                    server_write,
+                    &mut server_write,
                     ticket.close_signal(),
                     going_away.masked(),
                     (&bytes_up, activity.as_deref()),
                 ),
                 pump(
-                    server_read,
+                    &mut server_read,
                     client_write,
                     ticket.close_signal(),
                     going_away.unmasked(),
@@ -251,6 +460,16 @@ fn spawn_tunnel(
                 false
             }
         };
+        if closed_for_drain {
+            // The backend answers our close frame and ends its side; waiting for that (a
+            // moment at most) keeps the tunnel counted open until the close has left, which
+            // on an h2 stream means until the connection's task wrote it, not just queued it.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(FRAME_FINISH_LIMIT, async {
+                while matches!(server_read.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
         let (up, down) = (bytes_up.into_inner(), bytes_down.into_inner());
         tracing::debug!(
             upstream = %name,
@@ -322,6 +541,17 @@ where
         };
         let n = match read {
             Ok(0) | Err(_) => {
+                // The source ended (an h2 upstream may reset its stream as soon as it has
+                // answered our close, its reply discarded): at the drain deadline the other
+                // side still gets its close frame, unless one already went through.
+                let draining = stopping || *close_now.borrow();
+                if draining
+                    && frames.at_boundary()
+                    && !frames.close_seen
+                    && to.write_all(&close_frame).await.is_ok()
+                {
+                    end.closed_for_drain = true;
+                }
                 let _ = to.shutdown().await;
                 return end;
             }
@@ -351,6 +581,8 @@ struct FrameTracker {
     header: [u8; 14],
     header_len: usize,
     payload_left: u64,
+    /// A close frame has passed.
+    close_seen: bool,
 }
 
 impl FrameTracker {
@@ -379,6 +611,7 @@ impl FrameTracker {
                 continue;
             }
             self.payload_left = self.payload_size();
+            self.close_seen |= self.header[0] & 0x0f == 0x8;
             self.header_len = 0;
             if self.payload_left == 0 {
                 return used;
@@ -463,6 +696,9 @@ mod tests {
             offset += chunk.len();
         }
         assert_eq!(boundaries, vec![9, 9 + 4 + 300, stream.len()]);
+        assert!(!tracker.close_seen);
+        tracker.step(&GoingAway::new().unmasked());
+        assert!(tracker.close_seen && tracker.at_boundary());
     }
 
     #[test]
