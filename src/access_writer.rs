@@ -183,12 +183,14 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     push_timestamp(out, now);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"access\"");
-    push_str_field(out, b",\"method\":\"", r.method);
+    // The method is an HTTP token (`http` refuses anything else): nothing to escape.
+    push_raw_field(out, b",\"method\":\"", r.method);
     push_str_field(out, b",\"path\":\"", r.path);
     // Our own words, never escaped: one copy for the three.
     out.extend_from_slice(protocol_fields(r.protocol, r.kind).as_bytes());
     if let Some(value) = r.upstream_protocol {
-        push_str_field(out, b",\"upstream_protocol\":\"", value);
+        // One of our protocol names.
+        push_raw_field(out, b",\"upstream_protocol\":\"", value);
     }
     out.extend_from_slice(b",\"status\":");
     push_u64(out, u64::from(r.status));
@@ -222,7 +224,8 @@ fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     push_u64(out, r.bytes_received);
     out.extend_from_slice(b",\"bytes_sent\":");
     push_u64(out, r.bytes_sent);
-    push_str_field(out, b",\"client\":\"", r.client);
+    // `ip:port` as the standard library prints a socket address.
+    push_raw_field(out, b",\"client\":\"", r.client);
     for (key, value) in [
         (&b",\"user_agent\":\""[..], r.user_agent),
         (b",\"authority\":\"", r.authority),
@@ -272,16 +275,37 @@ fn push_str_field(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
     out.push(b'"');
 }
 
+/// A value that cannot hold a byte JSON escapes (checked in debug builds).
+#[inline(always)]
+fn push_raw_field(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
+    debug_assert!(
+        !value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+        "{value:?} needs escaping"
+    );
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
+}
+
+/// "00" to "99", for writing numbers two digits per division.
+const DIGIT_PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
 fn push_u64(out: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    while value >= 100 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if value >= 10 {
+        let pair = value as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+        digits[at] = b'0' + value as u8;
     }
     out.extend_from_slice(&digits[at..]);
 }
@@ -420,6 +444,27 @@ mod tests {
         assert_eq!(out, b"2000-02-29T00:00:00.000000Z");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for value in [
+            0,
+            7,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            65_535,
+            1_234_567,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_u64(&mut out, value);
+            assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        }
     }
 
     #[test]
