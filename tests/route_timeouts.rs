@@ -5,12 +5,10 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
@@ -210,18 +208,8 @@ async fn websocket_tunnel_with_idle_timeout_is_closed_when_quiet() {
     let standins = standins();
     let proxy = proxy_with(&standins, "", "idle_timeout = \"1s\"");
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tls = common::client_tls(&proxy.ca(), b"http/1.1");
+    let connector = tokio_rustls::TlsConnector::from(tls);
     let tcp = tokio::net::TcpStream::connect(proxy.https()).await.unwrap();
     let stream = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)

@@ -214,24 +214,9 @@ upstream = "rfc8441"
     )
 }
 
-fn tls_config(proxy: &Proxy, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(tls)
-}
-
 async fn tls_to(proxy: &Proxy, alpn: &[u8]) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(proxy.https()).await.unwrap();
-    tokio_rustls::TlsConnector::from(tls_config(proxy, alpn))
+    tokio_rustls::TlsConnector::from(common::client_tls(&proxy.ca(), alpn))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap()

@@ -11,12 +11,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -125,19 +123,9 @@ type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
 /// A websocket to `path` through pachgate over TLS (HTTP/1.1), with a session cookie.
 async fn connect(proxy: &Proxy, path: &str) -> Result<Ws, tungstenite::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = common::client_tls(&proxy.ca(), b"http/1.1");
     let tcp = TcpStream::connect(proxy.https()).await.unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+    let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
@@ -298,19 +286,9 @@ async fn extended_connect_from_an_h2_client_reaches_the_tls_upstream_over_tls() 
     let upstream = tls_ws_upstream(dir.path());
     let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(proxy.ca()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = common::client_tls(&proxy.ca(), b"h2");
     let tcp = TcpStream::connect(proxy.https()).await.unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+    let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();

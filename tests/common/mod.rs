@@ -385,3 +385,23 @@ pub fn pachgate_with_preset(standins: &Running, edit: impl Fn(String) -> String)
     assert!(!body.contains("proxy-backend"), "{body}");
     pachgate(&body, "")
 }
+
+/// A TLS client configuration that trusts the CA at `ca` (pachgate's generated one) and
+/// offers `alpn` (`b"h2"`, `b"http/1.1"`).
+pub fn client_tls(ca: &Path, alpn: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("the CA file reads") {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a usable CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    std::sync::Arc::new(tls)
+}
