@@ -121,6 +121,40 @@ upstream = "console"
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
+/// The stand-ins, a TLS websocket upstream with its own CA, and pachgate trusting that CA.
+struct Setup {
+    _dir: tempfile::TempDir,
+    _standins: Running,
+    upstream: Running,
+    proxy: Proxy,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        generate_cert(dir.path(), "backend");
+        let standins = standins();
+        let upstream = tls_ws_upstream(dir.path());
+        let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+        Setup {
+            _dir: dir,
+            _standins: standins,
+            upstream,
+            proxy,
+        }
+    }
+}
+
+/// Only TLS reached the upstream, and no websocket handshake.
+fn assert_only_tls_reached(upstream: &Running) {
+    let seen = events(upstream);
+    assert!(
+        seen.iter()
+            .all(|e| e["event"] == "connection" && e["first_bytes"] == "tls"),
+        "only TLS reached the upstream, and no handshake: {seen:?}"
+    );
+}
+
 /// A websocket to `path` through pachgate over TLS (HTTP/1.1), with a session cookie.
 async fn connect(proxy: &Proxy, path: &str) -> Result<Ws, tungstenite::Error> {
     let tls = common::client_tls(&proxy.ca(), b"http/1.1");
@@ -163,15 +197,12 @@ fn refusal(result: Result<Ws, tungstenite::Error>) -> (u16, String) {
 
 #[tokio::test]
 async fn websocket_to_an_http1_tls_upstream_goes_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    generate_cert(dir.path(), "backend");
-    let standins = standins();
-    let upstream = tls_ws_upstream(dir.path());
-    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+    let setup = Setup::new();
+    let (upstream, proxy) = (&setup.upstream, &setup.proxy);
 
-    let session = connect(&proxy, "/ws").await;
+    let session = connect(proxy, "/ws").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = events(&upstream);
+    let seen = events(upstream);
     let connections: Vec<_> = seen.iter().filter(|e| e["event"] == "connection").collect();
     assert!(
         connections.iter().all(|e| e["first_bytes"] == "tls"),
@@ -189,7 +220,7 @@ async fn websocket_to_an_http1_tls_upstream_goes_over_tls() {
     ws.close(None).await.unwrap();
 
     // The handshake, cookie included, reached the upstream inside TLS.
-    let handshakes: Vec<_> = events(&upstream)
+    let handshakes: Vec<_> = events(upstream)
         .into_iter()
         .chain(seen)
         .filter(|e| e["event"] == "handshake")
@@ -216,12 +247,7 @@ async fn a_tls_upstream_with_a_wrong_certificate_is_a_clear_502() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("TLS verification failed"), "{body}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = events(&upstream);
-    assert!(
-        seen.iter()
-            .all(|e| e["event"] == "connection" && e["first_bytes"] == "tls"),
-        "only TLS reached the upstream, and no handshake: {seen:?}"
-    );
+    assert_only_tls_reached(&upstream);
 
     echo(&mut bystander, "after").await;
     let mut fresh = connect(&proxy, "/console/ws").await.unwrap();
@@ -233,14 +259,11 @@ async fn a_tls_upstream_with_a_wrong_certificate_is_a_clear_502() {
 /// does, and checks that no stream is opened).
 #[tokio::test]
 async fn websocket_to_an_h2c_upstream_without_extended_connect_is_a_clear_502() {
-    let dir = tempfile::tempdir().unwrap();
-    generate_cert(dir.path(), "backend");
-    let standins = standins();
-    let upstream = tls_ws_upstream(dir.path());
-    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
-    let mut bystander = connect(&proxy, "/console/ws").await.unwrap();
+    let setup = Setup::new();
+    let proxy = &setup.proxy;
+    let mut bystander = connect(proxy, "/console/ws").await.unwrap();
 
-    let (status, body) = refusal(connect(&proxy, "/ws-h2c").await);
+    let (status, body) = refusal(connect(proxy, "/ws-h2c").await);
     assert_eq!(status, 502, "{body}");
     assert_eq!(body, "websocket upgrade failed\n");
 
@@ -252,22 +275,14 @@ async fn websocket_to_an_h2c_upstream_without_extended_connect_is_a_clear_502() 
 /// with a 502 and not a byte of cleartext, nor a handshake, reaches it.
 #[tokio::test]
 async fn websocket_to_an_h2_upstream_never_writes_cleartext_to_its_tls_port() {
-    let dir = tempfile::tempdir().unwrap();
-    generate_cert(dir.path(), "backend");
-    let standins = standins();
-    let upstream = tls_ws_upstream(dir.path());
-    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
-    let mut bystander = connect(&proxy, "/console/ws").await.unwrap();
+    let setup = Setup::new();
+    let (upstream, proxy) = (&setup.upstream, &setup.proxy);
+    let mut bystander = connect(proxy, "/console/ws").await.unwrap();
 
-    let (status, body) = refusal(connect(&proxy, "/ws-h2").await);
+    let (status, body) = refusal(connect(proxy, "/ws-h2").await);
     assert_eq!(status, 502, "{body}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = events(&upstream);
-    assert!(
-        seen.iter()
-            .all(|e| e["event"] == "connection" && e["first_bytes"] == "tls"),
-        "only TLS reached the upstream, and no handshake: {seen:?}"
-    );
+    assert_only_tls_reached(upstream);
 
     echo(&mut bystander, "still here").await;
 }
@@ -280,11 +295,8 @@ async fn extended_connect_from_an_h2_client_reaches_the_tls_upstream_over_tls() 
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    let dir = tempfile::tempdir().unwrap();
-    generate_cert(dir.path(), "backend");
-    let standins = standins();
-    let upstream = tls_ws_upstream(dir.path());
-    let proxy = proxy(&standins, &upstream, &dir.path().join("backend/ca.crt"));
+    let setup = Setup::new();
+    let (upstream, proxy) = (&setup.upstream, &setup.proxy);
 
     let tls = common::client_tls(&proxy.ca(), b"h2");
     let tcp = TcpStream::connect(proxy.https()).await.unwrap();
@@ -310,7 +322,7 @@ async fn extended_connect_from_an_h2_client_reaches_the_tls_upstream_over_tls() 
     let mut response = sender.send_request(request).await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = events(&upstream);
+    let seen = events(upstream);
     assert!(
         seen.iter()
             .filter(|e| e["event"] == "connection")
@@ -325,7 +337,7 @@ async fn extended_connect_from_an_h2_client_reaches_the_tls_upstream_over_tls() 
         ws.next().await.unwrap().unwrap(),
         Message::text("over h2, then TLS")
     );
-    let handshakes: Vec<_> = events(&upstream)
+    let handshakes: Vec<_> = events(upstream)
         .into_iter()
         .chain(seen)
         .filter(|e| e["event"] == "handshake")
