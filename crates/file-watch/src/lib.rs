@@ -136,13 +136,19 @@ mod tests {
         let mut watch = FileWatch::file(&path).unwrap();
 
         fs::write(dir.path().join("other.toml"), "x").unwrap();
-        assert!(!woke(&mut watch, QUIET).await, "a neighbour's write woke the watch");
+        assert!(
+            !woke(&mut watch, QUIET).await,
+            "a neighbour's write woke the watch"
+        );
 
         // An editor's save: a new file renamed over the old one.
         let tmp = dir.path().join(".pachgate.toml.swp");
         fs::write(&tmp, "b").unwrap();
         fs::rename(&tmp, &path).unwrap();
-        assert!(woke(&mut watch, EVENT).await, "the rename over the file was not seen");
+        assert!(
+            woke(&mut watch, EVENT).await,
+            "the rename over the file was not seen"
+        );
     }
 
     #[cfg(unix)]
@@ -162,7 +168,10 @@ mod tests {
         fs::write(dir.path().join("..v2/pachgate.toml"), "b").unwrap();
         std::os::unix::fs::symlink("..v2", dir.path().join("..data_tmp")).unwrap();
         fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
-        assert!(woke(&mut watch, EVENT).await, "the ..data swap was not seen");
+        assert!(
+            woke(&mut watch, EVENT).await,
+            "the ..data swap was not seen"
+        );
     }
 
     #[tokio::test]
@@ -179,9 +188,15 @@ mod tests {
         fs::write(b.path().join("tls.key"), "k").unwrap();
         fs::write(b.path().join("tls.crt"), "c").unwrap();
         fs::write(a.path().join("anything"), "x").unwrap();
-        assert!(woke(&mut watch, EVENT).await, "writes in the directories were not seen");
+        assert!(
+            woke(&mut watch, EVENT).await,
+            "writes in the directories were not seen"
+        );
         watch.settle(QUIET).await;
-        assert!(!woke(&mut watch, QUIET).await, "settle left events of the same burst");
+        assert!(
+            !woke(&mut watch, QUIET).await,
+            "settle left events of the same burst"
+        );
 
         fs::write(a.path().join("anything"), "y").unwrap();
         assert!(woke(&mut watch, EVENT).await, "a later write was not seen");
@@ -192,6 +207,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
         let error = FileWatch::directories([missing.clone()]).err().unwrap();
-        assert!(error.to_string().contains(&*missing.to_string_lossy()), "{error}");
+        assert!(
+            error.to_string().contains(&*missing.to_string_lossy()),
+            "{error}"
+        );
     }
 }
