@@ -19,25 +19,8 @@ pub struct CertifiedKeyPem {
 
 /// Reads a PEM chain (leaf first) and a PEM private key in any of PKCS#8, PKCS#1 or SEC1.
 pub fn load_cert_and_key(cert: &Path, key: &Path) -> Result<CertifiedKeyPem, TlsError> {
-    let cert_pem = fs::read(cert).map_err(|source| TlsError::Read {
-        path: cert.to_path_buf(),
-        source,
-    })?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BadCertificate {
-            path: cert.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: cert.to_path_buf(),
-        });
-    }
-    let key_pem = fs::read(key).map_err(|source| TlsError::Read {
-        path: key.to_path_buf(),
-        source,
-    })?;
+    let chain = read_certificates(cert)?;
+    let key_pem = read(key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
         path: key.to_path_buf(),
         reason: e.to_string(),
@@ -73,10 +56,12 @@ pub(crate) fn certified_key(
 
 /// Reads PEM CA certificates for client verification.
 pub fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    read_certificates(path)
+}
+
+/// Every PEM certificate in a file, in order; none is an error.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadCertificate {
@@ -89,6 +74,14 @@ pub fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>,
         });
     }
     Ok(certs)
+}
+
+/// A file's bytes; the error names the file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A certificate and key on disk.
@@ -173,10 +166,7 @@ fn certificate_names(leaf: &x509_parser::certificate::X509Certificate<'_>) -> Ve
 
 /// SHA-256 fingerprint of the first certificate in a PEM file, as colon-separated hex.
 pub fn fingerprint_sha256(cert: &Path) -> Result<String, TlsError> {
-    let material = fs::read(cert).map_err(|source| TlsError::Read {
-        path: cert.to_path_buf(),
-        source,
-    })?;
+    let material = read(cert)?;
     let der = CertificateDer::from_pem_slice(&material).map_err(|e| TlsError::BadCertificate {
         path: cert.to_path_buf(),
         reason: e.to_string(),

@@ -3,14 +3,13 @@
 //! without touching open connections.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
 use pachgate_file_watch::FileWatch;
 
 use crate::listener::ListenerTlsFiles;
-use crate::load::{certified_key, load_checked};
+use crate::load::{certified_key, load_checked, read};
 use crate::{CertificateInfo, TlsError};
 
 /// After a file-system event, how long a rotation's several file operations get to land.
@@ -147,10 +146,7 @@ impl ReloadingResolver {
         let pairs = std::iter::once(&files.default).chain(files.sni.iter().map(|(_, p)| p));
         for paths in pairs {
             for path in [&paths.cert, &paths.key] {
-                bytes.extend(fs::read(path).map_err(|source| TlsError::Read {
-                    path: path.clone(),
-                    source,
-                })?);
+                bytes.extend(read(path)?);
                 bytes.push(0);
             }
         }
@@ -210,6 +206,7 @@ mod tests {
         upstream_client_config, CertPaths, GeneratedPaths, MinVersion,
     };
     use rustls::pki_types::{CertificateDer, ServerName};
+    use std::fs;
 
     /// A whole TLS handshake between rustls peers in memory; the leaf the server presented.
     fn handshake(
@@ -224,26 +221,27 @@ mod tests {
             if !client.is_handshaking() && !server.is_handshaking() {
                 return Ok(client.peer_certificates().unwrap()[0].clone().into_owned());
             }
-            let mut wire = Vec::new();
-            while client.wants_write() {
-                client.write_tls(&mut wire).unwrap();
-            }
-            let mut rest = &wire[..];
-            while !rest.is_empty() {
-                server.read_tls(&mut rest).unwrap();
-                server.process_new_packets()?;
-            }
-            let mut wire = Vec::new();
-            while server.wants_write() {
-                server.write_tls(&mut wire).unwrap();
-            }
-            let mut rest = &wire[..];
-            while !rest.is_empty() {
-                client.read_tls(&mut rest).unwrap();
-                client.process_new_packets()?;
-            }
+            pump(&mut client, &mut server)?;
+            pump(&mut server, &mut client)?;
         }
         panic!("the handshake did not finish");
+    }
+
+    /// Everything `from` has to send, into `to`.
+    fn pump<A, B>(
+        from: &mut rustls::ConnectionCommon<A>,
+        to: &mut rustls::ConnectionCommon<B>,
+    ) -> Result<(), rustls::Error> {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).unwrap();
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            to.read_tls(&mut rest).unwrap();
+            to.process_new_packets()?;
+        }
+        Ok(())
     }
 
     fn pair(generated: &GeneratedPaths) -> CertPaths {
