@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use pachgate_file_watch::FileWatch;
 use pachgate_proxy_core::{Gateway, PlainMode};
 use pachgate_tls::{CertificateInfo, ListenerTlsHandle};
 use rustls::ServerConfig;
@@ -401,15 +402,15 @@ struct Reloader {
 
 impl Reloader {
     async fn run(mut self, mut hangups: Option<Hangups>) {
-        let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-        let _watcher = watch_file(&self.path, changes_tx);
+        let mut watch = watch_file(&self.path);
         let mut last_text = std::fs::read(&self.path).ok();
         loop {
             let explicit = tokio::select! {
                 Some(()) = async { hangups.as_mut()?.recv().await } => true,
-                Some(()) = changes.recv() => {
-                    tokio::time::sleep(CONFIG_SETTLE).await;
-                    while changes.try_recv().is_ok() {}
+                Some(()) = async { watch.as_mut()?.changed().await } => {
+                    if let Some(watch) = watch.as_mut() {
+                        watch.settle(CONFIG_SETTLE).await;
+                    }
                     false
                 }
                 else => return,
@@ -494,35 +495,12 @@ impl Hangups {
 
 /// Watches the config file's directory; events about the file, or about the entries a
 /// Kubernetes ConfigMap mount swaps (`..data`), wake the reloader.
-fn watch_file(
-    path: &Path,
-    changes: tokio::sync::mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let name = path.file_name()?.to_os_string();
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else {
-            return;
-        };
-        let relevant = event.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| n == name.as_os_str() || n == "..data")
-        });
-        if relevant {
-            let _ = changes.send(());
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "no file watch on the config; reload on SIGHUP only"))
-    .ok()?;
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, dir = %dir.display(), "no file watch on the config; reload on SIGHUP only");
-        return None;
-    }
-    Some(watcher)
+fn watch_file(path: &Path) -> Option<FileWatch> {
+    FileWatch::file(path)
+        .map_err(
+            |e| tracing::warn!(error = %e, "no file watch on the config; reload on SIGHUP only"),
+        )
+        .ok()
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {

@@ -1,0 +1,210 @@
+//! The self-signed setup for local use and `pachgate generate`: a private CA, generated once
+//! and kept so clients can pin it, and a leaf for the configured hosts, re-issued when the
+//! host list changes. Keys are written mode 0600.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+use crate::TlsError;
+
+/// Where a generated CA and leaf live. File names are those of a Kubernetes TLS secret.
+#[derive(Debug, Clone)]
+pub struct GeneratedPaths {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl GeneratedPaths {
+    pub fn in_dir(dir: &Path) -> Self {
+        GeneratedPaths {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        }
+    }
+}
+
+/// Name of the file that records which hosts the stored leaf was issued for, so a changed
+/// host list gets a new leaf while the CA (which clients may have pinned) stays.
+const HOSTS_FILE: &str = "hosts.txt";
+
+/// Makes sure `dir` holds a CA and a leaf valid for `hosts`, reusing what is already there.
+///
+/// The CA is generated once and kept, so a client can pin it; the leaf is re-issued only when
+/// the host list changed or a file is missing. Keys are written with mode 0600.
+pub fn ensure_self_signed(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, TlsError> {
+    let paths = GeneratedPaths::in_dir(dir);
+    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let (ca_pem, ca_key) = if paths.ca_cert.exists() && paths.ca_key.exists() {
+        let ca_pem = read_string(&paths.ca_cert)?;
+        let key_pem = read_string(&paths.ca_key)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadKey {
+            path: paths.ca_key.clone(),
+            reason: e.to_string(),
+        })?;
+        (ca_pem, key)
+    } else {
+        let (ca_pem, key) = generate_ca()?;
+        write_file(&paths.ca_key, key.serialize_pem().as_bytes(), true)?;
+        write_file(&paths.ca_cert, ca_pem.as_bytes(), false)?;
+        // A new CA invalidates any leaf signed by an old one.
+        let _ = fs::remove_file(dir.join(HOSTS_FILE));
+        (ca_pem, key)
+    };
+
+    let hosts_record = hosts.join("\n");
+    let recorded = fs::read_to_string(dir.join(HOSTS_FILE)).ok();
+    let leaf_is_current =
+        paths.cert.exists() && paths.key.exists() && recorded.as_deref() == Some(&hosts_record);
+    if !leaf_is_current {
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+        let (leaf_pem, leaf_key) = issue_leaf(hosts, &issuer)?;
+        write_file(&paths.key, leaf_key.serialize_pem().as_bytes(), true)?;
+        write_file(&paths.cert, leaf_pem.as_bytes(), false)?;
+        write_file(&dir.join(HOSTS_FILE), hosts_record.as_bytes(), false)?;
+    }
+    Ok(paths)
+}
+
+/// Generates a fresh CA and leaf into `dir`, replacing what is there.
+pub fn generate_into(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, TlsError> {
+    let paths = GeneratedPaths::in_dir(dir);
+    for path in [&paths.ca_cert, &paths.ca_key, &paths.cert, &paths.key] {
+        let _ = fs::remove_file(path);
+    }
+    ensure_self_signed(dir, hosts)
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    // Back-date a little so a client whose clock is slightly behind still accepts it.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+fn generate_ca() -> Result<(String, KeyPair), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "pachgate local CA");
+    name.push(DnType::OrganizationName, "pachgate");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, 3650);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key))
+}
+
+fn issue_leaf(
+    hosts: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, KeyPair), TlsError> {
+    let key = KeyPair::generate()?;
+    // `CertificateParams::new` turns IP literals into IP SANs and the rest into DNS SANs.
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    let mut name = DistinguishedName::new();
+    name.push(
+        DnType::CommonName,
+        hosts.first().map(String::as_str).unwrap_or("pachgate"),
+    );
+    params.distinguished_name = name;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, 397);
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key))
+}
+
+fn read_string(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(err)?;
+    file.write_all(contents).map_err(err)?;
+    #[cfg(unix)]
+    if private {
+        // `mode` applies only when the file is created; tighten an existing file too.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check_pair;
+
+    fn hosts() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into()]
+    }
+
+    #[test]
+    fn self_signed_is_reused_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        let ca_before = fs::read(&first.ca_cert).unwrap();
+        let leaf_before = fs::read(&first.cert).unwrap();
+        let second = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        assert_eq!(ca_before, fs::read(&second.ca_cert).unwrap());
+        assert_eq!(leaf_before, fs::read(&second.cert).unwrap());
+        check_pair(&second.cert, &second.key).unwrap();
+    }
+
+    #[test]
+    fn changed_hosts_reissue_leaf_but_keep_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        let ca_before = fs::read(&first.ca_cert).unwrap();
+        let leaf_before = fs::read(&first.cert).unwrap();
+        ensure_self_signed(dir.path(), &["pach.example.com".to_string()]).unwrap();
+        assert_eq!(ca_before, fs::read(&first.ca_cert).unwrap());
+        assert_ne!(leaf_before, fs::read(&first.cert).unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        for key in [&paths.key, &paths.ca_key] {
+            let mode = fs::metadata(key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+    }
+}
