@@ -32,8 +32,8 @@ pub use gateway::{
 pub use h2_client::fuzzing as h2_client_fuzzing;
 pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{
-    Cidr, CidrSet, PachydermAuthSettings, PachydermLine, RateLimiter, StaticTokens,
-    WhenAuthDisabled,
+    PachydermAuthSettings, PachydermLine, StaticTokens, WhenAuthDisabled,
 };
+pub use pachgate_client_policy::{Cidr, CidrSet, RateLimiter};
 pub use route_timeouts::RouteTimeouts;
 pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};
