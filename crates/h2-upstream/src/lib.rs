@@ -24,6 +24,11 @@
 //! what the upstream sends, `flow` the receive windows, `stream` a stream's state and its
 //! caller's handle, `header_block` response header decoding within limits, `request_head`
 //! the request's HPACK block, `failure` how a stream or connection ends badly.
+//!
+//! Tests: unit tests here (request heads, SETTINGS over an in-memory pipe); frame scripts
+//! from a hostile upstream over loopback in proxy-core's `tests/h2_upstream_frames.rs`,
+//! which drive this client through `Upstream::send`; the fuzz targets `h2_client_frames`
+//! and `hpack_response_blocks` through `fuzzing`.
 
 mod connection;
 mod failure;

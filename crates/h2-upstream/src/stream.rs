@@ -85,8 +85,8 @@ impl Stream {
     }
 }
 
-/// One stream on a [`Connection`]; dropping the last handle before both sides have ended
-/// resets it with CANCEL.
+/// One stream on a [`Connection`](crate::Connection); dropping the last handle before both
+/// sides have ended resets it with CANCEL.
 pub struct StreamRef {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: u32,
