@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    pachgate_proxy_core::h2_client_fuzzing::h2_client_frames(data);
+    pachgate_h2_upstream::fuzzing::h2_client_frames(data);
 });

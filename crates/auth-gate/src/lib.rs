@@ -7,12 +7,10 @@
 //! hashes). The WhoAmI call itself goes through a [`WhoAmI`] transport the caller provides.
 
 mod cache;
-mod client;
 mod pachyderm;
 mod static_tokens;
 
 pub use cache::TokenCache;
-pub use client::{Cidr, CidrSet, RateLimiter};
 pub use pachyderm::{
     bearer_token, is_server_streaming_method, is_well_formed_grpc_path, pachd_http_surface,
     token_for_pachd_files, token_from_grpc_metadata, PachdHttpSurface, PachydermLine, TokenLookup,

@@ -13,8 +13,9 @@ use http_body_util::BodyExt;
 use pachgate_auth_gate::{
     bearer_token, is_server_streaming_method, pachd_http_surface, token_for_pachd_files,
     token_from_grpc_metadata, AllowReason, Decision, DenyReason, PachdHttpSurface, PachydermGate,
-    RateLimiter, StaticTokens, WhoAmI, WhoAmIAnswer,
+    StaticTokens, WhoAmI, WhoAmIAnswer,
 };
+use pachgate_client_policy::RateLimiter;
 
 use crate::body::ProxyBody;
 use crate::error::{gateway_error_response, grpc_status_response, text_response, GrpcCode};

@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use pachgate_h2_upstream::StreamRef;
 
-use crate::h2_client::StreamRef;
 use crate::metrics::ByteTally;
 
 /// Body errors: hyper's or h2's, boxed, so hyper finds an h2 reset reason in the chain and
@@ -90,7 +90,7 @@ impl Body for ProxyBody {
 }
 
 /// An h2 upstream's response body: DATA, then trailers, read from the upstream stream by
-/// the task that forwards them (`h2_client` joins small frames that have already arrived and
+/// the task that forwards them (`pachgate-h2-upstream` joins small frames that have already arrived and
 /// credits the upstream as data is handed on).
 pub struct UpstreamBody {
     stream: StreamRef,

@@ -16,9 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pachgate_auth_gate::{
-    AllowReason, CidrSet, DenyReason, PachydermAuthSettings, PachydermGate, RateLimiter,
-    StaticTokens,
+    AllowReason, DenyReason, PachydermAuthSettings, PachydermGate, StaticTokens,
 };
+use pachgate_client_policy::{CidrSet, RateLimiter};
 use pachgate_routing::{is_grpc_content_type, normalize_path, MatchSpec, RequestFacts, RouteTable};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};

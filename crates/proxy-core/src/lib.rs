@@ -1,6 +1,6 @@
 //! pachgate's data path: listeners, TLS accept, the hyper server (h1 + h2 by ALPN, h2c by
 //! preface), routing a request to an upstream (over pachgate's own h2 client connection
-//! for h2 upstreams, `h2_client`), streaming bodies and trailers both ways,
+//! for h2 upstreams, the `pachgate-h2-upstream` crate), streaming bodies and trailers both ways,
 //! websocket tunnels, and the errors pachgate answers in the caller's protocol. It also
 //! owns what the data path reports: Prometheus metrics and the per-request access-log line.
 //!
@@ -14,7 +14,6 @@ pub mod error;
 pub mod exchange;
 pub mod framing_guard;
 pub mod gateway;
-mod h2_client;
 pub mod headers;
 mod idle;
 pub mod metrics;
@@ -27,13 +26,10 @@ pub use gateway::{
     ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary,
     ServerLimits, Snapshot, UpstreamSummary,
 };
-/// For the fuzz targets in `fuzz/` only.
-#[doc(hidden)]
-pub use h2_client::fuzzing as h2_client_fuzzing;
 pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{
-    Cidr, CidrSet, PachydermAuthSettings, PachydermLine, RateLimiter, StaticTokens,
-    WhenAuthDisabled,
+    PachydermAuthSettings, PachydermLine, StaticTokens, WhenAuthDisabled,
 };
+pub use pachgate_client_policy::{Cidr, CidrSet, RateLimiter};
 pub use route_timeouts::RouteTimeouts;
 pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};

@@ -3,8 +3,8 @@
 //! a keep-alive pool. All upstream sockets set TCP_NODELAY: without it Nagle's algorithm and
 //! delayed ACKs stall small h2 frames (measured: 13× fewer small gRPC calls per second).
 //!
-//! h2 upstreams are spoken by pachgate's own client connection (`h2_client`), not hyper's
-//! client: a request is opened, fed and answered inside the task that serves the client's
+//! h2 upstreams are spoken by pachgate's own client connection (crate `pachgate-h2-upstream`),
+//! not hyper's client: a request is opened, fed and answered inside the task that serves the client's
 //! stream, where hyper's client adds a dispatch channel, a spawned task per request and
 //! another per request body (benches/README.md has the before/after). Under a burst, every
 //! 16th request writes the queued batch out from its stream's task, so the upstream starts
@@ -26,11 +26,11 @@ use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pachgate_h2_upstream::{self as h2_client, Failure, StreamRef};
 use tokio::net::TcpStream;
 
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
-use crate::h2_client::{self, Failure, StreamRef};
 
 const UPSTREAM_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -107,7 +107,7 @@ pub struct UpstreamSpec {
 /// Defaults for [`UpstreamSpec::h2_max_response_headers`] and
 /// [`UpstreamSpec::h2_max_response_header_bytes`] (the reasoning is at their definition), and
 /// the largest field count allowed (`http::HeaderMap` holds no more than 32,768).
-pub use crate::h2_client::{
+pub use pachgate_h2_upstream::{
     DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
 };
 

@@ -29,13 +29,13 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use pachgate_h2_upstream::StreamRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::gateway::TunnelTicket;
-use crate::h2_client::StreamRef;
 use crate::route_timeouts::{bounded, Activity, RouteTimeouts};
 use crate::upstream::{error_chain, Upstream};
 

@@ -1,5 +1,9 @@
 //! Client address policy: CIDR allow-lists and per-address rate limits (all requests, and
 //! failed authentications against brute force). Pure: callers pass the address and the time.
+//!
+//! It owns the answer to "may this client address go on?" and nothing more. It must not
+//! authenticate (tokens and pachd are `auth-gate`'s), read configuration files, or render
+//! a refusal: proxy-core turns a "no" into a response in the caller's protocol.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,0 +1,104 @@
+//! Response header blocks decoded within limits (field count, decoded size, the HPACK table
+//! size we advertised).
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+
+use crate::{HeaderLimits, HEADER_TABLE_SIZE, MAX_RESPONSE_HEADERS_CAP};
+
+/// The HPACK decoder for one upstream connection: its dynamic table may grow to what our
+/// SETTINGS advertise and no further.
+pub(crate) fn response_decoder() -> loona_hpack::Decoder<'static> {
+    let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
+    decoder
+}
+
+/// A decoded response header block.
+pub(crate) struct DecodedBlock {
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) fields: HeaderMap,
+    /// Why the block cannot be used: the stream is reset, the connection goes on (the HPACK
+    /// table is in step, the whole block was decoded).
+    pub(crate) problem: Option<(h2::Reason, &'static str)>,
+}
+
+/// Decodes a response header block within `limits`, checked field by field as the decoder
+/// hands them over: past a limit nothing more is stored (what was is dropped), so an HPACK
+/// bomb costs the decoding of its encoded bytes and no more. An HPACK error (a size update
+/// past our table size included) is a connection error, COMPRESSION_ERROR.
+pub(crate) fn decode_response_block(
+    decoder: &mut loona_hpack::Decoder<'static>,
+    block: &[u8],
+    limits: HeaderLimits,
+) -> Result<DecodedBlock, (h2::Reason, String)> {
+    let mut status: Option<StatusCode> = None;
+    let mut fields = HeaderMap::new();
+    let mut problem: Option<(h2::Reason, &'static str)> = None;
+    let mut count = 0usize;
+    let mut size = 0usize;
+    let decoded = decoder.decode_with_cb(block, |name, value| {
+        if problem.is_some() {
+            return;
+        }
+        count += 1;
+        size = size.saturating_add(name.len() + value.len() + 32);
+        if count > limits.max_fields.min(MAX_RESPONSE_HEADERS_CAP) || size > limits.max_bytes {
+            problem = Some((
+                h2::Reason::ENHANCE_YOUR_CALM,
+                if size > limits.max_bytes {
+                    "response header list over the size limit"
+                } else {
+                    "response header fields over the count limit"
+                },
+            ));
+            fields = HeaderMap::new();
+            return;
+        }
+        let malformed = |what| Some((h2::Reason::PROTOCOL_ERROR, what));
+        if name.first() == Some(&b':') {
+            if &*name == b":status" && status.is_none() && fields.is_empty() {
+                status = StatusCode::from_bytes(&value).ok();
+                if status.is_none() {
+                    problem = malformed("invalid :status");
+                }
+            } else {
+                problem = malformed("unexpected pseudo-header");
+            }
+            return;
+        }
+        if name.iter().any(u8::is_ascii_uppercase) {
+            problem = malformed("uppercase header name");
+            return;
+        }
+        match (
+            HeaderName::from_bytes(&name),
+            HeaderValue::from_bytes(&value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                if is_connection_specific(&name) {
+                    problem = malformed("connection-specific header");
+                } else if fields.try_append(name, value).is_err() {
+                    problem = Some((h2::Reason::ENHANCE_YOUR_CALM, "header map full"));
+                }
+            }
+            _ => problem = malformed("invalid header field"),
+        }
+    });
+    if let Err(error) = decoded {
+        return Err((h2::Reason::COMPRESSION_ERROR, format!("hpack: {error:?}")));
+    }
+    Ok(DecodedBlock {
+        status,
+        fields,
+        problem,
+    })
+}
+
+/// Headers RFC 9113 forbids in HTTP/2 (§8.2.2).
+pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+    )
+}
