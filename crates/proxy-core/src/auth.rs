@@ -8,16 +8,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, TE};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use pachgate_auth_gate::{
-    bearer_token, is_server_streaming_method, pachd_http_surface, token_for_pachd_files,
-    token_from_grpc_metadata, AllowReason, Decision, DenyReason, PachdHttpSurface, PachydermGate,
-    RateLimiter, StaticTokens, WhoAmI, WhoAmIAnswer,
+    bearer_token, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata, AllowReason,
+    Decision, DenyReason, PachdHttpSurface, PachydermGate, RateLimiter, StaticTokens, WhoAmI,
+    WhoAmIAnswer,
 };
 
 use crate::body::ProxyBody;
-use crate::error::{gateway_error_response, grpc_status_response, text_response, GrpcCode};
 use crate::upstream::Upstream;
 
 /// What pachd's WhoAmI says, with code INTERNAL, for a token past its expiration.
@@ -295,103 +294,6 @@ impl AuthGates<'_> {
                 }
                 Err(reason)
             }
-        }
-    }
-}
-
-/// How a refusal on this request is written: gRPC for gRPC callers, grpc-gateway JSON on
-/// pachd's `/api/` (a gated route), text elsewhere.
-pub(crate) fn denial_style(grpc: bool, pachyderm_route: bool, path: &str) -> DenialStyle {
-    if grpc {
-        DenialStyle::Grpc
-    } else if let (true, PachdHttpSurface::Gateway { method }) =
-        (pachyderm_route, pachd_http_surface(path))
-    {
-        if is_server_streaming_method(method) {
-            DenialStyle::GatewayStreamJson
-        } else {
-            DenialStyle::GatewayJson
-        }
-    } else {
-        DenialStyle::Text
-    }
-}
-
-/// How a denial is written: the caller's protocol decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenialStyle {
-    /// A trailers-only gRPC response.
-    Grpc,
-    /// grpc-gateway's JSON error (pachd's `/api/`): what the console parses.
-    GatewayJson,
-    /// The same for a server-streaming method, wrapped as `{"error": …}` as grpc-gateway's
-    /// stream forwarder writes it.
-    GatewayStreamJson,
-    /// A short text.
-    Text,
-}
-
-/// The gRPC code pachd would have answered with (or, for pachgate's own policies, the code
-/// that says what happened).
-fn denial_code(reason: &DenyReason) -> GrpcCode {
-    match reason {
-        DenyReason::MissingToken | DenyReason::AmbiguousToken | DenyReason::InvalidToken(_) => {
-            GrpcCode::Unauthenticated
-        }
-        DenyReason::ExpiredToken(_) => GrpcCode::Internal,
-        DenyReason::AuthNotActive | DenyReason::AddressNotAllowed => GrpcCode::PermissionDenied,
-        DenyReason::CheckUnavailable(_) => GrpcCode::Unavailable,
-        DenyReason::MalformedMethod => GrpcCode::Unimplemented,
-        DenyReason::RateLimited { .. } => GrpcCode::ResourceExhausted,
-    }
-}
-
-/// A denial in the caller's protocol, with pachd's own code and wording where pachd would
-/// have refused. The token never appears in it.
-pub fn deny_response(reason: &DenyReason, style: DenialStyle) -> Response<ProxyBody> {
-    let message = reason.message();
-    let code = denial_code(reason);
-    let mut response = match style {
-        DenialStyle::Grpc => grpc_status_response(code, &message),
-        // pachd cannot be reached: the console shows its "cannot reach the cluster" screen
-        // only for a text answer with Envoy's words, as for any unreachable upstream.
-        DenialStyle::GatewayJson | DenialStyle::GatewayStreamJson
-            if matches!(reason, DenyReason::CheckUnavailable(_)) =>
-        {
-            text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{message}\n"))
-        }
-        DenialStyle::GatewayJson => gateway_error_response(code, &message, false),
-        DenialStyle::GatewayStreamJson => gateway_error_response(code, &message, true),
-        DenialStyle::Text => {
-            let status = match reason {
-                DenyReason::MissingToken
-                | DenyReason::AmbiguousToken
-                | DenyReason::InvalidToken(_)
-                | DenyReason::ExpiredToken(_) => StatusCode::UNAUTHORIZED,
-                DenyReason::AuthNotActive | DenyReason::AddressNotAllowed => StatusCode::FORBIDDEN,
-                DenyReason::CheckUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                DenyReason::MalformedMethod => StatusCode::NOT_FOUND,
-                DenyReason::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            };
-            text_response(status, format!("{message}\n"))
-        }
-    };
-    add_retry_after(reason, &mut response);
-    if response.status() == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"pachyderm\""),
-        );
-    }
-    response
-}
-
-fn add_retry_after(reason: &DenyReason, response: &mut Response<ProxyBody>) {
-    if let DenyReason::RateLimited { retry_after_secs } = reason {
-        if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, value);
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod body;
 mod closing;
+mod connection;
 pub mod error;
 pub mod exchange;
 pub mod framing_guard;
@@ -18,15 +19,16 @@ mod h2_client;
 pub mod headers;
 mod idle;
 pub mod metrics;
+mod pipeline;
 pub mod proxy_protocol;
+mod rejection;
 pub mod route_timeouts;
+mod snapshot;
 pub mod upstream;
 pub mod websocket;
 
-pub use gateway::{
-    ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary,
-    ServerLimits, Snapshot, UpstreamSummary,
-};
+pub use connection::ServerLimits;
+pub use gateway::Gateway;
 /// For the fuzz targets in `fuzz/` only.
 #[doc(hidden)]
 pub use h2_client::fuzzing as h2_client_fuzzing;
@@ -36,4 +38,8 @@ pub use pachgate_auth_gate::{
     WhenAuthDisabled,
 };
 pub use route_timeouts::RouteTimeouts;
+pub use snapshot::{
+    ClientPolicy, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary, Snapshot,
+    UpstreamSummary,
+};
 pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};
