@@ -22,6 +22,7 @@ pub mod metrics;
 mod pipeline;
 pub mod proxy_protocol;
 mod rejection;
+mod request_view;
 pub mod route_timeouts;
 mod snapshot;
 pub mod upstream;

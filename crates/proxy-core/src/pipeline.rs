@@ -21,8 +21,8 @@ use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use pachgate_auth_gate::{AllowReason, CidrSet, DenyReason};
-use pachgate_routing::{is_grpc_content_type, normalize_path, RequestFacts, Route};
+use pachgate_auth_gate::{AllowReason, DenyReason};
+use pachgate_routing::{is_grpc_content_type, RequestFacts, Route};
 
 use crate::auth::{AuthGates, RouteGate};
 use crate::body::ProxyBody;
@@ -34,6 +34,9 @@ use crate::gateway::Gateway;
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::idle::ConnActivity;
 use crate::rejection::{Rejection, Rendering};
+use crate::request_view::{
+    forwarded_client, h2_header_list_size, normalize_request_path, restore_request_target, Facts,
+};
 use crate::route_timeouts::bounded;
 use crate::snapshot::{RouteAuth, RouteTarget, Snapshot};
 use crate::upstream::{Upstream, UpstreamProtocol};
@@ -112,21 +115,22 @@ impl Gateway {
         grpc: bool,
         record: &mut RequestRecord,
     ) -> Response<ProxyBody> {
-        let before_routing = Rendering::before_routing(grpc);
+        // By the caller's protocol alone; only the gate's denials look at the route too.
+        let rendering = Rendering::for_caller(grpc);
         let view = match sanitize(&mut request, caller, &self.limits, snapshot, grpc, record) {
             Ok(view) => view,
-            Err(rejection) => return rejection.answer(request, before_routing).await,
+            Err(rejection) => return rejection.answer(request, rendering).await,
         };
         let (route, upstream) = match route(&mut request, &view, snapshot, caller, grpc, record) {
             Ok(routed) => routed,
-            Err(rejection) => return rejection.answer(request, before_routing).await,
+            Err(rejection) => return rejection.answer(request, rendering).await,
         };
-        let rendering = Rendering::on_route(
-            grpc,
-            route.target.auth == RouteAuth::Pachyderm,
-            request.uri().path(),
-        );
         if let Err(rejection) = self.admit(&request, route, snapshot, grpc, caller).await {
+            let rendering = Rendering::on_route(
+                grpc,
+                route.target.auth == RouteAuth::Pachyderm,
+                request.uri().path(),
+            );
             return rejection.answer(request, rendering).await;
         }
         let answered = if view.websocket_upgrade
@@ -321,106 +325,46 @@ impl Gateway {
     }
 }
 
-/// Stage 5, finish: what every answer gets on the way out (HSTS on TLS connections), and
-/// the answer's status noted in the request's record, which its body carries to the end.
-fn finish(
-    mut response: Response<ProxyBody>,
-    caller: &Caller,
+/// The admit question itself: the route's client allow-list, the per-address request rate, then the
+/// route's gate. `Ok(Some(why))`: the gate let the request in; `Ok(None)`: no gate.
+async fn admit(
+    request: &Request<Incoming>,
+    route: &RouteTarget,
     snapshot: &Snapshot,
-    mut record: RequestRecord,
-) -> Response<ObservedBody> {
-    if let (true, Some(hsts)) = (caller.tls, &snapshot.clients.hsts) {
-        response
-            .headers_mut()
-            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    grpc: bool,
+    client_ip: IpAddr,
+) -> Result<Option<AllowReason>, DenyReason> {
+    if !route.allow.allows(client_ip) {
+        return Err(DenyReason::AddressNotAllowed);
     }
-    // A tunnel took its exchange along; every other exchange ends with the body.
-    if let Some(exchange) = record.exchange.as_deref_mut() {
-        exchange.set_status(response.status().as_u16());
-        exchange.note_grpc(response.headers());
-    }
-    response.map(|body| ObservedBody::new(body, record.exchange))
-}
-
-/// Whether pachgate refuses the request's head before routing it: a header list over
-/// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
-/// header name when configured. `None`: go on.
-fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejection> {
-    if request.version() == Version::HTTP_2
-        && h2_header_list_size(request) > limits.max_header_list_size as usize
-    {
-        return Some(Rejection::HeadersTooLarge);
-    }
-    if limits.reject_underscore_headers
-        && request
-            .headers()
-            .keys()
-            .any(|name| name.as_str().contains('_'))
-    {
-        return Some(Rejection::UnderscoreInHeaderName);
-    }
-    None
-}
-
-/// The client address behind trusted proxies: walking `X-Forwarded-For` from the right,
-/// the first address that is not a trusted proxy. Untrusted peers' headers are ignored.
-fn forwarded_client(headers: &http::HeaderMap, peer: IpAddr, trusted: &CidrSet) -> IpAddr {
-    if trusted.is_empty() || !trusted.allows(peer) {
-        return peer;
-    }
-    let mut client = peer;
-    let values: Vec<&str> = headers
-        .get_all(&crate::headers::X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        let Ok(address) = entry.trim().parse::<IpAddr>() else {
-            break; // garbage: trust nothing further left
-        };
-        client = address;
-        if !trusted.allows(address) {
-            break;
+    let now = std::time::Instant::now();
+    if let Some(limiter) = &snapshot.clients.requests {
+        if let Err(wait) = limiter.take(client_ip, now) {
+            return Err(DenyReason::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            });
         }
     }
-    client
-}
-
-/// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.
-/// Returns the target as sent when it changed it (a cheap clone: the bytes are shared).
-fn normalize_request_path<B>(request: &mut Request<B>) -> Result<Option<PathAndQuery>, ProxyError> {
-    let Some(path_and_query) = request.uri().path_and_query() else {
-        return Ok(None);
+    let gate = match route.auth {
+        RouteAuth::None => return Ok(None),
+        RouteAuth::Pachyderm => RouteGate::Pachyderm(
+            snapshot
+                .pachyderm_gate
+                .as_ref()
+                .expect("routes with auth = pachyderm are only built with a gate"),
+        ),
+        RouteAuth::Token => RouteGate::StaticTokens(
+            snapshot
+                .static_tokens
+                .as_ref()
+                .expect("routes with auth = token are only built with a token file"),
+        ),
     };
-    let Some(path) = normalize_path(path_and_query.path()) else {
-        return Ok(None);
+    let gates = AuthGates {
+        gate,
+        failed_auth: snapshot.clients.failed_auth.as_ref(),
     };
-    let original = path_and_query.clone();
-    let target = match path_and_query.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path,
-    };
-    let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    parts.path_and_query = Some(
-        target
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("bad request target\n"))?,
-    );
-    *request.uri_mut() =
-        http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
-    Ok(Some(original))
-}
-
-/// Puts back the target `normalize_request_path` replaced.
-fn restore_request_target<B>(
-    request: &mut Request<B>,
-    original: PathAndQuery,
-) -> Result<(), ProxyError> {
-    let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    parts.path_and_query = Some(original);
-    *request.uri_mut() =
-        http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
-    Ok(())
+    gates.check(request, grpc, client_ip, now).await.map(Some)
 }
 
 /// Stage 4a, forward: the upstream's answer. The endpoint that took the request goes in
@@ -512,66 +456,25 @@ async fn send_upstream(
     Ok(Response::from_parts(parts, body))
 }
 
-/// A request's header list size as RFC 9113 §6.5.2 counts it (name + value + 32 each,
-/// pseudo-headers included), for HTTP/2 requests.
-fn h2_header_list_size<B>(request: &Request<B>) -> usize {
-    const ENTRY: usize = 32;
-    let uri = request.uri();
-    let mut size = ":method".len() + request.method().as_str().len() + ENTRY;
-    if let Some(path) = uri.path_and_query() {
-        size += ":path".len() + path.as_str().len() + ENTRY;
-    }
-    if let Some(scheme) = uri.scheme() {
-        size += ":scheme".len() + scheme.as_str().len() + ENTRY;
-    }
-    if let Some(authority) = uri.authority() {
-        size += ":authority".len() + authority.as_str().len() + ENTRY;
-    }
-    request.headers().iter().fold(size, |size, (name, value)| {
-        size + name.as_str().len() + value.len() + ENTRY
-    })
-}
-
-/// The admit question itself: the route's client allow-list, the per-address request rate, then the
-/// route's gate. `Ok(Some(why))`: the gate let the request in; `Ok(None)`: no gate.
-async fn admit(
-    request: &Request<Incoming>,
-    route: &RouteTarget,
+/// Stage 5, finish: what every answer gets on the way out (HSTS on TLS connections), and
+/// the answer's status noted in the request's record, which its body carries to the end.
+fn finish(
+    mut response: Response<ProxyBody>,
+    caller: &Caller,
     snapshot: &Snapshot,
-    grpc: bool,
-    client_ip: IpAddr,
-) -> Result<Option<AllowReason>, DenyReason> {
-    if !route.allow.allows(client_ip) {
-        return Err(DenyReason::AddressNotAllowed);
+    mut record: RequestRecord,
+) -> Response<ObservedBody> {
+    if let (true, Some(hsts)) = (caller.tls, &snapshot.clients.hsts) {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    let now = std::time::Instant::now();
-    if let Some(limiter) = &snapshot.clients.requests {
-        if let Err(wait) = limiter.take(client_ip, now) {
-            return Err(DenyReason::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
-            });
-        }
+    // A tunnel took its exchange along; every other exchange ends with the body.
+    if let Some(exchange) = record.exchange.as_deref_mut() {
+        exchange.set_status(response.status().as_u16());
+        exchange.note_grpc(response.headers());
     }
-    let gate = match route.auth {
-        RouteAuth::None => return Ok(None),
-        RouteAuth::Pachyderm => RouteGate::Pachyderm(
-            snapshot
-                .pachyderm_gate
-                .as_ref()
-                .expect("routes with auth = pachyderm are only built with a gate"),
-        ),
-        RouteAuth::Token => RouteGate::StaticTokens(
-            snapshot
-                .static_tokens
-                .as_ref()
-                .expect("routes with auth = token are only built with a token file"),
-        ),
-    };
-    let gates = AuthGates {
-        gate,
-        failed_auth: snapshot.clients.failed_auth.as_ref(),
-    };
-    gates.check(request, grpc, client_ip, now).await.map(Some)
+    response.map(|body| ObservedBody::new(body, record.exchange))
 }
 
 /// What `respond` keeps about one request while `handle` runs.
@@ -588,82 +491,22 @@ impl RequestRecord {
     }
 }
 
-/// Borrowed request parts for the route table.
-pub(crate) struct Facts<'a> {
-    request: &'a Request<Incoming>,
-    host: Option<&'a str>,
-    grpc: bool,
-}
-
-impl<'a> Facts<'a> {
-    pub(crate) fn of(request: &'a Request<Incoming>, grpc: bool) -> Self {
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok()));
-        Facts {
-            request,
-            host: authority.map(strip_port),
-            grpc,
-        }
+/// Whether pachgate refuses the request's head before routing it: a header list over
+/// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
+/// header name when configured. `None`: go on.
+fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejection> {
+    if request.version() == Version::HTTP_2
+        && h2_header_list_size(request) > limits.max_header_list_size as usize
+    {
+        return Some(Rejection::HeadersTooLarge);
     }
-
-    /// The authority the client asked for (`host[:port]`), for `:authority` / `Host` upstream.
-    fn authority(&self) -> Option<Authority> {
-        if let Some(authority) = self.request.uri().authority() {
-            return Some(authority.clone());
-        }
-        self.request
+    if limits.reject_underscore_headers
+        && request
             .headers()
-            .get(HOST)
-            .and_then(|v| Authority::try_from(v.as_bytes()).ok())
+            .keys()
+            .any(|name| name.as_str().contains('_'))
+    {
+        return Some(Rejection::UnderscoreInHeaderName);
     }
-}
-
-impl RequestFacts for Facts<'_> {
-    fn host(&self) -> Option<&str> {
-        self.host
-    }
-    fn path(&self) -> &str {
-        self.request.uri().path()
-    }
-    fn is_grpc(&self) -> bool {
-        self.grpc
-    }
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.request.headers().get(name).map(|v| v.as_bytes())
-    }
-    fn query(&self) -> Option<&str> {
-        self.request.uri().query()
-    }
-}
-
-/// `host:port` → `host`; `[::1]:443` → `::1`.
-fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_port;
-
-    #[test]
-    fn ports_are_stripped_from_hosts() {
-        for (input, want) in [
-            ("example.com", "example.com"),
-            ("example.com:8443", "example.com"),
-            ("[::1]:8443", "::1"),
-            ("[::1]", "::1"),
-            ("127.0.0.1:1", "127.0.0.1"),
-        ] {
-            assert_eq!(strip_port(input), want);
-        }
-    }
+    None
 }

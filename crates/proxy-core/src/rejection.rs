@@ -16,7 +16,7 @@ use crate::body::ProxyBody;
 use crate::error::{
     gateway_error_response, grpc_status_response, text_response, GrpcCode, ProxyError,
 };
-use crate::pipeline::Facts;
+use crate::request_view::Facts;
 
 /// Why pachgate answers a request itself instead of passing on the upstream's answer.
 #[derive(Debug)]
@@ -52,8 +52,9 @@ pub(crate) enum Rendering {
 }
 
 impl Rendering {
-    /// Before a route is known: gRPC for gRPC callers, text for the rest.
-    pub(crate) fn before_routing(grpc: bool) -> Self {
+    /// By the caller alone: gRPC for gRPC callers, text for the rest. All that pachgate's
+    /// own errors need (they are text on `/api/` too).
+    pub(crate) fn for_caller(grpc: bool) -> Self {
         if grpc {
             Rendering::Grpc
         } else {
@@ -61,8 +62,8 @@ impl Rendering {
         }
     }
 
-    /// On a route: gRPC for gRPC callers, grpc-gateway JSON on pachd's `/api/` (a route
-    /// with the Pachyderm gate), text elsewhere.
+    /// For the gate's denials on a route: gRPC for gRPC callers, grpc-gateway JSON on
+    /// pachd's `/api/` (a route with the Pachyderm gate), text elsewhere.
     pub(crate) fn on_route(grpc: bool, pachyderm_route: bool, path: &str) -> Self {
         if grpc {
             Rendering::Grpc
