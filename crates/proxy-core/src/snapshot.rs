@@ -9,7 +9,7 @@ use pachgate_auth_gate::{
 };
 use pachgate_routing::{MatchSpec, RouteTable};
 
-use crate::auth::UpstreamWhoAmI;
+use crate::auth::who_am_i_over;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route_timeouts::RouteTimeouts;
 use crate::upstream::{Upstream, UpstreamSpec};
@@ -132,7 +132,7 @@ impl Snapshot {
                     .who_am_i_method
                     .parse()
                     .map_err(|e| format!("auth.pachyderm.who_am_i_method: {e}"))?;
-                let who_am_i = Arc::new(UpstreamWhoAmI { upstream, method });
+                let who_am_i = who_am_i_over(upstream, method);
                 Some(PachydermGate::new(spec.settings, who_am_i))
             }
         };
