@@ -24,38 +24,33 @@ pub struct UpstreamWhoAmI {
 }
 
 impl GrpcUnary for UpstreamWhoAmI {
-    fn call(
-        &self,
-        request: Request<Bytes>,
-    ) -> impl std::future::Future<Output = Result<UnaryReply, String>> + Send {
-        async move {
-            let request = request.map(|body| ProxyBody::Full(Some(body)));
-            let response = self
-                .upstream
-                .send(request, None, &mut None)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (parts, body) = response.into_parts();
-            if parts.status != StatusCode::OK {
-                return Ok(UnaryReply {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body: Bytes::new(),
-                    trailers: None,
-                });
-            }
-            let collected = body
-                .collect()
-                .await
-                .map_err(|e| format!("WhoAmI response: {e}"))?;
-            let trailers = collected.trailers().cloned();
-            Ok(UnaryReply {
+    async fn call(&self, request: Request<Bytes>) -> Result<UnaryReply, String> {
+        let request = request.map(|body| ProxyBody::Full(Some(body)));
+        let response = self
+            .upstream
+            .send(request, None, &mut None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            return Ok(UnaryReply {
                 status: parts.status,
                 headers: parts.headers,
-                body: collected.to_bytes(),
-                trailers,
-            })
+                body: Bytes::new(),
+                trailers: None,
+            });
         }
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| format!("WhoAmI response: {e}"))?;
+        let trailers = collected.trailers().cloned();
+        Ok(UnaryReply {
+            status: parts.status,
+            headers: parts.headers,
+            body: collected.to_bytes(),
+            trailers,
+        })
     }
 }
 
