@@ -4,6 +4,11 @@
 //! websocket tunnels, and the errors pachgate answers in the caller's protocol. It also
 //! owns what the data path reports: Prometheus metrics and the per-request access-log line.
 //!
+//! Where things are: `connection` accepts and keeps connections; `pipeline` takes each
+//! request through its stages (sanitize → route → admit → forward | tunnel → finish → log);
+//! `rejection` writes every refusal in the caller's protocol; `snapshot` is the
+//! configuration requests see; `gateway` is what they share (and the drain).
+//!
 //! It does not parse configuration files or generate certificates; the binary hands it
 //! typed specs and a rustls `ServerConfig`.
 

@@ -117,11 +117,12 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         // By the caller's protocol alone; only the gate's denials look at the route too.
         let rendering = Rendering::for_caller(grpc);
-        let view = match sanitize(&mut request, caller, &self.limits, snapshot, grpc, record) {
+        let mut view = match sanitize(&mut request, caller, &self.limits, snapshot, grpc, record) {
             Ok(view) => view,
             Err(rejection) => return rejection.answer(request, rendering).await,
         };
-        let (route, upstream) = match route(&mut request, &view, snapshot, caller, grpc, record) {
+        let (route, upstream) = match route(&mut request, &mut view, snapshot, caller, grpc, record)
+        {
             Ok(routed) => routed,
             Err(rejection) => return rejection.answer(request, rendering).await,
         };
@@ -223,7 +224,7 @@ fn sanitize(
 /// matches the request's normal form.
 fn route<'s>(
     request: &mut Request<Incoming>,
-    view: &View,
+    view: &mut View,
     snapshot: &'s Snapshot,
     caller: &Caller,
     grpc: bool,
@@ -235,8 +236,8 @@ fn route<'s>(
         return Err(ProxyError::NoRoute.into());
     };
     // S3 signs the exact target it sends: such routes (never gated) forward that.
-    if let (true, Some(original)) = (route.target.forward_as_sent, &view.as_sent) {
-        restore_request_target(request, original.clone())?;
+    if let (true, Some(original)) = (route.target.forward_as_sent, view.as_sent.take()) {
+        restore_request_target(request, original)?;
     }
     record
         .exchange()
