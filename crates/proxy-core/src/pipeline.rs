@@ -478,7 +478,7 @@ fn finish(
     response.map(|body| ObservedBody::new(body, record.exchange))
 }
 
-/// What `respond` keeps about one request while `handle` runs.
+/// What `respond` keeps about one request while the stages run.
 struct RequestRecord {
     /// Taken by a websocket tunnel, which books it when the tunnel closes.
     exchange: Option<Box<Exchange>>,
