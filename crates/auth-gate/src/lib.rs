@@ -4,11 +4,14 @@
 //!
 //! It owns the Pachyderm facts (which methods are public, where the token travels, what
 //! pachd's WhoAmI answers mean) and the token cache (single flight, bounded, keyed by token
-//! hashes). The WhoAmI call itself goes through a [`WhoAmI`] transport the caller provides.
+//! hashes), and pachd's WhoAmI client ([`PachdWhoAmI`]: the call and the reading of its
+//! answer). It opens no connection: the WhoAmI bytes travel over a [`GrpcUnary`] transport
+//! the caller provides.
 
 mod cache;
 mod pachyderm;
 mod static_tokens;
+mod who_am_i;
 
 pub use cache::TokenCache;
 pub use pachyderm::{
@@ -16,6 +19,7 @@ pub use pachyderm::{
     token_for_pachd_files, token_from_grpc_metadata, PachdHttpSurface, PachydermLine, TokenLookup,
 };
 pub use static_tokens::{parse_hash_file, StaticTokens};
+pub use who_am_i::{GrpcUnary, PachdWhoAmI, UnaryReply};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,9 +1,10 @@
-//! Errors pachgate itself answers with, rendered in the caller's protocol in one place:
-//! a gRPC caller gets a trailers-only response with `grpc-status`; an HTTP caller a status
-//! code and a short text body. Never an HTML page to a gRPC client.
+//! Errors pachgate itself answers with, what each means in gRPC and HTTP terms, and the
+//! response shapes refusals are written in (trailers-only gRPC, grpc-gateway JSON, short
+//! text). Which shape a caller gets is decided in one place, `rejection`. Never an HTML
+//! page to a gRPC client.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use thiserror::Error;
 
@@ -85,7 +86,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    fn grpc_code(&self) -> GrpcCode {
+    pub(crate) fn grpc_code(&self) -> GrpcCode {
         match self {
             ProxyError::NoRoute => GrpcCode::Unimplemented,
             ProxyError::UpstreamConnect { .. }
@@ -98,7 +99,7 @@ impl ProxyError {
         }
     }
 
-    fn http_status(&self) -> StatusCode {
+    pub(crate) fn http_status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -115,7 +116,7 @@ impl ProxyError {
     /// upstream failures use the words Pachyderm's console looks for ("upstream connect
     /// error", "no healthy upstream", what its own Envoy proxy says) to show its "cannot
     /// reach the cluster" screen instead of a blank page.
-    fn http_text(&self) -> &'static str {
+    pub(crate) fn http_text(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no route for this request\n",
             ProxyError::UpstreamConnect { .. } => {
@@ -136,28 +137,10 @@ impl ProxyError {
         }
     }
 
-    /// Renders the error for a gRPC caller (trailers-only) or an HTTP caller.
+    /// Renders the error for a gRPC caller (trailers-only) or an HTTP caller, as
+    /// `rejection` writes every refusal.
     pub fn into_response(self, grpc: bool) -> Response<ProxyBody> {
-        if grpc {
-            let message = match &self {
-                ProxyError::NoRoute => "pachgate: no route for this method".to_string(),
-                // The detail (and the endpoint) stay in the log.
-                ProxyError::UpstreamProtocol { upstream, .. } => {
-                    format!("pachgate: upstream protocol error (upstream {upstream})")
-                }
-                other => format!("pachgate: {other}"),
-            };
-            grpc_status_response(self.grpc_code(), &message)
-        } else {
-            let mut response = text_response(self.http_status(), self.http_text());
-            if matches!(self, ProxyError::BadRequest(_)) {
-                // A malformed request may leave the connection's framing in doubt; end it.
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }
+        crate::rejection::render_error(self, grpc)
     }
 }
 

@@ -4,12 +4,18 @@
 //! websocket tunnels, and the errors pachgate answers in the caller's protocol. It also
 //! owns what the data path reports: Prometheus metrics and the per-request access-log line.
 //!
+//! Where things are: `connection` accepts and keeps connections; `pipeline` takes each
+//! request through its stages (sanitize → route → admit → forward | tunnel → finish → log);
+//! `rejection` writes every refusal in the caller's protocol; `snapshot` is the
+//! configuration requests see; `gateway` is what they share (and the drain).
+//!
 //! It does not parse configuration files or generate certificates; the binary hands it
 //! typed specs and a rustls `ServerConfig`.
 
 pub mod auth;
 pub mod body;
 mod closing;
+mod connection;
 pub mod error;
 pub mod exchange;
 pub mod framing_guard;
@@ -17,19 +23,25 @@ pub mod gateway;
 pub mod headers;
 mod idle;
 pub mod metrics;
+mod pipeline;
 pub mod proxy_protocol;
+mod rejection;
+mod request_view;
 pub mod route_timeouts;
+mod snapshot;
 pub mod upstream;
 pub mod websocket;
 
-pub use gateway::{
-    ClientPolicy, Gateway, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary,
-    ServerLimits, Snapshot, UpstreamSummary,
-};
+pub use connection::ServerLimits;
+pub use gateway::Gateway;
 pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{
     PachydermAuthSettings, PachydermLine, StaticTokens, WhenAuthDisabled,
 };
 pub use pachgate_client_policy::{Cidr, CidrSet, RateLimiter};
 pub use route_timeouts::RouteTimeouts;
+pub use snapshot::{
+    ClientPolicy, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary, Snapshot,
+    UpstreamSummary,
+};
 pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};

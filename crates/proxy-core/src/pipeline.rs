@@ -1,0 +1,513 @@
+//! One request's journey through pachgate, stage by stage. Each stage is a function that
+//! answers one question; read this file top to bottom:
+//!
+//! 1. [`sanitize`]: is the request fit to route, and what is its one view? (HTTP/1 framing
+//!    verdict, head limits, hop-by-hop headers gone, the path's normal form, a request id)
+//! 2. [`route`]: which route and upstream serve it?
+//! 3. [`admit`]: may this client make it? (route allow-list, request rate, the route's gate)
+//! 4. [`forward`] or [`tunnel`]: the upstream's answer, streamed back (or a websocket).
+//! 5. [`finish`]: what every answer gets on the way out (HSTS); a refusal from any stage is
+//!    a [`Rejection`], written in the caller's protocol by `rejection.rs` alone.
+//! 6. log: the request's [`Exchange`] starts in [`Gateway::respond`] and is booked when the
+//!    answer's body ends (`ObservedBody`, see `exchange.rs`), or when a tunnel closes.
+//!
+//! The pipeline knows nothing about sockets: `connection.rs` accepts, handshakes and keeps
+//! connections, and hands each request here with a [`Caller`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use pachgate_auth_gate::{AllowReason, DenyReason};
+use pachgate_routing::{is_grpc_content_type, RequestFacts, Route};
+
+use crate::auth::{AuthGates, RouteGate};
+use crate::body::ProxyBody;
+use crate::connection::ServerLimits;
+use crate::error::ProxyError;
+use crate::exchange::{ensure_request_id, ClientAddress, Exchange, ObservedBody};
+use crate::framing_guard::FramingVerdicts;
+use crate::gateway::Gateway;
+use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::idle::ConnActivity;
+use crate::rejection::{Rejection, Rendering};
+use crate::request_view::{
+    forwarded_client, h2_header_list_size, normalize_request_path, restore_request_target, Facts,
+};
+use crate::route_timeouts::bounded;
+use crate::snapshot::{RouteAuth, RouteTarget, Snapshot};
+use crate::upstream::{Upstream, UpstreamProtocol};
+
+/// What the pipeline knows about who sent a request: facts about its connection, computed
+/// once at accept rather than per request.
+pub(crate) struct Caller {
+    pub(crate) peer: SocketAddr,
+    /// The peer as the access log writes it.
+    pub(crate) client: ClientAddress,
+    pub(crate) tls: bool,
+    client_ip: HeaderValue,
+    proto: HeaderValue,
+    /// Set when the connection may carry HTTP/1 (see `framing_guard`).
+    framing: Option<Arc<FramingVerdicts>>,
+    pub(crate) activity: Arc<ConnActivity>,
+}
+
+impl Caller {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        tls: bool,
+        framing: Option<Arc<FramingVerdicts>>,
+    ) -> Arc<Self> {
+        Arc::new(Caller {
+            peer,
+            client: ClientAddress::new(peer),
+            tls,
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            framing,
+            activity: ConnActivity::new(),
+        })
+    }
+}
+
+impl Gateway {
+    /// One request, start to end: the log record opens, the stages run, the answer leaves
+    /// with what every answer gets, carrying the record until its body ends.
+    pub(crate) async fn respond(
+        &self,
+        request: Request<Incoming>,
+        caller: &Caller,
+    ) -> Response<ObservedBody> {
+        // One snapshot for the whole request: the configuration it started with.
+        let snapshot = self.snapshot.load_full();
+        let grpc = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| is_grpc_content_type(v.as_bytes()));
+        let mut record = RequestRecord {
+            exchange: Some(Exchange::start(
+                &self.metrics,
+                &request,
+                &caller.client,
+                grpc,
+                snapshot.access_log,
+                caller.activity.begin(),
+            )),
+        };
+        let response = self
+            .stages(request, caller, &snapshot, grpc, &mut record)
+            .await;
+        finish(response, caller, &snapshot, record)
+    }
+
+    /// sanitize → route → admit → forward | tunnel. A stage that refuses ends the journey
+    /// with its [`Rejection`]; before the request is handed upstream the rejection may
+    /// first read what the client is still sending ([`Rejection::answer`]).
+    async fn stages(
+        &self,
+        mut request: Request<Incoming>,
+        caller: &Caller,
+        snapshot: &Snapshot,
+        grpc: bool,
+        record: &mut RequestRecord,
+    ) -> Response<ProxyBody> {
+        // By the caller's protocol alone; only the gate's denials look at the route too.
+        let rendering = Rendering::for_caller(grpc);
+        let mut view = match sanitize(&mut request, caller, &self.limits, snapshot, grpc, record) {
+            Ok(view) => view,
+            Err(rejection) => return rejection.answer(request, rendering).await,
+        };
+        let (route, upstream) = match route(&mut request, &mut view, snapshot, caller, grpc, record)
+        {
+            Ok(routed) => routed,
+            Err(rejection) => return rejection.answer(request, rendering).await,
+        };
+        if let Err(rejection) = self.admit(&request, route, snapshot, grpc, caller).await {
+            let rendering = Rendering::on_route(
+                grpc,
+                route.target.auth == RouteAuth::Pachyderm,
+                request.uri().path(),
+            );
+            return rejection.answer(request, rendering).await;
+        }
+        let answered = if view.websocket_upgrade
+            || crate::websocket::is_extended_connect_websocket(&request)
+        {
+            self.tunnel(request, route, upstream, view, record).await
+        } else {
+            forward(
+                request,
+                upstream,
+                caller,
+                view.authority,
+                record,
+                (&route.target, grpc),
+            )
+            .await
+        };
+        answered.unwrap_or_else(|error| {
+            if let ProxyError::UpstreamConnect { upstream, .. }
+            | ProxyError::UpstreamTls { upstream, .. } = &error
+            {
+                self.metrics.upstream_connect_failed(upstream);
+            }
+            tracing::warn!(route = %route.name, client = %caller.peer, %error, "request failed");
+            Rejection::from(error).render(rendering)
+        })
+    }
+}
+
+/// What `sanitize` learned about a request, for the stages after it.
+struct View {
+    /// An HTTP/1.1 `Upgrade: websocket` (seen before the hop-by-hop headers go).
+    websocket_upgrade: bool,
+    /// The request target as the client sent it, when the normal form differs.
+    as_sent: Option<PathAndQuery>,
+    /// The authority the client asked for (`host[:port]`), for `:authority` / `Host` upstream.
+    authority: Option<Authority>,
+}
+
+/// Stage 1, sanitize: is the request fit to route, and what is its one view? Routing, the
+/// gate and the upstream all see the same request: hop-by-hop headers (and any header named
+/// in Connection, authn-token included) gone, the path normalised, so no trick can show the
+/// gate one thing and pachd another.
+fn sanitize(
+    request: &mut Request<Incoming>,
+    caller: &Caller,
+    limits: &ServerLimits,
+    snapshot: &Snapshot,
+    grpc: bool,
+    record: &mut RequestRecord,
+) -> Result<View, Rejection> {
+    if request.version() <= Version::HTTP_11 {
+        if let Some(framing) = &caller.framing {
+            if framing.next_request_is_ambiguous() {
+                tracing::warn!(client = %caller.peer, "refused a request with both Content-Length and Transfer-Encoding");
+                return Err(Rejection::AmbiguousFraming);
+            }
+        }
+    }
+    if let Some(refusal) = refuse_head(request, limits) {
+        tracing::debug!(client = %caller.peer, refusal = refusal.kind(), "request head refused");
+        return Err(refusal);
+    }
+    let websocket_upgrade =
+        request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
+    strip_hop_by_hop(request.headers_mut());
+    // The request id ties the access-log line to the upstream's logs; without an access
+    // log a client's id passes through untouched and none is made.
+    let request_id = snapshot
+        .access_log
+        .then(|| ensure_request_id(request.headers_mut()));
+    let mut as_sent = None;
+    if request.method() != http::Method::CONNECT {
+        as_sent = normalize_request_path(request)?;
+    }
+    let authority = Facts::of(request, grpc).authority();
+    if let Some(request_id) = request_id {
+        record
+            .exchange()
+            .set_request_details(request_id, authority.clone());
+    }
+    Ok(View {
+        websocket_upgrade,
+        as_sent,
+        authority,
+    })
+}
+
+/// Stage 2, route: which route and upstream serve this request? The first route that
+/// matches the request's normal form.
+fn route<'s>(
+    request: &mut Request<Incoming>,
+    view: &mut View,
+    snapshot: &'s Snapshot,
+    caller: &Caller,
+    grpc: bool,
+    record: &mut RequestRecord,
+) -> Result<(&'s Route<RouteTarget>, &'s Upstream), Rejection> {
+    let facts = Facts::of(request, grpc);
+    let Some(route) = snapshot.routes.pick(&facts) else {
+        tracing::debug!(path = facts.path(), client = %caller.peer, "no route");
+        return Err(ProxyError::NoRoute.into());
+    };
+    // S3 signs the exact target it sends: such routes (never gated) forward that.
+    if let (true, Some(original)) = (route.target.forward_as_sent, view.as_sent.take()) {
+        restore_request_target(request, original)?;
+    }
+    record
+        .exchange()
+        .set_route(&snapshot.route_metrics[route.target.index]);
+    Ok((route, &snapshot.upstreams[route.target.upstream]))
+}
+
+impl Gateway {
+    /// Stage 3, admit: may this client make this request? The verdict is counted, and a
+    /// refusal written to the audit log (never a token, only why).
+    async fn admit(
+        &self,
+        request: &Request<Incoming>,
+        route: &Route<RouteTarget>,
+        snapshot: &Snapshot,
+        grpc: bool,
+        caller: &Caller,
+    ) -> Result<(), Rejection> {
+        let client_ip = forwarded_client(
+            request.headers(),
+            caller.peer.ip(),
+            &snapshot.clients.trusted_proxies,
+        );
+        let route_metrics = &snapshot.route_metrics[route.target.index];
+        match admit(request, &route.target, snapshot, grpc, client_ip).await {
+            Ok(None) => Ok(()),
+            Ok(Some(allowed)) => {
+                self.metrics
+                    .auth_decision(&route_metrics.name, true, allowed.kind());
+                Ok(())
+            }
+            Err(reason) => {
+                self.metrics
+                    .auth_decision(&route_metrics.name, false, reason.kind());
+                tracing::warn!(
+                    target: "pachgate::audit",
+                    route = %route.name,
+                    path = request.uri().path(),
+                    client = %caller.peer,
+                    reason = reason.kind(),
+                    detail = %reason.message(),
+                    "request denied"
+                );
+                Err(Rejection::Denied(reason))
+            }
+        }
+    }
+
+    /// Stage 4b, tunnel: a websocket, by HTTP/1.1 Upgrade or by extended CONNECT (RFC 8441).
+    /// The tunnel takes the request's exchange along and books it when it closes.
+    async fn tunnel(
+        &self,
+        request: Request<Incoming>,
+        route: &Route<RouteTarget>,
+        upstream: &Upstream,
+        view: View,
+        record: &mut RequestRecord,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        record
+            .exchange()
+            .set_upstream(upstream.protocol().name(), None);
+        // The websocket handshakes are boxed: inline, their connect and handshake state
+        // would be part of every request's future, which hyper moves into a task per
+        // stream (a memmove of all of it per gRPC call).
+        if view.websocket_upgrade {
+            Box::pin(crate::websocket::tunnel(
+                request,
+                upstream,
+                view.authority,
+                self.tunnels(),
+                &mut record.exchange,
+                route.target.timeouts,
+            ))
+            .await
+        } else {
+            Box::pin(crate::websocket::tunnel_extended_connect(
+                request,
+                upstream,
+                view.authority,
+                self.tunnels(),
+                &mut record.exchange,
+                route.target.timeouts,
+            ))
+            .await
+        }
+    }
+}
+
+/// The admit question itself: the route's client allow-list, the per-address request rate, then the
+/// route's gate. `Ok(Some(why))`: the gate let the request in; `Ok(None)`: no gate.
+async fn admit(
+    request: &Request<Incoming>,
+    route: &RouteTarget,
+    snapshot: &Snapshot,
+    grpc: bool,
+    client_ip: IpAddr,
+) -> Result<Option<AllowReason>, DenyReason> {
+    if !route.allow.allows(client_ip) {
+        return Err(DenyReason::AddressNotAllowed);
+    }
+    let now = std::time::Instant::now();
+    if let Some(limiter) = &snapshot.clients.requests {
+        if let Err(wait) = limiter.take(client_ip, now) {
+            return Err(DenyReason::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+    }
+    let gate = match route.auth {
+        RouteAuth::None => return Ok(None),
+        RouteAuth::Pachyderm => RouteGate::Pachyderm(
+            snapshot
+                .pachyderm_gate
+                .as_ref()
+                .expect("routes with auth = pachyderm are only built with a gate"),
+        ),
+        RouteAuth::Token => RouteGate::StaticTokens(
+            snapshot
+                .static_tokens
+                .as_ref()
+                .expect("routes with auth = token are only built with a token file"),
+        ),
+    };
+    let gates = AuthGates {
+        gate,
+        failed_auth: snapshot.clients.failed_auth.as_ref(),
+    };
+    gates.check(request, grpc, client_ip, now).await.map(Some)
+}
+
+/// Stage 4a, forward: the upstream's answer. The endpoint that took the request goes in
+/// the record, whatever the outcome.
+async fn forward(
+    request: Request<Incoming>,
+    upstream: &Upstream,
+    caller: &Caller,
+    authority: Option<Authority>,
+    record: &mut RequestRecord,
+    limits: (&RouteTarget, bool),
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut endpoint = None;
+    let result = send_upstream(
+        request,
+        upstream,
+        caller,
+        authority,
+        record,
+        &mut endpoint,
+        limits,
+    )
+    .await;
+    record
+        .exchange()
+        .set_upstream(upstream.protocol().name(), endpoint.as_ref());
+    result
+}
+
+/// Streams the request to the upstream and the response back, frame by frame: data,
+/// trailers and resets pass through; nothing is buffered. `limits`: the route, for its
+/// timeouts, and whether the caller speaks gRPC, for how a cut is told.
+async fn send_upstream(
+    request: Request<Incoming>,
+    upstream: &Upstream,
+    conn: &Caller,
+    authority: Option<Authority>,
+    record: &mut RequestRecord,
+    endpoint: &mut Option<Arc<str>>,
+    (route, grpc): (&RouteTarget, bool),
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    set_forwarded(
+        &mut parts.headers,
+        &conn.client_ip,
+        &conn.proto,
+        authority.as_ref().map(|a| a.host()),
+    );
+    match upstream.protocol() {
+        UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
+            // An h2 client sends :authority, not Host; an HTTP/1.1 upstream needs Host.
+            if !parts.headers.contains_key(HOST) {
+                if let Some(value) = authority
+                    .as_ref()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                {
+                    parts.headers.insert(HOST, value);
+                }
+            }
+        }
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+            // On h2 the host travels as :authority (set from the same value).
+            parts.headers.remove(HOST);
+        }
+    }
+    let tally = (!http_body::Body::is_end_stream(&body))
+        .then(|| record.exchange().received_tally())
+        .flatten();
+    let body = match tally {
+        Some(tally) => ProxyBody::Metered(body, tally),
+        None => ProxyBody::Stream(body),
+    };
+    // No timer at all (the default) unless the route sets a timeout.
+    let mut timer = route.timeouts.start();
+    let body = match &timer {
+        Some(timer) => timer.request_body(body),
+        None => body,
+    };
+    let request = Request::from_parts(parts, body);
+    let response = bounded(upstream.send(request, authority, endpoint), timer.as_mut())
+        .await
+        .map_err(|expired| expired.into_error(upstream.name()))??;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = match timer {
+        Some(timer) => timer.response_body(body, grpc, route.name.clone()),
+        None => body,
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Stage 5, finish: what every answer gets on the way out (HSTS on TLS connections), and
+/// the answer's status noted in the request's record, which its body carries to the end.
+fn finish(
+    mut response: Response<ProxyBody>,
+    caller: &Caller,
+    snapshot: &Snapshot,
+    mut record: RequestRecord,
+) -> Response<ObservedBody> {
+    if let (true, Some(hsts)) = (caller.tls, &snapshot.clients.hsts) {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    // A tunnel took its exchange along; every other exchange ends with the body.
+    if let Some(exchange) = record.exchange.as_deref_mut() {
+        exchange.set_status(response.status().as_u16());
+        exchange.note_grpc(response.headers());
+    }
+    response.map(|body| ObservedBody::new(body, record.exchange))
+}
+
+/// What `respond` keeps about one request while the stages run.
+struct RequestRecord {
+    /// Taken by a websocket tunnel, which books it when the tunnel closes.
+    exchange: Option<Box<Exchange>>,
+}
+
+impl RequestRecord {
+    fn exchange(&mut self) -> &mut Exchange {
+        self.exchange
+            .as_deref_mut()
+            .expect("only a tunnel takes the exchange, after the pipeline is done with it")
+    }
+}
+
+/// Whether pachgate refuses the request's head before routing it: a header list over
+/// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
+/// header name when configured. `None`: go on.
+fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejection> {
+    if request.version() == Version::HTTP_2
+        && h2_header_list_size(request) > limits.max_header_list_size as usize
+    {
+        return Some(Rejection::HeadersTooLarge);
+    }
+    if limits.reject_underscore_headers
+        && request
+            .headers()
+            .keys()
+            .any(|name| name.as_str().contains('_'))
+    {
+        return Some(Rejection::UnderscoreInHeaderName);
+    }
+    None
+}

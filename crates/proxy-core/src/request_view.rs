@@ -1,0 +1,181 @@
+//! What the pipeline's stages read off a request, and the rewrites `sanitize` and `route`
+//! make: the host and authority the client asked for, the path's normal form, the HTTP/2
+//! header list size, and the client address behind trusted proxies.
+
+use std::net::IpAddr;
+
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery};
+use http::Request;
+use hyper::body::Incoming;
+use pachgate_client_policy::CidrSet;
+use pachgate_routing::{normalize_path, RequestFacts};
+
+use crate::error::ProxyError;
+
+/// The client address behind trusted proxies: walking `X-Forwarded-For` from the right,
+/// the first address that is not a trusted proxy. Untrusted peers' headers are ignored.
+pub(crate) fn forwarded_client(
+    headers: &http::HeaderMap,
+    peer: IpAddr,
+    trusted: &CidrSet,
+) -> IpAddr {
+    if trusted.is_empty() || !trusted.allows(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all(&crate::headers::X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(address) = entry.trim().parse::<IpAddr>() else {
+            break; // garbage: trust nothing further left
+        };
+        client = address;
+        if !trusted.allows(address) {
+            break;
+        }
+    }
+    client
+}
+
+/// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.
+/// Returns the target as sent when it changed it (a cheap clone: the bytes are shared).
+pub(crate) fn normalize_request_path<B>(
+    request: &mut Request<B>,
+) -> Result<Option<PathAndQuery>, ProxyError> {
+    let Some(path_and_query) = request.uri().path_and_query() else {
+        return Ok(None);
+    };
+    let Some(path) = normalize_path(path_and_query.path()) else {
+        return Ok(None);
+    };
+    let original = path_and_query.clone();
+    let target = match path_and_query.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("bad request target\n"))?,
+    );
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
+    Ok(Some(original))
+}
+
+/// Puts back the target `normalize_request_path` replaced.
+pub(crate) fn restore_request_target<B>(
+    request: &mut Request<B>,
+    original: PathAndQuery,
+) -> Result<(), ProxyError> {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.path_and_query = Some(original);
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target\n"))?;
+    Ok(())
+}
+
+/// A request's header list size as RFC 9113 §6.5.2 counts it (name + value + 32 each,
+/// pseudo-headers included), for HTTP/2 requests.
+pub(crate) fn h2_header_list_size<B>(request: &Request<B>) -> usize {
+    const ENTRY: usize = 32;
+    let uri = request.uri();
+    let mut size = ":method".len() + request.method().as_str().len() + ENTRY;
+    if let Some(path) = uri.path_and_query() {
+        size += ":path".len() + path.as_str().len() + ENTRY;
+    }
+    if let Some(scheme) = uri.scheme() {
+        size += ":scheme".len() + scheme.as_str().len() + ENTRY;
+    }
+    if let Some(authority) = uri.authority() {
+        size += ":authority".len() + authority.as_str().len() + ENTRY;
+    }
+    request.headers().iter().fold(size, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + ENTRY
+    })
+}
+
+/// Borrowed request parts for the route table.
+pub(crate) struct Facts<'a> {
+    request: &'a Request<Incoming>,
+    host: Option<&'a str>,
+    grpc: bool,
+}
+
+impl<'a> Facts<'a> {
+    pub(crate) fn of(request: &'a Request<Incoming>, grpc: bool) -> Self {
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| request.headers().get(HOST).and_then(|v| v.to_str().ok()));
+        Facts {
+            request,
+            host: authority.map(strip_port),
+            grpc,
+        }
+    }
+
+    /// The authority the client asked for (`host[:port]`), for `:authority` / `Host` upstream.
+    pub(crate) fn authority(&self) -> Option<Authority> {
+        if let Some(authority) = self.request.uri().authority() {
+            return Some(authority.clone());
+        }
+        self.request
+            .headers()
+            .get(HOST)
+            .and_then(|v| Authority::try_from(v.as_bytes()).ok())
+    }
+}
+
+impl RequestFacts for Facts<'_> {
+    fn host(&self) -> Option<&str> {
+        self.host
+    }
+    fn path(&self) -> &str {
+        self.request.uri().path()
+    }
+    fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.request.headers().get(name).map(|v| v.as_bytes())
+    }
+    fn query(&self) -> Option<&str> {
+        self.request.uri().query()
+    }
+}
+
+/// `host:port` → `host`; `[::1]:443` → `::1`.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        for (input, want) in [
+            ("example.com", "example.com"),
+            ("example.com:8443", "example.com"),
+            ("[::1]:8443", "::1"),
+            ("[::1]", "::1"),
+            ("127.0.0.1:1", "127.0.0.1"),
+        ] {
+            assert_eq!(strip_port(input), want);
+        }
+    }
+}
