@@ -2,6 +2,7 @@
 //! validated as a whole. Every error names `file:line:column`, what is wrong and what is
 //! expected. A valid file becomes the runtime pieces the crates take.
 
+mod keywords;
 mod routes;
 mod tls;
 mod types;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use pachgate_proxy_core::{PlainMode, ServerLimits, Snapshot};
 
+pub use keywords::AccessLog;
 pub use tls::ListenerTlsSource;
 pub use types::*;
 use validate::Validator;

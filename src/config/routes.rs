@@ -7,6 +7,7 @@ use pachgate_proxy_core::{RouteAuth, RouteSpec, RouteTimeouts};
 use pachgate_routing::{HeaderSpec, MatchSpec, RouteTable};
 use toml::Spanned;
 
+use super::keywords::{AuthKind, ForwardPath};
 use super::types::{PachydermAuth, Route, Upstream};
 use super::Validator;
 
@@ -47,34 +48,23 @@ impl Validator<'_> {
             }
             let auth = match &route.auth {
                 None => RouteAuth::None,
-                Some(auth) => match auth.get_ref().as_str() {
-                    "none" => RouteAuth::None,
-                    "pachyderm" => {
-                        if pachyderm.is_none() {
-                            self.err(
-                                &auth.span(),
-                                "auth = \"pachyderm\" needs an [auth.pachyderm] section with `upstream` (pachd's gRPC port, where WhoAmI is asked)",
-                            );
-                        }
-                        RouteAuth::Pachyderm
+                Some(auth) => {
+                    let (section, needs) = match auth.get_ref() {
+                        AuthKind::None => (true, ""),
+                        AuthKind::Pachyderm => (
+                            pachyderm.is_some(),
+                            "auth = \"pachyderm\" needs an [auth.pachyderm] section with `upstream` (pachd's gRPC port, where WhoAmI is asked)",
+                        ),
+                        AuthKind::Token => (
+                            has_token_auth,
+                            "auth = \"token\" needs an [auth.token] section with `hashes_file` (SHA-256 hashes of the accepted tokens)",
+                        ),
+                    };
+                    if !section {
+                        self.err(&auth.span(), needs);
                     }
-                    "token" => {
-                        if !has_token_auth {
-                            self.err(
-                                &auth.span(),
-                                "auth = \"token\" needs an [auth.token] section with `hashes_file` (SHA-256 hashes of the accepted tokens)",
-                            );
-                        }
-                        RouteAuth::Token
-                    }
-                    other => {
-                        self.err(
-                            &auth.span(),
-                            format!("auth {other:?} is not known: expected \"none\", \"pachyderm\" or \"token\""),
-                        );
-                        RouteAuth::None
-                    }
-                },
+                    RouteAuth::from(*auth.get_ref())
+                }
             };
             // Secure by default: pachd reached without the gate is an open cluster if its own
             // auth is off. Only an explicit allow_insecure lets that start.
@@ -114,9 +104,9 @@ impl Validator<'_> {
             }
             let forward_as_sent = match &route.forward_path {
                 None => false,
-                Some(mode) => match mode.get_ref().as_str() {
-                    "normalized" => false,
-                    "as-sent" => {
+                Some(mode) => match mode.get_ref() {
+                    ForwardPath::Normalized => false,
+                    ForwardPath::AsSent => {
                         // The gate would judge the normal form while pachd serves the path
                         // as sent: `/pfs/../x` is not what the gate allowed.
                         if auth != RouteAuth::None {
@@ -126,13 +116,6 @@ impl Validator<'_> {
                             );
                         }
                         true
-                    }
-                    other => {
-                        self.err(
-                            &mode.span(),
-                            format!("forward_path {other:?} is not known: expected \"normalized\" or \"as-sent\""),
-                        );
-                        false
                     }
                 },
             };

@@ -166,6 +166,22 @@ fn bad_configs_are_located() {
             "timeout = \"soon\" is not a duration",
         ),
         ("[listen\n", "t.toml:1:8", "expected"),
+        // Keyword keys: an unknown word is refused at the value, naming the accepted ones.
+        (
+            "[listen]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"both\"\n",
+            "t.toml:3:13",
+            "http_mode \"both\" is not known: expected \"redirect\" or \"serve\"",
+        ),
+        (
+            &VALID.replace("upstream = \"pachd\"\n", "upstream = \"pachd\"\nauth = \"basic\"\n"),
+            "t.toml:14:8",
+            "auth \"basic\" is not known: expected \"none\", \"pachyderm\" or \"token\"",
+        ),
+        (
+            &format!("{VALID}[auth.pachyderm]\nupstream = \"pachd\"\nversion = \"3\"\n"),
+            "t.toml:16:11",
+            "auth.pachyderm.version \"3\" is not known: expected \"2\" (Pachyderm 2.x) or \"1\" (1.x)",
+        ),
     ];
     for (text, location, phrase) in cases {
         let found = errors(text);

@@ -118,18 +118,8 @@ impl Validator<'_> {
                     Err(e) => self.err(&ca.span(), format!("tls.client_ca: {e}")),
                 }
             }
-            if let Some(version) = tls.min_version.take() {
-                min_version = match version.get_ref().as_str() {
-                    "1.2" => pachgate_tls::MinVersion::Tls12,
-                    "1.3" => pachgate_tls::MinVersion::Tls13,
-                    other => {
-                        self.err(
-                            &version.span(),
-                            format!("tls.min_version {other:?}: expected \"1.2\" or \"1.3\""),
-                        );
-                        pachgate_tls::MinVersion::Tls12
-                    }
-                };
+            if let Some(version) = tls.min_version {
+                min_version = version.into();
             }
         }
         let default = self.tls_default(tls, https)?;

@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::keywords::{
+    AccessLog, AuthKind, ForwardPath, HttpMode, OnAuthDisabled, PachydermVersion, Protocol,
+    TlsVersion,
+};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -38,15 +43,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// "json" (default), "text" or "off": one line per request on stdout.
-    pub access: Option<Spanned<String>>,
-}
-
-/// How access-log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessLog {
-    Json,
-    Text,
-    Off,
+    pub access: Option<AccessLog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,11 +76,11 @@ pub struct PachydermAuth {
     pub cache_ttl: Option<Spanned<String>>,
     pub negative_cache_ttl: Option<Spanned<String>>,
     pub cache_capacity: Option<Spanned<usize>>,
-    pub when_auth_disabled: Option<Spanned<String>>,
+    pub when_auth_disabled: Option<OnAuthDisabled>,
     pub public_methods: Option<Vec<Spanned<String>>>,
     pub who_am_i_method: Option<Spanned<String>>,
     /// "2" (default) or "1": which Pachyderm line's public methods apply.
-    pub version: Option<Spanned<String>>,
+    pub version: Option<PachydermVersion>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,7 +88,7 @@ pub struct PachydermAuth {
 pub struct Listen {
     pub https: Option<Spanned<String>>,
     pub http: Option<Spanned<String>>,
-    pub http_mode: Option<Spanned<String>>,
+    pub http_mode: Option<HttpMode>,
     pub admin: Option<Spanned<String>>,
     /// Expect a PROXY protocol v1/v2 header at the start of every connection.
     #[serde(default)]
@@ -119,7 +116,7 @@ pub struct Tls {
     /// PEM CA certificates: clients must present a certificate signed by one of them.
     pub client_ca: Option<Spanned<String>>,
     /// "1.2" (default) or "1.3".
-    pub min_version: Option<Spanned<String>>,
+    pub min_version: Option<TlsVersion>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +131,7 @@ pub struct SniCert {
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub endpoints: Spanned<Vec<Spanned<String>>>,
-    pub protocol: Option<Spanned<String>>,
+    pub protocol: Option<Protocol>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub h2_keepalive_interval: Option<Spanned<String>>,
@@ -158,10 +155,10 @@ pub struct Route {
     #[serde(rename = "match")]
     pub matcher: Spanned<Match>,
     pub upstream: Spanned<String>,
-    pub auth: Option<Spanned<String>>,
+    pub auth: Option<Spanned<AuthKind>>,
     pub allow_cidrs: Option<Vec<Spanned<String>>>,
     /// "normalized" (default) or "as-sent": the request target the upstream receives.
-    pub forward_path: Option<Spanned<String>>,
+    pub forward_path: Option<Spanned<ForwardPath>>,
     /// The whole exchange (duration or "off").
     pub timeout: Option<Spanned<String>>,
     /// No body bytes either way for this long (duration or "off").

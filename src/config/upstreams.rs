@@ -9,10 +9,11 @@ use pachgate_proxy_core::upstream::{
 };
 use pachgate_proxy_core::{
     PachydermAuthSettings, PachydermAuthSpec, PachydermLine, UpstreamProtocol, UpstreamSpec,
-    UpstreamTls, WhenAuthDisabled,
+    UpstreamTls,
 };
 use toml::Spanned;
 
+use super::keywords::Protocol;
 use super::types::{PachydermAuth, Upstream};
 use super::Validator;
 
@@ -61,22 +62,7 @@ impl Validator<'_> {
                 );
             }
         }
-        let protocol = match &u.protocol {
-            None => UpstreamProtocol::H2c,
-            Some(p) => match p.get_ref().as_str() {
-                "h2c" => UpstreamProtocol::H2c,
-                "http1" => UpstreamProtocol::Http1,
-                "h2" => UpstreamProtocol::H2,
-                "http1-tls" => UpstreamProtocol::Http1Tls,
-                other => {
-                    self.err(
-                        &p.span(),
-                        format!("protocol {other:?} is not known: expected \"h2c\", \"http1\", \"h2\" or \"http1-tls\""),
-                    );
-                    UpstreamProtocol::H2c
-                }
-            },
-        };
+        let protocol = UpstreamProtocol::from(u.protocol.unwrap_or(Protocol::H2c));
         let connect_timeout = u
             .connect_timeout
             .as_ref()
@@ -252,8 +238,7 @@ impl Validator<'_> {
                 format!("auth.pachyderm.upstream {name:?} is not defined: name the upstream of pachd's gRPC port"),
             ),
             Some((_, u)) => {
-                let protocol = u.get_ref().protocol.as_ref().map(|p| p.get_ref().as_str());
-                if !matches!(protocol, None | Some("h2c") | Some("h2")) {
+                if !matches!(u.get_ref().protocol, None | Some(Protocol::H2c | Protocol::H2)) {
                     self.err(
                         &a.upstream.span(),
                         format!("auth.pachyderm.upstream {name:?} must be pachd's gRPC port (protocol = \"h2c\"): WhoAmI is a gRPC call"),
@@ -282,17 +267,7 @@ impl Validator<'_> {
             settings.cache_capacity = *v.get_ref();
         }
         if let Some(v) = &a.when_auth_disabled {
-            settings.when_auth_disabled = match v.get_ref().as_str() {
-                "deny" => WhenAuthDisabled::Deny,
-                "allow" => WhenAuthDisabled::Allow,
-                other => {
-                    self.err(
-                        &v.span(),
-                        format!("when_auth_disabled {other:?} is not known: expected \"deny\" or \"allow\""),
-                    );
-                    WhenAuthDisabled::Deny
-                }
-            };
+            settings.when_auth_disabled = (*v).into();
         }
         for method in a.public_methods.iter().flatten() {
             if !pachgate_auth_gate::is_well_formed_grpc_path(method.get_ref()) {
@@ -304,17 +279,7 @@ impl Validator<'_> {
             settings.extra_public_methods.push(method.get_ref().clone());
         }
         settings.line = match &a.version {
-            Some(v) => match v.get_ref().as_str() {
-                "2" => PachydermLine::V2,
-                "1" => PachydermLine::V1,
-                other => {
-                    self.err(
-                        &v.span(),
-                        format!("auth.pachyderm.version {other:?} is not known: expected \"2\" (Pachyderm 2.x) or \"1\" (1.x)"),
-                    );
-                    PachydermLine::V2
-                }
-            },
+            Some(version) => (*version).into(),
             // Configs written before `version` existed said 1.x through the WhoAmI method.
             None if a
                 .who_am_i_method

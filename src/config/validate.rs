@@ -12,7 +12,8 @@ use pachgate_proxy_core::{
 };
 use toml::Spanned;
 
-use super::types::{AccessLog, FileConfig, Limits};
+use super::keywords::{AccessLog, HttpMode};
+use super::types::{FileConfig, Limits};
 use super::{parse_duration, ConfigError, Locator, RuntimeConfig};
 
 pub(super) struct Validator<'a> {
@@ -51,22 +52,7 @@ impl Validator<'_> {
                 "[listen] needs `https` (TLS) and/or `http`: nothing would accept connections",
             );
         }
-        let http_mode = match &listen.http_mode {
-            None => "redirect",
-            Some(mode) => {
-                match mode.get_ref().as_str() {
-                    "redirect" => "redirect",
-                    "serve" => "serve",
-                    other => {
-                        self.err(
-                        &mode.span(),
-                        format!("http_mode {other:?} is not known: expected \"redirect\" or \"serve\""),
-                    );
-                        "serve"
-                    }
-                }
-            }
-        };
+        let http_mode = listen.http_mode.unwrap_or(HttpMode::Redirect);
         let public_https_port = listen.public_https_port.as_ref().and_then(|port| {
             match u16::try_from(*port.get_ref()) {
                 Ok(p) if p > 0 => Some(p),
@@ -84,7 +70,7 @@ impl Validator<'_> {
         });
         let http = match (&listen.http, http_addr) {
             (Some(spanned), Some(addr)) => {
-                if http_mode == "redirect" {
+                if http_mode == HttpMode::Redirect {
                     match https {
                         Some(https) => Some((
                             addr,
@@ -209,23 +195,7 @@ impl Validator<'_> {
             }
         });
 
-        let access_log = match config
-            .log
-            .access
-            .as_ref()
-            .map(|v| (v.get_ref().as_str(), v))
-        {
-            None | Some(("json", _)) => AccessLog::Json,
-            Some(("text", _)) => AccessLog::Text,
-            Some(("off", _)) => AccessLog::Off,
-            Some((other, value)) => {
-                self.err(
-                    &value.span(),
-                    format!("log.access = {other:?} is not known: expected \"json\", \"text\" or \"off\""),
-                );
-                AccessLog::Off
-            }
-        };
+        let access_log = config.log.access.unwrap_or(AccessLog::Json);
 
         if !self.errors.is_empty() {
             return Err(self.errors);
