@@ -166,6 +166,12 @@ fn bad_configs_are_located() {
             "timeout = \"soon\" is not a duration",
         ),
         ("[listen\n", "t.toml:1:8", "expected"),
+        // Checked here, with a location, before Snapshot::build (whose errors have none).
+        (
+            &format!("{VALID}[auth.pachyderm]\nupstream = \"pachd\"\nwho_am_i_method = \"/auth.API/Who Am I\"\n"),
+            "t.toml:16:19",
+            "who_am_i_method must be a gRPC method path",
+        ),
         // Keyword keys: an unknown word is refused at the value, naming the accepted ones.
         (
             "[listen]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"both\"\n",

@@ -292,7 +292,10 @@ impl Validator<'_> {
         };
         let who_am_i_method = match &a.who_am_i_method {
             Some(m) => {
-                if !pachgate_auth_gate::is_well_formed_grpc_path(m.get_ref()) {
+                // The gate sends it as a request path: it must also parse as one.
+                if !pachgate_auth_gate::is_well_formed_grpc_path(m.get_ref())
+                    || m.get_ref().parse::<http::uri::PathAndQuery>().is_err()
+                {
                     self.err(
                         &m.span(),
                         "who_am_i_method must be a gRPC method path like \"/auth_v2.API/WhoAmI\"",

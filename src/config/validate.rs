@@ -216,7 +216,18 @@ impl Validator<'_> {
             static_tokens,
             clients,
         )
-        .map_err(|message| vec![self.locate.error(&(0..0), message)])?
+        .map_err(|message| {
+            // Every check Snapshot::build makes (upstreams that exist with endpoints that
+            // parse, the auth sections routes name, "as-sent" only without auth, matchers
+            // that compile, a WhoAmI path) was made above against the offending value's
+            // span. Its String error has no location: reaching it is a bug in this pass,
+            // which debug builds (every test that
+            // loads a config) turn into a failure.
+            if cfg!(debug_assertions) {
+                panic!("Snapshot::build refused a validated config: {message}");
+            }
+            vec![self.locate.error(&(0..0), message)]
+        })?
         .with_access_log(access_log != AccessLog::Off);
         Ok(RuntimeConfig {
             https,
