@@ -21,16 +21,6 @@ macro_rules! keyword {
             $($(#[$variant_meta])* $variant,)+
         }
 
-        impl $name {
-            /// The word as written in the file.
-            #[allow(dead_code)]
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text,)+
-                }
-            }
-        }
-
         impl TryFrom<String> for $name {
             type Error = String;
 
