@@ -1,6 +1,10 @@
-//! The configuration file: TOML parsed into typed structs (unknown keys rejected), then
-//! validated as a whole. Every error names `file:line:column`, what is wrong and what is
-//! expected. A valid file becomes the runtime pieces the crates take.
+//! The configuration file: TOML parsed into typed structs (unknown keys rejected, one-word
+//! values as enums), then validated in one pass that also builds the runtime pieces the
+//! crates take. Every error names `file:line:column`, what is wrong and what is expected.
+//! `pachgate check`, `serve` and every reload go through `load`, so they accept the same files.
+//!
+//! `types` is the file as written and `keywords` its one-word values; `validate` runs the
+//! pass, with `tls`, `upstreams` and `routes` checking their sections.
 
 mod keywords;
 mod routes;
