@@ -53,6 +53,51 @@ fn bad_configs_are_rejected_with_file_line_column() {
     assert!(checked >= 15, "only {checked} bad configs found");
 }
 
+/// A config made with the tests' builder passes `check`; adding a route that names an
+/// upstream not defined is refused at that route's `upstream` value.
+#[test]
+fn built_configs_pass_check_and_an_unknown_upstream_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |config: &TestConfig| {
+        let path = dir.path().join("built.toml");
+        let text = config.file("127.0.0.1:0");
+        std::fs::write(&path, &text).unwrap();
+        let output = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (path, text, output)
+    };
+    let good = TestConfig::new()
+        .upstream("pachd", "127.0.0.1:1650", "h2c")
+        .upstream("console", "127.0.0.1:4000", "http1")
+        .route_with("grpc", "grpc = true", "pachd", "timeout = \"off\"")
+        .route("rest", "path_prefix = \"/\"", "console");
+    let (_, _, output) = check(&good);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(": ok (2 routes, 2 upstreams)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let (path, text, output) = check(&good.route("typo", "", "consol"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "upstream = \"consol\"")
+        .unwrap();
+    let want = format!("{}:{line}:12: ", path.display());
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(&want) && l.contains("upstream \"consol\" is not defined")),
+        "want `{want}` in:\n{stderr}\n{text}"
+    );
+}
+
 #[test]
 fn presets_pass_check_with_generated_certificates() {
     let dir = tempfile::tempdir().unwrap();

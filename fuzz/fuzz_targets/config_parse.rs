@@ -2,7 +2,7 @@
 //! be an error with a location, never a panic: `pachgate check` and reloads run it on files
 //! operators edit by hand.
 //!
-//! src/config.rs lives in the binary crate, which has no library target. It is included
+//! src/config/ lives in the binary crate, which has no library target. It is included
 //! here by path rather than by adding a `src/lib.rs` to the binary: the module only needs
 //! the workspace's library crates, and the main crate stays as it is.
 #![no_main]
@@ -12,7 +12,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../src/config.rs"]
+#[path = "../../src/config/mod.rs"]
 mod config;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,6 +10,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod config;
+
+pub use config::TestConfig;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pachgate");
 
 /// A child process that is killed when the test ends, pass or fail.
@@ -240,13 +244,10 @@ pub fn standin_routes(standins: &Running, upstream_extra: &str) -> String {
 /// pachgate in front of one h2c gRPC upstream at `address` (named pachd; `upstream_extra`
 /// adds lines to its section), every gRPC call routed to it.
 pub fn pachgate_before_grpc(address: std::net::SocketAddr, upstream_extra: &str) -> Proxy {
-    pachgate(
-        &format!(
-            "[upstreams.pachd]\nendpoints = [\"{address}\"]\nprotocol = \"h2c\"\n{upstream_extra}\n\n\
-             [[routes]]\nname = \"grpc\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
-        ),
-        "",
-    )
+    TestConfig::new()
+        .upstream_with("pachd", address, "h2c", upstream_extra)
+        .route("grpc", "grpc = true", "pachd")
+        .start()
 }
 
 pub fn repo_path(relative: &str) -> PathBuf {
