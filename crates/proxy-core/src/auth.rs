@@ -10,8 +10,8 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use pachgate_auth_gate::{
     bearer_token, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata, AllowReason,
-    Decision, DenyReason, GrpcUnary, PachdHttpSurface, PachdWhoAmI, PachydermGate,
-    StaticTokens, UnaryReply, WhoAmI,
+    Decision, DenyReason, GrpcUnary, PachdHttpSurface, PachdWhoAmI, PachydermGate, StaticTokens,
+    UnaryReply, WhoAmI,
 };
 use pachgate_client_policy::RateLimiter;
 
