@@ -105,6 +105,7 @@ async fn start_gateway() -> (Arc<Gateway>, std::net::SocketAddr) {
             h2_max_response_header_bytes:
                 pachgate_proxy_core::upstream::DEFAULT_MAX_RESPONSE_HEADER_BYTES,
             tls: None,
+            ..UpstreamSpec::new("console", Vec::new(), UpstreamProtocol::Http1)
         }],
         None,
         None,

@@ -37,6 +37,15 @@ pub struct FileConfig {
     pub rate_limits: RateLimits,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub dns: Dns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// DNS servers (`ip:port`) for upstream names; absent: the system's resolv.conf.
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +148,10 @@ pub struct Upstream {
     /// h2 upstreams: limits on one decoded response header block.
     pub h2_max_response_headers: Option<Spanned<usize>>,
     pub h2_max_response_header_bytes: Option<Spanned<usize>>,
+    /// How often endpoint names are looked up again (default 5s).
+    pub dns_refresh: Option<Spanned<String>>,
+    /// Requests awaiting their response head past which new ones are refused.
+    pub max_pending_requests: Option<Spanned<usize>>,
     /// TLS upstreams: PEM CA certificate(s) to trust.
     pub ca: Option<Spanned<String>>,
     /// TLS upstreams: the name to verify (default: the first endpoint's host).

@@ -2,10 +2,12 @@
 //! the WhoAmI gate's settings, checked and turned into the specs proxy-core takes.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use pachgate_proxy_core::upstream::{
-    DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
+    DEFAULT_DNS_REFRESH, DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_RESPONSE_HEADERS,
+    DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
 };
 use pachgate_proxy_core::{
     PachydermAuthSettings, PachydermAuthSpec, PachydermLine, UpstreamProtocol, UpstreamSpec,
@@ -14,7 +16,7 @@ use pachgate_proxy_core::{
 use toml::Spanned;
 
 use super::keywords::Protocol;
-use super::types::{PachydermAuth, Upstream};
+use super::types::{Dns, PachydermAuth, Upstream};
 use super::Validator;
 
 impl Validator<'_> {
@@ -22,6 +24,7 @@ impl Validator<'_> {
         &mut self,
         name: &Spanned<String>,
         upstream: &Spanned<Upstream>,
+        dns_servers: &[SocketAddr],
     ) -> Option<UpstreamSpec> {
         let before = self.errors.len();
         if !valid_name(name.get_ref()) {
@@ -105,6 +108,19 @@ impl Validator<'_> {
             Some(v) => *v.get_ref(),
             None => DEFAULT_MAX_RESPONSE_HEADER_BYTES,
         };
+        let dns_refresh = u
+            .dns_refresh
+            .as_ref()
+            .and_then(|v| self.nonzero_duration(v, "dns_refresh"))
+            .unwrap_or(DEFAULT_DNS_REFRESH);
+        let max_pending_requests = match &u.max_pending_requests {
+            Some(v) if *v.get_ref() == 0 => {
+                self.err(&v.span(), "max_pending_requests must be at least 1");
+                0
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_MAX_PENDING_REQUESTS,
+        };
         let tls = if protocol == UpstreamProtocol::H2 {
             self.upstream_tls(name, u, b"h2")
         } else if protocol == UpstreamProtocol::Http1Tls {
@@ -137,7 +153,37 @@ impl Validator<'_> {
             tls,
             h2_max_response_headers,
             h2_max_response_header_bytes,
+            dns_refresh,
+            dns_servers: dns_servers.to_vec(),
+            max_pending_requests,
         })
+    }
+
+    /// `[dns] servers`: each an `ip:port` (a name could not be looked up without a server).
+    pub(super) fn dns_servers(&mut self, dns: &Dns) -> Vec<SocketAddr> {
+        let Some(servers) = &dns.servers else {
+            return Vec::new();
+        };
+        if servers.get_ref().is_empty() {
+            self.err(
+                &servers.span(),
+                "dns.servers is empty: list \"ip:port\" servers, or leave the key out to use the system's resolver",
+            );
+        }
+        let mut parsed = Vec::new();
+        for server in servers.get_ref() {
+            match server.get_ref().parse::<SocketAddr>() {
+                Ok(address) => parsed.push(address),
+                Err(_) => self.err(
+                    &server.span(),
+                    format!(
+                        "dns server {:?} is not ip:port: expected e.g. \"10.96.0.10:53\"",
+                        server.get_ref()
+                    ),
+                ),
+            }
+        }
+        parsed
     }
 
     /// TLS settings of an upstream with `protocol = "h2"`.

@@ -166,9 +166,10 @@ impl Validator<'_> {
             .then(|| RateLimiter::per_minute(failed_per_minute, failed_burst));
 
         let upstream_count = config.upstreams.len();
+        let dns_servers = self.dns_servers(&config.dns);
         let mut upstream_specs = Vec::new();
         for (name, upstream) in &config.upstreams {
-            if let Some(spec) = self.upstream(name, upstream) {
+            if let Some(spec) = self.upstream(name, upstream, &dns_servers) {
                 upstream_specs.push(spec);
             }
         }

@@ -240,6 +240,12 @@ impl Connection {
         !self.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the upstream has sent its SETTINGS (its connection preface): before that its
+    /// HTTP/2 layer has not started, so it has processed no stream.
+    pub fn peer_spoke(&self) -> bool {
+        self.shared.lock().peer_settings_seen
+    }
+
     /// Takes the connection out of use: no new streams; it ends once its streams have.
     pub fn retire(&self) {
         self.shared.closed.store(true, Ordering::Release);

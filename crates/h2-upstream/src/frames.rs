@@ -494,6 +494,13 @@ impl Inner {
         if self.failure.is_none() {
             self.failure = Some(failure.clone());
         }
+        // A connection that ends before the upstream sent its preface (a listener closed
+        // with connections still in its accept queue, a pod that accepts and never speaks)
+        // processed none of its streams: they are refused, and may be sent elsewhere.
+        let failure = match failure {
+            Failure::Connection(_) if !self.peer_settings_seen => Failure::Refused,
+            other => other,
+        };
         for state in self.streams.values_mut() {
             if !state.recv_closed && state.failure.is_none() {
                 state.failure = Some(failure.clone());

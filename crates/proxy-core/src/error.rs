@@ -66,6 +66,10 @@ pub enum ProxyError {
         endpoint: String,
         reason: String,
     },
+    /// The upstream has `limit` requests waiting for their response head already: new ones
+    /// are refused at once rather than queued without bound.
+    #[error("upstream {upstream}: {limit} requests pending already; refused")]
+    UpstreamOverloaded { upstream: String, limit: usize },
     #[error("upstream {upstream}: no response within {timeout_ms} ms")]
     UpstreamTimeout { upstream: String, timeout_ms: u128 },
     #[error("upstream {upstream}: request failed: {reason}")]
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamFailed { .. }
             | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamOverloaded { .. }
             | ProxyError::UpstreamTls { .. } => GrpcCode::Unavailable,
             ProxyError::UpstreamTimeout { .. } => GrpcCode::DeadlineExceeded,
             ProxyError::BadRequest(_) => GrpcCode::Internal,
@@ -102,7 +107,9 @@ impl ProxyError {
     pub(crate) fn http_status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::UpstreamConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamOverloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamFailed { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpgradeFailed(_)
@@ -130,6 +137,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamProtocol { .. } => {
                 "upstream connect error or disconnect/reset before headers: upstream protocol error\n"
+            }
+            ProxyError::UpstreamOverloaded { .. } => {
+                "upstream connect error or disconnect/reset before headers: overflow (too many pending requests)\n"
             }
             ProxyError::UpstreamTimeout { .. } => "upstream request timeout\n",
             ProxyError::BadRequest(reason) => reason,

@@ -35,6 +35,7 @@ fn spec(address: SocketAddr) -> UpstreamSpec {
         tls: None,
         h2_max_response_headers: 1_000,
         h2_max_response_header_bytes: 256 * 1024,
+        ..UpstreamSpec::new("scripted", Vec::new(), UpstreamProtocol::H2c)
     }
 }
 

@@ -91,6 +91,7 @@ fn upstream(name: &str, addr: SocketAddr, protocol: UpstreamProtocol) -> Upstrea
         h2_max_response_header_bytes:
             pachgate_proxy_core::upstream::DEFAULT_MAX_RESPONSE_HEADER_BYTES,
         tls: None,
+        ..UpstreamSpec::new(name, Vec::new(), protocol)
     }
 }
 

@@ -1,0 +1,116 @@
+//! HTTP/1.1 upstreams: keep-alive pools, plain or TLS (verified against the upstream's CA).
+//! Requests go to an address's own target (`10.1.2.3:4000`), so the pool keeps connections
+//! per address while the `Host` header keeps what the client asked for.
+
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as PooledClient;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::UpstreamTls;
+use crate::body::ProxyBody;
+
+/// Keep-alive pools for HTTP/1.1 upstreams, plain or TLS.
+pub(super) enum Http1Pool {
+    Plain(PooledClient<HttpConnector, ProxyBody>),
+    Tls(PooledClient<TlsHttpConnector, ProxyBody>),
+}
+
+/// Connects like the plain pool, then speaks TLS (verified against the upstream's CA).
+#[derive(Clone)]
+pub(super) struct TlsHttpConnector {
+    pub(super) http: HttpConnector,
+    pub(super) tls: UpstreamTls,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for TlsHttpConnector {
+    type Response = TlsConnection;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<TlsConnection, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            let stream = tls
+                .connector
+                .connect(tls.server_name.clone(), tcp)
+                .await
+                .map_err(TlsHandshakeFailed)?;
+            Ok(TlsConnection(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// The TLS handshake with an HTTP/1.1 upstream failed (typically verification); typed so the
+/// pool's error can be told apart from a refused TCP connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TlsHandshakeFailed(std::io::Error);
+
+pub(super) fn is_tls_handshake_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<TlsHandshakeFailed>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// A pooled TLS connection, as hyper's legacy client wants it.
+pub(super) struct TlsConnection(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl hyper_util::client::legacy::connect::Connection for TlsConnection {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TlsConnection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TlsConnection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
