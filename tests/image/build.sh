@@ -18,6 +18,11 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 distroless=gcr.io/distroless/cc-debian12:nonroot
 base=localhost/pachgate-distroless-standin:latest
 
+if ! grep -qx "FROM $distroless" "$repo/Dockerfile"; then
+    echo "build.sh: the Dockerfile's base is no longer $distroless; update this stand-in" >&2
+    exit 1
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
@@ -82,7 +87,7 @@ mkdir -p "$work/build/src/target/release"
 cp "$binary" "$work/build/src/target/release/pachgate"
 # The runtime stage copies nothing from the context: an empty one, not the repository.
 mkdir -p "$work/context"
-buildah bud --quiet \
+buildah bud --quiet --pull=never \
     --build-context "build=$work/build" \
     --build-context "$distroless=container-image://$base" \
     -f "$repo/Dockerfile" -t "$image" "$work/context"
