@@ -8,8 +8,9 @@
 //! networking. The ConfigMap's config is used as committed; only the upstreams' ports are
 //! moved to the stand-ins, whose names resolve to loopback through the container's
 //! /etc/hosts. Then the Deployment's probes, a gRPC call through the gate, a refused token,
-//! an HTTP route and a redirect are checked as a kubelet and real clients would see them, and
-//! `podman stop` (SIGTERM) must end the process cleanly within the grace period.
+//! an HTTP route and a redirect are checked as a kubelet and real clients (curl, grpcio)
+//! would see them, and `podman stop` (SIGTERM) with a call in flight must take the pod out
+//! of readiness, answer the call and end the process cleanly within the grace period.
 //!
 //! Podman in this kind of sandbox needs `--runtime runc --cgroup-manager cgroupfs` and a
 //! containers.conf with `default_ulimits = []` (the default open-files limit cannot be set);
@@ -27,6 +28,7 @@ use serde_json::Value;
 const IMAGE: &str = "localhost/pachgate:container-test";
 /// The name the test certificate carries, as a real deployment's would.
 const HOST: &str = "pach.example.com";
+const ECHO_UNARY: &str = "/pachgate.standin.Echo/Unary";
 
 /// The release binary (`cargo build --release --bin pachgate`; tests/run-all.sh builds it
 /// before the tests), refused when missing or older than the sources.
@@ -382,7 +384,7 @@ fn grpc_call(
     std::fs::write(&request_file, frame).unwrap();
     let _ = std::fs::remove_file(&answer_file);
     let output = Command::new("curl")
-        .args(["-s", "--http2", "--max-time", "20", "-D", "-", "-o"])
+        .args(["-sS", "--http2", "--max-time", "20", "-D", "-", "-o"])
         .arg(&answer_file)
         .arg("--cacert")
         .arg(ca)
@@ -412,7 +414,13 @@ fn grpc_call(
     };
     GrpcAnswer {
         status: field("grpc-status"),
-        message: field("grpc-message").unwrap_or_default(),
+        message: field("grpc-message").unwrap_or_else(|| {
+            format!(
+                "(no grpc-message; curl {}: {headers}{})",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        }),
         body,
     }
 }
@@ -499,7 +507,7 @@ fn the_image_runs_as_the_deployment_describes() {
             let out = Command::new(&release)
                 .args(["cert", "generate", "--out"])
                 .arg(&generated)
-                .args(["--host", HOST])
+                .args(["--host", HOST, "--host", "localhost"])
                 .output()
                 .unwrap();
             assert!(
@@ -636,7 +644,7 @@ fn the_image_runs_as_the_deployment_describes() {
         calls,
         &ca,
         https,
-        "/pachgate.standin.Echo/Unary",
+        ECHO_UNARY,
         "demo-token",
         b"\x0a\x05hello",
     );
@@ -657,14 +665,7 @@ fn the_image_runs_as_the_deployment_describes() {
         echo_fields(&answer.body).1
     };
     let before = stats(calls);
-    let refused = grpc_call(
-        calls,
-        &ca,
-        https,
-        "/pachgate.standin.Echo/Unary",
-        "wrong",
-        b"\x0a\x01x",
-    );
+    let refused = grpc_call(calls, &ca, https, ECHO_UNARY, "wrong", b"\x0a\x01x");
     assert_eq!(refused.status.as_deref(), Some("16"), "{}", refused.message);
     assert!(
         refused.message.contains("corrupted or has expired"),
@@ -701,13 +702,58 @@ fn the_image_runs_as_the_deployment_describes() {
         format!("308 https://{HOST}/lab?x=1")
     );
 
-    // SIGTERM, as the kubelet stops a pod: a clean exit well within the grace period.
+    // SIGTERM, as the kubelet stops a pod, with a call in flight (the stand-in answers it
+    // after 3 s): the pod leaves readiness at once, the call is answered, and the process
+    // exits cleanly well within the grace period.
+    // grpcio, not curl: curl 7.88 drops trailers that arrive just before the connection
+    // closes, as they do here once the drain ends.
+    let target = format!("localhost:{https}");
+    let ca_arg = ca.to_str().unwrap().to_string();
+    let slow = std::thread::spawn(move || {
+        let output = python(
+            "grpc_outcome.py",
+            &[
+                "--target",
+                &target,
+                "--ca",
+                &ca_arg,
+                "--token",
+                "demo-token",
+                "--interval-ms",
+                "3000",
+                "unary",
+            ],
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
-    engine.podman_ok(&["stop", "--time", &grace.to_string(), &name]);
+    let stop = std::thread::scope(|scope| {
+        let stop = scope.spawn(|| engine.podman(&["stop", "--time", &grace.to_string(), &name]));
+        std::thread::sleep(Duration::from_millis(300));
+        let (url, code) = probe(container, "readinessProbe");
+        assert!(
+            !(200..400).contains(&code),
+            "{url} still ready while draining: {code}"
+        );
+        stop.join().unwrap()
+    });
     let took = started.elapsed();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
     assert!(
         took < Duration::from_secs(grace),
         "podman stop took {took:?}; grace period {grace}s"
+    );
+    let slow = slow.join().unwrap();
+    assert_eq!(slow["code"], "OK", "the call in flight at SIGTERM: {slow}");
+    assert_eq!(slow["replies"], 1, "{slow}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "stopped in {took:?}, before the call in flight was answered"
     );
     assert_eq!(running.inspect("{{.State.Status}}"), "exited");
     assert_eq!(
