@@ -1,5 +1,7 @@
 # pachgate: build with the Rust toolchain, run on a distroless base (glibc, CA bundle, no
 # shell, non-root). `docker build -t pachgate:0.1.0 .`
+# CI builds the runtime stage with buildah and runs it with podman as
+# config/kubernetes/deployment.yaml describes (tests/container_image.rs, tests/image/build.sh).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
