@@ -3,7 +3,8 @@
 //! closed without an HTTP answer (TLS: the handshake fails; curl gets nothing), counted in
 //! /metrics and shown on the status page, and logged once rather than per connection; once
 //! one of the three closes, a new connection is served; the held ones keep working
-//! throughout. A reload that lowers the cap keeps the connections already open.
+//! throughout. A websocket tunnel's socket stays counted after the HTTP upgrade. A reload
+//! that lowers the cap keeps the connections already open.
 
 mod common;
 
@@ -267,6 +268,42 @@ fn a_reload_that_lowers_the_cap_keeps_open_connections() {
             "pachgate_connections_refused_total{reason=max_connections}"
         ),
         3.0
+    );
+}
+
+/// An HTTP/1.1 websocket upgrade hands the socket from HTTP to a tunnel: it stays counted
+/// until the tunnel closes it.
+#[test]
+fn a_websocket_tunnel_keeps_its_connection_counted() {
+    use tokio_tungstenite::tungstenite::{client, Message};
+    let standins = standins();
+    let proxy = pachgate_with_limits(&standins, "max_connections = 1", LISTENERS);
+    let admin = proxy.running.address("admin");
+    let plain = proxy.running.address("http");
+    let (mut socket, response) = client(format!("ws://{plain}/ws"), tcp(plain)).unwrap();
+    assert_eq!(response.status(), 101);
+    let mut echo = |text: &str| {
+        socket.send(Message::text(text)).unwrap();
+        let answer = socket.read().unwrap().into_text().unwrap();
+        assert_eq!(answer.as_str(), text);
+    };
+    echo("before");
+    assert_eq!(metric(admin, "pachgate_active_websocket_tunnels{}"), 1.0);
+    assert_eq!(metric(admin, "pachgate_active_connections{}"), 1.0);
+    assert_plain_refused(plain);
+    assert_tls_refused(&proxy);
+    echo("after the refusals");
+    socket.close(None).unwrap();
+    while socket.read().is_ok() {}
+    drop(socket);
+    wait_for_open(admin, 0.0);
+    assert_eq!(get(&mut tcp(plain)).unwrap(), 200);
+    assert_eq!(
+        metric(
+            admin,
+            "pachgate_connections_refused_total{reason=max_connections}"
+        ),
+        2.0
     );
 }
 
