@@ -307,5 +307,33 @@ fn a_websocket_tunnel_keeps_its_connection_counted() {
     );
 }
 
+/// The other refusals at accept are counted under their own reason, and give their place
+/// back at once.
+#[test]
+fn connections_outside_allow_cidrs_are_counted_as_refused() {
+    let standins = standins();
+    let config = format!(
+        "allow_cidrs = [\"10.0.0.0/8\"]\n\n[listen]\nhttp = \"127.0.0.1:0\"\nhttp_mode = \"serve\"\n\
+         admin = \"127.0.0.1:0\"\n\n[limits]\nmax_connections = 1\n\n{}",
+        standin_routes(&standins, "")
+    );
+    let proxy = pachgate_config(&config, 2);
+    let admin = proxy.running.address("admin");
+    let plain = proxy.running.address("http");
+    for _ in 0..3 {
+        assert_plain_refused(plain);
+    }
+    let samples = scrape_metrics(admin);
+    assert_eq!(
+        samples["pachgate_connections_refused_total{reason=address_not_allowed}"], 3.0,
+        "{samples:#}"
+    );
+    assert_eq!(
+        samples["pachgate_connections_refused_total{reason=max_connections}"], 0.0,
+        "{samples:#}"
+    );
+    wait_for_open(admin, 0.0);
+}
+
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
