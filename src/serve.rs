@@ -518,17 +518,18 @@ fn watch_file(path: &Path) -> Option<FileWatch> {
 /// Warns when `limits.max_connections` is off, or above what the open-files limit
 /// (`ulimit -n`) can carry: an overload would then run out of descriptors before the cap.
 fn warn_if_connection_cap_unsafe(max_connections: usize) {
+    if max_connections == 0 {
+        tracing::warn!(
+            "limits.max_connections = 0: client connections are not capped, so an overload \
+             can use up the open-files limit"
+        );
+        return;
+    }
     let Some(open_files) = pachgate_proxy_core::open_files_limit() else {
         return;
     };
     let carried = pachgate_proxy_core::max_connections_for_descriptors(open_files);
-    if max_connections == 0 {
-        tracing::warn!(
-            open_files,
-            "limits.max_connections = 0: client connections are not capped, so an overload \
-             can use up the open-files limit"
-        );
-    } else if max_connections > carried {
+    if max_connections > carried {
         tracing::warn!(
             max_connections,
             open_files,
