@@ -101,13 +101,22 @@ fn status_page(gateway: &Gateway, state: &ServedState) -> String {
                 .unwrap_or_else(|| "(embedded)".into())
         ),
     );
+    let cap = match gateway.max_connections() {
+        0 => "no cap".to_string(),
+        max => format!("of {max}"),
+    };
     let _ = write!(
         page,
         "<h2>Now</h2><table><tr><th>requests served</th><td>{}</td></tr>\
-         <tr><th>open connections</th><td>{}</td></tr>\
+         <tr><th>open connections</th><td>{} ({cap}, limits.max_connections)</td></tr>\
+         <tr><th>connections refused at max_connections</th><td>{}</td></tr>\
          <tr><th>requests and streams in flight</th><td>{}</td></tr>\
          <tr><th>websocket tunnels</th><td>{}</td></tr></table>",
-        live.requests, live.connections, live.streams, live.tunnels
+        live.requests,
+        live.connections,
+        live.refused_at_max_connections,
+        live.streams,
+        live.tunnels
     );
     page.push_str(
         "<h2>Routes</h2><table><tr><th>name</th><th>match</th><th>upstream</th><th>auth</th></tr>",

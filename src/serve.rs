@@ -343,6 +343,7 @@ pub async fn serve(
     let snapshot = runtime
         .snapshot
         .with_plain_mode(shape.plain_mode(https_bound));
+    warn_if_connection_cap_unsafe(runtime.limits.max_connections);
     let gateway = Gateway::new(snapshot, runtime.limits);
     gateway
         .metrics()
@@ -454,6 +455,17 @@ impl Reloader {
             return;
         }
         crate::logging::set_access_format(runtime.access_log);
+        let max_connections = runtime.limits.max_connections;
+        if max_connections != self.gateway.max_connections() {
+            // New connections only: those already open stay, even above a lowered cap.
+            self.gateway.set_max_connections(max_connections);
+            warn_if_connection_cap_unsafe(max_connections);
+            tracing::info!(
+                max_connections,
+                open = self.gateway.metrics().live().connections,
+                "limits.max_connections changed; open connections stay"
+            );
+        }
         let routes = runtime.route_count;
         self.gateway
             .replace_snapshot(runtime.snapshot.with_plain_mode(mode));
@@ -501,6 +513,32 @@ fn watch_file(path: &Path) -> Option<FileWatch> {
             |e| tracing::warn!(error = %e, "no file watch on the config; reload on SIGHUP only"),
         )
         .ok()
+}
+
+/// Warns when `limits.max_connections` is off, or above what the open-files limit
+/// (`ulimit -n`) can carry: an overload would then run out of descriptors before the cap.
+fn warn_if_connection_cap_unsafe(max_connections: usize) {
+    if max_connections == 0 {
+        tracing::warn!(
+            "limits.max_connections = 0: client connections are not capped, so an overload \
+             can use up the open-files limit"
+        );
+        return;
+    }
+    let Some(open_files) = pachgate_proxy_core::open_files_limit() else {
+        return;
+    };
+    let carried = pachgate_proxy_core::max_connections_for_descriptors(open_files);
+    if max_connections > carried {
+        tracing::warn!(
+            max_connections,
+            open_files,
+            carried,
+            "limits.max_connections is above what the open-files limit carries (each client \
+             connection may need a second descriptor toward an upstream): raise `ulimit -n` \
+             or lower the cap"
+        );
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {

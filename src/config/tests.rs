@@ -166,6 +166,16 @@ fn bad_configs_are_located() {
             "timeout = \"soon\" is not a duration",
         ),
         ("[listen\n", "t.toml:1:8", "expected"),
+        (
+            &format!("{VALID}[limits]\nmax_connections = -1\n"),
+            "t.toml:15:19",
+            "limits.max_connections = -1: expected a number of connections, or 0 for no cap",
+        ),
+        (
+            &format!("{VALID}[limits]\nmax_connections = \"10k\"\n"),
+            "t.toml:15:19",
+            "invalid type: string \"10k\"",
+        ),
         // Checked here, with a location, before Snapshot::build (whose errors have none).
         (
             &format!("{VALID}[auth.pachyderm]\nupstream = \"pachd\"\nwho_am_i_method = \"/auth.API/Who Am I\"\n"),
@@ -198,6 +208,19 @@ fn bad_configs_are_located() {
             "want {location} … {phrase}; got {found:#?}\nconfig:\n{text}"
         );
     }
+}
+
+#[test]
+fn max_connections_defaults_to_what_the_open_files_limit_allows() {
+    let limit = |text: &str| {
+        parse(Path::new("t.toml"), text, Path::new("."))
+            .unwrap()
+            .limits
+            .max_connections
+    };
+    assert_eq!(limit(VALID), pachgate_proxy_core::default_max_connections());
+    assert_eq!(limit(&format!("{VALID}[limits]\nmax_connections = 3\n")), 3);
+    assert_eq!(limit(&format!("{VALID}[limits]\nmax_connections = 0\n")), 0);
 }
 
 #[test]

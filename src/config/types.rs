@@ -213,6 +213,9 @@ pub struct Limits {
     pub h2_stream_window: Option<Spanned<u32>>,
     pub h2_connection_window: Option<Spanned<u32>>,
     pub reject_underscore_headers: Option<Spanned<bool>>,
+    /// Client connections open at once; 0: no cap. Signed, so a negative value gets our
+    /// own message rather than serde's.
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -356,6 +356,19 @@ impl Validator<'_> {
                 *slot = *v.get_ref();
             }
         }
+        if let Some(v) = &limits.max_connections {
+            match usize::try_from(*v.get_ref()) {
+                Ok(max) => out.max_connections = max,
+                Err(_) => self.err(
+                    &v.span(),
+                    format!(
+                        "limits.max_connections = {}: expected a number of connections, \
+                         or 0 for no cap",
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
         if let Some(v) = &limits.reject_underscore_headers {
             out.reject_underscore_headers = *v.get_ref();
         }

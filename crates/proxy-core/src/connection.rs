@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::closing::{close_cleanly, Reclaimable};
+use crate::connection_limit::{default_max_connections, ClientSocket, Slot};
 use crate::framing_guard::{FramingGuard, FramingVerdicts};
 use crate::gateway::{Gateway, WorkGuard, WorkKind};
 use crate::pipeline::Caller;
@@ -64,6 +65,9 @@ pub struct ServerLimits {
     /// buffered before the connection is closed with ENHANCE_YOUR_CALM, which legitimate
     /// gRPC streams of small messages hit as soon as the upstream is a little slower.
     pub h2_connection_window: u32,
+    /// Client connections open at once across the https and http listeners; past it new
+    /// ones are closed as soon as accepted (see `connection_limit`). 0: no cap.
+    pub max_connections: usize,
 }
 
 impl Default for ServerLimits {
@@ -82,6 +86,7 @@ impl Default for ServerLimits {
             drain_timeout: Duration::from_secs(30),
             h2_stream_window: 2 * 1024 * 1024,
             h2_connection_window: 8 * 1024 * 1024,
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -160,19 +165,40 @@ fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
 }
 
 impl Gateway {
+    /// A place under `limits.max_connections` for a connection just accepted; `None`: it
+    /// is to be closed at once (counted, and logged at most once a second).
+    fn connection_slot(&self, peer: SocketAddr) -> Option<Slot> {
+        let slot = self.slots.take();
+        if slot.is_none() {
+            self.metrics.connection_refused("max_connections");
+            if let Some(refused) = self.slots.refused() {
+                tracing::warn!(
+                    refused_since_last_warning = refused,
+                    open = self.slots.open(),
+                    max_connections = self.slots.max(),
+                    last = %peer,
+                    "limits.max_connections reached: new connections are closed as soon as accepted"
+                );
+            }
+        }
+        slot
+    }
+
     /// Learns the client address (the PROXY header, when the listener expects one and the
     /// sender may send it) and applies the listener-wide allow-list. `None`: close it.
     async fn admit_connection(
         &self,
         mut tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Option<(TcpStream, SocketAddr)> {
+        slot: Slot,
+    ) -> Option<(ClientSocket, SocketAddr)> {
         let snapshot = self.snapshot.load_full();
         let mut client = peer;
         if snapshot.clients.proxy_protocol {
             let trusted = &snapshot.clients.trusted_proxies;
             if !trusted.is_empty() && !trusted.allows(peer.ip()) {
                 tracing::warn!(target: "pachgate::audit", peer = %peer, reason = "untrusted_proxy", "PROXY header sender is not in trusted_proxies; connection refused");
+                self.metrics.connection_refused("untrusted_proxy");
                 return None;
             }
             match read_proxy_header(&mut tcp, self.limits.tls_handshake_timeout).await {
@@ -180,15 +206,17 @@ impl Gateway {
                 Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(target: "pachgate::audit", peer = %peer, %error, reason = "bad_proxy_header", "connection refused");
+                    self.metrics.connection_refused("bad_proxy_header");
                     return None;
                 }
             }
         }
         if !snapshot.clients.listener_allow.allows(client.ip()) {
             tracing::warn!(target: "pachgate::audit", client = %client, reason = "address_not_allowed", "connection refused");
+            self.metrics.connection_refused("address_not_allowed");
             return None;
         }
-        Some((tcp, client))
+        Some((ClientSocket::new(tcp, slot), client))
     }
 
     /// Accepts TLS connections until the drain (or until the task is aborted, when a reload
@@ -209,11 +237,15 @@ impl Gateway {
             let Some((tcp, peer)) = accepted else {
                 continue;
             };
+            // Over the cap: closed now, before any TLS byte and without a task.
+            let Some(slot) = self.connection_slot(peer) else {
+                continue;
+            };
             let gateway = self.clone();
             let acceptor = TlsAcceptor::from(tls.load_full());
             tokio::spawn(async move {
                 // Dropped connections are closed before any TLS byte.
-                let Some((tcp, peer)) = gateway.admit_connection(tcp, peer).await else {
+                let Some((tcp, peer)) = gateway.admit_connection(tcp, peer, slot).await else {
                     return;
                 };
                 let handshake = tokio::time::timeout(
@@ -267,9 +299,12 @@ impl Gateway {
             let Some((tcp, peer)) = accepted else {
                 continue;
             };
+            let Some(slot) = self.connection_slot(peer) else {
+                continue;
+            };
             let gateway = self.clone();
             tokio::spawn(async move {
-                let Some((tcp, peer)) = gateway.admit_connection(tcp, peer).await else {
+                let Some((tcp, peer)) = gateway.admit_connection(tcp, peer, slot).await else {
                     return;
                 };
                 let mode = gateway.snapshot.load().plain_mode;

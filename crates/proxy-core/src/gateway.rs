@@ -10,6 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 
 use crate::connection::{server_builder, ServerLimits};
+use crate::connection_limit::ConnectionSlots;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -17,6 +18,8 @@ pub struct Gateway {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: ServerLimits,
+    /// Client connections open now, and `limits.max_connections` (which reloads change).
+    pub(crate) slots: Arc<ConnectionSlots>,
     /// Set once on shutdown: listeners stop accepting, connections are told to finish.
     pub(crate) draining: tokio::sync::watch::Sender<bool>,
     /// Connections and tunnels still open, for the drain.
@@ -37,6 +40,8 @@ impl Gateway {
             metrics: metrics.clone(),
             close_tunnels: tokio::sync::watch::channel(false).0,
         });
+        let slots = ConnectionSlots::new(limits.max_connections, metrics.connections_gauge());
+        metrics.set_max_connections(limits.max_connections);
         let auto = server_builder(&limits);
         let h1_only = server_builder(&limits).http1_only();
         let h2_only = server_builder(&limits).http2_only();
@@ -44,6 +49,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             limits,
+            slots,
             draining: tokio::sync::watch::channel(false).0,
             work,
             auto,
@@ -97,6 +103,18 @@ impl Gateway {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    /// A new `limits.max_connections` (0: no cap), for connections accepted from now on;
+    /// those already open stay, even above a lowered cap.
+    pub fn set_max_connections(&self, max: usize) {
+        self.slots.set_max(max);
+        self.metrics.set_max_connections(max);
+    }
+
+    /// `limits.max_connections` now (0: no cap).
+    pub fn max_connections(&self) -> usize {
+        self.slots.max()
+    }
 }
 
 /// Connections and tunnels in flight: what the drain waits for.
@@ -114,7 +132,8 @@ pub(crate) enum WorkKind {
     Tunnel,
 }
 
-/// Counts a connection or tunnel as open (for the drain and the gauges) until dropped.
+/// Counts a connection or tunnel as open (for the drain, and tunnels for their gauge) until
+/// dropped. The connection gauge counts sockets instead (`connection_limit`).
 pub(crate) struct WorkGuard {
     work: Arc<OpenWork>,
     kind: WorkKind,
@@ -122,9 +141,8 @@ pub(crate) struct WorkGuard {
 
 impl WorkGuard {
     pub(crate) fn new(work: Arc<OpenWork>, kind: WorkKind) -> Self {
-        match kind {
-            WorkKind::Connection => work.metrics.connection_opened(),
-            WorkKind::Tunnel => work.metrics.tunnel_opened(),
+        if let WorkKind::Tunnel = kind {
+            work.metrics.tunnel_opened();
         }
         work.active.fetch_add(1, atomic::Ordering::AcqRel);
         WorkGuard { work, kind }
@@ -133,9 +151,8 @@ impl WorkGuard {
 
 impl Drop for WorkGuard {
     fn drop(&mut self) {
-        match self.kind {
-            WorkKind::Connection => self.work.metrics.connection_closed(),
-            WorkKind::Tunnel => self.work.metrics.tunnel_closed(),
+        if let WorkKind::Tunnel = self.kind {
+            self.work.metrics.tunnel_closed();
         }
         let left = self.work.active.fetch_sub(1, atomic::Ordering::AcqRel);
         if left == 1 {

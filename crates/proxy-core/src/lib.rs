@@ -16,6 +16,7 @@ pub mod auth;
 pub mod body;
 mod closing;
 mod connection;
+mod connection_limit;
 pub mod error;
 pub mod exchange;
 pub mod framing_guard;
@@ -33,6 +34,9 @@ pub mod upstream;
 pub mod websocket;
 
 pub use connection::ServerLimits;
+pub use connection_limit::{
+    default_max_connections, max_connections_for_descriptors, open_files_limit,
+};
 pub use gateway::Gateway;
 pub use metrics::{LiveCounts, Metrics};
 pub use pachgate_auth_gate::{

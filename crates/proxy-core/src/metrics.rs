@@ -114,6 +114,8 @@ pub struct Metrics {
     received: Family<RouteLabel, Counter>,
     sent: Family<RouteLabel, Counter>,
     connections: Gauge,
+    max_connections: Gauge,
+    connections_refused: Family<ReasonLabel, Counter>,
     streams: Gauge,
     tunnels: Gauge,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
@@ -171,6 +173,8 @@ impl ByteTally {
 pub struct LiveCounts {
     pub requests: u64,
     pub connections: i64,
+    /// Connections refused because `limits.max_connections` were open.
+    pub refused_at_max_connections: u64,
     pub streams: i64,
     pub tunnels: i64,
 }
@@ -218,9 +222,26 @@ impl Metrics {
         let connections = Gauge::default();
         registry.register(
             "active_connections",
-            "Client connections open now",
+            "Client connections open now on the https and http listeners, from accept to close \
+             (TLS handshakes and websocket tunnels included); limits.max_connections caps it",
             connections.clone(),
         );
+        let max_connections = Gauge::default();
+        registry.register(
+            "max_connections",
+            "limits.max_connections: the cap on active_connections (0: none)",
+            max_connections.clone(),
+        );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed as soon as accepted, by reason (max_connections, \
+             address_not_allowed, untrusted_proxy, bad_proxy_header)",
+            connections_refused.clone(),
+        );
+        let _ = connections_refused.get_or_create(&ReasonLabel {
+            reason: "max_connections",
+        });
         let streams = Gauge::default();
         registry.register(
             "active_streams",
@@ -300,6 +321,8 @@ impl Metrics {
             received,
             sent,
             connections,
+            max_connections,
+            connections_refused,
             streams,
             tunnels,
             tls_handshake_failures,
@@ -338,6 +361,12 @@ impl Metrics {
         LiveCounts {
             requests: self.requests_all.load(Ordering::Relaxed),
             connections: self.connections.get(),
+            refused_at_max_connections: self
+                .connections_refused
+                .get_or_create(&ReasonLabel {
+                    reason: "max_connections",
+                })
+                .get(),
             streams: self.streams.get(),
             tunnels: self.tunnels.get(),
         }
@@ -418,12 +447,20 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn connection_opened(&self) {
-        self.connections.inc();
+    /// The open-connection gauge, which the connection cap counts with.
+    pub(crate) fn connections_gauge(&self) -> Gauge {
+        self.connections.clone()
     }
 
-    pub(crate) fn connection_closed(&self) {
-        self.connections.dec();
+    pub(crate) fn set_max_connections(&self, max: usize) {
+        self.max_connections
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub(crate) fn stream_started(&self) {
