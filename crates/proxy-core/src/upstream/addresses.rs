@@ -63,6 +63,8 @@ pub(crate) struct Address {
     /// Connection failures in a row.
     strikes: AtomicU32,
     pub(crate) ejections: AtomicU64,
+    /// Requests sent here (attempts, retries included).
+    pub(crate) requests: AtomicU64,
     /// h2 connections, one per worker (empty for HTTP/1.1 upstreams, which use the pool).
     pub(crate) h2: Box<[H2Slot]>,
 }
@@ -90,6 +92,7 @@ impl Address {
             ejected_until_ms: AtomicU64::new(0),
             strikes: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             h2: (0..h2_slots).map(|_| H2Slot::default()).collect(),
         })
     }
@@ -241,6 +244,7 @@ pub(crate) struct PendingOn(pub(crate) Arc<Address>);
 impl PendingOn {
     pub(crate) fn new(address: Arc<Address>) -> Self {
         address.pending.fetch_add(1, Ordering::Relaxed);
+        address.requests.fetch_add(1, Ordering::Relaxed);
         PendingOn(address)
     }
 }

@@ -219,6 +219,8 @@ pub struct AddressSummary {
     pub state: &'static str,
     pub pending: usize,
     pub ejections: u64,
+    /// Requests sent to it so far (retries included).
+    pub requests: u64,
 }
 
 /// Counters of one upstream, for `/metrics`.
@@ -354,6 +356,7 @@ impl Upstream {
                 state: a.state_name(),
                 pending: a.pending.load(Ordering::Relaxed),
                 ejections: a.ejections.load(Ordering::Relaxed),
+                requests: a.requests.load(Ordering::Relaxed),
             })
             .collect()
     }
