@@ -41,10 +41,13 @@
 //!   `Watch`), pachd HTTP `/healthz`, console `/health`, dex
 //!   `/dex/.well-known/openid-configuration`; each follows a [`Health`] switch that tests
 //!   flip to play a pod that is not ready ([`health`]).
+//! - [`dns::DnsServer`]: a DNS server on loopback (UDP and TCP) whose A/AAAA answers tests
+//!   change while it runs, standing in for the cluster DNS of a headless Service.
 //!
 //! They exist to be real peers on real sockets; they are not part of the proxy.
 
 pub mod console;
+pub mod dns;
 pub mod health;
 mod http_util;
 pub mod messages;
