@@ -79,8 +79,32 @@ fn main() {
                 .build(),
         )
         .build();
+    // The standard gRPC health service, which pachd registers.
+    let health = Service::builder()
+        .name("Health")
+        .package("grpc.health.v1")
+        .method(
+            method(
+                "check",
+                "Check",
+                "crate::messages::HealthCheckRequest",
+                "crate::messages::HealthCheckResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "watch",
+                "Watch",
+                "crate::messages::HealthCheckRequest",
+                "crate::messages::HealthCheckResponse",
+            )
+            .server_streaming()
+            .build(),
+        )
+        .build();
     Builder::new()
         .build_transport(false)
-        .compile(&[version, auth, echo]);
+        .compile(&[version, auth, echo, health]);
     println!("cargo:rerun-if-changed=build.rs");
 }

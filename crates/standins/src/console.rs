@@ -1,7 +1,8 @@
 //! Stand-in console: an HTTP/1.1 server with a page at `/`, a header mirror at `/headers`
 //! (so tests can see what the proxy forwarded), a slow answer at
 //! `/slow?head_ms=A&body_ms=B` (the head after A ms, `first` at once, `last` B ms later: for
-//! timeouts) and a websocket echo on any path that asks for an upgrade.
+//! timeouts), `/health` (200 "OK", or 503 while its [`Health`] switch is off) and a websocket
+//! echo on any path that asks for an upgrade.
 
 use std::convert::Infallible;
 
@@ -23,23 +24,42 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::health::Health;
+
 const PAGE: &str = "<!doctype html><title>pachgate demo console</title>\
 <h1>Stand-in console</h1><p>This page came through pachgate. A websocket echo answers on \
 <code>/ws</code>.</p>\n";
 
 /// Serves the stand-in console on `listener` forever.
 pub async fn serve_console(listener: TcpListener) -> std::io::Result<()> {
+    serve_console_with_health(listener, Health::default()).await
+}
+
+/// The same, with `/health` following `health`.
+pub async fn serve_console_with_health(
+    listener: TcpListener,
+    health: Health,
+) -> std::io::Result<()> {
     loop {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
+        let health = health.clone();
         tokio::spawn(async move {
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let response = if request.uri().path() == "/slow" {
-                    slow(&request).await
-                } else {
-                    handle(request).await.map(BodyExt::boxed_unsync)
-                };
-                Ok::<_, Infallible>(response)
+            let service = service_fn(move |request: Request<Incoming>| {
+                let serving = health.is_serving();
+                async move {
+                    let response = match request.uri().path() {
+                        "/slow" => slow(&request).await,
+                        "/health" if !serving => text_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            "not ready\n".into(),
+                        )
+                        .map(BodyExt::boxed_unsync),
+                        _ => handle(request).await.map(BodyExt::boxed_unsync),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -66,6 +86,7 @@ async fn handle(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let request = Request::from_parts(parts, body_len);
     match request.uri().path() {
+        "/health" => text_response(StatusCode::OK, "text/plain", "OK\n".into()),
         "/headers" => {
             let mut text = format!(
                 "{} {} ({} body bytes)\n",

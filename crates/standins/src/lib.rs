@@ -37,9 +37,18 @@
 //!   `multiple`, never the token): `GET /_standin/seen` on the HTTP server lists the record,
 //!   `DELETE` clears it.
 //!
+//! - Health, as Pachyderm's proxy checks it: pachd's `grpc.health.v1.Health/Check` (and
+//!   `Watch`), pachd HTTP `/healthz`, console `/health`, dex
+//!   `/dex/.well-known/openid-configuration`; each follows a [`Health`] switch that tests
+//!   flip to play a pod that is not ready ([`health`]).
+//! - [`dns::DnsServer`]: a DNS server on loopback (UDP and TCP) whose A/AAAA answers tests
+//!   change while it runs, standing in for the cluster DNS of a headless Service.
+//!
 //! They exist to be real peers on real sockets; they are not part of the proxy.
 
 pub mod console;
+pub mod dns;
+pub mod health;
 mod http_util;
 pub mod messages;
 pub mod oidc;
@@ -49,7 +58,8 @@ pub mod s3;
 pub mod state;
 mod zip;
 
-pub use console::serve_console;
+pub use console::{serve_console, serve_console_with_health};
+pub use health::Health;
 pub use oidc::{serve_dex, serve_oidc};
 pub use pachd::{serve_pachd, serve_pachd_shared, PachdOptions};
 pub use pachd_http::serve_pachd_http;

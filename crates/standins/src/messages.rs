@@ -108,3 +108,25 @@ pub struct EchoResponse {
     #[prost(uint64, tag = "5")]
     pub unary_calls: u64,
 }
+
+/// `grpc.health.v1.HealthCheckRequest`
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`; `status` is the `ServingStatus` enum.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// `grpc.health.v1.HealthCheckResponse.ServingStatus` values.
+pub mod serving_status {
+    pub const UNKNOWN: i32 = 0;
+    pub const SERVING: i32 = 1;
+    pub const NOT_SERVING: i32 = 2;
+    pub const SERVICE_UNKNOWN: i32 = 3;
+}

@@ -48,6 +48,9 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
 async fn dex(state: Arc<PachdState>, request: Request) -> Response<Body> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/dex/.well-known/openid-configuration") => {
+            if !state.options.dex_health.is_serving() {
+                return go_error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
+            }
             let host = request
                 .headers()
                 .get(http::header::HOST)

@@ -20,6 +20,7 @@ use tokio_stream::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::health::Health;
 use crate::messages::*;
 use crate::state::PachdState;
 
@@ -31,6 +32,9 @@ pub mod auth_api {
 }
 pub mod echo_api {
     include!(concat!(env!("OUT_DIR"), "/pachgate.standin.Echo.rs"));
+}
+pub mod health_api {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.Health.rs"));
 }
 
 /// Biggest message the stand-in accepts or sends; tests push 64 MiB each way.
@@ -56,6 +60,11 @@ pub struct PachdOptions {
     /// Keep a record of each call's method and token owner (`PachdState::seen`, served at
     /// `/_standin/seen`). Off by default: benchmarks drive millions of calls.
     pub record_calls: bool,
+    /// pachd's readiness: `grpc.health.v1.Health` and the HTTP server's `/healthz` follow it
+    /// (one process in pachd). Keep a clone to flip it.
+    pub health: Health,
+    /// dex's: `/dex/.well-known/openid-configuration` answers 503 while it is off.
+    pub dex_health: Health,
 }
 
 impl Default for PachdOptions {
@@ -70,6 +79,8 @@ impl Default for PachdOptions {
             expired: vec!["expired-token".to_string()],
             enforce_auth: false,
             record_calls: false,
+            health: Health::default(),
+            dex_health: Health::default(),
         }
     }
 }
@@ -92,6 +103,9 @@ pub async fn serve_pachd_shared(
         tcp.set_nodelay(true)?;
         Ok::<_, std::io::Error>(tcp)
     });
+    let health = HealthService {
+        health: state.options.health.clone(),
+    };
     let who_am_i_calls = Arc::new(AtomicU64::new(0));
     let unary_calls = Arc::new(AtomicU64::new(0));
     tonic::transport::Server::builder()
@@ -103,6 +117,7 @@ pub async fn serve_pachd_shared(
             state: state.clone(),
         })
         .add_service(version_api::a_p_i_server::APIServer::new(VersionService))
+        .add_service(health_api::health_server::HealthServer::new(health))
         .add_service(auth_api::a_p_i_server::APIServer::new(AuthService {
             state,
             calls: who_am_i_calls.clone(),
@@ -133,6 +148,70 @@ impl version_api::a_p_i_server::API for VersionService {
             platform: std::env::consts::ARCH.into(),
             ..Version::default()
         }))
+    }
+}
+
+/// The standard health service as grpc-go's serves it for pachd: the server as a whole
+/// (`service` empty) is SERVING or NOT_SERVING with [`PachdOptions::health`]; any other
+/// service name is NOT_FOUND "unknown service" (`Check`) or SERVICE_UNKNOWN (`Watch`).
+struct HealthService {
+    health: Health,
+}
+
+fn serving_status(serving: bool) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: if serving {
+            serving_status::SERVING
+        } else {
+            serving_status::NOT_SERVING
+        },
+    }
+}
+
+type HealthStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl health_api::health_server::Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        if !request.get_ref().service.is_empty() {
+            return Err(Status::not_found("unknown service"));
+        }
+        Ok(Response::new(serving_status(self.health.is_serving())))
+    }
+
+    type WatchStream = HealthStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        if !request.get_ref().service.is_empty() {
+            let unknown = HealthCheckResponse {
+                status: serving_status::SERVICE_UNKNOWN,
+            };
+            let _ = tx.send(Ok(unknown)).await;
+            // grpc-go keeps the stream open; so does the stand-in, until the client leaves.
+            tokio::spawn(async move { tx.closed().await });
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let mut changes = self.health.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let serving = *changes.borrow_and_update();
+                if tx.send(Ok(serving_status(serving))).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

@@ -8,8 +8,9 @@
 //! - `/api/<package.Service>/<Method>` (POST, JSON): pachd's grpc-gateway. Every header but
 //!   Content-Length is gRPC metadata, so the token is the `authn-token` header; errors are
 //!   `{"code":N,"message":"…","details":[]}` with grpc-gateway's HTTP status.
-//! - `/jsonschema/…` static JSON, `/healthz`, and `/_standin/seen` (the stand-ins' record of
-//!   calls and tokens: GET lists it as JSON, DELETE clears it).
+//! - `/jsonschema/…` static JSON, `/healthz` (503 "not ready" while
+//!   [`PachdOptions::health`](crate::PachdOptions::health) is off), and `/_standin/seen` (the
+//!   stand-ins' record of calls and tokens: GET lists it as JSON, DELETE clears it).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +42,9 @@ async fn handle(state: Arc<PachdState>, request: Request) -> Response<Body> {
         return seen(&state, &request);
     }
     if path == "/healthz" {
+        if !state.options.health.is_serving() {
+            return go_error(StatusCode::SERVICE_UNAVAILABLE, "not ready");
+        }
         return response(StatusCode::OK, "text/plain; charset=utf-8", "healthy\n");
     }
     if let Some(rest) = path.strip_prefix("/api") {
