@@ -152,6 +152,8 @@ pub struct Upstream {
     pub dns_refresh: Option<Spanned<String>>,
     /// Requests awaiting their response head past which new ones are refused.
     pub max_pending_requests: Option<Spanned<usize>>,
+    /// Active health checks of each address.
+    pub health_check: Option<Spanned<HealthCheckConfig>>,
     /// TLS upstreams: PEM CA certificate(s) to trust.
     pub ca: Option<Spanned<String>>,
     /// TLS upstreams: the name to verify (default: the first endpoint's host).
@@ -159,6 +161,19 @@ pub struct Upstream {
     /// TLS upstreams: a client certificate and key to present.
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// HTTP upstreams: the path to GET; 2xx is healthy.
+    pub path: Option<Spanned<String>>,
+    /// h2/h2c upstreams: the service name asked of grpc.health.v1.Health/Check ("" = the server).
+    pub service: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+    pub healthy_threshold: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pachgate_proxy_core::upstream::{
-    DEFAULT_DNS_REFRESH, DEFAULT_MAX_PENDING_REQUESTS, DEFAULT_MAX_RESPONSE_HEADERS,
-    DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
+    HealthCheck, HealthCheckKind, DEFAULT_DNS_REFRESH, DEFAULT_MAX_PENDING_REQUESTS,
+    DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS_CAP,
 };
 use pachgate_proxy_core::{
     PachydermAuthSettings, PachydermAuthSpec, PachydermLine, UpstreamProtocol, UpstreamSpec,
@@ -16,7 +16,7 @@ use pachgate_proxy_core::{
 use toml::Spanned;
 
 use super::keywords::Protocol;
-use super::types::{Dns, PachydermAuth, Upstream};
+use super::types::{Dns, HealthCheckConfig, PachydermAuth, Upstream};
 use super::Validator;
 
 impl Validator<'_> {
@@ -121,6 +121,10 @@ impl Validator<'_> {
             Some(v) => *v.get_ref(),
             None => DEFAULT_MAX_PENDING_REQUESTS,
         };
+        let health_check = u
+            .health_check
+            .as_ref()
+            .and_then(|check| self.health_check(name, protocol, check));
         let tls = if protocol == UpstreamProtocol::H2 {
             self.upstream_tls(name, u, b"h2")
         } else if protocol == UpstreamProtocol::Http1Tls {
@@ -156,6 +160,90 @@ impl Validator<'_> {
             dns_refresh,
             dns_servers: dns_servers.to_vec(),
             max_pending_requests,
+            health_check,
+        })
+    }
+
+    /// `[upstreams.NAME.health_check]`: gRPC health on h2/h2c upstreams (`service`), an HTTP
+    /// GET of `path` on HTTP ones.
+    fn health_check(
+        &mut self,
+        name: &Spanned<String>,
+        protocol: UpstreamProtocol,
+        check: &Spanned<HealthCheckConfig>,
+    ) -> Option<HealthCheck> {
+        let c = check.get_ref();
+        let kind = match (protocol.is_h2(), &c.path, &c.service) {
+            (true, Some(path), _) => {
+                self.err(
+                    &path.span(),
+                    format!(
+                        "upstreams.{}.health_check: `path` is for HTTP upstreams; an {} upstream is checked with gRPC health (`service`)",
+                        name.get_ref(),
+                        protocol.name()
+                    ),
+                );
+                return None;
+            }
+            (true, None, service) => HealthCheckKind::Grpc {
+                service: service
+                    .as_ref()
+                    .map(|s| s.get_ref().clone())
+                    .unwrap_or_default(),
+            },
+            (false, _, Some(service)) => {
+                self.err(
+                    &service.span(),
+                    "`service` (gRPC health) is for h2/h2c upstreams; HTTP upstreams are checked with `path`",
+                );
+                return None;
+            }
+            (false, None, None) => {
+                self.err(
+                    &check.span(),
+                    format!(
+                        "upstreams.{}.health_check needs `path`, the HTTP path to GET (e.g. \"/healthz\")",
+                        name.get_ref()
+                    ),
+                );
+                return None;
+            }
+            (false, Some(path), None) => {
+                if !path.get_ref().starts_with('/') {
+                    self.err(&path.span(), "health_check.path must start with `/`");
+                    return None;
+                }
+                HealthCheckKind::HttpGet {
+                    path: path.get_ref().clone(),
+                }
+            }
+        };
+        let interval = c
+            .interval
+            .as_ref()
+            .and_then(|v| self.nonzero_duration(v, "health_check.interval"))
+            .unwrap_or(Duration::from_secs(5));
+        let timeout = c
+            .timeout
+            .as_ref()
+            .and_then(|v| self.nonzero_duration(v, "health_check.timeout"))
+            .unwrap_or(Duration::from_secs(1));
+        let mut threshold = |value: &Option<Spanned<u32>>, key: &str, default: u32| match value {
+            Some(v) if !(1..=100).contains(v.get_ref()) => {
+                self.err(&v.span(), format!("health_check.{key} must be 1 to 100"));
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        };
+        let unhealthy_threshold = threshold(&c.unhealthy_threshold, "unhealthy_threshold", 2);
+        let healthy_threshold = threshold(&c.healthy_threshold, "healthy_threshold", 1);
+        Some(HealthCheck {
+            kind,
+            interval,
+            timeout,
+            unhealthy_threshold,
+            healthy_threshold,
         })
     }
 

@@ -19,6 +19,7 @@
 //! body fits `RESEND_LIMIT`); all within one retry budget per upstream.
 
 mod addresses;
+mod health;
 mod http1;
 mod resend;
 mod resolve;
@@ -42,6 +43,7 @@ use pachgate_h2_upstream::{self as h2_client, Failure, StreamRef};
 use tokio::net::TcpStream;
 
 use self::addresses::{Address, H2Slot, PendingOn, Tried};
+use self::health::HealthWiring;
 use self::http1::{is_tls_handshake_failure, Http1Pool, TlsHttpConnector};
 use self::resend::RequestPump;
 use crate::body::{ProxyBody, UpstreamBody};
@@ -125,7 +127,12 @@ pub struct UpstreamSpec {
     /// Requests waiting for their response head past which new ones are refused at once
     /// (503 / gRPC 14), so an upstream that stalls cannot pile up unbounded work.
     pub max_pending_requests: usize,
+    /// Active checks of each address; `None`: every address counts as healthy (passive
+    /// ejection still applies).
+    pub health_check: Option<HealthCheck>,
 }
+
+pub use pachgate_health::{CheckKind as HealthCheckKind, CheckSpec as HealthCheck};
 
 impl UpstreamSpec {
     /// A spec with the defaults the config file uses for every key it leaves out.
@@ -144,6 +151,7 @@ impl UpstreamSpec {
             dns_refresh: DEFAULT_DNS_REFRESH,
             dns_servers: Vec::new(),
             max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            health_check: None,
         }
     }
 }
@@ -303,17 +311,29 @@ impl Upstream {
             }
             _ => None,
         };
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let health = spec
+            .health_check
+            .clone()
+            .map(|check| HealthWiring::new(&spec.name, check, spec.tls.as_ref()));
+        if let (Some(health), Some(runtime)) = (&health, &runtime) {
+            let _entered = runtime.enter();
+            for address in &initial {
+                health.adopt(address);
+            }
+        }
         let addresses = Arc::new(ArcSwap::from_pointee(initial));
         // Names are looked up in the background (on the runtime that builds the snapshot);
         // until the first answer a name's connections ask the system resolver, as before.
         // Without a runtime (`pachgate check`) nothing is looked up.
-        if let (false, Ok(runtime)) = (names.is_empty(), tokio::runtime::Handle::try_current()) {
+        if let (false, Some(runtime)) = (names.is_empty(), runtime) {
             let resolution = resolve::Resolution {
                 upstream: spec.name.clone(),
                 names,
                 refresh: spec.dns_refresh,
                 servers: spec.dns_servers.clone(),
                 h2_slots: slots,
+                health,
                 literals: spec
                     .endpoints
                     .iter()

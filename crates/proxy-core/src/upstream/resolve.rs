@@ -15,6 +15,7 @@ use hickory_resolver::TokioResolver;
 use http::uri::Authority;
 
 use super::addresses::Address;
+use super::health::HealthWiring;
 
 /// One endpoint given as a name.
 pub(crate) struct Name {
@@ -52,6 +53,7 @@ pub(crate) struct Resolution {
     pub(crate) refresh: Duration,
     pub(crate) servers: Vec<SocketAddr>,
     pub(crate) h2_slots: usize,
+    pub(crate) health: Option<HealthWiring>,
     /// The endpoints given as IP addresses: always in the set.
     pub(crate) literals: Vec<String>,
 }
@@ -181,7 +183,12 @@ impl Resolution {
                             name.authority.clone(),
                             self.h2_slots,
                         ) {
-                            Ok(address) => next.push(Arc::new(address)),
+                            Ok(address) => {
+                                if let Some(health) = &self.health {
+                                    health.adopt(&address);
+                                }
+                                next.push(Arc::new(address))
+                            }
                             Err(error) => {
                                 tracing::warn!(upstream = %self.upstream, %error, "unusable address in a DNS answer")
                             }
