@@ -2,7 +2,9 @@
 //! own runtime, scripted upstreams (hyper servers written here), and hyper clients speaking
 //! HTTP/1.1 and h2c. Each stage's outcome — allow, deny, no route, forward, upstream down —
 //! is checked in each way a refusal is written (gRPC trailers-only, grpc-gateway JSON, text)
-//! by status, headers and body, in Rust.
+//! by status, headers and body, in Rust. The tunnel stage (websockets) is tested the same
+//! way in `tunnel.rs`, and the forward stage's resend of refused h2 streams in
+//! `request_resend.rs`; `fixture` holds what they share.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

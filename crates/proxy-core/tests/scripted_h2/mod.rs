@@ -129,7 +129,7 @@ impl Peer {
     }
 
     /// Reads until a request's HEADERS (with END_HEADERS); the frame, its block decoded.
-    async fn request_head(&mut self) -> (Frame, Vec<(String, String)>) {
+    async fn head_frame(&mut self) -> (Frame, Vec<(String, String)>) {
         loop {
             let frame = self.read_frame().await;
             if frame.kind != wire::HEADERS {
@@ -155,36 +155,63 @@ impl Peer {
 
     /// Reads until a request's HEADERS (with END_HEADERS); its stream id.
     pub async fn request(&mut self) -> u32 {
-        self.request_head().await.0.stream
+        self.head_frame().await.0.stream
     }
 
-    /// Reads a whole request: its HEADERS, then its DATA up to END_STREAM, each DATA credited
-    /// back at once to the stream and the connection (as a server reading it would).
+    /// Reads until a request's HEADERS (with END_HEADERS); its stream id and decoded fields.
+    pub async fn request_head(&mut self) -> (u32, Vec<(String, String)>) {
+        let (frame, fields) = self.head_frame().await;
+        (frame.stream, fields)
+    }
+
+    /// Reads a whole request: its HEADERS, then its DATA up to END_STREAM.
     pub async fn read_request(&mut self) -> Received {
-        let (head, headers) = self.request_head().await;
-        let mut received = Received {
+        let (head, headers) = self.head_frame().await;
+        let ended = head.flags & wire::END_STREAM != 0;
+        let body = if ended {
+            Vec::new()
+        } else {
+            let (body, ended) = self.read_data(head.stream, usize::MAX).await;
+            assert!(ended, "the request ended with END_STREAM");
+            body
+        };
+        Received {
             stream: head.stream,
             headers,
-            body: Vec::new(),
-        };
-        let mut ended = head.flags & wire::END_STREAM != 0;
-        while !ended {
-            let data_frame = self.read_frame().await;
-            if data_frame.kind != wire::DATA || data_frame.stream != received.stream {
+            body,
+        }
+    }
+
+    /// Reads `stream`'s DATA until `at_least` bytes came or the stream ended, crediting each
+    /// DATA back at once to the stream and the connection (as a server reading it would).
+    /// The bytes, and whether END_STREAM came (false too when the stream was reset).
+    pub async fn read_data(&mut self, stream: u32, at_least: usize) -> (Vec<u8>, bool) {
+        let mut data = Vec::new();
+        while data.len() < at_least {
+            let next = self.read_frame().await;
+            if next.stream != stream {
                 continue;
             }
-            let data =
-                wire::unpad(data_frame.flags, &data_frame.payload, 0).expect("a sound padding");
-            received.body.extend_from_slice(data);
-            if !data_frame.payload.is_empty() {
-                let credit = (data_frame.payload.len() as u32).to_be_bytes();
+            if next.kind == wire::RST_STREAM {
+                return (data, false);
+            }
+            if next.kind != wire::DATA {
+                continue;
+            }
+            data.extend_from_slice(
+                wire::unpad(next.flags, &next.payload, 0).expect("sound padding"),
+            );
+            if !next.payload.is_empty() {
+                let credit = (next.payload.len() as u32).to_be_bytes();
                 let mut out = frame(wire::WINDOW_UPDATE, 0, 0, &credit);
-                out.extend_from_slice(&frame(wire::WINDOW_UPDATE, 0, received.stream, &credit));
+                out.extend_from_slice(&frame(wire::WINDOW_UPDATE, 0, stream, &credit));
                 self.write(&out).await;
             }
-            ended = data_frame.flags & wire::END_STREAM != 0;
+            if next.flags & wire::END_STREAM != 0 {
+                return (data, true);
+            }
         }
-        received
+        (data, false)
     }
 
     /// Reads until a frame of `kind` (RST_STREAM, GOAWAY); its error code.
