@@ -4,63 +4,45 @@
 
 mod common;
 
+use std::fmt::Display;
 use std::process::Command;
 
 use common::*;
 
-/// Stand-in routes with `auth = "pachyderm"` on gRPC and on an HTTP API path.
-fn gated_routes(pachd: &str, console: &str, auth_extra: &str) -> String {
-    format!(
-        r#"
-[upstreams.pachd]
-endpoints = ["{pachd}"]
-protocol = "h2c"
-connect_timeout = "2s"
+/// The gate on a route.
+const GATED: &str = "auth = \"pachyderm\"";
 
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
+/// Stand-in routes with `auth = "pachyderm"` on gRPC and on HTTP API paths, WhoAmI asked of
+/// `pachd` (`auth_extra`: more `[auth.pachyderm]` keys).
+fn gated(pachd: impl Display, console: impl Display, auth_extra: &str) -> TestConfig {
+    TestConfig::new()
+        .upstream_with("pachd", pachd, "h2c", "connect_timeout = \"2s\"")
+        .upstream("console", console, "http1")
+        .section(&format!(
+            "[auth.pachyderm]\nupstream = \"pachd\"\ncache_ttl = \"60s\"\n{auth_extra}"
+        ))
+        .route_with("pachd-grpc", "grpc = true", "pachd", GATED)
+        .route_with(
+            "pachd-http-api",
+            "path_prefix = \"/api/\"",
+            "console",
+            GATED,
+        )
+        .route_with("pachd-files", "path_prefix = \"/pfs\"", "console", GATED)
+        .route("console", "path_prefix = \"/\"", "console")
+}
 
-[auth.pachyderm]
-upstream = "pachd"
-cache_ttl = "60s"
-{auth_extra}
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-auth = "pachyderm"
-
-[[routes]]
-name = "pachd-http-api"
-match = {{ path_prefix = "/api/" }}
-upstream = "console"
-auth = "pachyderm"
-
-[[routes]]
-name = "pachd-files"
-match = {{ path_prefix = "/pfs" }}
-upstream = "console"
-auth = "pachyderm"
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-"#
+/// `gated` in front of the stand-ins.
+fn gated_standins(standins: &Running, auth_extra: &str) -> TestConfig {
+    gated(
+        standins.address("standin-pachd"),
+        standins.address("standin-console"),
+        auth_extra,
     )
 }
 
 fn proxy_for(standins: &Running, auth_extra: &str) -> Proxy {
-    pachgate(
-        &gated_routes(
-            &standins.address("standin-pachd").to_string(),
-            &standins.address("standin-console").to_string(),
-            auth_extra,
-        ),
-        "",
-    )
+    gated_standins(standins, auth_extra).start()
 }
 
 fn curl_status(proxy: &Proxy, path: &str, extra: &[&str]) -> u16 {
@@ -243,7 +225,7 @@ fn a_cluster_without_auth_is_denied_unless_allowed() {
 #[test]
 fn pachd_unreachable_means_unavailable_never_allow() {
     let down = format!("127.0.0.1:{}", free_port());
-    let proxy = pachgate(&gated_routes(&down, &down, ""), "");
+    let proxy = gated(&down, &down, "").start();
     grpc_check(&proxy, "auth-unavailable");
     assert_eq!(
         curl_status(&proxy, "/api/x", &["-H", "authn-token: demo-token"]),
@@ -275,25 +257,19 @@ fn static_bearer_tokens_from_a_reloaded_hash_file() {
         format!("# robots\n{}  ci-robot\n", sha256_hex("first-secret")),
     )
     .unwrap();
-    let config = format!(
-        r#"
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
-
-[auth.token]
-hashes_file = "{file}"
-
-[[routes]]
-name = "tools"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-auth = "token"
-"#,
-        console = standins.address("standin-console"),
-        file = file.display()
-    );
-    let proxy = pachgate(&config, "");
+    let proxy = TestConfig::new()
+        .upstream("console", standins.address("standin-console"), "http1")
+        .section(&format!(
+            "[auth.token]\nhashes_file = \"{}\"",
+            file.display()
+        ))
+        .route_with(
+            "tools",
+            "path_prefix = \"/\"",
+            "console",
+            "auth = \"token\"",
+        )
+        .start();
     let bearer = |t: &str| format!("Authorization: Bearer {t}");
     assert_eq!(curl_status(&proxy, "/x", &[]), 401);
     assert_eq!(curl_status(&proxy, "/x", &["-H", &bearer("nope")]), 401);
@@ -331,14 +307,9 @@ auth = "token"
 #[test]
 fn auth_decisions_and_upstream_failures_are_counted_in_metrics() {
     let mut standins = standins();
-    let proxy = pachgate(
-        &gated_routes(
-            &standins.address("standin-pachd").to_string(),
-            &standins.address("standin-console").to_string(),
-            "",
-        ),
-        "admin = \"127.0.0.1:0\"",
-    );
+    let proxy = gated_standins(&standins, "")
+        .listen("admin = \"127.0.0.1:0\"")
+        .start();
     for _ in 0..2 {
         assert_eq!(curl_status(&proxy, "/api/x", &[]), 401);
     }

@@ -60,10 +60,12 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
     );
 
     let status = stream.wait().unwrap();
+    let stream_rest: Vec<String> = stream_lines.map_while(Result::ok).collect();
     assert!(
         status.success(),
-        "the in-flight stream was cut by the drain"
+        "the stream client could not run: {stream_rest:?}"
     );
+    grpc_checks::verify_output("stream-survives-drain", &stream_rest.join("\n"));
     let summary = finish_call_loop(client_loop, "an accepted call failed during the drain");
     assert_eq!(summary["refused"], true, "{summary}");
 
@@ -73,8 +75,16 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
         .and_then(Result::ok)
         .unwrap_or_default();
     assert!(
-        status.success() && closed_line.contains("closed with 1001"),
-        "the websocket did not get a 1001 close: {closed_line}"
+        status.success(),
+        "the websocket client could not run: {closed_line}"
+    );
+    let session: serde_json::Value =
+        serde_json::from_str(&closed_line).expect("ws_checks.py prints JSON");
+    assert_eq!(session["first_echo"], "before the drain", "{session}");
+    assert_eq!(session["wrong_echoes"], 0, "{session}");
+    assert_eq!(
+        session["close_received"]["code"], 1001,
+        "the websocket did not get a 1001 (going away) close: {session}"
     );
     let exit = proxy
         .running

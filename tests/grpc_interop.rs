@@ -122,18 +122,21 @@ fn run_cases(dir: &std::path::Path, proxy: &Proxy) -> Vec<&'static str> {
     failed
 }
 
-fn interop_route(port: u16, upstream_extra: &str) -> String {
-    format!(
-        r#"
-[upstreams.interop]
-endpoints = ["127.0.0.1:{port}"]
-{upstream_extra}
+/// pachgate with every gRPC call routed to the interop server on `port`, spoken to in
+/// `protocol` (`extra`: more keys for its upstream).
+fn interop_proxy(port: u16, protocol: &str, extra: &str) -> Proxy {
+    TestConfig::new()
+        .upstream_with("interop", format!("127.0.0.1:{port}"), protocol, extra)
+        .route("grpc", "grpc = true", "interop")
+        .start()
+}
 
-[[routes]]
-name = "grpc"
-match = {{ grpc = true }}
-upstream = "interop"
-"#
+/// The interop server's TLS as its upstream sees it: verified against `ca`, for the name
+/// its certificate (spec/testdata/server1.pem) has, *.test.google.fr.
+fn verified_against(ca: &std::path::Path) -> String {
+    format!(
+        "ca = \"{}\"\nserver_name = \"foo.test.google.fr\"",
+        ca.display()
     )
 }
 
@@ -141,7 +144,7 @@ upstream = "interop"
 fn official_interop_cases_pass_through_pachgate_over_tls() {
     let dir = interop_dir();
     let (server, port) = interop_server(&dir, false);
-    let proxy = pachgate(&interop_route(port, "protocol = \"h2c\""), "");
+    let proxy = interop_proxy(port, "h2c", "");
     let failed = run_cases(&dir, &proxy);
     drop(server);
     assert!(failed.is_empty(), "interop cases failed: {failed:?}");
@@ -152,13 +155,8 @@ fn official_interop_cases_pass_through_pachgate_over_tls() {
 fn interop_cases_pass_to_a_tls_upstream_and_a_wrong_ca_is_unavailable() {
     let dir = interop_dir();
     let (server, port) = interop_server(&dir, true);
-    // The interop server's certificate (spec/testdata/server1.pem) is for *.test.google.fr.
     let testdata = dir.join("../../spec/testdata");
-    let tls = format!(
-        "protocol = \"h2\"\nca = \"{}\"\nserver_name = \"foo.test.google.fr\"",
-        testdata.join("ca.pem").display()
-    );
-    let proxy = pachgate(&interop_route(port, &tls), "");
+    let proxy = interop_proxy(port, "h2", &verified_against(&testdata.join("ca.pem")));
     let failed = run_cases(&dir, &proxy);
     assert!(
         failed.is_empty(),
@@ -166,11 +164,7 @@ fn interop_cases_pass_to_a_tls_upstream_and_a_wrong_ca_is_unavailable() {
     );
 
     // Trusting the wrong CA (pachgate's own): the call fails as UNAVAILABLE, saying why.
-    let wrong = format!(
-        "protocol = \"h2\"\nca = \"{}\"\nserver_name = \"foo.test.google.fr\"",
-        proxy.ca().display()
-    );
-    let mistrusting = pachgate(&interop_route(port, &wrong), "");
+    let mistrusting = interop_proxy(port, "h2", &verified_against(&proxy.ca()));
     grpc_check(&mistrusting, "tls-upstream-wrong-ca");
     drop(server);
 }

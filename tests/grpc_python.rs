@@ -33,7 +33,8 @@ fn client_cancellation_reaches_the_upstream() {
 
 /// Starts a server stream through pachgate (tests/clients/grpc_checks.py `upstream-dies`),
 /// lets `fail` do something to the stand-in once messages flow, and requires the client's
-/// stream to end with an error well before its deadline (the check says which codes count).
+/// stream to end with an error well before its deadline (`grpc_checks::verify` says which
+/// codes count).
 fn stream_ends_with_an_error_when(upstream_extra: &str, fail: impl FnOnce(&mut Running)) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
@@ -54,8 +55,12 @@ fn stream_ends_with_an_error_when(upstream_extra: &str, fail: impl FnOnce(&mut R
     fail(&mut standins);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = client.wait().unwrap();
-    assert!(status.success(), "client check failed; it printed {rest:?}");
-    eprintln!("{rest:?}");
+    assert!(
+        status.success(),
+        "the client could not run; it printed {rest:?}"
+    );
+    let observed = grpc_checks::verify_output("upstream-dies", &rest.join("\n"));
+    eprintln!("{observed}");
 }
 
 #[test]
@@ -119,8 +124,9 @@ fn idle_connections_close_and_quiet_streams_do_not() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
         client.wait().unwrap().success(),
-        "the check failed: {rest:?}"
+        "the client could not run: {rest:?}"
     );
+    grpc_checks::verify_output("idle-timeout", &rest.join("\n"));
     // Then the one connection, closed once, while the channel sat without a call.
     assert_eq!(idle_closes(), "1");
 }
@@ -138,10 +144,27 @@ fn a_stream_opened_as_the_idle_goaway_leaves_runs_to_its_end() {
     );
     let port = proxy.https().port().to_string();
     let ca = proxy.ca();
-    python(
+    let output = python(
         "h2_goaway_race.py",
         &["--port", &port, "--ca", ca.to_str().unwrap()],
     );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let observed: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or(""))
+        .expect("h2_goaway_race.py prints JSON last");
+    assert_eq!(observed["alpn"], "h2", "{observed}");
+    let goaways = observed["goaways"].as_array().unwrap();
+    assert!(
+        goaways.first().and_then(|v| v.as_u64()) >= Some(1),
+        "the first GOAWAY must admit new streams: {observed}"
+    );
+    assert_eq!(observed["opened"], true, "{observed}");
+    assert_eq!(observed["reset"], serde_json::Value::Null, "{observed}");
+    assert_eq!(observed["closed_early"], false, "{observed}");
+    assert_eq!(
+        observed["messages"], 3,
+        "every message of the late stream: {observed}"
+    );
+    assert_eq!(observed["grpc_status"], "0", "{observed}");
 }
 
 #[test]
@@ -195,6 +218,7 @@ fn rolling_upstream_restart_loses_no_call() {
     let slow = Command::new("python3")
         .args(["-c", SLOW_CALL, &proxy.target()])
         .arg(proxy.ca())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -203,9 +227,10 @@ fn rolling_upstream_restart_loses_no_call() {
     assert!(old.wait_exit(Duration::from_secs(10)).is_some());
 
     let slow = slow.wait_with_output().unwrap();
-    assert!(
-        slow.status.success(),
-        "the slow call on the old replica failed"
+    assert_eq!(
+        String::from_utf8_lossy(&slow.stdout).trim(),
+        "OK",
+        "the slow call on the old replica"
     );
     let summary = finish_call_loop(calls, "calls failed across the restart");
     assert_eq!(summary["failed"], 0, "{summary}");
@@ -220,10 +245,12 @@ fn rolling_upstream_restart_loses_no_call() {
     );
 }
 
-/// One call to grpc_backend.py's slow method through pachgate: `python3 -c SLOW_CALL TARGET CA`.
+/// One call to grpc_backend.py's slow method through pachgate: `python3 -c SLOW_CALL TARGET CA`
+/// prints `OK`, or the status and details it failed with.
 const SLOW_CALL: &str = "import sys, grpc\n\
 ch = grpc.secure_channel(sys.argv[1], grpc.ssl_channel_credentials(open(sys.argv[2], 'rb').read()))\n\
-ch.unary_unary('/pachgate.test.Slow/Wait')(b'', timeout=20)\n";
+try:\n    ch.unary_unary('/pachgate.test.Slow/Wait')(b'', timeout=20)\n    print('OK')\n\
+except grpc.RpcError as e:\n    print(e.code().name, e.details())\n";
 
 /// "served N" from a grpc_backend.py's last lines.
 fn served(lines: Vec<String>) -> u64 {
@@ -258,7 +285,66 @@ fn an_upstream_with_a_stream_limit_big_headers_and_bad_frames_is_handled() {
         "h2_upstream.py",
         &["check", "--target", &target, "--ca", ca.to_str().unwrap()],
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("ok: odd upstream"));
+    let observed: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("h2_upstream.py check prints JSON");
+    // Every round of Slow calls, before and after each violation, is served: each call its
+    // own message back, none past the upstream's limit of 2 streams (they queue instead).
+    let rounds = observed["rounds"].as_object().unwrap();
+    assert_eq!(rounds.len(), 1 + 2 + 1 + 5, "{observed}");
+    for (why, calls) in rounds {
+        for (index, call) in calls.as_array().unwrap().iter().enumerate() {
+            assert_eq!(call["code"], "OK", "{why}: call {index}: {call}");
+            assert_eq!(call["reply"], format!("m{index}"), "{why}: {call}");
+            assert_eq!(
+                call["over_limit"], "0",
+                "{why}: opened past the limit: {call}"
+            );
+            assert!(call["most_open"].as_u64().unwrap() <= 2, "{why}: {call}");
+        }
+    }
+    assert_eq!(
+        rounds["under the stream limit"].as_array().unwrap().len(),
+        12
+    );
+    // 40 KB header blocks both ways (CONTINUATION), whole.
+    let big = &observed["big_headers"];
+    assert_eq!(big["response_header_length"], big["sent"], "{big}");
+    assert_eq!(big["response_header_letters"], "b", "{big}");
+    assert_eq!(
+        big["request_header_length_seen"],
+        big["sent"].to_string(),
+        "{big}"
+    );
+    // Refused unprocessed: sent again, whole, and the client never knows.
+    for name in ["Refuse", "GoAway"] {
+        assert_eq!(
+            observed["resent"][name],
+            serde_json::json!({
+                "code": "OK",
+                "reply": format!("sent twice, answered once: {name}"),
+                "arrivals": "2",
+            }),
+            "{name}"
+        );
+    }
+    // Over the 64 KiB resend limit the body is not kept: that refusal fails.
+    assert_eq!(
+        observed["refused_100k"]["code"], "UNAVAILABLE",
+        "{observed}"
+    );
+    // Each violation fails its own call (or connection) with its status.
+    for (name, code) in [
+        ("Uppercase", "UNAVAILABLE"),
+        ("DataFirst", "UNAVAILABLE"),
+        ("ResetMid", "INTERNAL"),
+        ("Push", "UNAVAILABLE"),
+        ("PingFlood", "UNAVAILABLE"),
+    ] {
+        assert_eq!(
+            observed["violations"][name]["code"], code,
+            "{name}: {observed}"
+        );
+    }
 }
 
 /// An h2c upstream address where something accepts TCP and never speaks (here: a listener

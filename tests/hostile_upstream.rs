@@ -250,14 +250,16 @@ fn curl(proxy: &common::Proxy, path: &str, grpc: bool) -> (String, Option<String
 fn run(attack: Attack) {
     let standins = common::standins();
     let (hostile, seen) = hostile_upstream(attack);
-    let proxy = common::pachgate(
-        &format!(
-            "[upstreams.hostile]\nendpoints = [\"{hostile}\"]\nprotocol = \"h2c\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"15s\"\n\n\
-             [[routes]]\nname = \"hostile\"\nmatch = {{ path_prefix = \"/hostile\" }}\nupstream = \"hostile\"\n\n{}",
-            common::standin_routes(&standins, "")
-        ),
-        "",
-    );
+    let proxy = common::TestConfig::new()
+        .upstream_with(
+            "hostile",
+            hostile,
+            "h2c",
+            "connect_timeout = \"2s\"\nresponse_timeout = \"15s\"",
+        )
+        .route("hostile", "path_prefix = \"/hostile\"", "hostile")
+        .section(&common::standin_routes(&standins, ""))
+        .start();
     // Warm up: the bystander's path, and one attack, before the baseline.
     assert_eq!(curl(&proxy, "/", false).0, "200");
     let _ = curl(&proxy, "/hostile/warm", false);

@@ -309,9 +309,10 @@ fn plaintext_listener_in_serve_mode_speaks_http1_and_h2c() {
         .unwrap();
     assert!(
         output.status.success(),
-        "{}",
+        "the client could not run: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    grpc_checks::verify_output("pachd-methods", &String::from_utf8_lossy(&output.stdout));
 }
 
 /// Sends `request` over TLS with ALPN `alpn` (tests/clients/raw_https.py) and reads until

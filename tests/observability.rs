@@ -49,7 +49,7 @@ fn metrics_and_access_log_match_the_traffic_sent() {
         .unwrap();
     assert!(!output.status.success());
 
-    python(
+    let output = python(
         "observe.py",
         &[
             "traffic",
@@ -67,6 +67,7 @@ fn metrics_and_access_log_match_the_traffic_sent() {
             SECRET_TOKEN,
         ],
     );
+    assert_traffic(&output, 5, 2);
 
     // The access log: every line JSON; the websocket's line comes when its tunnel closes.
     let lines = proxy
@@ -232,7 +233,7 @@ fn with_the_access_log_off_metrics_still_count_and_nothing_is_logged() {
         "admin = \"127.0.0.1:0\"",
     );
     let admin = proxy.running.address("admin");
-    python(
+    let output = python(
         "observe.py",
         &[
             "traffic",
@@ -246,6 +247,7 @@ fn with_the_access_log_off_metrics_still_count_and_nothing_is_logged() {
             &format!("wss://{}/ws", proxy.target()),
         ],
     );
+    assert_traffic(&output, 4, 0);
     let samples = scrape_metrics(admin);
     assert_eq!(
         sample(
@@ -260,5 +262,20 @@ fn with_the_access_log_off_metrics_still_count_and_nothing_is_logged() {
     assert!(
         proxy.running.stdout_lines_now().is_empty(),
         "access lines were written with the log off"
+    );
+}
+
+/// observe.py's traffic went as meant: `ok` calls answered OK, `not_found` calls failed
+/// NOT_FOUND (the stand-in's own error, passed through), the websocket echoed its message.
+fn assert_traffic(output: &std::process::Output, ok: usize, not_found: usize) {
+    let observed: Value =
+        serde_json::from_slice(&output.stdout).expect("observe.py traffic prints JSON");
+    assert_eq!(
+        observed,
+        serde_json::json!({
+            "grpc_ok": vec!["OK"; ok],
+            "grpc_not_found": vec!["NOT_FOUND"; not_found],
+            "ws_echo": "y".repeat(1000),
+        })
     );
 }

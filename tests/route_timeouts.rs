@@ -16,34 +16,12 @@ use common::*;
 /// The stand-ins behind pachgate, with `grpc_keys` / `http_keys` added to the gRPC and the
 /// catch-all console route.
 fn proxy_with(standins: &Running, grpc_keys: &str, http_keys: &str) -> Proxy {
-    pachgate(
-        &format!(
-            r#"
-[upstreams.pachd]
-endpoints = ["{pachd}"]
-protocol = "h2c"
-
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-{grpc_keys}
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-{http_keys}
-"#,
-            pachd = standins.address("standin-pachd"),
-            console = standins.address("standin-console"),
-        ),
-        "",
-    )
+    TestConfig::new()
+        .upstream("pachd", standins.address("standin-pachd"), "h2c")
+        .upstream("console", standins.address("standin-console"), "http1")
+        .route_with("pachd-grpc", "grpc = true", "pachd", grpc_keys)
+        .route_with("console", "path_prefix = \"/\"", "console", http_keys)
+        .start()
 }
 
 struct CurlOutcome {

@@ -17,8 +17,21 @@ fn websocket_echo_survives_idle_and_keeps_frames_intact() {
     );
     let url = format!("wss://{}/ws", proxy.target());
     let ca = proxy.ca();
-    python(
+    let output = python(
         "ws_checks.py",
         &["--url", &url, "--ca", ca.to_str().unwrap(), "--idle", "3"],
+    );
+    let observed: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("ws_checks.py prints JSON");
+    assert_eq!(
+        observed,
+        serde_json::json!({
+            "text_echo": "hello, console",
+            "binary_echo": {"bytes": 1024, "first_difference": null},
+            "big_echo": {"bytes": 16 * 1024 * 1024, "first_difference": null},
+            "pong_within_10s": true,
+            "echo_after_idle": "still here",
+            "close_received": {"code": 4001, "reason": "done testing"},
+        })
     );
 }

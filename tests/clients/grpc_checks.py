@@ -1,7 +1,9 @@
 """gRPC checks through pachgate with the official Python gRPC implementation (grpcio).
 
 Each check talks to the stand-in pachd's echo service (pachgate.standin.Echo) through
-pachgate over TLS and exits non-zero with a message when behaviour is wrong.
+pachgate over TLS and prints what it observed as one JSON object on its last line of
+stdout; the verdict is the Rust test's (tests/common/grpc_checks.rs). It exits non-zero
+only when it could not run.
 Messages are encoded by hand (field numbers as in crates/standins/src/messages.rs) so no
 generated code or protoc is needed.
 
@@ -9,7 +11,7 @@ usage: grpc_checks.py --target localhost:PORT --ca CA_FILE CHECK
 """
 
 import argparse
-import sys
+import json
 import time
 
 import grpc
@@ -108,10 +110,35 @@ def method(ch, kind, name):
     return factory(ECHO + name, request_serializer=ident, response_deserializer=ident)
 
 
-def expect(condition, message):
-    if not condition:
-        print("FAIL: " + message, file=sys.stderr)
-        sys.exit(1)
+def text(data):
+    """Bytes as a JSON string, one character per byte."""
+    return data.decode("latin-1")
+
+
+def outcome(call):
+    """Runs call(): {"code": "OK" or the status name, "details": ..., "reply": ...}."""
+    try:
+        reply = call()
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "details": e.details()}
+    return {"code": "OK", "details": None, "reply": text(reply)}
+
+
+def echo_outcome(call):
+    """outcome() of an Echo call, its reply's payload decoded."""
+    try:
+        reply = call()
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "details": e.details()}
+    return {"code": "OK", "details": None, "payload": text(echo_response(reply)["payload"])}
+
+
+def first_difference(got, want):
+    """The first offset where two byte strings differ (None when equal)."""
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            return i
+    return None if len(got) == len(want) else min(len(got), len(want))
 
 
 def check_large(args):
@@ -120,8 +147,12 @@ def check_large(args):
     payload = bytes(range(256)) * (size // 256)
     with channel(args) as ch:
         reply = echo_response(method(ch, "unary", "Unary")(echo_request(payload), timeout=120))
-    expect(reply["total_bytes"] == size, f"server saw {reply['total_bytes']} bytes, sent {size}")
-    expect(reply["payload"] == payload, "64 MiB echo came back different")
+    return {
+        "sent_bytes": size,
+        "server_saw_bytes": reply["total_bytes"],
+        "reply_bytes": len(reply["payload"]),
+        "first_difference": first_difference(reply["payload"], payload),
+    }
 
 
 def check_bidi_100k(args):
@@ -129,13 +160,22 @@ def check_bidi_100k(args):
     n = 100_000
     requests = (echo_request(i.to_bytes(4, "big")) for i in range(n))
     seen = 0
+    out_of_sequence = []
+    payload_differs = []
     with channel(args) as ch:
         for raw in method(ch, "bidi", "Bidi")(requests, timeout=300):
             reply = echo_response(raw)
-            expect(reply["sequence"] == seen, f"reply {seen} has sequence {reply['sequence']}")
-            expect(reply["payload"] == seen.to_bytes(4, "big"), f"reply {seen} payload differs")
+            if reply["sequence"] != seen and len(out_of_sequence) < 10:
+                out_of_sequence.append([seen, reply["sequence"]])
+            if reply["payload"] != seen.to_bytes(4, "big") and len(payload_differs) < 10:
+                payload_differs.append(seen)
             seen += 1
-    expect(seen == n, f"got {seen} replies for {n} messages")
+    return {
+        "sent": n,
+        "replies": seen,
+        "out_of_sequence": out_of_sequence,
+        "payload_differs": payload_differs,
+    }
 
 
 def check_client_stream(args):
@@ -146,12 +186,11 @@ def check_client_stream(args):
                 (echo_request(b"x" * 1000) for _ in range(500)), timeout=60
             )
         )
-    expect(reply["sequence"] == 500, f"upstream counted {reply['sequence']} messages, want 500")
-    expect(reply["total_bytes"] == 500_000, f"upstream counted {reply['total_bytes']} bytes")
+    return {"messages": reply["sequence"], "bytes": reply["total_bytes"]}
 
 
 def check_many_concurrent(args):
-    """4 channels × 500 unary calls in flight at once, each answered with its own payload,
+    """4 channels x 500 unary calls in flight at once, each answered with its own payload,
     while a server stream on one of the channels keeps flowing."""
     channels = [channel(args) for _ in range(4)]
     try:
@@ -165,21 +204,22 @@ def check_many_concurrent(args):
                 echo_request(payload), timeout=60
             )
             calls.append((payload, call))
-        for n, (payload, call) in enumerate(calls):
-            reply = echo_response(call.result())
-            expect(reply["payload"] == payload, f"call {n} got another call's payload")
+        mixed_up = [
+            n for n, (payload, call) in enumerate(calls)
+            if echo_response(call.result())["payload"] != payload
+        ]
         streamed = sum(1 for _ in stream)
-        expect(streamed == 2000, f"server stream delivered {streamed} of 2000 messages")
     finally:
         for ch in channels:
             ch.close()
+    return {"calls": len(calls), "mixed_up": mixed_up[:10], "streamed": streamed}
 
 
 def check_deadline(args):
     """A deadline that expires mid-stream ends the call with DEADLINE_EXCEEDED after the
     messages sent before it, instead of hanging or being cut earlier."""
     received = 0
-    code = None
+    code = "OK"
     start = time.monotonic()
     with channel(args) as ch:
         try:
@@ -188,17 +228,24 @@ def check_deadline(args):
             ):
                 received += 1
         except grpc.RpcError as e:
-            code = e.code()
-    elapsed = time.monotonic() - start
-    expect(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"status {code}, want DEADLINE_EXCEEDED")
-    expect(received >= 3, f"only {received} messages before the deadline")
-    expect(received < 1000, "the stream was not cut by the deadline")
-    expect(elapsed < 30, f"the call took {elapsed:.1f}s to end")
+            code = e.code().name
+    return {"code": code, "received": received, "seconds": time.monotonic() - start}
+
+
+def error_report(e):
+    trailers = dict(e.trailing_metadata() or ())
+    details_bin = trailers.get("grpc-status-details-bin")
+    return {
+        "code": e.code().name,
+        "details": e.details(),
+        "x-standin-trailer": trailers.get("x-standin-trailer"),
+        "grpc-status-details-bin": text(details_bin) if details_bin is not None else None,
+    }
 
 
 def check_trailers(args):
     """Trailers after data, and trailers-only errors: status, message, details (binary
-    metadata) and custom trailing metadata arrive intact."""
+    metadata) and custom trailing metadata as they arrived."""
     with channel(args) as ch:
         call = method(ch, "server", "ServerStream")(
             echo_request(b"m", count=3, fail_code=9, fail_message="after three messages: ü"),
@@ -208,28 +255,19 @@ def check_trailers(args):
         try:
             for _ in call:
                 received += 1
-            expect(False, "stream ended without the requested error")
+            after_data = {"code": "OK"}
         except grpc.RpcError as e:
-            expect(received == 3, f"{received} messages before the status, want 3")
-            expect(e.code() == grpc.StatusCode.FAILED_PRECONDITION, f"code {e.code()}")
-            expect(e.details() == "after three messages: ü", f"details {e.details()!r}")
-            trailers = dict(e.trailing_metadata())
-            expect(trailers.get("x-standin-trailer") == "kept", f"trailers {trailers}")
-            expect(
-                trailers.get("grpc-status-details-bin") == b"standin-status-details",
-                f"status details {trailers.get('grpc-status-details-bin')!r}",
-            )
+            after_data = error_report(e)
+        after_data["messages"] = received
         # Trailers-only: the error comes in the only HEADERS frame.
         try:
             method(ch, "unary", "Unary")(
                 echo_request(fail_code=5, fail_message="no such repo"), timeout=30
             )
-            expect(False, "unary call did not fail")
+            trailers_only = {"code": "OK"}
         except grpc.RpcError as e:
-            expect(e.code() == grpc.StatusCode.NOT_FOUND, f"code {e.code()}")
-            expect(e.details() == "no such repo", f"details {e.details()!r}")
-            trailers = dict(e.trailing_metadata())
-            expect(trailers.get("x-standin-trailer") == "kept", f"trailers {trailers}")
+            trailers_only = error_report(e)
+    return {"after_data": after_data, "trailers_only": trailers_only}
 
 
 def check_pachd_methods(args):
@@ -237,58 +275,45 @@ def check_pachd_methods(args):
     with channel(args) as ch:
         version = ch.unary_unary(
             "/versionpb_v2.API/GetVersion", request_serializer=ident, response_deserializer=ident
-        )(b"", timeout=30)
-        expect(version[:2] == b"\x08\x02", f"version reply {version!r} does not say major 2")
+        )
         whoami = ch.unary_unary(
             "/auth_v2.API/WhoAmI", request_serializer=ident, response_deserializer=ident
         )
-        reply = whoami(b"", metadata=[("authn-token", "demo-token")], timeout=30)
-        expect(b"robot:demo" in reply, f"WhoAmI reply {reply!r}")
-        try:
-            whoami(b"", timeout=30)
-            expect(False, "WhoAmI without a token succeeded")
-        except grpc.RpcError as e:
-            expect(e.code() == grpc.StatusCode.UNAUTHENTICATED, f"code {e.code()}")
-            expect("no authentication token" in e.details(), f"details {e.details()!r}")
+        return {
+            "version": outcome(lambda: version(b"", timeout=30)),
+            "who_am_i": outcome(
+                lambda: whoami(b"", metadata=[("authn-token", "demo-token")], timeout=30)
+            ),
+            "who_am_i_without_token": outcome(lambda: whoami(b"", timeout=30)),
+        }
+
+
+def unary_call(args, request, timeout):
+    """One Echo/Unary call's outcome."""
+    with channel(args) as ch:
+        return echo_outcome(lambda: method(ch, "unary", "Unary")(request, timeout=timeout))
 
 
 def check_unavailable(args):
-    """The upstream is down: the caller gets UNAVAILABLE from pachgate, well before its own
-    generous deadline (a hang would show up as DEADLINE_EXCEEDED)."""
-    with channel(args) as ch:
-        try:
-            method(ch, "unary", "Unary")(echo_request(b"x"), timeout=20)
-            expect(False, "call to a down upstream succeeded")
-        except grpc.RpcError as e:
-            expect(e.code() == grpc.StatusCode.UNAVAILABLE, f"code {e.code()}, want UNAVAILABLE")
-            expect("pachgate" in e.details(), f"details {e.details()!r} do not name pachgate")
+    """The upstream is down: what a call with a generous deadline gets (a hang would show
+    up as DEADLINE_EXCEEDED)."""
+    return unary_call(args, echo_request(b"x"), 20)
 
 
 def check_unrouted(args):
-    """No route for gRPC: UNIMPLEMENTED, not an HTML page."""
-    with channel(args) as ch:
-        try:
-            method(ch, "unary", "Unary")(echo_request(b"x"), timeout=20)
-            expect(False, "unrouted call succeeded")
-        except grpc.RpcError as e:
-            expect(e.code() == grpc.StatusCode.UNIMPLEMENTED, f"code {e.code()}")
+    """No route for gRPC: what a call gets."""
+    return unary_call(args, echo_request(b"x"), 20)
 
 
 def check_upstream_timeout(args):
-    """The upstream answers slower than the upstream's response_timeout: DEADLINE_EXCEEDED
-    from pachgate (status 4), while the client's own deadline is far away."""
-    with channel(args) as ch:
-        try:
-            method(ch, "unary", "Unary")(echo_request(b"x", interval_ms=5000), timeout=60)
-            expect(False, "slow call succeeded")
-        except grpc.RpcError as e:
-            expect(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"code {e.code()}")
-            expect("pachgate" in (e.details() or ""), f"details {e.details()!r}")
+    """The upstream answers slower than the upstream's response_timeout, while the
+    client's own deadline is far away: what the call gets."""
+    return unary_call(args, echo_request(b"x", interval_ms=5000), 60)
 
 
 def check_cancel(args):
-    """The client cancels a server stream mid-way: pachgate must reset the upstream stream,
-    so the stand-in sees its client go away (counted by Echo/Stats)."""
+    """The client cancels a server stream mid-way: how the call ended, and how many
+    cancelled streams the stand-in counted (Echo/Stats) within ~10 s."""
     with channel(args) as ch:
         stats = method(ch, "unary", "Stats")
         before = echo_response(stats(b"", timeout=10))["sequence"]
@@ -301,22 +326,21 @@ def check_cancel(args):
             if received == 3:
                 call.cancel()
                 break
-        expect(call.code() == grpc.StatusCode.CANCELLED, f"call ended with {call.code()}")
         after = before
         for _ in range(100):  # up to ~10 s for the reset to travel
             after = echo_response(stats(b"", timeout=10))["sequence"]
             if after > before:
                 break
             time.sleep(0.1)
-        expect(after == before + 1, f"upstream saw {after - before} cancelled streams, want 1")
+    return {"code": call.code().name, "received": received, "upstream_cancelled": after - before}
 
 
 def check_upstream_dies(args):
-    """The upstream dies mid-stream (the test kills it after "streaming" is printed): the
-    client's stream must end with an error, promptly, not hang until its deadline and not
-    look like a clean end."""
+    """The upstream dies mid-stream (the test kills it after "streaming" is printed): how
+    the client's stream ended."""
     received = 0
-    code = None
+    code = "OK"
+    start = time.monotonic()
     with channel(args) as ch:
         call = method(ch, "server", "ServerStream")(
             echo_request(b"tick", count=100000, interval_ms=20), timeout=60
@@ -327,208 +351,185 @@ def check_upstream_dies(args):
                 if received == 3:
                     print("streaming", flush=True)
         except grpc.RpcError as e:
-            code = e.code()
-    expect(received >= 3, f"only {received} messages before the upstream died")
-    expect(code is not None, "the stream ended cleanly although the upstream died")
-    expect(
-        code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED),
-        f"stream ended with {code}",
-    )
-    print(f"stream ended with {code.name}")
-
-
-def expect_code(call, code, phrase=None):
-    """Runs call(); it must fail with `code` (and `phrase` in the details)."""
-    try:
-        call()
-    except grpc.RpcError as e:
-        expect(e.code() == code, f"code {e.code()} ({e.details()!r}), want {code}")
-        if phrase:
-            expect(phrase in (e.details() or ""), f"details {e.details()!r} lack {phrase!r}")
-        return e
-    expect(False, f"call succeeded, want {code}")
+            code = e.code().name
+    return {"received": received, "code": code, "seconds": time.monotonic() - start}
 
 
 def check_auth_gate(args):
     """auth = "pachyderm": public methods pass without a token, the rest need one that
     pachd's WhoAmI accepts; answers are cached (one WhoAmI for many calls)."""
+    good = [("authn-token", "demo-token")]
     with channel(args) as ch:
         unary = method(ch, "unary", "Unary")
         version = ch.unary_unary(
             "/versionpb_v2.API/GetVersion", request_serializer=ident, response_deserializer=ident
         )
-        # Public: no token needed.
-        expect(version(b"", timeout=10)[:2] == b"\x08\x02", "GetVersion without a token failed")
-        # Protected without a token: pachd's wording for a missing token.
-        expect_code(lambda: unary(echo_request(b"x"), timeout=10),
-                    grpc.StatusCode.UNAUTHENTICATED, "no authentication token")
-        # A bad token: pachd's own message comes back.
-        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "wrong")], timeout=10),
-                    grpc.StatusCode.UNAUTHENTICATED, "corrupted or has expired")
-        # Two authn-token values: refused, whatever they are.
-        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "demo-token"),
-                                                                 ("authn-token", "wrong")], timeout=10),
-                    grpc.StatusCode.UNAUTHENTICATED, "more than one")
-        # A malformed method path is refused, not forwarded.
         bad_path = ch.unary_unary("/pachgate.standin.Echo/Unary/x",
                                   request_serializer=ident, response_deserializer=ident)
-        expect_code(lambda: bad_path(echo_request(b"x"), metadata=[("authn-token", "demo-token")],
-                                     timeout=10), grpc.StatusCode.UNIMPLEMENTED)
         stats = method(ch, "unary", "Stats")
-        good = [("authn-token", "demo-token")]
 
         def counters():
             return echo_response(stats(b"", metadata=good, timeout=10))
 
+        report = {
+            "version_without_token": outcome(lambda: version(b"", timeout=10)),
+            "no_token": echo_outcome(lambda: unary(echo_request(b"x"), timeout=10)),
+            "bad_token": echo_outcome(lambda: unary(
+                echo_request(b"x"), metadata=[("authn-token", "wrong")], timeout=10)),
+            "two_tokens": echo_outcome(lambda: unary(
+                echo_request(b"x"), metadata=good + [("authn-token", "wrong")], timeout=10)),
+            "bad_path": outcome(lambda: bad_path(echo_request(b"x"), metadata=good, timeout=10)),
+        }
+
         # A denied call never reaches the stand-in.
         before = counters()
-        expect_code(lambda: unary(echo_request(b"x"), timeout=10), grpc.StatusCode.UNAUTHENTICATED)
-        expect(counters()["unary_calls"] == before["unary_calls"], "a denied call reached pachd")
+        report["denied"] = echo_outcome(lambda: unary(echo_request(b"x"), timeout=10))
+        report["denied_reached_pachd"] = counters()["unary_calls"] - before["unary_calls"]
 
         # 1000 calls with one token: no WhoAmI beyond the first (already made by Stats).
         before = counters()
-        for _ in range(1000):
-            reply = echo_response(unary(echo_request(b"ok"), metadata=good, timeout=10))
-            expect(reply["payload"] == b"ok", "echo with a valid token failed")
+        payloads = [echo_outcome(lambda: unary(echo_request(b"ok"), metadata=good, timeout=10))
+                    ["payload"] for _ in range(1000)]
         after = counters()
-        expect(after["who_am_i_calls"] == before["who_am_i_calls"],
-               f"{after['who_am_i_calls'] - before['who_am_i_calls']} WhoAmI calls for 1000 calls")
-        expect(after["unary_calls"] - before["unary_calls"] == 1000, "calls went missing")
+        report["thousand_calls"] = {
+            "not_echoed": sum(1 for p in payloads if p != "ok"),
+            "reached_pachd": after["unary_calls"] - before["unary_calls"],
+            "who_am_i_calls": after["who_am_i_calls"] - before["who_am_i_calls"],
+        }
 
         # 50 concurrent first calls with a token not seen before: one WhoAmI between them.
         before = counters()
         second = [("authn-token", "demo-token-2")]
         futures = [unary.future(echo_request(b"c"), metadata=second, timeout=20) for _ in range(50)]
-        for f in futures:
-            expect(echo_response(f.result())["payload"] == b"c", "concurrent call failed")
+        payloads = [echo_outcome(f.result)["payload"] for f in futures]
         after = counters()
-        expect(after["who_am_i_calls"] - before["who_am_i_calls"] == 1,
-               f"{after['who_am_i_calls'] - before['who_am_i_calls']} WhoAmI calls for 50 "
-               "concurrent first calls, want 1")
+        report["concurrent_first_calls"] = {
+            "not_echoed": sum(1 for p in payloads if p != "c"),
+            "who_am_i_calls": after["who_am_i_calls"] - before["who_am_i_calls"],
+        }
+    return report
+
+
+BYPASS_TRICKS = [
+    "/versionpb_v2.API/GetVersion/../../pachgate.standin.Echo/Unary",
+    "/versionpb_v2.API/GetVersion/%2e%2e/%2e%2e/pachgate.standin.Echo/Unary",
+    "//pachgate.standin.Echo/Unary",
+    "/pachgate.standin.Echo/./Unary",
+    "/pachgate.standin.Echo//Unary",
+    "/pachgate.standin.Echo%2FUnary",
+    "/pachgate.standin.Echo/%55nary",
+    "/pachgate.standin.Echo/Unary?x=/versionpb_v2.API/GetVersion",
+    "/versionpb_v2.API/GetVersion%2F..%2F..%2Fpachgate.standin.Echo%2FUnary",
+]
 
 
 def check_auth_bypass(args):
-    """Path and header tricks against a protected method: all denied, none reach pachd."""
+    """Path and header tricks against a protected method: what each got, and how many
+    reached pachd."""
     good = [("authn-token", "demo-token")]
     with channel(args) as ch:
         stats = method(ch, "unary", "Stats")
         before = echo_response(stats(b"", metadata=good, timeout=10))["unary_calls"]
-        tricks = [
-            "/versionpb_v2.API/GetVersion/../../pachgate.standin.Echo/Unary",
-            "/versionpb_v2.API/GetVersion/%2e%2e/%2e%2e/pachgate.standin.Echo/Unary",
-            "//pachgate.standin.Echo/Unary",
-            "/pachgate.standin.Echo/./Unary",
-            "/pachgate.standin.Echo//Unary",
-            "/pachgate.standin.Echo%2FUnary",
-            "/pachgate.standin.Echo/%55nary",
-            "/pachgate.standin.Echo/Unary?x=/versionpb_v2.API/GetVersion",
-            "/versionpb_v2.API/GetVersion%2F..%2F..%2Fpachgate.standin.Echo%2FUnary",
-        ]
-        for path in tricks:
+        paths = {}
+        for path in BYPASS_TRICKS:
             call = ch.unary_unary(path, request_serializer=ident, response_deserializer=ident)
-            try:
-                call(echo_request(b"x"), timeout=10)
-                expect(False, f"{path} was let through without a token")
-            except grpc.RpcError as e:
-                expect(e.code() != grpc.StatusCode.OK, f"{path}: {e.code()}")
+            paths[path] = outcome(lambda: call(echo_request(b"x"), timeout=10))["code"]
         unary = method(ch, "unary", "Unary")
+        tokens = {}
         for metadata, why in [
             ([("authn-token", "")], "empty token"),
             ([("authn-token", "demo-token"), ("authn-token", "demo-token")], "token twice"),
             ([("authn-token", "wrong"), ("authn-token", "demo-token")], "bad then good token"),
         ]:
-            expect_code(lambda: unary(echo_request(b"x"), metadata=metadata, timeout=10),
-                        grpc.StatusCode.UNAUTHENTICATED)
+            tokens[why] = echo_outcome(
+                lambda: unary(echo_request(b"x"), metadata=metadata, timeout=10))["code"]
         after = echo_response(stats(b"", metadata=good, timeout=10))["unary_calls"]
-        expect(after == before, f"{after - before} tricked calls reached pachd")
+    return {"paths": paths, "tokens": tokens, "reached_pachd": after - before}
 
 
 def check_auth_expiry(args):
-    """A token pachd says expires soon is refused once it has expired, although cache_ttl
-    (60 s) has not run out: the cache never outlives the token."""
+    """A token pachd says expires soon, while valid and once it has expired, although
+    cache_ttl (60 s) has not run out."""
     with channel(args) as ch:
         unary = method(ch, "unary", "Unary")
         short = [("authn-token", "short-lived-token")]
-        expect(echo_response(unary(echo_request(b"s"), metadata=short, timeout=10))["payload"]
-               == b"s", "short-lived token refused while valid")
+        valid = echo_outcome(lambda: unary(echo_request(b"s"), metadata=short, timeout=10))
         time.sleep(7)  # the stand-in's short-lived token lives 6 s from its start
-        # pachd's own answer for an expired token, which clients read as "log in again"
-        # (not UNAVAILABLE, which they would retry).
-        expect_code(lambda: unary(echo_request(b"s"), metadata=short, timeout=10),
-                    grpc.StatusCode.INTERNAL, "token expiration is in the past")
+        expired = echo_outcome(lambda: unary(echo_request(b"s"), metadata=short, timeout=10))
+    return {"while_valid": valid, "expired": expired}
 
 
 def check_auth_not_active(args):
-    """pachd without auth: denied by default, with a message that says why."""
+    """pachd without auth: what a call with a token gets."""
+    return unary_call_with(args, [("authn-token", "t")], b"x")
+
+
+def unary_call_with(args, metadata, payload):
     with channel(args) as ch:
         unary = method(ch, "unary", "Unary")
-        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "t")], timeout=10),
-                    grpc.StatusCode.PERMISSION_DENIED, "not activated")
+        return echo_outcome(lambda: unary(echo_request(payload), metadata=metadata, timeout=20))
 
 
 def check_auth_allow_when_disabled(args):
-    """when_auth_disabled = "allow": an unauthenticated cluster is reachable (opt-out)."""
-    with channel(args) as ch:
-        reply = method(ch, "unary", "Unary")(echo_request(b"open"),
-                                             metadata=[("authn-token", "t")], timeout=10)
-        expect(echo_response(reply)["payload"] == b"open", "call was not forwarded")
-        # Without any token, too: pachd without auth serves every call (the auth state is
-        # learned from pachd, not guessed).
-        reply = method(ch, "unary", "Unary")(echo_request(b"no token"), timeout=10)
-        expect(echo_response(reply)["payload"] == b"no token", "tokenless call was refused")
+    """when_auth_disabled = "allow" before a pachd without auth: calls with and without a
+    token."""
+    return {
+        "with_token": unary_call_with(args, [("authn-token", "t")], b"open"),
+        "without_token": unary_call_with(args, [], b"no token"),
+    }
 
 
 def check_auth_unavailable(args):
-    """pachd cannot be asked about the token: UNAVAILABLE from pachgate, never a pass."""
-    with channel(args) as ch:
-        unary = method(ch, "unary", "Unary")
-        expect_code(lambda: unary(echo_request(b"x"), metadata=[("authn-token", "demo-token")],
-                                  timeout=20),
-                    grpc.StatusCode.UNAVAILABLE, "pachgate cannot verify the token")
+    """pachd cannot be asked about the token: what a call with one gets."""
+    return unary_call_with(args, [("authn-token", "demo-token")], b"x")
 
 
 def check_auth_rate_limit(args):
-    """Three bad tokens (the configured budget), then RESOURCE_EXHAUSTED for this address."""
+    """Four calls with a bad token, in a row: what each got."""
     with channel(args) as ch:
         unary = method(ch, "unary", "Unary")
         bad = [("authn-token", "guess")]
-        for _ in range(3):
-            expect_code(lambda: unary(echo_request(b"x"), metadata=bad, timeout=10),
-                        grpc.StatusCode.UNAUTHENTICATED)
-        expect_code(lambda: unary(echo_request(b"x"), metadata=bad, timeout=10),
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many")
+        return {"calls": [
+            echo_outcome(lambda: unary(echo_request(b"x"), metadata=bad, timeout=10))
+            for _ in range(4)
+        ]}
 
 
 def check_tls_upstream_wrong_ca(args):
-    """The upstream's certificate does not verify: UNAVAILABLE, and the message says so."""
+    """The upstream's certificate does not verify: what a call gets."""
     with channel(args) as ch:
         empty = ch.unary_unary("/grpc.testing.TestService/EmptyCall",
                                request_serializer=ident, response_deserializer=ident)
-        expect_code(lambda: empty(b"", timeout=20), grpc.StatusCode.UNAVAILABLE,
-                    "TLS verification failed")
+        return outcome(lambda: empty(b"", timeout=20))
 
 
 def check_stream_survives_drain(args):
-    """A 3-second server stream, started before pachgate is told to drain, completes whole."""
+    """A 3-second server stream, started before pachgate is told to drain: how much of it
+    arrived, in order."""
     received = 0
+    out_of_order = []
+    code = "OK"
     with channel(args) as ch:
-        for raw in method(ch, "server", "ServerStream")(
-            echo_request(b"tick", count=30, interval_ms=100), timeout=30
-        ):
-            expect(echo_response(raw)["sequence"] == received, "messages out of order")
-            received += 1
-            if received == 3:
-                print("streaming", flush=True)
-    expect(received == 30, f"stream ended after {received} of 30 messages")
+        try:
+            for raw in method(ch, "server", "ServerStream")(
+                echo_request(b"tick", count=30, interval_ms=100), timeout=30
+            ):
+                if echo_response(raw)["sequence"] != received:
+                    out_of_order.append(received)
+                received += 1
+                if received == 3:
+                    print("streaming", flush=True)
+        except grpc.RpcError as e:
+            code = e.code().name
+    return {"received": received, "out_of_order": out_of_order, "code": code}
 
 
 def check_idle_timeout(args):
     """Run with limits.idle_timeout = 2s. A server stream whose messages come 2.5 s apart
-    is a call in flight, however quiet, and runs to its end ("first message" is printed
-    when the first reply arrives, past the idle timeout, for the caller to look at
-    pachgate's metrics while the stream still runs). The connection then carries no call
-    for 4 s: pachgate closes it with GOAWAY, and the channel's next call goes out on a new
-    connection and succeeds."""
+    is a call in flight, however quiet ("first message" is printed when the first reply
+    arrives, past the idle timeout, for the caller to look at pachgate's metrics while the
+    stream still runs). The connection then carries no call for 4 s, and the channel makes
+    one more call."""
     with channel(args) as ch:
         start = time.monotonic()
         replies = 0
@@ -539,11 +540,10 @@ def check_idle_timeout(args):
             if replies == 1:
                 print("first message", flush=True)
         took = time.monotonic() - start
-        expect(replies == 2, f"the quiet stream delivered {replies} of 2 messages")
-        expect(took >= 4.5, f"the stream took {took:.1f}s; its messages were not 2.5 s apart")
         time.sleep(4)
-        reply = echo_response(method(ch, "unary", "Unary")(echo_request(b"after idle"), timeout=10))
-        expect(reply["payload"] == b"after idle", "the call after the idle close came back wrong")
+        after = echo_outcome(
+            lambda: method(ch, "unary", "Unary")(echo_request(b"after idle"), timeout=10))
+    return {"replies": replies, "seconds": took, "after_idle": after}
 
 
 CHECKS = {
@@ -579,8 +579,7 @@ def main():
     parser.add_argument("--plaintext", action="store_true", help="h2c instead of TLS")
     parser.add_argument("check", choices=sorted(CHECKS))
     args = parser.parse_args()
-    CHECKS[args.check](args)
-    print(f"ok: {args.check}")
+    print(json.dumps({"check": args.check, "observed": CHECKS[args.check](args)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A steady loop of gRPC calls while certificates rotate: one long-lived connection and a new
-connection (a new TLS handshake) every few calls. Prints a JSON summary; exits non-zero if
-any call failed.
+connection (a new TLS handshake) every few calls. Prints a JSON summary (calls answered,
+failed, refused; the verdict is the Rust test's, tests/common/mod.rs finish_call_loop).
 
 With --drain the loop runs until pachgate stops accepting: calls refused at connect time
 (never accepted) end the loop; any call that was accepted and then failed is a failure.
@@ -10,7 +10,6 @@ usage: grpc_rotation.py --target localhost:PORT --ca CA_BUNDLE --seconds N [--dr
 
 import argparse
 import json
-import sys
 import time
 
 import grpc
@@ -57,7 +56,6 @@ def main():
     kept.close()
     print(json.dumps({"ok": ok, "failed": failed, "new_connections": fresh,
                       "refused": refused, "errors": errors[:5]}))
-    sys.exit(1 if failed or ok == 0 else 0)
 
 
 if __name__ == "__main__":

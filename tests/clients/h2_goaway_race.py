@@ -3,8 +3,10 @@
 pachgate closes an idle h2 connection gracefully: a GOAWAY that still admits every stream,
 then a PING, and the final GOAWAY once the PING is answered. This client waits on an idle
 connection for that first GOAWAY, opens a server-streaming call before it answers the
-PING, and requires the call to finish with every message and grpc-status 0, although it
-lasts longer than pachgate's idle and keepalive timeouts.
+PING, and reads the call to its end, although it lasts longer than pachgate's idle and
+keepalive timeouts. It prints what it observed (the GOAWAYs, the messages, grpc-status,
+a reset, an early close) as one JSON object on its last line; the verdict is the Rust
+test's (tests/grpc_python.rs).
 
 Frames are written and read by hand (the h2 library refuses to open a stream once it has
 seen a GOAWAY); header blocks go through the `hpack` package from PyPI.
@@ -13,9 +15,9 @@ usage: h2_goaway_race.py --port PORT --ca CA_FILE
 """
 
 import argparse
+import json
 import socket
 import ssl
-import sys
 
 import hpack
 
@@ -34,11 +36,6 @@ def request_message():
     return b"\x00" + len(body).to_bytes(4, "big") + body
 
 
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -49,34 +46,37 @@ def main():
     ctx.set_alpn_protocols(["h2"])
     raw = socket.create_connection(("127.0.0.1", args.port), timeout=20)
     tls = ctx.wrap_socket(raw, server_hostname="localhost")
-    if tls.selected_alpn_protocol() != "h2":
-        fail("h2 was not negotiated")
+    observed = {"alpn": tls.selected_alpn_protocol(), "goaways": [], "opened": False,
+                "messages": 0, "grpc_status": None, "reset": None, "closed_early": False}
+    if observed["alpn"] == "h2":
+        run(tls, observed)
+    print(json.dumps(observed))
+
+
+def run(tls, observed):
     tls.sendall(PREFACE + frame(SETTINGS, 0, 0))
     frames = Frames(tls)
     decoder = hpack.Decoder()
-    opened = False
     held_pings = []
-    messages = 0
-    grpc_status = None
-    goaways = []
-    while grpc_status is None:
+    while observed["grpc_status"] is None:
         got = frames.next()
         if got is None:
-            fail(f"connection closed: {messages} messages, GOAWAYs {goaways}, stream opened {opened}")
+            observed["closed_early"] = True
+            return
         kind, flags, stream, payload = got
         if kind == SETTINGS and not flags & ACK:
             tls.sendall(frame(SETTINGS, ACK, 0))
         elif kind == PING and not flags & ACK:
-            if opened:
+            if observed["opened"]:
                 tls.sendall(frame(PING, ACK, 0, payload))
             else:
                 held_pings.append(payload)
         elif kind == GOAWAY:
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-            goaways.append(last)
-            if not opened:
+            observed["goaways"].append(last)
+            if not observed["opened"]:
                 if last < 1:
-                    fail(f"the first GOAWAY admits no stream (last {last})")
+                    return  # the first GOAWAY admits no stream: nothing to open
                 block = hpack.Encoder().encode([
                     (":method", "POST"),
                     (":scheme", "https"),
@@ -90,21 +90,17 @@ def main():
                     + frame(DATA, END_STREAM, 1, request_message())
                     + b"".join(frame(PING, ACK, 0, p) for p in held_pings)
                 )
-                opened = True
+                observed["opened"] = True
                 print("stream opened after the first GOAWAY", flush=True)
         elif kind == HEADERS and stream == 1:
             headers = dict(decoder.decode(payload))
             if flags & END_STREAM:
-                grpc_status = headers.get("grpc-status", "missing")
+                observed["grpc_status"] = headers.get("grpc-status", "missing")
         elif kind == DATA and stream == 1:
-            messages += payload.count(b"late")
+            observed["messages"] += payload.count(b"late")
         elif kind == RST_STREAM and stream == 1:
-            fail(f"the stream was reset (error {int.from_bytes(payload, 'big')})")
-    if grpc_status != "0":
-        fail(f"the stream ended with grpc-status {grpc_status!r} after {messages} messages")
-    if messages != MESSAGES:
-        fail(f"{messages} of {MESSAGES} messages arrived")
-    print(f"ok: {messages} messages and grpc-status 0 after the GOAWAY (GOAWAYs: {goaways})")
+            observed["reset"] = int.from_bytes(payload, "big")
+            return
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 mod config;
+pub mod grpc_checks;
 
 pub use config::TestConfig;
 
@@ -271,17 +272,19 @@ pub fn python(script: &str, args: &[&str]) -> Output {
     output
 }
 
-/// Runs one check of tests/clients/grpc_checks.py (grpcio) against pachgate over TLS.
-pub fn grpc_check(proxy: &Proxy, check: &str) -> Output {
+/// Runs one check of tests/clients/grpc_checks.py (grpcio) against pachgate over TLS and
+/// asserts what it observed (`grpc_checks::verify`); returns the observations.
+pub fn grpc_check(proxy: &Proxy, check: &str) -> serde_json::Value {
     grpc_check_at(&proxy.target(), &proxy.ca(), check)
 }
 
 /// The same against any target, trusting `ca`.
-pub fn grpc_check_at(target: &str, ca: &Path, check: &str) -> Output {
-    python(
+pub fn grpc_check_at(target: &str, ca: &Path, check: &str) -> serde_json::Value {
+    let output = python(
         "grpc_checks.py",
         &["--target", target, "--ca", ca.to_str().unwrap(), check],
-    )
+    );
+    grpc_checks::verify_output(check, &String::from_utf8_lossy(&output.stdout))
 }
 
 /// A loopback port that was free a moment ago, for peers that cannot report their own.
@@ -304,13 +307,24 @@ pub fn start_call_loop(target: &str, ca: &Path, seconds: u32, extra: &[&str]) ->
         .expect("python3 runs grpc_rotation.py")
 }
 
-/// Waits for a call loop to end; panics with `what` and its summary if a call failed.
-/// Returns the summary (`ok`, `failed`, `new_connections`, `refused`, `errors`).
+/// Waits for a call loop to end; panics with `what` and its summary if a call failed or
+/// none was answered. Returns the summary (`ok`, `failed`, `new_connections`, `refused`,
+/// `errors`).
 pub fn finish_call_loop(call_loop: Child, what: &str) -> serde_json::Value {
     let output = call_loop.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{what}: {text}");
-    serde_json::from_str(text.trim()).expect("grpc_rotation.py prints JSON")
+    assert!(
+        output.status.success(),
+        "the call loop could not run: {text}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(text.trim()).expect("grpc_rotation.py prints JSON");
+    assert_eq!(summary["failed"], 0, "{what}: {summary}");
+    assert!(
+        summary["ok"].as_u64() > Some(0),
+        "{what}: no call answered: {summary}"
+    );
+    summary
 }
 
 pub fn free_port() -> u16 {

@@ -40,6 +40,7 @@ use crate::request_view::{
 use crate::route_timeouts::bounded;
 use crate::snapshot::{RouteAuth, RouteTarget, Snapshot};
 use crate::upstream::{Upstream, UpstreamProtocol};
+use crate::websocket::ClientSide;
 
 /// What the pipeline knows about who sent a request: facts about its connection, computed
 /// once at accept rather than per request.
@@ -302,27 +303,21 @@ impl Gateway {
         // The websocket handshakes are boxed: inline, their connect and handshake state
         // would be part of every request's future, which hyper moves into a task per
         // stream (a memmove of all of it per gRPC call).
-        if view.websocket_upgrade {
-            Box::pin(crate::websocket::tunnel(
-                request,
-                upstream,
-                view.authority,
-                self.tunnels(),
-                &mut record.exchange,
-                route.target.timeouts,
-            ))
-            .await
+        let side = if view.websocket_upgrade {
+            ClientSide::Upgrade
         } else {
-            Box::pin(crate::websocket::tunnel_extended_connect(
-                request,
-                upstream,
-                view.authority,
-                self.tunnels(),
-                &mut record.exchange,
-                route.target.timeouts,
-            ))
-            .await
-        }
+            ClientSide::ExtendedConnect
+        };
+        Box::pin(crate::websocket::tunnel(
+            request,
+            upstream,
+            view.authority,
+            side,
+            self.tunnels(),
+            &mut record.exchange,
+            route.target.timeouts,
+        ))
+        .await
     }
 }
 

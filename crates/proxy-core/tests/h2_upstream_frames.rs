@@ -15,13 +15,9 @@ use pachgate_proxy_core::body::ProxyBody;
 use pachgate_proxy_core::error::ProxyError;
 use pachgate_proxy_core::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-const NO_ERROR: u32 = 0x0;
-const PROTOCOL_ERROR: u32 = 0x1;
-const FLOW_CONTROL_ERROR: u32 = 0x3;
-const COMPRESSION_ERROR: u32 = 0x9;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
+mod scripted_h2;
+use scripted_h2::*;
 
 fn spec(address: SocketAddr) -> UpstreamSpec {
     UpstreamSpec {
@@ -81,130 +77,6 @@ fn assert_grpc_14(error: ProxyError) {
         .to_str()
         .unwrap()
         .contains("upstream protocol error"));
-}
-
-/// One frame as bytes.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> BytesMut {
-    let mut out = BytesMut::new();
-    wire::put_frame_header(&mut out, payload.len(), kind, flags, stream);
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A header block of literals without indexing.
-fn literals(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        block.push(0x00);
-        wire::put_string(&mut block, name.as_bytes());
-        wire::put_string(&mut block, value.as_bytes());
-    }
-    block
-}
-
-fn ok_head() -> Vec<u8> {
-    literals(&[(":status", "200"), ("content-type", "application/grpc")])
-}
-
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-/// The upstream's side of one connection.
-struct Peer {
-    socket: TcpStream,
-}
-
-impl Peer {
-    /// Accepts pachgate's connection: its preface and SETTINGS in, ours (`settings`) and the
-    /// ACK out.
-    async fn accept(listener: &TcpListener, settings: &[(u16, u32)]) -> Peer {
-        let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-            .await
-            .expect("pachgate connects")
-            .unwrap();
-        let mut preface = [0u8; 24];
-        socket.read_exact(&mut preface).await.unwrap();
-        assert_eq!(&preface[..], wire::PREFACE);
-        let mut peer = Peer { socket };
-        let first = peer.read_frame().await;
-        assert_eq!(first.kind, wire::SETTINGS);
-        let mut payload = Vec::new();
-        for (id, value) in settings {
-            payload.extend_from_slice(&id.to_be_bytes());
-            payload.extend_from_slice(&value.to_be_bytes());
-        }
-        peer.write(&frame(wire::SETTINGS, 0, 0, &payload)).await;
-        peer.write(&frame(wire::SETTINGS, wire::ACK, 0, &[])).await;
-        peer
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.socket.write_all(bytes).await.unwrap();
-    }
-
-    async fn read_frame(&mut self) -> Frame {
-        let mut header = [0u8; FRAME_HEADER];
-        tokio::time::timeout(Duration::from_secs(10), self.socket.read_exact(&mut header))
-            .await
-            .expect("a frame from pachgate in time")
-            .unwrap();
-        let mut payload = vec![0u8; wire::frame_length(&header)];
-        self.socket.read_exact(&mut payload).await.unwrap();
-        Frame {
-            kind: header[3],
-            flags: header[4],
-            stream: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff,
-            payload,
-        }
-    }
-
-    /// Reads until a request's HEADERS (with END_HEADERS); its stream id.
-    async fn request(&mut self) -> u32 {
-        loop {
-            let frame = self.read_frame().await;
-            if frame.kind == wire::HEADERS {
-                assert_ne!(frame.flags & wire::END_HEADERS, 0);
-                return frame.stream;
-            }
-        }
-    }
-
-    /// Reads until a frame of `kind` (RST_STREAM, GOAWAY); its error code.
-    async fn error_frame(&mut self, kind: u8) -> (u32, u32) {
-        loop {
-            let frame = self.read_frame().await;
-            if frame.kind == kind {
-                let at = if kind == wire::GOAWAY { 4 } else { 0 };
-                let code = u32::from_be_bytes(frame.payload[at..at + 4].try_into().unwrap());
-                return (frame.stream, code);
-            }
-        }
-    }
-
-    /// A whole, honest response on `stream`.
-    async fn respond(&mut self, stream: u32) {
-        let mut out = BytesMut::new();
-        wire::put_header_block(&mut out, 16_384, stream, &ok_head(), false);
-        out.extend_from_slice(&frame(wire::DATA, 0, stream, b"\0\0\0\0\x02hi"));
-        wire::put_header_block(
-            &mut out,
-            16_384,
-            stream,
-            &literals(&[("grpc-status", "0")]),
-            true,
-        );
-        self.write(&out).await;
-    }
-}
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    (listener, address)
 }
 
 /// An honest response, read whole: status and trailers.
@@ -637,9 +509,7 @@ async fn ping_and_settings_floods_are_answered_without_harm_to_the_stream() {
         writer.write_all(&out).await.unwrap();
         let (reader, acks) = counting.await.unwrap();
         assert_eq!(acks, 20_000);
-        let mut peer = Peer {
-            socket: reader.reunite(writer).unwrap(),
-        };
+        let mut peer = Peer::new(reader.reunite(writer).unwrap());
         peer.respond(stream).await;
         peer
     });

@@ -2,28 +2,30 @@
 //! own runtime, scripted upstreams (hyper servers written here), and hyper clients speaking
 //! HTTP/1.1 and h2c. Each stage's outcome — allow, deny, no route, forward, upstream down —
 //! is checked in each way a refusal is written (gRPC trailers-only, grpc-gateway JSON, text)
-//! by status, headers and body, in Rust.
+//! by status, headers and body, in Rust. The tunnel stage (websockets) is tested the same
+//! way in `tunnel.rs`, and the forward stage's resend of refused h2 streams in
+//! `request_resend.rs`; `fixture` holds what they share.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pachgate_auth_gate::{DenyReason, PachydermAuthSettings};
-use pachgate_client_policy::{Cidr, CidrSet};
+use pachgate_client_policy::CidrSet;
 use pachgate_proxy_core::{
-    ClientPolicy, Gateway, PachydermAuthSpec, RouteAuth, RouteSpec, RouteTimeouts, ServerLimits,
-    Snapshot, UpstreamProtocol, UpstreamSpec,
+    ClientPolicy, Gateway, PachydermAuthSpec, RouteAuth, Snapshot, UpstreamProtocol,
 };
-use pachgate_routing::MatchSpec;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+mod fixture;
+use fixture::*;
 
 /// An HTTP/1.1 upstream that says which path it was asked for.
 async fn http1_upstream() -> SocketAddr {
@@ -76,42 +78,6 @@ async fn grpc_upstream() -> SocketAddr {
 async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
-}
-
-fn upstream(name: &str, addr: SocketAddr, protocol: UpstreamProtocol) -> UpstreamSpec {
-    UpstreamSpec {
-        name: name.into(),
-        endpoints: vec![addr.to_string()],
-        protocol,
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: None,
-        h2_keepalive_interval: None,
-        h2_keepalive_timeout: Duration::from_secs(20),
-        h2_max_response_headers: pachgate_proxy_core::upstream::DEFAULT_MAX_RESPONSE_HEADERS,
-        h2_max_response_header_bytes:
-            pachgate_proxy_core::upstream::DEFAULT_MAX_RESPONSE_HEADER_BYTES,
-        tls: None,
-        ..UpstreamSpec::new(name, Vec::new(), protocol)
-    }
-}
-
-fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth, allow: CidrSet) -> RouteSpec {
-    RouteSpec {
-        name: name.into(),
-        matcher: MatchSpec {
-            path_prefix: Some(prefix.into()),
-            ..Default::default()
-        },
-        upstream: upstream.into(),
-        auth,
-        allow,
-        forward_as_sent: false,
-        timeouts: RouteTimeouts::default(),
-    }
-}
-
-fn cidrs(blocks: &[&str]) -> CidrSet {
-    CidrSet::new(blocks.iter().map(|b| b.parse::<Cidr>().unwrap()).collect())
 }
 
 /// The gateway under test, serving plaintext (HTTP/1.1 and h2c) on loopback:
@@ -185,77 +151,8 @@ async fn start_gateway() -> (Arc<Gateway>, SocketAddr) {
         None,
         ClientPolicy::default(),
     )
-    .expect("a valid snapshot")
-    .with_access_log(false);
-    let gateway = Gateway::new(snapshot, ServerLimits::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(gateway.clone().serve_plain(listener));
-    (gateway, addr)
-}
-
-/// What a test reads off an answer.
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-/// One HTTP/1.1 GET.
-async fn get(gateway: SocketAddr, path: &str) -> Answer {
-    let tcp = TcpStream::connect(gateway).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get(path)
-        .header("host", "pachgate.test")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
-}
-
-/// One gRPC call over h2c (prior knowledge): its response head and trailers, merged.
-async fn grpc_call(gateway: SocketAddr, path: &str) -> Answer {
-    let tcp = TcpStream::connect(gateway).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = Request::post(format!("http://pachgate.test{path}"))
-        .header(CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let (mut parts, body) = response.into_parts();
-    let collected = body.collect().await.unwrap();
-    if let Some(trailers) = collected.trailers() {
-        parts.headers.extend(trailers.clone());
-    }
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8(collected.to_bytes().to_vec()).unwrap(),
-    }
-}
-
-fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
-    answer.headers.get(name).map(|v| v.to_str().unwrap())
+    .expect("a valid snapshot");
+    serve(snapshot).await
 }
 
 #[tokio::test]
@@ -263,12 +160,12 @@ async fn an_allowed_request_is_forwarded_and_answered_by_the_upstream() {
     let (_gateway, addr) = start_gateway().await;
     let answer = get(addr, "/app/page").await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(header(&answer, "x-upstream"), Some("http1"));
+    assert_eq!(answer.header("x-upstream"), Some("http1"));
     assert_eq!(answer.body, "upstream saw /app/page");
 
     let answer = grpc_call(addr, "/pkg.Svc/Call").await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(header(&answer, "grpc-status"), Some("0"));
+    assert_eq!(answer.header("grpc-status"), Some("0"));
 }
 
 #[tokio::test]
@@ -276,15 +173,15 @@ async fn no_route_is_404_text_or_grpc_unimplemented() {
     let (_gateway, addr) = start_gateway().await;
     let answer = get(addr, "/nowhere").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    assert_eq!(header(&answer, "content-type"), Some("text/plain"));
+    assert_eq!(answer.header("content-type"), Some("text/plain"));
     assert_eq!(answer.body, "no route for this request\n");
 
     let answer = grpc_call(addr, "/nowhere.Svc/Call").await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(header(&answer, "content-type"), Some("application/grpc"));
-    assert_eq!(header(&answer, "grpc-status"), Some("12"));
+    assert_eq!(answer.header("content-type"), Some("application/grpc"));
+    assert_eq!(answer.header("grpc-status"), Some("12"));
     assert_eq!(
-        header(&answer, "grpc-message"),
+        answer.header("grpc-message"),
         Some("pachgate: no route for this method")
     );
     assert_eq!(answer.body, "");
@@ -296,13 +193,13 @@ async fn a_denied_client_is_told_so_in_its_protocol() {
     let reason = DenyReason::AddressNotAllowed.message();
     let answer = get(addr, "/private/page").await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    assert_eq!(header(&answer, "content-type"), Some("text/plain"));
+    assert_eq!(answer.header("content-type"), Some("text/plain"));
     assert_eq!(answer.body, format!("{reason}\n"));
 
     let answer = grpc_call(addr, "/private.Svc/Call").await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(header(&answer, "grpc-status"), Some("7"));
-    assert_eq!(header(&answer, "grpc-message"), Some(reason.as_str()));
+    assert_eq!(answer.header("grpc-status"), Some("7"));
+    assert_eq!(answer.header("grpc-message"), Some(reason.as_str()));
 
     // Both denials were counted.
     let metrics = gateway.metrics().encode();
@@ -318,9 +215,9 @@ async fn a_gate_denial_on_pachds_api_is_grpc_gateway_json() {
     let reason = DenyReason::MissingToken.message();
     let answer = get(addr, "/api/pps_v2.API/InspectPipeline").await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(header(&answer, "content-type"), Some("application/json"));
+    assert_eq!(answer.header("content-type"), Some("application/json"));
     assert_eq!(
-        header(&answer, "www-authenticate"),
+        answer.header("www-authenticate"),
         Some("Bearer realm=\"pachyderm\"")
     );
     let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
@@ -335,7 +232,7 @@ async fn an_upstream_that_is_down_is_503_text_or_grpc_unavailable() {
     let (_gateway, addr) = start_gateway().await;
     let answer = get(addr, "/down/page").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(header(&answer, "content-type"), Some("text/plain"));
+    assert_eq!(answer.header("content-type"), Some("text/plain"));
     assert_eq!(
         answer.body,
         "upstream connect error: no healthy upstream (pachgate cannot connect to it)\n"
@@ -343,7 +240,7 @@ async fn an_upstream_that_is_down_is_503_text_or_grpc_unavailable() {
 
     let answer = grpc_call(addr, "/gone.Svc/Call").await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(header(&answer, "grpc-status"), Some("14"));
-    let message = header(&answer, "grpc-message").unwrap();
+    assert_eq!(answer.header("grpc-status"), Some("14"));
+    let message = answer.header("grpc-message").unwrap();
     assert!(message.starts_with("pachgate: upstream gone"), "{message}");
 }
