@@ -34,6 +34,7 @@ impl Gateway {
     pub fn new(mut snapshot: Snapshot, limits: ServerLimits) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         snapshot.attach_metrics(&metrics);
+        snapshot.start_upstreams();
         let work = Arc::new(OpenWork {
             active: atomic::AtomicUsize::new(0),
             all_closed: tokio::sync::Notify::new(),
@@ -92,6 +93,7 @@ impl Gateway {
     /// Swaps in a new configuration; requests in flight finish on the old one.
     pub fn replace_snapshot(&self, mut snapshot: Snapshot) {
         snapshot.attach_metrics(&self.metrics);
+        snapshot.start_upstreams();
         self.snapshot.store(Arc::new(snapshot));
     }
 

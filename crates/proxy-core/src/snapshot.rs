@@ -228,6 +228,13 @@ impl Snapshot {
             .collect()
     }
 
+    /// Starts each upstream's DNS refresh and health checks (on the current runtime).
+    pub(crate) fn start_upstreams(&self) {
+        for upstream in &self.upstreams {
+            upstream.start_background();
+        }
+    }
+
     pub fn upstreams(&self) -> Vec<UpstreamSummary> {
         self.upstreams
             .iter()

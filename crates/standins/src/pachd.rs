@@ -65,6 +65,8 @@ pub struct PachdOptions {
     pub health: Health,
     /// dex's: `/dex/.well-known/openid-configuration` answers 503 while it is off.
     pub dex_health: Health,
+    /// Unary echo calls answered; keep a clone to count what reached this replica.
+    pub unary_calls: Arc<AtomicU64>,
 }
 
 impl Default for PachdOptions {
@@ -81,6 +83,7 @@ impl Default for PachdOptions {
             record_calls: false,
             health: Health::default(),
             dex_health: Health::default(),
+            unary_calls: Arc::default(),
         }
     }
 }
@@ -107,7 +110,7 @@ pub async fn serve_pachd_shared(
         health: state.options.health.clone(),
     };
     let who_am_i_calls = Arc::new(AtomicU64::new(0));
-    let unary_calls = Arc::new(AtomicU64::new(0));
+    let unary_calls = state.options.unary_calls.clone();
     tonic::transport::Server::builder()
         // Large fixed windows: like pachd (Go), the stand-in must not be the bottleneck, and
         // h2's small-DATA-frame guard scales with the connection window.

@@ -203,11 +203,18 @@ pub struct Upstream {
     spec: UpstreamSpec,
     /// Every address of every endpoint, replaced whole when DNS answers change.
     addresses: Arc<ArcSwap<Vec<Arc<Address>>>>,
+    /// DNS refresh and health checks, until [`Upstream::start_background`] starts them.
+    background: std::sync::Mutex<Option<Background>>,
     http1_pool: Option<Http1Pool>,
     /// Requests awaiting their response head, over all addresses.
     pending: AtomicUsize,
     budget: RetryBudget,
     stats: UpstreamStats,
+}
+
+struct Background {
+    resolution: Option<resolve::Resolution>,
+    health: Option<HealthWiring>,
 }
 
 /// What became of requests that did not simply go through, for `/metrics`.
@@ -311,41 +318,29 @@ impl Upstream {
             }
             _ => None,
         };
-        let runtime = tokio::runtime::Handle::try_current().ok();
         let health = spec
             .health_check
             .clone()
             .map(|check| HealthWiring::new(&spec.name, check, spec.tls.as_ref()));
-        if let (Some(health), Some(runtime)) = (&health, &runtime) {
-            let _entered = runtime.enter();
-            for address in &initial {
-                health.adopt(address);
-            }
-        }
+        let resolution = (!names.is_empty()).then(|| resolve::Resolution {
+            upstream: spec.name.clone(),
+            names,
+            refresh: spec.dns_refresh,
+            servers: spec.dns_servers.clone(),
+            h2_slots: slots,
+            health: health.clone(),
+            literals: spec
+                .endpoints
+                .iter()
+                .filter(|e| e.parse::<SocketAddr>().is_ok())
+                .cloned()
+                .collect(),
+        });
         let addresses = Arc::new(ArcSwap::from_pointee(initial));
-        // Names are looked up in the background (on the runtime that builds the snapshot);
-        // until the first answer a name's connections ask the system resolver, as before.
-        // Without a runtime (`pachgate check`) nothing is looked up.
-        if let (false, Some(runtime)) = (names.is_empty(), runtime) {
-            let resolution = resolve::Resolution {
-                upstream: spec.name.clone(),
-                names,
-                refresh: spec.dns_refresh,
-                servers: spec.dns_servers.clone(),
-                h2_slots: slots,
-                health,
-                literals: spec
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.parse::<SocketAddr>().is_ok())
-                    .cloned()
-                    .collect(),
-            };
-            runtime.spawn(resolution.run(Arc::downgrade(&addresses)));
-        }
         Ok(Upstream {
             spec,
             addresses,
+            background: std::sync::Mutex::new(Some(Background { resolution, health })),
             http1_pool,
             pending: AtomicUsize::new(0),
             budget: RetryBudget::default(),
@@ -355,6 +350,33 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Starts looking the endpoint names up again every `dns_refresh` and checking each
+    /// address's health, on the current runtime, until the upstream is dropped (with its
+    /// snapshot). Once; without a runtime (`pachgate check`) it does nothing. Until the
+    /// first DNS answer a name's connections ask the system resolver.
+    pub fn start_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(background) = self
+            .background
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let _entered = runtime.enter();
+        if let Some(health) = &background.health {
+            for address in self.addresses.load().iter() {
+                health.adopt(address);
+            }
+        }
+        if let Some(resolution) = background.resolution {
+            runtime.spawn(resolution.run(Arc::downgrade(&self.addresses)));
+        }
     }
 
     pub fn protocol(&self) -> UpstreamProtocol {
