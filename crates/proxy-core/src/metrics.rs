@@ -563,12 +563,8 @@ impl Collector for UpstreamCollector {
             .collect();
 
         // Per upstream.
-        let per_upstream: [(
-            &str,
-            &str,
-            MetricType,
-            fn(&crate::upstream::UpstreamCounts) -> u64,
-        ); 4] = [
+        type UpstreamValue = fn(&crate::upstream::UpstreamCounts) -> u64;
+        let per_upstream: [(&str, &str, MetricType, UpstreamValue); 4] = [
             (
                 "upstream_pending_requests",
                 "Requests sent to the upstream whose response head has not arrived yet \
