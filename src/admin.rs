@@ -131,15 +131,44 @@ fn status_page(gateway: &Gateway, state: &ServedState) -> String {
             route.auth
         );
     }
-    page.push_str("</table><h2>Upstreams</h2><table><tr><th>name</th><th>protocol</th><th>endpoints</th></tr>");
-    for upstream in snapshot.upstreams() {
+    page.push_str(
+        "</table><h2>Upstreams</h2><table><tr><th>name</th><th>protocol</th><th>endpoints</th>\
+         <th>pending</th><th>retries</th><th>retries over budget</th><th>overloaded</th></tr>",
+    );
+    let upstreams = snapshot.upstreams();
+    for upstream in &upstreams {
+        let counts = upstream.counts;
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&upstream.name),
             upstream.protocol,
-            escape(&upstream.endpoints.join(", "))
+            escape(&upstream.endpoints.join(", ")),
+            counts.pending,
+            counts.retries,
+            counts.retries_over_budget,
+            counts.overloaded,
         );
+    }
+    // One row per address the endpoints stand for now (a pod behind a headless Service).
+    page.push_str(
+        "</table><h3>Upstream addresses</h3><table id=\"addresses\"><tr><th>upstream</th>\
+         <th>address</th><th>state</th><th>pending</th><th>requests</th><th>ejections</th></tr>",
+    );
+    for upstream in &upstreams {
+        for address in &upstream.addresses {
+            let _ = write!(
+                page,
+                "<tr class=\"address\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td></tr>",
+                escape(&upstream.name),
+                escape(&address.address),
+                address.state,
+                address.pending,
+                address.requests,
+                address.ejections,
+            );
+        }
     }
     page.push_str(
         "</table><h2>Certificates</h2><table><tr><th>names</th><th>file</th><th>expires</th></tr>",

@@ -248,3 +248,87 @@ fn metadata_reaches_a_gated_pachd_route() {
         "{report}"
     );
 }
+
+/// `--metrics`: with two stand-in pachd's behind one upstream, the report shows how the calls
+/// spread over the two addresses, read from pachgate's per-address counters: both took a
+/// share, and the shares add up to the calls made.
+#[test]
+fn the_report_shows_the_spread_over_an_upstreams_addresses() {
+    let first = standins();
+    let second = standins();
+    let addresses = [
+        first.address("standin-pachd").to_string(),
+        second.address("standin-pachd").to_string(),
+    ];
+    let proxy = TestConfig::new()
+        .section(&format!(
+            "[upstreams.pachd]\nendpoints = [\"{}\", \"{}\"]\nprotocol = \"h2c\"\n",
+            addresses[0], addresses[1]
+        ))
+        .route("grpc", "grpc = true", "pachd")
+        .listen("admin = \"127.0.0.1:0\"")
+        .start();
+    let metrics = format!("http://{}/metrics", proxy.running.address("admin"));
+    let ca = proxy.ca();
+    let https = format!("https://{}", proxy.target());
+    let (success, report, _) = bench(&[
+        "grpc",
+        "--target",
+        &https,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--requests",
+        "400",
+        "--connections",
+        "2",
+        "--streams",
+        "4",
+        "--metrics",
+        &metrics,
+    ]);
+    assert!(success, "{report}");
+    assert_eq!(report["ok"].as_u64(), Some(400), "{report}");
+    let spread = report["spread"]
+        .as_array()
+        .expect("a spread with --metrics");
+    assert_eq!(spread.len(), 2, "{report}");
+    let mut requests = 0;
+    let mut shares = 0.0;
+    for address in &addresses {
+        let share = spread
+            .iter()
+            .find(|s| s["address"] == address.as_str())
+            .unwrap_or_else(|| panic!("no share for {address}: {report}"));
+        assert_eq!(share["upstream"], "pachd");
+        let took = share["requests"].as_u64().unwrap();
+        assert!(took > 0, "{address} took no calls: {report}");
+        requests += took;
+        shares += share["share"].as_f64().unwrap();
+    }
+    assert_eq!(requests, 400, "{report}");
+    assert!((shares - 1.0).abs() < 1e-9, "{report}");
+
+    // A second run counts only its own calls, and the table names both addresses.
+    let output = Command::new(BIN)
+        .args(["bench", "grpc", "--target", &https, "--ca"])
+        .arg(&ca)
+        .args(["--requests", "100", "--connections", "1", "--quiet"])
+        .args(["--threads", "1", "--metrics", &metrics])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}");
+    let spread_lines: Vec<&str> = table.lines().filter(|l| l.starts_with("spread")).collect();
+    assert_eq!(spread_lines.len(), 2, "{table}");
+    let mut counted = 0;
+    for address in &addresses {
+        let line = spread_lines
+            .iter()
+            .find(|l| l.contains(&format!("pachd {address} ")))
+            .unwrap_or_else(|| panic!("no line for {address}: {table}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "requests").unwrap();
+        counted += words[at - 1].parse::<u64>().unwrap();
+    }
+    assert_eq!(counted, 100, "{table}");
+}

@@ -227,7 +227,7 @@ fn kubelet_volume(dir: &Path, stamp: &str, files: &[(&str, Vec<u8>)]) {
     }
 }
 
-/// The ConfigMap's pachgate.toml with each `*-proxy-backend:PORT` upstream moved to the
+/// The ConfigMap's pachgate.toml with each `pachgate-*-backend:PORT` upstream moved to the
 /// stand-in playing it (the name stays; the container resolves it to loopback).
 fn configmap_config(standins: &Running) -> String {
     let configmap = yaml("config/kubernetes/configmap.yaml");
@@ -240,28 +240,28 @@ fn configmap_config(standins: &Running) -> String {
     let mut config = committed.clone();
     for (from, to) in [
         (
-            "pachd-proxy-backend:1650",
-            format!("pachd-proxy-backend:{pachd}"),
+            "pachgate-pachd-backend:1650",
+            format!("pachgate-pachd-backend:{pachd}"),
         ),
         (
-            "pachd-proxy-backend:1600",
-            format!("pachd-proxy-backend:{console}"),
+            "pachgate-pachd-backend:1600",
+            format!("pachgate-pachd-backend:{console}"),
         ),
         (
-            "pachd-proxy-backend:1657",
-            format!("pachd-proxy-backend:{console}"),
+            "pachgate-pachd-backend:1657",
+            format!("pachgate-pachd-backend:{console}"),
         ),
         (
-            "pachd-proxy-backend:1658",
-            format!("pachd-proxy-backend:{console}"),
+            "pachgate-pachd-backend:1658",
+            format!("pachgate-pachd-backend:{console}"),
         ),
         (
-            "pachd-proxy-backend:1659",
-            format!("pachd-proxy-backend:{console}"),
+            "pachgate-pachd-backend:1659",
+            format!("pachgate-pachd-backend:{console}"),
         ),
         (
-            "console-proxy-backend:4000",
-            format!("console-proxy-backend:{console}"),
+            "pachgate-console-backend:4000",
+            format!("pachgate-console-backend:{console}"),
         ),
     ] {
         assert!(
@@ -274,7 +274,7 @@ fn configmap_config(standins: &Running) -> String {
     assert_eq!(config.lines().count(), committed.lines().count());
     for (ours, theirs) in config.lines().zip(committed.lines()) {
         if ours != theirs {
-            assert!(theirs.contains("-proxy-backend:"), "{theirs:?} changed");
+            assert!(theirs.contains("-backend:"), "{theirs:?} changed");
         }
     }
     config
@@ -559,9 +559,9 @@ fn the_image_runs_as_the_deployment_describes() {
         "--cpus",
         &cpus,
         "--add-host",
-        "pachd-proxy-backend:127.0.0.1",
+        "pachgate-pachd-backend:127.0.0.1",
         "--add-host",
-        "console-proxy-backend:127.0.0.1",
+        "pachgate-console-backend:127.0.0.1",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -388,16 +388,19 @@ pub fn pachgate_with_preset(standins: &Running, edit: impl Fn(String) -> String)
     };
     let mut body = edit(preset[from..].to_string());
     for (backend, standin) in [
-        ("pachd-proxy-backend:1650", "standin-pachd"),
-        ("pachd-proxy-backend:1600", "standin-s3"),
-        ("pachd-proxy-backend:1657", "standin-oidc"),
-        ("pachd-proxy-backend:1658", "standin-dex"),
-        ("pachd-proxy-backend:1659", "standin-pachd-http"),
-        ("console-proxy-backend:4000", "standin-console"),
+        ("pachgate-pachd-backend:1650", "standin-pachd"),
+        ("pachgate-pachd-backend:1600", "standin-s3"),
+        ("pachgate-pachd-backend:1657", "standin-oidc"),
+        ("pachgate-pachd-backend:1658", "standin-dex"),
+        ("pachgate-pachd-backend:1659", "standin-pachd-http"),
+        ("pachgate-console-backend:4000", "standin-console"),
     ] {
         body = body.replace(backend, &playing(standin));
     }
-    assert!(!body.contains("proxy-backend"), "{body}");
+    assert!(
+        !body.contains("pachgate-pachd-backend") && !body.contains("pachgate-console-backend"),
+        "{body}"
+    );
     pachgate(&body, "")
 }
 

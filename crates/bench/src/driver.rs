@@ -296,5 +296,6 @@ pub fn finish(shared: &Shared, recorders: Vec<Recorder>, labels: Labels) -> Repo
         units: labels.units,
         units_per_s: per_second(units),
         latency_us: Latency::from_histogram(&latency),
+        spread: None,
     }
 }

@@ -12,12 +12,14 @@ mod grpc;
 mod h2_calls;
 mod http;
 mod report;
+mod spread;
 mod ws;
 
 use std::time::Duration;
 
 pub use driver::Plan;
 pub use report::Report;
+pub use spread::AddressShare;
 
 /// `pachgate bench …`
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -64,6 +66,11 @@ pub struct CommonArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// pachgate's admin `/metrics` URL (`http://127.0.0.1:9901/metrics`): its per-address
+    /// request counters are read before and after the run, and the report shows how the
+    /// calls spread over each upstream's addresses (pods).
+    #[arg(long, value_name = "URL")]
+    pub metrics: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -142,9 +149,25 @@ pub enum ConnectionsMode {
     Handshakes,
 }
 
+impl BenchCommand {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            BenchCommand::Grpc(args) => &args.common,
+            BenchCommand::Ws(args) => &args.common,
+            BenchCommand::Http(args) => &args.common,
+            BenchCommand::Connections(args) => &args.common,
+        }
+    }
+}
+
 /// Runs one benchmark and prints its report (table or JSON) on stdout.
 pub async fn run(command: BenchCommand) -> Result<Report, String> {
-    let (report, json) = match command {
+    let metrics = command.common().metrics.clone();
+    let before = match &metrics {
+        Some(url) => Some(spread::scrape(url).await?),
+        None => None,
+    };
+    let (mut report, json) = match command {
         BenchCommand::Grpc(args) => {
             let json = args.common.json;
             (grpc::run(args).await?, json)
@@ -162,6 +185,10 @@ pub async fn run(command: BenchCommand) -> Result<Report, String> {
             (http::connections(args).await?, json)
         }
     };
+    if let (Some(url), Some(before)) = (&metrics, before) {
+        let after = spread::scrape(url).await?;
+        report.spread = Some(spread::shares(&before, &after));
+    }
     let text = if json {
         serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n"
     } else {

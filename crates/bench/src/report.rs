@@ -57,6 +57,9 @@ pub struct Report {
     pub units: &'static str,
     pub units_per_s: f64,
     pub latency_us: Latency,
+    /// With `--metrics`: the requests each upstream address took during the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Vec<crate::spread::AddressShare>>,
 }
 
 fn millis(micros: u64) -> String {
@@ -96,6 +99,21 @@ impl Report {
             millis(l.p999),
             millis(l.max)
         );
+        if let Some(spread) = &self.spread {
+            if spread.is_empty() {
+                let _ = writeln!(out, "spread       no upstream requests counted");
+            }
+            for share in spread {
+                let _ = writeln!(
+                    out,
+                    "spread       {} {}  {} requests ({:.1} %)",
+                    share.upstream,
+                    share.address,
+                    share.requests,
+                    share.share * 100.0
+                );
+            }
+        }
         if self.errors.is_empty() {
             let _ = writeln!(out, "errors       none");
         } else {

@@ -15,7 +15,8 @@ use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
 pub struct Gateway {
-    pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Shared with the metrics, which read its upstreams at each scrape.
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: ServerLimits,
     /// Client connections open now, and `limits.max_connections` (which reloads change).
@@ -43,11 +44,14 @@ impl Gateway {
         });
         let slots = ConnectionSlots::new(limits.max_connections, metrics.connections_gauge());
         metrics.set_max_connections(limits.max_connections);
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let scraped = snapshot.clone();
+        metrics.read_upstreams_from(move || scraped.load().upstreams.clone());
         let auto = server_builder(&limits);
         let h1_only = server_builder(&limits).http1_only();
         let h2_only = server_builder(&limits).http2_only();
         Arc::new(Gateway {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot,
             metrics,
             limits,
             slots,

@@ -5,12 +5,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::upstream::Upstream;
 
 /// Latency buckets in seconds: sub-millisecond proxying up to five-minute streams.
 const LATENCY_BUCKETS: [f64; 17] = [
@@ -130,6 +134,9 @@ pub struct Metrics {
     access_log_dropped_source: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
     /// Panics in this process (`PANICS`, counted by the panic hook); read at each scrape.
     panics: Counter,
+    /// The upstreams of the configuration in use, which the per-address figures are read
+    /// from at each scrape (see [`UpstreamCollector`]).
+    upstream_source: Arc<OnceLock<UpstreamSource>>,
     /// All requests, for the status page (the labelled family is not summed at scrape).
     requests_all: AtomicU64,
     /// The route label of requests no route matched, made once.
@@ -309,6 +316,10 @@ impl Metrics {
              connection, not the process (see the log line \"panic contained\")",
             panics.clone(),
         );
+        let upstream_source = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(UpstreamCollector {
+            source: upstream_source.clone(),
+        }));
         // Both results exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["ok", "failed"] {
             let _ = config_reloads.get_or_create(&ResultLabel { result });
@@ -335,6 +346,7 @@ impl Metrics {
             access_log_dropped,
             access_log_dropped_source: OnceLock::new(),
             panics,
+            upstream_source,
             requests_all: AtomicU64::new(0),
             unrouted: Arc::from(""),
         }
@@ -388,6 +400,15 @@ impl Metrics {
     /// as `pachgate_access_log_dropped_total`. The first source set stays.
     pub fn count_access_log_drops(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
         let _ = self.access_log_dropped_source.set(Box::new(source));
+    }
+
+    /// Names where the upstreams in use are found at scrape time; `/metrics` then shows each
+    /// upstream's and each of its addresses' figures. The first source set stays.
+    pub(crate) fn read_upstreams_from(
+        &self,
+        source: impl Fn() -> Vec<Arc<Upstream>> + Send + Sync + 'static,
+    ) {
+        let _ = self.upstream_source.set(Box::new(source));
     }
 
     pub fn record_config_reload(&self, ok: bool) {
@@ -510,6 +531,171 @@ impl RouteMetrics {
     }
 }
 
+type UpstreamSource = Box<dyn Fn() -> Vec<Arc<Upstream>> + Send + Sync>;
+
+/// The states an upstream address can be in; `pachgate_upstream_address_state` has a series
+/// for each (1 for the one it is in), so an alert can ask for any of them.
+const ADDRESS_STATES: [&str; 4] = ["healthy", "unhealthy", "ejected", "draining"];
+
+/// Per-upstream and per-address figures, read from the upstreams at scrape time: nothing is
+/// recorded for them on the request path beyond the upstream's own atomic counts. A reload
+/// builds new upstreams, so their counters start again from 0 (Prometheus reads that as a
+/// counter reset); an address DNS no longer lists leaves the exposition once it is gone.
+struct UpstreamCollector {
+    source: Arc<OnceLock<UpstreamSource>>,
+}
+
+impl std::fmt::Debug for UpstreamCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for UpstreamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(source) = self.source.get() else {
+            return Ok(());
+        };
+        let upstreams = source();
+        let figures: Vec<_> = upstreams
+            .iter()
+            .map(|u| (u.name(), u.counts(), u.address_summaries()))
+            .collect();
+
+        // Per upstream.
+        type UpstreamValue = fn(&crate::upstream::UpstreamCounts) -> u64;
+        let per_upstream: [(&str, &str, MetricType, UpstreamValue); 4] = [
+            (
+                "upstream_pending_requests",
+                "Requests sent to the upstream whose response head has not arrived yet \
+                 (max_pending_requests caps it)",
+                MetricType::Gauge,
+                |c| c.pending as u64,
+            ),
+            (
+                "upstream_retries",
+                "Requests sent again to another address after their connection failed before \
+                 any byte of them left (or the stream was refused)",
+                MetricType::Counter,
+                |c| c.retries,
+            ),
+            (
+                "upstream_retries_over_budget",
+                "Retries not made because the upstream's retry budget was spent",
+                MetricType::Counter,
+                |c| c.retries_over_budget,
+            ),
+            (
+                "upstream_overloaded",
+                "Requests answered 503 (gRPC UNAVAILABLE) because max_pending_requests were \
+                 pending",
+                MetricType::Counter,
+                |c| c.overloaded,
+            ),
+        ];
+        for (name, help, kind, value) in per_upstream {
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            for (upstream, counts, _) in &figures {
+                let labels = [("upstream", *upstream)];
+                let mut series = metric.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => {
+                        series.encode_counter::<NoLabelSet, _, u64>(&value(counts), None)?
+                    }
+                    _ => series.encode_gauge(&value(counts))?,
+                }
+            }
+        }
+
+        // Per address.
+        {
+            let mut metric = encoder.encode_descriptor(
+                "upstream_address_healthy",
+                "1 while the address takes new requests (listed, passing its health check, not \
+                 ejected), else 0",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (upstream, _, addresses) in &figures {
+                for address in addresses {
+                    let labels = [
+                        ("upstream", *upstream),
+                        ("address", address.address.as_str()),
+                    ];
+                    metric
+                        .encode_family(&labels)?
+                        .encode_gauge(&i64::from(address.state == "healthy"))?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "upstream_address_state",
+                "The address's state: 1 on the series of the state it is in (healthy, \
+                 unhealthy: failing its health check, ejected: after connection failures, \
+                 draining: no longer listed by DNS)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (upstream, _, addresses) in &figures {
+                for address in addresses {
+                    for state in ADDRESS_STATES {
+                        let labels = [
+                            ("upstream", *upstream),
+                            ("address", address.address.as_str()),
+                            ("state", state),
+                        ];
+                        metric
+                            .encode_family(&labels)?
+                            .encode_gauge(&i64::from(address.state == state))?;
+                    }
+                }
+            }
+        }
+        type AddressValue = fn(&crate::upstream::AddressSummary) -> u64;
+        let per_address: [(&str, &str, MetricType, AddressValue); 3] = [
+            (
+                "upstream_address_pending",
+                "Requests sent to the address whose response head has not arrived yet",
+                MetricType::Gauge,
+                |a| a.pending as u64,
+            ),
+            (
+                "upstream_address_ejections",
+                "Times the address was ejected (taken out of the pick for a while) after a \
+                 connection failure",
+                MetricType::Counter,
+                |a| a.ejections,
+            ),
+            (
+                "upstream_address_requests",
+                "Requests sent to the address (each attempt, retries included)",
+                MetricType::Counter,
+                |a| a.requests,
+            ),
+        ];
+        for (name, help, kind, value) in per_address {
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            for (upstream, _, addresses) in &figures {
+                for address in addresses {
+                    let labels = [
+                        ("upstream", *upstream),
+                        ("address", address.address.as_str()),
+                    ];
+                    let mut series = metric.encode_family(&labels)?;
+                    match kind {
+                        MetricType::Counter => {
+                            series.encode_counter::<NoLabelSet, _, u64>(&value(address), None)?
+                        }
+                        _ => series.encode_gauge(&value(address))?,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(crate) struct FinishedRequest<'a> {
     pub route: Option<&'a RouteMetrics>,
     pub protocol: &'static str,
@@ -562,6 +748,39 @@ mod tests {
         assert!(text.contains("pachgate_active_streams 0"));
         assert!(text.contains(r#"pachgate_config_reloads_total{result="failed"} 0"#));
         assert_eq!(metrics.live().requests, 1);
+    }
+
+    #[test]
+    fn upstream_addresses_are_read_at_each_scrape() {
+        use crate::upstream::{Upstream, UpstreamProtocol, UpstreamSpec};
+        let metrics = Metrics::new();
+        assert!(!metrics.encode().contains("pachgate_upstream_"));
+        let upstream = Arc::new(
+            Upstream::new(UpstreamSpec::new(
+                "pachd",
+                vec!["127.0.0.1:1650".into(), "127.0.0.2:1650".into()],
+                UpstreamProtocol::H2c,
+            ))
+            .unwrap(),
+        );
+        metrics.read_upstreams_from(move || vec![upstream.clone()]);
+        let text = metrics.encode();
+        for line in [
+            r#"pachgate_upstream_pending_requests{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_retries_total{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_retries_over_budget_total{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_overloaded_total{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_address_healthy{upstream="pachd",address="127.0.0.2:1650"} 1"#,
+            r#"pachgate_upstream_address_state{upstream="pachd",address="127.0.0.1:1650",state="healthy"} 1"#,
+            r#"pachgate_upstream_address_state{upstream="pachd",address="127.0.0.1:1650",state="ejected"} 0"#,
+            r#"pachgate_upstream_address_pending{upstream="pachd",address="127.0.0.1:1650"} 0"#,
+            r#"pachgate_upstream_address_ejections_total{upstream="pachd",address="127.0.0.1:1650"} 0"#,
+            r#"pachgate_upstream_address_requests_total{upstream="pachd",address="127.0.0.2:1650"} 0"#,
+            "# TYPE pachgate_upstream_address_requests counter",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use pachgate_routing::{MatchSpec, RouteTable};
 use crate::auth::who_am_i_over;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route_timeouts::RouteTimeouts;
-use crate::upstream::{Upstream, UpstreamSpec};
+use crate::upstream::{AddressSummary, Upstream, UpstreamCounts, UpstreamSpec};
 
 /// Edge authentication for a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,9 @@ pub struct UpstreamSummary {
     pub name: String,
     pub protocol: &'static str,
     pub endpoints: Vec<String>,
+    /// Every address the endpoints stand for now, with its state and counts.
+    pub addresses: Vec<AddressSummary>,
+    pub counts: UpstreamCounts,
 }
 
 impl Snapshot {
@@ -242,6 +245,8 @@ impl Snapshot {
                 name: upstream.name().to_string(),
                 protocol: upstream.protocol().name(),
                 endpoints: upstream.endpoints().map(str::to_string).collect(),
+                addresses: upstream.address_summaries(),
+                counts: upstream.counts(),
             })
             .collect()
     }
