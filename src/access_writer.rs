@@ -222,7 +222,7 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
         + r.authority.map_or(0, str::len)
         + r.route.map_or(0, str::len)
         + r.upstream.map_or(0, str::len)
-        + r.request_id.map_or(0, str::len);
+        + r.request_id.map_or(0, <[u8]>::len);
     // An escape is at most six bytes (`\u001f`) for one.
     let room = LINE_FIXED_ROOM + 6 * strings;
     if !pending.make_room(room) {
@@ -266,27 +266,94 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
     out.number(r.bytes_received);
     out.literal(b",\"bytes_sent\":");
     out.number(r.bytes_sent);
-    // `ip:port` as the standard library prints a socket address.
-    out.raw_field(b",\"client\":\"", r.client);
-    if let Some(value) = r.user_agent {
-        out.str_field(b",\"user_agent\":\"", value);
-    }
-    if let Some(value) = r.authority {
-        out.str_field(b",\"authority\":\"", value);
-    }
-    if let Some(value) = r.route {
-        out.str_field(b",\"route\":\"", value);
-    }
-    if let Some(value) = r.upstream {
-        out.str_field(b",\"upstream\":\"", value);
+    match r.connection.get::<SharedFields>() {
+        Some(shared) if shared.apply_to(r) => out.bytes(&shared.json),
+        memo => {
+            let start = out.at;
+            // `ip:port` as the standard library prints a socket address.
+            out.raw_field(b",\"client\":\"", r.client);
+            if let Some(value) = r.user_agent {
+                out.str_field(b",\"user_agent\":\"", value);
+            }
+            if let Some(value) = r.authority {
+                out.str_field(b",\"authority\":\"", value);
+            }
+            if let Some(value) = r.route {
+                out.str_field(b",\"route\":\"", value);
+            }
+            if let Some(value) = r.upstream {
+                out.str_field(b",\"upstream\":\"", value);
+            }
+            if memo.is_none() {
+                r.connection.set(SharedFields {
+                    user_agent: r.user_agent.map(Into::into),
+                    authority: r.authority.map(Into::into),
+                    route: r.route.map(Into::into),
+                    upstream: r.upstream.map(Into::into),
+                    json: out.buf[start..out.at].into(),
+                });
+            }
+        }
     }
     if let Some(value) = r.request_id {
-        out.str_field(b",\"request_id\":\"", value);
+        // Visible ASCII: valid UTF-8, though a client's may hold `"` or `\`.
+        out.literal(b",\"request_id\":\"");
+        out.escaped(value);
+        out.literal(b"\"");
     }
     out.literal(b"}\n");
     debug_assert!(out.at + 8 <= room, "the line outgrew its room");
     pending.used += out.at;
     true
+}
+
+/// The part of a line from `client` to `upstream` as a connection's first line had it, and
+/// the values it was made from: the client is the connection's, and the user agent,
+/// authority, route and upstream are nearly always the same on all of a connection's
+/// requests, so later lines compare four strings instead of escaping five.
+struct SharedFields {
+    user_agent: Option<Box<str>>,
+    authority: Option<Box<str>>,
+    route: Option<Box<str>>,
+    upstream: Option<Box<str>>,
+    json: Box<[u8]>,
+}
+
+impl SharedFields {
+    #[inline]
+    fn apply_to(&self, r: &AccessRecord<'_>) -> bool {
+        same(self.user_agent.as_deref(), r.user_agent)
+            && same(self.authority.as_deref(), r.authority)
+            && same(self.route.as_deref(), r.route)
+            && same(self.upstream.as_deref(), r.upstream)
+    }
+}
+
+/// Equal strings, compared a word at a time (these are short: a call to `memcmp` would
+/// cost more than the comparison).
+#[inline(always)]
+fn same(a: Option<&str>, b: Option<&str>) -> bool {
+    let (a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a.as_bytes(), b.as_bytes()),
+        (a, b) => return a.is_none() && b.is_none(),
+    };
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return short_word(a) == short_word(b);
+    }
+    let word = |text: &[u8], at: usize| {
+        u64::from_le_bytes(text[at..at + 8].try_into().expect("eight bytes"))
+    };
+    let mut differ = word(a, n - 8) ^ word(b, n - 8);
+    let mut at = 0;
+    while at + 8 < n {
+        differ |= word(a, at) ^ word(b, at);
+        at += 8;
+    }
+    differ == 0
 }
 
 /// A line being formatted into room made for it: each piece a store at `at`, checked only
@@ -320,9 +387,20 @@ impl Line<'_> {
             "{value:?} needs escaping"
         );
         self.literal(prefix);
-        self.copy_words(value.as_bytes(), false);
-        self.at += value.len();
+        self.bytes(value.as_bytes());
         self.literal(b"\"");
+    }
+
+    /// Bytes to copy as they are, of a length known only at run time: a few words as
+    /// words, more with `memcpy` (which moves 32 bytes at a time).
+    #[inline(always)]
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() <= 32 {
+            self.copy_words(bytes, false);
+            self.at += bytes.len();
+        } else {
+            self.literal(bytes);
+        }
     }
 
     /// `,"protocol":"…","kind":"…"` as one static copy for the values the proxy reports.
@@ -379,16 +457,15 @@ impl Line<'_> {
             return flags;
         }
         let out = &mut out[..n];
-        let mut i = 0;
-        while i + 8 <= n {
-            let word = u64::from_le_bytes(text[i..i + 8].try_into().expect("eight bytes"));
+        // Exact chunks, so that no index needs a bounds check.
+        for (from, to) in text.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+            let word = u64::from_le_bytes(from.try_into().expect("eight bytes"));
             if check {
                 flags |= escape_flags(word);
             }
-            out[i..i + 8].copy_from_slice(&word.to_le_bytes());
-            i += 8;
+            to.copy_from_slice(&word.to_le_bytes());
         }
-        if i < n {
+        if n % 8 != 0 {
             let word = u64::from_le_bytes(text[n - 8..].try_into().expect("eight bytes"));
             if check {
                 flags |= escape_flags(word);
@@ -420,9 +497,24 @@ impl Line<'_> {
         }
     }
 
-    /// In decimal, two digits per division, written back to front in place.
-    #[inline]
+    /// In decimal. Most numbers on a line (status codes, small byte counts, durations in
+    /// milliseconds) have at most three digits: one store for those.
+    #[inline(always)]
     fn number(&mut self, value: u64) {
+        if value < 10 {
+            self.literal(&[b'0' + value as u8]);
+        } else if value < 100 {
+            self.literal(digit_pair(value));
+        } else if value < 1000 {
+            let pair = digit_pair(value % 100);
+            self.literal(&[b'0' + (value / 100) as u8, pair[0], pair[1]]);
+        } else {
+            self.long_number(value);
+        }
+    }
+
+    /// In decimal, two digits per division, written back to front in place.
+    fn long_number(&mut self, value: u64) {
         let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
         let out = &mut self.buf[self.at..self.at + len];
         let mut end = len;
@@ -570,6 +662,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pachgate_proxy_core::exchange::ConnectionMemo;
 
     /// What [`Line`] makes of one piece, in room as a line would have it.
     fn written(text_len: usize, write: impl FnOnce(&mut Line<'_>)) -> Vec<u8> {
@@ -690,6 +783,54 @@ mod tests {
         assert_eq!(raw, b",\"k\":\"10.0.0.7:50123\"");
     }
 
+    #[test]
+    fn a_connections_later_lines_reuse_its_shared_fields_only_while_they_apply() {
+        let at = UNIX_EPOCH + Duration::new(1_796_514_209, 69_403_000);
+        let memo: &'static ConnectionMemo = Box::leak(Box::new(ConnectionMemo::new()));
+        let fresh = |r: &AccessRecord<'_>| {
+            let mut alone = AccessRecord { ..*r };
+            alone.connection = Box::leak(Box::new(ConnectionMemo::new()));
+            json_line(&alone, at)
+        };
+        let mut first = record(Duration::from_micros(5));
+        first.connection = memo;
+        json_line(&first, at);
+        assert!(
+            memo.get::<SharedFields>().is_some(),
+            "the first line sets the memo"
+        );
+        // Each of the four compared fields changed (value, length, presence), then as before.
+        let mut variants = Vec::new();
+        for change in 0..9 {
+            let mut r = record(Duration::from_micros(7));
+            r.connection = memo;
+            match change {
+                0 => r.user_agent = Some("grpc-go/1.3"),
+                1 => r.user_agent = None,
+                2 => r.authority = Some("pachd.example:443"),
+                3 => r.route = Some("pachd\"x"),
+                4 => r.route = None,
+                5 => r.upstream = Some("10.0.0.9:1651"),
+                6 => r.upstream = Some("10.0.0.9:16500"),
+                7 => r.client = "10.0.0.7:50123",
+                _ => r.path = "/other",
+            }
+            variants.push(r);
+        }
+        for r in &variants {
+            assert_eq!(json_line(r, at), fresh(r));
+        }
+        let line: serde_json::Value = serde_json::from_str(&json_line(&variants[3], at)).unwrap();
+        assert_eq!(line["route"], "pachd\"x");
+        assert_eq!(line["upstream"], "10.0.0.9:1650");
+        assert!(same(Some("abcdefghijk"), Some("abcdefghijk")));
+        assert!(!same(Some("abcdefghijk"), Some("abcdefghijj")));
+        assert!(!same(Some("xbcdefghijk"), Some("abcdefghijk")));
+        assert!(!same(Some("abc"), Some("abd")));
+        assert!(!same(Some(""), None));
+        assert!(same(None, None));
+    }
+
     fn record(duration: Duration) -> AccessRecord<'static> {
         AccessRecord {
             method: "POST",
@@ -705,11 +846,12 @@ mod tests {
             bytes_received: 5,
             bytes_sent: 1_234_567,
             client: "10.0.0.7:50123",
+            connection: Box::leak(Box::new(ConnectionMemo::new())),
             user_agent: Some("grpc-go/1.2"),
             authority: None,
             route: Some("pachd"),
             upstream: Some("10.0.0.9:1650"),
-            request_id: Some("abc"),
+            request_id: Some(b"abc"),
         }
     }
 
@@ -755,6 +897,10 @@ mod tests {
         v6.kind = "grpc";
         let line: serde_json::Value = serde_json::from_str(&json_line(&v6, at)).unwrap();
         assert_eq!(line["client"], "[::1]:443");
+        let mut quoted = record(Duration::ZERO);
+        quoted.request_id = Some(b"a\"b\\c");
+        let line: serde_json::Value = serde_json::from_str(&json_line(&quoted, at)).unwrap();
+        assert_eq!(line["request_id"], "a\"b\\c");
         assert_eq!(line["protocol"], "HTTP/3\"");
         assert_eq!(line["kind"], "grpc");
     }
