@@ -16,7 +16,7 @@
 //! line is written directly ([`push_json`]), with the same fields in the same order, from the
 //! request's record handed over by the proxy (`AccessSink`), not through `tracing`: a
 //! `tracing` layer doing the same cost ~10k instructions a line, mostly dispatch, field
-//! visits and `fmt`, against ~1.5k here (benches/README.md).
+//! visits and `fmt`, against ~1k here (benches/README.md).
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
