@@ -1,9 +1,11 @@
-//! The access log's way to stdout, built so that a line costs a proxy worker a format into a
-//! reused buffer and one copy under an uncontended lock: no allocation, no system call and no
-//! wake-up of another thread per line.
+//! The access log's way to stdout, built so that a line costs a proxy worker a format in
+//! place under an uncontended lock: no allocation, no copy, no system call and no wake-up of
+//! another thread per line.
 //!
-//! Workers append whole lines to a shared byte buffer; the writer thread swaps the buffer
-//! out every [`FLUSH_INTERVAL`] and writes it to stdout in one go. When stdout stalls and
+//! Workers format whole lines straight into a shared byte buffer (room for the line's worst
+//! case is made first, then each piece is a plain store, strings a word at a time); the
+//! writer thread swaps the buffer out every [`FLUSH_INTERVAL`] and writes it to stdout in
+//! one go. When stdout stalls and
 //! [`BUFFER_LIMIT`] bytes wait, further lines are dropped and counted, never waited for.
 //! [`Guard`] writes out what is left when it is dropped at the end of `main`.
 //!
@@ -14,12 +16,11 @@
 //! line is written directly ([`push_json`]), with the same fields in the same order, from the
 //! request's record handed over by the proxy (`AccessSink`), not through `tracing`: a
 //! `tracing` layer doing the same cost ~10k instructions a line, mostly dispatch, field
-//! visits and `fmt`, against ~2k here (benches/README.md).
+//! visits and `fmt`, against ~1k here (benches/README.md).
 
-use std::cell::RefCell;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pachgate_proxy_core::exchange::AccessRecord;
@@ -30,14 +31,54 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Bytes waiting for stdout before lines are dropped: tens of thousands of lines, seconds of
 /// a stalled pipe at the rates one pachgate serves.
 const BUFFER_LIMIT: usize = 16 << 20;
-/// Buffer capacity the writer keeps between batches; a larger one (after a burst) is freed.
+/// The size each buffer starts with.
+const INITIAL_ROOM: usize = 64 * 1024;
+/// Buffer size the writer keeps between batches; a larger one (after a burst) is freed.
 const KEEP_CAPACITY: usize = 1 << 20;
 /// How long the guard waits at exit for a stalled stdout to take the rest.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
+/// Room a JSON line needs besides its strings: the keys, six numbers of up to 20 digits,
+/// the timestamp, and a word of slack for the last string's word-wide store (with margin).
+const LINE_FIXED_ROOM: usize = 1024;
 
 struct Pending {
+    /// `lines[..used]` waits for stdout. The rest is initialised room that lines are
+    /// formatted into in place: after one room check per line, each piece is a plain store.
     lines: Vec<u8>,
+    used: usize,
+    clock: Clock,
     closed: bool,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Pending {
+            lines: vec![0; INITIAL_ROOM],
+            used: 0,
+            clock: Clock::default(),
+            closed: false,
+        }
+    }
+
+    /// Makes `room` bytes writable after the waiting lines; `false` when that would take
+    /// the waiting bytes past [`BUFFER_LIMIT`] (the line is to be dropped).
+    #[inline]
+    fn make_room(&mut self, room: usize) -> bool {
+        let end = self.used + room;
+        if end > BUFFER_LIMIT {
+            return false;
+        }
+        if end > self.lines.len() {
+            self.grow(end);
+        }
+        true
+    }
+
+    #[cold]
+    fn grow(&mut self, end: usize) {
+        let len = end.max((self.lines.len() * 2).min(BUFFER_LIMIT));
+        self.lines.resize(len, 0);
+    }
 }
 
 /// Shared by the workers (appending) and the writer thread (taking).
@@ -48,15 +89,21 @@ pub struct Sink {
 }
 
 impl Sink {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Appends one whole line (newline included), or counts it dropped when too much waits.
     pub fn push(&self, line: &[u8]) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.lines.len() + line.len() > BUFFER_LIMIT {
+        let mut pending = self.lock();
+        if !pending.make_room(line.len()) {
             drop(pending);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        pending.lines.extend_from_slice(line);
+        let at = pending.used;
+        pending.lines[at..at + line.len()].copy_from_slice(line);
+        pending.used += line.len();
     }
 
     pub fn dropped(&self) -> u64 {
@@ -72,11 +119,7 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.sink
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .closed = true;
+        self.sink.lock().closed = true;
         self.sink.closing.notify_all();
         let _ = self.done.recv_timeout(EXIT_WAIT);
     }
@@ -85,10 +128,7 @@ impl Drop for Guard {
 /// Starts the writer thread on stdout.
 pub fn start() -> (Arc<Sink>, Guard) {
     let sink = Arc::new(Sink {
-        pending: Mutex::new(Pending {
-            lines: Vec::with_capacity(64 * 1024),
-            closed: false,
-        }),
+        pending: Mutex::new(Pending::new()),
         closing: Condvar::new(),
         dropped: AtomicU64::new(0),
     });
@@ -105,10 +145,10 @@ pub fn start() -> (Arc<Sink>, Guard) {
 }
 
 fn write_batches(sink: &Sink) {
-    let mut batch = Vec::with_capacity(64 * 1024);
+    let mut batch = vec![0; INITIAL_ROOM];
     loop {
-        let closed = {
-            let mut pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (used, closed) = {
+            let mut pending = sink.lock();
             if !pending.closed {
                 pending = sink
                     .closing
@@ -117,16 +157,17 @@ fn write_batches(sink: &Sink) {
                     .0;
             }
             std::mem::swap(&mut pending.lines, &mut batch);
-            pending.closed
+            (std::mem::take(&mut pending.used), pending.closed)
         };
-        if !batch.is_empty() {
+        if used > 0 {
             // A failed write (stdout closed) loses this batch; there is nowhere to say so.
             let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(&batch).and_then(|()| stdout.flush());
+            let _ = stdout
+                .write_all(&batch[..used])
+                .and_then(|()| stdout.flush());
         }
-        batch.clear();
-        if batch.capacity() > KEEP_CAPACITY {
-            batch = Vec::with_capacity(64 * 1024);
+        if batch.len() > KEEP_CAPACITY {
+            batch = vec![0; INITIAL_ROOM];
         }
         if closed {
             return;
@@ -155,264 +196,453 @@ impl<'a> MakeWriter<'a> for SinkWriter {
     }
 }
 
-thread_local! {
-    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
-    /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-}
-
 /// Appends one access record as a JSON object line: `timestamp`, `level`, `message`, then the
 /// record's fields in their order, `None`s left out — as tracing-subscriber's flattened JSON
-/// had them. Written byte by byte into a reused per-thread buffer, without `fmt`.
+/// had them. Formatted straight into the shared buffer under its lock, without `fmt`.
 pub fn push_json(sink: &Sink, record: &AccessRecord<'_>) {
-    LINE.with(|line| {
-        let Ok(mut line) = line.try_borrow_mut() else {
-            return;
-        };
-        line.clear();
-        write_json(&mut line, record, SystemTime::now());
-        sink.push(&line);
-        if line.capacity() > 64 * 1024 {
-            *line = Vec::with_capacity(1024);
-        }
-    });
+    let now = SystemTime::now();
+    let mut pending = sink.lock();
+    if !write_json(&mut pending, record, now) {
+        drop(pending);
+        sink.dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-fn write_json(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
-    out.reserve(512);
-    out.extend_from_slice(b"{\"timestamp\":\"");
-    push_timestamp(out, now);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"access\"");
+/// Formats the line after the waiting ones; `false` when there is no room for it.
+fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> bool {
+    let strings = r.method.len()
+        + r.path.len()
+        + r.protocol.len()
+        + r.kind.len()
+        + r.upstream_protocol.map_or(0, str::len)
+        + r.grpc_message.map_or(0, str::len)
+        + r.pachctl_command.map_or(0, str::len)
+        + r.client.len()
+        + r.user_agent.map_or(0, str::len)
+        + r.authority.map_or(0, str::len)
+        + r.route.map_or(0, str::len)
+        + r.upstream.map_or(0, str::len)
+        + r.request_id.map_or(0, <[u8]>::len);
+    // An escape is at most six bytes (`\u001f`) for one.
+    let room = LINE_FIXED_ROOM + 6 * strings;
+    if !pending.make_room(room) {
+        return false;
+    }
+    let stamp = pending.clock.stamp(now);
+    let start = pending.used;
+    let mut out = Line {
+        buf: &mut pending.lines[start..start + room],
+        at: 0,
+    };
+    out.literal(b"{\"timestamp\":\"");
+    out.literal(&stamp);
+    out.literal(b"\",\"level\":\"INFO\",\"message\":\"access\"");
     // The method is an HTTP token (`http` refuses anything else): nothing to escape.
-    push_raw_field(out, b",\"method\":\"", r.method);
-    push_str_field(out, b",\"path\":\"", r.path);
-    // Our own words, never escaped: one copy for the three.
-    out.extend_from_slice(protocol_fields(r.protocol, r.kind).as_bytes());
+    out.raw_field(b",\"method\":\"", r.method);
+    out.str_field(b",\"path\":\"", r.path);
+    out.protocol_fields(r.protocol, r.kind);
     if let Some(value) = r.upstream_protocol {
         // One of our protocol names.
-        push_raw_field(out, b",\"upstream_protocol\":\"", value);
+        out.raw_field(b",\"upstream_protocol\":\"", value);
     }
-    out.extend_from_slice(b",\"status\":");
-    push_u64(out, u64::from(r.status));
+    out.literal(b",\"status\":");
+    out.number(u64::from(r.status));
     if let Some(value) = r.grpc_status {
-        out.extend_from_slice(b",\"grpc_status\":");
-        push_u64(out, u64::from(value));
+        out.literal(b",\"grpc_status\":");
+        out.number(u64::from(value));
     }
     if let Some(value) = r.grpc_message {
-        push_str_field(out, b",\"grpc_message\":\"", value);
+        out.str_field(b",\"grpc_message\":\"", value);
     }
     if let Some(value) = r.pachctl_command {
-        push_str_field(out, b",\"pachctl_command\":\"", value);
+        out.str_field(b",\"pachctl_command\":\"", value);
     }
     // As the f64 `micros / 1000.0` printed: shortest digits, always with a fraction.
     let micros = r.duration.as_micros().min(u128::from(u64::MAX)) as u64;
-    out.extend_from_slice(b",\"duration_ms\":");
-    push_u64(out, micros / 1000);
-    out.push(b'.');
-    let mut frac = micros % 1000;
-    if frac == 0 {
-        out.push(b'0');
-    } else {
-        let mut digits = 3;
-        while frac % 10 == 0 {
-            frac /= 10;
-            digits -= 1;
+    out.literal(b",\"duration_ms\":");
+    out.number(micros / 1000);
+    out.fraction(micros % 1000);
+    out.literal(b",\"bytes_received\":");
+    out.number(r.bytes_received);
+    out.literal(b",\"bytes_sent\":");
+    out.number(r.bytes_sent);
+    match r.connection.get::<SharedFields>() {
+        Some(shared) if shared.apply_to(r) => out.bytes(&shared.json),
+        memo => {
+            let start = out.at;
+            // `ip:port` as the standard library prints a socket address.
+            out.raw_field(b",\"client\":\"", r.client);
+            if let Some(value) = r.user_agent {
+                out.str_field(b",\"user_agent\":\"", value);
+            }
+            if let Some(value) = r.authority {
+                out.str_field(b",\"authority\":\"", value);
+            }
+            if let Some(value) = r.route {
+                out.str_field(b",\"route\":\"", value);
+            }
+            if let Some(value) = r.upstream {
+                out.str_field(b",\"upstream\":\"", value);
+            }
+            if memo.is_none() {
+                r.connection.set(SharedFields {
+                    user_agent: r.user_agent.map(Into::into),
+                    authority: r.authority.map(Into::into),
+                    route: r.route.map(Into::into),
+                    upstream: r.upstream.map(Into::into),
+                    json: out.buf[start..out.at].into(),
+                });
+            }
         }
-        push_padded(out, frac, digits);
     }
-    out.extend_from_slice(b",\"bytes_received\":");
-    push_u64(out, r.bytes_received);
-    out.extend_from_slice(b",\"bytes_sent\":");
-    push_u64(out, r.bytes_sent);
-    // `ip:port` as the standard library prints a socket address.
-    push_raw_field(out, b",\"client\":\"", r.client);
-    for (key, value) in [
-        (&b",\"user_agent\":\""[..], r.user_agent),
-        (b",\"authority\":\"", r.authority),
-        (b",\"route\":\"", r.route),
-        (b",\"upstream\":\"", r.upstream),
-        (b",\"request_id\":\"", r.request_id),
-    ] {
-        if let Some(value) = value {
-            push_str_field(out, key, value);
-        }
+    if let Some(value) = r.request_id {
+        // Visible ASCII: valid UTF-8, though a client's may hold `"` or `\`.
+        out.literal(b",\"request_id\":\"");
+        out.escaped(value);
+        out.literal(b"\"");
     }
-    out.extend_from_slice(b"}\n");
+    out.literal(b"}\n");
+    debug_assert!(out.at + 8 <= room, "the line outgrew its room");
+    pending.used += out.at;
+    true
 }
 
-/// `,"protocol":"…","kind":"…"` as one static copy for the values the proxy reports.
-fn protocol_fields(protocol: &str, kind: &str) -> std::borrow::Cow<'static, str> {
-    macro_rules! pair {
-        ($protocol:literal, $kind:literal) => {
-            concat!(",\"protocol\":\"", $protocol, "\",\"kind\":\"", $kind, "\"")
+/// The part of a line from `client` to `upstream` as a connection's first line had it, and
+/// the values it was made from: the client is the connection's, and the user agent,
+/// authority, route and upstream are nearly always the same on all of a connection's
+/// requests, so later lines compare four strings instead of escaping five.
+struct SharedFields {
+    user_agent: Option<Box<str>>,
+    authority: Option<Box<str>>,
+    route: Option<Box<str>>,
+    upstream: Option<Box<str>>,
+    json: Box<[u8]>,
+}
+
+impl SharedFields {
+    #[inline]
+    fn apply_to(&self, r: &AccessRecord<'_>) -> bool {
+        same(self.user_agent.as_deref(), r.user_agent)
+            && same(self.authority.as_deref(), r.authority)
+            && same(self.route.as_deref(), r.route)
+            && same(self.upstream.as_deref(), r.upstream)
+    }
+}
+
+/// Equal strings, compared a word at a time (these are short: a call to `memcmp` would
+/// cost more than the comparison).
+#[inline(always)]
+fn same(a: Option<&str>, b: Option<&str>) -> bool {
+    let (a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a.as_bytes(), b.as_bytes()),
+        (a, b) => return a.is_none() && b.is_none(),
+    };
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return short_word(a) == short_word(b);
+    }
+    let word = |text: &[u8], at: usize| {
+        u64::from_le_bytes(text[at..at + 8].try_into().expect("eight bytes"))
+    };
+    let mut differ = word(a, n - 8) ^ word(b, n - 8);
+    let mut at = 0;
+    while at + 8 < n {
+        differ |= word(a, at) ^ word(b, at);
+        at += 8;
+    }
+    differ == 0
+}
+
+/// A line being formatted into room made for it: each piece a store at `at`, checked only
+/// against the room's end.
+struct Line<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Line<'_> {
+    /// Our own bytes (keys, punctuation): copied as they are.
+    #[inline(always)]
+    fn literal(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    /// `prefix` is the field's `,"key":"` (keys are ours: nothing to escape).
+    #[inline(always)]
+    fn str_field(&mut self, prefix: &[u8], value: &str) {
+        self.literal(prefix);
+        self.escaped(value.as_bytes());
+        self.literal(b"\"");
+    }
+
+    /// A value that cannot hold a byte JSON escapes (checked in debug builds).
+    #[inline(always)]
+    fn raw_field(&mut self, prefix: &[u8], value: &str) {
+        debug_assert!(
+            !value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+            "{value:?} needs escaping"
+        );
+        self.literal(prefix);
+        self.bytes(value.as_bytes());
+        self.literal(b"\"");
+    }
+
+    /// Bytes to copy as they are, of a length known only at run time: a few words as
+    /// words, more with `memcpy` (which moves 32 bytes at a time).
+    #[inline(always)]
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() <= 32 {
+            self.copy_words(bytes, false);
+            self.at += bytes.len();
+        } else {
+            self.literal(bytes);
+        }
+    }
+
+    /// `,"protocol":"…","kind":"…"` as one static copy for the values the proxy reports.
+    fn protocol_fields(&mut self, protocol: &str, kind: &str) {
+        macro_rules! pair {
+            ($protocol:literal, $kind:literal) => {
+                concat!(",\"protocol\":\"", $protocol, "\",\"kind\":\"", $kind, "\"").as_bytes()
+            };
+        }
+        let fields = match (protocol, kind) {
+            ("HTTP/2", "grpc") => pair!("HTTP/2", "grpc"),
+            ("HTTP/2", "http") => pair!("HTTP/2", "http"),
+            ("HTTP/2", "websocket") => pair!("HTTP/2", "websocket"),
+            ("HTTP/1.1", "grpc") => pair!("HTTP/1.1", "grpc"),
+            ("HTTP/1.1", "http") => pair!("HTTP/1.1", "http"),
+            ("HTTP/1.1", "websocket") => pair!("HTTP/1.1", "websocket"),
+            ("HTTP/1.0", "http") => pair!("HTTP/1.0", "http"),
+            _ => {
+                self.str_field(b",\"protocol\":\"", protocol);
+                self.str_field(b",\"kind\":\"", kind);
+                return;
+            }
+        };
+        self.literal(fields);
+    }
+
+    /// The contents of a JSON string: `"`, `\\` and control characters escaped, other bytes
+    /// (UTF-8 included) as they are. Most values need no escape: they are copied a word at a
+    /// time while checked, and escaped byte by byte only when a word says so.
+    #[inline]
+    fn escaped(&mut self, text: &[u8]) {
+        if self.copy_words(text, true) == 0 {
+            self.at += text.len();
+        } else {
+            self.escaped_bytes(text);
+        }
+    }
+
+    /// Stores `text` at `at` eight bytes at a time (the last word overlapping the one
+    /// before it; a text under eight bytes as one word padded with spaces, so up to eight
+    /// bytes past the text are overwritten) without moving `at`. With `check`, returns
+    /// non-zero when a byte needs a JSON escape.
+    #[inline(always)]
+    fn copy_words(&mut self, text: &[u8], check: bool) -> u64 {
+        let n = text.len();
+        let out = &mut self.buf[self.at..];
+        let mut flags = 0;
+        if n < 8 {
+            let word = short_word(text);
+            if check {
+                flags = escape_flags(word);
+            }
+            out[..8].copy_from_slice(&word.to_le_bytes());
+            return flags;
+        }
+        let out = &mut out[..n];
+        // Exact chunks, so that no index needs a bounds check.
+        for (from, to) in text.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+            let word = u64::from_le_bytes(from.try_into().expect("eight bytes"));
+            if check {
+                flags |= escape_flags(word);
+            }
+            to.copy_from_slice(&word.to_le_bytes());
+        }
+        if n % 8 != 0 {
+            let word = u64::from_le_bytes(text[n - 8..].try_into().expect("eight bytes"));
+            if check {
+                flags |= escape_flags(word);
+            }
+            out[n - 8..].copy_from_slice(&word.to_le_bytes());
+        }
+        flags
+    }
+
+    #[cold]
+    fn escaped_bytes(&mut self, text: &[u8]) {
+        for &b in text {
+            match b {
+                b'"' => self.literal(b"\\\""),
+                b'\\' => self.literal(b"\\\\"),
+                b'\n' => self.literal(b"\\n"),
+                b'\r' => self.literal(b"\\r"),
+                b'\t' => self.literal(b"\\t"),
+                0..=0x1f => self.literal(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]),
+                _ => self.literal(&[b]),
+            }
+        }
+    }
+
+    /// In decimal. Most numbers on a line (status codes, small byte counts, durations in
+    /// milliseconds) have at most three digits: one store for those.
+    #[inline(always)]
+    fn number(&mut self, value: u64) {
+        if value < 10 {
+            self.literal(&[b'0' + value as u8]);
+        } else if value < 100 {
+            self.literal(digit_pair(value));
+        } else if value < 1000 {
+            let pair = digit_pair(value % 100);
+            self.literal(&[b'0' + (value / 100) as u8, pair[0], pair[1]]);
+        } else {
+            self.long_number(value);
+        }
+    }
+
+    /// In decimal, two digits per division, written back to front in place.
+    fn long_number(&mut self, value: u64) {
+        let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
+        let out = &mut self.buf[self.at..self.at + len];
+        let mut end = len;
+        let mut value = value;
+        while value >= 100 {
+            end -= 2;
+            out[end..end + 2].copy_from_slice(digit_pair(value % 100));
+            value /= 100;
+        }
+        if value >= 10 {
+            out[..2].copy_from_slice(digit_pair(value));
+        } else {
+            out[0] = b'0' + value as u8;
+        }
+        self.at += len;
+    }
+
+    /// `.` and the thousandths (`0` to `999`) as f64's Display ends them: trailing zeros
+    /// left out, `.0` for none.
+    #[inline]
+    fn fraction(&mut self, thousandths: u64) {
+        let digits = [
+            b'.',
+            b'0' + (thousandths / 100) as u8,
+            b'0' + (thousandths / 10 % 10) as u8,
+            b'0' + (thousandths % 10) as u8,
+        ];
+        self.literal(&digits);
+        // Back over the trailing zeros, keeping one digit.
+        self.at -= if thousandths % 100 == 0 {
+            2
+        } else {
+            usize::from(thousandths % 10 == 0)
         };
     }
-    let fields = match (protocol, kind) {
-        ("HTTP/2", "grpc") => pair!("HTTP/2", "grpc"),
-        ("HTTP/2", "http") => pair!("HTTP/2", "http"),
-        ("HTTP/2", "websocket") => pair!("HTTP/2", "websocket"),
-        ("HTTP/1.1", "grpc") => pair!("HTTP/1.1", "grpc"),
-        ("HTTP/1.1", "http") => pair!("HTTP/1.1", "http"),
-        ("HTTP/1.1", "websocket") => pair!("HTTP/1.1", "websocket"),
-        ("HTTP/1.0", "http") => pair!("HTTP/1.0", "http"),
-        _ => {
-            let mut out = Vec::new();
-            push_str_field(&mut out, b",\"protocol\":\"", protocol);
-            push_str_field(&mut out, b",\"kind\":\"", kind);
-            return String::from_utf8(out)
-                .expect("escaped UTF-8 stays UTF-8")
-                .into();
-        }
+}
+
+/// A text under eight bytes as a little-endian word, padded with spaces (which need no
+/// escape): the bytes loaded in at most two overlapping reads, without a copy loop.
+#[inline(always)]
+fn short_word(text: &[u8]) -> u64 {
+    let n = text.len();
+    debug_assert!(n < 8);
+    let word = if n >= 4 {
+        let low = u32::from_le_bytes(text[..4].try_into().expect("four bytes"));
+        let high = u32::from_le_bytes(text[n - 4..].try_into().expect("four bytes"));
+        u64::from(low) | u64::from(high) << (8 * (n - 4))
+    } else if n > 0 {
+        u64::from(text[0])
+            | u64::from(text[n / 2]) << (8 * (n / 2))
+            | u64::from(text[n - 1]) << (8 * (n - 1))
+    } else {
+        0
     };
-    fields.into()
-}
-
-/// `prefix` is the field's `,"key":"` (keys are ours: nothing to escape).
-#[inline(always)]
-fn push_str_field(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
-    out.extend_from_slice(prefix);
-    push_escaped(out, value);
-    out.push(b'"');
-}
-
-/// A value that cannot hold a byte JSON escapes (checked in debug builds).
-#[inline(always)]
-fn push_raw_field(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
-    debug_assert!(
-        !value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
-        "{value:?} needs escaping"
-    );
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(value.as_bytes());
-    out.push(b'"');
+    word | u64::from_le_bytes([b' '; 8]) << (8 * n)
 }
 
 /// "00" to "99", for writing numbers two digits per division.
 const DIGIT_PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
 
-fn push_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    while value >= 100 {
-        let pair = (value % 100) as usize * 2;
-        value /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    }
-    if value >= 10 {
-        let pair = value as usize * 2;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        digits[at] = b'0' + value as u8;
-    }
-    out.extend_from_slice(&digits[at..]);
+#[inline(always)]
+fn digit_pair(value: u64) -> &'static [u8] {
+    let at = value as usize * 2;
+    &DIGIT_PAIRS[at..at + 2]
 }
 
-/// `value` in exactly `width` digits, zeros in front.
-fn push_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    for at in (start..start + width).rev() {
-        out[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-}
-
-/// The contents of a JSON string: `"`, `\\` and control characters escaped, runs of other
-/// bytes (UTF-8 included) copied whole.
-fn push_escaped(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    // Most values need no escape: checked eight bytes at a time, the tail padded with
-    // spaces, and then copied in one go.
-    let mut words = bytes.chunks_exact(8);
-    let mut clean = 0;
-    for word in &mut words {
-        if needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
-            break;
-        }
-        clean += 8;
-    }
-    let tail = words.remainder();
-    if clean + tail.len() == bytes.len() {
-        // Spaces with the tail's bytes XORed in (a copy here would be a memcpy call).
-        let mut padded = u64::from_le_bytes([b' '; 8]);
-        for (i, &byte) in tail.iter().enumerate() {
-            padded ^= u64::from(byte ^ b' ') << (8 * i);
-        }
-        if !needs_escape(padded) {
-            out.extend_from_slice(bytes);
-            return;
-        }
-    }
-    let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(clean) {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[run..i]);
-        if escape.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(escape);
-        }
-        run = i + 1;
-    }
-    out.extend_from_slice(&bytes[run..]);
-}
-
-/// Whether any of the eight bytes is below 0x20, `"` or `\\` (the classic "has a byte less
-/// than n" and "has a zero byte" bit tricks; exact as to whether one exists).
-fn needs_escape(word: u64) -> bool {
+/// Non-zero when any of the eight bytes is below 0x20, `"` or `\\` (the classic "has a byte
+/// less than n" and "has a zero byte" bit tricks; exact as to whether one exists).
+#[inline(always)]
+fn escape_flags(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    (control
-        | has_zero(word ^ (ONES * u64::from(b'"')))
-        | has_zero(word ^ (ONES * u64::from(b'\\'))))
-        != 0
+    control | has_zero(word ^ (ONES * u64::from(b'"'))) | has_zero(word ^ (ONES * u64::from(b'\\')))
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// RFC 3339 UTC with microseconds, `2026-12-05T23:43:29.069403Z`; the part up to the
-/// seconds is formatted once per second per thread.
-fn push_timestamp(out: &mut Vec<u8>, now: SystemTime) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    SECOND.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        if cached.0 != secs {
-            let days = (secs / 86_400) as i64;
-            let rest = secs % 86_400;
-            let (year, month, day) = civil_from_days(days);
-            cached.1.clear();
-            let _ = std::fmt::Write::write_fmt(
-                &mut cached.1,
-                format_args!(
-                    "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-                    rest / 3600,
-                    rest / 60 % 60,
-                    rest % 60
-                ),
-            );
-            cached.0 = secs;
+/// The last second an RFC 3339 timestamp with a four-digit year can show.
+const LAST_SECOND: u64 = 253_402_300_799;
+
+/// RFC 3339 UTC timestamps with microseconds, `2026-12-05T23:43:29.069403Z`; the part up to
+/// the seconds is formatted once per second.
+#[derive(Default)]
+struct Clock {
+    second: Option<u64>,
+    prefix: [u8; 19],
+}
+
+impl Clock {
+    fn stamp(&mut self, now: SystemTime) -> [u8; 27] {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs().min(LAST_SECOND);
+        if self.second != Some(secs) {
+            self.prefix = second_prefix(secs);
+            self.second = Some(secs);
         }
-        out.extend_from_slice(cached.1.as_bytes());
-    });
-    out.push(b'.');
-    push_padded(out, u64::from(since.subsec_micros()), 6);
-    out.push(b'Z');
+        let micros = u64::from(since.subsec_micros());
+        let mut out = [0; 27];
+        out[..19].copy_from_slice(&self.prefix);
+        out[19] = b'.';
+        out[20..22].copy_from_slice(digit_pair(micros / 10_000));
+        out[22..24].copy_from_slice(digit_pair(micros / 100 % 100));
+        out[24..26].copy_from_slice(digit_pair(micros % 100));
+        out[26] = b'Z';
+        out
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a second up to [`LAST_SECOND`].
+fn second_prefix(secs: u64) -> [u8; 19] {
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rest = secs % 86_400;
+    let year = year as u64;
+    let mut out = *b"0000-00-00T00:00:00";
+    for (at, value) in [
+        (0, year / 100),
+        (2, year % 100),
+        (5, u64::from(month)),
+        (8, u64::from(day)),
+        (11, rest / 3600),
+        (14, rest / 60 % 60),
+        (17, rest % 60),
+    ] {
+        out[at..at + 2].copy_from_slice(digit_pair(value));
+    }
+    out
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
@@ -432,16 +662,37 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pachgate_proxy_core::exchange::ConnectionMemo;
+
+    /// What [`Line`] makes of one piece, in room as a line would have it.
+    fn written(text_len: usize, write: impl FnOnce(&mut Line<'_>)) -> Vec<u8> {
+        let mut buf = vec![0xaa; LINE_FIXED_ROOM + 6 * text_len];
+        let mut line = Line {
+            buf: &mut buf,
+            at: 0,
+        };
+        write(&mut line);
+        let at = line.at;
+        buf.truncate(at);
+        buf
+    }
+
+    fn escaped(text: &str) -> Vec<u8> {
+        written(text.len(), |line| line.escaped(text.as_bytes()))
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
-        let mut out = Vec::new();
+        let mut clock = Clock::default();
         let at = UNIX_EPOCH + Duration::new(1_796_514_209, 69_403_000);
-        push_timestamp(&mut out, at);
-        assert_eq!(out, b"2026-12-05T23:43:29.069403Z");
-        out.clear();
-        push_timestamp(&mut out, UNIX_EPOCH + Duration::new(951_782_400, 0));
-        assert_eq!(out, b"2000-02-29T00:00:00.000000Z");
+        assert_eq!(&clock.stamp(at), b"2026-12-05T23:43:29.069403Z");
+        // The same second again (the cached part), then another.
+        let at = UNIX_EPOCH + Duration::new(1_796_514_209, 999_999_999);
+        assert_eq!(&clock.stamp(at), b"2026-12-05T23:43:29.999999Z");
+        let at = UNIX_EPOCH + Duration::new(951_782_400, 0);
+        assert_eq!(&clock.stamp(at), b"2000-02-29T00:00:00.000000Z");
+        let at = UNIX_EPOCH + Duration::new(LAST_SECOND + 86_400, 5_000);
+        assert_eq!(&clock.stamp(at), b"9999-12-31T23:59:59.000005Z");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
@@ -461,17 +712,15 @@ mod tests {
             1_234_567,
             u64::MAX,
         ] {
-            let mut out = Vec::new();
-            push_u64(&mut out, value);
+            let out = written(0, |line| line.number(value));
             assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
         }
     }
 
     #[test]
     fn strings_are_escaped_for_json() {
-        let mut out = Vec::new();
-        push_escaped(&mut out, "plain ü");
-        push_escaped(&mut out, "q\"b\\n\nt\t\u{1}\u{1f}");
+        let mut out = escaped("plain ü");
+        out.extend(escaped("q\"b\\n\nt\t\u{1}\u{1f}"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "plain üq\\\"b\\\\n\\nt\\t\\u0001\\u001f"
@@ -486,27 +735,100 @@ mod tests {
                 let mut word = *b"abcdefgh";
                 word[at] = byte;
                 assert_eq!(
-                    needs_escape(u64::from_le_bytes(word)),
+                    escape_flags(u64::from_le_bytes(word)) != 0,
                     needs,
                     "{byte} at {at}"
                 );
             }
         }
-        let mut out = Vec::new();
-        push_escaped(&mut out, "0123456789abcdef\"0123456\n");
+        let out = escaped("0123456789abcdef\"0123456\n");
         assert_eq!(out, b"0123456789abcdef\\\"0123456\\n");
         // An escape only in the tail after whole clean words, and a clean short tail.
-        for (text, escaped) in [
+        for (text, escaped_text) in [
             ("abcdefgh\u{7f}ok\\", &b"abcdefgh\x7fok\\\\"[..]),
             ("abcdefgh12", b"abcdefgh12"),
             ("abcdefgh", b"abcdefgh"),
             ("a\"", b"a\\\""),
             ("", b""),
         ] {
-            out.clear();
-            push_escaped(&mut out, text);
-            assert_eq!(out, escaped, "{text:?}");
+            assert_eq!(escaped(text), escaped_text, "{text:?}");
         }
+    }
+
+    fn json_line(record: &AccessRecord<'_>, at: SystemTime) -> String {
+        let mut pending = Pending::new();
+        assert!(write_json(&mut pending, record, at));
+        String::from_utf8(pending.lines[..pending.used].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn every_length_and_position_escapes_as_serde_json_does() {
+        // Word-wide copies: under eight bytes, whole words, and an overlapping last word.
+        for len in 0..40 {
+            let clean: String = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"[..len].into();
+            let expect = |text: &str| serde_json::to_string(text).unwrap();
+            let got = String::from_utf8(escaped(&clean)).unwrap();
+            assert_eq!(format!("\"{got}\""), expect(&clean), "{clean:?}");
+            for at in 0..len {
+                for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+                    let mut text = clean.clone().into_bytes();
+                    text[at] = bad as u8;
+                    let text = String::from_utf8(text).unwrap();
+                    let got = String::from_utf8(escaped(&text)).unwrap();
+                    assert_eq!(format!("\"{got}\""), expect(&text), "{text:?}");
+                }
+            }
+        }
+        let raw = written(20, |line| line.raw_field(b",\"k\":\"", "10.0.0.7:50123"));
+        assert_eq!(raw, b",\"k\":\"10.0.0.7:50123\"");
+    }
+
+    #[test]
+    fn a_connections_later_lines_reuse_its_shared_fields_only_while_they_apply() {
+        let at = UNIX_EPOCH + Duration::new(1_796_514_209, 69_403_000);
+        let memo: &'static ConnectionMemo = Box::leak(Box::new(ConnectionMemo::new()));
+        let fresh = |r: &AccessRecord<'_>| {
+            let mut alone = AccessRecord { ..*r };
+            alone.connection = Box::leak(Box::new(ConnectionMemo::new()));
+            json_line(&alone, at)
+        };
+        let mut first = record(Duration::from_micros(5));
+        first.connection = memo;
+        json_line(&first, at);
+        assert!(
+            memo.get::<SharedFields>().is_some(),
+            "the first line sets the memo"
+        );
+        // Each of the four compared fields changed (value, length, presence), then as before.
+        let mut variants = Vec::new();
+        for change in 0..9 {
+            let mut r = record(Duration::from_micros(7));
+            r.connection = memo;
+            match change {
+                0 => r.user_agent = Some("grpc-go/1.3"),
+                1 => r.user_agent = None,
+                2 => r.authority = Some("pachd.example:443"),
+                3 => r.route = Some("pachd\"x"),
+                4 => r.route = None,
+                5 => r.upstream = Some("10.0.0.9:1651"),
+                6 => r.upstream = Some("10.0.0.9:16500"),
+                7 => r.client = "10.0.0.7:50123",
+                _ => r.path = "/other",
+            }
+            variants.push(r);
+        }
+        for r in &variants {
+            assert_eq!(json_line(r, at), fresh(r));
+        }
+        let line: serde_json::Value = serde_json::from_str(&json_line(&variants[3], at)).unwrap();
+        assert_eq!(line["route"], "pachd\"x");
+        assert_eq!(line["upstream"], "10.0.0.9:1650");
+        assert!(same(Some("abcdefghijk"), Some("abcdefghijk")));
+        assert!(!same(Some("abcdefghijk"), Some("abcdefghijj")));
+        assert!(!same(Some("xbcdefghijk"), Some("abcdefghijk")));
+        assert!(!same(Some("abc"), Some("abd")));
+        assert!(!same(Some(""), None));
+        assert!(same(None, None));
     }
 
     fn record(duration: Duration) -> AccessRecord<'static> {
@@ -524,21 +846,20 @@ mod tests {
             bytes_received: 5,
             bytes_sent: 1_234_567,
             client: "10.0.0.7:50123",
+            connection: Box::leak(Box::new(ConnectionMemo::new())),
             user_agent: Some("grpc-go/1.2"),
             authority: None,
             route: Some("pachd"),
             upstream: Some("10.0.0.9:1650"),
-            request_id: Some("abc"),
+            request_id: Some(b"abc"),
         }
     }
 
     #[test]
     fn json_lines_have_the_tracing_layout_and_floats_as_f64_printed_them() {
         let at = UNIX_EPOCH + Duration::new(1_796_514_209, 69_403_000);
-        let mut out = Vec::new();
-        write_json(&mut out, &record(Duration::from_micros(92_288)), at);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            json_line(&record(Duration::from_micros(92_288)), at),
             "{\"timestamp\":\"2026-12-05T23:43:29.069403Z\",\"level\":\"INFO\",\
              \"message\":\"access\",\"method\":\"POST\",\"path\":\"/pfs_v2.API/ListRepo\",\
              \"protocol\":\"HTTP/2\",\"kind\":\"grpc\",\"upstream_protocol\":\"h2c\",\
@@ -560,9 +881,7 @@ mod tests {
             7_000_001,
             3_600_000_000,
         ] {
-            let mut out = Vec::new();
-            write_json(&mut out, &record(Duration::from_micros(micros)), at);
-            let line = String::from_utf8(out).unwrap();
+            let line = json_line(&record(Duration::from_micros(micros)), at);
             let shown = line.split("\"duration_ms\":").nth(1).unwrap();
             let shown = &shown[..shown.find(',').unwrap()];
             // What the tracing layer wrote: the f64's Display, `.0` added when it had no dot.
@@ -572,14 +891,16 @@ mod tests {
             }
             assert_eq!(shown, old, "{micros}");
         }
-        let mut out = Vec::new();
         let mut v6 = record(Duration::ZERO);
         v6.client = "[::1]:443";
         v6.protocol = "HTTP/3\"";
         v6.kind = "grpc";
-        write_json(&mut out, &v6, at);
-        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let line: serde_json::Value = serde_json::from_str(&json_line(&v6, at)).unwrap();
         assert_eq!(line["client"], "[::1]:443");
+        let mut quoted = record(Duration::ZERO);
+        quoted.request_id = Some(b"a\"b\\c");
+        let line: serde_json::Value = serde_json::from_str(&json_line(&quoted, at)).unwrap();
+        assert_eq!(line["request_id"], "a\"b\\c");
         assert_eq!(line["protocol"], "HTTP/3\"");
         assert_eq!(line["kind"], "grpc");
     }

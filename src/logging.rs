@@ -3,7 +3,7 @@
 //!
 //! The access log is on by default, so a line must cost a proxy worker next to nothing: the
 //! worker formats a JSON line itself (handed the record by the proxy, not through `tracing`)
-//! into a reused buffer and appends it to a shared one; a thread of its own
+//! straight into a shared buffer; a thread of its own
 //! writes that to stdout in batches (src/access_writer.rs). When stdout cannot keep up, lines
 //! are dropped and counted (`pachgate_access_log_dropped_total`) rather than stalling
 //! requests. The guard that [`init`] returns writes out the rest when dropped, at the end of

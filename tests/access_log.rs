@@ -391,6 +391,60 @@ fn lines_carry_pachctl_command_and_the_endpoint_used() {
 }
 
 /// An unlabelled metric as /metrics says it now.
+/// The writer thread writes on a timer, not per line: on an idle proxy a line still shows
+/// within a second. And two requests on one connection (curl's `--next` reuses it) with a
+/// different user agent and authority each get their own, although the line reuses what it
+/// can of the connection's earlier one.
+#[test]
+fn an_idle_proxy_shows_a_line_within_a_second_with_each_requests_own_fields() {
+    let standins = standins();
+    let gate = Gate::start(&gated_config(&standins), false, "info");
+    let ca = gate.ca();
+    let ca = ca.to_str().unwrap();
+    let url = gate.url("/headers");
+    let other_host = format!("127.0.0.1:{}", gate.https.port());
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    gate.curl(&[
+        "-A",
+        "first-agent",
+        "-H",
+        "x-request-id: conn-first",
+        &url,
+        "--next",
+        "-s",
+        "--cacert",
+        ca,
+        "-A",
+        "second\"agent",
+        "-H",
+        &format!("host: {other_host}"),
+        "-H",
+        "x-request-id: conn-second",
+        &url,
+    ]);
+    let mut seen = Vec::new();
+    let first = gate.line_with_id("conn-first", &mut seen);
+    let second = gate.line_with_id("conn-second", &mut seen);
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_secs(1),
+        "the lines took {waited:?} to show"
+    );
+    assert_eq!(
+        first["client"], second["client"],
+        "one connection: {seen:#?}"
+    );
+    assert_eq!(first["user_agent"], "first-agent", "{first}");
+    assert_eq!(
+        first["authority"],
+        format!("localhost:{}", gate.https.port())
+    );
+    assert_eq!(second["user_agent"], "second\"agent", "{second}");
+    assert_eq!(second["authority"], other_host, "{second}");
+    assert_eq!(second["route"], "console", "{second}");
+}
+
 fn metric(admin: SocketAddr, name: &str) -> u64 {
     let output = Command::new("curl")
         .args(["-sf", &format!("http://{admin}/metrics")])

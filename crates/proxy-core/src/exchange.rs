@@ -3,6 +3,7 @@
 //! and is booked exactly once, when that ends or is dropped (a client that resets a stream
 //! still gets a line).
 
+use std::any::Any;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::Entry;
 use http::header::{HeaderName, HeaderValue, USER_AGENT};
-use http::uri::Authority;
-use http::{HeaderMap, Method, Request, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, Method, Request, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BodyError, ProxyBody};
@@ -53,11 +54,15 @@ pub struct AccessRecord<'a> {
     pub bytes_sent: u64,
     /// The client's `ip:port`, formatted once per connection.
     pub client: &'a str,
+    /// Where the sink may keep, for the client connection, what it made of the fields its
+    /// requests usually share (client, user agent, authority, route, upstream).
+    pub connection: &'a ConnectionMemo,
     pub user_agent: Option<&'a str>,
     pub authority: Option<&'a str>,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
-    pub request_id: Option<&'a str>,
+    /// Visible ASCII (a client's id is checked, a made one is hex digits).
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// Where access lines go without passing through `tracing`: a line per request costs the
@@ -82,9 +87,9 @@ pub fn set_access_sink(sink: Box<dyn AccessSink>) {
 struct AccessFields {
     method: Method,
     /// Logged as its path only: queries can carry credentials (OIDC `code=`).
-    uri: Uri,
+    path: Option<PathAndQuery>,
     version: Version,
-    client: Arc<str>,
+    connection: Arc<ClientAddress>,
     user_agent: Option<HeaderValue>,
     authority: Option<Authority>,
     request_id: Option<RequestId>,
@@ -116,27 +121,37 @@ impl Exchange {
     pub(crate) fn start<B>(
         metrics: &Arc<Metrics>,
         request: &Request<B>,
-        client: &ClientAddress,
+        client: &Arc<ClientAddress>,
         grpc: bool,
         access_log: bool,
         in_flight: InFlight,
     ) -> Box<Self> {
         metrics.stream_started();
-        let log = access_log.then(|| AccessFields {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            client: client.text(),
-            user_agent: request.headers().get(USER_AGENT).cloned(),
-            authority: None,
-            request_id: None,
-            upstream_protocol: None,
-            upstream: None,
-            grpc_message: None,
-            pachctl_command: request
-                .headers()
-                .get(&PACHCTL_COMMAND)
-                .map(|value| loggable_text(value.as_bytes(), PACHCTL_COMMAND_LOG_LIMIT)),
+        let log = access_log.then(|| {
+            // One pass over the headers for both (a lookup of a name outside the standard
+            // set hashes it byte by byte; a gRPC request carries a handful of headers).
+            let (mut user_agent, mut command) = (None, None);
+            for (name, value) in request.headers() {
+                if *name == USER_AGENT {
+                    user_agent = user_agent.or(Some(value));
+                } else if *name == PACHCTL_COMMAND {
+                    command = command.or(Some(value));
+                }
+            }
+            AccessFields {
+                method: request.method().clone(),
+                path: request.uri().path_and_query().cloned(),
+                version: request.version(),
+                connection: client.clone(),
+                user_agent: user_agent.cloned(),
+                authority: None,
+                request_id: None,
+                upstream_protocol: None,
+                upstream: None,
+                grpc_message: None,
+                pachctl_command: command
+                    .map(|value| loggable_text(value.as_bytes(), PACHCTL_COMMAND_LOG_LIMIT)),
+            }
         });
         Box::new(Exchange {
             metrics: metrics.clone(),
@@ -205,13 +220,23 @@ impl Exchange {
 
     /// Reads grpc-status (and grpc-message) from response headers (trailers-only) or trailers.
     pub(crate) fn note_grpc(&mut self, headers: &HeaderMap) {
-        let Some(code) = headers.get(&GRPC_STATUS) else {
+        // One pass for both: trailers hold a field or two, and a lookup by a name outside
+        // the standard set hashes the name byte by byte.
+        let (mut code, mut message) = (None, None);
+        for (name, value) in headers {
+            if *name == GRPC_STATUS {
+                code = code.or(Some(value));
+            } else if *name == GRPC_MESSAGE {
+                message = message.or(Some(value));
+            }
+        }
+        let Some(code) = code else {
             return;
         };
         self.grpc_status = std::str::from_utf8(code.as_bytes())
             .ok()
             .and_then(|s| s.parse().ok());
-        if let (Some(log), Some(message)) = (&mut self.log, headers.get(&GRPC_MESSAGE)) {
+        if let (Some(log), Some(message)) = (&mut self.log, message) {
             log.grpc_message = Some(truncate(
                 &percent_decode(message.as_bytes()),
                 GRPC_MESSAGE_LOG_LIMIT,
@@ -261,7 +286,8 @@ impl Drop for Exchange {
         };
         let record = AccessRecord {
             method: log.method.as_str(),
-            path: log.uri.path(),
+            // As `Uri::path` gives it: none (an authority-form CONNECT target) is empty.
+            path: log.path.as_ref().map_or("", PathAndQuery::path),
             protocol: version_name(log.version),
             kind: self.protocol,
             upstream_protocol: log.upstream_protocol,
@@ -272,12 +298,13 @@ impl Drop for Exchange {
             duration: elapsed,
             bytes_received: received,
             bytes_sent: self.sent,
-            client: &log.client,
+            client: log.connection.text(),
+            connection: &log.connection.memo,
             user_agent: log.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             authority: log.authority.as_ref().map(Authority::as_str),
             route: self.route.as_ref().map(|r| &*r.name),
             upstream: log.upstream.as_deref(),
-            request_id: log.request_id.as_ref().and_then(RequestId::as_str),
+            request_id: log.request_id.as_ref().map(RequestId::as_bytes),
         };
         if ACCESS_SINK.get().is_some_and(|sink| sink.record(&record)) {
             return;
@@ -301,7 +328,7 @@ impl Drop for Exchange {
             authority = record.authority,
             route = record.route,
             upstream = record.upstream,
-            request_id = record.request_id,
+            request_id = record.request_id.and_then(|id| std::str::from_utf8(id).ok()),
             "access"
         );
     }
@@ -408,10 +435,12 @@ impl Body for ObservedBody {
     }
 }
 
-/// A connection's client address, formatted for the log the first time a line needs it.
+/// A connection's client address, formatted for the log the first time a line needs it,
+/// and the access sink's memo for the connection.
 pub(crate) struct ClientAddress {
     addr: SocketAddr,
-    text: OnceLock<Arc<str>>,
+    text: OnceLock<Box<str>>,
+    memo: ConnectionMemo,
 }
 
 impl ClientAddress {
@@ -419,13 +448,36 @@ impl ClientAddress {
         ClientAddress {
             addr,
             text: OnceLock::new(),
+            memo: ConnectionMemo::default(),
         }
     }
 
-    fn text(&self) -> Arc<str> {
-        self.text
-            .get_or_init(|| self.addr.to_string().into())
-            .clone()
+    fn text(&self) -> &str {
+        self.text.get_or_init(|| self.addr.to_string().into())
+    }
+}
+
+/// What an [`AccessSink`] keeps per client connection: set once (by the connection's first
+/// line), read by every later one. The sink decides what it holds and when it still applies
+/// (e.g. a rendering of the fields a connection's requests share, with the values it was
+/// made from): the log is on by default, and these fields are the same on nearly every
+/// request of a connection.
+#[derive(Default)]
+pub struct ConnectionMemo(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl ConnectionMemo {
+    pub const fn new() -> Self {
+        ConnectionMemo(OnceLock::new())
+    }
+
+    /// The memo, if one of type `T` was set.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.get()?.downcast_ref()
+    }
+
+    /// Sets the memo unless one is set already (the first one stays).
+    pub fn set<T: Any + Send + Sync>(&self, memo: T) {
+        let _ = self.0.set(Box::new(memo));
     }
 }
 
@@ -437,6 +489,14 @@ pub(crate) enum RequestId {
 }
 
 impl RequestId {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Sent(value) => value.as_bytes(),
+            RequestId::Made(digits) => digits,
+        }
+    }
+
+    #[cfg(test)]
     fn as_str(&self) -> Option<&str> {
         match self {
             RequestId::Sent(value) => value.to_str().ok(),
@@ -554,6 +614,28 @@ mod tests {
         );
         let mut headers = HeaderMap::new();
         assert_ne!(first.as_deref(), ensure_request_id(&mut headers).as_str());
+    }
+
+    #[test]
+    fn made_ids_are_distinct_and_sent_as_logged() {
+        // Each header value is its own id, and all differ.
+        let mut seen = std::collections::HashSet::new();
+        let mut values = Vec::new();
+        for _ in 0..100 {
+            let mut headers = HeaderMap::new();
+            let id = ensure_request_id(&mut headers)
+                .as_str()
+                .unwrap()
+                .to_string();
+            let value = headers.remove(&X_REQUEST_ID).unwrap();
+            assert_eq!(value.to_str().unwrap(), id);
+            assert!(value.is_sensitive());
+            assert!(seen.insert(id.clone()), "{id} twice");
+            values.push((id, value));
+        }
+        for (id, value) in &values {
+            assert_eq!(value.to_str().unwrap(), id);
+        }
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::websocket::ClientSide;
 pub(crate) struct Caller {
     pub(crate) peer: SocketAddr,
     /// The peer as the access log writes it.
-    pub(crate) client: ClientAddress,
+    pub(crate) client: Arc<ClientAddress>,
     pub(crate) tls: bool,
     client_ip: HeaderValue,
     proto: HeaderValue,
@@ -64,7 +64,7 @@ impl Caller {
     ) -> Arc<Self> {
         Arc::new(Caller {
             peer,
-            client: ClientAddress::new(peer),
+            client: Arc::new(ClientAddress::new(peer)),
             tls,
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
