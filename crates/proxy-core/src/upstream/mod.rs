@@ -1025,3 +1025,22 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_budget_is_a_fifth_of_pending_and_at_least_three() {
+        let budget = RetryBudget::default();
+        let few: Vec<_> = (0..3).map(|_| budget.acquire(1)).collect();
+        assert!(few.iter().all(Option::is_some));
+        assert!(budget.acquire(1).is_none(), "a fourth retry with one pending");
+        drop(few);
+        let many: Vec<_> = (0..20).map(|_| budget.acquire(100)).collect();
+        assert!(many.iter().all(Option::is_some));
+        assert!(budget.acquire(100).is_none(), "21 retries with 100 pending");
+        drop(many);
+        assert_eq!(budget.active.load(Ordering::Relaxed), 0, "permits give back");
+    }
+}
