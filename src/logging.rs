@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use pachgate_proxy_core::exchange::{AccessRecord, AccessSink};
+use pachgate_observe::{AccessRecord, AccessSink};
 
 use crate::access_writer::{self, Sink, SinkWriter};
 use crate::config::AccessLog;
@@ -95,7 +95,7 @@ pub fn init() -> access_writer::Guard {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(diagnostics_filter);
-    pachgate_proxy_core::exchange::set_access_sink(Box::new(JsonAccess(sink.clone())));
+    pachgate_observe::set_access_sink(Box::new(JsonAccess(sink.clone())));
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
