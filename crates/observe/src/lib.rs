@@ -5,6 +5,9 @@
 //! data path (proxy-core) builds a record when a request ends and hands it over
 //! ([`hand_over`]), and that is all.
 
+pub mod access_writer;
+pub mod logging;
+pub mod metrics;
 mod record;
 
 pub use record::{hand_over, set_access_sink, AccessRecord, AccessSink, ConnectionMemo};

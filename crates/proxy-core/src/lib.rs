@@ -12,6 +12,9 @@
 //! It does not parse configuration files or generate certificates; the binary hands it
 //! typed specs and a rustls `ServerConfig`.
 
+// The metrics live in pachgate-observe; the data path names them `crate::metrics`.
+use pachgate_observe::metrics;
+
 pub mod auth;
 pub mod body;
 mod closing;
@@ -23,7 +26,6 @@ pub mod framing_guard;
 pub mod gateway;
 pub mod headers;
 mod idle;
-pub mod metrics;
 mod pipeline;
 pub mod proxy_protocol;
 mod rejection;

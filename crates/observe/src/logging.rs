@@ -4,7 +4,7 @@
 //! The access log is on by default, so a line must cost a proxy worker next to nothing: the
 //! worker formats a JSON line itself (handed the record by the proxy, not through `tracing`)
 //! straight into a shared buffer; a thread of its own
-//! writes that to stdout in batches (src/access_writer.rs). When stdout cannot keep up, lines
+//! writes that to stdout in batches (access_writer.rs). When stdout cannot keep up, lines
 //! are dropped and counted (`pachgate_access_log_dropped_total`) rather than stalling
 //! requests. The guard that [`init`] returns writes out the rest when dropped, at the end of
 //! `main`.
@@ -18,10 +18,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use pachgate_observe::{AccessRecord, AccessSink};
-
 use crate::access_writer::{self, Sink, SinkWriter};
-use crate::config::AccessLog;
+use crate::{AccessRecord, AccessSink};
+
+/// The access log's format, as the config's `log.access` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    Json,
+    Text,
+    Off,
+}
 
 const ACCESS_TARGET: &str = "pachgate::access";
 /// The access log's buffer, once [`init`] has run.
@@ -95,7 +101,7 @@ pub fn init() -> access_writer::Guard {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(diagnostics_filter);
-    pachgate_observe::set_access_sink(Box::new(JsonAccess(sink.clone())));
+    crate::set_access_sink(Box::new(JsonAccess(sink.clone())));
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)

@@ -144,7 +144,7 @@ pub struct Metrics {
 /// Per-route handles, resolved when a configuration is installed so a request does not
 /// look its route's histogram and byte counters up by label.
 pub struct RouteMetrics {
-    pub(crate) name: Arc<str>,
+    pub name: Arc<str>,
     duration: Histogram,
     received: Counter,
     sent: Counter,
@@ -161,7 +161,7 @@ pub enum ByteTally {
 }
 
 impl ByteTally {
-    pub(crate) fn add(&self, bytes: u64) {
+    pub fn add(&self, bytes: u64) {
         match self {
             ByteTally::Request(count) => {
                 count.fetch_add(bytes, Ordering::Relaxed);
@@ -382,7 +382,7 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn route(&self, name: &str) -> Arc<RouteMetrics> {
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
         let label = RouteLabel {
             route: Arc::from(name),
         };
@@ -402,7 +402,7 @@ impl Metrics {
 
     /// Names where the upstreams in use are found at scrape time; `/metrics` then shows each
     /// upstream's and each of its addresses' figures. The first source set stays.
-    pub(crate) fn read_upstreams_from<U: UpstreamFigures + 'static>(
+    pub fn read_upstreams_from<U: UpstreamFigures + 'static>(
         &self,
         source: impl Fn() -> Vec<Arc<U>> + Send + Sync + 'static,
     ) {
@@ -443,17 +443,17 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn tls_handshake_failed(&self, reason: &'static str) {
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
         self.tls_handshake_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
-    pub(crate) fn idle_connection_closed(&self) {
+    pub fn idle_connection_closed(&self) {
         self.idle_closes.inc();
     }
 
-    pub(crate) fn auth_decision(&self, route: &Arc<str>, allowed: bool, reason: &'static str) {
+    pub fn auth_decision(&self, route: &Arc<str>, allowed: bool, reason: &'static str) {
         self.auth_decisions
             .get_or_create(&AuthLabels {
                 route: route.clone(),
@@ -463,7 +463,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn upstream_connect_failed(&self, upstream: &str) {
+    pub fn upstream_connect_failed(&self, upstream: &str) {
         self.upstream_connect_failures
             .get_or_create(&UpstreamLabel {
                 upstream: upstream.to_string(),
@@ -472,35 +472,35 @@ impl Metrics {
     }
 
     /// The open-connection gauge, which the connection cap counts with.
-    pub(crate) fn connections_gauge(&self) -> Gauge {
+    pub fn connections_gauge(&self) -> Gauge {
         self.connections.clone()
     }
 
-    pub(crate) fn set_max_connections(&self, max: usize) {
+    pub fn set_max_connections(&self, max: usize) {
         self.max_connections
             .set(i64::try_from(max).unwrap_or(i64::MAX));
     }
 
-    pub(crate) fn connection_refused(&self, reason: &'static str) {
+    pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 
-    pub(crate) fn stream_started(&self) {
+    pub fn stream_started(&self) {
         self.streams.inc();
     }
 
-    pub(crate) fn tunnel_opened(&self) {
+    pub fn tunnel_opened(&self) {
         self.tunnels.inc();
     }
 
-    pub(crate) fn tunnel_closed(&self) {
+    pub fn tunnel_closed(&self) {
         self.tunnels.dec();
     }
 
     /// Books one finished request (or tunnel); called once, from the exchange's end.
-    pub(crate) fn request_finished(&self, finished: FinishedRequest<'_>) {
+    pub fn request_finished(&self, finished: FinishedRequest<'_>) {
         self.streams.dec();
         self.requests_all.fetch_add(1, Ordering::Relaxed);
         let route = match finished.route {
@@ -524,12 +524,12 @@ impl Metrics {
 }
 
 impl RouteMetrics {
-    pub(crate) fn received_tally(&self) -> ByteTally {
+    pub fn received_tally(&self) -> ByteTally {
         ByteTally::Route(self.received.clone())
     }
 
     /// Long streams book their sent bytes as they go, not only at the end.
-    pub(crate) fn add_sent(&self, bytes: u64) {
+    pub fn add_sent(&self, bytes: u64) {
         self.sent.inc_by(bytes);
     }
 }
@@ -729,7 +729,7 @@ impl Collector for UpstreamCollector {
     }
 }
 
-pub(crate) struct FinishedRequest<'a> {
+pub struct FinishedRequest<'a> {
     pub route: Option<&'a RouteMetrics>,
     pub protocol: &'static str,
     pub status: u16,
