@@ -897,11 +897,11 @@ mod tests {
         v6.kind = "grpc";
         let line: serde_json::Value = serde_json::from_str(&json_line(&v6, at)).unwrap();
         assert_eq!(line["client"], "[::1]:443");
+        assert_eq!(line["protocol"], "HTTP/3\"");
+        assert_eq!(line["kind"], "grpc");
         let mut quoted = record(Duration::ZERO);
         quoted.request_id = Some(b"a\"b\\c");
         let line: serde_json::Value = serde_json::from_str(&json_line(&quoted, at)).unwrap();
         assert_eq!(line["request_id"], "a\"b\\c");
-        assert_eq!(line["protocol"], "HTTP/3\"");
-        assert_eq!(line["kind"], "grpc");
     }
 }
