@@ -30,7 +30,7 @@ pub use types::*;
 use validate::Validator;
 
 /// The access log's format as pachgate-observe's log setup takes it.
-impl From<AccessLog> for pachgate_observe::logging::AccessLog {
+impl From<AccessLog> for pachgate_observe::logging::AccessFormat {
     fn from(format: AccessLog) -> Self {
         match format {
             AccessLog::Json => Self::Json,

@@ -23,7 +23,7 @@ use crate::{AccessRecord, AccessSink};
 
 /// The access log's format, as the config's `log.access` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessLog {
+pub enum AccessFormat {
     Json,
     Text,
     Off,
@@ -36,21 +36,21 @@ static ACCESS_SINK: OnceLock<Arc<Sink>> = OnceLock::new();
 /// The access-log format now in force (reload may change it); JSON until a config says.
 static ACCESS_FORMAT: AtomicU8 = AtomicU8::new(0);
 
-fn format_code(format: AccessLog) -> u8 {
+fn format_code(format: AccessFormat) -> u8 {
     match format {
-        AccessLog::Json => 0,
-        AccessLog::Text => 1,
-        AccessLog::Off => 2,
+        AccessFormat::Json => 0,
+        AccessFormat::Text => 1,
+        AccessFormat::Off => 2,
     }
 }
 
-pub fn set_access_format(format: AccessLog) {
+pub fn set_access_format(format: AccessFormat) {
     ACCESS_FORMAT.store(format_code(format), Ordering::Relaxed);
 }
 
 /// Enables access events for one format, decided per event so a reload can switch formats.
 fn access_filter<S: tracing::Subscriber>(
-    format: AccessLog,
+    format: AccessFormat,
 ) -> impl tracing_subscriber::layer::Filter<S> {
     let code = format_code(format);
     DynFilterFn::new(move |metadata, _| {
@@ -70,7 +70,7 @@ struct JsonAccess(Arc<Sink>);
 
 impl AccessSink for JsonAccess {
     fn record(&self, record: &AccessRecord<'_>) -> bool {
-        if ACCESS_FORMAT.load(Ordering::Relaxed) != format_code(AccessLog::Json) {
+        if ACCESS_FORMAT.load(Ordering::Relaxed) != format_code(AccessFormat::Json) {
             return false;
         }
         access_writer::push_json(&self.0, record);
@@ -106,7 +106,7 @@ pub fn init() -> access_writer::Guard {
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
         .with_writer(SinkWriter(sink))
-        .with_filter(access_filter(AccessLog::Text));
+        .with_filter(access_filter(AccessFormat::Text));
     tracing_subscriber::registry()
         .with(diagnostics)
         .with(text)

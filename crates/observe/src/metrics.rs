@@ -9,10 +9,12 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+
+/// The open-connection gauge's type: the connection cap in proxy-core counts with it.
+pub use prometheus_client::metrics::gauge::Gauge;
 
 /// Latency buckets in seconds: sub-millisecond proxying up to five-minute streams.
 const LATENCY_BUCKETS: [f64; 17] = [
