@@ -224,7 +224,8 @@ fn format_duration(seconds: u64) -> String {
 
 /// Unix seconds as `YYYY-MM-DD HH:MM UTC`.
 fn format_utc(unix: i64) -> String {
-    let (year, month, day) = crate::access_writer::civil_from_days(unix.div_euclid(86_400));
+    let (year, month, day) =
+        pachgate_observe::access_writer::civil_from_days(unix.div_euclid(86_400));
     let secs = unix.rem_euclid(86_400);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",

@@ -1,12 +1,10 @@
 //! The `pachgate` binary: command line, config file → typed config, wiring of the crates,
 //! signals. Thin by design: it assembles crates, it does not proxy.
 
-mod access_writer;
 mod admin;
 mod config;
 mod demo;
 mod local;
-mod logging;
 mod serve;
 mod workers;
 
@@ -118,11 +116,11 @@ enum CertCommand {
 fn main() -> ExitCode {
     // Dropped when main returns, after the runtime and its workers: it writes out every
     // access-log line still queued (graceful stop, demo and local included).
-    let _access_log = logging::init();
+    let _access_log = pachgate_observe::logging::init();
     // A panic is counted and logged once, then ends only the task it happened in: the
     // release build unwinds (Cargo.toml), and every connection, h2 stream and upstream
     // connection runs in a task of its own.
-    pachgate_proxy_core::metrics::install_panic_hook();
+    pachgate_observe::metrics::install_panic_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
@@ -139,7 +137,7 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => match config::load(&config) {
             Ok(runtime) => {
-                logging::set_access_format(runtime.access_log);
+                pachgate_observe::logging::set_access_format(runtime.access_log.into());
                 // The main thread runs the control plane; serve() starts the proxy workers.
                 run_on(
                     1,

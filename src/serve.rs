@@ -306,7 +306,7 @@ pub async fn serve_embedded(
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    crate::logging::set_access_format(runtime.access_log);
+    pachgate_observe::logging::set_access_format(runtime.access_log.into());
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(serve(runtime, Some(ready_tx), None));
     match ready_rx.await {
@@ -347,7 +347,7 @@ pub async fn serve(
     let gateway = Gateway::new(snapshot, runtime.limits);
     gateway
         .metrics()
-        .count_access_log_drops(crate::logging::access_log_dropped);
+        .count_access_log_drops(pachgate_observe::logging::access_log_dropped);
     listeners.commit(prepared, &shape, &gateway, &state)?;
     if let Some(ready) = ready {
         let _ = ready.send(https_bound);
@@ -454,7 +454,7 @@ impl Reloader {
             tracing::error!(%error, trigger, "config reload failed part way");
             return;
         }
-        crate::logging::set_access_format(runtime.access_log);
+        pachgate_observe::logging::set_access_format(runtime.access_log.into());
         let max_connections = runtime.limits.max_connections;
         if max_connections != self.gateway.max_connections() {
             // New connections only: those already open stay, even above a lowered cap.

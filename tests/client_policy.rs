@@ -9,50 +9,33 @@ use std::process::Command;
 
 use common::*;
 
-fn config(listen: &str, top: &str, standins: &Running, extra_routes: &str) -> String {
-    format!(
-        r#"{top}
-[listen]
-https = "{listen}"
-
-[tls]
-self_signed = true
-self_signed_dir = "certs"
-hosts = ["localhost", "127.0.0.1", "::1"]
-
-[upstreams.pachd]
-endpoints = ["{pachd}"]
-protocol = "h2c"
-
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
-
-[auth.pachyderm]
-upstream = "pachd"
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-auth = "pachyderm"
-
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/api/" }}
-upstream = "console"
-auth = "pachyderm"
-
-{extra_routes}
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-"#,
-        pachd = standins.address("standin-pachd"),
-        console = standins.address("standin-console"),
-    )
+/// pachd's gRPC and console's `/api/` behind the Pachyderm gate, then `extra` (a route to
+/// console: name, path prefix, allow-list), then console for everything else; `top` keys
+/// go before `[listen]`.
+fn config(standins: &Running, top: &str, extra: Option<(&str, &str, &str)>) -> TestConfig {
+    let config = TestConfig::new()
+        .top(top)
+        .tls_hosts(&["localhost", "127.0.0.1", "::1"])
+        .upstream("pachd", standins.address("standin-pachd"), "h2c")
+        .upstream("console", standins.address("standin-console"), "http1")
+        .section("[auth.pachyderm]\nupstream = \"pachd\"")
+        .route_with("pachd-grpc", "grpc = true", "pachd", "auth = \"pachyderm\"")
+        .route_with(
+            "api",
+            "path_prefix = \"/api/\"",
+            "console",
+            "auth = \"pachyderm\"",
+        );
+    let config = match extra {
+        Some((name, prefix, allow)) => config.route_with(
+            name,
+            &format!("path_prefix = \"{prefix}\""),
+            "console",
+            &format!("allow_cidrs = {allow}"),
+        ),
+        None => config,
+    };
+    config.route("console", "path_prefix = \"/\"", "console")
 }
 
 /// curl from `source`; returns (exit code, HTTP status or 0, headers).
@@ -98,10 +81,8 @@ fn listener_allow_list_closes_refused_connections_before_tls() {
         ("[::1]:0", "::1", r#"["::1/128"]"#, true),
         ("[::1]:0", "::1", r#"["127.0.0.0/8"]"#, false),
     ] {
-        let proxy = pachgate_config(
-            &config(listen, &format!("allow_cidrs = {allow}"), &standins, ""),
-            1,
-        );
+        let config = config(&standins, &format!("allow_cidrs = {allow}"), None);
+        let proxy = pachgate_config(&config.file(listen), 1);
         let port = proxy.https().port();
         let url = if listen.starts_with('[') {
             format!("https://[::1]:{port}/")
@@ -122,14 +103,9 @@ fn listener_allow_list_closes_refused_connections_before_tls() {
 #[test]
 fn route_allow_list_is_403() {
     let standins = standins();
-    let private = r#"
-[[routes]]
-name = "private"
-match = { path_prefix = "/private" }
-upstream = "console"
-allow_cidrs = ["127.0.0.2/32"]
-"#;
-    let proxy = pachgate_config(&config("127.0.0.1:0", "", &standins, private), 1);
+    let private = ("private", "/private", r#"["127.0.0.2/32"]"#);
+    let config = config(&standins, "", Some(private));
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     let url = format!("https://localhost:{}/private/page", proxy.https().port());
     assert_eq!(curl(&proxy, &url, "127.0.0.1", &[]).1, 403);
     assert_eq!(curl(&proxy, &url, "127.0.0.2", &[]).1, 200);
@@ -138,8 +114,9 @@ allow_cidrs = ["127.0.0.2/32"]
 #[test]
 fn failed_authentications_are_rate_limited_per_address() {
     let standins = standins();
-    let top = "[rate_limits]\nfailed_auth_per_minute = 3\nfailed_auth_burst = 3\n";
-    let proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, ""), 1);
+    let limits = "[rate_limits]\nfailed_auth_per_minute = 3\nfailed_auth_burst = 3";
+    let config = config(&standins, "", None).section(limits);
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     let url = format!("https://localhost:{}/api/repos", proxy.https().port());
     let bad = ["-H", "authn-token: guess"];
     let good = ["-H", "authn-token: demo-token"];
@@ -172,15 +149,16 @@ fn failed_authentications_are_rate_limited_per_address() {
     assert_eq!(curl(&proxy, &url, "127.0.0.2", &good).1, 200);
 
     // gRPC callers get RESOURCE_EXHAUSTED.
-    let grpc_proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, ""), 1);
+    let grpc_proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     grpc_check(&grpc_proxy, "auth-rate-limit");
 }
 
 #[test]
 fn request_rate_is_limited_per_address() {
     let standins = standins();
-    let top = "[rate_limits]\nrequests_per_second = 1\nrequest_burst = 2\n";
-    let proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, ""), 1);
+    let limits = "[rate_limits]\nrequests_per_second = 1\nrequest_burst = 2";
+    let config = config(&standins, "", None).section(limits);
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     let url = format!("https://localhost:{}/", proxy.https().port());
     let statuses: Vec<u16> = (0..4)
         .map(|_| curl(&proxy, &url, "127.0.0.1", &[]).1)
@@ -258,9 +236,8 @@ fn raw_get(proxy: &Proxy, source: &str, proxy_header: Option<(&str, &str)>) -> (
 fn proxy_protocol_v1_and_v2_from_trusted_balancers_only() {
     let standins = standins();
     let top = "trusted_proxies = [\"127.0.0.1/32\"]\nallow_cidrs = [\"203.0.113.0/24\", \"2001:db8::/32\", \"127.0.0.0/8\"]\n";
-    let text = config("127.0.0.1:0", top, &standins, "")
-        .replace("[listen]\n", "[listen]\nproxy_protocol = true\n");
-    let proxy = pachgate_config(&text, 1);
+    let config = config(&standins, top, None).listen("proxy_protocol = true");
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
 
     let (response, _) = raw_get(&proxy, "127.0.0.1", Some(("v1", "203.0.113.7:5555")));
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -300,15 +277,10 @@ fn proxy_protocol_v1_and_v2_from_trusted_balancers_only() {
 #[test]
 fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
     let standins = standins();
-    let private = r#"
-[[routes]]
-name = "partners"
-match = { path_prefix = "/partners" }
-upstream = "console"
-allow_cidrs = ["198.51.100.0/24"]
-"#;
+    let partners = ("partners", "/partners", r#"["198.51.100.0/24"]"#);
     let top = "trusted_proxies = [\"127.0.0.1/32\"]\n";
-    let proxy = pachgate_config(&config("127.0.0.1:0", top, &standins, private), 1);
+    let config = config(&standins, top, Some(partners));
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     let url = format!("https://localhost:{}/partners/x", proxy.https().port());
     let claim = ["-H", "X-Forwarded-For: 198.51.100.9"];
     assert_eq!(

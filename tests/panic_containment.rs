@@ -169,7 +169,7 @@ async fn a_panic_in_one_request_costs_only_its_connection_or_stream() {
         panic_lines: panic_lines.clone(),
     });
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-    pachgate_proxy_core::metrics::install_panic_hook();
+    pachgate_observe::metrics::install_panic_hook();
 
     let (gateway, addr) = start_gateway().await;
     assert_eq!(panics_total(&gateway), "pachgate_panics_total 0");

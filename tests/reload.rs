@@ -11,46 +11,28 @@ use std::time::Duration;
 
 use common::*;
 
-fn config(standins: &Running, extra_routes: &str) -> String {
-    format!(
-        r#"[listen]
-https = "127.0.0.1:0"
-
-[tls]
-self_signed = true
-self_signed_dir = "certs"
-hosts = ["localhost", "127.0.0.1"]
-
-[upstreams.pachd]
-endpoints = ["{pachd}"]
-protocol = "h2c"
-
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-
-[[routes]]
-name = "old"
-match = {{ path_prefix = "/old" }}
-upstream = "console"
-{extra_routes}"#,
-        pachd = standins.address("standin-pachd"),
-        console = standins.address("standin-console"),
-    )
+/// gRPC to pachd and `/old` to console; reloads add routes to it.
+fn config(standins: &Running) -> TestConfig {
+    TestConfig::new()
+        .upstream("pachd", standins.address("standin-pachd"), "h2c")
+        .upstream("console", standins.address("standin-console"), "http1")
+        .route("pachd-grpc", "grpc = true", "pachd")
+        .route("old", "path_prefix = \"/old\"", "console")
 }
 
-const ADDED: &str = "\n[[routes]]\nname = \"added\"\nmatch = { path_prefix = \"/added\" }\nupstream = \"console\"\n";
+/// A route to console at `/NAME`.
+fn console_route(config: TestConfig, name: &str) -> TestConfig {
+    config.route(name, &format!("path_prefix = \"/{name}\""), "console")
+}
+
+const HTTPS: &str = "127.0.0.1:0";
 
 #[test]
 fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     let standins = standins();
-    let proxy = pachgate_config(&config(&standins, ""), 1);
+    let proxy = pachgate_config(&config(&standins).file(HTTPS), 1);
     let path = proxy.dir.path().join("pachgate.toml");
+    let added = console_route(config(&standins), "added");
     let ca = proxy.ca();
     let status = |route: &str| {
         http_code(
@@ -63,13 +45,15 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     let client = start_call_loop(&proxy.target(), &proxy.ca(), 8, &[]);
 
     std::thread::sleep(Duration::from_secs(1));
-    std::fs::write(&path, config(&standins, ADDED)).unwrap();
+    std::fs::write(&path, added.file(HTTPS)).unwrap();
     proxy.running.signal("HUP");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(status("/added"), "200", "the added route does not answer");
 
     // Broken: an unknown key on line 3. Nothing changes; the error names the place.
-    let broken = config(&standins, ADDED).replace("[listen]\n", "[listen]\nbogus = 1\n");
+    let broken = added
+        .file(HTTPS)
+        .replace("[listen]\n", "[listen]\nbogus = 1\n");
     std::fs::write(&path, broken).unwrap();
     proxy.running.signal("HUP");
     std::thread::sleep(Duration::from_millis(1500));
@@ -85,11 +69,8 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     );
 
     // Fixed again, with one more route.
-    let fixed = config(
-        &standins,
-        &format!("{ADDED}\n[[routes]]\nname = \"fixed\"\nmatch = {{ path_prefix = \"/fixed\" }}\nupstream = \"console\"\n"),
-    );
-    std::fs::write(&path, fixed).unwrap();
+    let fixed = console_route(added, "fixed");
+    std::fs::write(&path, fixed.file(HTTPS)).unwrap();
     proxy.running.signal("HUP");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(status("/fixed"), "200");
@@ -115,16 +96,8 @@ fn stderr_until(running: &Running, needle: &str, within: Duration) -> String {
 fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
     let standins = standins();
     let (admin_before, admin_after, plain) = (free_port(), free_port(), free_port());
-    let with_listeners = |listen: &str, extra_routes: &str| {
-        config(&standins, extra_routes).replace(
-            "[listen]\nhttps = \"127.0.0.1:0\"\n",
-            &format!("[listen]\nhttps = \"127.0.0.1:0\"\n{listen}"),
-        )
-    };
-    let proxy = pachgate_config(
-        &with_listeners(&format!("admin = \"127.0.0.1:{admin_before}\"\n"), ""),
-        2,
-    );
+    let before = config(&standins).listen(&format!("admin = \"127.0.0.1:{admin_before}\""));
+    let proxy = pachgate_config(&before.file(HTTPS), 2);
     let path = proxy.dir.path().join("pachgate.toml");
     let ca = proxy.ca();
     let https_status = |route: &str| {
@@ -142,7 +115,8 @@ fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
     let moved = format!(
         "admin = \"127.0.0.1:{admin_after}\"\nhttp = \"127.0.0.1:{plain}\"\nhttp_mode = \"serve\"\n"
     );
-    std::fs::write(&path, with_listeners(&moved, ADDED)).unwrap();
+    let after = console_route(config(&standins), "added").listen(&moved);
+    std::fs::write(&path, after.file(HTTPS)).unwrap();
     stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));
     assert_eq!(https_status("/added"), "200");
     assert_eq!(
@@ -162,7 +136,9 @@ fn a_file_change_reloads_without_a_signal_and_moves_listeners() {
     // Broken: refused, counted, and the running config (and its listeners) stay.
     std::fs::write(
         &path,
-        with_listeners(&moved, ADDED).replace("[[routes]]", "[[routes]]\nbogus = 1"),
+        after
+            .file(HTTPS)
+            .replace("[[routes]]", "[[routes]]\nbogus = 1"),
     )
     .unwrap();
     stderr_until(
@@ -195,7 +171,7 @@ fn a_configmap_style_symlink_swap_reloads() {
         std::fs::create_dir(root.join(name)).unwrap();
         std::fs::write(root.join(name).join("pachgate.toml"), text).unwrap();
     };
-    write_version("..v1", &config(&standins, ""));
+    write_version("..v1", &config(&standins).file(HTTPS));
     std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/pachgate.toml", root.join("pachgate.toml")).unwrap();
     let mut command = Command::new(BIN);
@@ -215,7 +191,10 @@ fn a_configmap_style_symlink_swap_reloads() {
     assert_eq!(status("/added"), "404");
 
     // What the kubelet does: write the new version, point a temporary link at it, rename.
-    write_version("..v2", &config(&standins, ADDED));
+    write_version(
+        "..v2",
+        &console_route(config(&standins), "added").file(HTTPS),
+    );
     std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     stderr_until(&running, "config reloaded", Duration::from_secs(10));
@@ -226,7 +205,7 @@ fn a_configmap_style_symlink_swap_reloads() {
 #[test]
 fn tls_settings_change_on_reload_for_new_handshakes() {
     let standins = standins();
-    let proxy = pachgate_config(&config(&standins, ""), 1);
+    let proxy = pachgate_config(&config(&standins).file(HTTPS), 1);
     let path = proxy.dir.path().join("pachgate.toml");
     let handshake = |version: &str| {
         Command::new("openssl")
@@ -241,7 +220,7 @@ fn tls_settings_change_on_reload_for_new_handshakes() {
 
     std::fs::write(
         &path,
-        config(&standins, "").replace("[tls]\n", "[tls]\nmin_version = \"1.3\"\n"),
+        config(&standins).tls("min_version = \"1.3\"").file(HTTPS),
     )
     .unwrap();
     stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));

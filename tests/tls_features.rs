@@ -73,31 +73,18 @@ fn certificates_are_chosen_by_sni() {
             dir.path(),
         );
     }
-    let config = format!(
-        r#"
-[listen]
-https = "127.0.0.1:0"
-
-[tls]
-self_signed = true
-self_signed_dir = "default"
-hosts = ["localhost"]
-
-[[tls.sni]]
-hosts = ["console.example.com"]
-cert = "{d}/console/tls.crt"
-key = "{d}/console/tls.key"
-
-[[tls.sni]]
-hosts = ["*.pach.example.com"]
-cert = "{d}/wild/tls.crt"
-key = "{d}/wild/tls.key"
-
-{routes}"#,
-        d = dir.path().display(),
-        routes = standin_routes(&standins, "")
-    );
-    let proxy = pachgate_config(&config, 1);
+    let d = dir.path().display();
+    let config = TestConfig::new()
+        .tls_hosts(&["localhost"])
+        .self_signed_dir("default")
+        .section(&format!(
+            "[[tls.sni]]\nhosts = [\"console.example.com\"]\ncert = \"{d}/console/tls.crt\"\nkey = \"{d}/console/tls.key\""
+        ))
+        .section(&format!(
+            "[[tls.sni]]\nhosts = [\"*.pach.example.com\"]\ncert = \"{d}/wild/tls.crt\"\nkey = \"{d}/wild/tls.key\""
+        ))
+        .section(&standin_routes(&standins, ""));
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     let port = proxy.https().port();
     for (servername, want) in [
         (Some("console.example.com"), "DNS:console.example.com"),
@@ -206,12 +193,14 @@ fn client_certificates_are_required_when_client_ca_is_set() {
         d,
     );
 
-    let config = format!(
-        "[listen]\nhttps = \"127.0.0.1:0\"\n\n[tls]\nself_signed = true\nself_signed_dir = \"certs\"\nhosts = [\"localhost\"]\nclient_ca = \"{}/clients-ca.crt\"\nmin_version = \"1.3\"\n{}",
-        d.display(),
-        standin_routes(&standins, "")
-    );
-    let proxy = pachgate_config(&config, 1);
+    let config = TestConfig::new()
+        .tls_hosts(&["localhost"])
+        .tls(&format!(
+            "client_ca = \"{}/clients-ca.crt\"\nmin_version = \"1.3\"",
+            d.display()
+        ))
+        .section(&standin_routes(&standins, ""));
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     let url = format!("https://localhost:{}/", proxy.https().port());
     let curl = |extra: &[&str]| {
         let output = Command::new("curl")
@@ -306,12 +295,12 @@ fn certificates_rotate_under_load_and_bad_files_change_nothing() {
         + &std::fs::read_to_string(secret.join("v2/ca.crt")).unwrap();
     std::fs::write(&bundle, cas).unwrap();
 
-    let config = format!(
-        "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{s}/tls.crt\"\nkey = \"{s}/tls.key\"\n{routes}",
-        s = secret.display(),
-        routes = standin_routes(&standins, "")
-    );
-    let proxy = pachgate_config(&config, 2);
+    let s = secret.display();
+    let config = TestConfig::new()
+        .listen("admin = \"127.0.0.1:0\"")
+        .tls_files(format!("{s}/tls.crt"), format!("{s}/tls.key"))
+        .section(&standin_routes(&standins, ""));
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 2);
     let port = proxy.https().port();
     assert!(presented_names(port, Some("localhost"), dir.path()).contains("DNS:v1.example"));
 
@@ -378,12 +367,11 @@ fn generated_certificates_serve_and_are_trusted_by_grpcio() {
         ],
         dir.path(),
     );
-    let config = format!(
-        "[listen]\nhttps = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{d}/tls/tls.crt\"\nkey = \"{d}/tls/tls.key\"\n{routes}",
-        d = dir.path().display(),
-        routes = standin_routes(&standins, "")
-    );
-    let proxy = pachgate_config(&config, 1);
+    let d = dir.path().display();
+    let config = TestConfig::new()
+        .tls_files(format!("{d}/tls/tls.crt"), format!("{d}/tls/tls.key"))
+        .section(&standin_routes(&standins, ""));
+    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     grpc_check_at(
         &format!("localhost:{}", proxy.https().port()),
         &dir.path().join("tls/ca.crt"),
@@ -527,25 +515,17 @@ fn http1_tls_upstream_is_verified() {
         std::time::Duration::from_secs(10),
     );
     let route = |ca: &str| {
-        format!(
-            r#"
-[upstreams.backend]
-endpoints = ["127.0.0.1:{port}"]
-protocol = "http1-tls"
-ca = "{ca}"
-server_name = "backend.internal"
-
-[[routes]]
-name = "all"
-match = {{ path_prefix = "/" }}
-upstream = "backend"
-"#
-        )
+        TestConfig::new()
+            .upstream_with(
+                "backend",
+                format!("127.0.0.1:{port}"),
+                "http1-tls",
+                &format!("ca = \"{ca}\"\nserver_name = \"backend.internal\""),
+            )
+            .route("all", "path_prefix = \"/\"", "backend")
+            .start()
     };
-    let good = pachgate(
-        &route(&dir.path().join("backend/ca.crt").display().to_string()),
-        "",
-    );
+    let good = route(&dir.path().join("backend/ca.crt").display().to_string());
     let curl = |proxy: &Proxy| {
         let output = Command::new("curl")
             .args(["-sS", "--http1.1", "-w", "\n%{http_code}", "--cacert"])
@@ -562,7 +542,7 @@ upstream = "backend"
     );
 
     let wrong_ca = good.ca().display().to_string();
-    let wrong = pachgate(&route(&wrong_ca), "");
+    let wrong = route(&wrong_ca);
     let answer = curl(&wrong);
     assert!(
         answer.ends_with("\n502") && answer.contains("TLS verification failed"),

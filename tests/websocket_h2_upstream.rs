@@ -184,34 +184,13 @@ fn proxy(supporting: &H2Upstream, unsupporting: &H2Upstream) -> Proxy {
 
 /// The same, with more config (a `[limits]` section, say) after the routes.
 fn proxy_with(supporting: &H2Upstream, unsupporting: &H2Upstream, more: &str) -> Proxy {
-    pachgate(
-        &format!(
-            r#"
-[upstreams.rfc8441]
-endpoints = ["{supporting}"]
-protocol = "h2c"
-
-[upstreams.plain-h2]
-endpoints = ["{unsupporting}"]
-protocol = "h2c"
-
-[[routes]]
-name = "plain-h2"
-match = {{ path_prefix = "/plain-h2" }}
-upstream = "plain-h2"
-
-[[routes]]
-name = "rfc8441"
-match = {{ path_prefix = "/" }}
-upstream = "rfc8441"
-
-{more}
-"#,
-            supporting = supporting.address,
-            unsupporting = unsupporting.address,
-        ),
-        "",
-    )
+    TestConfig::new()
+        .upstream("rfc8441", supporting.address, "h2c")
+        .upstream("plain-h2", unsupporting.address, "h2c")
+        .route("plain-h2", "path_prefix = \"/plain-h2\"", "plain-h2")
+        .route("rfc8441", "path_prefix = \"/\"", "rfc8441")
+        .section(more)
+        .start()
 }
 
 async fn tls_to(proxy: &Proxy, alpn: &[u8]) -> TlsStream<TcpStream> {
@@ -555,25 +534,19 @@ fn backend_tls(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
 async fn http1_websocket_reaches_an_h2_tls_upstream_by_extended_connect() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = H2Upstream::start_with(true, Some(backend_tls(dir.path()))).await;
-    let proxy = pachgate(
-        &format!(
-            r#"
-[upstreams.backend]
-endpoints = ["{address}"]
-protocol = "h2"
-ca = "{ca}"
-server_name = "backend.internal"
-
-[[routes]]
-name = "backend"
-match = {{ path_prefix = "/" }}
-upstream = "backend"
-"#,
-            address = upstream.address,
-            ca = dir.path().join("backend/ca.crt").display(),
-        ),
-        "",
-    );
+    let ca = dir.path().join("backend/ca.crt");
+    let proxy = TestConfig::new()
+        .upstream_with(
+            "backend",
+            upstream.address,
+            "h2",
+            &format!(
+                "ca = \"{}\"\nserver_name = \"backend.internal\"",
+                ca.display()
+            ),
+        )
+        .route("backend", "path_prefix = \"/\"", "backend")
+        .start();
     let (mut ws, _) = connect(&proxy, "/ws-tls")
         .await
         .expect("the upgrade through pachgate succeeds");

@@ -69,54 +69,17 @@ fn events(upstream: &Running) -> Vec<serde_json::Value> {
 fn proxy(standins: &Running, upstream: &Running, ca: &Path) -> Proxy {
     let backend = upstream.address("ws-tls-upstream");
     let ca = ca.display();
-    pachgate(
-        &format!(
-            r#"
-[upstreams.backend]
-endpoints = ["{backend}"]
-protocol = "http1-tls"
-ca = "{ca}"
-server_name = "backend.internal"
-
-[upstreams.backend-h2]
-endpoints = ["{backend}"]
-protocol = "h2"
-ca = "{ca}"
-server_name = "backend.internal"
-
-[upstreams.pachd]
-endpoints = ["{pachd}"]
-protocol = "h2c"
-
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
-
-[[routes]]
-name = "ws-tls"
-match = {{ path_prefix = "/ws" }}
-upstream = "backend"
-
-[[routes]]
-name = "ws-h2"
-match = {{ path_prefix = "/ws-h2" }}
-upstream = "backend-h2"
-
-[[routes]]
-name = "ws-h2c"
-match = {{ path_prefix = "/ws-h2c" }}
-upstream = "pachd"
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-"#,
-            pachd = standins.address("standin-pachd"),
-            console = standins.address("standin-console"),
-        ),
-        "",
-    )
+    let tls = format!("ca = \"{ca}\"\nserver_name = \"backend.internal\"");
+    TestConfig::new()
+        .upstream_with("backend", backend, "http1-tls", &tls)
+        .upstream_with("backend-h2", backend, "h2", &tls)
+        .upstream("pachd", standins.address("standin-pachd"), "h2c")
+        .upstream("console", standins.address("standin-console"), "http1")
+        .route("ws-tls", "path_prefix = \"/ws\"", "backend")
+        .route("ws-h2", "path_prefix = \"/ws-h2\"", "backend-h2")
+        .route("ws-h2c", "path_prefix = \"/ws-h2c\"", "pachd")
+        .route("console", "path_prefix = \"/\"", "console")
+        .start()
 }
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;

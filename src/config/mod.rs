@@ -29,6 +29,17 @@ pub use tls::ListenerTlsSource;
 pub use types::*;
 use validate::Validator;
 
+/// The access log's format as pachgate-observe's log setup takes it.
+impl From<AccessLog> for pachgate_observe::logging::AccessFormat {
+    fn from(format: AccessLog) -> Self {
+        match format {
+            AccessLog::Json => Self::Json,
+            AccessLog::Text => Self::Text,
+            AccessLog::Off => Self::Off,
+        }
+    }
+}
+
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

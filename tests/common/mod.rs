@@ -193,10 +193,16 @@ impl Proxy {
 /// Starts pachgate with a self-signed certificate and the given upstreams/routes TOML
 /// appended to a TLS listener section. `extra_listen` adds keys to `[listen]`.
 pub fn pachgate(body: &str, extra_listen: &str) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[listen]\nhttps = \"127.0.0.1:0\"\n{extra_listen}\n\n[tls]\nself_signed = true\nself_signed_dir = \"certs\"\nhosts = [\"localhost\", \"127.0.0.1\"]\n\n{body}"
     );
+    pachgate_file(&config, extra_listen)
+}
+
+/// Starts pachgate with one worker on a whole config file's text, whose `[listen]` has the
+/// keys `extra_listen` (each `127.0.0.1:0` in them is one more listener to wait for).
+pub(crate) fn pachgate_file(config: &str, extra_listen: &str) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pachgate.toml");
     std::fs::write(&path, config).unwrap();
     let mut command = Command::new(BIN);

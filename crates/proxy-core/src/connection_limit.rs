@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::metrics::Gauge;
 
 /// The cap when nothing smaller is called for by the open-files limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;

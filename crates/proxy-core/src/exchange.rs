@@ -3,14 +3,13 @@
 //! and is booked exactly once, when that ends or is dropped (a client that resets a stream
 //! still gets a line).
 
-use std::any::Any;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::Entry;
@@ -18,6 +17,8 @@ use http::header::{HeaderName, HeaderValue, USER_AGENT};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Version};
 use http_body::{Body, Frame, SizeHint};
+
+use pachgate_observe::{AccessRecord, ConnectionMemo};
 
 use crate::body::{BodyError, ProxyBody};
 use crate::idle::InFlight;
@@ -35,51 +36,6 @@ const GRPC_MESSAGE_LOG_LIMIT: usize = 256;
 const PACHCTL_COMMAND_LOG_LIMIT: usize = 256;
 /// Sent bytes are booked to the route's counter in chunks of this size while a stream runs.
 const SENT_BOOKING_CHUNK: u64 = 1 << 20;
-
-/// One finished request as the access log reports it, borrowed from its [`Exchange`]. Fields
-/// in the line's order; `None` fields are left out of the line.
-pub struct AccessRecord<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub protocol: &'static str,
-    pub kind: &'static str,
-    pub upstream_protocol: Option<&'static str>,
-    pub status: u16,
-    pub grpc_status: Option<u16>,
-    pub grpc_message: Option<&'a str>,
-    pub pachctl_command: Option<&'a str>,
-    /// Logged as `duration_ms`, milliseconds with microsecond precision.
-    pub duration: Duration,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    /// The client's `ip:port`, formatted once per connection.
-    pub client: &'a str,
-    /// Where the sink may keep, for the client connection, what it made of the fields its
-    /// requests usually share (client, user agent, authority, route, upstream).
-    pub connection: &'a ConnectionMemo,
-    pub user_agent: Option<&'a str>,
-    pub authority: Option<&'a str>,
-    pub route: Option<&'a str>,
-    pub upstream: Option<&'a str>,
-    /// Visible ASCII (a client's id is checked, a made one is hex digits).
-    pub request_id: Option<&'a [u8]>,
-}
-
-/// Where access lines go without passing through `tracing`: a line per request costs the
-/// worker a format into a buffer, not a dispatch and a visit of ~20 fields.
-pub trait AccessSink: Send + Sync {
-    /// Writes the record's line; `false` sends it as a `tracing` event (target
-    /// `pachgate::access`) instead, e.g. for a format the sink does not write itself.
-    fn record(&self, record: &AccessRecord<'_>) -> bool;
-}
-
-static ACCESS_SINK: OnceLock<Box<dyn AccessSink>> = OnceLock::new();
-
-/// Sets the access log's sink for the process; the first one set stays. Without one, every
-/// line is a `tracing` event.
-pub fn set_access_sink(sink: Box<dyn AccessSink>) {
-    let _ = ACCESS_SINK.set(sink);
-}
 
 /// What only the access log needs; not built when the log is off. Held as the request's
 /// own (reference-counted) `http` values, not copied into `String`s: the log is on by
@@ -306,31 +262,7 @@ impl Drop for Exchange {
             upstream: log.upstream.as_deref(),
             request_id: log.request_id.as_ref().map(RequestId::as_bytes),
         };
-        if ACCESS_SINK.get().is_some_and(|sink| sink.record(&record)) {
-            return;
-        }
-        tracing::info!(
-            target: "pachgate::access",
-            method = record.method,
-            path = record.path,
-            protocol = record.protocol,
-            kind = record.kind,
-            upstream_protocol = record.upstream_protocol,
-            status = record.status,
-            grpc_status = record.grpc_status,
-            grpc_message = record.grpc_message,
-            pachctl_command = record.pachctl_command,
-            duration_ms = record.duration.as_micros() as f64 / 1000.0,
-            bytes_received = record.bytes_received,
-            bytes_sent = record.bytes_sent,
-            client = record.client,
-            user_agent = record.user_agent,
-            authority = record.authority,
-            route = record.route,
-            upstream = record.upstream,
-            request_id = record.request_id.and_then(|id| std::str::from_utf8(id).ok()),
-            "access"
-        );
+        pachgate_observe::hand_over(&record);
     }
 }
 
@@ -454,30 +386,6 @@ impl ClientAddress {
 
     fn text(&self) -> &str {
         self.text.get_or_init(|| self.addr.to_string().into())
-    }
-}
-
-/// What an [`AccessSink`] keeps per client connection: set once (by the connection's first
-/// line), read by every later one. The sink decides what it holds and when it still applies
-/// (e.g. a rendering of the fields a connection's requests share, with the values it was
-/// made from): the log is on by default, and these fields are the same on nearly every
-/// request of a connection.
-#[derive(Default)]
-pub struct ConnectionMemo(OnceLock<Box<dyn Any + Send + Sync>>);
-
-impl ConnectionMemo {
-    pub const fn new() -> Self {
-        ConnectionMemo(OnceLock::new())
-    }
-
-    /// The memo, if one of type `T` was set.
-    pub fn get<T: Any>(&self) -> Option<&T> {
-        self.0.get()?.downcast_ref()
-    }
-
-    /// Sets the memo unless one is set already (the first one stays).
-    pub fn set<T: Any + Send + Sync>(&self, memo: T) {
-        let _ = self.0.set(Box::new(memo));
     }
 }
 

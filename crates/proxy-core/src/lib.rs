@@ -1,8 +1,9 @@
 //! pachgate's data path: listeners, TLS accept, the hyper server (h1 + h2 by ALPN, h2c by
 //! preface), routing a request to an upstream (over pachgate's own h2 client connection
 //! for h2 upstreams, the `pachgate-h2-upstream` crate), streaming bodies and trailers both ways,
-//! websocket tunnels, and the errors pachgate answers in the caller's protocol. It also
-//! owns what the data path reports: Prometheus metrics and the per-request access-log line.
+//! websocket tunnels, and the errors pachgate answers in the caller's protocol. What it
+//! reports goes through `pachgate-observe`: it counts on that crate's metric handles and, when
+//! a request ends, builds its access record (`exchange`) and hands it over.
 //!
 //! Where things are: `connection` accepts and keeps connections; `pipeline` takes each
 //! request through its stages (sanitize → route → admit → forward | tunnel → finish → log);
@@ -11,6 +12,9 @@
 //!
 //! It does not parse configuration files or generate certificates; the binary hands it
 //! typed specs and a rustls `ServerConfig`.
+
+// The metrics live in pachgate-observe; the data path names them `crate::metrics`.
+use pachgate_observe::metrics;
 
 pub mod auth;
 pub mod body;
@@ -23,7 +27,6 @@ pub mod framing_guard;
 pub mod gateway;
 pub mod headers;
 mod idle;
-pub mod metrics;
 mod pipeline;
 pub mod proxy_protocol;
 mod rejection;

@@ -48,6 +48,7 @@ use self::http1::{is_tls_handshake_failure, Http1Pool, TlsHttpConnector};
 use self::resend::RequestPump;
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
+pub use crate::metrics::{AddressSummary, UpstreamCounts};
 
 const UPSTREAM_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const UPSTREAM_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -223,28 +224,6 @@ struct UpstreamStats {
     retries: AtomicU64,
     retries_over_budget: AtomicU64,
     overloaded: AtomicU64,
-}
-
-/// One address as `/metrics` and the status page show it.
-#[derive(Debug, Clone)]
-pub struct AddressSummary {
-    pub address: String,
-    /// "healthy", "unhealthy" (failing its health check), "ejected" (after connection
-    /// failures) or "draining" (no longer listed by DNS).
-    pub state: &'static str,
-    pub pending: usize,
-    pub ejections: u64,
-    /// Requests sent to it so far (retries included).
-    pub requests: u64,
-}
-
-/// Counters of one upstream, for `/metrics`.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamCounts {
-    pub pending: usize,
-    pub retries: u64,
-    pub retries_over_budget: u64,
-    pub overloaded: u64,
 }
 
 /// How one attempt at a request ended, when it did not end in a response head.
@@ -1026,9 +1005,57 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// What `/metrics` reads of an upstream at each scrape.
+impl crate::metrics::UpstreamFigures for Upstream {
+    fn name(&self) -> &str {
+        Upstream::name(self)
+    }
+
+    fn counts(&self) -> UpstreamCounts {
+        Upstream::counts(self)
+    }
+
+    fn address_summaries(&self) -> Vec<AddressSummary> {
+        Upstream::address_summaries(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn upstream_addresses_are_read_at_each_scrape() {
+        let metrics = Metrics::new();
+        assert!(!metrics.encode().contains("pachgate_upstream_"));
+        let upstream = Arc::new(
+            Upstream::new(UpstreamSpec::new(
+                "pachd",
+                vec!["127.0.0.1:1650".into(), "127.0.0.2:1650".into()],
+                UpstreamProtocol::H2c,
+            ))
+            .unwrap(),
+        );
+        metrics.read_upstreams_from(move || vec![upstream.clone()]);
+        let text = metrics.encode();
+        for line in [
+            r#"pachgate_upstream_pending_requests{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_retries_total{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_retries_over_budget_total{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_overloaded_total{upstream="pachd"} 0"#,
+            r#"pachgate_upstream_address_healthy{upstream="pachd",address="127.0.0.2:1650"} 1"#,
+            r#"pachgate_upstream_address_state{upstream="pachd",address="127.0.0.1:1650",state="healthy"} 1"#,
+            r#"pachgate_upstream_address_state{upstream="pachd",address="127.0.0.1:1650",state="ejected"} 0"#,
+            r#"pachgate_upstream_address_pending{upstream="pachd",address="127.0.0.1:1650"} 0"#,
+            r#"pachgate_upstream_address_ejections_total{upstream="pachd",address="127.0.0.1:1650"} 0"#,
+            r#"pachgate_upstream_address_requests_total{upstream="pachd",address="127.0.0.2:1650"} 0"#,
+            "# TYPE pachgate_upstream_address_requests counter",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 
     #[test]
     fn the_retry_budget_is_a_fifth_of_pending_and_at_least_three() {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pachgate_proxy_core::exchange::AccessRecord;
+use crate::AccessRecord;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How often the writer thread takes what the workers appended (the log's latency).
@@ -646,7 +646,7 @@ fn second_prefix(secs: u64) -> [u8; 19] {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's method).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -662,7 +662,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pachgate_proxy_core::exchange::ConnectionMemo;
+    use crate::ConnectionMemo;
 
     /// What [`Line`] makes of one piece, in room as a line would have it.
     fn written(text_len: usize, write: impl FnOnce(&mut Line<'_>)) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! The access log is on by default, so a line must cost a proxy worker next to nothing: the
 //! worker formats a JSON line itself (handed the record by the proxy, not through `tracing`)
 //! straight into a shared buffer; a thread of its own
-//! writes that to stdout in batches (src/access_writer.rs). When stdout cannot keep up, lines
+//! writes that to stdout in batches (access_writer.rs). When stdout cannot keep up, lines
 //! are dropped and counted (`pachgate_access_log_dropped_total`) rather than stalling
 //! requests. The guard that [`init`] returns writes out the rest when dropped, at the end of
 //! `main`.
@@ -18,10 +18,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use pachgate_proxy_core::exchange::{AccessRecord, AccessSink};
-
 use crate::access_writer::{self, Sink, SinkWriter};
-use crate::config::AccessLog;
+use crate::{AccessRecord, AccessSink};
+
+/// The access log's format, as the config's `log.access` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessFormat {
+    Json,
+    Text,
+    Off,
+}
 
 const ACCESS_TARGET: &str = "pachgate::access";
 /// The access log's buffer, once [`init`] has run.
@@ -30,21 +36,21 @@ static ACCESS_SINK: OnceLock<Arc<Sink>> = OnceLock::new();
 /// The access-log format now in force (reload may change it); JSON until a config says.
 static ACCESS_FORMAT: AtomicU8 = AtomicU8::new(0);
 
-fn format_code(format: AccessLog) -> u8 {
+fn format_code(format: AccessFormat) -> u8 {
     match format {
-        AccessLog::Json => 0,
-        AccessLog::Text => 1,
-        AccessLog::Off => 2,
+        AccessFormat::Json => 0,
+        AccessFormat::Text => 1,
+        AccessFormat::Off => 2,
     }
 }
 
-pub fn set_access_format(format: AccessLog) {
+pub fn set_access_format(format: AccessFormat) {
     ACCESS_FORMAT.store(format_code(format), Ordering::Relaxed);
 }
 
 /// Enables access events for one format, decided per event so a reload can switch formats.
 fn access_filter<S: tracing::Subscriber>(
-    format: AccessLog,
+    format: AccessFormat,
 ) -> impl tracing_subscriber::layer::Filter<S> {
     let code = format_code(format);
     DynFilterFn::new(move |metadata, _| {
@@ -64,7 +70,7 @@ struct JsonAccess(Arc<Sink>);
 
 impl AccessSink for JsonAccess {
     fn record(&self, record: &AccessRecord<'_>) -> bool {
-        if ACCESS_FORMAT.load(Ordering::Relaxed) != format_code(AccessLog::Json) {
+        if ACCESS_FORMAT.load(Ordering::Relaxed) != format_code(AccessFormat::Json) {
             return false;
         }
         access_writer::push_json(&self.0, record);
@@ -95,12 +101,12 @@ pub fn init() -> access_writer::Guard {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(diagnostics_filter);
-    pachgate_proxy_core::exchange::set_access_sink(Box::new(JsonAccess(sink.clone())));
+    crate::set_access_sink(Box::new(JsonAccess(sink.clone())));
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
         .with_writer(SinkWriter(sink))
-        .with_filter(access_filter(AccessLog::Text));
+        .with_filter(access_filter(AccessFormat::Text));
     tracing_subscriber::registry()
         .with(diagnostics)
         .with(text)
