@@ -1062,12 +1062,19 @@ mod tests {
         let budget = RetryBudget::default();
         let few: Vec<_> = (0..3).map(|_| budget.acquire(1)).collect();
         assert!(few.iter().all(Option::is_some));
-        assert!(budget.acquire(1).is_none(), "a fourth retry with one pending");
+        assert!(
+            budget.acquire(1).is_none(),
+            "a fourth retry with one pending"
+        );
         drop(few);
         let many: Vec<_> = (0..20).map(|_| budget.acquire(100)).collect();
         assert!(many.iter().all(Option::is_some));
         assert!(budget.acquire(100).is_none(), "21 retries with 100 pending");
         drop(many);
-        assert_eq!(budget.active.load(Ordering::Relaxed), 0, "permits give back");
+        assert_eq!(
+            budget.active.load(Ordering::Relaxed),
+            0,
+            "permits give back"
+        );
     }
 }
