@@ -232,16 +232,35 @@ fn rolling_upstream_restart_loses_no_call() {
         "OK",
         "the slow call on the old replica"
     );
-    let summary = finish_call_loop(calls, "calls failed across the restart");
-    assert_eq!(summary["failed"], 0, "{summary}");
+    // grpc-core's server (this Python replica) cancels a stream that reached it after its
+    // shutdown began but before pachgate read its GOAWAY: accepted (no REFUSED_STREAM, an id
+    // the GOAWAY covers), so no proxy may send it again — it may have run. pachd (grpc-go)
+    // closes that window with its two-GOAWAY graceful stop; this stand-in does not, so one
+    // such CANCELLED is tolerated here and nothing else (streams refused unprocessed, and
+    // connections that closed before the replica spoke, are resent: see request_resend.rs
+    // and upstream_pods.rs for the rolling restart done with readiness first).
+    let summary = call_loop_summary(calls);
+    let failed = summary["failed"].as_u64().unwrap();
+    let only_the_race = summary["errors"].as_array().is_some_and(|errors| {
+        errors
+            .iter()
+            .all(|e| e == "StatusCode.CANCELLED: CANCELLED")
+    });
+    assert!(
+        failed == 0 || (failed == 1 && only_the_race),
+        "calls failed across the restart: {summary}"
+    );
+    assert!(summary["ok"].as_u64() > Some(0), "{summary}");
     new.signal("TERM");
     let new_served = served(new.stdout_until("served", Duration::from_secs(15)));
     assert!(old_served > 0, "the old replica answered nothing");
     assert!(new_served > 0, "no call reached the new replica: {summary}");
-    assert_eq!(
-        old_served + new_served,
-        summary["ok"].as_u64().unwrap(),
-        "every successful call was answered by one of the replicas"
+    // Every successful call was answered by one of the replicas (a cancelled one may have
+    // been counted by the old replica before its cancellation reached it).
+    let ok = summary["ok"].as_u64().unwrap();
+    assert!(
+        (ok..=ok + failed).contains(&(old_served + new_served)),
+        "replicas served {old_served} + {new_served}, calls ok {ok}: {summary}"
     );
 }
 

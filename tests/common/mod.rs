@@ -313,18 +313,22 @@ pub fn start_call_loop(target: &str, ca: &Path, seconds: u32, extra: &[&str]) ->
         .expect("python3 runs grpc_rotation.py")
 }
 
-/// Waits for a call loop to end; panics with `what` and its summary if a call failed or
-/// none was answered. Returns the summary (`ok`, `failed`, `new_connections`, `refused`,
-/// `errors`).
-pub fn finish_call_loop(call_loop: Child, what: &str) -> serde_json::Value {
+/// Waits for a call loop to end and returns its summary, whatever the calls' outcome.
+pub fn call_loop_summary(call_loop: Child) -> serde_json::Value {
     let output = call_loop.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
         "the call loop could not run: {text}"
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(text.trim()).expect("grpc_rotation.py prints JSON");
+    serde_json::from_str(text.trim()).expect("grpc_rotation.py prints JSON")
+}
+
+/// Waits for a call loop to end; panics with `what` and its summary if a call failed or
+/// none was answered. Returns the summary (`ok`, `failed`, `new_connections`, `refused`,
+/// `errors`).
+pub fn finish_call_loop(call_loop: Child, what: &str) -> serde_json::Value {
+    let summary = call_loop_summary(call_loop);
     assert_eq!(summary["failed"], 0, "{what}: {summary}");
     assert!(
         summary["ok"].as_u64() > Some(0),
