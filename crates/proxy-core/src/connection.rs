@@ -227,27 +227,9 @@ impl Gateway {
         listener: TcpListener,
         tls: Arc<ArcSwap<ServerConfig>>,
     ) {
-        let mut draining = self.draining.subscribe();
-        loop {
-            let accepted = tokio::select! {
-                accepted = accept(&listener) => accepted,
-                // Dropping the listener on return closes it: new connections are refused.
-                _ = draining.wait_for(|draining| *draining) => return,
-            };
-            let Some((tcp, peer)) = accepted else {
-                continue;
-            };
-            // Over the cap: closed now, before any TLS byte and without a task.
-            let Some(slot) = self.connection_slot(peer) else {
-                continue;
-            };
-            let gateway = self.clone();
+        self.accept_until_drain(listener, move |gateway, tcp, peer| {
             let acceptor = TlsAcceptor::from(tls.load_full());
-            tokio::spawn(async move {
-                // Dropped connections are closed before any TLS byte.
-                let Some((tcp, peer)) = gateway.admit_connection(tcp, peer, slot).await else {
-                    return;
-                };
+            async move {
                 let handshake = tokio::time::timeout(
                     gateway.limits.tls_handshake_timeout,
                     acceptor.accept(tcp),
@@ -283,13 +265,59 @@ impl Gateway {
                 gateway
                     .serve_connection(builder, guarded, conn, false)
                     .await;
-            });
-        }
+            }
+        })
+        .await
     }
 
     /// Accepts plaintext connections: HTTP/1.1 and h2c, or redirects to https (as the
     /// current configuration says).
     pub async fn serve_plain(self: Arc<Self>, listener: TcpListener) {
+        self.accept_until_drain(listener, |gateway, tcp, peer| async move {
+            let mode = gateway.snapshot.load().plain_mode;
+            match mode {
+                PlainMode::Serve => {
+                    let verdicts = Arc::new(FramingVerdicts::default());
+                    let conn = Caller::new(peer, false, Some(verdicts.clone()));
+                    let guarded = FramingGuard::new(tcp, verdicts);
+                    gateway
+                        .serve_connection(&gateway.auto, guarded, conn, false)
+                        .await
+                }
+                PlainMode::Redirect { https_port } => {
+                    let service = service_fn(move |request: http::Request<Incoming>| async move {
+                        Ok::<_, Infallible>(redirect_to_https(&request, https_port))
+                    });
+                    let serving = gateway.auto.serve_connection(TokioIo::new(tcp), service);
+                    // A connection that only ever gets redirects has no reason to stay
+                    // longer than an idle one would, and a silent client (no bytes, so
+                    // not even HTTP/1's head timeout starts) must not stay forever.
+                    match gateway.limits.idle_timeout {
+                        Some(limit) => {
+                            if tokio::time::timeout(limit, serving).await.is_err() {
+                                gateway.metrics.idle_connection_closed();
+                            }
+                        }
+                        None => {
+                            let _ = serving.await;
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Accepts until the drain starts (then returns, dropping the listener, so new
+    /// connections are refused). A connection over the cap is closed at once, before any
+    /// byte and without a task; the others are admitted (PROXY header, allow-list) in a task
+    /// of their own and handed to `serve`.
+    async fn accept_until_drain<F, Fut>(self: Arc<Self>, listener: TcpListener, serve: F)
+    where
+        F: Fn(Arc<Self>, ClientSocket, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let serve = Arc::new(serve);
         let mut draining = self.draining.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -303,41 +331,12 @@ impl Gateway {
                 continue;
             };
             let gateway = self.clone();
+            let serve = serve.clone();
             tokio::spawn(async move {
-                let Some((tcp, peer)) = gateway.admit_connection(tcp, peer, slot).await else {
+                let Some((socket, peer)) = gateway.admit_connection(tcp, peer, slot).await else {
                     return;
                 };
-                let mode = gateway.snapshot.load().plain_mode;
-                match mode {
-                    PlainMode::Serve => {
-                        let verdicts = Arc::new(FramingVerdicts::default());
-                        let conn = Caller::new(peer, false, Some(verdicts.clone()));
-                        let guarded = FramingGuard::new(tcp, verdicts);
-                        gateway
-                            .serve_connection(&gateway.auto, guarded, conn, false)
-                            .await
-                    }
-                    PlainMode::Redirect { https_port } => {
-                        let service =
-                            service_fn(move |request: http::Request<Incoming>| async move {
-                                Ok::<_, Infallible>(redirect_to_https(&request, https_port))
-                            });
-                        let serving = gateway.auto.serve_connection(TokioIo::new(tcp), service);
-                        // A connection that only ever gets redirects has no reason to stay
-                        // longer than an idle one would, and a silent client (no bytes, so
-                        // not even HTTP/1's head timeout starts) must not stay forever.
-                        match gateway.limits.idle_timeout {
-                            Some(limit) => {
-                                if tokio::time::timeout(limit, serving).await.is_err() {
-                                    gateway.metrics.idle_connection_closed();
-                                }
-                            }
-                            None => {
-                                let _ = serving.await;
-                            }
-                        }
-                    }
-                }
+                serve(gateway, socket, peer).await;
             });
         }
     }
