@@ -239,17 +239,17 @@ fn random_below(bound: usize) -> usize {
 }
 
 /// Counts a request as pending on its address (for the pick) until dropped.
-pub(crate) struct PendingOn(pub(crate) Arc<Address>);
+pub(crate) struct PendingOn<'a>(&'a Address);
 
-impl PendingOn {
-    pub(crate) fn new(address: Arc<Address>) -> Self {
+impl<'a> PendingOn<'a> {
+    pub(crate) fn new(address: &'a Address) -> Self {
         address.pending.fetch_add(1, Ordering::Relaxed);
         address.requests.fetch_add(1, Ordering::Relaxed);
         PendingOn(address)
     }
 }
 
-impl Drop for PendingOn {
+impl Drop for PendingOn<'_> {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }

@@ -341,7 +341,7 @@ impl Upstream {
             };
             *endpoint_used = Some(address.label.clone());
             let may_resend = retries < MAX_CONNECT_RETRIES;
-            let pending_here = PendingOn::new(address.clone());
+            let pending_here = PendingOn::new(&address);
             let attempt = match self.spec.protocol {
                 UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                     self.send_h2(&address, request, &authority).await
