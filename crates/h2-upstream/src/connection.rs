@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{
     failure::Failure,
     header_block::response_decoder,
-    request_head::encode_request_head,
+    request_head::{encode_request_head, ExtraField},
     stream::{Head, Stream, StreamMap, StreamRef},
     Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN, READS_PER_WAKE,
     WRITTEN_IN_PLACE,
@@ -262,6 +262,16 @@ impl Connection {
         head: &http::request::Parts,
         end_stream: bool,
     ) -> Result<StreamRef, Failure> {
+        self.open_with(head, None, end_stream).await
+    }
+
+    /// [`open`](Self::open), with `extra` sent after the head's own fields.
+    pub async fn open_with(
+        &self,
+        head: &http::request::Parts,
+        extra: Option<ExtraField<'_>>,
+        end_stream: bool,
+    ) -> Result<StreamRef, Failure> {
         poll_fn(|cx| {
             let mut inner = self.shared.lock();
             if let Some(failure) = &inner.failure {
@@ -315,7 +325,7 @@ impl Connection {
             // request.
             let mut block = std::mem::take(&mut inner.head_scratch);
             block.clear();
-            encode_request_head(head, &mut block);
+            encode_request_head(head, extra, &mut block);
             inner.put_header_block(id, &block, end_stream);
             inner.head_scratch = block;
             inner.request_queued();

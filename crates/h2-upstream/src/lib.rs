@@ -48,6 +48,7 @@ use pachgate_h2_wire::{self as wire, DEFAULT_HEADER_TABLE_SIZE};
 
 pub use connection::{ConnectProtocol, Connection, Transport};
 pub use failure::Failure;
+pub use request_head::ExtraField;
 pub use stream::StreamRef;
 
 /// Body errors: boxed, so hyper finds an h2 reset reason in the chain (the same type as

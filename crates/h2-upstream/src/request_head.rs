@@ -7,7 +7,11 @@ use crate::{connection::ConnectProtocol, header_block::is_connection_specific};
 /// The request head as an HPACK block of literals that never enter the upstream's table
 /// (names from the static table where it has them). No encoder state, so no table to keep
 /// in step; values that carry credentials are marked never-indexed for any intermediary.
-pub(crate) fn encode_request_head(head: &http::request::Parts, out: &mut Vec<u8>) {
+pub(crate) fn encode_request_head(
+    head: &http::request::Parts,
+    extra: Option<ExtraField<'_>>,
+    out: &mut Vec<u8>,
+) {
     match head.method {
         http::Method::GET => out.push(0x80 | 2),
         http::Method::POST => out.push(0x80 | 3),
@@ -34,21 +38,66 @@ pub(crate) fn encode_request_head(head: &http::request::Parts, out: &mut Vec<u8>
         }
     }
     for (name, value) in &head.headers {
-        if is_connection_specific(name) || (name == http::header::TE && value != "trailers") {
-            continue;
+        match name_kind(name.as_str()) {
+            NameKind::ConnectionSpecific => {}
+            NameKind::Te if value != "trailers" => {}
+            kind => put_field(out, kind, name.as_str(), value.as_bytes()),
         }
-        put_literal_field(out, name.as_str(), value.as_bytes());
+    }
+    if let Some(field) = extra {
+        // A name of our own, known not to be in the static table: a literal name.
+        out.push(0x10); // never indexed
+        wire::put_string(out, field.name.as_str().as_bytes());
+        wire::put_string(out, field.value);
     }
 }
 
+/// One more request header field, sent after the head's own as a never-indexed literal
+/// without entering the head's `HeaderMap`: for a value made anew for each request (a
+/// request id), which would otherwise cost a header value of its own, a map insert and a
+/// look-up of its name here.
+#[derive(Clone, Copy, Debug)]
+pub struct ExtraField<'a> {
+    name: &'a http::HeaderName,
+    value: &'a [u8],
+}
+
+impl<'a> ExtraField<'a> {
+    /// `value` must be a valid field value (RFC 9110 §5.5: no CR, LF or NUL, no leading or
+    /// trailing whitespace); the caller vouches for it (checked in debug builds), since the
+    /// point is not to pay for a `HeaderValue`. The name must not be one HTTP/2 forbids
+    /// (connection-specific fields, `te`).
+    pub fn new(name: &'a http::HeaderName, value: &'a [u8]) -> Self {
+        debug_assert!(
+            http::HeaderValue::from_bytes(value).is_ok(),
+            "{value:?} is not a field value"
+        );
+        debug_assert!(
+            !is_connection_specific(name) && name != http::header::TE,
+            "{name} is connection-specific"
+        );
+        ExtraField { name, value }
+    }
+}
+
+/// A field as a literal that never enters the upstream's table (never indexed when it
+/// carries a credential), its name from the static table when it is there.
 pub(crate) fn put_literal_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    let pattern = if matches!(name, "authorization" | "cookie" | "authn-token") {
-        0x10 // never indexed
-    } else {
-        0x00 // without indexing
+    put_field(out, name_kind(name), name, value);
+}
+
+#[inline]
+fn put_field(out: &mut Vec<u8>, kind: NameKind, name: &str, value: &[u8]) {
+    let (pattern, index) = match kind {
+        NameKind::Field {
+            never_indexed,
+            index,
+        } => (if never_indexed { 0x10 } else { 0x00 }, index),
+        NameKind::Te => (0x00, None),
+        NameKind::ConnectionSpecific => (0x00, None),
     };
-    match static_name_index(name) {
-        Some(index) => put_indexed_name(out, pattern, index, value),
+    match index {
+        Some(index) => put_indexed_name(out, pattern, usize::from(index), value),
         None => {
             out.push(pattern);
             wire::put_string(out, name.as_bytes());
@@ -62,27 +111,73 @@ pub(crate) fn put_indexed_name(out: &mut Vec<u8>, pattern: u8, index: usize, val
     wire::put_string(out, value);
 }
 
-/// Names in HPACK's static table (RFC 7541 appendix A) that requests commonly carry.
-pub(crate) fn static_name_index(name: &str) -> Option<usize> {
-    Some(match name {
-        "accept-charset" => 15,
-        "accept-encoding" => 16,
-        "accept-language" => 17,
-        "accept" => 19,
-        "authorization" => 23,
-        "cache-control" => 24,
-        "content-encoding" => 26,
-        "content-length" => 28,
-        "content-type" => 31,
-        "cookie" => 32,
-        "host" => 38,
-        "if-modified-since" => 40,
-        "if-none-match" => 41,
-        "referer" => 51,
-        "user-agent" => 58,
-        "via" => 60,
-        _ => return None,
-    })
+/// What a request field's name means to the encoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NameKind {
+    /// Forbidden in HTTP/2 (RFC 9113 §8.2.2): never sent.
+    ConnectionSpecific,
+    /// `te`: only `trailers` may pass.
+    Te,
+    /// Sent as a literal: never indexed when it carries a credential (`authorization`,
+    /// `cookie`, `authn-token`); `index`, the name's place in HPACK's static table (RFC 7541
+    /// appendix A), for the names requests commonly carry.
+    Field {
+        never_indexed: bool,
+        index: Option<u8>,
+    },
+}
+
+/// The name's [`NameKind`], told apart by its length first (one jump), then by at most three
+/// comparisons of a known size, each a word or two: every field of every request passes
+/// here, and a `match` on the strings compared them one by one (~160 instructions a field).
+pub(crate) fn name_kind(name: &str) -> NameKind {
+    #[inline(always)]
+    fn is<const N: usize>(name: &[u8], literal: &[u8; N]) -> bool {
+        <&[u8; N]>::try_from(name).is_ok_and(|name| name == literal)
+    }
+    const fn indexed(index: u8) -> NameKind {
+        NameKind::Field {
+            never_indexed: false,
+            index: Some(index),
+        }
+    }
+    const fn secret(index: Option<u8>) -> NameKind {
+        NameKind::Field {
+            never_indexed: true,
+            index,
+        }
+    }
+    const PLAIN: NameKind = NameKind::Field {
+        never_indexed: false,
+        index: None,
+    };
+    use NameKind::ConnectionSpecific as Hop;
+    let n = name.as_bytes();
+    match n.len() {
+        2 if is(n, b"te") => NameKind::Te,
+        3 if is(n, b"via") => indexed(60),
+        4 if is(n, b"host") => indexed(38),
+        6 if is(n, b"accept") => indexed(19),
+        6 if is(n, b"cookie") => secret(Some(32)),
+        7 if is(n, b"referer") => indexed(51),
+        7 if is(n, b"upgrade") => Hop,
+        10 if is(n, b"user-agent") => indexed(58),
+        10 if is(n, b"connection") || is(n, b"keep-alive") => Hop,
+        11 if is(n, b"authn-token") => secret(None),
+        12 if is(n, b"content-type") => indexed(31),
+        13 if is(n, b"authorization") => secret(Some(23)),
+        13 if is(n, b"cache-control") => indexed(24),
+        13 if is(n, b"if-none-match") => indexed(41),
+        14 if is(n, b"accept-charset") => indexed(15),
+        14 if is(n, b"content-length") => indexed(28),
+        15 if is(n, b"accept-encoding") => indexed(16),
+        15 if is(n, b"accept-language") => indexed(17),
+        16 if is(n, b"content-encoding") => indexed(26),
+        16 if is(n, b"proxy-connection") => Hop,
+        17 if is(n, b"if-modified-since") => indexed(40),
+        17 if is(n, b"transfer-encoding") => Hop,
+        _ => PLAIN,
+    }
 }
 
 #[cfg(test)]
@@ -118,7 +213,7 @@ mod tests {
             .unwrap();
         let (head, ()) = request.into_parts();
         let mut block = Vec::new();
-        encode_request_head(&head, &mut block);
+        encode_request_head(&head, None, &mut block);
         let expected: Vec<(String, String)> = [
             (":method", "PUT".to_string()),
             (":scheme", "https".to_string()),
@@ -136,6 +231,114 @@ mod tests {
     }
 
     #[test]
+    fn names_are_told_apart_as_the_static_table_and_rfc_9113_say() {
+        // The static table's entries (RFC 7541 appendix A) that this encoder uses.
+        let indexed = [
+            ("accept-charset", 15),
+            ("accept-encoding", 16),
+            ("accept-language", 17),
+            ("accept", 19),
+            ("authorization", 23),
+            ("cache-control", 24),
+            ("content-encoding", 26),
+            ("content-length", 28),
+            ("content-type", 31),
+            ("cookie", 32),
+            ("host", 38),
+            ("if-modified-since", 40),
+            ("if-none-match", 41),
+            ("referer", 51),
+            ("user-agent", 58),
+            ("via", 60),
+        ];
+        for (name, index) in indexed {
+            let never_indexed = matches!(name, "authorization" | "cookie");
+            assert_eq!(
+                name_kind(name),
+                NameKind::Field {
+                    never_indexed,
+                    index: Some(index)
+                },
+                "{name}"
+            );
+        }
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert_eq!(name_kind(name), NameKind::ConnectionSpecific, "{name}");
+            assert!(is_connection_specific(&http::HeaderName::from_static(name)));
+        }
+        assert_eq!(name_kind("te"), NameKind::Te);
+        assert_eq!(
+            name_kind("authn-token"),
+            NameKind::Field {
+                never_indexed: true,
+                index: None
+            }
+        );
+        // Same lengths as the names above, and near misses: plain literals.
+        for name in [
+            "tf",
+            "vib",
+            "hosu",
+            "accepu",
+            "command",
+            "upgradf",
+            "user-agenu",
+            "grpc-timeout",
+            "x-request-id",
+            "authorizatioo",
+            "content-lengtg",
+            "grpc-encoding",
+            "x",
+            "grpc-accept-encoding",
+            "",
+        ] {
+            assert_eq!(
+                name_kind(name),
+                NameKind::Field {
+                    never_indexed: false,
+                    index: None
+                },
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_extra_field_follows_the_head_never_indexed() {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://pachd:1650/pfs_v2.API/InspectRepo")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (head, ()) = request.into_parts();
+        let name = http::HeaderName::from_static("x-request-id");
+        let id = b"0123456789abcdef0123456789abcdef";
+        let mut block = Vec::new();
+        encode_request_head(&head, Some(ExtraField::new(&name, id)), &mut block);
+        assert_eq!(
+            decode(&block).last().unwrap(),
+            &(
+                "x-request-id".to_string(),
+                String::from_utf8(id.to_vec()).unwrap()
+            )
+        );
+        // Literal never indexed with a literal name: 0x10, then the name's length (12).
+        let at = block.len() - id.len() - 1 - "x-request-id".len() - 2;
+        assert_eq!(&block[at..at + 2], &[0x10, 12]);
+        // Without it, the same head less that field.
+        let mut plain = Vec::new();
+        encode_request_head(&head, None, &mut plain);
+        assert_eq!(plain, block[..at]);
+    }
+
+    #[test]
     fn an_extended_connect_head_carries_its_protocol_after_the_pseudo_headers() {
         let request = http::Request::builder()
             .method("CONNECT")
@@ -146,7 +349,7 @@ mod tests {
             .unwrap();
         let (head, ()) = request.into_parts();
         let mut block = Vec::new();
-        encode_request_head(&head, &mut block);
+        encode_request_head(&head, None, &mut block);
         assert_eq!(
             decode(&block),
             [
@@ -166,7 +369,7 @@ mod tests {
             .into_parts();
         head.extensions.insert(ConnectProtocol("websocket"));
         let mut block = Vec::new();
-        encode_request_head(&head, &mut block);
+        encode_request_head(&head, None, &mut block);
         assert!(!decode(&block).iter().any(|(name, _)| name == ":protocol"));
     }
 
@@ -181,7 +384,7 @@ mod tests {
             .unwrap();
         let (head, ()) = request.into_parts();
         let mut block = Vec::new();
-        encode_request_head(&head, &mut block);
+        encode_request_head(&head, None, &mut block);
         // GET, http and "/" come from the static table; `te` other than "trailers" is
         // dropped (HTTP/2 forbids it).
         assert_eq!(&block[..2], &[0x80 | 2, 0x80 | 6]);
