@@ -29,7 +29,7 @@ impl GrpcUnary for UpstreamWhoAmI {
         let request = request.map(|body| ProxyBody::Full(Some(body)));
         let response = self
             .upstream
-            .send(request, None, &mut None)
+            .send(request, None, None, &mut None)
             .await
             .map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::Entry;
 use http::header::{HeaderName, HeaderValue, USER_AGENT};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Version};
@@ -142,6 +141,13 @@ impl Exchange {
             log.request_id = Some(request_id);
             log.authority = authority;
         }
+    }
+
+    /// The request id made for this request, when one was: it still has to be sent upstream.
+    pub(crate) fn made_request_id(&self) -> Option<[u8; 32]> {
+        self.log
+            .as_ref()
+            .and_then(|log| log.request_id.as_ref()?.made().copied())
     }
 
     pub(crate) fn set_upstream(&mut self, protocol: &'static str, endpoint: Option<&Arc<str>>) {
@@ -404,6 +410,14 @@ impl RequestId {
         }
     }
 
+    /// The id made here, which the request's headers do not hold.
+    pub(crate) fn made(&self) -> Option<&[u8; 32]> {
+        match self {
+            RequestId::Sent(_) => None,
+            RequestId::Made(digits) => Some(digits),
+        }
+    }
+
     #[cfg(test)]
     fn as_str(&self) -> Option<&str> {
         match self {
@@ -413,26 +427,32 @@ impl RequestId {
     }
 }
 
-/// Keeps a valid client-sent `x-request-id` (visible ASCII, at most 128 bytes), else sets a
-/// new random one; either way the upstream receives it. One map lookup either way.
-pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
-    match headers.entry(&X_REQUEST_ID) {
-        Entry::Occupied(mut entry) => {
-            let bytes = entry.get().as_bytes();
-            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
-            {
-                return RequestId::Sent(entry.get().clone());
-            }
-            let digits = new_request_id();
-            entry.insert(request_id_value(&digits));
-            RequestId::Made(digits)
+/// The request's id: a valid client-sent `x-request-id` (visible ASCII, at most 128 bytes),
+/// kept as it is; else a new random one, which is *not* put in `headers` (an invalid one is
+/// removed): the upstream receives it from [`RequestId::made`] as the request leaves, an
+/// h2 upstream as one more field of the encoded head, without a header value and a map
+/// insert of its own.
+pub(crate) fn request_id(headers: &mut HeaderMap) -> RequestId {
+    // A scan, not a look-up by name: a look-up hashes a name outside the standard set byte
+    // by byte, while the scan passes each standard name with one comparison.
+    let sent = headers
+        .iter()
+        .find(|(name, _)| **name == X_REQUEST_ID)
+        .map(|(_, value)| value);
+    if let Some(value) = sent {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            return RequestId::Sent(value.clone());
         }
-        Entry::Vacant(entry) => {
-            let digits = new_request_id();
-            entry.insert(request_id_value(&digits));
-            RequestId::Made(digits)
-        }
+        headers.remove(&X_REQUEST_ID);
     }
+    RequestId::Made(new_request_id())
+}
+
+/// Sets a made request id in `headers`, for the ways upstream that take the request's map
+/// as it is (HTTP/1.1, websocket tunnels).
+pub(crate) fn insert_request_id(headers: &mut HeaderMap, digits: &[u8; 32]) {
+    headers.insert(&X_REQUEST_ID, request_id_value(digits));
 }
 
 fn request_id_value(digits: &[u8; 32]) -> HeaderValue {
@@ -500,49 +520,58 @@ mod tests {
     #[test]
     fn request_ids_are_kept_when_sane_and_made_otherwise() {
         let mut headers = HeaderMap::new();
+        headers.insert(USER_AGENT, HeaderValue::from_static("grpc-go/1.0"));
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(ensure_request_id(&mut headers).as_str(), Some("abc-123"));
+        let kept = request_id(&mut headers);
+        assert_eq!(kept.as_str(), Some("abc-123"));
+        assert_eq!(kept.made(), None);
         assert_eq!(headers.get(&X_REQUEST_ID).unwrap(), "abc-123");
 
+        // An invalid one goes; the made one is left to the way upstream.
         let mut headers = HeaderMap::new();
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
         headers.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
-        let made = ensure_request_id(&mut headers);
-        let made = made.as_str().unwrap();
-        assert_eq!(made.len(), 32);
-        assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+        let made = request_id(&mut headers);
+        let text = made.as_str().unwrap();
+        assert_eq!(text.len(), 32);
+        assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+        assert_eq!(made.made().map(|d| &d[..]), Some(text.as_bytes()));
+        assert!(!headers.contains_key(&X_REQUEST_ID));
+        insert_request_id(&mut headers, made.made().unwrap());
         let sent: Vec<_> = headers.get_all(&X_REQUEST_ID).iter().collect();
-        assert_eq!(sent, [made]);
+        assert_eq!(sent, [text]);
+        assert!(sent[0].is_sensitive());
 
+        // None sent: the map is left as it is.
         let mut headers = HeaderMap::new();
-        let first = ensure_request_id(&mut headers).as_str().map(str::to_string);
-        assert_eq!(
-            headers.get(&X_REQUEST_ID).unwrap().to_str().ok(),
-            first.as_deref()
+        headers.insert(USER_AGENT, HeaderValue::from_static("curl"));
+        let first = request_id(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(first.made().is_some());
+        assert_ne!(first.as_str(), request_id(&mut headers).as_str());
+
+        // Too long, or empty: made anew.
+        for value in ["x".repeat(129), String::new()] {
+            let mut headers = HeaderMap::new();
+            headers.insert(&X_REQUEST_ID, HeaderValue::from_str(&value).unwrap());
+            assert!(request_id(&mut headers).made().is_some());
+            assert!(headers.is_empty());
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(128)).unwrap(),
         );
-        let mut headers = HeaderMap::new();
-        assert_ne!(first.as_deref(), ensure_request_id(&mut headers).as_str());
+        assert!(request_id(&mut headers).made().is_none());
     }
 
     #[test]
-    fn made_ids_are_distinct_and_sent_as_logged() {
-        // Each header value is its own id, and all differ.
+    fn made_ids_are_distinct() {
         let mut seen = std::collections::HashSet::new();
-        let mut values = Vec::new();
-        for _ in 0..100 {
-            let mut headers = HeaderMap::new();
-            let id = ensure_request_id(&mut headers)
-                .as_str()
-                .unwrap()
-                .to_string();
-            let value = headers.remove(&X_REQUEST_ID).unwrap();
-            assert_eq!(value.to_str().unwrap(), id);
-            assert!(value.is_sensitive());
+        for _ in 0..1000 {
+            let id = request_id(&mut HeaderMap::new());
+            let id = id.as_str().unwrap().to_string();
             assert!(seen.insert(id.clone()), "{id} twice");
-            values.push((id, value));
-        }
-        for (id, value) in &values {
-            assert_eq!(value.to_str().unwrap(), id);
         }
     }
 

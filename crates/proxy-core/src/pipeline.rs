@@ -28,7 +28,7 @@ use crate::auth::{AuthGates, RouteGate};
 use crate::body::ProxyBody;
 use crate::connection::ServerLimits;
 use crate::error::ProxyError;
-use crate::exchange::{ensure_request_id, ClientAddress, Exchange, ObservedBody};
+use crate::exchange::{insert_request_id, request_id, ClientAddress, Exchange, ObservedBody};
 use crate::framing_guard::FramingVerdicts;
 use crate::gateway::Gateway;
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
@@ -138,6 +138,9 @@ impl Gateway {
         let answered = if view.websocket_upgrade
             || crate::websocket::is_extended_connect_websocket(&request)
         {
+            if let Some(id) = record.exchange().made_request_id() {
+                insert_request_id(request.headers_mut(), &id);
+            }
             self.tunnel(request, route, upstream, view, record).await
         } else {
             forward(
@@ -200,10 +203,11 @@ fn sanitize(
         request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
     strip_hop_by_hop(request.headers_mut());
     // The request id ties the access-log line to the upstream's logs; without an access
-    // log a client's id passes through untouched and none is made.
+    // log a client's id passes through untouched and none is made. A made one is added as
+    // the request leaves (`forward`, `tunnel`).
     let request_id = snapshot
         .access_log
-        .then(|| ensure_request_id(request.headers_mut()));
+        .then(|| request_id(request.headers_mut()));
     let mut as_sent = None;
     if request.method() != http::Method::CONNECT {
         as_sent = normalize_request_path(request)?;
@@ -440,7 +444,9 @@ async fn send_upstream(
         None => body,
     };
     let request = Request::from_parts(parts, body);
-    let response = bounded(upstream.send(request, authority, endpoint), timer.as_mut())
+    let request_id = record.exchange().made_request_id();
+    let sending = upstream.send(request, authority, request_id.as_ref(), endpoint);
+    let response = bounded(sending, timer.as_mut())
         .await
         .map_err(|expired| expired.into_error(upstream.name()))??;
     let (mut parts, body) = response.into_parts();

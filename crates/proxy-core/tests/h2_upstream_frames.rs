@@ -50,7 +50,7 @@ async fn send(
     body: Option<&'static [u8]>,
 ) -> Result<http::Response<ProxyBody>, ProxyError> {
     let mut used = None;
-    upstream.send(request(body), None, &mut used).await
+    upstream.send(request(body), None, None, &mut used).await
 }
 
 /// What the caller (and through it the client) gets for a hostile response: the documented

@@ -10,7 +10,7 @@ use std::task::Poll;
 
 use http::uri::Authority;
 use http::{Request, Response, Version};
-use pachgate_h2_upstream::{self as h2_client, Failure};
+use pachgate_h2_upstream::{self as h2_client, ExtraField, Failure};
 use tokio::net::TcpStream;
 
 use super::addresses::Address;
@@ -21,6 +21,7 @@ use super::{
 };
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
+use crate::exchange::X_REQUEST_ID;
 
 impl Upstream {
     pub(super) async fn send_h2(
@@ -28,7 +29,9 @@ impl Upstream {
         address: &Address,
         mut request: Request<ProxyBody>,
         authority: &Option<Authority>,
+        request_id: Option<&[u8; 32]>,
     ) -> Result<Response<ProxyBody>, Attempt> {
+        let extra = request_id.map(|id| ExtraField::new(&X_REQUEST_ID, id));
         let authority = authority
             .clone()
             .unwrap_or_else(|| address.endpoint_authority.clone());
@@ -46,7 +49,7 @@ impl Upstream {
         };
         let (head, body) = request.into_parts();
         let end_of_stream = http_body::Body::is_end_stream(&body);
-        let mut stream = match connection.open(&head, end_of_stream).await {
+        let mut stream = match connection.open_with(&head, extra, end_of_stream).await {
             Ok(stream) => stream,
             // The connection ended (closed, GOAWAY) before this request left: nothing
             // reached the upstream, so one more try on a fresh connection is safe even for
@@ -63,7 +66,7 @@ impl Upstream {
                         })
                     }
                 };
-                match fresh.open(&head, end_of_stream).await {
+                match fresh.open_with(&head, extra, end_of_stream).await {
                     Ok(stream) => stream,
                     Err(Failure::Refused) => {
                         return Err(Attempt {

@@ -45,6 +45,7 @@ use self::health::HealthWiring;
 use self::http1::{is_tls_handshake_failure, Http1Pool, TlsHttpConnector};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::exchange::insert_request_id;
 
 pub use self::spec::{
     HealthCheck, HealthCheckKind, UpstreamProtocol, UpstreamSpec, UpstreamTls, DEFAULT_DNS_REFRESH,
@@ -290,11 +291,14 @@ impl Upstream {
 
     /// Sends a request whose URI holds only the path (and query); `authority` is what the
     /// client asked for and becomes `:authority` on h2 upstreams. `endpoint_used` hears which
-    /// address was chosen (for the access log).
+    /// address was chosen (for the access log). `request_id`: an `x-request-id` made for
+    /// the request and not in its headers, sent with them (on h2 encoded straight into the
+    /// head: no header value or map insert per request).
     pub async fn send(
         &self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
         authority: Option<Authority>,
+        request_id: Option<&[u8; 32]>,
         endpoint_used: &mut Option<Arc<str>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if self.pending.load(Ordering::Relaxed) >= self.spec.max_pending_requests {
@@ -305,7 +309,10 @@ impl Upstream {
             });
         }
         let _pending = Counted::new(&self.pending);
-        let send = self.send_retrying(request, authority, endpoint_used);
+        if let (Some(id), false) = (request_id, self.spec.protocol.is_h2()) {
+            insert_request_id(request.headers_mut(), id);
+        }
+        let send = self.send_retrying(request, authority, request_id, endpoint_used);
         match self.spec.response_timeout {
             None => send.await,
             Some(limit) => tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
@@ -325,6 +332,7 @@ impl Upstream {
         &self,
         mut request: Request<ProxyBody>,
         authority: Option<Authority>,
+        request_id: Option<&[u8; 32]>,
         endpoint_used: &mut Option<Arc<str>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut tried = Tried::default();
@@ -344,7 +352,8 @@ impl Upstream {
             let pending_here = PendingOn::new(&address);
             let attempt = match self.spec.protocol {
                 UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
-                    self.send_h2(&address, request, &authority).await
+                    self.send_h2(&address, request, &authority, request_id)
+                        .await
                 }
                 UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
                     let may_resend = may_resend && self.addresses.load().len() > 1;
