@@ -45,10 +45,25 @@ pub(crate) fn encode_request_head(
         }
     }
     if let Some(field) = extra {
-        // A name of our own, known not to be in the static table: a literal name.
-        out.push(0x10); // never indexed
-        wire::put_string(out, field.name.as_str().as_bytes());
-        wire::put_string(out, field.value);
+        put_extra_field(out, field);
+    }
+}
+
+/// Never indexed, with a literal name (ours, known not to be in the static table). Short
+/// lengths (the common case: a request id) fit their 7-bit prefixes, and the field is one
+/// copy of its three parts into room made once.
+fn put_extra_field(out: &mut Vec<u8>, field: ExtraField<'_>) {
+    let (name, value) = (field.name.as_str().as_bytes(), field.value);
+    if name.len() < 0x7f && value.len() < 0x7f {
+        out.reserve(3 + name.len() + value.len());
+        out.extend_from_slice(&[0x10, name.len() as u8]);
+        out.extend_from_slice(name);
+        out.push(value.len() as u8);
+        out.extend_from_slice(value);
+    } else {
+        out.push(0x10);
+        wire::put_string(out, name);
+        wire::put_string(out, value);
     }
 }
 
@@ -332,6 +347,13 @@ mod tests {
         // Literal never indexed with a literal name: 0x10, then the name's length (12).
         let at = block.len() - id.len() - 1 - "x-request-id".len() - 2;
         assert_eq!(&block[at..at + 2], &[0x10, 12]);
+        // A value past the 7-bit prefix takes the long way.
+        let long = vec![b'v'; 300];
+        let mut block = Vec::new();
+        encode_request_head(&head, Some(ExtraField::new(&name, &long)), &mut block);
+        assert_eq!(decode(&block).last().unwrap().1, "v".repeat(300));
+        let mut block = Vec::new();
+        encode_request_head(&head, Some(ExtraField::new(&name, id)), &mut block);
         // Without it, the same head less that field.
         let mut plain = Vec::new();
         encode_request_head(&head, None, &mut plain);
