@@ -192,14 +192,24 @@ impl Gate {
     /// The access-log line with this request id (waits for it: the log is written by a
     /// thread of its own).
     fn line_with_id(&self, id: &str, seen: &mut Vec<Value>) -> Value {
+        self.line_where(&format!("request id {id}"), |r| r["request_id"] == id, seen)
+    }
+
+    /// The first access-log line `wanted` accepts (waits for it), described as `what`.
+    fn line_where(
+        &self,
+        what: &str,
+        wanted: impl Fn(&Value) -> bool,
+        seen: &mut Vec<Value>,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(found) = seen.iter().find(|r| r["request_id"] == id) {
+            if let Some(found) = seen.iter().find(|r| wanted(r)) {
                 return found.clone();
             }
             let left = deadline
                 .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no access line for {id}; saw {seen:#?}"));
+                .unwrap_or_else(|| panic!("no access line for {what}; saw {seen:#?}"));
             if let Ok(line) = self.lines.recv_timeout(left) {
                 seen.push(serde_json::from_str(&line).unwrap_or_else(|e| {
                     panic!("access line is not JSON ({e}): {line}");
@@ -388,6 +398,112 @@ fn lines_carry_pachctl_command_and_the_endpoint_used() {
     assert_eq!(line["kind"], "websocket", "{line}");
     assert_eq!(line["status"], 101, "{line}");
     assert_eq!(line["upstream"], console, "{line}");
+}
+
+/// A request without an `x-request-id` gets one made by pachgate: the upstream receives it
+/// (the h2 upstream as a field pachgate encodes into the head itself, HTTP/1.1 and websocket
+/// upstreams in the forwarded headers) and the access line reports the same one.
+#[test]
+fn a_made_request_id_reaches_the_upstream_as_logged() {
+    let standins = standins();
+    let gate = Gate::start(&gated_config(&standins), false, "info");
+    let frame = empty_grpc_frame(gate.dir.path());
+    let mut seen = Vec::new();
+    let made_id_of = |agent: &str, seen: &mut Vec<Value>| -> String {
+        let line = gate.line_where(agent, |r| r["user_agent"] == agent, seen);
+        let id = line["request_id"].as_str().unwrap_or_default().to_string();
+        assert_eq!(id.len(), 32, "{line}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+        id
+    };
+    let echoed = |headers: &str| -> Vec<String> {
+        headers
+            .lines()
+            .filter_map(|line| line.strip_prefix("x-standin-request-id: "))
+            .map(|id| id.trim_end().to_string())
+            .collect()
+    };
+
+    // gRPC to pachd over h2c: the stand-in repeats the id it received as response metadata.
+    let headers = gate.curl(&[
+        "--http2",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-A",
+        "made-id-grpc",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-H",
+        "authn-token: demo-token",
+        "--data-binary",
+        &frame,
+        &gate.url("/pachgate.standin.Echo/Unary"),
+    ]);
+    let logged = made_id_of("made-id-grpc", &mut seen);
+    assert_eq!(echoed(&headers), [logged.clone()], "{headers}");
+
+    // A client's invalid id (a space in it) is replaced, not forwarded beside the made one.
+    let headers = gate.curl(&[
+        "--http2",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-A",
+        "made-id-grpc-replaced",
+        "-H",
+        "x-request-id: not valid",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-H",
+        "authn-token: demo-token",
+        "--data-binary",
+        &frame,
+        &gate.url("/pachgate.standin.Echo/Unary"),
+    ]);
+    let replaced = made_id_of("made-id-grpc-replaced", &mut seen);
+    assert_ne!(replaced, logged);
+    assert_eq!(echoed(&headers), [replaced], "{headers}");
+
+    // HTTP/1.1 upstream: the console stand-in's header mirror.
+    let mirrored = gate.curl(&["-A", "made-id-http", &gate.url("/headers")]);
+    let logged = made_id_of("made-id-http", &mut seen);
+    let forwarded: Vec<&str> = mirrored
+        .lines()
+        .filter_map(|line| line.strip_prefix("x-request-id: "))
+        .collect();
+    assert_eq!(forwarded, [logged.as_str()], "{mirrored}");
+
+    // A websocket tunnel: the console stand-in repeats it in its 101.
+    let output = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--http1.1", "--max-time", "2"])
+        .arg("--cacert")
+        .arg(gate.ca())
+        .args([
+            "-A",
+            "made-id-websocket",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        ])
+        .arg(gate.url("/ws"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&output.stdout);
+    assert!(headers.starts_with("HTTP/1.1 101"), "{headers}");
+    let logged = made_id_of("made-id-websocket", &mut seen);
+    assert_eq!(echoed(&headers), [logged], "{headers}");
 }
 
 /// An unlabelled metric as /metrics says it now.

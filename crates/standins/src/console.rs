@@ -161,6 +161,7 @@ fn accept_websocket(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
         );
     };
     let accept = derive_accept_key(key.as_bytes());
+    let request_id = request.headers().get("x-request-id").cloned();
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else {
@@ -190,5 +191,8 @@ fn accept_websocket(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
         SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
+    if let Some(id) = request_id {
+        headers.insert(crate::pachd::ECHOED_REQUEST_ID, id);
+    }
     response
 }

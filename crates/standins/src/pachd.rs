@@ -24,6 +24,10 @@ use crate::health::Health;
 use crate::messages::*;
 use crate::state::PachdState;
 
+/// The response header (gRPC metadata) in which the echo service and the console stand-in
+/// repeat the `x-request-id` they received.
+pub const ECHOED_REQUEST_ID: &str = "x-standin-request-id";
+
 pub mod version_api {
     include!(concat!(env!("OUT_DIR"), "/versionpb_v2.API.rs"));
 }
@@ -380,6 +384,7 @@ fn reply_payload(request: &EchoRequest) -> Bytes {
 impl echo_api::echo_server::Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         self.unary_calls.fetch_add(1, Ordering::Relaxed);
+        let request_id = request.metadata().get("x-request-id").cloned();
         let request = request.into_inner();
         if let Some(status) = requested_failure(&request) {
             return Err(status);
@@ -387,13 +392,18 @@ impl echo_api::echo_server::Echo for EchoService {
         if request.interval_ms > 0 {
             tokio::time::sleep(Duration::from_millis(request.interval_ms.into())).await;
         }
-        Ok(Response::new(EchoResponse {
+        let mut response = Response::new(EchoResponse {
             payload: reply_payload(&request),
             sequence: 0,
             total_bytes: request.payload.len() as u64,
             who_am_i_calls: 0,
             unary_calls: 0,
-        }))
+        });
+        // What arrived as `x-request-id`, so tests can compare it with the proxy's log line.
+        if let Some(id) = request_id {
+            response.metadata_mut().insert(ECHOED_REQUEST_ID, id);
+        }
+        Ok(response)
     }
 
     /// `sequence` = server streams cancelled by their client so far.
