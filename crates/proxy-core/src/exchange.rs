@@ -17,7 +17,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Version};
 use http_body::{Body, Frame, SizeHint};
 
-use pachgate_observe::{AccessRecord, ConnectionMemo};
+use pachgate_observe::{AccessRecord, ConnectionMemo, RequestIdText};
 
 use crate::body::{BodyError, ProxyBody};
 use crate::idle::InFlight;
@@ -266,7 +266,7 @@ impl Drop for Exchange {
             authority: log.authority.as_ref().map(Authority::as_str),
             route: self.route.as_ref().map(|r| &*r.name),
             upstream: log.upstream.as_deref(),
-            request_id: log.request_id.as_ref().map(RequestId::as_bytes),
+            request_id: log.request_id.as_ref().map(RequestId::as_text),
         };
         pachgate_observe::hand_over(&record);
     }
@@ -403,10 +403,10 @@ pub(crate) enum RequestId {
 }
 
 impl RequestId {
-    fn as_bytes(&self) -> &[u8] {
+    fn as_text(&self) -> RequestIdText<'_> {
         match self {
-            RequestId::Sent(value) => value.as_bytes(),
-            RequestId::Made(digits) => digits,
+            RequestId::Sent(value) => RequestIdText::Sent(value.as_bytes()),
+            RequestId::Made(digits) => RequestIdText::Made(digits),
         }
     }
 
@@ -462,11 +462,23 @@ fn request_id_value(digits: &[u8; 32]) -> HeaderValue {
     value
 }
 
-/// 128 random bits as 32 hex digits, from a per-thread generator seeded by the standard
-/// library's random hasher keys (no syscall per request).
+/// A new id: 32 hex digits. The first 16 are the thread's (64 random bits, drawn when the
+/// thread makes its first id), the last 16 the next output of the thread's splitmix64
+/// sequence, seeded by the standard library's random hasher keys. splitmix64 is a bijection
+/// of its counter, so a thread repeats no id within 2^64 of them, and two threads (or
+/// processes) share ids only if their random halves collide. No syscall per request, and
+/// only half the digits made per id.
 fn new_request_id() -> [u8; 32] {
+    struct IdSource {
+        state: Cell<u64>,
+        thread_digits: [u8; 16],
+    }
     thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
+        static SOURCE: IdSource = {
+            let state = Cell::new(seed());
+            let thread_digits = hex16(splitmix64(&state));
+            IdSource { state, thread_digits }
+        };
     }
     fn seed() -> u64 {
         use std::hash::{BuildHasher, Hasher};
@@ -479,7 +491,7 @@ fn new_request_id() -> [u8; 32] {
         hasher.finish()
     }
     // splitmix64: a full-period sequence per thread with well-mixed output.
-    fn next(state: &Cell<u64>) -> u64 {
+    fn splitmix64(state: &Cell<u64>) -> u64 {
         let s = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         state.set(s);
         let mut z = s;
@@ -487,20 +499,23 @@ fn new_request_id() -> [u8; 32] {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    let (high, low) = STATE.with(|state| (next(state), next(state)));
-    let mut digits = [0u8; 32];
-    for (chunk, half) in digits
-        .chunks_exact_mut(8)
-        .zip([high, high >> 32, low, low >> 32])
-    {
-        chunk.copy_from_slice(&hex_digits(half as u32));
+    fn hex16(bits: u64) -> [u8; 16] {
+        let mut digits = [0u8; 16];
+        digits[..8].copy_from_slice(&hex_digits(bits as u32));
+        digits[8..].copy_from_slice(&hex_digits((bits >> 32) as u32));
+        digits
     }
-    digits
+    SOURCE.with(|source| {
+        let mut digits = [0u8; 32];
+        digits[..16].copy_from_slice(&source.thread_digits);
+        digits[16..].copy_from_slice(&hex16(splitmix64(&source.state)));
+        digits
+    })
 }
 
 /// The eight nibbles of `bits` as lowercase hex digits, all at once (a table lookup per
 /// digit cost ~9 instructions each). The digits come out in little-endian nibble order,
-/// which does not matter for random bits.
+/// which does not matter for ids.
 fn hex_digits(bits: u32) -> [u8; 8] {
     const LOW_NIBBLES: u64 = 0x0f0f_0f0f_0f0f_0f0f;
     // Spread nibble i into byte i.
@@ -566,13 +581,29 @@ mod tests {
     }
 
     #[test]
-    fn made_ids_are_distinct() {
+    fn made_ids_are_distinct_and_each_thread_has_its_own_half() {
+        let ids_of_a_thread = || {
+            (0..1000)
+                .map(|_| {
+                    let id = request_id(&mut HeaderMap::new());
+                    id.as_str().unwrap().to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        let here = ids_of_a_thread();
+        let there = std::thread::spawn(ids_of_a_thread).join().unwrap();
         let mut seen = std::collections::HashSet::new();
-        for _ in 0..1000 {
-            let id = request_id(&mut HeaderMap::new());
-            let id = id.as_str().unwrap().to_string();
+        for id in here.iter().chain(&there) {
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
             assert!(seen.insert(id.clone()), "{id} twice");
         }
+        // The first 16 digits are the thread's, the last 16 change with every id.
+        assert!(here.iter().all(|id| id[..16] == here[0][..16]));
+        assert!(there.iter().all(|id| id[..16] == there[0][..16]));
+        assert_ne!(here[0][..16], there[0][..16]);
+        let tails: std::collections::HashSet<_> = here.iter().map(|id| &id[16..]).collect();
+        assert_eq!(tails.len(), here.len());
     }
 
     #[test]
