@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::AccessRecord;
+use crate::{AccessRecord, RequestIdText};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How often the writer thread takes what the workers appended (the log's latency).
@@ -226,7 +226,7 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
         + r.authority.map_or(0, str::len)
         + r.route.map_or(0, str::len)
         + r.upstream.map_or(0, str::len)
-        + r.request_id.map_or(0, <[u8]>::len);
+        + r.request_id.map_or(0, |id| id.as_bytes().len());
     // An escape is at most six bytes (`\u001f`) for one.
     let room = LINE_FIXED_ROOM + 6 * strings;
     if !pending.make_room(room) {
@@ -299,11 +299,19 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
             }
         }
     }
-    if let Some(value) = r.request_id {
+    match r.request_id {
+        Some(RequestIdText::Made(digits)) => {
+            out.literal(b",\"request_id\":\"");
+            out.literal(digits);
+            out.literal(b"\"");
+        }
         // Visible ASCII: valid UTF-8, though a client's may hold `"` or `\`.
-        out.literal(b",\"request_id\":\"");
-        out.escaped(value);
-        out.literal(b"\"");
+        Some(RequestIdText::Sent(value)) => {
+            out.literal(b",\"request_id\":\"");
+            out.escaped(value);
+            out.literal(b"\"");
+        }
+        None => {}
     }
     out.literal(b"}\n");
     debug_assert!(out.at + 8 <= room, "the line outgrew its room");
@@ -855,7 +863,7 @@ mod tests {
             authority: None,
             route: Some("pachd"),
             upstream: Some("10.0.0.9:1650"),
-            request_id: Some(b"abc"),
+            request_id: Some(RequestIdText::Sent(b"abc")),
         }
     }
 
@@ -904,8 +912,17 @@ mod tests {
         assert_eq!(line["protocol"], "HTTP/3\"");
         assert_eq!(line["kind"], "grpc");
         let mut quoted = record(Duration::ZERO);
-        quoted.request_id = Some(b"a\"b\\c");
+        quoted.request_id = Some(RequestIdText::Sent(b"a\"b\\c"));
         let line: serde_json::Value = serde_json::from_str(&json_line(&quoted, at)).unwrap();
         assert_eq!(line["request_id"], "a\"b\\c");
+        let mut made = record(Duration::ZERO);
+        made.request_id = Some(RequestIdText::Made(b"0123456789abcdef0123456789abcdef"));
+        let text = json_line(&made, at);
+        assert!(
+            text.ends_with(",\"request_id\":\"0123456789abcdef0123456789abcdef\"}\n"),
+            "{text}"
+        );
+        let line: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(line["request_id"], "0123456789abcdef0123456789abcdef");
     }
 }

@@ -21,4 +21,6 @@ pub mod logging;
 pub mod metrics;
 mod record;
 
-pub use record::{hand_over, set_access_sink, AccessRecord, AccessSink, ConnectionMemo};
+pub use record::{
+    hand_over, set_access_sink, AccessRecord, AccessSink, ConnectionMemo, RequestIdText,
+};

@@ -31,8 +31,25 @@ pub struct AccessRecord<'a> {
     pub authority: Option<&'a str>,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
-    /// Visible ASCII (a client's id is checked, a made one is hex digits).
-    pub request_id: Option<&'a [u8]>,
+    pub request_id: Option<RequestIdText<'a>>,
+}
+
+/// The request id a line reports.
+#[derive(Clone, Copy, Debug)]
+pub enum RequestIdText<'a> {
+    /// Made by pachgate: hex digits, nothing for a log format to escape.
+    Made(&'a [u8; 32]),
+    /// The client's: visible ASCII (checked), which may hold `"` or `\`.
+    Sent(&'a [u8]),
+}
+
+impl<'a> RequestIdText<'a> {
+    pub fn as_bytes(self) -> &'a [u8] {
+        match self {
+            RequestIdText::Made(digits) => digits,
+            RequestIdText::Sent(bytes) => bytes,
+        }
+    }
 }
 
 /// Where access lines go without passing through `tracing`: a line per request costs the
@@ -77,7 +94,9 @@ pub fn hand_over(record: &AccessRecord<'_>) {
         authority = record.authority,
         route = record.route,
         upstream = record.upstream,
-        request_id = record.request_id.and_then(|id| std::str::from_utf8(id).ok()),
+        request_id = record
+            .request_id
+            .and_then(|id| std::str::from_utf8(id.as_bytes()).ok()),
         "access"
     );
 }
