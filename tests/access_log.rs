@@ -424,7 +424,8 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
             .collect()
     };
 
-    // gRPC to pachd over h2c: the stand-in repeats the id it received as response metadata.
+    // gRPC to pachd over h2c: asked to, the stand-in repeats the id it received as response
+    // metadata.
     let headers = gate.curl(&[
         "--http2",
         "-D",
@@ -433,6 +434,8 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
         "/dev/null",
         "-A",
         "made-id-grpc",
+        "-H",
+        "x-standin-echo-request-id: 1",
         "-H",
         "content-type: application/grpc",
         "-H",
@@ -455,6 +458,8 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
         "/dev/null",
         "-A",
         "made-id-grpc-replaced",
+        "-H",
+        "x-standin-echo-request-id: 1",
         "-H",
         "x-request-id: not valid",
         "-H",
@@ -482,12 +487,23 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
 
     // A websocket tunnel: the console stand-in repeats it in its 101.
     let output = Command::new("curl")
-        .args(["-s", "-D", "-", "-o", "/dev/null", "--http1.1", "--max-time", "2"])
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--http1.1",
+            "--max-time",
+            "2",
+        ])
         .arg("--cacert")
         .arg(gate.ca())
         .args([
             "-A",
             "made-id-websocket",
+            "-H",
+            "x-standin-echo-request-id: 1",
             "-H",
             "Connection: Upgrade",
             "-H",

@@ -161,7 +161,11 @@ fn accept_websocket(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
         );
     };
     let accept = derive_accept_key(key.as_bytes());
-    let request_id = request.headers().get("x-request-id").cloned();
+    let request_id = request
+        .headers()
+        .get(crate::pachd::ECHO_REQUEST_ID_ASKED)
+        .and(request.headers().get("x-request-id"))
+        .cloned();
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else {

@@ -25,8 +25,11 @@ use crate::messages::*;
 use crate::state::PachdState;
 
 /// The response header (gRPC metadata) in which the echo service and the console stand-in
-/// repeat the `x-request-id` they received.
+/// repeat the `x-request-id` they received, when the request carries
+/// [`ECHO_REQUEST_ID_ASKED`] (only then: benchmarks compare runs with and without a request
+/// id, and a new header value per response is not what they measure).
 pub const ECHOED_REQUEST_ID: &str = "x-standin-request-id";
+pub const ECHO_REQUEST_ID_ASKED: &str = "x-standin-echo-request-id";
 
 pub mod version_api {
     include!(concat!(env!("OUT_DIR"), "/versionpb_v2.API.rs"));
@@ -384,7 +387,11 @@ fn reply_payload(request: &EchoRequest) -> Bytes {
 impl echo_api::echo_server::Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         self.unary_calls.fetch_add(1, Ordering::Relaxed);
-        let request_id = request.metadata().get("x-request-id").cloned();
+        let request_id = request
+            .metadata()
+            .get(ECHO_REQUEST_ID_ASKED)
+            .and(request.metadata().get("x-request-id"))
+            .cloned();
         let request = request.into_inner();
         if let Some(status) = requested_failure(&request) {
             return Err(status);
