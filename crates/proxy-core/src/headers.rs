@@ -18,9 +18,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the fields first: nearly every request and response has none of these
     // (HTTP/2 forbids most of them), and a look-up per name costs a hash and a probe each,
     // nine times, on both the request and the response.
-    let found = headers.iter().any(|(name, value)| {
-        is_always_hop_by_hop(name) || (name == TE && !te_is_trailers(value))
-    });
+    let found = headers
+        .iter()
+        .any(|(name, value)| is_always_hop_by_hop(name) || (name == TE && !te_is_trailers(value)));
     if found {
         strip_found_hop_by_hop(headers);
     }
@@ -168,7 +168,10 @@ mod tests {
             ),
             (&[("te", "gzip"), ("x-a", "1")], &["x-a"]),
             // Only the `trailers` line of several survives.
-            (&[("te", "trailers"), ("te", "gzip"), ("x-a", "1")], &["te", "x-a"]),
+            (
+                &[("te", "trailers"), ("te", "gzip"), ("x-a", "1")],
+                &["te", "x-a"],
+            ),
             (&[("te", "gzip"), ("te", "trailers")], &["te"]),
             (&[("x-a", "1"), ("keep-alive", "5")], &["x-a"]),
             (&[("x-a", "1"), ("proxy-connection", "close")], &["x-a"]),
