@@ -25,7 +25,7 @@
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{AccessRecord, RequestIdText};
 use tracing_subscriber::fmt::MakeWriter;
@@ -204,16 +204,28 @@ impl<'a> MakeWriter<'a> for SinkWriter {
 /// record's fields in their order, `None`s left out — as tracing-subscriber's flattened JSON
 /// had them. Formatted straight into the shared buffer under its lock, without `fmt`.
 pub fn push_json(sink: &Sink, record: &AccessRecord<'_>) {
-    let now = SystemTime::now();
     let mut pending = sink.lock();
-    if !write_json(&mut pending, record, now) {
+    if !write_json(&mut pending, record) {
         drop(pending);
         sink.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Formats the line after the waiting ones; `false` when there is no room for it.
-fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> bool {
+fn write_json(pending: &mut Pending, r: &AccessRecord<'_>) -> bool {
+    // The connection's shared fields as its first line rendered them, when they still apply.
+    let memo = r.connection.get::<SharedFields>();
+    let shared = memo.filter(|shared| shared.apply_to(r));
+    let shared_room = match shared {
+        Some(shared) => shared.json.len(),
+        None => {
+            6 * (r.client.len()
+                + r.user_agent.map_or(0, str::len)
+                + r.authority.map_or(0, str::len)
+                + r.route.map_or(0, str::len)
+                + r.upstream.map_or(0, str::len))
+        }
+    };
     let strings = r.method.len()
         + r.path.len()
         + r.protocol.len()
@@ -221,18 +233,14 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
         + r.upstream_protocol.map_or(0, str::len)
         + r.grpc_message.map_or(0, str::len)
         + r.pachctl_command.map_or(0, str::len)
-        + r.client.len()
-        + r.user_agent.map_or(0, str::len)
-        + r.authority.map_or(0, str::len)
-        + r.route.map_or(0, str::len)
-        + r.upstream.map_or(0, str::len)
         + r.request_id.map_or(0, |id| id.as_bytes().len());
     // An escape is at most six bytes (`\u001f`) for one.
-    let room = LINE_FIXED_ROOM + 6 * strings;
+    let room = LINE_FIXED_ROOM + 6 * strings + shared_room;
     if !pending.make_room(room) {
         return false;
     }
-    let stamp = pending.clock.stamp(now);
+    let micros = pending.clock.micros_at(r.ended);
+    let stamp = pending.clock.stamp(micros);
     let start = pending.used;
     let mut out = Line {
         buf: &mut pending.lines[start..start + room],
@@ -240,10 +248,15 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
     };
     out.literal(b"{\"timestamp\":\"");
     out.literal(&stamp);
-    out.literal(b"\",\"level\":\"INFO\",\"message\":\"access\"");
     // The method is an HTTP token (`http` refuses anything else): nothing to escape.
-    out.raw_field(b",\"method\":\"", r.method);
-    out.str_field(b",\"path\":\"", r.path);
+    debug_assert!(!r
+        .method
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\'));
+    out.literal(b"\",\"level\":\"INFO\",\"message\":\"access\",\"method\":\"");
+    out.bytes(r.method.as_bytes());
+    out.literal(b"\",\"path\":\"");
+    out.escaped(r.path.as_bytes());
     out.protocol_fields(r.protocol, r.kind);
     if let Some(value) = r.upstream_protocol {
         // One of our protocol names.
@@ -270,9 +283,9 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
     out.number(r.bytes_received);
     out.literal(b",\"bytes_sent\":");
     out.number(r.bytes_sent);
-    match r.connection.get::<SharedFields>() {
-        Some(shared) if shared.apply_to(r) => out.bytes(&shared.json),
-        memo => {
+    match shared {
+        Some(shared) => out.bytes(&shared.json),
+        None => {
             let start = out.at;
             // `ip:port` as the standard library prints a socket address.
             out.raw_field(b",\"client\":\"", r.client);
@@ -303,17 +316,16 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>, now: SystemTime) -> b
         Some(RequestIdText::Made(digits)) => {
             out.literal(b",\"request_id\":\"");
             out.literal(digits);
-            out.literal(b"\"");
+            out.literal(b"\"}\n");
         }
         // Visible ASCII: valid UTF-8, though a client's may hold `"` or `\`.
         Some(RequestIdText::Sent(value)) => {
             out.literal(b",\"request_id\":\"");
             out.escaped(value);
-            out.literal(b"\"");
+            out.literal(b"\"}\n");
         }
-        None => {}
+        None => out.literal(b"}\n"),
     }
-    out.literal(b"}\n");
     debug_assert!(out.at + 8 <= room, "the line outgrew its room");
     pending.used += out.at;
     true
@@ -415,11 +427,19 @@ impl Line<'_> {
         }
     }
 
-    /// `,"protocol":"…","kind":"…"` as one static copy for the values the proxy reports.
+    /// The path's closing quote and `,"protocol":"…","kind":"…"` as one static copy for
+    /// the values the proxy reports.
     fn protocol_fields(&mut self, protocol: &str, kind: &str) {
         macro_rules! pair {
             ($protocol:literal, $kind:literal) => {
-                concat!(",\"protocol\":\"", $protocol, "\",\"kind\":\"", $kind, "\"").as_bytes()
+                concat!(
+                    "\",\"protocol\":\"",
+                    $protocol,
+                    "\",\"kind\":\"",
+                    $kind,
+                    "\""
+                )
+                .as_bytes()
             };
         }
         let fields = match (protocol, kind) {
@@ -431,6 +451,7 @@ impl Line<'_> {
             ("HTTP/1.1", "websocket") => pair!("HTTP/1.1", "websocket"),
             ("HTTP/1.0", "http") => pair!("HTTP/1.0", "http"),
             _ => {
+                self.literal(b"\"");
                 self.str_field(b",\"protocol\":\"", protocol);
                 self.str_field(b",\"kind\":\"", kind);
                 return;
@@ -510,16 +531,15 @@ impl Line<'_> {
     }
 
     /// In decimal. Most numbers on a line (status codes, small byte counts, durations in
-    /// milliseconds) have at most three digits: one store for those.
+    /// milliseconds) are under 1000: one table load and one four-byte store for those.
     #[inline(always)]
     fn number(&mut self, value: u64) {
-        if value < 10 {
-            self.literal(&[b'0' + value as u8]);
-        } else if value < 100 {
-            self.literal(digit_pair(value));
-        } else if value < 1000 {
-            let pair = digit_pair(value % 100);
-            self.literal(&[b'0' + (value / 100) as u8, pair[0], pair[1]]);
+        if value < 1000 {
+            let entry = SHORT_NUMBERS[value as usize];
+            // The fourth byte stored is the length; the next piece overwrites it (the room
+            // has a word of slack past any piece).
+            self.buf[self.at..self.at + 4].copy_from_slice(&entry.to_le_bytes());
+            self.at += (entry >> 24) as usize;
         } else {
             self.long_number(value);
         }
@@ -545,23 +565,68 @@ impl Line<'_> {
     }
 
     /// `.` and the thousandths (`0` to `999`) as f64's Display ends them: trailing zeros
-    /// left out, `.0` for none.
-    #[inline]
+    /// left out, `.0` for none. One table load and one store.
+    #[inline(always)]
     fn fraction(&mut self, thousandths: u64) {
-        let digits = [
-            b'.',
-            b'0' + (thousandths / 100) as u8,
-            b'0' + (thousandths / 10 % 10) as u8,
-            b'0' + (thousandths % 10) as u8,
-        ];
-        self.literal(&digits);
-        // Back over the trailing zeros, keeping one digit.
-        self.at -= if thousandths % 100 == 0 {
-            2
-        } else {
-            usize::from(thousandths % 10 == 0)
-        };
+        let entry = FRACTIONS[thousandths as usize % 1000];
+        self.buf[self.at..self.at + 8].copy_from_slice(&entry.to_le_bytes());
+        self.at += (entry >> 32) as usize;
     }
+}
+
+/// `0` to `999` in decimal: the digits' bytes from the lowest, the length in the top byte.
+static SHORT_NUMBERS: [u32; 1000] = short_numbers();
+
+const fn short_numbers() -> [u32; 1000] {
+    let mut table = [0; 1000];
+    let mut value = 0;
+    while value < 1000 {
+        let (hundreds, tens, ones) = (
+            ascii_digit(value / 100) as u32,
+            ascii_digit(value / 10 % 10) as u32,
+            ascii_digit(value % 10) as u32,
+        );
+        table[value] = if value >= 100 {
+            hundreds | tens << 8 | ones << 16 | 3 << 24
+        } else if value >= 10 {
+            tens | ones << 8 | 2 << 24
+        } else {
+            ones | 1 << 24
+        };
+        value += 1;
+    }
+    table
+}
+
+const fn ascii_digit(digit: usize) -> u8 {
+    b'0' + digit as u8
+}
+
+/// `.` and the thousandths `0` to `999` as f64's Display ends a number with them (`.5`,
+/// `.25`, `.125`, `.0`): the bytes from the lowest, the length in bits 32 and up.
+static FRACTIONS: [u64; 1000] = fractions();
+
+const fn fractions() -> [u64; 1000] {
+    let mut table = [0; 1000];
+    let mut value = 0;
+    while value < 1000 {
+        let digits = b'.' as u64
+            | (ascii_digit(value / 100) as u64) << 8
+            | (ascii_digit(value / 10 % 10) as u64) << 16
+            | (ascii_digit(value % 10) as u64) << 24;
+        // Trailing zeros left out, keeping one digit.
+        let len = if value % 100 == 0 {
+            2
+        } else if value % 10 == 0 {
+            3
+        } else {
+            4
+        };
+        let kept = digits & ((1 << (8 * len)) - 1);
+        table[value] = kept | (len as u64) << 32;
+        value += 1;
+    }
+    table
 }
 
 /// A text under eight bytes as a little-endian word, padded with spaces (which need no
@@ -611,21 +676,62 @@ const LAST_SECOND: u64 = 253_402_300_799;
 
 /// RFC 3339 UTC timestamps with microseconds, `2026-12-05T23:43:29.069403Z`; the part up to
 /// the seconds is formatted once per second.
+///
+/// A line's time is the instant its request ended (read once by the data path for the
+/// duration as well), placed on the wall clock through an anchor — an instant and the wall
+/// time at it — taken again every [`ANCHOR_INTERVAL`]: no wall-clock read per line, and a
+/// step of the system clock shows within that interval.
 #[derive(Default)]
 struct Clock {
+    anchor: Option<(Instant, u64)>,
     second: Option<u64>,
     prefix: [u8; 19],
 }
 
+/// How long a wall-clock anchor is used.
+const ANCHOR_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Clock {
-    fn stamp(&mut self, now: SystemTime) -> [u8; 27] {
-        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs().min(LAST_SECOND);
+    /// Microseconds since the Unix epoch at `ended`.
+    #[inline]
+    fn micros_at(&mut self, ended: Instant) -> u64 {
+        if let Some((at, wall)) = self.anchor {
+            if let Some(since) = ended.checked_duration_since(at) {
+                if since < ANCHOR_INTERVAL {
+                    return wall + since.as_micros() as u64;
+                }
+            } else {
+                return Self::before_anchor(at, wall, ended);
+            }
+        }
+        self.reanchor(ended)
+    }
+
+    /// A request that ended before the anchor was taken (another worker's line took it
+    /// while this one waited for the lock).
+    #[cold]
+    fn before_anchor(at: Instant, wall: u64, ended: Instant) -> u64 {
+        wall.saturating_sub(at.saturating_duration_since(ended).as_micros() as u64)
+    }
+
+    #[cold]
+    fn reanchor(&mut self, ended: Instant) -> u64 {
+        let at = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64);
+        self.anchor = Some((at, wall));
+        // `ended` is at or before now (a line is written after its request ended).
+        Self::before_anchor(at, wall, ended)
+    }
+
+    fn stamp(&mut self, micros_since_epoch: u64) -> [u8; 27] {
+        let secs = (micros_since_epoch / 1_000_000).min(LAST_SECOND);
         if self.second != Some(secs) {
             self.prefix = second_prefix(secs);
             self.second = Some(secs);
         }
-        let micros = u64::from(since.subsec_micros());
+        let micros = micros_since_epoch % 1_000_000;
         let mut out = [0; 27];
         out[..19].copy_from_slice(&self.prefix);
         out[19] = b'.';
@@ -694,17 +800,60 @@ mod tests {
     }
 
     #[test]
+    fn line_times_come_from_the_end_instant_through_an_anchor() {
+        let wall_now = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64
+        };
+        let mut clock = Clock::default();
+        let start = Instant::now();
+        // The first line anchors the clock: its time is the wall clock's, less how long ago
+        // its request ended.
+        let before = wall_now();
+        let first = clock.micros_at(start);
+        let after = wall_now();
+        assert!(
+            first >= before.saturating_sub(1_000) && first <= after,
+            "{first}"
+        );
+        // Within the interval, later instants are the anchor plus their distance from it.
+        let (at, wall) = clock.anchor.unwrap();
+        let later = at + Duration::from_micros(250_000);
+        assert_eq!(clock.micros_at(later), wall + 250_000);
+        // An instant from before the anchor (another worker's line, written later) is
+        // placed back from it; one past the interval takes a new anchor.
+        if let Some(earlier) = at.checked_sub(Duration::from_millis(5)) {
+            assert_eq!(clock.micros_at(earlier), wall - 5_000);
+            assert_eq!(clock.anchor.unwrap().0, at);
+        }
+        let far = Instant::now() + Duration::from_secs(2);
+        let anchored = clock.anchor.unwrap().0;
+        clock.micros_at(far);
+        assert_ne!(clock.anchor.unwrap().0, anchored);
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         let mut clock = Clock::default();
-        let at = UNIX_EPOCH + Duration::new(1_796_514_209, 69_403_000);
-        assert_eq!(&clock.stamp(at), b"2026-12-05T23:43:29.069403Z");
+        assert_eq!(
+            &clock.stamp(1_796_514_209_069_403),
+            b"2026-12-05T23:43:29.069403Z"
+        );
         // The same second again (the cached part), then another.
-        let at = UNIX_EPOCH + Duration::new(1_796_514_209, 999_999_999);
-        assert_eq!(&clock.stamp(at), b"2026-12-05T23:43:29.999999Z");
-        let at = UNIX_EPOCH + Duration::new(951_782_400, 0);
-        assert_eq!(&clock.stamp(at), b"2000-02-29T00:00:00.000000Z");
-        let at = UNIX_EPOCH + Duration::new(LAST_SECOND + 86_400, 5_000);
-        assert_eq!(&clock.stamp(at), b"9999-12-31T23:59:59.000005Z");
+        assert_eq!(
+            &clock.stamp(1_796_514_209_999_999),
+            b"2026-12-05T23:43:29.999999Z"
+        );
+        assert_eq!(
+            &clock.stamp(951_782_400_000_000),
+            b"2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            &clock.stamp((LAST_SECOND + 86_400) * 1_000_000 + 5),
+            b"9999-12-31T23:59:59.000005Z"
+        );
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
@@ -726,6 +875,23 @@ mod tests {
         ] {
             let out = written(0, |line| line.number(value));
             assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        }
+        // Every value the table holds, and past it.
+        for value in 0..2000 {
+            let out = written(0, |line| line.number(value));
+            assert_eq!(String::from_utf8(out).unwrap(), value.to_string());
+        }
+    }
+
+    #[test]
+    fn every_fraction_is_written_as_f64_display_ends_it() {
+        for thousandths in 0..1000u64 {
+            let out = written(0, |line| {
+                line.number(7);
+                line.fraction(thousandths);
+            });
+            let printed = format!("{:?}", (7000 + thousandths) as f64 / 1000.0);
+            assert_eq!(String::from_utf8(out).unwrap(), printed);
         }
     }
 
@@ -767,9 +933,12 @@ mod tests {
         }
     }
 
+    /// The record's line with the wall clock at `at` when the record ended.
     fn json_line(record: &AccessRecord<'_>, at: SystemTime) -> String {
         let mut pending = Pending::new();
-        assert!(write_json(&mut pending, record, at));
+        let wall = at.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+        pending.clock.anchor = Some((record.ended, wall));
+        assert!(write_json(&mut pending, record));
         String::from_utf8(pending.lines[..pending.used].to_vec()).unwrap()
     }
 
@@ -855,6 +1024,7 @@ mod tests {
             grpc_message: Some("repo \"x\" not found"),
             pachctl_command: None,
             duration,
+            ended: Instant::now(),
             bytes_received: 5,
             bytes_sent: 1_234_567,
             client: "10.0.0.7:50123",

@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One finished request as the access log reports it, borrowed from what the data path kept
 /// of it (proxy-core's `Exchange`). Fields in the line's order; `None` fields are left out
@@ -20,6 +20,8 @@ pub struct AccessRecord<'a> {
     pub pachctl_command: Option<&'a str>,
     /// Logged as `duration_ms`, milliseconds with microsecond precision.
     pub duration: Duration,
+    /// When the request ended (its line's timestamp).
+    pub ended: Instant,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     /// The client's `ip:port`, formatted once per connection.

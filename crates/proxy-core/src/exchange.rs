@@ -225,9 +225,11 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let elapsed = self.started.elapsed();
+        // One clock read for the duration, the connection's idle timer and the line's time.
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(self.started);
         if let Some(in_flight) = self.in_flight.take() {
-            in_flight.end(self.started + elapsed);
+            in_flight.end(ended);
         }
         let received = self.received
             + self
@@ -258,6 +260,7 @@ impl Drop for Exchange {
             grpc_message: log.grpc_message.as_deref(),
             pachctl_command: log.pachctl_command.as_deref(),
             duration: elapsed,
+            ended,
             bytes_received: received,
             bytes_sent: self.sent,
             client: log.connection.text(),
