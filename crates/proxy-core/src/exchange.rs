@@ -44,7 +44,6 @@ struct AccessFields {
     /// Logged as its path only: queries can carry credentials (OIDC `code=`).
     path: Option<PathAndQuery>,
     version: Version,
-    connection: Arc<ClientAddress>,
     user_agent: Option<HeaderValue>,
     authority: Option<Authority>,
     request_id: Option<RequestId>,
@@ -76,7 +75,6 @@ impl Exchange {
     pub(crate) fn start<B>(
         metrics: &Arc<Metrics>,
         request: &Request<B>,
-        client: &Arc<ClientAddress>,
         grpc: bool,
         access_log: bool,
         in_flight: InFlight,
@@ -97,7 +95,6 @@ impl Exchange {
                 method: request.method().clone(),
                 path: request.uri().path_and_query().cloned(),
                 version: request.version(),
-                connection: client.clone(),
                 user_agent: user_agent.cloned(),
                 authority: None,
                 request_id: None,
@@ -228,9 +225,7 @@ impl Drop for Exchange {
         // One clock read for the duration, the connection's idle timer and the line's time.
         let ended = Instant::now();
         let elapsed = ended.saturating_duration_since(self.started);
-        if let Some(in_flight) = self.in_flight.take() {
-            in_flight.end(ended);
-        }
+        let connection = self.in_flight.take().map(|in_flight| in_flight.end(ended));
         let received = self.received
             + self
                 .received_live
@@ -245,9 +240,10 @@ impl Drop for Exchange {
             received,
             sent_unbooked: self.sent - self.sent_booked,
         });
-        let Some(log) = &self.log else {
+        let (Some(log), Some(connection)) = (&self.log, &connection) else {
             return;
         };
+        let client = connection.client();
         let record = AccessRecord {
             method: log.method.as_str(),
             // As `Uri::path` gives it: none (an authority-form CONNECT target) is empty.
@@ -263,8 +259,8 @@ impl Drop for Exchange {
             ended,
             bytes_received: received,
             bytes_sent: self.sent,
-            client: log.connection.text(),
-            connection: &log.connection.memo,
+            client: client.text(),
+            connection: &client.memo,
             user_agent: log.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             authority: log.authority.as_ref().map(Authority::as_str),
             route: self.route.as_ref().map(|r| &*r.name),

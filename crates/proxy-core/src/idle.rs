@@ -3,22 +3,30 @@
 //! Keepalive PINGs and other frames do not count: an idle h2 connection whose client answers
 //! every PING, or a TLS connection whose client never sends its h2 preface, otherwise stays
 //! open (and costs memory) for as long as the client likes.
+//!
+//! The connection's shared state also carries its client address as the access log writes
+//! it: each request already holds the state while in flight, so its log line reaches the
+//! address without a reference count of its own.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::exchange::ClientAddress;
+
 pub(crate) struct ConnActivity {
     opened: Instant,
+    client: ClientAddress,
     in_flight: AtomicUsize,
     /// When the last request ended, in milliseconds after `opened`.
     last_ended_ms: AtomicU64,
 }
 
 impl ConnActivity {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(client: ClientAddress) -> Arc<Self> {
         Arc::new(ConnActivity {
             opened: Instant::now(),
+            client,
             in_flight: AtomicUsize::new(0),
             last_ended_ms: AtomicU64::new(0),
         })
@@ -47,7 +55,8 @@ pub(crate) struct InFlight(Arc<ConnActivity>);
 
 impl InFlight {
     /// The request ended at `ended` (its record already read the clock for its duration).
-    pub(crate) fn end(self, ended: Instant) {
+    /// What is returned still reaches the connection's client address (for the log line).
+    pub(crate) fn end(self, ended: Instant) -> Ended {
         let activity = &self.0;
         let ended_ms = ended.saturating_duration_since(activity.opened).as_millis() as u64;
         // A store, not a max: two requests ending together may land in either order, and
@@ -55,6 +64,16 @@ impl InFlight {
         // watcher that sees no request in flight also sees when the last one ended.
         activity.last_ended_ms.store(ended_ms, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::Release);
+        Ended(self.0)
+    }
+}
+
+/// A request that has ended, still holding its connection's shared state.
+pub(crate) struct Ended(Arc<ConnActivity>);
+
+impl Ended {
+    pub(crate) fn client(&self) -> &ClientAddress {
+        &self.0.client
     }
 }
 
@@ -64,7 +83,7 @@ mod tests {
 
     #[test]
     fn the_deadline_follows_the_last_request_to_end() {
-        let activity = ConnActivity::new();
+        let activity = ConnActivity::new(ClientAddress::new(([127, 0, 0, 1], 9).into()));
         let opened = activity.opened;
         let timeout = Duration::from_secs(10);
         assert_eq!(activity.idle_deadline(timeout), Some(opened + timeout));

@@ -46,8 +46,6 @@ use crate::websocket::ClientSide;
 /// once at accept rather than per request.
 pub(crate) struct Caller {
     pub(crate) peer: SocketAddr,
-    /// The peer as the access log writes it.
-    pub(crate) client: Arc<ClientAddress>,
     pub(crate) tls: bool,
     client_ip: HeaderValue,
     proto: HeaderValue,
@@ -64,13 +62,12 @@ impl Caller {
     ) -> Arc<Self> {
         Arc::new(Caller {
             peer,
-            client: Arc::new(ClientAddress::new(peer)),
             tls,
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             framing,
-            activity: ConnActivity::new(),
+            activity: ConnActivity::new(ClientAddress::new(peer)),
         })
     }
 }
@@ -93,7 +90,6 @@ impl Gateway {
             exchange: Some(Exchange::start(
                 &self.metrics,
                 &request,
-                &caller.client,
                 grpc,
                 snapshot.access_log,
                 caller.activity.begin(),
