@@ -446,3 +446,460 @@ impl fmt::Debug for Decoder {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes from the hex dumps of RFC 7541 Appendix C (spaces ignored).
+    fn hex(text: &str) -> Vec<u8> {
+        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        digits
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    type Fields = Vec<(String, String, Representation)>;
+
+    fn decode(decoder: &mut Decoder, block: &[u8]) -> Result<Fields, DecodeError> {
+        let mut fields = Vec::new();
+        decoder
+            .decode(block, |field| {
+                fields.push((
+                    String::from_utf8_lossy(field.name).into_owned(),
+                    String::from_utf8_lossy(field.value).into_owned(),
+                    field.representation,
+                ))
+            })
+            .map(|()| fields)
+    }
+
+    fn pairs(fields: &Fields) -> Vec<(&str, &str)> {
+        fields
+            .iter()
+            .map(|(name, value, _)| (name.as_str(), value.as_str()))
+            .collect()
+    }
+
+    fn table(decoder: &Decoder) -> Vec<(String, String)> {
+        decoder
+            .table_entries()
+            .map(|(name, value)| {
+                (
+                    String::from_utf8(name.to_vec()).unwrap(),
+                    String::from_utf8(value.to_vec()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn owned(entries: &[(&str, &str)]) -> Vec<(String, String)> {
+        entries
+            .iter()
+            .map(|&(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn integers_of_rfc_7541_c1_and_their_bounds() {
+        assert_eq!(decode_integer(&[0x0a], 5), Ok((10, 1)));
+        assert_eq!(decode_integer(&[0xea], 5), Ok((10, 1))); // bits above the prefix ignored
+        assert_eq!(decode_integer(&[31, 154, 10], 5), Ok((1337, 3)));
+        assert_eq!(decode_integer(&[42], 8), Ok((42, 1)));
+        assert_eq!(decode_integer(&[0x1f, 0], 5), Ok((31, 2)));
+        // The largest value: four continuation bytes, the last without its high bit.
+        assert_eq!(
+            decode_integer(&[0x1f, 0xff, 0xff, 0xff, 0x7f], 5),
+            Ok((31 + (1 << 28) - 1, 5))
+        );
+        // A fifth continuation byte, even a zero one, is one too many.
+        assert_eq!(
+            decode_integer(&[0x1f, 0x80, 0x80, 0x80, 0x80, 0x00], 5),
+            Err(DecodeError::IntegerTooLong)
+        );
+        assert_eq!(
+            decode_integer(
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+                7
+            ),
+            Err(DecodeError::IntegerTooLong)
+        );
+        assert_eq!(decode_integer(&[], 7), Err(DecodeError::Truncated));
+        assert_eq!(decode_integer(&[0x7f], 7), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode_integer(&[0x7f, 0x80], 7),
+            Err(DecodeError::Truncated)
+        );
+        // Whatever put_integer writes comes back.
+        for prefix in 1..=8 {
+            for value in [
+                0,
+                1,
+                30,
+                31,
+                127,
+                128,
+                255,
+                256,
+                1337,
+                4096,
+                65_535,
+                1 << 27,
+            ] {
+                let mut out = Vec::new();
+                crate::put_integer(&mut out, 0, prefix, value);
+                out.push(0xaa); // what follows is not read
+                assert_eq!(
+                    decode_integer(&out, prefix),
+                    Ok((value, out.len() - 1)),
+                    "{value} with a {prefix}-bit prefix"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rfc_7541_c2_each_representation() {
+        let mut decoder = Decoder::new(4096);
+        let fields = decode(
+            &mut decoder,
+            &hex("400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572"),
+        )
+        .unwrap();
+        assert_eq!(pairs(&fields), [("custom-key", "custom-header")]);
+        assert_eq!(fields[0].2, Representation::IncrementalIndexing);
+        assert_eq!(table(&decoder), owned(&[("custom-key", "custom-header")]));
+        assert_eq!(decoder.table_size(), 55);
+
+        let mut decoder = Decoder::new(4096);
+        let fields = decode(&mut decoder, &hex("040c 2f73 616d 706c 652f 7061 7468")).unwrap();
+        assert_eq!(pairs(&fields), [(":path", "/sample/path")]);
+        assert_eq!(fields[0].2, Representation::WithoutIndexing);
+        assert_eq!(decoder.table_size(), 0);
+
+        let mut decoder = Decoder::new(4096);
+        let mut never_indexed = Vec::new();
+        decoder
+            .decode(
+                &hex("1008 7061 7373 776f 7264 0673 6563 7265 74"),
+                |field| {
+                    never_indexed.push((
+                        field.name.to_vec(),
+                        field.value.to_vec(),
+                        field.never_indexed(),
+                    ))
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            never_indexed,
+            [(b"password".to_vec(), b"secret".to_vec(), true)]
+        );
+        assert_eq!(decoder.table_size(), 0);
+
+        let fields = decode(&mut decoder, &[0x82]).unwrap();
+        assert_eq!(pairs(&fields), [(":method", "GET")]);
+        assert_eq!(fields[0].2, Representation::Indexed);
+        assert!(decoder.table_entries().next().is_none());
+    }
+
+    /// Three requests on one decoder (C.3 raw, C.4 Huffman-coded): the same fields and tables.
+    fn requests(blocks: [&str; 3]) {
+        let mut decoder = Decoder::new(4096);
+        let fields = decode(&mut decoder, &hex(blocks[0])).unwrap();
+        assert_eq!(
+            pairs(&fields),
+            [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com")
+            ]
+        );
+        assert_eq!(table(&decoder), owned(&[(":authority", "www.example.com")]));
+        assert_eq!(decoder.table_size(), 57);
+
+        let fields = decode(&mut decoder, &hex(blocks[1])).unwrap();
+        assert_eq!(
+            pairs(&fields),
+            [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com"),
+                ("cache-control", "no-cache")
+            ]
+        );
+        assert_eq!(
+            table(&decoder),
+            owned(&[
+                ("cache-control", "no-cache"),
+                (":authority", "www.example.com")
+            ])
+        );
+        assert_eq!(decoder.table_size(), 110);
+
+        let fields = decode(&mut decoder, &hex(blocks[2])).unwrap();
+        assert_eq!(
+            pairs(&fields),
+            [
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/index.html"),
+                (":authority", "www.example.com"),
+                ("custom-key", "custom-value")
+            ]
+        );
+        assert_eq!(
+            table(&decoder),
+            owned(&[
+                ("custom-key", "custom-value"),
+                ("cache-control", "no-cache"),
+                (":authority", "www.example.com")
+            ])
+        );
+        assert_eq!(decoder.table_size(), 164);
+    }
+
+    #[test]
+    fn rfc_7541_c3_requests_without_huffman() {
+        requests([
+            "8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d",
+            "8286 84be 5808 6e6f 2d63 6163 6865",
+            "8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65",
+        ]);
+    }
+
+    #[test]
+    fn rfc_7541_c4_requests_with_huffman() {
+        requests([
+            "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
+            "8286 84be 5886 a8eb 1064 9cbf",
+            "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
+        ]);
+    }
+
+    /// Three responses on a 256-byte table (C.5 raw, C.6 Huffman-coded): entries evicted.
+    fn responses(blocks: [&str; 3]) {
+        let date1 = "Mon, 21 Oct 2013 20:13:21 GMT";
+        let date2 = "Mon, 21 Oct 2013 20:13:22 GMT";
+        let location = "https://www.example.com";
+        let cookie = "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1";
+        let mut decoder = Decoder::new(256);
+        let fields = decode(&mut decoder, &hex(blocks[0])).unwrap();
+        assert_eq!(
+            pairs(&fields),
+            [
+                (":status", "302"),
+                ("cache-control", "private"),
+                ("date", date1),
+                ("location", location)
+            ]
+        );
+        assert_eq!(
+            table(&decoder),
+            owned(&[
+                ("location", location),
+                ("date", date1),
+                ("cache-control", "private"),
+                (":status", "302")
+            ])
+        );
+        assert_eq!(decoder.table_size(), 222);
+
+        let fields = decode(&mut decoder, &hex(blocks[1])).unwrap();
+        assert_eq!(
+            pairs(&fields),
+            [
+                (":status", "307"),
+                ("cache-control", "private"),
+                ("date", date1),
+                ("location", location)
+            ]
+        );
+        assert_eq!(
+            table(&decoder),
+            owned(&[
+                (":status", "307"),
+                ("location", location),
+                ("date", date1),
+                ("cache-control", "private")
+            ])
+        );
+        assert_eq!(decoder.table_size(), 222);
+
+        let fields = decode(&mut decoder, &hex(blocks[2])).unwrap();
+        assert_eq!(
+            pairs(&fields),
+            [
+                (":status", "200"),
+                ("cache-control", "private"),
+                ("date", date2),
+                ("location", location),
+                ("content-encoding", "gzip"),
+                ("set-cookie", cookie)
+            ]
+        );
+        assert_eq!(
+            table(&decoder),
+            owned(&[
+                ("set-cookie", cookie),
+                ("content-encoding", "gzip"),
+                ("date", date2)
+            ])
+        );
+        assert_eq!(decoder.table_size(), 215);
+    }
+
+    #[test]
+    fn rfc_7541_c5_responses_without_huffman() {
+        responses([
+            "4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133
+             2032 303a 3133 3a32 3120 474d 546e 1768 7474 7073 3a2f 2f77 7777 2e65 7861 6d70
+             6c65 2e63 6f6d",
+            "4803 3330 37c1 c0bf",
+            "88c1 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133 2032 303a 3133 3a32 3220 474d
+             54c0 5a04 677a 6970 7738 666f 6f3d 4153 444a 4b48 514b 425a 584f 5157 454f 5049
+             5541 5851 5745 4f49 553b 206d 6178 2d61 6765 3d33 3630 303b 2076 6572 7369 6f6e
+             3d31",
+        ]);
+    }
+
+    #[test]
+    fn rfc_7541_c6_responses_with_huffman() {
+        responses([
+            "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6
+             2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3",
+            "4883 640e ffc1 c0bf",
+            "88c1 6196 d07a be94 1054 d444 a820 0595 040b 8166 e084 a62d 1bff c05a 839b d9ab
+             77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f
+             9587 3160 65c0 03ed 4ee5 b106 3d50 07",
+        ]);
+    }
+
+    #[test]
+    fn size_updates_only_start_a_block_and_never_pass_our_maximum() {
+        let entry = hex("400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572");
+        let mut decoder = Decoder::new(4096);
+        decode(&mut decoder, &entry).unwrap();
+        assert_eq!(decoder.table_size(), 55);
+        // To 0 (evicting everything) and back to 4096, then a field: all at the start.
+        let mut block = vec![0x20, 0x3f, 0xe1, 0x1f];
+        block.push(0x82);
+        assert_eq!(
+            pairs(&decode(&mut decoder, &block).unwrap()),
+            [(":method", "GET")]
+        );
+        assert_eq!(decoder.table_size(), 0);
+        assert_eq!(decoder.table_capacity(), 4096);
+        // A block of nothing but a size update is an empty field list.
+        assert_eq!(decode(&mut decoder, &[0x3f, 0x11]).unwrap(), []);
+        assert_eq!(decoder.table_capacity(), 48);
+        // An entry larger than the table empties it and is not added (RFC 7541 §4.4).
+        decode(&mut decoder, &entry).unwrap();
+        assert_eq!(decoder.table_size(), 0);
+        assert_eq!(
+            decode(&mut decoder, &[0xbe]),
+            Err(DecodeError::BadIndex(62))
+        );
+
+        let mut decoder = Decoder::new(4096);
+        assert_eq!(
+            decode(&mut decoder, &[0x3f, 0xe2, 0x1f]),
+            Err(DecodeError::SizeUpdateTooLarge {
+                size: 4097,
+                max: 4096
+            })
+        );
+        let mut decoder = Decoder::new(4096);
+        assert_eq!(
+            decode(&mut decoder, &[0x82, 0x20]),
+            Err(DecodeError::LateSizeUpdate)
+        );
+        // The field before it was handed over; the block still fails.
+        let mut seen = 0;
+        let mut decoder = Decoder::new(0);
+        assert_eq!(
+            decoder.decode(&[0x82, 0x3f, 0x00], |_| seen += 1),
+            Err(DecodeError::LateSizeUpdate)
+        );
+        assert_eq!(seen, 1);
+        // Zero is the most a zero-sized table allows.
+        let mut decoder = Decoder::new(0);
+        assert_eq!(decode(&mut decoder, &[0x20, 0x82]).unwrap().len(), 1);
+        assert_eq!(
+            decode(&mut decoder, &[0x21]),
+            Err(DecodeError::SizeUpdateTooLarge { size: 1, max: 0 })
+        );
+    }
+
+    #[test]
+    fn a_reused_name_outlives_the_entry_it_came_from() {
+        // A 40-byte table fits one entry of an 8-byte name and nothing more.
+        let mut decoder = Decoder::new(80);
+        let mut block = vec![0x40, 0x08];
+        block.extend_from_slice(b"x-shared");
+        block.extend_from_slice(&[0x01, b'a']);
+        // Literal with indexing, name from index 62 (the entry above), which it evicts.
+        block.extend_from_slice(&[0x7e, 0x02, b'b', b'c']);
+        block.push(0xbe);
+        let fields = decode(&mut decoder, &block).unwrap();
+        assert_eq!(
+            pairs(&fields),
+            [("x-shared", "a"), ("x-shared", "bc"), ("x-shared", "bc")]
+        );
+        assert_eq!(table(&decoder), owned(&[("x-shared", "bc")]));
+        assert_eq!(decoder.table_size(), 8 + 2 + 32);
+    }
+
+    #[test]
+    fn malformed_blocks_are_errors() {
+        let cases: [(&[u8], DecodeError); 10] = [
+            (&[0x80], DecodeError::BadIndex(0)),
+            (&[0xbe], DecodeError::BadIndex(62)),
+            (
+                &[0xff, 0x80, 0x80, 0x80, 0x80, 0x01],
+                DecodeError::IntegerTooLong,
+            ),
+            // Literal names from an index past the tables.
+            (&[0x7f, 0x00, 0x00], DecodeError::BadIndex(63)),
+            (&[0x0f, 0x30, 0x00], DecodeError::BadIndex(63)),
+            // A literal name with no value, a value shorter than its length.
+            (&[0x40, 0x01, b'a'], DecodeError::Truncated),
+            (&[0x00, 0x01, b'a', 0x03, b'b'], DecodeError::Truncated),
+            (&[0x10], DecodeError::Truncated),
+            // A Huffman value of a whole byte of ones; of EOS.
+            (
+                &[0x04, 0x81, 0xff],
+                DecodeError::Huffman(HuffmanError::PaddingTooLong),
+            ),
+            (
+                &[0x04, 0x84, 0xff, 0xff, 0xff, 0xff],
+                DecodeError::Huffman(HuffmanError::Eos),
+            ),
+        ];
+        for (block, error) in cases {
+            assert_eq!(
+                decode(&mut Decoder::new(4096), block),
+                Err(error),
+                "{block:02x?}"
+            );
+        }
+        // Any bytes at all: an answer, never a panic.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut block = Vec::new();
+            for _ in 0..(seed % 24) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                block.push(seed as u8);
+            }
+            let mut decoder = Decoder::new(64);
+            let _ = decode(&mut decoder, &block);
+            assert!(decoder.table_size() <= 64);
+            seed = seed.wrapping_add(1);
+        }
+    }
+}
