@@ -4,10 +4,10 @@
 //! The code is canonical: ordered by (length, symbol), each code is the previous one plus
 //! one, shifted left by the growth in length. So the decoder needs only, per code length,
 //! the largest (left-aligned) code of that length and where its symbols start in the
-//! (length, symbol) order, all built at compile time from [`CODES`]. Decoding a symbol peeks
-//! 30 bits, finds its length with a few compares (the common symbols are 5 to 8 bits
-//! long, the first groups scanned) and indexes the symbol: tens of instructions a symbol,
-//! no table built per string.
+//! (length, symbol) order, all built at compile time from [`CODES`]. A symbol whose code is
+//! 8 bits or shorter (most of what headers hold) is one look-up by the next 8 bits; a longer
+//! one peeks 30 bits, finds its length by comparing with each length's limit and indexes
+//! the symbol. About 40 instructions a symbol, no table built per string.
 
 use std::fmt;
 
@@ -313,6 +313,10 @@ struct Group {
 
 /// The symbols in (length, symbol) order, i.e. in code order.
 const SORTED: [u16; 257] = sorted_symbols();
+/// The codes of 8 bits or fewer (74 symbols: lowercase, digits, most uppercase and common
+/// punctuation), by the 8 bits that start with one: `length << 8 | symbol`, or 0 where a
+/// longer code starts.
+const SHORT: [u16; 256] = short_codes();
 /// One group per code length in use, shortest first (21 of them).
 const GROUPS: ([Group; MAX_LENGTH as usize], usize) = groups();
 
@@ -332,6 +336,24 @@ const fn sorted_symbols() -> [u16; 257] {
         length += 1;
     }
     sorted
+}
+
+const fn short_codes() -> [u16; 256] {
+    let mut short = [0u16; 256];
+    let mut symbol = 0;
+    while symbol < 257 {
+        let (code, length) = CODES[symbol];
+        if length <= 8 {
+            let first = (code << (8 - length)) as usize;
+            let mut byte = first;
+            while byte < first + (1 << (8 - length)) {
+                short[byte] = (length as u16) << 8 | symbol as u16;
+                byte += 1;
+            }
+        }
+        symbol += 1;
+    }
+    short
 }
 
 const fn groups() -> ([Group; MAX_LENGTH as usize], usize) {
@@ -388,6 +410,14 @@ pub fn decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
         }
         if held == 0 {
             return Ok(());
+        }
+        let short = SHORT[(bits >> 56) as usize];
+        let length = u32::from(short >> 8);
+        if short != 0 && length <= held {
+            out.push(short as u8);
+            bits <<= length;
+            held -= length;
+            continue;
         }
         let peek = (bits >> (64 - MAX_LENGTH)) as u32;
         let mut group = &groups[0];
