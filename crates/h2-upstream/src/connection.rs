@@ -130,7 +130,7 @@ pub(crate) struct Inner {
     pub(crate) send_window: i64,
     pub(crate) recv_window: i64,
     pub(crate) recv_unacked: u32,
-    pub(crate) decoder: loona_hpack::Decoder<'static>,
+    pub(crate) decoder: pachgate_h2_wire::hpack_decode::Decoder,
     /// A header block waiting for its CONTINUATIONs: stream, END_STREAM.
     pub(crate) continuing: Option<(u32, bool)>,
     /// CONTINUATION frames in the header block being read.

@@ -3,15 +3,14 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
+use pachgate_h2_wire::hpack_decode::Decoder;
 
 use crate::{HeaderLimits, HEADER_TABLE_SIZE, MAX_RESPONSE_HEADERS_CAP};
 
 /// The HPACK decoder for one upstream connection: its dynamic table may grow to what our
 /// SETTINGS advertise and no further.
-pub(crate) fn response_decoder() -> loona_hpack::Decoder<'static> {
-    let mut decoder = loona_hpack::Decoder::new();
-    decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE as usize);
-    decoder
+pub(crate) fn response_decoder() -> Decoder {
+    Decoder::new(HEADER_TABLE_SIZE as usize)
 }
 
 /// A decoded response header block.
@@ -28,7 +27,7 @@ pub(crate) struct DecodedBlock {
 /// bomb costs the decoding of its encoded bytes and no more. An HPACK error (a size update
 /// past our table size included) is a connection error, COMPRESSION_ERROR.
 pub(crate) fn decode_response_block(
-    decoder: &mut loona_hpack::Decoder<'static>,
+    decoder: &mut Decoder,
     block: &[u8],
     limits: HeaderLimits,
 ) -> Result<DecodedBlock, (h2::Reason, String)> {
@@ -37,7 +36,8 @@ pub(crate) fn decode_response_block(
     let mut problem: Option<(h2::Reason, &'static str)> = None;
     let mut count = 0usize;
     let mut size = 0usize;
-    let decoded = decoder.decode_with_cb(block, |name, value| {
+    let decoded = decoder.decode(block, |field| {
+        let (name, value) = (field.name, field.value);
         if problem.is_some() {
             return;
         }
@@ -57,8 +57,8 @@ pub(crate) fn decode_response_block(
         }
         let malformed = |what| Some((h2::Reason::PROTOCOL_ERROR, what));
         if name.first() == Some(&b':') {
-            if &*name == b":status" && status.is_none() && fields.is_empty() {
-                status = StatusCode::from_bytes(&value).ok();
+            if name == b":status" && status.is_none() && fields.is_empty() {
+                status = StatusCode::from_bytes(value).ok();
                 if status.is_none() {
                     problem = malformed("invalid :status");
                 }
@@ -71,10 +71,7 @@ pub(crate) fn decode_response_block(
             problem = malformed("uppercase header name");
             return;
         }
-        match (
-            HeaderName::from_bytes(&name),
-            HeaderValue::from_bytes(&value),
-        ) {
+        match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             (Ok(name), Ok(value)) => {
                 if is_connection_specific(&name) {
                     problem = malformed("connection-specific header");
@@ -86,7 +83,7 @@ pub(crate) fn decode_response_block(
         }
     });
     if let Err(error) = decoded {
-        return Err((h2::Reason::COMPRESSION_ERROR, format!("hpack: {error:?}")));
+        return Err((h2::Reason::COMPRESSION_ERROR, format!("hpack: {error}")));
     }
     Ok(DecodedBlock {
         status,
@@ -101,4 +98,48 @@ pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
         name.as_str(),
         "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HeaderLimits {
+        HeaderLimits::default()
+    }
+
+    #[test]
+    fn huffman_coded_fields_decode_and_a_bad_code_is_a_compression_error() {
+        let mut decoder = response_decoder();
+        let message = b"permission denied: repo \"images\" not found";
+        let mut block = vec![0x88]; // :status 200
+        block.push(0x40); // literal with indexing, literal name
+        let name = pachgate_h2_wire::huffman::encoded_len(b"grpc-message");
+        pachgate_h2_wire::put_integer(&mut block, 0x80, 7, name);
+        pachgate_h2_wire::huffman::encode(b"grpc-message", &mut block);
+        let coded = pachgate_h2_wire::huffman::encoded_len(message);
+        pachgate_h2_wire::put_integer(&mut block, 0x80, 7, coded);
+        pachgate_h2_wire::huffman::encode(message, &mut block);
+        assert_eq!(block.len(), 3 + name + 1 + coded);
+        assert!(name < 12 && coded < message.len()); // shorter coded than raw
+        let decoded = decode_response_block(&mut decoder, &block, limits()).unwrap();
+        assert_eq!(decoded.status, Some(StatusCode::OK));
+        assert!(decoded.problem.is_none());
+        assert_eq!(decoded.fields["grpc-message"].as_bytes(), message);
+        // The entry is in the table: the next block names it by index 62.
+        let decoded = decode_response_block(&mut decoder, &[0x88, 0xbe], limits()).unwrap();
+        assert_eq!(decoded.fields["grpc-message"].as_bytes(), message);
+
+        // A value of EOS, a size update after a field: the connection's decoder is lost.
+        for block in [
+            &[0x88, 0x0f, 0x12, 0x84, 0xff, 0xff, 0xff, 0xff][..],
+            &[0x88, 0x20],
+        ] {
+            let (reason, what) = decode_response_block(&mut response_decoder(), block, limits())
+                .err()
+                .unwrap();
+            assert_eq!(reason, h2::Reason::COMPRESSION_ERROR);
+            assert!(what.starts_with("hpack: "), "{what}");
+        }
+    }
 }

@@ -7,8 +7,9 @@
 //! task that forwards them. This crate speaks exactly that (RFC 9113, client side):
 //! HEADERS and CONTINUATION, DATA with both levels of flow control, trailers, RST_STREAM,
 //! SETTINGS, PING (answers and keepalive), GOAWAY, and the peer's stream limit. Response
-//! header blocks go through a full HPACK decoder (loona-hpack); request heads are written as
-//! literals that never enter the upstream's table, so no encoder state is kept.
+//! header blocks go through a full HPACK decoder (`pachgate_h2_wire::hpack_decode`, ours:
+//! loona-hpack's built a Huffman table per string); request heads are written as literals
+//! that never enter the upstream's table, so no encoder state is kept.
 //!
 //! One mutex guards a connection. The task that drives it reads and writes the socket;
 //! stream tasks queue frames and wake it. benches/README.md has the before/after.

@@ -198,18 +198,34 @@ pub(crate) fn name_kind(name: &str) -> NameKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pachgate_h2_wire::hpack_decode::Representation;
 
     fn decode(block: &[u8]) -> Vec<(String, String)> {
         let mut fields = Vec::new();
-        loona_hpack::Decoder::new()
-            .decode_with_cb(block, |name, value| {
+        pachgate_h2_wire::hpack_decode::Decoder::new(4096)
+            .decode(block, |field| {
+                // Request heads never enter the upstream's table.
+                assert_ne!(field.representation, Representation::IncrementalIndexing);
                 fields.push((
-                    String::from_utf8(name.to_vec()).unwrap(),
-                    String::from_utf8(value.to_vec()).unwrap(),
+                    String::from_utf8(field.name.to_vec()).unwrap(),
+                    String::from_utf8(field.value.to_vec()).unwrap(),
                 ))
             })
             .expect("a valid HPACK block");
         fields
+    }
+
+    /// The names of the fields sent never indexed.
+    fn never_indexed(block: &[u8]) -> Vec<String> {
+        let mut names = Vec::new();
+        pachgate_h2_wire::hpack_decode::Decoder::new(4096)
+            .decode(block, |field| {
+                if field.never_indexed() {
+                    names.push(String::from_utf8(field.name.to_vec()).unwrap());
+                }
+            })
+            .expect("a valid HPACK block");
+        names
     }
 
     #[test]
@@ -243,6 +259,7 @@ mod tests {
         .map(|(name, value)| (name.to_string(), value))
         .collect();
         assert_eq!(decode(&block), expected);
+        assert_eq!(never_indexed(&block), ["authorization"]);
     }
 
     #[test]
@@ -344,6 +361,7 @@ mod tests {
                 String::from_utf8(id.to_vec()).unwrap()
             )
         );
+        assert_eq!(never_indexed(&block), ["x-request-id"]);
         // Literal never indexed with a literal name: 0x10, then the name's length (12).
         let at = block.len() - id.len() - 1 - "x-request-id".len() - 2;
         assert_eq!(&block[at..at + 2], &[0x10, 12]);

@@ -3,6 +3,11 @@
 //! owns the frame constants, writing frame headers and header blocks cut into frames,
 //! stripping padding, HPACK integers and literal strings, and a read buffer that hands out
 //! whole frames. Connection state, flow control and errors stay with each client.
+//!
+//! `hpack_decode` is the HPACK decoder (RFC 7541) for the header blocks a peer sends (the
+//! upstream client's responses): integers, raw and Huffman literals, the static and dynamic
+//! tables, size updates, every bad input an error value. `huffman` is the Huffman code it
+//! decodes (Appendix B), built once at compile time, with an encoder for tests and fuzzing.
 
 use std::io;
 use std::pin::Pin;
@@ -10,6 +15,9 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
+
+pub mod hpack_decode;
+pub mod huffman;
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const FRAME_HEADER: usize = 9;

@@ -51,6 +51,10 @@ async fn http1_upstream() -> SocketAddr {
     addr
 }
 
+/// A response field value that hyper's HPACK encoder (h2's) Huffman-codes, being shorter
+/// so: the upstream client's decoder must read it back.
+const UPSTREAM_NOTE: &str = "answered by the h2c upstream; Huffman-coded on the wire";
+
 /// An h2c gRPC upstream answering every call trailers-only with status 0.
 async fn grpc_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -63,6 +67,7 @@ async fn grpc_upstream() -> SocketAddr {
                     let headers = response.headers_mut();
                     headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
                     headers.insert("grpc-status", "0".parse().unwrap());
+                    headers.insert("x-upstream-note", UPSTREAM_NOTE.parse().unwrap());
                     Ok::<_, Infallible>(response)
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -166,6 +171,8 @@ async fn an_allowed_request_is_forwarded_and_answered_by_the_upstream() {
     let answer = grpc_call(addr, "/pkg.Svc/Call").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header("grpc-status"), Some("0"));
+    assert_eq!(answer.header("x-upstream-note"), Some(UPSTREAM_NOTE));
+    assert_eq!(answer.header("content-type"), Some("application/grpc"));
 }
 
 #[tokio::test]
