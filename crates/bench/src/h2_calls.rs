@@ -7,10 +7,9 @@
 //! connection's; h2load does none of that, and cost less CPU per call than the generator did
 //! (benches/README.md). This connection speaks only what a gRPC call needs — HEADERS, DATA,
 //! trailers, both levels of flow control, SETTINGS, PING, RST_STREAM and GOAWAY — and decodes
-//! every response header block with a full HPACK decoder (loona-hpack), so any server's
-//! dynamic table and Huffman coding are understood.
+//! every response header block with a full HPACK decoder (h2-wire's, the one pachgate's
+//! upstream client uses), so any server's dynamic table and Huffman coding are understood.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
@@ -200,7 +199,7 @@ pub struct Connection<S> {
     reader: FrameReader,
     out: Output,
     needs_flush: bool,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: pachgate_h2_wire::hpack_decode::Decoder,
     /// A header block split over CONTINUATION frames: its stream, END_STREAM, the bytes.
     continuing: Option<(u32, bool)>,
     header_block: Vec<u8>,
@@ -231,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 sealed: VecDeque::new(),
             },
             needs_flush: false,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: pachgate_h2_wire::hpack_decode::Decoder::new(DEFAULT_TABLE_SIZE),
             continuing: None,
             header_block: Vec::new(),
             calls: HashMap::new(),
@@ -250,9 +249,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             going_away: false,
             completions: Vec::new(),
         };
-        connection
-            .decoder
-            .set_max_allowed_table_size(DEFAULT_TABLE_SIZE);
         connection.out.buf.extend_from_slice(PREFACE);
         let settings = [
             (SETTINGS_ENABLE_PUSH, 0),
@@ -554,10 +550,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut status = None;
         let mut grpc_status: Option<Result<u32, String>> = None;
         self.decoder
-            .decode_with_cb(block, |name, value| match &*name {
-                b":status" => status = parse_number(&value).map(|s| s as u16),
+            .decode(block, |field| match field.name {
+                b":status" => status = parse_number(field.value).map(|s| s as u16),
                 b"grpc-status" => {
-                    grpc_status = Some(parse_number(&value).ok_or_else(|| lossy(value)));
+                    grpc_status = Some(
+                        parse_number(field.value)
+                            .ok_or_else(|| String::from_utf8_lossy(field.value).into_owned()),
+                    );
                 }
                 _ => {}
             })
@@ -721,10 +720,6 @@ fn parse_number(bytes: &[u8]) -> Option<u32> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-fn lossy(value: Cow<'_, [u8]>) -> String {
-    String::from_utf8_lossy(&value).into_owned()
-}
-
 fn transport(error: &io::Error) -> String {
     format!("transport: {}", error.kind())
 }
@@ -843,6 +838,10 @@ mod tests {
             metadata,
             body: Bytes::new(),
         }
+    }
+
+    fn lossy(value: std::borrow::Cow<'_, [u8]>) -> String {
+        String::from_utf8_lossy(&value).into_owned()
     }
 
     /// Decodes `blocks` in order with an independent HPACK decoder, as a server would.
