@@ -37,7 +37,7 @@ pub(crate) fn decode_response_block(
     let mut count = 0usize;
     let mut size = 0usize;
     let decoded = decoder.decode(block, |field| {
-        let (name, value) = (field.name, field.value);
+        let (name, value, never_indexed) = (field.name, field.value, field.never_indexed());
         if problem.is_some() {
             return;
         }
@@ -72,7 +72,10 @@ pub(crate) fn decode_response_block(
             return;
         }
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            (Ok(name), Ok(value)) => {
+            (Ok(name), Ok(mut value)) => {
+                // A field the upstream sent never indexed stays so on its way to the client
+                // (RFC 7541 §6.2.3: intermediaries must keep the representation).
+                value.set_sensitive(never_indexed);
                 if is_connection_specific(&name) {
                     problem = malformed("connection-specific header");
                 } else if fields.try_append(name, value).is_err() {
@@ -106,6 +109,25 @@ mod tests {
 
     fn limits() -> HeaderLimits {
         HeaderLimits::default()
+    }
+
+    #[test]
+    fn a_field_the_upstream_never_indexed_stays_sensitive() {
+        let mut decoder = response_decoder();
+        let mut block = vec![0x88]; // :status 200
+        for (pattern, name, value) in [
+            (0x10, &b"set-cookie"[..], &b"session=s"[..]), // never indexed
+            (0x00, b"x-plain", b"1"),                      // without indexing
+            (0x40, b"x-indexed", b"2"),                    // with indexing
+        ] {
+            block.push(pattern);
+            pachgate_h2_wire::put_string(&mut block, name);
+            pachgate_h2_wire::put_string(&mut block, value);
+        }
+        let decoded = decode_response_block(&mut decoder, &block, limits()).unwrap();
+        assert!(decoded.fields["set-cookie"].is_sensitive());
+        assert!(!decoded.fields["x-plain"].is_sensitive());
+        assert!(!decoded.fields["x-indexed"].is_sensitive());
     }
 
     #[test]
