@@ -40,7 +40,9 @@ pub(crate) fn encode_request_head(
     for (name, value) in &head.headers {
         match name_kind(name.as_str()) {
             NameKind::ConnectionSpecific => {}
-            NameKind::Te if value != "trailers" => {}
+            // Only `trailers` may cross (RFC 9113 §8.2.2), in any case the client wrote it.
+            NameKind::Te if !value.as_bytes().eq_ignore_ascii_case(b"trailers") => {}
+            NameKind::Te => put_field(out, NameKind::Te, "te", b"trailers"),
             kind => put_field(out, kind, name.as_str(), value.as_bytes()),
         }
     }
@@ -260,6 +262,31 @@ mod tests {
         .collect();
         assert_eq!(decode(&block), expected);
         assert_eq!(never_indexed(&block), ["authorization"]);
+    }
+
+    #[test]
+    fn te_trailers_in_any_case_goes_as_trailers_and_other_te_values_stay_behind() {
+        for (sent, forwarded) in [
+            ("Trailers", Some("trailers")),
+            ("TRAILERS", Some("trailers")),
+            ("trailers", Some("trailers")),
+            ("gzip", None),
+        ] {
+            let request = http::Request::builder()
+                .uri("http://pachd:1650/pfs_v2.API/ListRepo")
+                .header("te", sent)
+                .body(())
+                .unwrap();
+            let (head, ()) = request.into_parts();
+            let mut block = Vec::new();
+            encode_request_head(&head, None, &mut block);
+            let te: Vec<String> = decode(&block)
+                .into_iter()
+                .filter(|(name, _)| name == "te")
+                .map(|(_, value)| value)
+                .collect();
+            assert_eq!(te, forwarded.into_iter().collect::<Vec<_>>(), "{sent}");
+        }
     }
 
     #[test]
