@@ -164,8 +164,15 @@ fn accept_websocket(request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
     let request_id = request
         .headers()
         .get(crate::pachd::ECHO_REQUEST_ID_ASKED)
-        .and(request.headers().get("x-request-id"))
-        .cloned();
+        .and_then(|_| {
+            let ids: Vec<&[u8]> = request
+                .headers()
+                .get_all("x-request-id")
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            HeaderValue::from_bytes(&ids.join(&b", "[..])).ok()
+        });
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else {

@@ -25,7 +25,8 @@ use crate::messages::*;
 use crate::state::PachdState;
 
 /// The response header (gRPC metadata) in which the echo service and the console stand-in
-/// repeat the `x-request-id` they received, when the request carries
+/// repeat the `x-request-id` values they received (all of them, joined by `, `, so a test
+/// sees a duplicate), when the request carries
 /// [`ECHO_REQUEST_ID_ASKED`] (only then: benchmarks compare runs with and without a request
 /// id, and a new header value per response is not what they measure).
 pub const ECHOED_REQUEST_ID: &str = "x-standin-request-id";
@@ -387,11 +388,17 @@ fn reply_payload(request: &EchoRequest) -> Bytes {
 impl echo_api::echo_server::Echo for EchoService {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         self.unary_calls.fetch_add(1, Ordering::Relaxed);
-        let request_id = request
-            .metadata()
-            .get(ECHO_REQUEST_ID_ASKED)
-            .and(request.metadata().get("x-request-id"))
-            .cloned();
+        let request_id = request.metadata().get(ECHO_REQUEST_ID_ASKED).and_then(|_| {
+            let ids: Vec<&str> = request
+                .metadata()
+                .get_all("x-request-id")
+                .iter()
+                .filter_map(|id| id.to_str().ok())
+                .collect();
+            ids.join(", ")
+                .parse::<tonic::metadata::MetadataValue<_>>()
+                .ok()
+        });
         let request = request.into_inner();
         if let Some(status) = requested_failure(&request) {
             return Err(status);
