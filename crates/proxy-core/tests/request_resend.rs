@@ -25,6 +25,10 @@ use scripted_h2::*;
 
 /// A gateway whose `/pkg.Svc/` route leads to the scripted h2c upstream on `listener`.
 async fn gateway_to_script() -> (Arc<Gateway>, SocketAddr, TcpListener) {
+    gateway_to_script_logged(false).await
+}
+
+async fn gateway_to_script_logged(access_log: bool) -> (Arc<Gateway>, SocketAddr, TcpListener) {
     let (listener, upstream_addr) = listener().await;
     let snapshot = Snapshot::build(
         vec![open_route("grpc", "/pkg.Svc/", "scripted")],
@@ -34,7 +38,7 @@ async fn gateway_to_script() -> (Arc<Gateway>, SocketAddr, TcpListener) {
         ClientPolicy::default(),
     )
     .expect("a valid snapshot");
-    let (gateway, addr) = serve(snapshot).await;
+    let (gateway, addr) = serve_with_access_log(snapshot, access_log).await;
     (gateway, addr, listener)
 }
 
@@ -173,6 +177,50 @@ async fn a_stream_above_a_goaways_last_id_is_sent_again_on_a_new_connection() {
     assert_eq!((answered.stream, first.stream), (1, 3));
     assert_eq!(again.stream, 1, "a new connection's first stream");
     assert_same_request(&first, &again, "goaway", &body);
+}
+
+/// The request id pachgate made for a call: exactly one `x-request-id`, 32 hex digits.
+fn made_request_id(received: &Received) -> &str {
+    let ids: Vec<&str> = received
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "x-request-id")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "{:?}", received.headers);
+    assert!(
+        ids[0].len() == 32 && ids[0].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{ids:?}"
+    );
+    ids[0]
+}
+
+/// With the access log on, a made request id travels outside the request's header map and
+/// is encoded by the h2 client itself: a resend (on the same connection after
+/// REFUSED_STREAM, or on a new one after a GOAWAY) carries it once again, the same id.
+#[tokio::test]
+async fn a_resent_call_carries_its_made_request_id_once_each_time() {
+    let (_gateway, addr, listener) = gateway_to_script_logged(true).await;
+    let script = tokio::spawn(async move {
+        let mut peer = Peer::accept(&listener, &[]).await;
+        let refused = peer.read_request().await;
+        peer.reset(refused.stream, REFUSED_STREAM).await;
+        let resent = peer.read_request().await;
+        peer.respond(resent.stream).await;
+        let above_last = peer.read_request().await;
+        peer.go_away(resent.stream, NO_ERROR).await;
+        let mut fresh = Peer::accept(&listener, &[]).await;
+        let on_fresh = fresh.read_request().await;
+        fresh.respond(on_fresh.stream).await;
+        (refused, resent, above_last, on_fresh, peer)
+    });
+    assert_answered(&send_h2c(addr, call("refused", full(message(10)))).await);
+    assert_answered(&send_h2c(addr, call("goaway", full(message(10)))).await);
+    let (refused, resent, above_last, on_fresh, _old) = script.await.unwrap();
+    assert_eq!(made_request_id(&refused), made_request_id(&resent));
+    assert_eq!(made_request_id(&above_last), made_request_id(&on_fresh));
+    assert_ne!(made_request_id(&refused), made_request_id(&above_last));
+    assert_eq!(on_fresh.stream, 1, "a new connection's first stream");
 }
 
 #[tokio::test]
