@@ -159,6 +159,10 @@ impl Field<'_> {
 /// An HPACK integer (§5.1) at the start of `bytes` with a `prefix_bits` prefix: its value
 /// and the bytes it took.
 pub fn decode_integer(bytes: &[u8], prefix_bits: u32) -> Result<(usize, usize), DecodeError> {
+    debug_assert!(
+        (1..=8).contains(&prefix_bits),
+        "an HPACK prefix is 1 to 8 bits"
+    );
     let max = (1usize << prefix_bits) - 1;
     let Some(&first) = bytes.first() else {
         return Err(DecodeError::Truncated);
@@ -836,7 +840,7 @@ mod tests {
 
     #[test]
     fn a_reused_name_outlives_the_entry_it_came_from() {
-        // A 40-byte table fits one entry of an 8-byte name and nothing more.
+        // An 80-byte table fits one entry of an 8-byte name (41 bytes) and not two.
         let mut decoder = Decoder::new(80);
         let mut block = vec![0x40, 0x08];
         block.extend_from_slice(b"x-shared");

@@ -240,6 +240,8 @@ impl Drop for Exchange {
             received,
             sent_unbooked: self.sent - self.sent_booked,
         });
+        // The guard is taken only here, so a logged exchange always has its connection.
+        debug_assert!(connection.is_some());
         let (Some(log), Some(connection)) = (&self.log, &connection) else {
             return;
         };
@@ -456,7 +458,9 @@ pub(crate) fn insert_request_id(headers: &mut HeaderMap, digits: &[u8; 32]) {
 
 fn request_id_value(digits: &[u8; 32]) -> HeaderValue {
     let mut value = HeaderValue::from_bytes(digits).expect("hex digits are a valid header value");
-    // Every value is new: HPACK should not index it (it would only evict useful entries).
+    // Every value is new: an h2 encoder should not index it (it would only evict useful
+    // entries). This value goes to HTTP/1.1 upstreams and websocket tunnels; h2-upstream's
+    // own encoder sends every field it does not know as a literal without indexing anyway.
     value.set_sensitive(true);
     value
 }

@@ -68,7 +68,8 @@ fn strip_found_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    // Every `te` line but `trailers` goes; one `trailers` stays if any line said it.
+    // Found a `te` line other than `trailers` (or another hop-by-hop field): every `te` line
+    // but `trailers` goes, and one `trailers` stays if any line said it.
     let te = headers.get_all(TE);
     if te.iter().any(|value| !te_is_trailers(value)) {
         let trailers = te.iter().any(te_is_trailers);
