@@ -447,7 +447,7 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
         &gate.url("/pachgate.standin.Echo/Unary"),
     ]);
     let logged = made_id_of("made-id-grpc", &mut seen);
-    assert_eq!(echoed(&headers), [logged.clone()], "{headers}");
+    assert_eq!(echoed(&headers), std::slice::from_ref(&logged), "{headers}");
 
     // A client's invalid id (a space in it) is replaced, not forwarded beside the made one.
     let headers = gate.curl(&[
