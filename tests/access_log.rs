@@ -426,52 +426,28 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
 
     // gRPC to pachd over h2c: asked to, the stand-in repeats the id it received as response
     // metadata.
-    let headers = gate.curl(&[
-        "--http2",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-A",
-        "made-id-grpc",
-        "-H",
-        "x-standin-echo-request-id: 1",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-H",
-        "authn-token: demo-token",
-        "--data-binary",
-        &frame,
-        &gate.url("/pachgate.standin.Echo/Unary"),
-    ]);
+    let echo = gate.url("/pachgate.standin.Echo/Unary");
+    let echo_call = |agent: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-D",
+            "-",
+            "-A",
+            agent,
+            "-H",
+            "x-standin-echo-request-id: 1",
+            "-H",
+            "authn-token: demo-token",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&echo);
+        gate.curl(&grpc_args(&frame, &args))
+    };
+    let headers = echo_call("made-id-grpc", &[]);
     let logged = made_id_of("made-id-grpc", &mut seen);
     assert_eq!(echoed(&headers), std::slice::from_ref(&logged), "{headers}");
 
     // A client's invalid id (a space in it) is replaced, not forwarded beside the made one.
-    let headers = gate.curl(&[
-        "--http2",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-A",
-        "made-id-grpc-replaced",
-        "-H",
-        "x-standin-echo-request-id: 1",
-        "-H",
-        "x-request-id: not valid",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-H",
-        "authn-token: demo-token",
-        "--data-binary",
-        &frame,
-        &gate.url("/pachgate.standin.Echo/Unary"),
-    ]);
+    let headers = echo_call("made-id-grpc-replaced", &["-H", "x-request-id: not valid"]);
     let replaced = made_id_of("made-id-grpc-replaced", &mut seen);
     assert_ne!(replaced, logged);
     assert_eq!(echoed(&headers), [replaced], "{headers}");
