@@ -381,7 +381,9 @@ fn same(a: Option<&str>, b: Option<&str>) -> bool {
 }
 
 /// A line being formatted into room made for it: each piece a store at `at`, checked only
-/// against the room's end.
+/// against the room's end. Out-of-line helpers take the buffer and `at` by value, never
+/// `&mut Line`: a `Line` whose address escapes is kept in memory, with a store and a reload
+/// of `at` around every piece.
 struct Line<'a> {
     buf: &'a mut [u8],
     at: usize,
@@ -429,6 +431,7 @@ impl Line<'_> {
 
     /// The path's closing quote and `,"protocol":"…","kind":"…"` as one static copy for
     /// the values the proxy reports.
+    #[inline(always)]
     fn protocol_fields(&mut self, protocol: &str, kind: &str) {
         macro_rules! pair {
             ($protocol:literal, $kind:literal) => {
@@ -468,7 +471,7 @@ impl Line<'_> {
         if self.copy_words(text, true) == 0 {
             self.at += text.len();
         } else {
-            self.escaped_bytes(text);
+            self.at = escaped_bytes(self.buf, self.at, text);
         }
     }
 
@@ -508,28 +511,6 @@ impl Line<'_> {
         flags
     }
 
-    #[cold]
-    fn escaped_bytes(&mut self, text: &[u8]) {
-        for &b in text {
-            match b {
-                b'"' => self.literal(b"\\\""),
-                b'\\' => self.literal(b"\\\\"),
-                b'\n' => self.literal(b"\\n"),
-                b'\r' => self.literal(b"\\r"),
-                b'\t' => self.literal(b"\\t"),
-                0..=0x1f => self.literal(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ]),
-                _ => self.literal(&[b]),
-            }
-        }
-    }
-
     /// In decimal. Most numbers on a line (status codes, small byte counts, durations in
     /// milliseconds) are under 1000: one table load and one four-byte store for those.
     #[inline(always)]
@@ -541,27 +522,8 @@ impl Line<'_> {
             self.buf[self.at..self.at + 4].copy_from_slice(&entry.to_le_bytes());
             self.at += (entry >> 24) as usize;
         } else {
-            self.long_number(value);
+            self.at = long_number(self.buf, self.at, value);
         }
-    }
-
-    /// In decimal, two digits per division, written back to front in place.
-    fn long_number(&mut self, value: u64) {
-        let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
-        let out = &mut self.buf[self.at..self.at + len];
-        let mut end = len;
-        let mut value = value;
-        while value >= 100 {
-            end -= 2;
-            out[end..end + 2].copy_from_slice(digit_pair(value % 100));
-            value /= 100;
-        }
-        if value >= 10 {
-            out[..2].copy_from_slice(digit_pair(value));
-        } else {
-            out[0] = b'0' + value as u8;
-        }
-        self.at += len;
     }
 
     /// `.` and the thousandths (`0` to `999`) as f64's Display ends them: trailing zeros
@@ -572,6 +534,52 @@ impl Line<'_> {
         self.buf[self.at..self.at + 8].copy_from_slice(&entry.to_le_bytes());
         self.at += (entry >> 32) as usize;
     }
+}
+
+/// `text` at `at` with JSON's escapes, byte by byte (the rare value that needs one); returns
+/// where the line goes on.
+#[cold]
+fn escaped_bytes(buf: &mut [u8], at: usize, text: &[u8]) -> usize {
+    let mut line = Line { buf, at };
+    for &b in text {
+        match b {
+            b'"' => line.literal(b"\\\""),
+            b'\\' => line.literal(b"\\\\"),
+            b'\n' => line.literal(b"\\n"),
+            b'\r' => line.literal(b"\\r"),
+            b'\t' => line.literal(b"\\t"),
+            0..=0x1f => line.literal(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            _ => line.literal(&[b]),
+        }
+    }
+    line.at
+}
+
+/// `value` at `at` in decimal, two digits per division, written back to front in place;
+/// returns where the line goes on.
+fn long_number(buf: &mut [u8], at: usize, value: u64) -> usize {
+    let len = value.checked_ilog10().map_or(1, |log| log as usize + 1);
+    let out = &mut buf[at..at + len];
+    let mut end = len;
+    let mut value = value;
+    while value >= 100 {
+        end -= 2;
+        out[end..end + 2].copy_from_slice(digit_pair(value % 100));
+        value /= 100;
+    }
+    if value >= 10 {
+        out[..2].copy_from_slice(digit_pair(value));
+    } else {
+        out[0] = b'0' + value as u8;
+    }
+    at + len
 }
 
 /// `0` to `999` in decimal: the digits' bytes from the lowest, the length in the top byte.
