@@ -3,7 +3,7 @@
 //! and is booked exactly once, when that ends or is dropped (a client that resets a stream
 //! still gets a line).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,38 @@ const GRPC_MESSAGE_LOG_LIMIT: usize = 256;
 const PACHCTL_COMMAND_LOG_LIMIT: usize = 256;
 /// Sent bytes are booked to the route's counter in chunks of this size while a stream runs.
 const SENT_BOOKING_CHUNK: u64 = 1 << 20;
+/// Received-byte counters a worker thread keeps for its next logged requests.
+const SPARE_COUNTERS_KEPT: usize = 64;
+
+thread_local! {
+    /// Counters of finished logged requests whose bodies let go of them: reused, so that a
+    /// logged request does not allocate and free one of its own.
+    static SPARE_COUNTERS: RefCell<Vec<Arc<AtomicU64>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A zeroed received-byte counter, a spare one when this thread has it.
+fn take_counter() -> Arc<AtomicU64> {
+    SPARE_COUNTERS
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps a finished request's counter for the next one, unless a body still holds it (a
+/// request body still being sent when its answer ended).
+fn keep_counter(counter: Arc<AtomicU64>) {
+    if Arc::strong_count(&counter) != 1 {
+        return;
+    }
+    counter.store(0, Ordering::Relaxed);
+    let _ = SPARE_COUNTERS.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_COUNTERS_KEPT {
+            spare.push(counter);
+        }
+    });
+}
 
 /// What only the access log needs; not built when the log is off. Held as the request's
 /// own (reference-counted) `http` values, not copied into `String`s: the log is on by
@@ -165,9 +197,7 @@ impl Exchange {
     /// count when a log line reports it, else the route's counter directly (no allocation).
     pub(crate) fn received_tally(&mut self) -> Option<ByteTally> {
         if self.log.is_some() {
-            let live = self
-                .received_live
-                .get_or_insert_with(|| Arc::new(AtomicU64::new(0)));
+            let live = self.received_live.get_or_insert_with(take_counter);
             return Some(ByteTally::Request(live.clone()));
         }
         self.route.as_ref().map(|route| route.received_tally())
@@ -226,11 +256,11 @@ impl Drop for Exchange {
         let ended = Instant::now();
         let elapsed = ended.saturating_duration_since(self.started);
         let connection = self.in_flight.take().map(|in_flight| in_flight.end(ended));
-        let received = self.received
-            + self
-                .received_live
-                .as_ref()
-                .map_or(0, |live| live.load(Ordering::Relaxed));
+        let mut received = self.received;
+        if let Some(live) = self.received_live.take() {
+            received += live.load(Ordering::Relaxed);
+            keep_counter(live);
+        }
         self.metrics.request_finished(FinishedRequest {
             route: self.route.as_deref(),
             protocol: self.protocol,
@@ -607,6 +637,24 @@ mod tests {
         assert_ne!(here[0][..16], there[0][..16]);
         let tails: std::collections::HashSet<_> = here.iter().map(|id| &id[16..]).collect();
         assert_eq!(tails.len(), here.len());
+    }
+
+    #[test]
+    fn received_counters_come_back_zeroed_unless_a_body_still_holds_one() {
+        let first = take_counter();
+        first.store(7, Ordering::Relaxed);
+        let first_at = Arc::as_ptr(&first);
+        keep_counter(first);
+        let again = take_counter();
+        assert_eq!(Arc::as_ptr(&again), first_at, "the spare is reused");
+        assert_eq!(again.load(Ordering::Relaxed), 0);
+
+        let held_by_body = again.clone();
+        keep_counter(again);
+        let next = take_counter();
+        assert_ne!(Arc::as_ptr(&next), Arc::as_ptr(&held_by_body));
+        held_by_body.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(next.load(Ordering::Relaxed), 0);
     }
 
     #[test]
