@@ -134,9 +134,6 @@ impl Gateway {
         let answered = if view.websocket_upgrade
             || crate::websocket::is_extended_connect_websocket(&request)
         {
-            if let Some(id) = record.exchange().made_request_id() {
-                insert_request_id(request.headers_mut(), &id);
-            }
             self.tunnel(request, route, upstream, view, record).await
         } else {
             forward(
@@ -291,12 +288,18 @@ impl Gateway {
     /// The tunnel takes the request's exchange along and books it when it closes.
     async fn tunnel(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         route: &Route<RouteTarget>,
         upstream: &Upstream,
         view: View,
         record: &mut RequestRecord,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The handshake goes upstream with the request's own headers (on h2, as a field the
+        // encoder sends without indexing): a made id joins them here, as `forward` hands it
+        // to the upstream's `send`.
+        if let Some(id) = record.exchange().made_request_id() {
+            insert_request_id(request.headers_mut(), &id);
+        }
         record
             .exchange()
             .set_upstream(upstream.protocol().name(), None);
