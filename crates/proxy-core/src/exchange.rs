@@ -79,6 +79,9 @@ struct AccessFields {
     user_agent: Option<HeaderValue>,
     authority: Option<Authority>,
     request_id: Option<RequestId>,
+    /// The request arrived with an `x-request-id` (seen in the same pass as the user agent,
+    /// so that a request without one, the usual case, is not scanned for it again).
+    request_id_sent: bool,
     upstream_protocol: Option<&'static str>,
     upstream: Option<Arc<str>>,
     grpc_message: Option<String>,
@@ -113,14 +116,17 @@ impl Exchange {
     ) -> Box<Self> {
         metrics.stream_started();
         let log = access_log.then(|| {
-            // One pass over the headers for both (a lookup of a name outside the standard
-            // set hashes it byte by byte; a gRPC request carries a handful of headers).
-            let (mut user_agent, mut command) = (None, None);
+            // One pass over the headers for all three (a lookup of a name outside the
+            // standard set hashes it byte by byte; a gRPC request carries a handful of
+            // headers).
+            let (mut user_agent, mut command, mut request_id_sent) = (None, None, false);
             for (name, value) in request.headers() {
                 if *name == USER_AGENT {
                     user_agent = user_agent.or(Some(value));
                 } else if *name == PACHCTL_COMMAND {
                     command = command.or(Some(value));
+                } else if *name == X_REQUEST_ID {
+                    request_id_sent = true;
                 }
             }
             AccessFields {
@@ -130,6 +136,7 @@ impl Exchange {
                 user_agent: user_agent.cloned(),
                 authority: None,
                 request_id: None,
+                request_id_sent,
                 upstream_protocol: None,
                 upstream: None,
                 grpc_message: None,
@@ -170,6 +177,12 @@ impl Exchange {
             log.request_id = Some(request_id);
             log.authority = authority;
         }
+    }
+
+    /// Whether the request arrived with an `x-request-id` (headers are only taken away
+    /// after that, never added): without one, [`request_id`] need not look.
+    pub(crate) fn request_id_sent(&self) -> bool {
+        self.log.as_ref().is_some_and(|log| log.request_id_sent)
     }
 
     /// The request id made for this request, when one was: it still has to be sent upstream.
@@ -462,8 +475,12 @@ impl RequestId {
 /// kept as it is; else a new random one, which is *not* put in `headers` (an invalid one is
 /// removed): the upstream receives it from [`RequestId::made`] as the request leaves, an
 /// h2 upstream as one more field of the encoded head, without a header value and a map
-/// insert of its own.
-pub(crate) fn request_id(headers: &mut HeaderMap) -> RequestId {
+/// insert of its own. `sent`: whether the request arrived with one
+/// ([`Exchange::request_id_sent`]); when it did not, `headers` are not searched.
+pub(crate) fn request_id(headers: &mut HeaderMap, sent: bool) -> RequestId {
+    if !sent {
+        return RequestId::Made(new_request_id());
+    }
     // A scan, not a look-up by name: a look-up hashes a name outside the standard set byte
     // by byte, while the scan passes each standard name with one comparison.
     let sent = headers
@@ -570,7 +587,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(USER_AGENT, HeaderValue::from_static("grpc-go/1.0"));
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        let kept = request_id(&mut headers);
+        let kept = request_id(&mut headers, true);
         assert_eq!(kept.as_str(), Some("abc-123"));
         assert_eq!(kept.made(), None);
         assert_eq!(headers.get(&X_REQUEST_ID).unwrap(), "abc-123");
@@ -579,7 +596,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
         headers.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
-        let made = request_id(&mut headers);
+        let made = request_id(&mut headers, true);
         let text = made.as_str().unwrap();
         assert_eq!(text.len(), 32);
         assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
@@ -593,16 +610,16 @@ mod tests {
         // None sent: the map is left as it is.
         let mut headers = HeaderMap::new();
         headers.insert(USER_AGENT, HeaderValue::from_static("curl"));
-        let first = request_id(&mut headers);
+        let first = request_id(&mut headers, true);
         assert_eq!(headers.len(), 1);
         assert!(first.made().is_some());
-        assert_ne!(first.as_str(), request_id(&mut headers).as_str());
+        assert_ne!(first.as_str(), request_id(&mut headers, true).as_str());
 
         // Too long, or empty: made anew.
         for value in ["x".repeat(129), String::new()] {
             let mut headers = HeaderMap::new();
             headers.insert(&X_REQUEST_ID, HeaderValue::from_str(&value).unwrap());
-            assert!(request_id(&mut headers).made().is_some());
+            assert!(request_id(&mut headers, true).made().is_some());
             assert!(headers.is_empty());
         }
         let mut headers = HeaderMap::new();
@@ -610,7 +627,7 @@ mod tests {
             &X_REQUEST_ID,
             HeaderValue::from_str(&"x".repeat(128)).unwrap(),
         );
-        assert!(request_id(&mut headers).made().is_none());
+        assert!(request_id(&mut headers, true).made().is_none());
     }
 
     #[test]
@@ -618,7 +635,7 @@ mod tests {
         let ids_of_a_thread = || {
             (0..1000)
                 .map(|_| {
-                    let id = request_id(&mut HeaderMap::new());
+                    let id = request_id(&mut HeaderMap::new(), false);
                     id.as_str().unwrap().to_string()
                 })
                 .collect::<Vec<_>>()

@@ -198,9 +198,10 @@ fn sanitize(
     // The request id ties the access-log line to the upstream's logs; without an access
     // log a client's id passes through untouched and none is made. A made one is added as
     // the request leaves (`forward`, `tunnel`).
-    let request_id = snapshot
-        .access_log
-        .then(|| request_id(request.headers_mut()));
+    let request_id = snapshot.access_log.then(|| {
+        let sent = record.exchange().request_id_sent();
+        request_id(request.headers_mut(), sent)
+    });
     let mut as_sent = None;
     if request.method() != http::Method::CONNECT {
         as_sent = normalize_request_path(request)?;
