@@ -475,10 +475,10 @@ impl RequestId {
 /// kept as it is; else a new random one, which is *not* put in `headers` (an invalid one is
 /// removed): the upstream receives it from [`RequestId::made`] as the request leaves, an
 /// h2 upstream as one more field of the encoded head, without a header value and a map
-/// insert of its own. `sent`: whether the request arrived with one
+/// insert of its own. `came_with_one`: whether the request arrived with an `x-request-id`
 /// ([`Exchange::request_id_sent`]); when it did not, `headers` are not searched.
-pub(crate) fn request_id(headers: &mut HeaderMap, sent: bool) -> RequestId {
-    if !sent {
+pub(crate) fn request_id(headers: &mut HeaderMap, came_with_one: bool) -> RequestId {
+    if !came_with_one {
         return RequestId::Made(new_request_id());
     }
     // A scan, not a look-up by name: a look-up hashes a name outside the standard set byte
