@@ -28,12 +28,13 @@ use crate::auth::{AuthGates, RouteGate};
 use crate::body::ProxyBody;
 use crate::connection::ServerLimits;
 use crate::error::ProxyError;
-use crate::exchange::{insert_request_id, request_id, ClientAddress, Exchange, ObservedBody};
+use crate::exchange::{ClientAddress, Exchange, ObservedBody};
 use crate::framing_guard::FramingVerdicts;
 use crate::gateway::Gateway;
 use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
 use crate::idle::ConnActivity;
 use crate::rejection::{Rejection, Rendering};
+use crate::request_id::{insert_request_id, request_id};
 use crate::request_view::{
     forwarded_client, h2_header_list_size, normalize_request_path, restore_request_target, Facts,
 };

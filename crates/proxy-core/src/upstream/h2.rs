@@ -21,7 +21,7 @@ use super::{
 };
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
-use crate::exchange::X_REQUEST_ID;
+use crate::request_id::X_REQUEST_ID;
 
 impl Upstream {
     pub(super) async fn send_h2(

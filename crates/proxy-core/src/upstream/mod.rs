@@ -45,7 +45,7 @@ use self::health::HealthWiring;
 use self::http1::{is_tls_handshake_failure, Http1Pool, TlsHttpConnector};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::exchange::insert_request_id;
+use crate::request_id::insert_request_id;
 
 pub use self::spec::{
     HealthCheck, HealthCheckKind, UpstreamProtocol, UpstreamSpec, UpstreamTls, DEFAULT_DNS_REFRESH,
