@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Fixed-count CPU per gRPC unary call of several pachgate builds or log modes, side by side:
+# one pachgate per NAME (one worker, h2c in, h2c out to one stand-in pachd), each round the
+# same number of calls through each in turn (the order reversed every other round), the
+# process's and its worker thread's CPU read from /proc around each run. Prints µs per call
+# and, against the first NAME, the ratio of the means and the median of per-round ratios.
+# The access log goes to a file in a temporary directory (LOGDIR=/dev/shm for tmpfs,
+# LOGNULL=1 for /dev/null), deleted at the end.
+#
+# usage: benches/cpu-ab.sh CALLS ROUNDS NAME=BINARY:LOGMODE ...
+#   e.g. benches/cpu-ab.sh 100000 8 off=target/release/pachgate:off on=target/release/pachgate:json
+set -euo pipefail
+calls=$1; rounds=$2; shift 2
+work=$(mktemp -d)
+logdir=${LOGDIR:-$work}
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$logdir"/cpu-ab-*.log' EXIT
+first=${1#*=}; first=${first%%:*}
+PACHGATE_WORKER_THREADS=1 "$first" standins > "$work/standins.out" 2>&1 &
+until grep -q "standin-pachd listening" "$work/standins.out"; do sleep 0.1; done
+pachd=$(sed -n 's/.*standin-pachd listening on //p' "$work/standins.out")
+names=(); declare -A pid port bin
+base_port=$((20000 + RANDOM % 20000))
+for spec in "$@"; do
+  name=${spec%%=*}; rest=${spec#*=}
+  names+=("$name"); bin[$name]=${rest%%:*}
+  port[$name]=$((base_port + ${#names[@]}))
+  cat > "$work/$name.toml" <<TOML
+[listen]
+http = "127.0.0.1:${port[$name]}"
+http_mode = "serve"
+[log]
+access = "${rest#*:}"
+[upstreams.pachd]
+endpoints = ["$pachd"]
+protocol = "h2c"
+[[routes]]
+name = "pachd-grpc"
+match = { grpc = true }
+upstream = "pachd"
+TOML
+  out="$logdir/cpu-ab-$name.log"; [ -n "${LOGNULL:-}" ] && out=/dev/null
+  PACHGATE_WORKER_THREADS=1 PACHGATE_LOG=error "${bin[$name]}" serve --config "$work/$name.toml" \
+    > "$out" 2> "$work/$name.err" &
+  pid[$name]=$!
+done
+load() {
+  "${bin[$1]}" bench grpc --target "http://127.0.0.1:${port[$1]}" --requests "$2" \
+    --connections 16 --streams 16 --size 16 --threads 1 --quiet > /dev/null
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+worker_ticks() { grep -l worker /proc/"$1"/task/*/comm | head -1 | xargs dirname | xargs -I{} awk '{print $14 + $15}' {}/stat; }
+for name in "${names[@]}"; do
+  until (echo > "/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null; do sleep 0.1; done
+  load "$name" 20000
+done
+for round in $(seq "$rounds"); do
+  order=("${names[@]}")
+  if (( round % 2 == 0 )); then order=($(printf '%s\n' "${names[@]}" | tac)); fi
+  for name in "${order[@]}"; do
+    before=$(ticks "${pid[$name]}"); worker_before=$(worker_ticks "${pid[$name]}")
+    load "$name" "$calls"
+    echo "$round $name $(( $(ticks "${pid[$name]}") - before )) $(( $(worker_ticks "${pid[$name]}") - worker_before ))" >> "$work/ticks"
+  done
+done
+python3 - "$work/ticks" "$calls" "$(getconf CLK_TCK)" "${names[@]}" <<'PY'
+import statistics, sys
+path, calls, tck, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+proc, worker = {}, {}
+for line in open(path):
+    round_no, name, p, w = line.split()
+    proc.setdefault(name, {})[int(round_no)] = int(p)
+    worker.setdefault(name, {})[int(round_no)] = int(w)
+per_call = lambda ticks, n: ticks / n / tck * 1e6 / calls
+first = names[0]
+for name in names:
+    rounds = sorted(proc[name])
+    line = (f"{name:12s} µs/call: process {per_call(sum(proc[name].values()), len(rounds)):6.3f}"
+            f"  worker {per_call(sum(worker[name].values()), len(rounds)):6.3f}")
+    if name != first:
+        for label, table in (("process", proc), ("worker", worker)):
+            mean = sum(table[name].values()) / sum(table[first].values())
+            paired = statistics.median(table[name][r] / table[first][r] for r in rounds)
+            line += f"  | {label} vs {first}: {mean:.3f} (paired median {paired:.3f})"
+    print(line)
+PY
