@@ -197,6 +197,7 @@ impl Validator<'_> {
         });
 
         let access_log = config.log.access.unwrap_or(AccessLog::Json);
+        let request_ids = config.log.request_id.unwrap_or(true);
 
         if !self.errors.is_empty() {
             return Err(self.errors);
@@ -229,7 +230,8 @@ impl Validator<'_> {
             }
             vec![self.locate.error(&(0..0), message)]
         })?
-        .with_access_log(access_log != AccessLog::Off);
+        .with_access_log(access_log != AccessLog::Off)
+        .with_request_ids(request_ids);
         Ok(RuntimeConfig {
             https,
             http,
