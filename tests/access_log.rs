@@ -498,64 +498,6 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
     assert_eq!(echoed(&headers), [logged], "{headers}");
 }
 
-/// Request ids do not hang on the access log: with `access = "off"` pachd still receives a
-/// made id (it logs it with the call, as it does behind Pachyderm's Envoy) and an invalid one
-/// is replaced; with `request_id = false` none is made, a client's passes as it was sent, and
-/// the line has no `request_id`.
-#[test]
-fn request_ids_reach_pachd_with_the_log_off_and_not_when_turned_off() {
-    let standins = standins();
-    let echoed = |headers: &str| -> Vec<String> {
-        headers
-            .lines()
-            .filter_map(|line| line.strip_prefix("x-standin-request-id: "))
-            .map(|id| id.trim_end().to_string())
-            .collect()
-    };
-    let is_made = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
-    for (access, request_ids) in [("off", true), ("json", false)] {
-        let config = gated_config(&standins).replace(
-            "access = \"json\"",
-            &format!("access = \"{access}\"\nrequest_id = {request_ids}"),
-        );
-        let gate = Gate::start(&config, false, "info");
-        let frame = empty_grpc_frame(gate.dir.path());
-        let echo = gate.url("/pachgate.standin.Echo/Unary");
-        let call = |agent: &str, extra: &[&str]| {
-            let mut args = vec![
-                "-D",
-                "-",
-                "-A",
-                agent,
-                "-H",
-                "x-standin-echo-request-id: 1",
-                "-H",
-                "authn-token: demo-token",
-            ];
-            args.extend_from_slice(extra);
-            args.push(&echo);
-            gate.curl(&grpc_args(&frame, &args))
-        };
-        let without = echoed(&call("ids-without", &[]));
-        let invalid = echoed(&call("ids-invalid", &["-H", "x-request-id: not valid"]));
-        if request_ids {
-            assert!(without.len() == 1 && is_made(&without[0]), "{without:?}");
-            assert!(invalid.len() == 1 && is_made(&invalid[0]), "{invalid:?}");
-            assert_ne!(without, invalid);
-        } else {
-            // The stand-in repeats what it received joined by ", ": nothing here.
-            assert_eq!(without, [""]);
-            assert_eq!(invalid, ["not valid"]);
-            let mut seen = Vec::new();
-            for agent in ["ids-without", "ids-invalid"] {
-                let line = gate.line_where(agent, |r| r["user_agent"] == agent, &mut seen);
-                assert_eq!(line.get("request_id"), None, "{line}");
-            }
-        }
-        gate.stop();
-    }
-}
-
 /// An unlabelled metric as /metrics says it now.
 /// The writer thread writes on a timer, not per line: on an idle proxy a line still shows
 /// within a second. And two requests on one connection (curl's `--next` reuses it) with a

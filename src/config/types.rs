@@ -53,8 +53,6 @@ pub struct Dns {
 pub struct Log {
     /// "json" (default), "text" or "off": one line per request on stdout.
     pub access: Option<AccessLog>,
-    /// Make an `x-request-id` for requests without one and send it upstream (default true).
-    pub request_id: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

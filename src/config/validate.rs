@@ -197,7 +197,6 @@ impl Validator<'_> {
         });
 
         let access_log = config.log.access.unwrap_or(AccessLog::Json);
-        let request_ids = config.log.request_id.unwrap_or(true);
 
         if !self.errors.is_empty() {
             return Err(self.errors);
@@ -230,8 +229,7 @@ impl Validator<'_> {
             }
             vec![self.locate.error(&(0..0), message)]
         })?
-        .with_access_log(access_log != AccessLog::Off)
-        .with_request_ids(request_ids);
+        .with_access_log(access_log != AccessLog::Off);
         Ok(RuntimeConfig {
             https,
             http,

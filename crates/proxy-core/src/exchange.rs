@@ -78,6 +78,7 @@ struct AccessFields {
     version: Version,
     user_agent: Option<HeaderValue>,
     authority: Option<Authority>,
+    request_id: Option<RequestId>,
     /// The request arrived with an `x-request-id` (seen in the same pass as the user agent,
     /// so that a request without one, the usual case, is not scanned for it again).
     request_id_sent: bool,
@@ -100,8 +101,6 @@ pub struct Exchange {
     received_live: Option<Arc<AtomicU64>>,
     sent: u64,
     sent_booked: u64,
-    /// Kept or made at the sanitize stage, unless request ids are off.
-    request_id: Option<RequestId>,
     log: Option<AccessFields>,
     /// Keeps the client connection from counting as idle; ended when this is booked.
     in_flight: Option<InFlight>,
@@ -136,6 +135,7 @@ impl Exchange {
                 version: request.version(),
                 user_agent: user_agent.cloned(),
                 authority: None,
+                request_id: None,
                 request_id_sent,
                 upstream_protocol: None,
                 upstream: None,
@@ -155,7 +155,6 @@ impl Exchange {
             received_live: None,
             sent: 0,
             sent_booked: 0,
-            request_id: None,
             log,
             in_flight: Some(in_flight),
         })
@@ -169,31 +168,28 @@ impl Exchange {
         self.protocol = "websocket";
     }
 
-    /// The request's id (none when request ids are off), and for the log its authority.
     pub(crate) fn set_request_details(
         &mut self,
-        request_id: Option<RequestId>,
-        authority: &Option<Authority>,
+        request_id: RequestId,
+        authority: Option<Authority>,
     ) {
-        self.request_id = request_id;
         if let Some(log) = &mut self.log {
-            log.authority = authority.clone();
+            log.request_id = Some(request_id);
+            log.authority = authority;
         }
     }
 
-    /// Whether the request may carry an `x-request-id`: `false` only when the log's pass
-    /// over the headers saw none (headers are only taken away after that, never added), so
-    /// that [`crate::request_id::request_id`] need not look.
-    pub(crate) fn request_id_may_be_sent(&self) -> bool {
-        match &self.log {
-            Some(log) => log.request_id_sent,
-            None => true,
-        }
+    /// Whether the request arrived with an `x-request-id` (headers are only taken away
+    /// after that, never added): without one, [`crate::request_id::request_id`] need not look.
+    pub(crate) fn request_id_sent(&self) -> bool {
+        self.log.as_ref().is_some_and(|log| log.request_id_sent)
     }
 
     /// The request id made for this request, when one was: it still has to be sent upstream.
     pub(crate) fn made_request_id(&self) -> Option<[u8; 32]> {
-        self.request_id.as_ref()?.made().copied()
+        self.log
+            .as_ref()
+            .and_then(|log| log.request_id.as_ref()?.made().copied())
     }
 
     pub(crate) fn set_upstream(&mut self, protocol: &'static str, endpoint: Option<&Arc<str>>) {
@@ -314,7 +310,7 @@ impl Drop for Exchange {
             authority: log.authority.as_ref().map(Authority::as_str),
             route: self.route.as_ref().map(|r| &*r.name),
             upstream: log.upstream.as_deref(),
-            request_id: self.request_id.as_ref().map(RequestId::as_text),
+            request_id: log.request_id.as_ref().map(RequestId::as_text),
         };
         pachgate_observe::hand_over(&record);
     }

@@ -196,21 +196,23 @@ fn sanitize(
     let websocket_upgrade =
         request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
     strip_hop_by_hop(request.headers_mut());
-    // The request id ties the upstream's logs (pachd logs it with each call) to the access
-    // line, if there is one; with request ids off a client's passes through untouched and
-    // none is made. A made one is added as the request leaves (`forward`, `tunnel`).
-    let request_id = snapshot.request_ids.then(|| {
-        let may_be_sent = record.exchange().request_id_may_be_sent();
-        request_id(request.headers_mut(), may_be_sent)
+    // The request id ties the access-log line to the upstream's logs; without an access
+    // log a client's id passes through untouched and none is made. A made one is added as
+    // the request leaves (`forward`, `tunnel`).
+    let request_id = snapshot.access_log.then(|| {
+        let sent = record.exchange().request_id_sent();
+        request_id(request.headers_mut(), sent)
     });
     let mut as_sent = None;
     if request.method() != http::Method::CONNECT {
         as_sent = normalize_request_path(request)?;
     }
     let authority = Facts::of(request, grpc).authority();
-    record
-        .exchange()
-        .set_request_details(request_id, &authority);
+    if let Some(request_id) = request_id {
+        record
+            .exchange()
+            .set_request_details(request_id, authority.clone());
+    }
     Ok(View {
         websocket_upgrade,
         as_sent,

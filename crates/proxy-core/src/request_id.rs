@@ -47,11 +47,10 @@ impl RequestId {
 /// kept as it is; else a new random one, which is *not* put in `headers` (an invalid one is
 /// removed): the upstream receives it from [`RequestId::made`] as the request leaves, an
 /// h2 upstream as one more field of the encoded head, without a header value and a map
-/// insert of its own. `may_carry_one`: `false` when the request is known to have arrived
-/// without an `x-request-id` ([`crate::exchange::Exchange::request_id_may_be_sent`]); then
-/// `headers` are not searched.
-pub(crate) fn request_id(headers: &mut HeaderMap, may_carry_one: bool) -> RequestId {
-    if !may_carry_one {
+/// insert of its own. `came_with_one`: whether the request arrived with an `x-request-id`
+/// ([`crate::exchange::Exchange::request_id_sent`]); when it did not, `headers` are not searched.
+pub(crate) fn request_id(headers: &mut HeaderMap, came_with_one: bool) -> RequestId {
+    if !came_with_one {
         return RequestId::Made(new_request_id());
     }
     // A scan, not a look-up by name: a look-up hashes a name outside the standard set byte

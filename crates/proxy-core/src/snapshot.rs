@@ -89,8 +89,6 @@ pub struct Snapshot {
     pub(crate) static_tokens: Option<StaticTokens>,
     pub(crate) clients: ClientPolicy,
     pub(crate) access_log: bool,
-    /// Make an `x-request-id` for requests without a valid one and send it upstream.
-    pub(crate) request_ids: bool,
     pub(crate) plain_mode: PlainMode,
 }
 
@@ -193,7 +191,6 @@ impl Snapshot {
             static_tokens,
             clients,
             access_log: true,
-            request_ids: true,
             plain_mode: PlainMode::Serve,
         })
     }
@@ -207,14 +204,6 @@ impl Snapshot {
     /// One JSON (or text) line per request on stdout; on by default.
     pub fn with_access_log(mut self, on: bool) -> Self {
         self.access_log = on;
-        self
-    }
-
-    /// An `x-request-id` made for every request that comes without a valid one, sent
-    /// upstream and shown in the access line, as Pachyderm's own proxy (Envoy) makes one for
-    /// pachd to log; on by default. Off: none is made and a client's passes untouched.
-    pub fn with_request_ids(mut self, on: bool) -> Self {
-        self.request_ids = on;
         self
     }
 

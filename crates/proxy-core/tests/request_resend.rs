@@ -29,13 +29,6 @@ async fn gateway_to_script() -> (Arc<Gateway>, SocketAddr, TcpListener) {
 }
 
 async fn gateway_to_script_logged(access_log: bool) -> (Arc<Gateway>, SocketAddr, TcpListener) {
-    gateway_to_script_with(access_log, true).await
-}
-
-async fn gateway_to_script_with(
-    access_log: bool,
-    request_ids: bool,
-) -> (Arc<Gateway>, SocketAddr, TcpListener) {
     let (listener, upstream_addr) = listener().await;
     let snapshot = Snapshot::build(
         vec![open_route("grpc", "/pkg.Svc/", "scripted")],
@@ -44,8 +37,7 @@ async fn gateway_to_script_with(
         None,
         ClientPolicy::default(),
     )
-    .expect("a valid snapshot")
-    .with_request_ids(request_ids);
+    .expect("a valid snapshot");
     let (gateway, addr) = serve_with_access_log(snapshot, access_log).await;
     (gateway, addr, listener)
 }
@@ -229,38 +221,6 @@ async fn a_resent_call_carries_its_made_request_id_once_each_time() {
     assert_eq!(made_request_id(&above_last), made_request_id(&on_fresh));
     assert_ne!(made_request_id(&refused), made_request_id(&above_last));
     assert_eq!(on_fresh.stream, 1, "a new connection's first stream");
-}
-
-/// Request ids do not hang on the access log: with the log off a call still reaches the
-/// upstream with a made id (pachd logs it, as it does behind Pachyderm's Envoy), and one
-/// pachgate does not take (empty) is replaced. With request ids off none is made and a
-/// client's passes as it was sent.
-#[tokio::test]
-async fn request_ids_are_made_with_the_log_off_and_not_at_all_when_turned_off() {
-    for request_ids in [true, false] {
-        let (_gateway, addr, listener) = gateway_to_script_with(false, request_ids).await;
-        let script = tokio::spawn(async move {
-            let mut peer = Peer::accept(&listener, &[]).await;
-            let without = peer.read_request().await;
-            peer.respond(without.stream).await;
-            let empty = peer.read_request().await;
-            peer.respond(empty.stream).await;
-            (without, empty, peer)
-        });
-        assert_answered(&send_h2c(addr, call("without", full(message(10)))).await);
-        let mut with_empty = call("empty", full(message(10)));
-        with_empty
-            .headers_mut()
-            .insert("x-request-id", http::HeaderValue::from_static(""));
-        assert_answered(&send_h2c(addr, with_empty).await);
-        let (without, empty, _peer) = script.await.unwrap();
-        if request_ids {
-            assert_ne!(made_request_id(&without), made_request_id(&empty));
-        } else {
-            assert_eq!(without.header("x-request-id"), None);
-            assert_eq!(empty.header("x-request-id"), Some(""));
-        }
-    }
 }
 
 #[tokio::test]
