@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{
     failure::Failure,
     header_block::response_decoder,
-    request_head::{encode_request_head, ExtraField},
+    request_head::{encode_request_head, ExtraField, UpstreamTable},
     stream::{Head, Stream, StreamMap, StreamRef},
     Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN, READS_PER_WAKE,
     WRITTEN_IN_PLACE,
@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) header_block: Vec<u8>,
     /// Where request heads are encoded before they are cut into frames.
     pub(crate) head_scratch: Vec<u8>,
+    /// What the upstream's HPACK table holds from us (the request id's name, at most).
+    pub(crate) upstream_table: UpstreamTable,
     /// Set by GOAWAY: streams above this id were refused, and no new ones open.
     pub(crate) going_away: Option<u32>,
     pub(crate) failure: Option<Failure>,
@@ -219,6 +221,7 @@ impl Connection {
             continuations: 0,
             header_block: Vec::new(),
             head_scratch: Vec::new(),
+            upstream_table: UpstreamTable::default(),
             going_away: None,
             failure: None,
             heard: false,
@@ -325,7 +328,7 @@ impl Connection {
             // request.
             let mut block = std::mem::take(&mut inner.head_scratch);
             block.clear();
-            encode_request_head(head, extra, &mut block);
+            encode_request_head(head, extra, &mut inner.upstream_table, &mut block);
             inner.put_header_block(id, &block, end_stream);
             inner.head_scratch = block;
             inner.request_queued();

@@ -8,8 +8,8 @@ use http::{Response, StatusCode, Version};
 use pachgate_h2_wire::{
     self as wire, Next, ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING,
     PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS, SETTINGS_ENABLE_CONNECT_PROTOCOL,
-    SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE,
-    WINDOW_UPDATE,
+    SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
 };
 
 use crate::{
@@ -403,13 +403,13 @@ impl Inner {
                     0 if !self.peer_connect_protocol => {}
                     _ => return Err(protocol("bad SETTINGS_ENABLE_CONNECT_PROTOCOL")),
                 },
-                // The header table size only matters to an encoder that indexes; ours never
-                // adds to the upstream's table.
+                SETTINGS_HEADER_TABLE_SIZE => self.upstream_table.peer_limit(value),
                 _ => {}
             }
         }
         if !self.peer_settings_seen {
             self.peer_settings_seen = true;
+            self.upstream_table.settings_seen();
             self.wake_open_waiters();
         }
         Ok(())

@@ -1,17 +1,24 @@
-//! The request head as an HPACK block of literals: no encoder state to keep in step.
+//! The request head as an HPACK block of literals. The only encoder state is one entry the
+//! extra field (a made request id) may place in the upstream's table ([`UpstreamTable`]).
 
 use pachgate_h2_wire as wire;
 
 use crate::{connection::ConnectProtocol, header_block::is_connection_specific};
 
 /// The request head as an HPACK block of literals that never enter the upstream's table
-/// (names from the static table where it has them). No encoder state, so no table to keep
-/// in step; values that carry credentials are marked never-indexed for any intermediary.
+/// (names from the static table where it has them); values that carry credentials are
+/// marked never-indexed for any intermediary. The one exception is the extra field's name
+/// (see [`UpstreamTable`]).
 pub(crate) fn encode_request_head(
     head: &http::request::Parts,
     extra: Option<ExtraField<'_>>,
+    table: &mut UpstreamTable,
     out: &mut Vec<u8>,
 ) {
+    // RFC 7541 §4.2: a lowered limit is acknowledged at the start of the next block.
+    if let Some(size) = table.size_update.take() {
+        wire::put_integer(out, 0x20, 5, size as usize);
+    }
     match head.method {
         http::Method::GET => out.push(0x80 | 2),
         http::Method::POST => out.push(0x80 | 3),
@@ -47,15 +54,98 @@ pub(crate) fn encode_request_head(
         }
     }
     if let Some(field) = extra {
-        put_extra_field(out, field);
+        put_extra_field(out, field, table);
     }
 }
 
-/// Never indexed, with a literal name (ours, known not to be in the static table). Short
-/// lengths (the common case: a request id) fit their 7-bit prefixes, and the field is one
-/// copy of its three parts into room made once.
-fn put_extra_field(out: &mut Vec<u8>, field: ExtraField<'_>) {
+/// The index of the first entry of a dynamic table (RFC 7541 §2.3.3): the static table has 61.
+const FIRST_DYNAMIC_INDEX: usize = 62;
+
+/// What this connection's upstream keeps in its HPACK table from us: at most one entry, the
+/// extra field's name (with the first value sent under it). A made request id is new on every
+/// request, so its value is never worth indexing, but its name is the same: sent by index,
+/// the upstream's decoder looks the name up instead of reading, lowercasing and copying a
+/// name outside the static table on every request (about a third of what the header costs
+/// the stand-in pachd; grpc-go allocates the name's string). Nothing else is ever added, so
+/// the entry stays at the first dynamic index while the table's size allows it.
+#[derive(Debug)]
+pub(crate) struct UpstreamTable {
+    /// Whether the upstream's first SETTINGS have arrived: until then its limit is not known
+    /// (and nothing is added).
+    settings_seen: bool,
+    /// The table size this encoder may use: the upstream's SETTINGS_HEADER_TABLE_SIZE (4,096
+    /// until it says otherwise), only ever lowered.
+    max_size: u32,
+    /// A lowered limit not yet acknowledged with a size update.
+    size_update: Option<u32>,
+    /// The name in the upstream's table, and the entry's size (RFC 7541 §4.1).
+    entry: Option<(http::HeaderName, u32)>,
+}
+
+impl Default for UpstreamTable {
+    fn default() -> Self {
+        UpstreamTable {
+            settings_seen: false,
+            max_size: pachgate_h2_wire::DEFAULT_HEADER_TABLE_SIZE,
+            size_update: None,
+            entry: None,
+        }
+    }
+}
+
+impl UpstreamTable {
+    /// The upstream's SETTINGS_HEADER_TABLE_SIZE. A lower limit than the one in use is
+    /// acknowledged at the next block (evicting the entry if it no longer fits); a higher one
+    /// is not needed.
+    pub(crate) fn peer_limit(&mut self, size: u32) {
+        if size < self.max_size {
+            self.max_size = size;
+            self.size_update = Some(size);
+            if self.entry.as_ref().is_some_and(|(_, entry)| *entry > size) {
+                self.entry = None;
+            }
+        }
+    }
+
+    /// The upstream's first SETTINGS frame has been applied.
+    pub(crate) fn settings_seen(&mut self) {
+        self.settings_seen = true;
+    }
+}
+
+/// Never indexed. Its name by index once the upstream's table holds it; the first time the
+/// upstream's table can take it, as a literal with incremental indexing (which adds the name
+/// with this value); else with a literal name (ours, known not to be in the static table).
+/// Short lengths (the common case: a request id) fit their 7-bit prefixes, and the field is
+/// one copy of its parts into room made once.
+fn put_extra_field(out: &mut Vec<u8>, field: ExtraField<'_>, table: &mut UpstreamTable) {
     let (name, value) = (field.name.as_str().as_bytes(), field.value);
+    if table
+        .entry
+        .as_ref()
+        .is_some_and(|(held, _)| held == field.name)
+    {
+        if value.len() < 0x7f {
+            // 0x10 | 15, then 62 − 15: the first dynamic index with a 4-bit prefix.
+            const NAME_BY_INDEX: [u8; 2] = [0x1f, (FIRST_DYNAMIC_INDEX - 15) as u8];
+            out.reserve(3 + value.len());
+            out.extend_from_slice(&NAME_BY_INDEX);
+            out.push(value.len() as u8);
+            out.extend_from_slice(value);
+        } else {
+            put_indexed_name(out, 0x10, FIRST_DYNAMIC_INDEX, value);
+        }
+        return;
+    }
+    // RFC 7541 §4.1: an entry's size is its name's and value's lengths plus 32.
+    let entry_size = (name.len() + value.len() + 32) as u64;
+    if table.settings_seen && table.entry.is_none() && entry_size <= u64::from(table.max_size) {
+        out.push(0x40);
+        wire::put_string(out, name);
+        wire::put_string(out, value);
+        table.entry = Some((field.name.clone(), entry_size as u32));
+        return;
+    }
     if name.len() < 0x7f && value.len() < 0x7f {
         out.reserve(3 + name.len() + value.len());
         out.extend_from_slice(&[0x10, name.len() as u8]);
@@ -246,7 +336,7 @@ mod tests {
             .unwrap();
         let (head, ()) = request.into_parts();
         let mut block = Vec::new();
-        encode_request_head(&head, None, &mut block);
+        encode_request_head(&head, None, &mut UpstreamTable::default(), &mut block);
         let expected: Vec<(String, String)> = [
             (":method", "PUT".to_string()),
             (":scheme", "https".to_string()),
@@ -279,7 +369,7 @@ mod tests {
                 .unwrap();
             let (head, ()) = request.into_parts();
             let mut block = Vec::new();
-            encode_request_head(&head, None, &mut block);
+            encode_request_head(&head, None, &mut UpstreamTable::default(), &mut block);
             let te: Vec<String> = decode(&block)
                 .into_iter()
                 .filter(|(name, _)| name == "te")
@@ -368,6 +458,77 @@ mod tests {
         }
     }
 
+    /// The request id's name enters the upstream's table once its SETTINGS are known, and
+    /// later requests name it by index; a lowered table size is acknowledged at the start of
+    /// the next block and, below the entry's size, evicts it. Decoded with one decoder per
+    /// connection, as the upstream keeps it.
+    #[test]
+    fn the_extra_fields_name_enters_the_upstreams_table_once_and_leaves_it_when_told() {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://pachd:1650/pfs_v2.API/InspectRepo")
+            .body(())
+            .unwrap();
+        let (head, ()) = request.into_parts();
+        let name = http::HeaderName::from_static("x-request-id");
+        let ids: Vec<String> = (0..6).map(|i| format!("{i:032x}")).collect();
+        let mut table = UpstreamTable::default();
+        let mut upstream = pachgate_h2_wire::hpack_decode::Decoder::new(4096);
+        let mut send = |table: &mut UpstreamTable, id: &str| {
+            let mut block = Vec::new();
+            let extra = ExtraField::new(&name, id.as_bytes());
+            encode_request_head(&head, Some(extra), table, &mut block);
+            let mut fields = Vec::new();
+            upstream
+                .decode(&block, |field| {
+                    fields.push((
+                        String::from_utf8(field.name.to_vec()).unwrap(),
+                        String::from_utf8(field.value.to_vec()).unwrap(),
+                        field.representation,
+                    ))
+                })
+                .expect("a valid HPACK block");
+            let (last_name, last_value, how) = fields.pop().unwrap();
+            assert_eq!(
+                (last_name.as_str(), last_value.as_str()),
+                ("x-request-id", id)
+            );
+            (block, how)
+        };
+        // Before the upstream's SETTINGS: a literal name, nothing added.
+        let (block, how) = send(&mut table, &ids[0]);
+        assert_eq!(how, Representation::NeverIndexed);
+        assert!(
+            block.ends_with(&[&[0x10, 12][..], b"x-request-id", &[32], ids[0].as_bytes()].concat())
+        );
+        table.settings_seen();
+        // Added once, with the value it first came with; then by index (62: 0x1f 0x2f).
+        assert_eq!(
+            send(&mut table, &ids[1]).1,
+            Representation::IncrementalIndexing
+        );
+        let (block, how) = send(&mut table, &ids[2]);
+        assert_eq!(how, Representation::NeverIndexed);
+        assert!(block.ends_with(&[&[0x1f, 0x2f, 32][..], ids[2].as_bytes()].concat()));
+        // A lower limit the entry still fits: acknowledged, the index still used.
+        table.peer_limit(100);
+        let (block, _) = send(&mut table, &ids[3]);
+        assert_eq!(&block[..2], &[0x3f, 100 - 31]);
+        assert!(block.ends_with(&[&[0x1f, 0x2f, 32][..], ids[3].as_bytes()].concat()));
+        // Below the entry's size (76): acknowledged, evicted, back to a literal name.
+        table.peer_limit(64);
+        let (block, how) = send(&mut table, &ids[4]);
+        assert_eq!(&block[..2], &[0x3f, 64 - 31]);
+        assert_eq!(how, Representation::NeverIndexed);
+        assert!(
+            block.ends_with(&[&[0x10, 12][..], b"x-request-id", &[32], ids[4].as_bytes()].concat())
+        );
+        // A limit raised again is not needed: nothing more is added or acknowledged.
+        table.peer_limit(4096);
+        let (block, how) = send(&mut table, &ids[5]);
+        assert_eq!((block[0], how), (0x83, Representation::NeverIndexed));
+    }
+
     #[test]
     fn an_extra_field_follows_the_head_never_indexed() {
         let request = http::Request::builder()
@@ -380,7 +541,12 @@ mod tests {
         let name = http::HeaderName::from_static("x-request-id");
         let id = b"0123456789abcdef0123456789abcdef";
         let mut block = Vec::new();
-        encode_request_head(&head, Some(ExtraField::new(&name, id)), &mut block);
+        encode_request_head(
+            &head,
+            Some(ExtraField::new(&name, id)),
+            &mut UpstreamTable::default(),
+            &mut block,
+        );
         assert_eq!(
             decode(&block).last().unwrap(),
             &(
@@ -395,13 +561,23 @@ mod tests {
         // A value past the 7-bit prefix takes the long way.
         let long = vec![b'v'; 300];
         let mut block = Vec::new();
-        encode_request_head(&head, Some(ExtraField::new(&name, &long)), &mut block);
+        encode_request_head(
+            &head,
+            Some(ExtraField::new(&name, &long)),
+            &mut UpstreamTable::default(),
+            &mut block,
+        );
         assert_eq!(decode(&block).last().unwrap().1, "v".repeat(300));
         let mut block = Vec::new();
-        encode_request_head(&head, Some(ExtraField::new(&name, id)), &mut block);
+        encode_request_head(
+            &head,
+            Some(ExtraField::new(&name, id)),
+            &mut UpstreamTable::default(),
+            &mut block,
+        );
         // Without it, the same head less that field.
         let mut plain = Vec::new();
-        encode_request_head(&head, None, &mut plain);
+        encode_request_head(&head, None, &mut UpstreamTable::default(), &mut plain);
         assert_eq!(plain, block[..at]);
     }
 
@@ -416,7 +592,7 @@ mod tests {
             .unwrap();
         let (head, ()) = request.into_parts();
         let mut block = Vec::new();
-        encode_request_head(&head, None, &mut block);
+        encode_request_head(&head, None, &mut UpstreamTable::default(), &mut block);
         assert_eq!(
             decode(&block),
             [
@@ -436,7 +612,7 @@ mod tests {
             .into_parts();
         head.extensions.insert(ConnectProtocol("websocket"));
         let mut block = Vec::new();
-        encode_request_head(&head, None, &mut block);
+        encode_request_head(&head, None, &mut UpstreamTable::default(), &mut block);
         assert!(!decode(&block).iter().any(|(name, _)| name == ":protocol"));
     }
 
@@ -451,7 +627,7 @@ mod tests {
             .unwrap();
         let (head, ()) = request.into_parts();
         let mut block = Vec::new();
-        encode_request_head(&head, None, &mut block);
+        encode_request_head(&head, None, &mut UpstreamTable::default(), &mut block);
         // GET, http and "/" come from the static table; `te` other than "trailers" is
         // dropped (HTTP/2 forbids it).
         assert_eq!(&block[..2], &[0x80 | 2, 0x80 | 6]);
