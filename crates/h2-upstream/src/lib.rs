@@ -9,7 +9,8 @@
 //! SETTINGS, PING (answers and keepalive), GOAWAY, and the peer's stream limit. Response
 //! header blocks go through a full HPACK decoder (`pachgate_h2_wire::hpack_decode`, ours:
 //! loona-hpack's built a Huffman table per string); request heads are written as literals
-//! that never enter the upstream's table, so no encoder state is kept.
+//! that never enter the upstream's table, except the request id's name, added once per
+//! connection (`UpstreamTable`, the encoder's only state).
 //!
 //! One mutex guards a connection. The task that drives it reads and writes the socket;
 //! stream tasks queue frames and wake it. benches/README.md has the before/after.
