@@ -15,10 +15,7 @@ pub(crate) fn encode_request_head(
     table: &mut UpstreamTable,
     out: &mut Vec<u8>,
 ) {
-    // RFC 7541 §4.2: a lowered limit is acknowledged at the start of the next block.
-    if let Some(size) = table.size_update.take() {
-        wire::put_integer(out, 0x20, 5, size as usize);
-    }
+    table.put_size_update(out);
     match head.method {
         http::Method::GET => out.push(0x80 | 2),
         http::Method::POST => out.push(0x80 | 3),
@@ -110,6 +107,14 @@ impl UpstreamTable {
     /// The upstream's first SETTINGS frame has been applied.
     pub(crate) fn settings_seen(&mut self) {
         self.settings_seen = true;
+    }
+
+    /// A lowered limit not yet acknowledged, as a size update: RFC 7541 §4.2 wants it at the
+    /// start of the first header block after the change, a request head's or trailers'.
+    pub(crate) fn put_size_update(&mut self, out: &mut Vec<u8>) {
+        if let Some(size) = self.size_update.take() {
+            wire::put_integer(out, 0x20, 5, size as usize);
+        }
     }
 }
 
@@ -527,6 +532,13 @@ mod tests {
         table.peer_limit(4096);
         let (block, how) = send(&mut table, &ids[5]);
         assert_eq!((block[0], how), (0x83, Representation::NeverIndexed));
+        // Whichever block comes first after a change carries the update (trailers take it
+        // with `put_size_update`), once.
+        table.peer_limit(10);
+        let mut trailers = Vec::new();
+        table.put_size_update(&mut trailers);
+        table.put_size_update(&mut trailers);
+        assert_eq!(trailers, [0x20 | 10]);
     }
 
     #[test]

@@ -255,6 +255,12 @@ impl StreamRef {
             }
             _ => return,
         }
+        let mut update = Vec::new();
+        inner.upstream_table.put_size_update(&mut update);
+        if !update.is_empty() {
+            update.extend_from_slice(&block);
+            block = update;
+        }
         inner.put_header_block(self.id, &block, true);
         inner.settle(self.id);
         inner.wake_driver();
