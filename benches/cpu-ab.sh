@@ -5,7 +5,8 @@
 # process's and its worker thread's CPU read from /proc around each run. Prints µs per call
 # and, against the first NAME, the ratio of the means and the median of per-round ratios.
 # The access log goes to a file in a temporary directory (LOGDIR=/dev/shm for tmpfs,
-# LOGNULL=1 for /dev/null), deleted at the end.
+# LOGNULL=1 for /dev/null), deleted at the end, and kept under 10 MiB as kubelet rotates a
+# container's log (see ROTATE_LOG_AT in benches/compare for why).
 #
 # usage: benches/cpu-ab.sh CALLS ROUNDS NAME=BINARY:LOGMODE ...
 #   e.g. benches/cpu-ab.sh 100000 8 off=target/release/pachgate:off on=target/release/pachgate:json
@@ -40,9 +41,17 @@ upstream = "pachd"
 TOML
   out="$logdir/cpu-ab-$name.log"; [ -n "${LOGNULL:-}" ] && out=/dev/null
   PACHGATE_WORKER_THREADS=1 PACHGATE_LOG=error "${bin[$name]}" serve --config "$work/$name.toml" \
-    > "$out" 2> "$work/$name.err" &
+    >> "$out" 2> "$work/$name.err" &
   pid[$name]=$!
 done
+if [ -z "${LOGNULL:-}" ]; then
+  # Rotation as kubelet does it, by emptying the file (opened for appending above).
+  while sleep 0.05; do
+    for log in "$logdir"/cpu-ab-*.log; do
+      [ "$(stat -c %s "$log" 2>/dev/null || echo 0)" -gt $((10 << 20)) ] && : > "$log"
+    done
+  done &
+fi
 load() {
   "${bin[$1]}" bench grpc --target "http://127.0.0.1:${port[$1]}" --requests "$2" \
     --connections 16 --streams 16 --size 16 --threads 1 --quiet > /dev/null
