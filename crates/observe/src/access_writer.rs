@@ -350,8 +350,8 @@ const WARM_AHEAD: usize = 512;
 /// Why: those lines were last read by the writer thread, on another core, a batch ago. A
 /// store to them waits for the line's ownership, and the lock's release right after the
 /// line (a locked instruction, which drains the stores before it) waited for all of them:
-/// `perf` put ~0.13 µs a line on that one instruction, a third of the log's cost to the
-/// worker (benches/README.md, sixth round). A prefetch is not ordered with locked
+/// `perf` put about 0.1 µs a line on that one instruction, a quarter to a third of the log's
+/// cost to the worker (benches/README.md, sixth round). A prefetch is not ordered with locked
 /// instructions, so it is fetched in the background, and the next line finds its room
 /// owned. A plain (read) prefetch did not help: it leaves the line shared with the reader.
 #[inline(always)]
