@@ -379,14 +379,15 @@ fn warm_next_room(lines: &[u8], from: usize) {
     let _ = (lines, from);
 }
 
-/// Whether the CPU has `PREFETCHW` (CPUID 8000_0001h, ECX bit 8): every AMD64 CPU and
-/// Intel's since Broadwell.
+/// Whether the CPU reports `PREFETCHW` (CPUID 8000_0001h, ECX bit 8; Intel's since
+/// Broadwell, AMD's since family 10h). Without it, the next line's room is not warmed.
 fn can_prefetch_for_write() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         // `__cpuid` is safe from Rust 1.87 on, an unsafe fn before (rust-version 1.80).
         #[allow(unused_unsafe)]
-        // SAFETY: CPUID exists on every x86_64 CPU, and leaf 8000_0001h on every AMD64 one.
+        // SAFETY: every x86_64 CPU has CPUID and its leaf 8000_0001h (which reports long
+        // mode itself).
         let extended = unsafe { std::arch::x86_64::__cpuid(0x8000_0001) };
         extended.ecx & (1 << 8) != 0
     }
