@@ -340,10 +340,6 @@ fn write_json(pending: &mut Pending, r: &AccessRecord<'_>) -> bool {
     true
 }
 
-/// Room past the last line whose cache lines are fetched ahead for the next one: a gRPC
-/// call's line is about 430 bytes.
-const WARM_AHEAD: usize = 512;
-
 /// Asks the core to fetch, for writing, the cache lines the next line will be formatted
 /// into, while the worker goes on with other requests.
 ///
@@ -358,8 +354,14 @@ const WARM_AHEAD: usize = 512;
 fn warm_next_room(lines: &[u8], from: usize) {
     #[cfg(target_arch = "x86_64")]
     {
+        /// Room past the last line whose cache lines are fetched: a gRPC call's line is
+        /// about 430 bytes.
+        const WARM_AHEAD: usize = 512;
         let end = lines.len().min(from + WARM_AHEAD);
-        let mut at = from & !63;
+        // From the start of the cache line `from` is in (by address: the buffer need not
+        // be aligned), one fetch per line.
+        let into_line = (lines.as_ptr() as usize).wrapping_add(from) & 63;
+        let mut at = from.saturating_sub(into_line);
         while at < end {
             let line = lines[at..].as_ptr();
             // SAFETY: PREFETCHW is a hint (the CPU has it: `can_prefetch_for_write`): it
@@ -384,7 +386,8 @@ fn warm_next_room(lines: &[u8], from: usize) {
 fn can_prefetch_for_write() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // `__cpuid` is safe from Rust 1.87 on, an unsafe fn before (rust-version 1.80).
+        // `__cpuid` is a safe fn in recent Rust, an unsafe one in older releases
+        // (rust-version is 1.80).
         #[allow(unused_unsafe)]
         // SAFETY: every x86_64 CPU has CPUID and its leaf 8000_0001h (which reports long
         // mode itself).
