@@ -55,13 +55,15 @@ if [ -z "${LOGNULL:-}" ]; then
     done
   done &
 fi
+# The same generator for every NAME (the first's binary), so that only the proxy differs.
 load() {
-  "${bin[$1]}" bench grpc --target "http://127.0.0.1:${port[$1]}" --requests "$2" \
+  "$first" bench grpc --target "http://127.0.0.1:${port[$1]}" --requests "$2" \
     --connections 16 --streams 16 --size 16 --threads 1 --quiet > /dev/null
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# CPU of this shell's waited-for children: the load generators run so far.
-load_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+# CPU of this shell's waited-for children (the load generators run so far) into
+# $load_ticks, read by the shell itself: a helper process would be counted too.
+read_load_ticks() { local -a stat; read -ra stat < "/proc/$$/stat"; load_ticks=$((stat[15] + stat[16])); }
 worker_ticks() { grep -l worker /proc/"$1"/task/*/comm | head -1 | xargs dirname | xargs -I{} awk '{print $14 + $15}' {}/stat; }
 for name in "${names[@]}"; do
   until (echo > "/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null; do sleep 0.1; done
@@ -72,11 +74,12 @@ for round in $(seq "$rounds"); do
   if (( round % 2 == 0 )); then order=($(printf '%s\n' "${names[@]}" | tac)); fi
   for name in "${order[@]}"; do
     before=$(ticks "${pid[$name]}"); worker_before=$(worker_ticks "${pid[$name]}")
-    standins_before=$(ticks "$standins"); load_before=$(load_ticks)
+    standins_before=$(ticks "$standins"); read_load_ticks; load_before=$load_ticks
     load "$name" "$calls"
+    read_load_ticks
     echo "$round $name $(( $(ticks "${pid[$name]}") - before ))" \
       "$(( $(worker_ticks "${pid[$name]}") - worker_before ))" \
-      "$(( $(ticks "$standins") - standins_before )) $(( $(load_ticks) - load_before ))" >> "$work/ticks"
+      "$(( $(ticks "$standins") - standins_before )) $((load_ticks - load_before))" >> "$work/ticks"
   done
 done
 python3 - "$work/ticks" "$calls" "$(getconf CLK_TCK)" "${names[@]}" <<'PY'
