@@ -4,7 +4,7 @@
 //! The access log is on by default, so a line must cost a proxy worker next to nothing: the
 //! worker formats a JSON line itself (handed the record by the proxy, not through `tracing`)
 //! straight into a shared buffer; a thread of its own
-//! writes that to stdout in batches (access_writer.rs). When stdout cannot keep up, lines
+//! writes that to stdout in batches (`access_writer`). When stdout cannot keep up, lines
 //! are dropped and counted (`pachgate_access_log_dropped_total`) rather than stalling
 //! requests. The guard that [`init`] returns writes out the rest when dropped, at the end of
 //! `main`.
