@@ -34,50 +34,22 @@ struct Gate {
 /// gRPC (auth = pachyderm) and `/api/` (auth = pachyderm) to the stand-ins, the rest to the
 /// console stand-in; JSON access log.
 fn gated_config(standins: &Running) -> String {
-    format!(
-        r#"[listen]
-https = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[tls]
-self_signed = true
-self_signed_dir = "certs"
-hosts = ["localhost", "127.0.0.1"]
-
-[log]
-access = "json"
-
-[upstreams.pachd]
-endpoints = ["{pachd}"]
-protocol = "h2c"
-
-[upstreams.console]
-endpoints = ["{console}"]
-protocol = "http1"
-
-[auth.pachyderm]
-upstream = "pachd"
-
-[[routes]]
-name = "pachd-grpc"
-match = {{ grpc = true }}
-upstream = "pachd"
-auth = "pachyderm"
-
-[[routes]]
-name = "pachd-http-api"
-match = {{ path_prefix = "/api/" }}
-upstream = "console"
-auth = "pachyderm"
-
-[[routes]]
-name = "console"
-match = {{ path_prefix = "/" }}
-upstream = "console"
-"#,
-        pachd = standins.address("standin-pachd"),
-        console = standins.address("standin-console"),
-    )
+    let gated = "auth = \"pachyderm\"";
+    TestConfig::new()
+        .listen("admin = \"127.0.0.1:0\"")
+        .section("[log]\naccess = \"json\"")
+        .upstream("pachd", standins.address("standin-pachd"), "h2c")
+        .upstream("console", standins.address("standin-console"), "http1")
+        .section("[auth.pachyderm]\nupstream = \"pachd\"")
+        .route_with("pachd-grpc", "grpc = true", "pachd", gated)
+        .route_with(
+            "pachd-http-api",
+            "path_prefix = \"/api/\"",
+            "console",
+            gated,
+        )
+        .route("console", "path_prefix = \"/\"", "console")
+        .file("127.0.0.1:0")
 }
 
 impl Gate {
