@@ -1,5 +1,11 @@
 //! The pieces of a JSON line, each stored in place into room made for the whole line: our
 //! own bytes, strings a word at a time with JSON's escapes, numbers from tables.
+//!
+//! The room is the caller's to size (`write_json` in the parent module): six bytes for each
+//! byte of a string (an escape's widest) plus `LINE_FIXED_ROOM`, which holds the keys,
+//! the numbers and the word of slack these pieces store past their end (a string's last
+//! word, a fraction's eight bytes, a short number's four). Too little room panics at a
+//! slice bound; it never writes outside the buffer.
 
 /// A line being formatted into room made for it: each piece a store at `at`, checked only
 /// against the room's end. Out-of-line helpers take the buffer and `at` by value, never

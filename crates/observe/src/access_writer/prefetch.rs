@@ -1,5 +1,6 @@
 //! Warming the shared buffer for the next line: the cache lines it will be formatted into,
-//! fetched for writing while the worker goes on (the one `unsafe` block, `PREFETCHW`).
+//! fetched for writing while the worker goes on. The codebase's `unsafe` blocks are both
+//! here: the `PREFETCHW` instruction, and CPUID to learn whether the CPU has it.
 
 /// Asks the core to fetch, for writing, the cache lines the next line will be formatted
 /// into, while the worker goes on with other requests.
