@@ -1,5 +1,5 @@
 //! Receive-side flow control: a stream's end closes its side, settled streams stop counting
-//! against the upstream's limit, and data handed on is credited back to the connection.
+//! against the upstream's limit, and data handed on (and padding) is credited back.
 
 use pachgate_h2_wire::WINDOW_UPDATE;
 
@@ -32,6 +32,25 @@ impl Inner {
             state.open = false;
             self.open_streams -= 1;
             self.wake_open_waiters();
+        }
+    }
+
+    /// Credits `bytes` back to `stream`'s window (data handed on, or padding, which is
+    /// never handed on), with a WINDOW_UPDATE once half the window is owed. Padding counts
+    /// too: left out, an upstream that pads would see the stream's window shrink by every
+    /// padding byte and stall for good.
+    pub(crate) fn credit_stream(&mut self, stream: u32, bytes: u32) {
+        let window = self.settings.stream_window;
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        state.unacked += bytes;
+        if state.unacked >= window / 2 && !state.recv_closed && state.failure.is_none() {
+            let increment = std::mem::take(&mut state.unacked);
+            state.recv_window += i64::from(increment);
+            self.out.frame_header(4, WINDOW_UPDATE, 0, stream);
+            self.out.small.extend_from_slice(&increment.to_be_bytes());
+            self.wake_driver();
         }
     }
 

@@ -243,8 +243,9 @@ impl Inner {
             ));
         }
         let data = unpad(flags, payload, 0)?;
+        let padding = (payload.len() - data.len()) as u32;
         // Padding, and frames for streams we no longer track, are credited back at once.
-        let mut credit_now = (payload.len() - data.len()) as u32;
+        let mut credit_now = padding;
         let end_stream = flags & END_STREAM != 0;
         match self.streams.get_mut(&stream) {
             Some(state) if state.failure.is_none() => {
@@ -278,6 +279,9 @@ impl Inner {
                                     state.data.push_back(chunk);
                                 }
                             }
+                        }
+                        if padding > 0 && !end_stream {
+                            self.credit_stream(stream, padding);
                         }
                         self.received(stream, end_stream);
                     }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response};
 use http_body::Frame;
-use pachgate_h2_wire::{DATA, END_STREAM, WINDOW_UPDATE};
+use pachgate_h2_wire::{DATA, END_STREAM};
 
 use crate::{
     connection::{Inner, Shared},
@@ -136,16 +136,7 @@ impl StreamRef {
         if let Some(chunk) = state.data.pop_front() {
             let chunk = chunk.freeze();
             let length = chunk.len() as u32;
-            state.unacked += length;
-            let stream_window = inner.settings.stream_window;
-            let state = inner.streams.get_mut(&self.id).expect("present");
-            if state.unacked >= stream_window / 2 && !state.recv_closed && state.failure.is_none() {
-                let increment = std::mem::take(&mut state.unacked);
-                state.recv_window += i64::from(increment);
-                inner.out.frame_header(4, WINDOW_UPDATE, 0, self.id);
-                inner.out.small.extend_from_slice(&increment.to_be_bytes());
-                inner.wake_driver();
-            }
+            inner.credit_stream(self.id, length);
             inner.credit_connection(length);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }

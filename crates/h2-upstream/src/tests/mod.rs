@@ -62,3 +62,5 @@ async fn extended_connect_is_what_the_upstream_settings_say() {
         Err(Failure::Connection(_) | Failure::Violation(_))
     ));
 }
+
+mod flow_control;

@@ -1,0 +1,191 @@
+//! Flow control and stream limits against an upstream played frame by frame over loopback.
+
+use std::future::poll_fn;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pachgate_h2_wire::{
+    self as wire, ACK, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, PADDED, PING, PREFACE,
+    SETTINGS, WINDOW_UPDATE,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{Connection, HeaderLimits, Settings, StreamRef};
+
+/// How long a peer waits for a frame it expects before the test fails.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn settings(stream_window: u32, connection_window: u32) -> Settings {
+    Settings {
+        stream_window,
+        connection_window,
+        write_batch: 1,
+        keepalive: None,
+        settings_timeout: Duration::from_secs(5),
+        header_limits: HeaderLimits::default(),
+    }
+}
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// The upstream's end of a loopback connection.
+struct Peer {
+    socket: TcpStream,
+}
+
+impl Peer {
+    async fn write(&mut self, bytes: &[u8]) {
+        self.socket.write_all(bytes).await.unwrap();
+    }
+
+    async fn read_frame(&mut self) -> Frame {
+        let mut head = [0u8; FRAME_HEADER];
+        tokio::time::timeout(PATIENCE, self.socket.read_exact(&mut head))
+            .await
+            .expect("a frame from pachgate in time")
+            .unwrap();
+        let mut payload = vec![0u8; wire::frame_length(&head)];
+        self.socket.read_exact(&mut payload).await.unwrap();
+        Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            payload,
+        }
+    }
+
+    /// The next request's stream id (its HEADERS).
+    async fn request(&mut self) -> u32 {
+        loop {
+            let frame = self.read_frame().await;
+            if frame.kind == HEADERS {
+                return frame.stream;
+            }
+        }
+    }
+
+    /// Sends a PING and returns every frame pachgate wrote before its answer: all it made
+    /// of what came before the PING.
+    async fn frames_until_pong(&mut self) -> Vec<Frame> {
+        self.write(&frame(PING, 0, 0, b"pong-me!")).await;
+        let mut frames = Vec::new();
+        loop {
+            let next = self.read_frame().await;
+            if next.kind == PING && next.flags & ACK != 0 {
+                return frames;
+            }
+            frames.push(next);
+        }
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    wire::put_frame_header(&mut out, payload.len(), kind, flags, stream);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `:status: 200`, indexed.
+fn head(stream: u32, end_stream: bool) -> BytesMut {
+    let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+    frame(HEADERS, flags, stream, &[0x88])
+}
+
+fn trailers(stream: u32) -> BytesMut {
+    let mut block = vec![0x00];
+    wire::put_string(&mut block, b"grpc-status");
+    wire::put_string(&mut block, b"0");
+    frame(HEADERS, END_HEADERS | END_STREAM, stream, &block)
+}
+
+/// A connection over loopback whose upstream has sent `peer_settings` and acknowledged ours.
+async fn connected(ours: Settings, peer_settings: &[(u16, u32)]) -> (Connection, Peer) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (socket, _) = listener.accept().await.unwrap();
+    let (connection, driving) = Connection::start(Box::new(client), ours);
+    tokio::spawn(driving);
+    let mut peer = Peer { socket };
+    let mut preface = [0u8; PREFACE.len()];
+    peer.socket.read_exact(&mut preface).await.unwrap();
+    assert_eq!(preface, PREFACE);
+    let mut entries = Vec::new();
+    for (id, value) in peer_settings {
+        entries.extend_from_slice(&id.to_be_bytes());
+        entries.extend_from_slice(&value.to_be_bytes());
+    }
+    let mut out = frame(SETTINGS, 0, 0, &entries);
+    out.extend_from_slice(&frame(SETTINGS, ACK, 0, &[]));
+    peer.write(&out).await;
+    // Ours: SETTINGS, then (windows past the default) a connection WINDOW_UPDATE.
+    while peer.read_frame().await.kind != SETTINGS {}
+    // The upstream's SETTINGS are applied before the first stream opens (a PING answered
+    // after them proves it).
+    let _ = peer.frames_until_pong().await;
+    (connection, peer)
+}
+
+fn request_head() -> http::request::Parts {
+    http::Request::post("http://upstream/pkg.API/Call")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+/// Reads a response body whole: its data bytes and whether trailers came, or the error.
+async fn read_body(stream: &mut StreamRef) -> Result<(usize, bool), crate::BodyError> {
+    let (mut data, mut trailers) = (0, false);
+    while let Some(frame) = poll_fn(|cx| stream.poll_body(cx)).await {
+        let frame = frame?;
+        if let Some(bytes) = frame.data_ref() {
+            data += bytes.len();
+        } else {
+            trailers = frame.is_trailers();
+        }
+    }
+    Ok((data, trailers))
+}
+
+/// Padding takes from a stream's window like data; an upstream that pads every frame must
+/// get it back, or it stalls once it has padded a window's worth.
+#[tokio::test]
+async fn padded_data_is_credited_back_to_the_stream() {
+    const WINDOW: u32 = 65_535;
+    let (connection, mut peer) = connected(settings(WINDOW, 1 << 20), &[]).await;
+    let mut stream = connection.open(&request_head(), true).await.unwrap();
+    let id = peer.request().await;
+    let reading = tokio::spawn(async move {
+        poll_fn(|cx| stream.poll_response(cx)).await.unwrap();
+        read_body(&mut stream).await.unwrap()
+    });
+    peer.write(&head(id, false)).await;
+    // 10 bytes of data and 200 of padding a frame: 20,000 data bytes take 6 windows.
+    let mut payload = vec![200u8];
+    payload.extend_from_slice(&[b'd'; 10]);
+    payload.extend_from_slice(&[0; 200]);
+    let padded = frame(DATA, PADDED, id, &payload);
+    let mut window = i64::from(WINDOW);
+    for _ in 0..2_000 {
+        while window < payload.len() as i64 {
+            let credit = peer.read_frame().await;
+            if credit.kind == WINDOW_UPDATE && credit.stream == id {
+                window += i64::from(u32::from_be_bytes(credit.payload[..4].try_into().unwrap()));
+            }
+        }
+        peer.write(&padded).await;
+        window -= payload.len() as i64;
+    }
+    peer.write(&trailers(id)).await;
+    assert_eq!(reading.await.unwrap(), (20_000, true));
+}
