@@ -202,6 +202,14 @@ impl Inner {
                         }
                     }
                 } else if let Some(state) = self.streams.get_mut(&stream) {
+                    // A stream closed both ways (kept only until its caller has read it) or
+                    // already reset takes no more flow control: RFC 9113 §5.1 lets
+                    // WINDOW_UPDATE arrive on a closed stream, to be ignored. Ignored, a stray
+                    // one cannot turn a finished response into an error, nor a run of them
+                    // make us queue a reset for each.
+                    if (state.send_closed && state.recv_closed) || state.failure.is_some() {
+                        return Ok(());
+                    }
                     // RFC 9113 §6.9: a zero increment is a stream error PROTOCOL_ERROR, a
                     // window past 2^31-1 one of FLOW_CONTROL_ERROR (§6.9.1).
                     state.send_window += increment;

@@ -6,13 +6,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pachgate_h2_wire::{
     self as wire, ACK, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, PADDED, PING, PREFACE,
-    SETTINGS, WINDOW_UPDATE,
+    RST_STREAM, SETTINGS, WINDOW_UPDATE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{Connection, HeaderLimits, Settings, StreamRef};
 
+const PROTOCOL_ERROR: u32 = 0x1;
 /// How long a peer waits for a frame it expects before the test fails.
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -105,6 +106,10 @@ fn trailers(stream: u32) -> BytesMut {
     frame(HEADERS, END_HEADERS | END_STREAM, stream, &block)
 }
 
+fn window_update(stream: u32, increment: u32) -> BytesMut {
+    frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
+}
+
 /// A connection over loopback whose upstream has sent `peer_settings` and acknowledged ours.
 async fn connected(ours: Settings, peer_settings: &[(u16, u32)]) -> (Connection, Peer) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -188,4 +193,46 @@ async fn padded_data_is_credited_back_to_the_stream() {
     }
     peer.write(&trailers(id)).await;
     assert_eq!(reading.await.unwrap(), (20_000, true));
+}
+
+/// RFC 9113 §6.9: WINDOW_UPDATE may arrive after the stream ended. One with a zero increment
+/// after a complete response is ignored: no reset, and the trailers still reach the caller.
+#[tokio::test]
+async fn a_window_update_after_the_response_leaves_it_whole() {
+    let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
+    let mut stream = connection.open(&request_head(), true).await.unwrap();
+    let id = peer.request().await;
+    let mut out = head(id, false);
+    out.extend_from_slice(&frame(DATA, 0, id, b"hi"));
+    out.extend_from_slice(&trailers(id));
+    out.extend_from_slice(&window_update(id, 0));
+    peer.write(&out).await;
+    let answered = peer.frames_until_pong().await;
+    assert!(answered.iter().all(|f| f.kind != RST_STREAM));
+    poll_fn(|cx| stream.poll_response(cx)).await.unwrap();
+    assert_eq!(read_body(&mut stream).await.unwrap(), (2, true));
+}
+
+/// A zero WINDOW_UPDATE on a stream still sending is a stream error: one reset, and the run
+/// of them after it answered with nothing (no output queued per frame the upstream sends).
+#[tokio::test]
+async fn zero_window_updates_reset_their_stream_once() {
+    let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
+    let mut stream = connection.open(&request_head(), false).await.unwrap();
+    let id = peer.request().await;
+    let mut out = head(id, false);
+    for _ in 0..1_000 {
+        out.extend_from_slice(&window_update(id, 0));
+    }
+    peer.write(&out).await;
+    let resets: Vec<u32> = peer
+        .frames_until_pong()
+        .await
+        .iter()
+        .filter(|f| f.kind == RST_STREAM)
+        .map(|f| u32::from_be_bytes(f.payload[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(resets, [PROTOCOL_ERROR]);
+    poll_fn(|cx| stream.poll_response(cx)).await.unwrap();
+    assert!(read_body(&mut stream).await.is_err());
 }
