@@ -294,6 +294,12 @@ impl Connection {
             } else {
                 1
             };
+            // A limit of 0 opens nothing (RFC 9113 §5.1.2): waiting would be forever, so the
+            // request is refused here, unsent, and the connection taken out of use.
+            if limit == 0 {
+                self.shared.closed.store(true, Ordering::Release);
+                return Poll::Ready(Err(Failure::Refused));
+            }
             if inner.open_streams >= limit {
                 inner.open_waiters.push(cx.waker().clone());
                 return Poll::Pending;

@@ -6,12 +6,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pachgate_h2_wire::{
     self as wire, ACK, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, PADDED, PING, PREFACE,
-    RST_STREAM, SETTINGS, WINDOW_UPDATE,
+    RST_STREAM, SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, WINDOW_UPDATE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Connection, HeaderLimits, Settings, StreamRef};
+use crate::{Connection, Failure, HeaderLimits, Settings, StreamRef};
 
 const PROTOCOL_ERROR: u32 = 0x1;
 /// How long a peer waits for a frame it expects before the test fails.
@@ -235,4 +235,20 @@ async fn zero_window_updates_reset_their_stream_once() {
     assert_eq!(resets, [PROTOCOL_ERROR]);
     poll_fn(|cx| stream.poll_response(cx)).await.unwrap();
     assert!(read_body(&mut stream).await.is_err());
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS = 0 opens nothing: the request is refused at once,
+/// unsent (another connection may take it), instead of waiting forever.
+#[tokio::test]
+async fn a_stream_limit_of_zero_refuses_at_once() {
+    let (connection, _peer) = connected(
+        settings(65_535, 65_535),
+        &[(SETTINGS_MAX_CONCURRENT_STREAMS, 0)],
+    )
+    .await;
+    let opened = tokio::time::timeout(PATIENCE, connection.open(&request_head(), true))
+        .await
+        .expect("an answer, not a wait");
+    assert!(matches!(opened, Err(Failure::Refused)));
+    assert!(!connection.is_open());
 }
