@@ -24,8 +24,8 @@ use crate::{
     header_block::response_decoder,
     request_head::{encode_request_head, ExtraField, UpstreamTable},
     stream::{Head, Stream, StreamMap, StreamRef},
-    Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN, READS_PER_WAKE,
-    WRITTEN_IN_PLACE,
+    Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN, MAX_QUEUED_OUT,
+    READS_PER_WAKE, WRITTEN_IN_PLACE,
 };
 
 /// Frames waiting for the socket: small ones copied into one buffer, large DATA payloads
@@ -36,11 +36,18 @@ pub(crate) struct Output {
     pub(crate) small: BytesMut,
     /// Bytes of the front chunk already written.
     pub(crate) front_written: usize,
+    /// Bytes in `chunks`, the front one's written part included.
+    chunk_bytes: usize,
 }
 
 impl Output {
     pub(crate) fn is_empty(&self) -> bool {
         self.chunks.is_empty() && self.small.is_empty()
+    }
+
+    /// Bytes waiting for the socket.
+    pub(crate) fn queued(&self) -> usize {
+        self.small.len() + self.chunk_bytes - self.front_written
     }
 
     pub(crate) fn frame_header(&mut self, length: usize, kind: u8, flags: u8, stream: u32) {
@@ -52,12 +59,14 @@ impl Output {
             self.small.extend_from_slice(&data);
         } else {
             self.seal();
+            self.chunk_bytes += data.len();
             self.chunks.push_back(data);
         }
     }
 
     pub(crate) fn seal(&mut self) {
         if !self.small.is_empty() {
+            self.chunk_bytes += self.small.len();
             self.chunks.push_back(self.small.split().freeze());
         }
     }
@@ -95,7 +104,9 @@ impl Output {
                 let left = self.chunks[0].len() - self.front_written;
                 if written >= left {
                     written -= left;
-                    self.chunks.pop_front();
+                    if let Some(done) = self.chunks.pop_front() {
+                        self.chunk_bytes -= done.len();
+                    }
                     self.front_written = 0;
                 } else {
                     self.front_written += written;
@@ -130,6 +141,8 @@ pub(crate) struct Inner {
     pub(crate) send_window: i64,
     pub(crate) recv_window: i64,
     pub(crate) recv_unacked: u32,
+    /// A request body waits for the output queue to drain below [`MAX_QUEUED_OUT`].
+    pub(crate) body_waiting: bool,
     pub(crate) decoder: pachgate_h2_wire::hpack_decode::Decoder,
     /// A header block waiting for its CONTINUATIONs: stream, END_STREAM.
     pub(crate) continuing: Option<(u32, bool)>,
@@ -216,6 +229,7 @@ impl Connection {
             send_window: i64::from(DEFAULT_WINDOW),
             recv_window: i64::from(settings.connection_window),
             recv_unacked: 0,
+            body_waiting: false,
             decoder: response_decoder(),
             continuing: None,
             continuations: 0,
@@ -558,6 +572,15 @@ impl Inner {
                 format!("upstream write failed: {e}").into(),
             )),
             Poll::Pending => {}
+        }
+        // Request bodies held back by a full queue go on once half of it has been written.
+        if self.body_waiting && self.out.queued() <= MAX_QUEUED_OUT / 2 {
+            self.body_waiting = false;
+            for state in self.streams.values_mut() {
+                if let Some(waker) = state.send_waker.take() {
+                    waker.wake();
+                }
+            }
         }
     }
 

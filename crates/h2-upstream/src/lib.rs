@@ -91,6 +91,10 @@ pub const MAX_RESPONSE_HEADERS_CAP: usize = 16_384;
 pub(crate) const MAX_UNWRITTEN_ACKS: u32 = 1024;
 /// Reads handled per wake-up before the driver yields to other tasks.
 pub(crate) const READS_PER_WAKE: usize = 32;
+/// Bytes queued for the upstream's socket past which request bodies wait for the queue to
+/// drain: an upstream that grants large windows and stops reading cannot make the proxy
+/// hold a client's upload (the h2 crate's default send buffer is 400 KiB a stream).
+pub(crate) const MAX_QUEUED_OUT: usize = 1024 * 1024;
 /// DATA payloads at least this large are written from their own buffer, not copied.
 pub(crate) const WRITTEN_IN_PLACE: usize = 4096;
 /// Small DATA frames that arrive before the last is handed on join it, up to this many bytes.

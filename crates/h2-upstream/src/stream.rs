@@ -9,14 +9,14 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response};
 use http_body::Frame;
-use pachgate_h2_wire::{DATA, END_STREAM};
+use pachgate_h2_wire::{DATA, END_STREAM, FRAME_HEADER};
 
 use crate::{
     connection::{Inner, Shared},
     failure::Failure,
     header_block::is_connection_specific,
     request_head::put_literal_field,
-    BodyError,
+    BodyError, MAX_QUEUED_OUT,
 };
 
 /// Stream ids are distinct odd numbers: spread them with one multiply instead of SipHash.
@@ -179,6 +179,7 @@ impl StreamRef {
             out,
             send_window: connection_window,
             peer_max_frame,
+            body_waiting,
             ..
         } = &mut *inner;
         let Some(state) = streams.get_mut(&self.id) else {
@@ -189,8 +190,11 @@ impl StreamRef {
         }
         loop {
             let room = state.send_window.min(*connection_window).max(0) as usize;
-            let take = data.len().min(room).min(*peer_max_frame);
+            let queue_room = MAX_QUEUED_OUT.saturating_sub(out.queued() + FRAME_HEADER);
+            let take = data.len().min(room).min(*peer_max_frame).min(queue_room);
             if take == 0 && !data.is_empty() {
+                // Woken by a WINDOW_UPDATE, or by the queue draining (`write_out`).
+                *body_waiting |= queue_room == 0;
                 break;
             }
             let chunk = data.split_to(take);

@@ -3,15 +3,16 @@
 use std::future::poll_fn;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pachgate_h2_wire::{
     self as wire, ACK, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, PADDED, PING, PREFACE,
-    RST_STREAM, SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, WINDOW_UPDATE,
+    RST_STREAM, SETTINGS, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Connection, Failure, HeaderLimits, Settings, StreamRef};
+use crate::{Connection, Failure, HeaderLimits, Settings, StreamRef, MAX_QUEUED_OUT};
 
 const PROTOCOL_ERROR: u32 = 0x1;
 /// How long a peer waits for a frame it expects before the test fails.
@@ -251,4 +252,53 @@ async fn a_stream_limit_of_zero_refuses_at_once() {
         .expect("an answer, not a wait");
     assert!(matches!(opened, Err(Failure::Refused)));
     assert!(!connection.is_open());
+}
+
+/// An upstream that grants the largest windows and stops reading does not make pachgate
+/// queue a client's upload: past MAX_QUEUED_OUT the body waits, and goes on whole once the
+/// upstream reads again.
+#[tokio::test]
+async fn an_upload_to_an_upstream_that_stops_reading_waits_within_bounds() {
+    const BODY: usize = 32 << 20;
+    let (connection, mut peer) = connected(
+        settings(65_535, 65_535),
+        &[
+            (SETTINGS_INITIAL_WINDOW_SIZE, 0x7fff_ffff),
+            (SETTINGS_MAX_FRAME_SIZE, 16_777_215),
+        ],
+    )
+    .await;
+    peer.write(&window_update(0, 0x7fff_ffff - 65_535)).await;
+    let mut stream = connection.open(&request_head(), false).await.unwrap();
+    let id = peer.request().await;
+    let sending = tokio::spawn(async move {
+        let mut body = Bytes::from(vec![b'u'; BODY]);
+        poll_fn(|cx| stream.poll_send(cx, &mut body, true))
+            .await
+            .unwrap();
+        stream
+    });
+    // The kernel's buffers take a few MiB; the rest would have been pachgate's to hold.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !sending.is_finished(),
+        "32 MiB queued for a peer that reads nothing"
+    );
+    let queued = connection.shared.lock().out.queued();
+    assert!(queued <= MAX_QUEUED_OUT, "{queued} bytes queued");
+    let mut received = 0;
+    loop {
+        let next = peer.read_frame().await;
+        if next.kind == DATA && next.stream == id {
+            received += next.payload.len();
+            if next.flags & END_STREAM != 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(received, BODY);
+    let _stream = tokio::time::timeout(PATIENCE, sending)
+        .await
+        .expect("the upload ends")
+        .unwrap();
 }
