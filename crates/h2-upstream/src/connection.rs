@@ -141,6 +141,11 @@ pub(crate) struct Inner {
     pub(crate) send_window: i64,
     pub(crate) recv_window: i64,
     pub(crate) recv_unacked: u32,
+    /// Response bytes received and not yet handed on, over all streams.
+    pub(crate) buffered: usize,
+    /// Of those, the bytes not yet credited to the connection's window (see
+    /// [`Inner::buffer_limit`]); never more than `buffered`.
+    pub(crate) held: usize,
     /// A request body waits for the output queue to drain below [`MAX_QUEUED_OUT`].
     pub(crate) body_waiting: bool,
     pub(crate) decoder: pachgate_h2_wire::hpack_decode::Decoder,
@@ -229,6 +234,8 @@ impl Connection {
             send_window: i64::from(DEFAULT_WINDOW),
             recv_window: i64::from(settings.connection_window),
             recv_unacked: 0,
+            buffered: 0,
+            held: 0,
             body_waiting: false,
             decoder: response_decoder(),
             continuing: None,

@@ -1,5 +1,6 @@
 //! Receive-side flow control: a stream's end closes its side, settled streams stop counting
-//! against the upstream's limit, and data handed on (and padding) is credited back.
+//! against the upstream's limit, a stream's window is credited back as its data is handed on,
+//! and the connection's as data arrives, up to a bound on what all streams hold.
 
 use pachgate_h2_wire::WINDOW_UPDATE;
 
@@ -52,6 +53,39 @@ impl Inner {
             self.out.small.extend_from_slice(&increment.to_be_bytes());
             self.wake_driver();
         }
+    }
+
+    /// What all streams together may hold before the connection's window is credited only
+    /// as data is handed on: twice the connection window.
+    ///
+    /// Crediting the connection only as data is handed on would let a few clients that stop
+    /// reading (each holding up to a stream window) take the whole connection window and
+    /// stall every other stream on the worker's shared connection. Crediting it as data
+    /// arrives leaves each stream's own window to bound what it holds; past this many bytes
+    /// held in all, the connection goes back to crediting as data is handed on, so one
+    /// connection never holds more than this plus its window.
+    pub(crate) fn buffer_limit(&self) -> usize {
+        2 * self.settings.connection_window as usize
+    }
+
+    /// `bytes` of response data arrived for a stream that keeps them: credited to the
+    /// connection now, while what the streams hold stays within [`Self::buffer_limit`].
+    pub(crate) fn buffered_arrived(&mut self, bytes: usize) {
+        self.buffered += bytes;
+        if self.buffered <= self.buffer_limit() {
+            self.credit_connection(bytes as u32);
+        } else {
+            self.held += bytes;
+        }
+    }
+
+    /// `bytes` a stream held were handed on (or dropped with it): any credit held back for
+    /// them goes to the connection now.
+    pub(crate) fn handed_on(&mut self, bytes: usize) {
+        self.buffered -= bytes;
+        let release = self.held.min(bytes);
+        self.held -= release;
+        self.credit_connection(release as u32);
     }
 
     pub(crate) fn credit_connection(&mut self, bytes: u32) {

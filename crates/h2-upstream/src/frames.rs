@@ -287,6 +287,7 @@ impl Inner {
                                     state.data.push_back(chunk);
                                 }
                             }
+                            self.buffered_arrived(data.len());
                         }
                         if padding > 0 && !end_stream {
                             self.credit_stream(stream, padding);

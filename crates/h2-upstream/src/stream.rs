@@ -123,8 +123,9 @@ impl StreamRef {
     }
 
     /// The response body's next frame: data already arrived (joined up to COALESCE_LIMIT),
-    /// then trailers. Credit goes back to the upstream as data is handed on, so the
-    /// client's pace is the upstream's pace.
+    /// then trailers. The stream's credit goes back to the upstream as data is handed on, so
+    /// the client's pace is the upstream's pace on this stream (the connection's window is
+    /// credited as data arrives: [`Inner::buffer_limit`]).
     pub fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
@@ -135,9 +136,8 @@ impl StreamRef {
         };
         if let Some(chunk) = state.data.pop_front() {
             let chunk = chunk.freeze();
-            let length = chunk.len() as u32;
-            inner.credit_stream(self.id, length);
-            inner.credit_connection(length);
+            inner.credit_stream(self.id, chunk.len() as u32);
+            inner.handed_on(chunk.len());
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if let Some(failure) = &state.failure {
@@ -291,7 +291,7 @@ impl Drop for StreamRef {
         }
         inner.settle(self.id);
         inner.streams.remove(&self.id);
-        inner.credit_connection(buffered as u32);
+        inner.handed_on(buffered);
         if inner.going_away.is_some() && inner.streams.is_empty() {
             inner.wake_driver();
         }

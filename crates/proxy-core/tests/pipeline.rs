@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
-use http_body_util::{Empty, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,7 +22,7 @@ use pachgate_client_policy::CidrSet;
 use pachgate_proxy_core::{
     ClientPolicy, Gateway, PachydermAuthSpec, RouteAuth, Snapshot, UpstreamProtocol,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 mod fixture;
 use fixture::*;
@@ -250,4 +250,71 @@ async fn an_upstream_that_is_down_is_503_text_or_grpc_unavailable() {
     assert_eq!(answer.header("grpc-status"), Some("14"));
     let message = answer.header("grpc-message").unwrap();
     assert!(message.starts_with("pachgate: upstream gone"), "{message}");
+}
+
+/// An h2c upstream: `/big` answers 8 MiB, anything else `ok`.
+async fn h2c_upstream_with_big_answers() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let body = match request.uri().path() {
+                        "/big" => Bytes::from(vec![b'x'; 8 << 20]),
+                        _ => Bytes::from_static(b"ok"),
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(body)))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Requests from every client of a worker share one h2 connection per upstream address.
+/// Clients that stop reading large answers (a paused `pachctl get file`) hold their own
+/// streams' windows there, not the connection's: another client's answer still arrives.
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_the_shared_upstream_connection() {
+    let upstream_addr = h2c_upstream_with_big_answers().await;
+    let snapshot = Snapshot::build(
+        vec![open_route("all", "/", "up")],
+        vec![upstream("up", upstream_addr, UpstreamProtocol::H2c)],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (_gateway, addr) = serve(snapshot).await;
+    // Twelve streams whose 8 MiB answers nobody reads: 24 MiB of stream windows, past the
+    // 16 MiB connection window.
+    let (mut stalled, connection) = h2::client::handshake(TcpStream::connect(addr).await.unwrap())
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut unread = Vec::new();
+    for _ in 0..12 {
+        stalled = stalled.ready().await.unwrap();
+        let request = Request::get("http://pachgate.test/big").body(()).unwrap();
+        let (response, _) = stalled.send_request(request, true).unwrap();
+        unread.push(response.await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let mut other = h2c_sender(addr).await;
+    let request = Request::get("http://pachgate.test/small")
+        .body(empty())
+        .unwrap();
+    let body = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let response = other.send_request(request).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await
+    .expect("the other client's answer arrives");
+    assert_eq!(&body[..], b"ok");
+    drop(unread);
 }

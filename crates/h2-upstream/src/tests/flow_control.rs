@@ -238,22 +238,6 @@ async fn zero_window_updates_reset_their_stream_once() {
     assert!(read_body(&mut stream).await.is_err());
 }
 
-/// SETTINGS_MAX_CONCURRENT_STREAMS = 0 opens nothing: the request is refused at once,
-/// unsent (another connection may take it), instead of waiting forever.
-#[tokio::test]
-async fn a_stream_limit_of_zero_refuses_at_once() {
-    let (connection, _peer) = connected(
-        settings(65_535, 65_535),
-        &[(SETTINGS_MAX_CONCURRENT_STREAMS, 0)],
-    )
-    .await;
-    let opened = tokio::time::timeout(PATIENCE, connection.open(&request_head(), true))
-        .await
-        .expect("an answer, not a wait");
-    assert!(matches!(opened, Err(Failure::Refused)));
-    assert!(!connection.is_open());
-}
-
 /// An upstream that grants the largest windows and stops reading does not make pachgate
 /// queue a client's upload: past MAX_QUEUED_OUT the body waits, and goes on whole once the
 /// upstream reads again.
@@ -301,4 +285,148 @@ async fn an_upload_to_an_upstream_that_stops_reading_waits_within_bounds() {
         .await
         .expect("the upload ends")
         .unwrap();
+}
+
+/// Sends `bytes` of DATA on `stream` within the connection window the peer knows of
+/// (`window`, topped up by WINDOW_UPDATEs read meanwhile), waiting at most `wait` for more
+/// credit; the bytes it could send.
+async fn send_within_window(
+    peer: &mut Peer,
+    window: &mut i64,
+    stream: u32,
+    bytes: usize,
+    wait: Duration,
+) -> usize {
+    let mut sent = 0;
+    while sent < bytes {
+        let take = (bytes - sent).min(16_384).min((*window).max(0) as usize);
+        if take == 0 {
+            match tokio::time::timeout(wait, peer.read_frame()).await {
+                Ok(credit) if credit.kind == WINDOW_UPDATE && credit.stream == 0 => {
+                    *window +=
+                        i64::from(u32::from_be_bytes(credit.payload[..4].try_into().unwrap()));
+                }
+                Ok(_) => {}
+                Err(_) => return sent,
+            }
+            continue;
+        }
+        peer.write(&frame(DATA, 0, stream, &vec![b'r'; take])).await;
+        *window -= take as i64;
+        sent += take;
+    }
+    sent
+}
+
+/// Opens `count` streams and answers each with a head.
+async fn open_answered(
+    connection: &Connection,
+    peer: &mut Peer,
+    count: usize,
+) -> Vec<(u32, StreamRef)> {
+    let mut streams = Vec::new();
+    for _ in 0..count {
+        let stream = connection.open(&request_head(), true).await.unwrap();
+        let id = peer.request().await;
+        peer.write(&head(id, false)).await;
+        streams.push((id, stream));
+    }
+    streams
+}
+
+/// Clients that stop reading hold their streams' windows, not the connection's: the worker's
+/// other streams on the same upstream connection still get their data.
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_the_others() {
+    const STREAM_WINDOW: u32 = 65_535;
+    const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+    let (connection, mut peer) = connected(settings(STREAM_WINDOW, CONNECTION_WINDOW), &[]).await;
+    let mut streams = open_answered(&connection, &mut peer, 4).await;
+    let (fast_id, mut fast) = streams.pop().unwrap();
+    let mut window = i64::from(CONNECTION_WINDOW);
+    // Three streams nobody reads, each given its whole window: more than the connection's.
+    for (id, _) in &streams {
+        let sent = send_within_window(
+            &mut peer,
+            &mut window,
+            *id,
+            STREAM_WINDOW as usize,
+            PATIENCE,
+        )
+        .await;
+        assert_eq!(sent, STREAM_WINDOW as usize);
+    }
+    let reading = tokio::spawn(async move {
+        poll_fn(|cx| fast.poll_response(cx)).await.unwrap();
+        read_body(&mut fast).await.unwrap()
+    });
+    let sent = send_within_window(&mut peer, &mut window, fast_id, 60_000, PATIENCE).await;
+    assert_eq!(sent, 60_000);
+    peer.write(&trailers(fast_id)).await;
+    assert_eq!(reading.await.unwrap(), (60_000, true));
+    drop(streams);
+}
+
+/// What unread streams may hold in all stays bounded: past twice the connection window,
+/// the connection's credit comes back only as data is read.
+#[tokio::test]
+async fn what_unread_streams_hold_is_bounded() {
+    const STREAM_WINDOW: u32 = 65_535;
+    const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+    let (connection, mut peer) = connected(settings(STREAM_WINDOW, CONNECTION_WINDOW), &[]).await;
+    let mut streams = open_answered(&connection, &mut peer, 8).await;
+    let mut window = i64::from(CONNECTION_WINDOW);
+    let mut held = 0;
+    for (id, _) in &streams {
+        held += send_within_window(
+            &mut peer,
+            &mut window,
+            *id,
+            STREAM_WINDOW as usize,
+            Duration::from_millis(300),
+        )
+        .await;
+    }
+    let bound = 3 * CONNECTION_WINDOW as usize;
+    assert!(
+        held > CONNECTION_WINDOW as usize,
+        "credited as data arrived: {held}"
+    );
+    assert!(held <= bound, "{held} bytes held, past {bound}");
+    // Reading one stream gives its credit back: the upstream may send more (on a stream
+    // that is not full: past the bound, the last streams got nothing).
+    let (_, mut first) = streams.remove(0);
+    let reading = tokio::spawn(async move {
+        poll_fn(|cx| first.poll_response(cx)).await.unwrap();
+        // Its data, as far as it came; the stream is not ended.
+        let mut data = 0;
+        while data < STREAM_WINDOW as usize {
+            match poll_fn(|cx| first.poll_body(cx)).await {
+                Some(Ok(frame)) => data += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+        (data, first)
+    });
+    let (read, _first) = reading.await.unwrap();
+    assert_eq!(read, STREAM_WINDOW as usize);
+    let (last_id, _) = streams.last().unwrap();
+    let more = send_within_window(&mut peer, &mut window, *last_id, 16_384, PATIENCE).await;
+    assert_eq!(more, 16_384);
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS = 0 opens nothing: the request is refused at once,
+/// unsent (another connection may take it), instead of waiting forever.
+#[tokio::test]
+async fn a_stream_limit_of_zero_refuses_at_once() {
+    let (connection, _peer) = connected(
+        settings(65_535, 65_535),
+        &[(SETTINGS_MAX_CONCURRENT_STREAMS, 0)],
+    )
+    .await;
+    let opened = tokio::time::timeout(PATIENCE, connection.open(&request_head(), true))
+        .await
+        .expect("an answer, not a wait");
+    assert!(matches!(opened, Err(Failure::Refused)));
+    assert!(!connection.is_open());
 }
