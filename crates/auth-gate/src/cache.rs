@@ -65,16 +65,17 @@ impl TokenCache {
     }
 
     /// The cached answer for `token`, or the answer of one `check` shared by all callers
-    /// that arrive while it runs.
-    pub async fn get_or_check<F, Fut>(
+    /// that arrive while it runs. A `check` that fails (it did not ask pachd) answers only
+    /// its own caller: the next caller waiting, if any, runs its own.
+    pub async fn get_or_check<F, Fut, E>(
         &self,
         token: &str,
         settings: &PachydermAuthSettings,
         check: F,
-    ) -> WhoAmIAnswer
+    ) -> Result<WhoAmIAnswer, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = WhoAmIAnswer>,
+        Fut: Future<Output = Result<WhoAmIAnswer, E>>,
     {
         let key = key(token);
         let slot = {
@@ -99,14 +100,14 @@ impl TokenCache {
         };
         let (answer, _) = slot
             .answer
-            .get_or_init(|| async {
-                let answer = check().await;
+            .get_or_try_init(|| async {
+                let answer = check().await?;
                 // Unreachable pachd: answer this wave of callers, then forget it.
                 let until = lifetime(&answer, settings).unwrap_or_else(Instant::now);
-                (answer, until)
+                Ok((answer, until))
             })
-            .await;
-        answer.clone()
+            .await?;
+        Ok(answer.clone())
     }
 
     /// A fresh answer already known for `token`, without asking or waiting.

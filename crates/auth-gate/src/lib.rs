@@ -187,6 +187,13 @@ impl AllowReason {
 }
 
 /// The gate for `auth = "pachyderm"` routes.
+/// Asked before a token goes to pachd, by the first of the requests that carry it at the
+/// same time (the others share its answer): `Err(retry_after)` refuses that request without
+/// asking, and the next of them, if any, asks again. The failed-authentication limiter
+/// takes its budget here, so that concurrent guesses cannot all reach pachd before the
+/// first answer comes back.
+pub type AskBudget<'a> = &'a (dyn Fn() -> Result<(), Duration> + Sync);
+
 pub struct PachydermGate {
     settings: PachydermAuthSettings,
     cache: TokenCache,
@@ -213,6 +220,16 @@ impl PachydermGate {
 
     /// Decides a gRPC call: `method` is the request path, `token` what the metadata held.
     pub async fn check_grpc(&self, method: &str, token: TokenLookup<'_>) -> Decision {
+        self.check_grpc_within(method, token, &|| Ok(())).await
+    }
+
+    /// [`check_grpc`](Self::check_grpc), with `budget` asked before a token goes to pachd.
+    pub async fn check_grpc_within(
+        &self,
+        method: &str,
+        token: TokenLookup<'_>,
+        budget: AskBudget<'_>,
+    ) -> Decision {
         if !is_well_formed_grpc_path(method) {
             return Decision::Deny(DenyReason::MalformedMethod);
         }
@@ -222,7 +239,7 @@ impl PachydermGate {
                 reason: AllowReason::PublicMethod,
             };
         }
-        self.check_token(token).await
+        self.check_token(token, budget).await
     }
 
     /// Decides an HTTP request to pachd's HTTP server. On the grpc-gateway (`/api/…`) the
@@ -230,6 +247,16 @@ impl PachydermGate {
     /// else needs a token. The caller takes the token where pachd will
     /// ([`token_for_pachd_files`] on `/pfs` and `/archive`, the header elsewhere).
     pub async fn check_http(&self, path: &str, token: TokenLookup<'_>) -> Decision {
+        self.check_http_within(path, token, &|| Ok(())).await
+    }
+
+    /// [`check_http`](Self::check_http), with `budget` asked before a token goes to pachd.
+    pub async fn check_http_within(
+        &self,
+        path: &str,
+        token: TokenLookup<'_>,
+        budget: AskBudget<'_>,
+    ) -> Decision {
         if let PachdHttpSurface::Gateway { method } = pachd_http_surface(path) {
             if is_well_formed_grpc_path(method) && self.is_public(method) {
                 return Decision::Allow {
@@ -238,7 +265,7 @@ impl PachydermGate {
                 };
             }
         }
-        self.check_token(token).await
+        self.check_token(token, budget).await
     }
 
     /// Whether pachd serves this request without a token: a public gRPC method, or the same
@@ -262,20 +289,31 @@ impl PachydermGate {
         matches!(self.cache.peek(token), Some(WhoAmIAnswer::Valid { .. }))
     }
 
-    async fn check_token(&self, token: TokenLookup<'_>) -> Decision {
+    async fn check_token(&self, token: TokenLookup<'_>, budget: AskBudget<'_>) -> Decision {
         let token = match &token {
             TokenLookup::Missing => return self.check_without_token().await,
             TokenLookup::Ambiguous => return Decision::Deny(DenyReason::AmbiguousToken),
             TokenLookup::Found(token) => token.as_ref(),
         };
-        let answer = self
+        let answer: Result<WhoAmIAnswer, Duration> = self
             .cache
             // Boxed: the WhoAmI call runs on a cache miss only, and inline its state would
             // grow the future of every gated request.
             .get_or_check(token, &self.settings, || {
-                Box::pin(self.who_am_i.who_am_i(Some(token)))
+                Box::pin(async move {
+                    budget()?;
+                    Ok(self.who_am_i.who_am_i(Some(token)).await)
+                })
             })
             .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(wait) => {
+                return Decision::Deny(DenyReason::RateLimited {
+                    retry_after_secs: wait.as_secs().max(1),
+                })
+            }
+        };
         match answer {
             WhoAmIAnswer::Valid { username, .. } => Decision::Allow {
                 username: Some(username),
@@ -300,9 +338,12 @@ impl PachydermGate {
         let answer = self
             .cache
             .get_or_check(cache::NO_TOKEN, &self.settings, || {
-                Box::pin(self.who_am_i.who_am_i(None))
+                Box::pin(async {
+                    Ok::<_, std::convert::Infallible>(self.who_am_i.who_am_i(None).await)
+                })
             })
             .await;
+        let Ok(answer) = answer;
         match answer {
             WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
             WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),

@@ -148,6 +148,16 @@ impl RateLimiter {
         }
     }
 
+    /// Returns one token taken by [`take`](Self::take) that turned out not to be spent (a
+    /// failed-authentication budget taken before asking, for a token that was valid).
+    pub fn give_back(&self, address: IpAddr, now: Instant) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((tokens, since)) = buckets.get_mut(&address) {
+            *tokens = (self.refill(*tokens, *since, now) + 1.0).min(self.burst);
+            *since = now;
+        }
+    }
+
     /// Whether the address has budget left, without taking any.
     pub fn check(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
         if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
@@ -226,5 +236,24 @@ mod tests {
             limiter.take(a, start + Duration::from_millis(1100)).is_ok(),
             "refilled"
         );
+    }
+
+    #[test]
+    fn a_token_given_back_is_there_again_up_to_the_burst() {
+        let limiter = RateLimiter::per_minute(0, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        assert!(limiter.take(a, now).is_ok());
+        assert!(limiter.take(a, now).is_ok());
+        assert!(limiter.check(a, now).is_err());
+        limiter.give_back(a, now);
+        assert!(limiter.take(a, now).is_ok());
+        // Never past the burst, however many come back.
+        for _ in 0..5 {
+            limiter.give_back(a, now);
+        }
+        assert!(limiter.take(a, now).is_ok());
+        assert!(limiter.take(a, now).is_ok());
+        assert!(limiter.take(a, now).is_err());
     }
 }

@@ -3,7 +3,10 @@
 //! pooled connection). The WhoAmI client and the decisions are `pachgate-auth-gate`'s;
 //! denials are written in the caller's protocol by `rejection`.
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -128,23 +131,70 @@ impl AuthGates<'_> {
                 }
             }
         }
+        // A token pachd is asked about takes its failed attempt from the budget before the
+        // question, not after the answer: otherwise any number of concurrent guesses pass
+        // the check above before the first answer comes back, and all reach pachd.
+        let asking = Reservation {
+            limiter: self.failed_auth,
+            client,
+            now,
+            held: AtomicBool::new(false),
+        };
+        let budget = || asking.take();
         let decision = match self.gate {
             RouteGate::StaticTokens(tokens) => tokens.check(token),
-            RouteGate::Pachyderm(gate) if grpc => gate.check_grpc(path, token).await,
-            RouteGate::Pachyderm(gate) => gate.check_http(path, token).await,
+            RouteGate::Pachyderm(gate) if grpc => {
+                gate.check_grpc_within(path, token, &budget).await
+            }
+            RouteGate::Pachyderm(gate) => gate.check_http_within(path, token, &budget).await,
         };
         match decision {
             Decision::Allow { reason, .. } => Ok(reason),
             Decision::Deny(reason) => {
                 // Only rejected tokens count: an expired session (the console polls every
-                // few seconds) is not someone guessing.
-                if matches!(reason, DenyReason::InvalidToken(_)) {
+                // few seconds) is not someone guessing. A rejection this request did not ask
+                // about (a cached answer, or one shared with a concurrent request) is counted
+                // here.
+                if matches!(reason, DenyReason::InvalidToken(_)) && !asking.spend() {
                     if let Some(limiter) = self.failed_auth {
                         let _ = limiter.take(client, now);
                     }
                 }
                 Err(reason)
             }
+        }
+    }
+}
+
+/// A failed attempt taken from an address's budget before pachd is asked about a token;
+/// given back when dropped unless the token was rejected (a valid token, an expired one, an
+/// unreachable pachd, or a request that went away while waiting).
+struct Reservation<'a> {
+    limiter: Option<&'a RateLimiter>,
+    client: IpAddr,
+    now: Instant,
+    held: AtomicBool,
+}
+
+impl Reservation<'_> {
+    fn take(&self) -> Result<(), std::time::Duration> {
+        if let Some(limiter) = self.limiter {
+            limiter.take(self.client, self.now)?;
+            self.held.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Keeps the attempt taken (the token was rejected); whether one was.
+    fn spend(&self) -> bool {
+        self.held.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let (Some(limiter), true) = (self.limiter, self.spend()) {
+            limiter.give_back(self.client, Instant::now());
         }
     }
 }

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use pachgate_auth_gate::{DenyReason, PachydermAuthSettings};
 use pachgate_client_policy::CidrSet;
 use pachgate_proxy_core::{
-    ClientPolicy, Gateway, PachydermAuthSpec, RouteAuth, Snapshot, UpstreamProtocol,
+    ClientPolicy, Gateway, PachydermAuthSpec, RateLimiter, RouteAuth, Snapshot, UpstreamProtocol,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -317,4 +317,125 @@ async fn clients_that_stop_reading_do_not_stall_the_shared_upstream_connection()
     .expect("the other client's answer arrives");
     assert_eq!(&body[..], b"ok");
     drop(unread);
+}
+
+/// A scripted pachd (h2c) that takes 200 ms over each WhoAmI, counting them: `good` is
+/// valid, any other token is refused with 16. Every other call is answered with status 0.
+async fn slow_pachd(who_am_i_calls: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let calls = who_am_i_calls.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let calls = calls.clone();
+                    async move {
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        let headers = response.headers_mut();
+                        headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+                        headers.insert("grpc-status", "0".parse().unwrap());
+                        if request.uri().path() == "/auth_v2.API/WhoAmI" {
+                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            if request.headers()["authn-token"] == "good" {
+                                // WhoAmIResponse { username: "robot:test" }
+                                let mut frame = vec![0, 0, 0, 0, 12, 0x0a, 10];
+                                frame.extend_from_slice(b"robot:test");
+                                *response.body_mut() = Full::new(Bytes::from(frame));
+                            } else {
+                                let headers = response.headers_mut();
+                                headers.insert("grpc-status", "16".parse().unwrap());
+                                headers.insert("grpc-message", "invalid token".parse().unwrap());
+                            }
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `count` concurrent gRPC calls from one address, the i-th carrying `token(i)`; their
+/// grpc-status values, sorted.
+async fn concurrent_calls(
+    addr: SocketAddr,
+    count: usize,
+    token: fn(usize) -> String,
+) -> Vec<String> {
+    let sender = h2c_sender(addr).await;
+    let mut calls = Vec::new();
+    for i in 0..count {
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let mut request = grpc_request("/pfs_v2.API/ListRepo", full(&[0u8, 0, 0, 0, 0][..]));
+            request
+                .headers_mut()
+                .insert("authn-token", token(i).parse().unwrap());
+            let response = sender.send_request(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let trailers = body.collect().await.unwrap().trailers().cloned();
+            let status = parts
+                .headers
+                .get("grpc-status")
+                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+                .map(|v| v.to_str().unwrap().to_string());
+            status.unwrap_or_default()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses.sort();
+    statuses
+}
+
+/// The failed-authentication budget is taken before pachd is asked, not after it answers:
+/// fifty different guesses sent at once from one address reach pachd only as far as the
+/// burst allows. Fifty calls with one valid token pachd has not vouched for yet cost one
+/// WhoAmI and are all let in, and the budget taken for it is given back.
+#[tokio::test]
+async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let who_am_i_calls = Arc::new(AtomicUsize::new(0));
+    let pachd = slow_pachd(who_am_i_calls.clone()).await;
+    let snapshot = Snapshot::build(
+        vec![route(
+            "grpc",
+            "/",
+            "pachd",
+            RouteAuth::Pachyderm,
+            CidrSet::default(),
+        )],
+        vec![upstream("pachd", pachd, UpstreamProtocol::H2c)],
+        Some(PachydermAuthSpec {
+            upstream: "pachd".into(),
+            who_am_i_method: "/auth_v2.API/WhoAmI".into(),
+            settings: PachydermAuthSettings::default(),
+        }),
+        None,
+        ClientPolicy {
+            failed_auth: Some(RateLimiter::per_minute(1, 5)),
+            ..ClientPolicy::default()
+        },
+    )
+    .unwrap();
+    let (_gateway, addr) = serve(snapshot).await;
+
+    let statuses = concurrent_calls(addr, 50, |_| "good".to_string()).await;
+    assert_eq!(statuses, vec!["0"; 50]);
+    assert_eq!(who_am_i_calls.swap(0, Ordering::SeqCst), 1);
+
+    let statuses = concurrent_calls(addr, 50, |i| format!("guess-{i}")).await;
+    // Refused unasked: RESOURCE_EXHAUSTED. Asked and rejected: UNAUTHENTICATED.
+    let rejected = statuses.iter().filter(|s| *s == "16").count();
+    let refused = statuses.iter().filter(|s| *s == "8").count();
+    assert_eq!((rejected, refused), (5, 45), "{statuses:?}");
+    assert_eq!(who_am_i_calls.load(Ordering::SeqCst), 5);
 }
