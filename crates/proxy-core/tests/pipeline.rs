@@ -21,6 +21,7 @@ use pachgate_auth_gate::{DenyReason, PachydermAuthSettings};
 use pachgate_client_policy::CidrSet;
 use pachgate_proxy_core::{
     ClientPolicy, Gateway, PachydermAuthSpec, RateLimiter, RouteAuth, Snapshot, UpstreamProtocol,
+    UpstreamTls,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -438,4 +439,43 @@ async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
     let refused = statuses.iter().filter(|s| *s == "8").count();
     assert_eq!((rejected, refused), (5, 45), "{statuses:?}");
     assert_eq!(who_am_i_calls.load(Ordering::SeqCst), 5);
+}
+
+/// An `http1-tls` endpoint that accepts TCP and never answers the ClientHello is given up on
+/// after `connect_timeout`, as h2 upstreams are: the client gets 503 instead of a wait.
+#[tokio::test]
+async fn an_http1_tls_upstream_that_never_answers_the_handshake_is_503() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut spec = upstream("silent", silent, UpstreamProtocol::Http1Tls);
+    spec.connect_timeout = std::time::Duration::from_millis(300);
+    spec.tls = Some(UpstreamTls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name: "localhost".try_into().unwrap(),
+    });
+    let snapshot = Snapshot::build(
+        vec![open_route("silent", "/", "silent")],
+        vec![spec],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (_gateway, addr) = serve(snapshot).await;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), get(addr, "/page"))
+        .await
+        .expect("an answer within the connect timeout, not a wait");
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -22,6 +22,9 @@ pub(super) enum Http1Pool {
 pub(super) struct TlsHttpConnector {
     pub(super) http: HttpConnector,
     pub(super) tls: UpstreamTls,
+    /// `connect_timeout`, for the TLS handshake too (as h2 upstreams have it): an endpoint
+    /// that accepts TCP and never answers the ClientHello must not hold a request forever.
+    pub(super) handshake_timeout: std::time::Duration,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,12 +46,13 @@ impl tower_service::Service<Uri> for TlsHttpConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.http.call(uri);
         let tls = self.tls.clone();
+        let limit = self.handshake_timeout;
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            let stream = tls
-                .connector
-                .connect(tls.server_name.clone(), tcp)
+            let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+            let stream = tokio::time::timeout(limit, handshake)
                 .await
+                .map_err(|_| format!("TLS handshake timed out after {limit:?}"))?
                 .map_err(TlsHandshakeFailed)?;
             Ok(TlsConnection(TokioIo::new(stream)))
         })

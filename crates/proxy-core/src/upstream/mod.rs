@@ -181,6 +181,7 @@ impl Upstream {
                 Some(Http1Pool::Tls(pool.build(TlsHttpConnector {
                     http: connector,
                     tls: tls.clone(),
+                    handshake_timeout: spec.connect_timeout,
                 })))
             }
             (UpstreamProtocol::Http1Tls, None) => {
