@@ -308,6 +308,44 @@ async fn a_refused_upgrade_reaches_the_client_as_the_backends_answer() {
     );
 }
 
+/// A backend that reads the upgrade and never answers it is given up on after the
+/// upstream's `response_timeout`, as an h2 upstream's extended CONNECT is: 504.
+#[tokio::test]
+async fn an_upgrade_the_backend_never_answers_ends_at_the_response_timeout() {
+    let (listener, backend) = scripted_h2::listener().await;
+    let mut spec = upstream("backend", backend, UpstreamProtocol::Http1);
+    spec.response_timeout = Some(Duration::from_millis(300));
+    let snapshot = Snapshot::build(
+        vec![open_route("ws", "/ws", "backend")],
+        vec![spec],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .expect("a valid snapshot");
+    let (_gateway, addr) = serve(snapshot).await;
+    let silent = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let _ = read_head(&mut socket).await;
+        // Holds the connection without a word.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(socket);
+    });
+    let request = Request::get("/ws/chat")
+        .header("host", "pachgate.test")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-key", KEY)
+        .header("sec-websocket-version", "13")
+        .body(empty())
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), send_http1(addr, request))
+        .await
+        .expect("an answer at the response timeout, not a wait");
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    silent.abort();
+}
+
 /// Opens an h2c connection to the gateway and sends an extended CONNECT for `path`.
 async fn extended_connect(
     gateway: SocketAddr,

@@ -314,14 +314,25 @@ impl Upstream {
             insert_request_id(request.headers_mut(), id);
         }
         let send = self.send_retrying(request, authority, request_id, endpoint_used);
+        self.within_response_timeout(send).await
+    }
+
+    /// `answer` (the upstream's response head, however it is asked for), given up on after
+    /// the upstream's `response_timeout` when one is set.
+    pub(crate) async fn within_response_timeout<T>(
+        &self,
+        answer: impl std::future::Future<Output = Result<T, ProxyError>>,
+    ) -> Result<T, ProxyError> {
         match self.spec.response_timeout {
-            None => send.await,
-            Some(limit) => tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
-                Err(ProxyError::UpstreamTimeout {
-                    upstream: self.spec.name.clone(),
-                    timeout_ms: limit.as_millis(),
-                })
-            }),
+            None => answer.await,
+            Some(limit) => tokio::time::timeout(limit, answer)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProxyError::UpstreamTimeout {
+                        upstream: self.spec.name.clone(),
+                        timeout_ms: limit.as_millis(),
+                    })
+                }),
         }
     }
 

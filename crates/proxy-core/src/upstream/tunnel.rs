@@ -123,17 +123,7 @@ impl Upstream {
                 .map_err(|e| self.h2_failed(&address, e))?;
             Ok((stream, response))
         };
-        let (stream, response) = match self.spec.response_timeout {
-            None => open.await?,
-            Some(limit) => tokio::time::timeout(limit, open)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProxyError::UpstreamTimeout {
-                        upstream: self.spec.name.clone(),
-                        timeout_ms: limit.as_millis(),
-                    })
-                })?,
-        };
+        let (stream, response) = self.within_response_timeout(open).await?;
         Ok((stream, response, address.label.clone()))
     }
 }
