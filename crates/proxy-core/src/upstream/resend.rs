@@ -5,14 +5,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pachgate_h2_upstream::StreamRef;
 
 use crate::body::ProxyBody;
 
-/// Request bodies up to this size are kept while they are sent (as shared `Bytes`, not
-/// copies), so that a stream the upstream refused unprocessed can be sent again. Unary gRPC
-/// calls fit; a larger body whose stream is refused fails as before.
+/// Request bodies up to this size are kept while they are sent, so that a stream the
+/// upstream refused unprocessed can be sent again. Unary gRPC calls fit; a larger body
+/// whose stream is refused fails as before.
 pub(super) const RESEND_LIMIT: usize = 64 * 1024;
 
 /// Feeds a client's request body into its upstream h2 stream: DATA as the upstream's window
@@ -33,7 +33,10 @@ pub(super) struct RequestPump {
 pub(super) struct TakenBody {
     /// A unary call's message is one chunk: it is kept without allocating.
     first: Option<Bytes>,
-    more: Vec<Bytes>,
+    /// Later chunks, copied: kept as shared `Bytes`, each would hold on to the receive
+    /// buffer it was cut from, and a client sending one-byte DATA frames would make the
+    /// kept handles (and the buffers behind them) many times the body's size.
+    more: BytesMut,
     len: usize,
     complete: bool,
 }
@@ -61,7 +64,7 @@ impl RequestPump {
                 if taken.first.is_none() {
                     taken.first = Some(data.clone());
                 } else {
-                    taken.more.push(data.clone());
+                    taken.more.extend_from_slice(data);
                 }
             }
         }
@@ -90,11 +93,9 @@ impl RequestPump {
             (None, _) => return Some(ProxyBody::Empty),
             (Some(only), true) => only,
             (Some(first), false) => {
-                let mut whole = bytes::BytesMut::with_capacity(taken.len);
+                let mut whole = BytesMut::with_capacity(taken.len);
                 whole.extend_from_slice(&first);
-                for chunk in &taken.more {
-                    whole.extend_from_slice(chunk);
-                }
+                whole.extend_from_slice(&taken.more);
                 whole.freeze()
             }
         };
