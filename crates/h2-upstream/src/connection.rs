@@ -163,6 +163,11 @@ pub(crate) struct Inner {
     pub(crate) failure: Option<Failure>,
     /// A frame other than a PING ACK arrived since the keepalive timer last looked.
     pub(crate) heard: bool,
+    /// Some output reached the socket since the keepalive timer last looked.
+    pub(crate) wrote: bool,
+    /// At the keepalive timer's last look, output was waiting and none had been written
+    /// since the look before.
+    pub(crate) write_stalled: bool,
     pub(crate) ping_outstanding: bool,
     pub(crate) pong_received: bool,
     /// Acknowledgements queued since the output was last written out whole.
@@ -246,6 +251,8 @@ impl Connection {
             going_away: None,
             failure: None,
             heard: false,
+            wrote: false,
+            write_stalled: false,
             ping_outstanding: false,
             pong_received: false,
             unwritten_acks: 0,
@@ -455,6 +462,24 @@ impl Shared {
         timeout: Duration,
     ) -> Result<Duration, Failure> {
         let mut inner = self.lock();
+        // Frames from the upstream prove it alive but not that it reads: one that sends and
+        // never reads would hold our requests and uploads forever. Output waiting with
+        // nothing written over a whole interval, two looks running, ends the connection.
+        let waiting = !inner.out.is_empty();
+        let progressed = std::mem::take(&mut inner.wrote);
+        let stalled = waiting && !progressed;
+        if stalled && inner.write_stalled {
+            let failure = Failure::Connection(
+                format!(
+                    "the upstream read nothing we sent for over {:?}",
+                    every.min(timeout)
+                )
+                .into(),
+            );
+            inner.fail(failure.clone());
+            return Err(failure);
+        }
+        inner.write_stalled = stalled;
         if std::mem::take(&mut inner.heard) {
             inner.ping_outstanding = false;
             return Ok(every);
@@ -573,7 +598,10 @@ impl Inner {
             self.unwritten_acks = 0;
             return;
         }
-        match self.out.poll_write(io, cx) {
+        let before = self.out.queued();
+        let written = self.out.poll_write(io, cx);
+        self.wrote |= self.out.queued() < before;
+        match written {
             Poll::Ready(Ok(())) => self.unwritten_acks = 0,
             Poll::Ready(Err(e)) => self.fail(Failure::Connection(
                 format!("upstream write failed: {e}").into(),

@@ -1,4 +1,5 @@
-//! Flow control and stream limits against an upstream played frame by frame over loopback.
+//! Flow control, stream limits and a socket the upstream stops reading, against an upstream
+//! played frame by frame over loopback.
 
 use std::future::poll_fn;
 use std::time::Duration;
@@ -428,5 +429,36 @@ async fn a_stream_limit_of_zero_refuses_at_once() {
         .await
         .expect("an answer, not a wait");
     assert!(matches!(opened, Err(Failure::Refused)));
+    assert!(!connection.is_open());
+}
+
+/// An upstream that keeps sending frames (so it seems alive) but reads nothing is found out
+/// by the keepalive timer: output waiting with nothing written over two of its looks ends
+/// the connection, and the upload waiting on it fails instead of hanging.
+#[tokio::test]
+async fn an_upstream_that_talks_but_never_reads_is_given_up() {
+    let mut ours = settings(65_535, 65_535);
+    ours.keepalive = Some((Duration::from_millis(200), Duration::from_millis(200)));
+    let (connection, mut peer) =
+        connected(ours, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0x7fff_ffff)]).await;
+    peer.write(&window_update(0, 0x7fff_ffff - 65_535)).await;
+    let mut stream = connection.open(&request_head(), false).await.unwrap();
+    // More than the kernel's buffers and ours hold: the upstream never reads again.
+    let sending = tokio::spawn(async move {
+        let mut body = Bytes::from(vec![b'u'; 64 << 20]);
+        poll_fn(|cx| stream.poll_send(cx, &mut body, true)).await
+    });
+    let talking = async {
+        loop {
+            // PRIORITY (type 2) on the stream: ignored, but a frame all the same.
+            peer.write(&frame(0x2, 0, 1, &[0, 0, 0, 0, 16])).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let sent = tokio::select! {
+        sent = tokio::time::timeout(PATIENCE, sending) => sent.expect("the upload ends").unwrap(),
+        () = talking => unreachable!(),
+    };
+    assert!(sent.is_err(), "the upload failed with its connection");
     assert!(!connection.is_open());
 }
