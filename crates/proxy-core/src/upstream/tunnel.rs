@@ -123,7 +123,7 @@ impl Upstream {
                 .map_err(|e| self.h2_failed(&address, e))?;
             Ok((stream, response))
         };
-        let (stream, response) = self.within_response_timeout(open).await?;
+        let (stream, response) = self.within_response_timeout(std::pin::pin!(open)).await?;
         Ok((stream, response, address.label.clone()))
     }
 }

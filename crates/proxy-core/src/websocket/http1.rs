@@ -53,7 +53,7 @@ pub(super) async fn tunnel(
     };
     // The backend's answer to the upgrade is its response head: `response_timeout` bounds
     // it, as it bounds the h2 way's.
-    let handshake = handshake_upstream(&mut sender, parts);
+    let handshake = std::pin::pin!(handshake_upstream(&mut sender, parts));
     let mut response = match upstream.within_response_timeout(handshake).await? {
         Handshake::Switched(response) => response,
         Handshake::Refused(response) => return Ok(response),
