@@ -82,6 +82,7 @@ impl Inner {
     /// `bytes` a stream held were handed on (or dropped with it): any credit held back for
     /// them goes to the connection now.
     pub(crate) fn handed_on(&mut self, bytes: usize) {
+        debug_assert!(self.held <= self.buffered && bytes <= self.buffered);
         self.buffered -= bytes;
         let release = self.held.min(bytes);
         self.held -= release;

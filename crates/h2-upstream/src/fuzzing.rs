@@ -146,6 +146,15 @@ pub fn h2_client_frames(data: &[u8]) {
         first.reset(h2::Reason::CANCEL);
     }
     drop(streams);
+    {
+        // Every byte a stream held was handed on or dropped with it, and its credit given.
+        let inner = shared.lock();
+        assert_eq!(
+            (inner.buffered, inner.held),
+            (0, 0),
+            "response bytes unaccounted"
+        );
+    }
     drop(connection);
     let _ = shared.poll_drive(&mut cx);
 }
