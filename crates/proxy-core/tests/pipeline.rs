@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -56,20 +56,21 @@ async fn http1_upstream() -> SocketAddr {
 /// so: the upstream client's decoder must read it back.
 const UPSTREAM_NOTE: &str = "answered by the h2c upstream; Huffman-coded on the wire";
 
-/// An h2c gRPC upstream answering every call trailers-only with status 0.
-async fn grpc_upstream() -> SocketAddr {
+/// An h2c upstream on a loopback port (hyper's server), each request answered by `answer`.
+async fn h2c_upstream<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let service = service_fn(|_request: Request<Incoming>| async move {
-                    let mut response = Response::new(Empty::<Bytes>::new());
-                    let headers = response.headers_mut();
-                    headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
-                    headers.insert("grpc-status", "0".parse().unwrap());
-                    headers.insert("x-upstream-note", UPSTREAM_NOTE.parse().unwrap());
-                    Ok::<_, Infallible>(response)
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, Infallible>(answer(request).await) }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
@@ -78,6 +79,19 @@ async fn grpc_upstream() -> SocketAddr {
         }
     });
     addr
+}
+
+/// An h2c gRPC upstream answering every call trailers-only with status 0.
+async fn grpc_upstream() -> SocketAddr {
+    h2c_upstream(|_request| async {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+        headers.insert("grpc-status", "0".parse().unwrap());
+        headers.insert("x-upstream-note", UPSTREAM_NOTE.parse().unwrap());
+        response
+    })
+    .await
 }
 
 /// A loopback port with nothing listening on it.
@@ -255,25 +269,14 @@ async fn an_upstream_that_is_down_is_503_text_or_grpc_unavailable() {
 
 /// An h2c upstream: `/big` answers 8 MiB, anything else `ok`.
 async fn h2c_upstream_with_big_answers() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let body = match request.uri().path() {
-                        "/big" => Bytes::from(vec![b'x'; 8 << 20]),
-                        _ => Bytes::from_static(b"ok"),
-                    };
-                    Ok::<_, Infallible>(Response::new(Full::new(body)))
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    h2c_upstream(|request| async move {
+        let body = match request.uri().path() {
+            "/big" => Bytes::from(vec![b'x'; 8 << 20]),
+            _ => Bytes::from_static(b"ok"),
+        };
+        Response::new(Full::new(body))
+    })
+    .await
 }
 
 /// Requests from every client of a worker share one h2 connection per upstream address.
@@ -323,43 +326,31 @@ async fn clients_that_stop_reading_do_not_stall_the_shared_upstream_connection()
 /// A scripted pachd (h2c) that takes 200 ms over each WhoAmI, counting them: `good` is
 /// valid, any other token is refused with 16. Every other call is answered with status 0.
 async fn slow_pachd(who_am_i_calls: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let calls = who_am_i_calls.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let calls = calls.clone();
-                    async move {
-                        let mut response = Response::new(Full::new(Bytes::new()));
-                        let headers = response.headers_mut();
-                        headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
-                        headers.insert("grpc-status", "0".parse().unwrap());
-                        if request.uri().path() == "/auth_v2.API/WhoAmI" {
-                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                            if request.headers()["authn-token"] == "good" {
-                                // WhoAmIResponse { username: "robot:test" }
-                                let mut frame = vec![0, 0, 0, 0, 12, 0x0a, 10];
-                                frame.extend_from_slice(b"robot:test");
-                                *response.body_mut() = Full::new(Bytes::from(frame));
-                            } else {
-                                let headers = response.headers_mut();
-                                headers.insert("grpc-status", "16".parse().unwrap());
-                                headers.insert("grpc-message", "invalid token".parse().unwrap());
-                            }
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+    h2c_upstream(move |request| {
+        let calls = who_am_i_calls.clone();
+        async move {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+            headers.insert("grpc-status", "0".parse().unwrap());
+            if request.uri().path() == "/auth_v2.API/WhoAmI" {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if request.headers()["authn-token"] == "good" {
+                    // WhoAmIResponse { username: "robot:test" }
+                    let mut frame = vec![0, 0, 0, 0, 12, 0x0a, 10];
+                    frame.extend_from_slice(b"robot:test");
+                    *response.body_mut() = Full::new(Bytes::from(frame));
+                } else {
+                    let headers = response.headers_mut();
+                    headers.insert("grpc-status", "16".parse().unwrap());
+                    headers.insert("grpc-message", "invalid token".parse().unwrap());
+                }
+            }
+            response
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// `count` concurrent gRPC calls from one address, the i-th carrying `token(i)`; their

@@ -270,6 +270,18 @@ async fn an_http1_websocket_upgrade_is_tunnelled_both_ways_and_closed() {
     assert_backend_saw_the_conversation(&saw);
 }
 
+/// A websocket upgrade request for `target`, as hyper's HTTP/1.1 client sends it.
+fn upgrade_request(target: &str) -> Request<TestBody> {
+    Request::get(target)
+        .header("host", "pachgate.test")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-key", KEY)
+        .header("sec-websocket-version", "13")
+        .body(empty())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_refused_upgrade_reaches_the_client_as_the_backends_answer() {
     let (listener, backend) = scripted_h2::listener().await;
@@ -286,14 +298,7 @@ async fn a_refused_upgrade_reaches_the_client_as_the_backends_answer() {
             .unwrap();
         Head::parse(&text)
     });
-    let request = Request::get("/ws/chat")
-        .header("host", "pachgate.test")
-        .header("upgrade", "websocket")
-        .header("connection", "upgrade")
-        .header("sec-websocket-key", KEY)
-        .header("sec-websocket-version", "13")
-        .body(empty())
-        .unwrap();
+    let request = upgrade_request("/ws/chat");
     let answer = send_http1(addr, request).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     assert_eq!(answer.header("content-type"), Some("text/plain"));
@@ -331,14 +336,7 @@ async fn an_upgrade_the_backend_never_answers_ends_at_the_response_timeout() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(socket);
     });
-    let request = Request::get("/ws/chat")
-        .header("host", "pachgate.test")
-        .header("upgrade", "websocket")
-        .header("connection", "upgrade")
-        .header("sec-websocket-key", KEY)
-        .header("sec-websocket-version", "13")
-        .body(empty())
-        .unwrap();
+    let request = upgrade_request("/ws/chat");
     let answer = tokio::time::timeout(Duration::from_secs(5), send_http1(addr, request))
         .await
         .expect("an answer at the response timeout, not a wait");
