@@ -98,7 +98,13 @@ impl TokenCache {
                 }
             }
         };
-        let (answer, _) = slot
+        let waiting = Waiting {
+            cache: self,
+            key,
+            slot,
+        };
+        let (answer, _) = waiting
+            .slot
             .answer
             .get_or_try_init(|| async {
                 let answer = check().await?;
@@ -123,11 +129,40 @@ impl TokenCache {
     }
 }
 
-/// Drops expired answers; if the cache is still full, drops arbitrary finished ones until a
-/// tenth is free (amortises the scan).
+/// A caller's hold on a slot while it waits for (or makes) the answer. A slot left without
+/// an answer — its check failed without asking (the failed-auth budget was out) or its
+/// caller went away — is removed once nobody else waits on it: each guess would otherwise
+/// leave an empty slot behind for good.
+struct Waiting<'a> {
+    cache: &'a TokenCache,
+    key: Key,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.slot.answer.initialized() {
+            return;
+        }
+        let mut slots = self.cache.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock nobody can take a new hold: two holds are the map's and ours.
+        let ours = slots
+            .get(&self.key)
+            .is_some_and(|held| Arc::ptr_eq(held, &self.slot));
+        if ours && Arc::strong_count(&self.slot) == 2 {
+            slots.remove(&self.key);
+        }
+    }
+}
+
+/// Drops expired answers and unanswered slots nobody waits on; if the cache is still full,
+/// drops arbitrary finished ones until a tenth is free (amortises the scan).
 fn evict(slots: &mut HashMap<Key, Arc<Slot>>, capacity: usize) {
     let now = Instant::now();
-    slots.retain(|_, slot| slot.answer.get().is_none_or(|(_, until)| *until > now));
+    slots.retain(|_, slot| match slot.answer.get() {
+        Some((_, until)) => *until > now,
+        None => Arc::strong_count(slot) > 1,
+    });
     let target = capacity - capacity / 10 - 1;
     if slots.len() > target {
         let excess: Vec<Key> = slots

@@ -448,3 +448,36 @@ async fn cache_is_bounded() {
     }
     assert!(bounded.cache.len() <= 100, "{}", bounded.cache.len());
 }
+
+/// A check refused by the budget, or abandoned while pachd is asked, leaves no slot behind:
+/// guesses refused unasked must not fill the cache for good.
+#[tokio::test]
+async fn checks_that_never_got_an_answer_leave_no_slot() {
+    let (gate, calls) = gate(PachydermAuthSettings::default(), pachd);
+    let out_of_budget = || Err(Duration::from_secs(2));
+    for i in 0..50 {
+        let token = format!("guess-{i}");
+        let refused = gate
+            .check_grpc_within("/p.A/M", found(&token), &out_of_budget)
+            .await;
+        assert!(matches!(
+            refused,
+            Decision::Deny(DenyReason::RateLimited {
+                retry_after_secs: 2
+            })
+        ));
+    }
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 0, "none was asked");
+    assert_eq!(gate.cache.len(), 0);
+    // Abandoned while pachd takes its time (the fixture waits 20 ms).
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(1),
+        gate.check_grpc("/p.A/M", found("slow-guess")),
+    )
+    .await;
+    assert!(abandoned.is_err());
+    assert_eq!(gate.cache.len(), 0);
+    // An answered check stays cached.
+    gate.check_grpc("/p.A/M", found("good")).await;
+    assert_eq!(gate.cache.len(), 1);
+}
