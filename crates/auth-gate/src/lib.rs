@@ -187,12 +187,33 @@ impl AllowReason {
 }
 
 /// The gate for `auth = "pachyderm"` routes.
-/// Asked before a token goes to pachd, by the first of the requests that carry it at the
-/// same time (the others share its answer): `Err(retry_after)` refuses that request without
-/// asking, and the next of them, if any, asks again. The failed-authentication limiter
-/// takes its budget here, so that concurrent guesses cannot all reach pachd before the
-/// first answer comes back.
-pub type AskBudget<'a> = &'a (dyn Fn() -> Result<(), Duration> + Sync);
+/// What a caller's question to pachd about a token costs it. The first of the requests that
+/// carry a token at the same time asks (the others share its answer) through
+/// [`AskBudget::ask`], which may wait, refuse (`Err(retry_after)`: the request is refused
+/// unasked, and the next of them, if any, asks again) or charge the caller for the answer.
+/// The failed-authentication limiter works here, so that concurrent guesses cannot all
+/// reach pachd before the first answer comes back.
+pub trait AskBudget: Sync {
+    fn ask<'a>(
+        &'a self,
+        question: WhoAmIFuture<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>>;
+}
+
+/// pachd's answer about one token, on its way.
+pub type WhoAmIFuture<'a> = Pin<Box<dyn Future<Output = WhoAmIAnswer> + Send + 'a>>;
+
+/// No budget: every question is asked.
+pub struct AskFreely;
+
+impl AskBudget for AskFreely {
+    fn ask<'a>(
+        &'a self,
+        question: WhoAmIFuture<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>> {
+        Box::pin(async move { Ok(question.await) })
+    }
+}
 
 pub struct PachydermGate {
     settings: PachydermAuthSettings,
@@ -220,7 +241,7 @@ impl PachydermGate {
 
     /// Decides a gRPC call: `method` is the request path, `token` what the metadata held.
     pub async fn check_grpc(&self, method: &str, token: TokenLookup<'_>) -> Decision {
-        self.check_grpc_within(method, token, &|| Ok(())).await
+        self.check_grpc_within(method, token, &AskFreely).await
     }
 
     /// [`check_grpc`](Self::check_grpc), with `budget` asked before a token goes to pachd.
@@ -228,7 +249,7 @@ impl PachydermGate {
         &self,
         method: &str,
         token: TokenLookup<'_>,
-        budget: AskBudget<'_>,
+        budget: &dyn AskBudget,
     ) -> Decision {
         if !is_well_formed_grpc_path(method) {
             return Decision::Deny(DenyReason::MalformedMethod);
@@ -247,7 +268,7 @@ impl PachydermGate {
     /// else needs a token. The caller takes the token where pachd will
     /// ([`token_for_pachd_files`] on `/pfs` and `/archive`, the header elsewhere).
     pub async fn check_http(&self, path: &str, token: TokenLookup<'_>) -> Decision {
-        self.check_http_within(path, token, &|| Ok(())).await
+        self.check_http_within(path, token, &AskFreely).await
     }
 
     /// [`check_http`](Self::check_http), with `budget` asked before a token goes to pachd.
@@ -255,7 +276,7 @@ impl PachydermGate {
         &self,
         path: &str,
         token: TokenLookup<'_>,
-        budget: AskBudget<'_>,
+        budget: &dyn AskBudget,
     ) -> Decision {
         if let PachdHttpSurface::Gateway { method } = pachd_http_surface(path) {
             if is_well_formed_grpc_path(method) && self.is_public(method) {
@@ -289,7 +310,7 @@ impl PachydermGate {
         matches!(self.cache.peek(token), Some(WhoAmIAnswer::Valid { .. }))
     }
 
-    async fn check_token(&self, token: TokenLookup<'_>, budget: AskBudget<'_>) -> Decision {
+    async fn check_token(&self, token: TokenLookup<'_>, budget: &dyn AskBudget) -> Decision {
         let token = match &token {
             TokenLookup::Missing => return self.check_without_token().await,
             TokenLookup::Ambiguous => return Decision::Deny(DenyReason::AmbiguousToken),
@@ -300,10 +321,10 @@ impl PachydermGate {
             // Boxed: the WhoAmI call runs on a cache miss only, and inline its state would
             // grow the future of every gated request.
             .get_or_check(token, &self.settings, || {
-                Box::pin(async move {
-                    budget()?;
-                    Ok(self.who_am_i.who_am_i(Some(token)).await)
-                })
+                // Made only if the budget lets it be asked.
+                budget.ask(Box::pin(async move {
+                    self.who_am_i.who_am_i(Some(token)).await
+                }))
             })
             .await;
         let answer = match answer {

@@ -453,12 +453,20 @@ async fn cache_is_bounded() {
 /// guesses refused unasked must not fill the cache for good.
 #[tokio::test]
 async fn checks_that_never_got_an_answer_leave_no_slot() {
+    struct OutOfBudget;
+    impl AskBudget for OutOfBudget {
+        fn ask<'a>(
+            &'a self,
+            _question: WhoAmIFuture<'a>,
+        ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>> {
+            Box::pin(async { Err(Duration::from_secs(2)) })
+        }
+    }
     let (gate, calls) = gate(PachydermAuthSettings::default(), pachd);
-    let out_of_budget = || Err(Duration::from_secs(2));
     for i in 0..50 {
         let token = format!("guess-{i}");
         let refused = gate
-            .check_grpc_within("/p.A/M", found(&token), &out_of_budget)
+            .check_grpc_within("/p.A/M", found(&token), &OutOfBudget)
             .await;
         assert!(matches!(
             refused,

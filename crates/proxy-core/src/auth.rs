@@ -3,20 +3,24 @@
 //! pooled connection). The WhoAmI client and the decisions are `pachgate-auth-gate`'s;
 //! denials are written in the caller's protocol by `rejection`.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use pachgate_auth_gate::{
     bearer_token, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata, AllowReason,
-    Decision, DenyReason, GrpcUnary, PachdHttpSurface, PachdWhoAmI, PachydermGate, StaticTokens,
-    UnaryReply, WhoAmI,
+    AskBudget, Decision, DenyReason, GrpcUnary, PachdHttpSurface, PachdWhoAmI, PachydermGate,
+    StaticTokens, UnaryReply, WhoAmI, WhoAmIAnswer, WhoAmIFuture,
 };
 use pachgate_client_policy::RateLimiter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::ProxyBody;
 use crate::upstream::Upstream;
@@ -72,9 +76,11 @@ static AUTHN_TOKEN: http::HeaderName = http::HeaderName::from_static("authn-toke
 pub(crate) struct AuthGates<'a> {
     pub gate: RouteGate<'a>,
     pub failed_auth: Option<&'a RateLimiter>,
+    pub pending_asks: &'a PendingAsks,
 }
 
 /// Which gate a route with edge authentication has.
+#[derive(Clone, Copy)]
 pub(crate) enum RouteGate<'a> {
     Pachyderm(&'a PachydermGate),
     StaticTokens(&'a StaticTokens),
@@ -131,31 +137,39 @@ impl AuthGates<'_> {
                 }
             }
         }
-        // A token pachd is asked about takes its failed attempt from the budget before the
-        // question, not after the answer: otherwise any number of concurrent guesses pass
-        // the check above before the first answer comes back, and all reach pachd.
-        let asking = Reservation {
-            limiter: self.failed_auth,
-            client,
-            now,
-            held: AtomicBool::new(false),
-        };
-        let budget = || asking.take();
-        let decision = match self.gate {
-            RouteGate::StaticTokens(tokens) => tokens.check(token),
-            RouteGate::Pachyderm(gate) if grpc => {
-                gate.check_grpc_within(path, token, &budget).await
+        let decision = match (self.gate, self.failed_auth) {
+            (RouteGate::StaticTokens(tokens), _) => tokens.check(token),
+            (RouteGate::Pachyderm(gate), None) if grpc => gate.check_grpc(path, token).await,
+            (RouteGate::Pachyderm(gate), None) => gate.check_http(path, token).await,
+            (RouteGate::Pachyderm(gate), Some(limiter)) => {
+                let budget = FailedAuthBudget {
+                    limiter,
+                    pending: self.pending_asks,
+                    client,
+                    asked: AtomicBool::new(false),
+                };
+                let decision = if grpc {
+                    gate.check_grpc_within(path, token, &budget).await
+                } else {
+                    gate.check_http_within(path, token, &budget).await
+                };
+                // A rejection this request asked about was charged while it asked.
+                if budget.asked.load(Ordering::Relaxed) {
+                    return match decision {
+                        Decision::Allow { reason, .. } => Ok(reason),
+                        Decision::Deny(reason) => Err(reason),
+                    };
+                }
+                decision
             }
-            RouteGate::Pachyderm(gate) => gate.check_http_within(path, token, &budget).await,
         };
         match decision {
             Decision::Allow { reason, .. } => Ok(reason),
             Decision::Deny(reason) => {
                 // Only rejected tokens count: an expired session (the console polls every
-                // few seconds) is not someone guessing. A rejection this request did not ask
-                // about (a cached answer, or one shared with a concurrent request) is counted
-                // here.
-                if matches!(reason, DenyReason::InvalidToken(_)) && !asking.spend() {
+                // few seconds) is not someone guessing. Here: a cached rejection, or one
+                // shared with the concurrent request that asked.
+                if matches!(reason, DenyReason::InvalidToken(_)) {
                     if let Some(limiter) = self.failed_auth {
                         let _ = limiter.take(client, now);
                     }
@@ -166,35 +180,89 @@ impl AuthGates<'_> {
     }
 }
 
-/// A failed attempt taken from an address's budget before pachd is asked about a token;
-/// given back when dropped unless the token was rejected (a valid token, an expired one, an
-/// unreachable pachd, or a request that went away while waiting).
-struct Reservation<'a> {
-    limiter: Option<&'a RateLimiter>,
+/// The failed-authentication budget, applied where pachd is asked about a token: at most
+/// the budget's burst of questions from one address at a time (the rest wait their turn),
+/// each asked only if the address still has budget when its turn comes, and a rejection
+/// charged before the next one goes. Checking the budget only before the gate, and
+/// charging after the answer, let any number of concurrent guesses through before the
+/// first answer came back; taking it up front instead refused valid users behind one
+/// address (an office NAT) whose tokens were not yet cached, once more of them asked at
+/// once than the budget held.
+struct FailedAuthBudget<'a> {
+    limiter: &'a RateLimiter,
+    pending: &'a PendingAsks,
     client: IpAddr,
-    now: Instant,
-    held: AtomicBool,
+    /// This request asked pachd (it was the first with its token), and was charged then.
+    asked: AtomicBool,
 }
 
-impl Reservation<'_> {
-    fn take(&self) -> Result<(), std::time::Duration> {
-        if let Some(limiter) = self.limiter {
-            limiter.take(self.client, self.now)?;
-            self.held.store(true, Ordering::Relaxed);
+impl AskBudget for FailedAuthBudget<'_> {
+    fn ask<'a>(
+        &'a self,
+        question: WhoAmIFuture<'a>,
+    ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>> {
+        Box::pin(async move {
+            let _turn = self.pending.turn(self.client, self.limiter.burst()).await;
+            self.limiter.check(self.client, Instant::now())?;
+            self.asked.store(true, Ordering::Relaxed);
+            let answer = question.await;
+            if matches!(answer, WhoAmIAnswer::Unauthenticated(_)) {
+                let _ = self.limiter.take(self.client, Instant::now());
+            }
+            Ok(answer)
+        })
+    }
+}
+
+/// Questions to pachd in flight per client address, for [`FailedAuthBudget`]: a semaphore
+/// per address while any question of its is in flight or waiting.
+#[derive(Default)]
+pub(crate) struct PendingAsks {
+    by_address: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+impl PendingAsks {
+    /// Waits until fewer than `at_once` questions from `client` are in flight; the turn is
+    /// held until the returned guard drops.
+    async fn turn(&self, client: IpAddr, at_once: u32) -> Turn<'_> {
+        let semaphore = self
+            .lock()
+            .entry(client)
+            .or_insert_with(|| Arc::new(Semaphore::new(at_once.max(1) as usize)))
+            .clone();
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        Turn {
+            pending: self,
+            client,
+            semaphore,
+            permit: Some(permit),
         }
-        Ok(())
     }
 
-    /// Keeps the attempt taken (the token was rejected); whether one was.
-    fn spend(&self) -> bool {
-        self.held.swap(false, Ordering::Relaxed)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<Semaphore>>> {
+        self.by_address.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl Drop for Reservation<'_> {
+/// One question's turn; the address's entry goes when its last turn does.
+struct Turn<'a> {
+    pending: &'a PendingAsks,
+    client: IpAddr,
+    semaphore: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if let (Some(limiter), true) = (self.limiter, self.spend()) {
-            limiter.give_back(self.client, Instant::now());
+        drop(self.permit.take());
+        let mut by_address = self.pending.lock();
+        // Under the lock nobody takes a new hold: two are the map's and ours.
+        if Arc::strong_count(&self.semaphore) == 2 {
+            by_address.remove(&self.client);
         }
     }
 }

@@ -364,6 +364,7 @@ async fn admit(
     let gates = AuthGates {
         gate,
         failed_auth: snapshot.clients.failed_auth.as_ref(),
+        pending_asks: &snapshot.pending_asks,
     };
     gates.check(request, grpc, client_ip, now).await.map(Some)
 }

@@ -88,6 +88,8 @@ pub struct Snapshot {
     pub(crate) pachyderm_gate: Option<PachydermGate>,
     pub(crate) static_tokens: Option<StaticTokens>,
     pub(crate) clients: ClientPolicy,
+    /// Questions to pachd in flight per client address (the failed-auth budget's turns).
+    pub(crate) pending_asks: crate::auth::PendingAsks,
     pub(crate) access_log: bool,
     pub(crate) plain_mode: PlainMode,
 }
@@ -190,6 +192,7 @@ impl Snapshot {
             pachyderm_gate,
             static_tokens,
             clients,
+            pending_asks: Default::default(),
             access_log: true,
             plain_mode: PlainMode::Serve,
         })

@@ -323,8 +323,8 @@ async fn clients_that_stop_reading_do_not_stall_the_shared_upstream_connection()
     drop(unread);
 }
 
-/// A scripted pachd (h2c) that takes 200 ms over each WhoAmI, counting them: `good` is
-/// valid, any other token is refused with 16. Every other call is answered with status 0.
+/// A scripted pachd (h2c) that takes 200 ms over each WhoAmI, counting them: tokens that
+/// start with `good` are valid, any other is refused with 16. Every other call is answered with status 0.
 async fn slow_pachd(who_am_i_calls: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
     h2c_upstream(move |request| {
         let calls = who_am_i_calls.clone();
@@ -336,7 +336,10 @@ async fn slow_pachd(who_am_i_calls: Arc<std::sync::atomic::AtomicUsize>) -> Sock
             if request.uri().path() == "/auth_v2.API/WhoAmI" {
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                if request.headers()["authn-token"] == "good" {
+                if request.headers()["authn-token"]
+                    .as_bytes()
+                    .starts_with(b"good")
+                {
                     // WhoAmIResponse { username: "robot:test" }
                     let mut frame = vec![0, 0, 0, 0, 12, 0x0a, 10];
                     frame.extend_from_slice(b"robot:test");
@@ -388,10 +391,11 @@ async fn concurrent_calls(
     statuses
 }
 
-/// The failed-authentication budget is taken before pachd is asked, not after it answers:
-/// fifty different guesses sent at once from one address reach pachd only as far as the
-/// burst allows. Fifty calls with one valid token pachd has not vouched for yet cost one
-/// WhoAmI and are all let in, and the budget taken for it is given back.
+/// The failed-authentication budget applies where pachd is asked: fifty different guesses
+/// sent at once from one address reach pachd only as far as the burst allows, the rest
+/// refused unasked. Valid users behind one address are not refused by it: fifty calls with
+/// one token pachd has not vouched for yet cost one WhoAmI, and twenty different new valid
+/// tokens at once (more than the burst) wait their turns and all pass.
 #[tokio::test]
 async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -423,6 +427,10 @@ async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
     let statuses = concurrent_calls(addr, 50, |_| "good".to_string()).await;
     assert_eq!(statuses, vec!["0"; 50]);
     assert_eq!(who_am_i_calls.swap(0, Ordering::SeqCst), 1);
+
+    let statuses = concurrent_calls(addr, 20, |i| format!("good-{i}")).await;
+    assert_eq!(statuses, vec!["0"; 20]);
+    assert_eq!(who_am_i_calls.swap(0, Ordering::SeqCst), 20);
 
     let statuses = concurrent_calls(addr, 50, |i| format!("guess-{i}")).await;
     // Refused unasked: RESOURCE_EXHAUSTED. Asked and rejected: UNAUTHENTICATED.
