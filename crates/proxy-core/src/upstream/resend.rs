@@ -31,15 +31,56 @@ pub(super) struct RequestPump {
 
 #[derive(Default)]
 pub(super) struct TakenBody {
-    /// A unary call's message is one chunk: it is kept without allocating.
-    first: Option<Bytes>,
-    /// Later chunks, copied: kept as shared `Bytes`, each would hold on to the receive
-    /// buffer it was cut from, and a client sending one-byte DATA frames would make the
-    /// kept handles (and the buffers behind them) many times the body's size.
-    more: BytesMut,
+    /// The body so far, in order: the first chunk and those of SHARED_FROM bytes or more as
+    /// they came (shared, no copy), runs of smaller ones copied together.
+    parts: Vec<Bytes>,
+    /// The run of small chunks since the last part.
+    small: BytesMut,
     len: usize,
     complete: bool,
 }
+
+impl TakenBody {
+    fn add(&mut self, data: &Bytes) {
+        self.len += data.len();
+        // The first chunk (a unary call's whole message, the common case) is kept shared
+        // whatever its size: no copy and no allocation per call.
+        let first = self.parts.is_empty() && self.small.is_empty();
+        if first || data.len() >= SHARED_FROM {
+            if !self.small.is_empty() {
+                self.parts.push(self.small.split().freeze());
+            }
+            self.parts.push(data.clone());
+        } else {
+            self.small.extend_from_slice(data);
+        }
+    }
+
+    fn into_body(mut self) -> ProxyBody {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.freeze());
+        }
+        let whole = match self.parts.len() {
+            0 => return ProxyBody::Empty,
+            1 => self.parts.swap_remove(0),
+            _ => {
+                let mut whole = BytesMut::with_capacity(self.len);
+                for part in &self.parts {
+                    whole.extend_from_slice(part);
+                }
+                whole.freeze()
+            }
+        };
+        ProxyBody::Full(Some(whole))
+    }
+}
+
+/// Chunks at least this large are kept as the client's own `Bytes`; smaller ones are
+/// copied. Each kept `Bytes` holds on to the receive buffer it was cut from, so a client
+/// sending one-byte DATA frames would otherwise make the kept state many times the body
+/// (65,536 handles for 64 KiB); past this size a handle costs little beside its chunk, and
+/// at most RESEND_LIMIT / SHARED_FROM of them are kept.
+const SHARED_FROM: usize = 4096;
 
 impl RequestPump {
     pub(super) fn new(body: ProxyBody, upload: StreamRef, keep_for_resend: bool) -> Self {
@@ -59,14 +100,7 @@ impl RequestPump {
         match data {
             None => taken.complete = true,
             Some(data) if taken.len + data.len() > RESEND_LIMIT => self.taken = None,
-            Some(data) => {
-                taken.len += data.len();
-                if taken.first.is_none() {
-                    taken.first = Some(data.clone());
-                } else {
-                    taken.more.extend_from_slice(data);
-                }
-            }
+            Some(data) => taken.add(data),
         }
     }
 
@@ -88,18 +122,7 @@ impl RequestPump {
                 Poll::Ready(Some(Err(_))) => return None,
             }
         }
-        let taken = self.taken.take()?;
-        let whole = match (taken.first, taken.more.is_empty()) {
-            (None, _) => return Some(ProxyBody::Empty),
-            (Some(only), true) => only,
-            (Some(first), false) => {
-                let mut whole = BytesMut::with_capacity(taken.len);
-                whole.extend_from_slice(&first);
-                whole.extend_from_slice(&taken.more);
-                whole.freeze()
-            }
-        };
-        Some(ProxyBody::Full(Some(whole)))
+        Some(self.taken.take()?.into_body())
     }
 }
 
@@ -165,4 +188,42 @@ fn h2_reason(error: &(dyn std::error::Error + 'static)) -> h2::Reason {
         current = e.source();
     }
     h2::Reason::INTERNAL_ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body comes back whole and in order, however it was cut; one-byte chunks are
+    /// copied together instead of each kept as a handle on its receive buffer.
+    #[test]
+    fn a_kept_body_is_whole_and_its_small_chunks_are_copied_together() {
+        let mut taken = TakenBody::default();
+        let mut want = Vec::new();
+        let mut chunks: Vec<Bytes> = (0..1000u32).map(|i| Bytes::from(vec![i as u8])).collect();
+        chunks.insert(500, Bytes::from(vec![b'L'; 8192]));
+        for chunk in &chunks {
+            taken.add(chunk);
+            want.extend_from_slice(chunk);
+        }
+        // The first byte, the copied run before the large chunk, the large chunk, and the
+        // run after it (still being copied into).
+        assert_eq!(taken.parts.len(), 3);
+        let ProxyBody::Full(Some(whole)) = taken.into_body() else {
+            panic!("a whole body");
+        };
+        assert_eq!(&whole[..], &want[..]);
+    }
+
+    /// A unary call's message, one chunk, is kept and sent again without a copy.
+    #[test]
+    fn a_single_chunk_is_kept_without_a_copy() {
+        let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+        let mut taken = TakenBody::default();
+        taken.add(&message);
+        let ProxyBody::Full(Some(again)) = taken.into_body() else {
+            panic!("a whole body");
+        };
+        assert_eq!(again.as_ptr(), message.as_ptr());
+    }
 }
