@@ -463,15 +463,16 @@ impl Shared {
     ) -> Result<Duration, Failure> {
         let mut inner = self.lock();
         // Frames from the upstream prove it alive but not that it reads: one that sends and
-        // never reads would hold our requests and uploads forever. Output waiting with
-        // nothing written over a whole interval, two looks running, ends the connection.
+        // never reads would hold our requests and uploads forever. Output waiting at two
+        // looks running with nothing written since the look before them (between one and two
+        // intervals, 30-60 s by default, after the last write) ends the connection.
         let waiting = !inner.out.is_empty();
         let progressed = std::mem::take(&mut inner.wrote);
         let stalled = waiting && !progressed;
         if stalled && inner.write_stalled {
             let failure = Failure::Connection(
                 format!(
-                    "the upstream read nothing we sent for over {:?}",
+                    "the upstream read nothing we sent over two keepalive intervals ({:?} each)",
                     every.min(timeout)
                 )
                 .into(),

@@ -63,7 +63,9 @@ impl Inner {
     /// stall every other stream on the worker's shared connection. Crediting it as data
     /// arrives leaves each stream's own window to bound what it holds; past this many bytes
     /// held in all, the connection goes back to crediting as data is handed on, so one
-    /// connection never holds more than this plus its window.
+    /// connection never holds more than this plus its window. The stall is pushed back, not
+    /// abolished: with the default windows (2 MiB a stream, 16 MiB the connection) it takes
+    /// 24 streams holding a full window each, where 8 did; memory is the price of more.
     pub(crate) fn buffer_limit(&self) -> usize {
         2 * self.settings.connection_window as usize
     }

@@ -27,7 +27,9 @@
 //! caller's handle, `header_block` response header decoding within limits, `request_head`
 //! the request's HPACK block, `failure` how a stream or connection ends badly.
 //!
-//! Tests: unit tests here (request heads, SETTINGS over an in-memory pipe); frame scripts
+//! Tests: unit tests here (request heads, SETTINGS over an in-memory pipe, and
+//! `tests/flow_control.rs`: padding, stray WINDOW_UPDATEs, uploads to an upstream that stops
+//! reading, clients that stop reading, a stream limit of 0, over loopback); frame scripts
 //! from a hostile upstream over loopback in proxy-core's `tests/h2_upstream_frames.rs`,
 //! which drive this client through `Upstream::send`; the fuzz targets `h2_client_frames`
 //! and `hpack_response_blocks` through `fuzzing`.

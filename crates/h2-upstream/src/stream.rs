@@ -284,7 +284,8 @@ impl Drop for StreamRef {
             return;
         }
         let unfinished = state.failure.is_none() && !(state.recv_closed && state.send_closed);
-        // What the upstream sent and nobody will read goes back to its connection window.
+        // What the upstream sent and nobody will read leaves the connection's count, and any
+        // connection credit held back for it goes to the upstream.
         let buffered: usize = state.data.iter().map(BytesMut::len).sum();
         if unfinished {
             inner.reset_stream(self.id, h2::Reason::CANCEL);

@@ -90,8 +90,8 @@ impl Body for ProxyBody {
 }
 
 /// An h2 upstream's response body: DATA, then trailers, read from the upstream stream by
-/// the task that forwards them (`pachgate-h2-upstream` joins small frames that have already arrived and
-/// credits the upstream as data is handed on).
+/// the task that forwards them (`pachgate-h2-upstream` joins small frames that have already
+/// arrived and credits the stream's window as data is handed on).
 pub struct UpstreamBody {
     stream: StreamRef,
 }
