@@ -148,9 +148,16 @@ impl RateLimiter {
         }
     }
 
-    /// Attempts allowed at once, before the rate applies.
-    pub fn burst(&self) -> u32 {
-        self.burst as u32
+    /// The attempts the address has left now (a fraction while its bucket refills).
+    pub fn available(&self, address: IpAddr, now: Instant) -> f64 {
+        if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
+            return self.burst;
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        match buckets.get(&address) {
+            None => self.burst,
+            Some((tokens, since)) => self.refill(*tokens, *since, now),
+        }
     }
 
     /// Whether the address has budget left, without taking any.

@@ -20,7 +20,7 @@ use pachgate_auth_gate::{
     StaticTokens, UnaryReply, WhoAmI, WhoAmIAnswer, WhoAmIFuture,
 };
 use pachgate_client_policy::RateLimiter;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::body::ProxyBody;
 use crate::upstream::Upstream;
@@ -180,14 +180,17 @@ impl AuthGates<'_> {
     }
 }
 
-/// The failed-authentication budget, applied where pachd is asked about a token: at most
-/// the budget's burst of questions from one address at a time (the rest wait their turn),
-/// each asked only if the address still has budget when its turn comes, and a rejection
-/// charged before the next one goes. Checking the budget only before the gate, and
-/// charging after the answer, let any number of concurrent guesses through before the
-/// first answer came back; taking it up front instead refused valid users behind one
-/// address (an office NAT) whose tokens were not yet cached, once more of them asked at
-/// once than the budget held.
+/// The failed-authentication budget, applied where pachd is asked about a token. Each
+/// question in flight from an address counts against its budget until answered: a
+/// question goes only while the budget covers it and every other one in flight, waits
+/// while those others might still come back valid, and is refused once the budget is out
+/// with none in flight. A rejection is charged before its place is given up.
+///
+/// Checking the budget only before the gate, and charging after the answer, let any number
+/// of concurrent guesses through before the first answer came back. Taking an attempt up
+/// front and giving it back for a valid token refused valid users behind one address (an
+/// office NAT, after a restart) whose tokens were not cached yet, once more of them asked
+/// at once than the budget held; here they wait their turn instead.
 struct FailedAuthBudget<'a> {
     limiter: &'a RateLimiter,
     pending: &'a PendingAsks,
@@ -202,8 +205,7 @@ impl AskBudget for FailedAuthBudget<'_> {
         question: WhoAmIFuture<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>> {
         Box::pin(async move {
-            let _turn = self.pending.turn(self.client, self.limiter.burst()).await;
-            self.limiter.check(self.client, Instant::now())?;
+            let _place = self.pending.place(self.limiter, self.client).await?;
             self.asked.store(true, Ordering::Relaxed);
             let answer = question.await;
             if matches!(answer, WhoAmIAnswer::Unauthenticated(_)) {
@@ -214,55 +216,72 @@ impl AskBudget for FailedAuthBudget<'_> {
     }
 }
 
-/// Questions to pachd in flight per client address, for [`FailedAuthBudget`]: a semaphore
-/// per address while any question of its is in flight or waiting.
+/// Questions to pachd in flight per client address, for [`FailedAuthBudget`]. An address
+/// has an entry only while one of its questions is in flight.
 #[derive(Default)]
 pub(crate) struct PendingAsks {
-    by_address: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+    by_address: Mutex<HashMap<IpAddr, InFlight>>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    count: u32,
+    /// Woken each time one of them is answered (or abandoned).
+    done: Arc<Notify>,
 }
 
 impl PendingAsks {
-    /// Waits until fewer than `at_once` questions from `client` are in flight; the turn is
-    /// held until the returned guard drops.
-    async fn turn(&self, client: IpAddr, at_once: u32) -> Turn<'_> {
-        let semaphore = self
-            .lock()
-            .entry(client)
-            .or_insert_with(|| Arc::new(Semaphore::new(at_once.max(1) as usize)))
-            .clone();
-        let permit = semaphore
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        Turn {
-            pending: self,
-            client,
-            semaphore,
-            permit: Some(permit),
+    /// A place for one more question from `client`, once `limiter`'s budget covers it and
+    /// every other question of the address in flight; `Err(retry_after)` when the budget
+    /// is out and none is in flight. Held until the returned guard drops.
+    async fn place(&self, limiter: &RateLimiter, client: IpAddr) -> Result<Place<'_>, Duration> {
+        loop {
+            let answered = {
+                let mut by_address = self.lock();
+                let in_flight = by_address.entry(client).or_default();
+                let budget = limiter.available(client, Instant::now());
+                if budget - f64::from(in_flight.count) >= 1.0 {
+                    in_flight.count += 1;
+                    return Ok(Place {
+                        pending: self,
+                        client,
+                    });
+                }
+                if in_flight.count == 0 {
+                    by_address.remove(&client);
+                    let wait = limiter.check(client, Instant::now()).err();
+                    return Err(wait.unwrap_or(Duration::from_secs(1)));
+                }
+                // Waits for one of those in flight to be answered, then looks again;
+                // registered before the lock is let go, so that answer cannot slip by.
+                let mut answered = Box::pin(in_flight.done.clone().notified_owned());
+                answered.as_mut().enable();
+                answered
+            };
+            answered.await;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<Semaphore>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, InFlight>> {
         self.by_address.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// One question's turn; the address's entry goes when its last turn does.
-struct Turn<'a> {
+/// One question's place; the address's entry goes with its last one.
+struct Place<'a> {
     pending: &'a PendingAsks,
     client: IpAddr,
-    semaphore: Arc<Semaphore>,
-    permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Place<'_> {
     fn drop(&mut self) {
-        drop(self.permit.take());
         let mut by_address = self.pending.lock();
-        // Under the lock nobody takes a new hold: two are the map's and ours.
-        if Arc::strong_count(&self.semaphore) == 2 {
-            by_address.remove(&self.client);
+        if let Some(in_flight) = by_address.get_mut(&self.client) {
+            in_flight.count -= 1;
+            in_flight.done.notify_waiters();
+            if in_flight.count == 0 {
+                by_address.remove(&self.client);
+            }
         }
     }
 }

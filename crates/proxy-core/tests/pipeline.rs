@@ -391,16 +391,9 @@ async fn concurrent_calls(
     statuses
 }
 
-/// The failed-authentication budget applies where pachd is asked: fifty different guesses
-/// sent at once from one address reach pachd only as far as the burst allows, the rest
-/// refused unasked. Valid users behind one address are not refused by it: fifty calls with
-/// one token pachd has not vouched for yet cost one WhoAmI, and twenty different new valid
-/// tokens at once (more than the burst) wait their turns and all pass.
-#[tokio::test]
-async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let who_am_i_calls = Arc::new(AtomicUsize::new(0));
-    let pachd = slow_pachd(who_am_i_calls.clone()).await;
+/// A gateway whose every path is pachd's gRPC behind the Pachyderm gate, with `failed_auth`
+/// as its failed-authentication budget.
+async fn gated_pachd(pachd: SocketAddr, failed_auth: RateLimiter) -> (Arc<Gateway>, SocketAddr) {
     let snapshot = Snapshot::build(
         vec![route(
             "grpc",
@@ -417,12 +410,25 @@ async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
         }),
         None,
         ClientPolicy {
-            failed_auth: Some(RateLimiter::per_minute(1, 5)),
+            failed_auth: Some(failed_auth),
             ..ClientPolicy::default()
         },
     )
     .unwrap();
-    let (_gateway, addr) = serve(snapshot).await;
+    serve(snapshot).await
+}
+
+/// The failed-authentication budget applies where pachd is asked: fifty different guesses
+/// sent at once from one address reach pachd only as far as the burst allows, the rest
+/// refused unasked. Valid users behind one address are not refused by it: fifty calls with
+/// one token pachd has not vouched for yet cost one WhoAmI, and twenty different new valid
+/// tokens at once (more than the burst) wait their turns and all pass.
+#[tokio::test]
+async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let who_am_i_calls = Arc::new(AtomicUsize::new(0));
+    let pachd = slow_pachd(who_am_i_calls.clone()).await;
+    let (_gateway, addr) = gated_pachd(pachd, RateLimiter::per_minute(1, 5)).await;
 
     let statuses = concurrent_calls(addr, 50, |_| "good".to_string()).await;
     assert_eq!(statuses, vec!["0"; 50]);
@@ -477,4 +483,26 @@ async fn an_http1_tls_upstream_that_never_answers_the_handshake_is_503() {
         .await
         .expect("an answer within the connect timeout, not a wait");
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Questions in flight count against the budget until answered: once an address's budget
+/// has refilled by one attempt, ten guesses sent at once get one question to pachd, not ten.
+#[tokio::test]
+async fn guesses_after_a_refill_reach_pachd_one_attempt_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let who_am_i_calls = Arc::new(AtomicUsize::new(0));
+    let pachd = slow_pachd(who_am_i_calls.clone()).await;
+    // One attempt a second, five at once.
+    let (_gateway, addr) = gated_pachd(pachd, RateLimiter::new(1.0, 5)).await;
+    let statuses = concurrent_calls(addr, 5, |i| format!("first-{i}")).await;
+    assert_eq!(statuses, vec!["16"; 5]);
+    who_am_i_calls.store(0, Ordering::SeqCst);
+    // Out of budget; a little over a second refills one attempt.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let statuses = concurrent_calls(addr, 10, |i| format!("then-{i}")).await;
+    let asked = who_am_i_calls.load(Ordering::SeqCst);
+    // One, or two should the clock refill another attempt while they run.
+    assert!((1..=2).contains(&asked), "{asked} questions: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| *s == "16").count(), asked);
+    assert_eq!(statuses.iter().filter(|s| *s == "8").count(), 10 - asked);
 }
