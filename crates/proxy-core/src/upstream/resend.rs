@@ -31,9 +31,12 @@ pub(super) struct RequestPump {
 
 #[derive(Default)]
 pub(super) struct TakenBody {
-    /// The body so far, in order: the first chunk and those of SHARED_FROM bytes or more as
-    /// they came (shared, no copy), runs of smaller ones copied together.
-    parts: Vec<Bytes>,
+    /// The first chunk (a unary call's whole message, the common case), kept shared
+    /// whatever its size: no copy and no allocation per call.
+    first: Option<Bytes>,
+    /// The rest, in order: chunks of SHARED_FROM bytes or more as they came (shared), runs
+    /// of smaller ones copied together.
+    rest: Vec<Bytes>,
     /// The run of small chunks since the last part.
     small: BytesMut,
     len: usize,
@@ -42,36 +45,36 @@ pub(super) struct TakenBody {
 
 impl TakenBody {
     fn add(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
         self.len += data.len();
-        // The first chunk (a unary call's whole message, the common case) is kept shared
-        // whatever its size: no copy and no allocation per call.
-        let first = self.parts.is_empty() && self.small.is_empty();
-        if first || data.len() >= SHARED_FROM {
+        if self.first.is_none() {
+            self.first = Some(data.clone());
+        } else if data.len() >= SHARED_FROM {
             if !self.small.is_empty() {
-                self.parts.push(self.small.split().freeze());
+                self.rest.push(self.small.split().freeze());
             }
-            self.parts.push(data.clone());
+            self.rest.push(data.clone());
         } else {
             self.small.extend_from_slice(data);
         }
     }
 
-    fn into_body(mut self) -> ProxyBody {
-        if !self.small.is_empty() {
-            self.parts.push(self.small.freeze());
-        }
-        let whole = match self.parts.len() {
-            0 => return ProxyBody::Empty,
-            1 => self.parts.swap_remove(0),
-            _ => {
-                let mut whole = BytesMut::with_capacity(self.len);
-                for part in &self.parts {
-                    whole.extend_from_slice(part);
-                }
-                whole.freeze()
-            }
+    fn into_body(self) -> ProxyBody {
+        let Some(first) = self.first else {
+            return ProxyBody::Empty;
         };
-        ProxyBody::Full(Some(whole))
+        if self.rest.is_empty() && self.small.is_empty() {
+            return ProxyBody::Full(Some(first));
+        }
+        let mut whole = BytesMut::with_capacity(self.len);
+        whole.extend_from_slice(&first);
+        for part in &self.rest {
+            whole.extend_from_slice(part);
+        }
+        whole.extend_from_slice(&self.small);
+        ProxyBody::Full(Some(whole.freeze()))
     }
 }
 
@@ -206,9 +209,9 @@ mod tests {
             taken.add(chunk);
             want.extend_from_slice(chunk);
         }
-        // The first byte, the copied run before the large chunk, the large chunk, and the
-        // run after it (still being copied into).
-        assert_eq!(taken.parts.len(), 3);
+        // Besides the first byte: the copied run before the large chunk and the large chunk
+        // (the run after it is still being copied into).
+        assert_eq!(taken.rest.len(), 2);
         let ProxyBody::Full(Some(whole)) = taken.into_body() else {
             panic!("a whole body");
         };
