@@ -174,45 +174,65 @@ impl StreamRef {
             return Poll::Ready(Ok(()));
         }
         let mut inner = self.shared.lock();
-        let Inner {
-            streams,
-            out,
-            send_window: connection_window,
-            peer_max_frame,
-            body_waiting,
-            ..
-        } = &mut *inner;
-        let Some(state) = streams.get_mut(&self.id) else {
-            return Poll::Ready(Err(()));
+        // A full queue is first written out from here, as far as the socket takes it: waiting
+        // for the connection's task to write it and wake this one again cost 256 KiB
+        // uploads 3-4 % of their calls/s in benches/compare.
+        let mut written_here = false;
+        let done = loop {
+            let Inner {
+                streams,
+                out,
+                send_window: connection_window,
+                peer_max_frame,
+                ..
+            } = &mut *inner;
+            let Some(state) = streams.get_mut(&self.id) else {
+                return Poll::Ready(Err(()));
+            };
+            if state.send_closed || state.failure.is_some() {
+                return Poll::Ready(Err(()));
+            }
+            let mut queue_full = false;
+            loop {
+                let room = state.send_window.min(*connection_window).max(0) as usize;
+                let queue_room = MAX_QUEUED_OUT.saturating_sub(out.queued() + FRAME_HEADER);
+                let take = data.len().min(room).min(*peer_max_frame).min(queue_room);
+                if take == 0 && !data.is_empty() {
+                    queue_full = queue_room == 0;
+                    break;
+                }
+                let chunk = data.split_to(take);
+                let last = data.is_empty();
+                state.send_window -= take as i64;
+                *connection_window -= take as i64;
+                let flags = if last && end_stream { END_STREAM } else { 0 };
+                out.frame_header(chunk.len(), DATA, flags, self.id);
+                out.payload(chunk);
+                if last {
+                    break;
+                }
+            }
+            if data.is_empty() {
+                if end_stream {
+                    state.send_closed = true;
+                }
+                break true;
+            }
+            if queue_full && !written_here {
+                if let Some(driver) = inner.driver.clone() {
+                    written_here = true;
+                    inner.write_out(&mut Context::from_waker(&driver));
+                    continue;
+                }
+            }
+            // Woken by a WINDOW_UPDATE, or by the queue draining (`write_out`).
+            inner.body_waiting |= queue_full;
+            if let Some(state) = inner.streams.get_mut(&self.id) {
+                state.send_waker = Some(cx.waker().clone());
+            }
+            break false;
         };
-        if state.send_closed || state.failure.is_some() {
-            return Poll::Ready(Err(()));
-        }
-        loop {
-            let room = state.send_window.min(*connection_window).max(0) as usize;
-            let queue_room = MAX_QUEUED_OUT.saturating_sub(out.queued() + FRAME_HEADER);
-            let take = data.len().min(room).min(*peer_max_frame).min(queue_room);
-            if take == 0 && !data.is_empty() {
-                // Woken by a WINDOW_UPDATE, or by the queue draining (`write_out`).
-                *body_waiting |= queue_room == 0;
-                break;
-            }
-            let chunk = data.split_to(take);
-            let last = data.is_empty();
-            state.send_window -= take as i64;
-            *connection_window -= take as i64;
-            let flags = if last && end_stream { END_STREAM } else { 0 };
-            out.frame_header(chunk.len(), DATA, flags, self.id);
-            out.payload(chunk);
-            if last {
-                break;
-            }
-        }
-        let done = data.is_empty();
-        if !done {
-            state.send_waker = Some(cx.waker().clone());
-        } else if end_stream {
-            state.send_closed = true;
+        if done && end_stream {
             inner.settle(self.id);
         }
         inner.wake_driver();
