@@ -577,12 +577,21 @@ impl Inner {
         self.queued += 1;
         if self.queued >= self.settings.write_batch {
             self.queued = 0;
-            if let Some(waker) = self.driver.clone() {
-                self.write_out(&mut Context::from_waker(&waker));
+            if self.write_out_here() {
                 return;
             }
         }
         self.wake_driver();
+    }
+
+    /// Writes the output from the calling task, as far as the socket takes it, with the
+    /// connection task's waker registered for the rest; `false` before that task has run.
+    pub(crate) fn write_out_here(&mut self) -> bool {
+        let Some(waker) = self.driver.clone() else {
+            return false;
+        };
+        self.write_out(&mut Context::from_waker(&waker));
+        true
     }
 
     pub(crate) fn wake_driver(&self) {

@@ -1,8 +1,6 @@
 //! What the upstream sends, frame by frame: every check of RFC 9113 and of our limits is
 //! here, and a violation resets its stream or ends the connection (GOAWAY).
 
-use std::task::Context;
-
 use bytes::BytesMut;
 use http::{Response, StatusCode, Version};
 use pachgate_h2_wire::{
@@ -434,9 +432,7 @@ impl Inner {
         if self.unwritten_acks > MAX_UNWRITTEN_ACKS {
             // Many frames in one read are not yet a flood: write what is queued, and count
             // only what the upstream leaves unread.
-            if let (Some(waker), true) = (self.driver.clone(), self.io.is_some()) {
-                self.write_out(&mut Context::from_waker(&waker));
-            }
+            self.write_out_here();
         }
         if self.unwritten_acks > MAX_UNWRITTEN_ACKS {
             return Err((
@@ -496,9 +492,7 @@ impl Inner {
             .extend_from_slice(&u32::from(reason).to_be_bytes());
         self.out.small.extend_from_slice(text.as_bytes());
         // Best effort: the GOAWAY goes out if the socket takes it now.
-        if let (Some(waker), true) = (self.driver.clone(), self.io.is_some()) {
-            self.write_out(&mut Context::from_waker(&waker));
-        }
+        self.write_out_here();
         self.fail(failure);
     }
 

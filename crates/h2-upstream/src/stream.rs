@@ -218,12 +218,9 @@ impl StreamRef {
                 }
                 break true;
             }
-            if queue_full && !written_here {
-                if let Some(driver) = inner.driver.clone() {
-                    written_here = true;
-                    inner.write_out(&mut Context::from_waker(&driver));
-                    continue;
-                }
+            if queue_full && !written_here && inner.write_out_here() {
+                written_here = true;
+                continue;
             }
             // Woken by a WINDOW_UPDATE, or by the queue draining (`write_out`).
             inner.body_waiting |= queue_full;
