@@ -137,10 +137,13 @@ impl AuthGates<'_> {
                 }
             }
         }
-        let decision = match (self.gate, self.failed_auth) {
-            (RouteGate::StaticTokens(tokens), _) => tokens.check(token),
-            (RouteGate::Pachyderm(gate), None) if grpc => gate.check_grpc(path, token).await,
-            (RouteGate::Pachyderm(gate), None) => gate.check_http(path, token).await,
+        // `charged`: the rejection was asked about by this request and charged then.
+        let (decision, charged) = match (self.gate, self.failed_auth) {
+            (RouteGate::StaticTokens(tokens), _) => (tokens.check(token), false),
+            (RouteGate::Pachyderm(gate), None) if grpc => {
+                (gate.check_grpc(path, token).await, false)
+            }
+            (RouteGate::Pachyderm(gate), None) => (gate.check_http(path, token).await, false),
             (RouteGate::Pachyderm(gate), Some(limiter)) => {
                 let budget = FailedAuthBudget {
                     limiter,
@@ -153,14 +156,7 @@ impl AuthGates<'_> {
                 } else {
                     gate.check_http_within(path, token, &budget).await
                 };
-                // A rejection this request asked about was charged while it asked.
-                if budget.asked.load(Ordering::Relaxed) {
-                    return match decision {
-                        Decision::Allow { reason, .. } => Ok(reason),
-                        Decision::Deny(reason) => Err(reason),
-                    };
-                }
-                decision
+                (decision, budget.asked.load(Ordering::Relaxed))
             }
         };
         match decision {
@@ -169,7 +165,7 @@ impl AuthGates<'_> {
                 // Only rejected tokens count: an expired session (the console polls every
                 // few seconds) is not someone guessing. Here: a cached rejection, or one
                 // shared with the concurrent request that asked.
-                if matches!(reason, DenyReason::InvalidToken(_)) {
+                if matches!(reason, DenyReason::InvalidToken(_)) && !charged {
                     if let Some(limiter) = self.failed_auth {
                         let _ = limiter.take(client, now);
                     }
