@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 pub use crate::serve::serve_embedded;
-use crate::serve::shutdown_signal;
+use crate::serve::ShutdownSignals;
 
 /// mimalloc (built with `no_thp`): less CPU per request than glibc's malloc, and no
 /// transparent huge pages, which would raise memory per idle connection (benches/README.md).
@@ -251,6 +251,7 @@ async fn standins(
     s3: Option<SocketAddr>,
     pachyderm: PachydermStandinArgs,
 ) -> Result<(), String> {
+    let mut shutdown = ShutdownSignals::register()?;
     let pachd_listener = TcpListener::bind(pachd)
         .await
         .map_err(|e| format!("stand-in pachd on {pachd}: {e}"))?;
@@ -308,7 +309,7 @@ async fn standins(
         );
         tokio::spawn(pachgate_standins::serve_s3(s3_listener));
     }
-    shutdown_signal().await;
+    shutdown.recv().await;
     Ok(())
 }
 

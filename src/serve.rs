@@ -326,8 +326,9 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
     config_file: Option<PathBuf>,
 ) -> Result<(), String> {
-    // Registered before any listener is announced, so an early SIGHUP is a reload request
-    // rather than the default "terminate".
+    // Registered before any listener is bound, so an early SIGHUP is a reload request rather
+    // than the default "terminate", and an early SIGTERM a drain.
+    let mut shutdown = ShutdownSignals::register()?;
     let hangups = config_file.as_ref().and_then(|_| Hangups::register());
     let drain_timeout = runtime.limits.drain_timeout;
     let state = Arc::new(ServedState {
@@ -366,7 +367,7 @@ pub async fn serve(
         OwnedTasks::one(tokio::spawn(reloader.run(hangups)))
     });
 
-    shutdown_signal().await;
+    shutdown.recv().await;
     // Graceful drain: /readyz fails at once (the load balancer stops sending), listeners
     // close, h2 clients get GOAWAY and HTTP/1 clients `Connection: close`, and what is in
     // flight gets up to drain_timeout. Websocket tunnels then get close frames (1001). A
@@ -382,10 +383,10 @@ pub async fn serve(
             tokio::select! {
                 _ = gateway.drained() => {}
                 _ = tokio::time::sleep(TUNNEL_CLOSE_GRACE) => {}
-                _ = shutdown_signal() => {}
+                _ = shutdown.recv() => {}
             }
         }
-        _ = shutdown_signal() => eprintln!("pachgate: second signal; exiting now"),
+        _ = shutdown.recv() => eprintln!("pachgate: second signal; exiting now"),
     }
     Ok(())
 }
@@ -551,16 +552,41 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     Ok(listener)
 }
 
-pub async fn shutdown_signal() {
+/// SIGTERM and SIGINT, caught from the moment this is made. Made before anything is bound:
+/// until a handler is in place the signal's default action applies, and a process killed
+/// that way cuts its clients off mid-answer (no drain, no TLS close, no close frame).
+pub struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    pub fn register() -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let catch = |kind: SignalKind, name: &str| {
+                signal(kind).map_err(|e| format!("cannot catch {name}: {e}"))
+            };
+            Ok(ShutdownSignals {
+                terminate: catch(SignalKind::terminate(), "SIGTERM")?,
+                interrupt: catch(SignalKind::interrupt(), "SIGINT")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGTERM or SIGINT (one that arrived since the last call included).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

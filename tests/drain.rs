@@ -94,3 +94,97 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
     let log = proxy.running.stderr_so_far();
     assert!(log.contains("drain_timeout reached"), "{log}");
 }
+
+/// A SIGTERM that arrives once a listener is up, even before pachgate has said so, starts the
+/// drain: the handlers are in place before the first socket is bound, so the default action
+/// (the process killed, its connections cut without a TLS close or a close frame) never
+/// applies to a process that may hold connections. The announcement is held back by giving
+/// pachgate a full pipe as stdout: the signal lands while its `println!` waits for room.
+#[tokio::test]
+async fn a_sigterm_before_the_listener_is_announced_still_drains() {
+    use std::io::Read;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pachgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:{port}\"\nhttp_mode = \"serve\"\n\n\
+             [upstreams.pachd]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\n\n\
+             [[routes]]\nname = \"pachd\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
+        ),
+    )
+    .unwrap();
+    let (full, pending) = tokio::net::unix::pipe::pipe().unwrap();
+    let filler = [b'.'; 4096];
+    let mut filled = 0;
+    full.writable().await.unwrap();
+    loop {
+        match full.try_write(&filler) {
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the pipe: {e}"),
+        }
+    }
+    assert!(filled > 0);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("PACHGATE_WORKER_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(full.into_blocking_fd().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+
+    // Bound (the kernel takes connections into the backlog) but not yet announced: the
+    // announcement waits for room in the pipe.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pachgate never bound 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // Make room: pachgate announces its listener, sees the signal and drains.
+    let mut reader = std::fs::File::from(pending.into_blocking_fd().unwrap());
+    let stdout = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = reader.read_to_end(&mut bytes);
+        bytes
+    });
+    let mut status = None;
+    for _ in 0..200 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let status = status.unwrap_or_else(|| child.wait().unwrap());
+    let stderr = stderr.join().unwrap();
+    assert!(
+        status.success(),
+        "pachgate did not drain and exit 0 ({status:?}); stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("draining"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&stdout.join().unwrap()[filled..]).into_owned();
+    assert!(
+        stdout.contains(&format!("listening on 127.0.0.1:{port}")),
+        "{stdout}"
+    );
+}
