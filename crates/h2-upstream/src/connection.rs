@@ -1,122 +1,28 @@
-//! The connection: its write buffer, the state one mutex guards, the handle that opens
-//! streams, and the task that drives the socket (reads, writes, the SETTINGS deadline,
-//! keepalive pings).
+//! The connection: the state one mutex guards and the handle that opens streams. The task
+//! that drives the socket is `driver`'s, the frames waiting for it `output`'s.
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
-use std::io;
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::task::{Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
 use pachgate_h2_wire::{
-    self as wire, FrameReader, DEFAULT_WINDOW, PING, PREFACE, SETTINGS, SETTINGS_ENABLE_PUSH,
+    FrameReader, DEFAULT_WINDOW, PREFACE, SETTINGS, SETTINGS_ENABLE_PUSH,
     SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
     SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE, WINDOW_UPDATE,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    driver,
     failure::Failure,
     header_block::response_decoder,
+    output::Output,
     request_head::{encode_request_head, ExtraField, UpstreamTable},
     stream::{Head, Stream, StreamMap, StreamRef},
-    Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN, MAX_QUEUED_OUT,
-    READS_PER_WAKE, WRITTEN_IN_PLACE,
+    Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN,
 };
-
-/// Frames waiting for the socket: small ones copied into one buffer, large DATA payloads
-/// kept as their own `Bytes` and written with vectored writes.
-#[derive(Default)]
-pub(crate) struct Output {
-    pub(crate) chunks: VecDeque<Bytes>,
-    pub(crate) small: BytesMut,
-    /// Bytes of the front chunk already written.
-    pub(crate) front_written: usize,
-    /// Bytes in `chunks`, the front one's written part included.
-    chunk_bytes: usize,
-}
-
-impl Output {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.chunks.is_empty() && self.small.is_empty()
-    }
-
-    /// Bytes waiting for the socket.
-    pub(crate) fn queued(&self) -> usize {
-        self.small.len() + self.chunk_bytes - self.front_written
-    }
-
-    pub(crate) fn frame_header(&mut self, length: usize, kind: u8, flags: u8, stream: u32) {
-        wire::put_frame_header(&mut self.small, length, kind, flags, stream);
-    }
-
-    pub(crate) fn payload(&mut self, data: Bytes) {
-        if data.len() < WRITTEN_IN_PLACE {
-            self.small.extend_from_slice(&data);
-        } else {
-            self.seal();
-            self.chunk_bytes += data.len();
-            self.chunks.push_back(data);
-        }
-    }
-
-    pub(crate) fn seal(&mut self) {
-        if !self.small.is_empty() {
-            self.chunk_bytes += self.small.len();
-            self.chunks.push_back(self.small.split().freeze());
-        }
-    }
-
-    pub(crate) fn poll_write<T: AsyncWrite + Unpin + ?Sized>(
-        &mut self,
-        io: &mut T,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        // Small frames only (the common case): written straight from their buffer.
-        while self.chunks.is_empty() && !self.small.is_empty() {
-            match Pin::new(&mut *io).poll_write(cx, &self.small) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => bytes::Buf::advance(&mut self.small, n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.seal();
-        while !self.chunks.is_empty() {
-            let mut slices = [io::IoSlice::new(&[]); 32];
-            let mut count = 0;
-            for (index, chunk) in self.chunks.iter().take(slices.len()).enumerate() {
-                let skip = if index == 0 { self.front_written } else { 0 };
-                slices[count] = io::IoSlice::new(&chunk[skip..]);
-                count += 1;
-            }
-            let mut written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            while written > 0 {
-                let left = self.chunks[0].len() - self.front_written;
-                if written >= left {
-                    written -= left;
-                    if let Some(done) = self.chunks.pop_front() {
-                        self.chunk_bytes -= done.len();
-                    }
-                    self.front_written = 0;
-                } else {
-                    self.front_written += written;
-                    written = 0;
-                }
-            }
-        }
-        Pin::new(&mut *io).poll_flush(cx)
-    }
-}
 
 /// An upstream connection, plain or TLS, as one type.
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -264,7 +170,7 @@ impl Connection {
             closed: AtomicBool::new(false),
         });
         let driving = shared.clone();
-        (Connection { shared }, drive(driving, settings))
+        (Connection { shared }, driver::drive(driving, settings))
     }
 
     pub fn is_open(&self) -> bool {
@@ -409,234 +315,5 @@ impl Drop for Connection {
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The connection task's poll: ready when the connection has ended.
-    pub(crate) fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
-        let mut inner = self.lock();
-        if !inner
-            .driver
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            inner.driver = Some(cx.waker().clone());
-        }
-        inner.queued = 0;
-        let mut reads = 0;
-        while inner.failure.is_none() && inner.io.is_some() {
-            if reads == READS_PER_WAKE {
-                cx.waker().wake_by_ref();
-                break;
-            }
-            reads += 1;
-            match inner.poll_read(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Err((reason, text)) = inner.process_frames() {
-                        inner.connection_error(reason, text);
-                    }
-                }
-                Poll::Ready(Err(text)) => inner.fail(Failure::Connection(text.into())),
-                Poll::Pending => break,
-            }
-        }
-        inner.write_out(cx);
-        if let Some(failure) = inner.failure.clone() {
-            self.closed.store(true, Ordering::Release);
-            inner.io = None;
-            return Poll::Ready(Err(failure));
-        }
-        if inner.going_away.is_some() {
-            self.closed.store(true, Ordering::Release);
-            if inner.streams.is_empty() && inner.out.is_empty() {
-                inner.io = None;
-                return Poll::Ready(Ok(()));
-            }
-        }
-        Poll::Pending
-    }
-
-    /// Keepalive: called when the timer fires; the next deadline, or the failure.
-    pub(crate) fn keepalive_tick(
-        &self,
-        every: Duration,
-        timeout: Duration,
-    ) -> Result<Duration, Failure> {
-        let mut inner = self.lock();
-        // Frames from the upstream prove it alive but not that it reads: one that sends and
-        // never reads would hold our requests and uploads forever. Output waiting at two
-        // looks running with nothing written since the look before them (between one and two
-        // intervals, 30-60 s by default, after the last write) ends the connection.
-        let waiting = !inner.out.is_empty();
-        let progressed = std::mem::take(&mut inner.wrote);
-        let stalled = waiting && !progressed;
-        if stalled && inner.write_stalled {
-            let failure = Failure::Connection(
-                format!(
-                    "the upstream read nothing we sent over two keepalive intervals ({:?} each)",
-                    every.min(timeout)
-                )
-                .into(),
-            );
-            inner.fail(failure.clone());
-            return Err(failure);
-        }
-        inner.write_stalled = stalled;
-        if std::mem::take(&mut inner.heard) {
-            inner.ping_outstanding = false;
-            return Ok(every);
-        }
-        if inner.ping_outstanding {
-            let failure =
-                Failure::Connection(format!("no keepalive pong within {timeout:?}").into());
-            inner.fail(failure.clone());
-            return Err(failure);
-        }
-        // The last ping was answered: a full interval before the next.
-        if std::mem::take(&mut inner.pong_received) {
-            return Ok(every);
-        }
-        inner.ping_outstanding = true;
-        inner.out.frame_header(8, PING, 0, 0);
-        inner.out.small.extend_from_slice(b"pachgate");
-        inner.wake_driver();
-        Ok(timeout)
-    }
-}
-
-/// Drives the connection: socket I/O, the deadline for the upstream's SETTINGS, and
-/// keepalive pings while the upstream is silent.
-pub(crate) async fn drive(shared: Arc<Shared>, settings: Settings) -> Result<(), Failure> {
-    let _gone = DriverGone(shared.clone());
-    let keepalive = settings.keepalive;
-    let mut timer = keepalive.map(|(every, _)| Box::pin(tokio::time::sleep(every)));
-    let mut settings_deadline = Some(Box::pin(tokio::time::sleep(settings.settings_timeout)));
-    let ended = poll_fn(|cx| {
-        if let Poll::Ready(ended) = shared.poll_drive(cx) {
-            return Poll::Ready(ended);
-        }
-        if let Some(deadline) = settings_deadline.as_mut() {
-            if shared.lock().peer_settings_seen {
-                settings_deadline = None;
-            } else if deadline.as_mut().poll(cx).is_ready() {
-                let failure = Failure::Connection(
-                    format!(
-                        "no h2 SETTINGS from the upstream within {:?} (is it an h2 server?)",
-                        settings.settings_timeout
-                    )
-                    .into(),
-                );
-                let mut inner = shared.lock();
-                inner.fail(failure.clone());
-                inner.io = None;
-                shared.closed.store(true, Ordering::Release);
-                return Poll::Ready(Err(failure));
-            }
-        }
-        if let (Some(timer), Some((every, timeout))) = (timer.as_mut(), keepalive) {
-            while timer.as_mut().poll(cx).is_ready() {
-                match shared.keepalive_tick(every, timeout) {
-                    Ok(next) => timer.as_mut().reset(tokio::time::Instant::now() + next),
-                    Err(failure) => {
-                        shared.closed.store(true, Ordering::Release);
-                        shared.lock().io = None;
-                        return Poll::Ready(Err(failure));
-                    }
-                }
-            }
-        }
-        Poll::Pending
-    })
-    .await;
-    shared.closed.store(true, Ordering::Release);
-    ended
-}
-
-/// Ends the connection when its driving task does, however it ends: should that be a panic
-/// (or the runtime shutting down), its streams fail instead of waiting forever for frames
-/// nobody reads, and the next request opens a new connection.
-pub(crate) struct DriverGone(Arc<Shared>);
-
-impl Drop for DriverGone {
-    fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::Release);
-        let mut inner = self.0.lock();
-        if inner.failure.is_none() {
-            inner.fail(Failure::Connection(
-                "the upstream connection's task ended".into(),
-            ));
-        }
-        inner.io = None;
-    }
-}
-
-impl Inner {
-    /// A stream queued a request. The one that fills a batch writes the batch out from its
-    /// own task, so the upstream starts on it while the worker reads the rest; otherwise the
-    /// connection's task writes once the worker has run every ready stream.
-    pub(crate) fn request_queued(&mut self) {
-        self.queued += 1;
-        if self.queued >= self.settings.write_batch {
-            self.queued = 0;
-            if self.write_out_here() {
-                return;
-            }
-        }
-        self.wake_driver();
-    }
-
-    /// Writes the output from the calling task, as far as the socket takes it, with the
-    /// connection task's waker registered for the rest; `false` before that task has run.
-    pub(crate) fn write_out_here(&mut self) -> bool {
-        let Some(waker) = self.driver.clone() else {
-            return false;
-        };
-        self.write_out(&mut Context::from_waker(&waker));
-        true
-    }
-
-    pub(crate) fn wake_driver(&self) {
-        if let Some(waker) = &self.driver {
-            waker.wake_by_ref();
-        }
-    }
-
-    pub(crate) fn write_out(&mut self, cx: &mut Context<'_>) {
-        let Some(io) = self.io.as_mut() else {
-            return;
-        };
-        if self.out.is_empty() {
-            self.unwritten_acks = 0;
-            return;
-        }
-        let before = self.out.queued();
-        let written = self.out.poll_write(io, cx);
-        self.wrote |= self.out.queued() < before;
-        match written {
-            Poll::Ready(Ok(())) => self.unwritten_acks = 0,
-            Poll::Ready(Err(e)) => self.fail(Failure::Connection(
-                format!("upstream write failed: {e}").into(),
-            )),
-            Poll::Pending => {}
-        }
-        // Request bodies held back by a full queue go on once half of it has been written.
-        if self.body_waiting && self.out.queued() <= MAX_QUEUED_OUT / 2 {
-            self.body_waiting = false;
-            for state in self.streams.values_mut() {
-                if let Some(waker) = state.send_waker.take() {
-                    waker.wake();
-                }
-            }
-        }
-    }
-
-    /// Reads once into the buffer behind any partial frame.
-    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
-        let io = self.io.as_mut().expect("read only while open");
-        match self.reader.poll_read(io, cx) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Err("upstream closed the connection".into())),
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(format!("upstream read failed: {e}"))),
-            Poll::Pending => Poll::Pending,
-        }
     }
 }

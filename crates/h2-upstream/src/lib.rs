@@ -22,8 +22,9 @@
 //! peer fails its stream or its connection, never the process). The frame layout itself is `pachgate-h2-wire`'s, shared with the load
 //! generator.
 //!
-//! Where things are: `connection` drives the socket and opens streams, `frames` handles
-//! what the upstream sends, `flow` the receive windows, `stream` a stream's state and its
+//! Where things are: `connection` holds the state and opens streams, `driver` drives the
+//! socket (reads, SETTINGS deadline, keepalive), `output` queues and writes frames, `frames`
+//! handles what the upstream sends, `flow` the receive windows, `stream` a stream's state and its
 //! caller's handle, `header_block` response header decoding within limits, `request_head`
 //! the request's HPACK block, `failure` how a stream or connection ends badly.
 //!
@@ -35,12 +36,14 @@
 //! and `hpack_response_blocks` through `fuzzing`.
 
 mod connection;
+mod driver;
 mod failure;
 mod flow;
 mod frames;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header_block;
+mod output;
 mod request_head;
 mod stream;
 #[cfg(test)]
