@@ -57,13 +57,15 @@ struct H2Upstream {
 
 impl H2Upstream {
     async fn start(connect_protocol: bool) -> H2Upstream {
-        H2Upstream::start_with(connect_protocol, None).await
+        H2Upstream::start_with(connect_protocol, None, None).await
     }
 
-    /// Over TLS with ALPN `h2` when `tls` is given.
+    /// Over TLS with ALPN `h2` when `tls` is given; with `window` as its stream and
+    /// connection windows (hyper's default: 1 MiB) when given.
     async fn start_with(
         connect_protocol: bool,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        window: Option<u32>,
     ) -> H2Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -86,6 +88,11 @@ impl H2Upstream {
                         hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     if connect_protocol {
                         builder.enable_connect_protocol();
+                    }
+                    if let Some(window) = window {
+                        builder
+                            .initial_stream_window_size(window)
+                            .initial_connection_window_size(window);
                     }
                     let service = hyper::service::service_fn(move |request| {
                         let (seen, ended) = (seen.clone(), ended.clone());
@@ -494,6 +501,111 @@ async fn drain_closes_a_tunnel_to_an_h2c_upstream_with_1001_both_ways() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
+/// A client stream that reads at most 4 KiB at a time, 1 ms apart: a client on a slow link.
+struct SlowReader<S> {
+    inner: S,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SlowReader<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(pause) = self.pause.as_mut() {
+            std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
+            self.pause = None;
+        }
+        let mut small = [0u8; 4096];
+        let want = buf.remaining().min(small.len());
+        let mut part = tokio::io::ReadBuf::new(&mut small[..want]);
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut part))?;
+        buf.put_slice(part.filled());
+        self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(1))));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SlowReader<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A message larger than the socket buffers toward a slow client arrives whole: the last
+/// TLS records of the echo, which the socket could not take when pachgate wrote them, are
+/// pushed out as it drains, not left in rustls's buffer until the next message comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_reaches_a_slow_client_whole() {
+    let (supporting, unsupporting) = (
+        H2Upstream::start(true).await,
+        H2Upstream::start(false).await,
+    );
+    let proxy = proxy(&supporting, &unsupporting);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(proxy.https()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(common::client_tls(&proxy.ca(), b"http/1.1"))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let slow = SlowReader {
+        inner: tls,
+        pause: None,
+    };
+    let request = format!("wss://{}/ws", proxy.target())
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, slow)
+        .await
+        .unwrap();
+    let large: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    ws.send(Message::binary(large.clone())).await.unwrap();
+    match next_message(&mut ws).await {
+        Message::Binary(echoed) => assert!(
+            echoed[..] == large[..],
+            "the echo differs: {} bytes of {}",
+            echoed.len(),
+            large.len()
+        ),
+        other => panic!("expected the binary echo, got {other:?}"),
+    }
+}
+
+/// A message many times the upstream's h2 windows reaches it whole while the client waits
+/// for the echo: the last DATA, held back until the upstream's WINDOW_UPDATE, is sent when
+/// it comes, not left until the client's next message (which would never come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_upstreams_window_reaches_it_whole() {
+    let (supporting, unsupporting) = (
+        H2Upstream::start_with(true, None, Some(65_535)).await,
+        H2Upstream::start(false).await,
+    );
+    let proxy = proxy(&supporting, &unsupporting);
+    let (mut ws, _) = connect(&proxy, "/ws").await.unwrap();
+    let large: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    for _ in 0..3 {
+        echo(&mut ws, Message::binary(large.clone())).await;
+    }
+}
+
 /// The TLS acceptor of an upstream with a certificate for `backend.internal`, made by
 /// `pachgate cert generate` in `dir/backend/`, offering ALPN `h2`.
 fn backend_tls(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
@@ -533,7 +645,7 @@ fn backend_tls(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
 #[tokio::test]
 async fn http1_websocket_reaches_an_h2_tls_upstream_by_extended_connect() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = H2Upstream::start_with(true, Some(backend_tls(dir.path()))).await;
+    let upstream = H2Upstream::start_with(true, Some(backend_tls(dir.path())), None).await;
     let ca = dir.path().join("backend/ca.crt");
     let proxy = TestConfig::new()
         .upstream_with(

@@ -175,9 +175,107 @@ where
         if let Some(activity) = activity {
             activity.note();
         }
-        if to.write_all(&buffer[..forward]).await.is_err() {
+        // Flushed, not just written: a TLS stream's write returns once rustls holds the
+        // bytes, and an h2 stream's once its window let part of them out; the rest goes only
+        // on a later write or a flush, and when the source now goes quiet there is no later
+        // write. The flush also holds the next read back until the destination takes this.
+        if to.write_all(&buffer[..forward]).await.is_err() || to.flush().await.is_err() {
             return end;
         }
         bytes.fetch_add(forward as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server and a client TLS stream joined by a link that holds 4 KiB: a slow client,
+    /// whose socket is full after every few records.
+    async fn tls_over_a_narrow_link() -> (
+        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (server_io, client_io) = tokio::io::duplex(4096);
+        let accepting = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(server_io);
+        let connecting = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("localhost").unwrap(), client_io);
+        let (server, client) = tokio::join!(accepting, connecting);
+        (server.unwrap(), client.unwrap())
+    }
+
+    /// A write to a TLS stream can return once rustls holds the bytes, before the socket
+    /// has taken them. A burst's last records, held that way when the source goes quiet,
+    /// must still reach the client as its link drains, not wait for the next message.
+    #[tokio::test]
+    async fn the_end_of_a_burst_reaches_a_slow_tls_client() {
+        let (server, mut client) = tls_over_a_narrow_link().await;
+        let payload = vec![7u8; 200 * 1024];
+        let mut frame = vec![0x82, 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        // The upstream sends one message and stays open.
+        let (mut upstream, source) = tokio::io::duplex(1 << 20);
+        upstream.write_all(&frame).await.unwrap();
+        let (_close, close_now) = tokio::sync::watch::channel(false);
+        let forwarded = AtomicU64::new(0);
+        let pumping = pump(source, server, close_now, Vec::new(), (&forwarded, None));
+        let reading = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut received = vec![0u8; frame.len()];
+            let mut got = 0;
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                while got < received.len() {
+                    match client.read(&mut received[got..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+            })
+            .await;
+            (got, received)
+        };
+        tokio::select! {
+            _ = pumping => panic!("the pump ended while its source was open"),
+            (got, received) = reading => {
+                assert_eq!(
+                    got,
+                    frame.len(),
+                    "the client got {got} of {} bytes; the pump forwarded {}",
+                    frame.len(),
+                    forwarded.load(Ordering::Relaxed)
+                );
+                assert!(received == frame);
+            }
+        }
     }
 }
