@@ -47,7 +47,13 @@ fn decode_dots(path: &str) -> String {
     while let Some(index) = rest.find('%') {
         out.push_str(&rest[..index]);
         let candidate = &rest[index..];
-        if candidate.len() >= 3 && candidate[1..3].eq_ignore_ascii_case("2e") {
+        // Compared as bytes: the two after `%` may start a multi-byte character, and a
+        // `str` slice there would panic.
+        if candidate
+            .as_bytes()
+            .get(1..3)
+            .is_some_and(|digits| digits.eq_ignore_ascii_case(b"2e"))
+        {
             out.push('.');
             rest = &candidate[3..];
         } else {
@@ -79,6 +85,21 @@ mod tests {
             ("/..", Some("/")),
             ("/a%2Fb", None),
             ("/a%2F..%2Fb", None),
+        ] {
+            assert_eq!(normalize_path(input).as_deref(), want, "{input}");
+        }
+    }
+
+    /// A `%` followed by a character of more than one byte (raw UTF-8 passes httparse and
+    /// the `http` crate's path check) is kept as it came, not cut inside the character.
+    #[test]
+    fn a_percent_before_a_multibyte_character_is_kept() {
+        for (input, want) in [
+            ("//%a\u{20ac}", Some("/%a\u{20ac}")),
+            ("//%\u{20ac}", Some("/%\u{20ac}")),
+            ("/.%\u{20ac}", None),
+            ("/x/%2e%\u{e9}/..", Some("/x/")),
+            ("//%2\u{e9}", Some("/%2\u{e9}")),
         ] {
             assert_eq!(normalize_path(input).as_deref(), want, "{input}");
         }
