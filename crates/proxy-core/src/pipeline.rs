@@ -417,8 +417,11 @@ async fn send_upstream(
     );
     match upstream.protocol() {
         UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
-            // An h2 client sends :authority, not Host; an HTTP/1.1 upstream needs Host.
-            if !parts.headers.contains_key(HOST) {
+            // Host is the authority the request was routed on. When the target carries one
+            // (an h2 client's :authority, an HTTP/1.1 absolute-form target) it replaces
+            // whatever Host the client added (RFC 9112 §3.2.2), so the route, the gate and
+            // the upstream all see one host; an origin-form request's Host stays as sent.
+            if parts.uri.authority().is_some() || !parts.headers.contains_key(HOST) {
                 if let Some(value) = authority
                     .as_ref()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())

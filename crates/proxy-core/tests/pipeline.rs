@@ -28,7 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 mod fixture;
 use fixture::*;
 
-/// An HTTP/1.1 upstream that says which path it was asked for.
+/// An HTTP/1.1 upstream that says which path it was asked for (and, in `x-upstream-host`,
+/// the Host it got).
 async fn http1_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -41,6 +42,11 @@ async fn http1_upstream() -> SocketAddr {
                     response
                         .headers_mut()
                         .insert("x-upstream", "http1".parse().unwrap());
+                    if let Some(host) = request.headers().get(http::header::HOST) {
+                        response
+                            .headers_mut()
+                            .insert("x-upstream-host", host.clone());
+                    }
                     Ok::<_, Infallible>(response)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -188,6 +194,24 @@ async fn an_allowed_request_is_forwarded_and_answered_by_the_upstream() {
     assert_eq!(answer.header("grpc-status"), Some("0"));
     assert_eq!(answer.header("x-upstream-note"), Some(UPSTREAM_NOTE));
     assert_eq!(answer.header("content-type"), Some("application/grpc"));
+}
+
+/// An absolute-form request is routed on its target's authority, and the HTTP/1.1 upstream
+/// gets that authority as Host, not the Host line the client added (RFC 9112 §3.2.2): the
+/// route (and the gate on it) and the upstream see the same host.
+#[tokio::test]
+async fn an_absolute_form_target_sets_the_host_the_upstream_sees() {
+    let (_gateway, addr) = start_gateway().await;
+    let request = Request::get("http://public.example/app/page")
+        .header("host", "admin.example")
+        .body(empty())
+        .unwrap();
+    let answer = send_http1(addr, request).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("x-upstream-host"), Some("public.example"));
+    // An origin-form request keeps its Host as sent.
+    let answer = get(addr, "/app/page").await;
+    assert_eq!(answer.header("x-upstream-host"), Some("pachgate.test"));
 }
 
 #[tokio::test]
