@@ -124,7 +124,9 @@ where
     let mut stopping = false;
     loop {
         if stopping && frames.at_boundary() {
-            if to.write_all(&close_frame).await.is_ok() {
+            // Nothing may follow a Close frame (RFC 6455 §5.5.1): when one already went
+            // through, the closing handshake is under way and this direction only ends.
+            if !frames.close_seen && to.write_all(&close_frame).await.is_ok() {
                 end.closed_for_drain = true;
             }
             let _ = to.shutdown().await;
@@ -277,5 +279,48 @@ mod tests {
                 assert!(received == frame);
             }
         }
+    }
+
+    /// RFC 6455 §5.5.1: nothing follows a Close frame. When one already went through this
+    /// direction (the upstream began the closing handshake) and the drain deadline comes,
+    /// the direction ends without a second Close (our 1001) after it.
+    #[tokio::test]
+    async fn the_drain_sends_no_close_after_one_went_through() {
+        let (mut upstream, source) = tokio::io::duplex(1 << 16);
+        let (destination, mut client) = tokio::io::duplex(1 << 16);
+        let upstream_close = [0x88, 0x02, 0x03, 0xe8]; // Close, 1000
+        upstream.write_all(&upstream_close).await.unwrap();
+        let (close, close_now) = tokio::sync::watch::channel(false);
+        let forwarded = AtomicU64::new(0);
+        let going_away = GoingAway::new().unmasked();
+        let pumping = pump(
+            source,
+            destination,
+            close_now,
+            going_away,
+            (&forwarded, None),
+        );
+        let draining = async {
+            while forwarded.load(Ordering::Relaxed) < upstream_close.len() as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            close.send_replace(true);
+            std::future::pending::<()>().await
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(3), async {
+            tokio::select! {
+                ended = pumping => ended,
+                () = draining => unreachable!(),
+            }
+        })
+        .await
+        .expect("the direction ends at the drain deadline");
+        assert!(!ended.closed_for_drain, "no close frame of ours was sent");
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        assert_eq!(
+            received, upstream_close,
+            "only the upstream's Close reached the client"
+        );
     }
 }
