@@ -1,6 +1,6 @@
 //! The self-signed setup for local use and `pachgate generate`: a private CA, generated once
 //! and kept so clients can pin it, and a leaf for the configured hosts, re-issued when the
-//! host list changes. Keys are written mode 0600.
+//! host list changes or its expiry is near. Keys are written mode 0600.
 
 use std::fs;
 use std::io::Write;
@@ -36,11 +36,18 @@ impl GeneratedPaths {
 /// Name of the file that records which hosts the stored leaf was issued for, so a changed
 /// host list gets a new leaf while the CA (which clients may have pinned) stays.
 const HOSTS_FILE: &str = "hosts.txt";
+/// How long a generated leaf is valid: the most a publicly trusted one may be (browsers
+/// refuse longer).
+const LEAF_DAYS: i64 = 397;
+/// A stored leaf with less than this left is issued anew (same CA) when pachgate starts: a
+/// laptop's `pachgate local` used for over a year must not meet an expired certificate.
+const LEAF_RENEW_BEFORE_DAYS: i64 = 30;
 
 /// Makes sure `dir` holds a CA and a leaf valid for `hosts`, reusing what is already there.
 ///
 /// The CA is generated once and kept, so a client can pin it; the leaf is re-issued only when
-/// the host list changed or a file is missing. Keys are written with mode 0600.
+/// the host list changed, a file is missing, or it expires within
+/// [`LEAF_RENEW_BEFORE_DAYS`] (or cannot be read). Keys are written with mode 0600.
 pub fn ensure_self_signed(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, TlsError> {
     let paths = GeneratedPaths::in_dir(dir);
     fs::create_dir_all(dir).map_err(|source| TlsError::Write {
@@ -66,11 +73,13 @@ pub fn ensure_self_signed(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths
 
     let hosts_record = hosts.join("\n");
     let recorded = fs::read_to_string(dir.join(HOSTS_FILE)).ok();
-    let leaf_is_current =
-        paths.cert.exists() && paths.key.exists() && recorded.as_deref() == Some(&hosts_record);
+    let leaf_is_current = paths.cert.exists()
+        && paths.key.exists()
+        && recorded.as_deref() == Some(&hosts_record)
+        && !expires_within(&paths.cert, LEAF_RENEW_BEFORE_DAYS);
     if !leaf_is_current {
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-        let (leaf_pem, leaf_key) = issue_leaf(hosts, &issuer)?;
+        let (leaf_pem, leaf_key) = issue_leaf(hosts, &issuer, LEAF_DAYS)?;
         write_file(&paths.key, leaf_key.serialize_pem().as_bytes(), true)?;
         write_file(&paths.cert, leaf_pem.as_bytes(), false)?;
         write_file(&dir.join(HOSTS_FILE), hosts_record.as_bytes(), false)?;
@@ -85,6 +94,23 @@ pub fn generate_into(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, Tls
         let _ = fs::remove_file(path);
     }
     ensure_self_signed(dir, hosts)
+}
+
+/// Whether the first certificate in the PEM file at `path` expires within `days` (or the
+/// file holds none that parses).
+fn expires_within(path: &Path, days: i64) -> bool {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let Ok(pem) = fs::read(path) else {
+        return true;
+    };
+    let Ok(der) = CertificateDer::from_pem_slice(&pem) else {
+        return true;
+    };
+    let Ok((_, leaf)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return true;
+    };
+    let horizon = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    leaf.validity().not_after.timestamp() < horizon.unix_timestamp()
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
@@ -115,6 +141,7 @@ fn generate_ca() -> Result<(String, KeyPair), TlsError> {
 fn issue_leaf(
     hosts: &[String],
     issuer: &Issuer<'_, KeyPair>,
+    days: i64,
 ) -> Result<(String, KeyPair), TlsError> {
     let key = KeyPair::generate()?;
     // `CertificateParams::new` turns IP literals into IP SANs and the rest into DNS SANs.
@@ -129,7 +156,7 @@ fn issue_leaf(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, 397);
+    validity(&mut params, days);
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key))
 }
@@ -194,6 +221,35 @@ mod tests {
         ensure_self_signed(dir.path(), &["pach.example.com".to_string()]).unwrap();
         assert_eq!(ca_before, fs::read(&first.ca_cert).unwrap());
         assert_ne!(leaf_before, fs::read(&first.cert).unwrap());
+    }
+
+    /// A stored leaf close to its expiry (here 5 days left) is issued anew, by the same CA,
+    /// for the full term; one with a year left is kept.
+    #[test]
+    fn a_leaf_near_its_expiry_is_reissued_by_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        let ca_before = fs::read(&paths.ca_cert).unwrap();
+        let ca_key = KeyPair::from_pem(&read_string(&paths.ca_key).unwrap()).unwrap();
+        let issuer =
+            Issuer::from_ca_cert_pem(&read_string(&paths.ca_cert).unwrap(), ca_key).unwrap();
+        let (short_pem, short_key) = issue_leaf(&hosts(), &issuer, 5).unwrap();
+        write_file(&paths.cert, short_pem.as_bytes(), false).unwrap();
+        write_file(&paths.key, short_key.serialize_pem().as_bytes(), true).unwrap();
+        assert!(expires_within(&paths.cert, LEAF_RENEW_BEFORE_DAYS));
+
+        ensure_self_signed(dir.path(), &hosts()).unwrap();
+        assert_eq!(ca_before, fs::read(&paths.ca_cert).unwrap(), "the CA stays");
+        assert_ne!(short_pem.as_bytes(), &fs::read(&paths.cert).unwrap()[..]);
+        assert!(!expires_within(&paths.cert, LEAF_DAYS - 2));
+        check_pair(&paths.cert, &paths.key).unwrap();
+        let renewed = fs::read(&paths.cert).unwrap();
+        ensure_self_signed(dir.path(), &hosts()).unwrap();
+        assert_eq!(
+            renewed,
+            fs::read(&paths.cert).unwrap(),
+            "a fresh leaf is kept"
+        );
     }
 
     #[cfg(unix)]
