@@ -1,0 +1,27 @@
+//! `normalize_path` (the view of a request's path that routing and the gate see) on
+//! arbitrary text, raw UTF-8 included (httparse and the `http` crate let it through). Besides
+//! not panicking: a normalised path starts with `/`, has no empty, `.` or `..` segment and
+//! no `%2e` left, and normalising it again changes nothing.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pachgate_routing::normalize_path;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(path) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Some(normal) = normalize_path(path) else {
+        return;
+    };
+    assert!(normal.starts_with('/'), "{path:?} -> {normal:?}");
+    assert!(!normal.contains("//"), "{path:?} -> {normal:?}");
+    for segment in normal[1..].split('/') {
+        assert!(segment != "." && segment != "..", "{path:?} -> {normal:?}");
+    }
+    assert!(
+        !normal.to_ascii_lowercase().contains("%2e"),
+        "{path:?} -> {normal:?}"
+    );
+    assert_eq!(normalize_path(&normal), None, "{path:?} -> {normal:?} is not final");
+});
