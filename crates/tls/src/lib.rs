@@ -10,9 +10,12 @@
 //! - `load`: PEM files into keys, and the checks a listener relies on;
 //! - `listener`: the server configuration;
 //! - `sni`: choosing a certificate per handshake, and reloading them when the files change;
+//! - `client_auth`: client certificates checked against the `client_ca` file, reloaded with
+//!   the certificates;
 //! - `upstream`: client configurations toward upstreams;
 //! - `generate`: the self-signed CA and leaf.
 
+mod client_auth;
 mod generate;
 mod listener;
 mod load;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
+use crate::client_auth::ReloadingClientVerifier;
 use crate::sni::{build_resolver, ListenerTlsHandle, ReloadingResolver};
-use crate::{load_ca_certificates, CertPaths, TlsError, ALPN_PROTOCOLS};
+use crate::{CertPaths, TlsError, ALPN_PROTOCOLS};
 
 /// The lowest TLS version offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,11 +57,16 @@ fn listener_provider() -> rustls::crypto::CryptoProvider {
 /// certificates, the minimum version, ALPN and session tickets.
 pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, TlsError> {
     let provider = Arc::new(listener_provider());
+    let client_verifier = match &files.client_ca {
+        None => None,
+        Some(path) => Some(Arc::new(ReloadingClientVerifier::load(path, &provider)?)),
+    };
     let resolver = Arc::new(ReloadingResolver {
         current: arc_swap::ArcSwap::from_pointee(build_resolver(&files, &provider)?),
         loaded: std::sync::Mutex::new(ReloadingResolver::all_bytes(&files)?),
         files: files.clone(),
         provider: provider.clone(),
+        client_verifier: client_verifier.clone(),
     });
     let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -68,25 +74,20 @@ pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, Tls
     };
     let builder =
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
-    let builder = match &files.client_ca {
+    let builder = match &client_verifier {
         None => builder.with_no_client_auth(),
-        Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in load_ca_certificates(path)? {
-                roots.add(ca)?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    match &client_verifier {
+        // Renewed with the client CAs (see `client_auth`).
+        Some(verifier) => {
+            config.ticketer = verifier.tickets.clone();
+            config.session_storage = verifier.sessions.clone();
+        }
+        None => config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?,
+    }
     // The suite is ours to choose (listener_provider's order), not the client's.
     config.ignore_client_order = true;
     Ok(ListenerTlsHandle {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use pachgate_file_watch::FileWatch;
 
+use crate::client_auth::ReloadingClientVerifier;
 use crate::listener::ListenerTlsFiles;
 use crate::load::{certified_key, load_checked, read};
 use crate::{CertificateInfo, TlsError};
@@ -117,6 +118,7 @@ impl ListenerTlsHandle {
         let dirs = std::iter::once(&files.default)
             .chain(files.sni.iter().map(|(_, p)| p))
             .flat_map(|p| [p.cert.clone(), p.key.clone()])
+            .chain(files.client_ca.clone())
             .filter_map(|p| p.parent().map(Path::to_path_buf));
         FileWatch::directories(dirs).ok()
     }
@@ -129,6 +131,8 @@ pub(crate) struct ReloadingResolver {
     /// The bytes of every file as last loaded (or last refused), to notice changes.
     pub(crate) loaded: std::sync::Mutex<Vec<u8>>,
     pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The client-certificate check, rebuilt with the certificates when `client_ca` is set.
+    pub(crate) client_verifier: Option<Arc<ReloadingClientVerifier>>,
 }
 
 impl rustls::server::ResolvesServerCert for ReloadingResolver {
@@ -150,6 +154,9 @@ impl ReloadingResolver {
                 bytes.push(0);
             }
         }
+        if let Some(path) = &files.client_ca {
+            bytes.extend(read(path)?);
+        }
         Ok(bytes)
     }
 
@@ -161,7 +168,11 @@ impl ReloadingResolver {
         }
         // Remember what was seen either way, so a refused file is reported once.
         *loaded = bytes;
+        // Both built before either is swapped: a refused file changes nothing.
         let resolver = build_resolver(&self.files, &self.provider)?;
+        if let (Some(verifier), Some(path)) = (&self.client_verifier, &self.files.client_ca) {
+            verifier.reload(path, &self.provider)?;
+        }
         self.current.store(Arc::new(resolver));
         Ok(true)
     }
@@ -203,7 +214,7 @@ mod tests {
     use super::*;
     use crate::{
         ensure_self_signed, listener_config, load_ca_certificates, load_cert_and_key,
-        upstream_client_config, CertPaths, GeneratedPaths, MinVersion,
+        upstream_client_config, CertPaths, CertifiedKeyPem, GeneratedPaths, MinVersion,
     };
     use rustls::pki_types::{CertificateDer, ServerName};
     use std::fs;
@@ -319,5 +330,64 @@ mod tests {
             served,
             "the certificate in use keeps serving"
         );
+    }
+
+    /// A client CA and a client certificate it issued (extended key usage: client auth).
+    fn client_ca_and_certificate() -> (String, CertifiedKeyPem) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["robot".to_string()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let client = CertifiedKeyPem {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        };
+        (ca.pem(), client)
+    }
+
+    /// The `client_ca` file is reloaded with the certificates: once it names another CA,
+    /// clients of the old one are refused and clients of the new one let in; a broken file
+    /// leaves the CA in use.
+    #[test]
+    fn a_changed_client_ca_is_applied_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ensure_self_signed(dir.path(), &["a.test".into()]).unwrap();
+        let (old_ca, old_client) = client_ca_and_certificate();
+        let (new_ca, new_client) = client_ca_and_certificate();
+        let client_ca = dir.path().join("clients.crt");
+        fs::write(&client_ca, &old_ca).unwrap();
+        let handle = listener_config(ListenerTlsFiles {
+            default: pair(&server),
+            sni: Vec::new(),
+            client_ca: Some(client_ca.clone()),
+            min_version: MinVersion::Tls13,
+        })
+        .unwrap();
+        let roots = || load_ca_certificates(&server.ca_cert).unwrap();
+        let old = upstream_client_config(roots(), Some(old_client), &[b"h2"]).unwrap();
+        let new = upstream_client_config(roots(), Some(new_client), &[b"h2"]).unwrap();
+        let accepted = |client: &Arc<rustls::ClientConfig>| {
+            handshake(handle.config.clone(), client.clone(), "a.test").is_ok()
+        };
+        assert!(accepted(&old));
+        assert!(!accepted(&new));
+
+        fs::write(&client_ca, &new_ca).unwrap();
+        assert!(handle.reload().unwrap());
+        assert!(!accepted(&old), "the removed CA's client is refused");
+        assert!(accepted(&new), "the new CA's client is let in");
+
+        fs::write(&client_ca, "not a certificate").unwrap();
+        assert!(handle.reload().is_err());
+        assert!(accepted(&new), "a refused file leaves the CA in use");
+        assert!(!accepted(&old));
     }
 }
