@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) inner: Mutex<Inner>,
     /// Set once no new stream may open here: the next request opens a new connection.
     pub(crate) closed: AtomicBool,
+    /// Set by the first caller of [`Connection::first_to_report_failure`].
+    pub(crate) failure_reported: AtomicBool,
 }
 
 /// The handle that opens streams on one upstream h2 connection. Dropping it retires the
@@ -168,6 +170,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
             closed: AtomicBool::new(false),
+            failure_reported: AtomicBool::new(false),
         });
         let driving = shared.clone();
         (Connection { shared }, driver::drive(driving, settings))
@@ -181,6 +184,12 @@ impl Connection {
     /// HTTP/2 layer has not started, so it has processed no stream.
     pub fn peer_spoke(&self) -> bool {
         self.shared.lock().peer_settings_seen
+    }
+
+    /// `true` for the first caller only: when the connection fails, every stream on it
+    /// learns so, and the failure is to be counted (against the address) once.
+    pub fn first_to_report_failure(&self) -> bool {
+        !self.shared.failure_reported.swap(true, Ordering::Relaxed)
     }
 
     /// Takes the connection out of use: no new streams; it ends once its streams have.

@@ -50,7 +50,7 @@ impl GrpcCode {
     }
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,

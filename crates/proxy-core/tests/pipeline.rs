@@ -509,6 +509,109 @@ async fn an_http1_tls_upstream_that_never_answers_the_handshake_is_503() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// An h2 upstream over TLS that never answers the handshake, and ten requests at once on one
+/// worker: the first tries to connect and fails after `connect_timeout`; the nine queued
+/// behind it take that failure instead of each trying in turn (one connect, not ten: the
+/// tenth would have waited ten timeouts). The address is counted as failed once.
+#[tokio::test]
+async fn requests_queued_behind_a_failing_h2_connect_fail_with_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let connects = Arc::new(AtomicUsize::new(0));
+    let counted = connects.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(tcp);
+        }
+    });
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut spec = upstream("silent", silent, UpstreamProtocol::H2);
+    spec.connect_timeout = std::time::Duration::from_millis(300);
+    spec.tls = Some(UpstreamTls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name: "localhost".try_into().unwrap(),
+    });
+    let snapshot = Snapshot::build(
+        vec![open_route("silent", "/", "silent")],
+        vec![spec],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (gateway, addr) = serve(snapshot).await;
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures_util::future::join_all((0..10).map(|_| get(addr, "/page"))),
+    )
+    .await
+    .expect("answers, not ten connect timeouts in turn and more");
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        1,
+        "one connect tried for all ten requests"
+    );
+    let upstreams = gateway.snapshot().upstreams();
+    assert_eq!(
+        upstreams[0].addresses[0].ejections, 1,
+        "one failure, one strike"
+    );
+}
+
+/// An h2c upstream that takes eight streams and then drops the connection: one failure,
+/// however many streams it ends, ejects the address once (1 s, not the 30 s cap that eight
+/// strikes in a row reach).
+#[tokio::test]
+async fn one_dropped_h2_connection_is_one_strike() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dropping = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Our SETTINGS and an ACK of the client's; then read what comes for a while.
+                let _ = tcp
+                    .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0])
+                    .await;
+                let mut sink = [0u8; 16 * 1024];
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(400), async {
+                    while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+            });
+        }
+    });
+    let snapshot = Snapshot::build(
+        vec![open_route("dropping", "/", "dropping")],
+        vec![upstream("dropping", dropping, UpstreamProtocol::H2c)],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (gateway, addr) = serve(snapshot).await;
+    let answers = futures_util::future::join_all((0..8).map(|_| get(addr, "/stream"))).await;
+    for answer in &answers {
+        assert!(answer.status.is_server_error(), "{:?}", answer.status);
+    }
+    let upstreams = gateway.snapshot().upstreams();
+    assert_eq!(
+        upstreams[0].addresses[0].ejections, 1,
+        "one failure, one strike"
+    );
+}
+
 /// Questions in flight count against the budget until answered: once an address's budget
 /// has refilled by one attempt, ten guesses sent at once get one question to pachd, not ten.
 #[tokio::test]

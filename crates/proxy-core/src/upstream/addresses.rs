@@ -13,6 +13,8 @@ use arc_swap::ArcSwapOption;
 use http::uri::Authority;
 use pachgate_h2_upstream as h2_client;
 
+use crate::error::ProxyError;
+
 /// Ejection after connection failures: 1 s after the first, doubling per failure in a row,
 /// at most 30 s. A success ends the streak.
 const EJECTION_BASE: Duration = Duration::from_secs(1);
@@ -25,6 +27,25 @@ pub(crate) struct H2Slot {
     pub(crate) connection: ArcSwapOption<h2_client::Connection>,
     /// Serialises reconnects so a burst after a failure opens one connection, not hundreds.
     pub(crate) connecting: tokio::sync::Mutex<()>,
+    /// The last connect that failed, and when it ended: requests that waited behind it take
+    /// its answer instead of each trying (and waiting out `connect_timeout`) in turn.
+    pub(crate) failed: Mutex<Option<(Instant, ProxyError)>>,
+}
+
+impl H2Slot {
+    /// The failure of a connect that ended after `since`, if the last one did.
+    pub(crate) fn failed_since(&self, since: Instant) -> Option<ProxyError> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed
+            .as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, error)| error.clone())
+    }
+
+    pub(crate) fn note_failed(&self, error: &ProxyError) {
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), error.clone()));
+    }
 }
 
 /// Whether an address passes its upstream's active health check. Addresses of upstreams

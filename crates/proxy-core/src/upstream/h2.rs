@@ -23,6 +23,14 @@ use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::request_id::X_REQUEST_ID;
 
+/// Why no h2 connection to an address could be had.
+pub(super) struct NoConnection {
+    pub(super) error: ProxyError,
+    /// This request's own connect failed. Otherwise it waited behind another request's
+    /// connect and took that one's failure, which that request counts against the address.
+    pub(super) attempted: bool,
+}
+
 impl Upstream {
     pub(super) async fn send_h2(
         &self,
@@ -39,11 +47,12 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_2;
         let connection = match self.h2_connection(address).await {
             Ok(connection) => connection,
-            Err(error) => {
+            Err(NoConnection { error, attempted }) => {
                 return Err(Attempt {
                     error,
                     resend: Some(request),
                     eject: true,
+                    counted: !attempted,
                 })
             }
         };
@@ -58,22 +67,25 @@ impl Upstream {
                 connection.retire();
                 let fresh = match self.h2_connection(address).await {
                     Ok(connection) => connection,
-                    Err(error) => {
+                    Err(NoConnection { error, attempted }) => {
                         return Err(Attempt {
                             error,
                             resend: Some(Request::from_parts(head, body)),
                             eject: true,
+                            counted: !attempted,
                         })
                     }
                 };
                 match fresh.open_with(&head, extra, end_of_stream).await {
                     Ok(stream) => stream,
                     Err(Failure::Refused) => {
+                        let eject = !fresh.peer_spoke();
                         return Err(Attempt {
                             error: self.h2_failed(address, Failure::Refused),
                             resend: Some(Request::from_parts(head, body)),
-                            eject: !fresh.peer_spoke(),
-                        })
+                            eject,
+                            counted: eject && !fresh.first_to_report_failure(),
+                        });
                     }
                     Err(e) => return Err(Attempt::failed(self.h2_failed(address, e))),
                 }
@@ -110,16 +122,20 @@ impl Upstream {
                     None => Some(ProxyBody::Empty),
                     Some(pump) => poll_fn(|cx| Poll::Ready(pump.take_resend(cx))).await,
                 };
+                let eject = !connection.peer_spoke();
                 Err(Attempt {
                     error: self.h2_failed(address, Failure::Refused),
                     resend: again.map(|body| Request::from_parts(head, body)),
-                    eject: !connection.peer_spoke(),
+                    eject,
+                    counted: eject && !connection.first_to_report_failure(),
                 })
             }
+            // Every stream of a connection that fails gets this: only the first counts it.
             Err(e @ Failure::Connection(_)) => Err(Attempt {
                 error: self.h2_failed(address, e),
                 resend: None,
                 eject: true,
+                counted: !connection.first_to_report_failure(),
             }),
             Err(e) => Err(Attempt::failed(self.h2_failed(address, e))),
         }
@@ -129,7 +145,7 @@ impl Upstream {
     pub(super) async fn h2_connection(
         &self,
         address: &Address,
-    ) -> Result<Arc<h2_client::Connection>, ProxyError> {
+    ) -> Result<Arc<h2_client::Connection>, NoConnection> {
         if let Some(connection) = h2_slot(address).connection.load_full() {
             if connection.is_open() {
                 return Ok(connection);
@@ -141,19 +157,37 @@ impl Upstream {
     }
 
     /// Makes this worker's h2 connection to the address, unless a request that waited for
-    /// the same slot already has.
+    /// the same slot already has, or already failed to: requests queued behind a connect
+    /// that fails (an address that drops SYNs: each try takes `connect_timeout`) get its
+    /// error at once, not one full timeout each in turn.
     pub(super) async fn connect_h2(
         &self,
         address: &Address,
-    ) -> Result<Arc<h2_client::Connection>, ProxyError> {
+    ) -> Result<Arc<h2_client::Connection>, NoConnection> {
         let slot = h2_slot(address);
+        let queued = std::time::Instant::now();
         let _connecting = slot.connecting.lock().await;
         if let Some(connection) = slot.connection.load_full() {
             if connection.is_open() {
                 return Ok(connection);
             }
         }
-        let io = self.connect_io(address).await?;
+        if let Some(error) = slot.failed_since(queued) {
+            return Err(NoConnection {
+                error,
+                attempted: false,
+            });
+        }
+        let io = match self.connect_io(address).await {
+            Ok(io) => io,
+            Err(error) => {
+                slot.note_failed(&error);
+                return Err(NoConnection {
+                    error,
+                    attempted: true,
+                });
+            }
+        };
         let (connection, driving) = h2_client::Connection::start(
             io,
             h2_client::Settings {

@@ -128,6 +128,10 @@ struct Attempt {
     resend: Option<Request<ProxyBody>>,
     /// The address's connection failed: eject it for a while.
     eject: bool,
+    /// That failure was counted against the address already, by another request that saw
+    /// the same connect or connection fail: one failure is one strike, however many
+    /// requests it ends.
+    counted: bool,
 }
 
 impl Attempt {
@@ -136,6 +140,7 @@ impl Attempt {
             error,
             resend: None,
             eject: false,
+            counted: false,
         }
     }
 }
@@ -388,8 +393,10 @@ impl Upstream {
                 Err(attempt) => attempt,
             };
             if attempt.eject {
-                let ejected_for = address.note_connection_failure();
-                tracing::debug!(upstream = %self.spec.name, address = %address.target, ?ejected_for, error = %attempt.error, "address ejected");
+                if !attempt.counted {
+                    let ejected_for = address.note_connection_failure();
+                    tracing::debug!(upstream = %self.spec.name, address = %address.target, ?ejected_for, error = %attempt.error, "address ejected");
+                }
                 tried.add(&address);
             }
             let Some(again) = attempt.resend.filter(|_| may_resend) else {
@@ -458,12 +465,14 @@ impl Upstream {
                     },
                     resend: None,
                     eject: true,
+                    counted: false,
                 }
             } else if e.is_connect() {
                 Attempt {
                     error: self.connect_error(address, &e),
                     resend: copy,
                     eject: true,
+                    counted: false,
                 }
             } else {
                 Attempt::failed(self.failed(&e))

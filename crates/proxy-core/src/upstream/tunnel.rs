@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use pachgate_h2_upstream::{self as h2_client, StreamRef};
 
 use super::addresses::{Address, Tried};
+use super::h2::NoConnection;
 use super::Upstream;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -97,8 +98,10 @@ impl Upstream {
         let open = async {
             let connection = match self.h2_connection(&address).await {
                 Ok(connection) => connection,
-                Err(error) => {
-                    address.note_connection_failure();
+                Err(NoConnection { error, attempted }) => {
+                    if attempted {
+                        address.note_connection_failure();
+                    }
                     return Err(error);
                 }
             };
