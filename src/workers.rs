@@ -47,7 +47,11 @@ struct Worker {
     runtime: Handle,
     /// Ends the worker's thread (its runtime, and whatever still runs on it, is dropped).
     stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long stopping the workers waits for their threads to finish dropping what they ran.
+const WORKER_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Workers {
     workers: Vec<Worker>,
@@ -65,7 +69,7 @@ impl Workers {
                 .map_err(|e| format!("cannot start worker runtime {index}: {e}"))?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("pachgate-worker-{index}"))
                 .spawn(move || {
                     pachgate_proxy_core::set_worker_index(index);
@@ -76,6 +80,7 @@ impl Workers {
             workers.push(Worker {
                 runtime: handle,
                 stop: Some(stop),
+                thread: Some(thread),
             });
         }
         Ok(Workers { workers })
@@ -114,11 +119,63 @@ impl Workers {
 }
 
 impl Drop for Workers {
+    /// Stops every worker and waits (up to [`WORKER_STOP_WAIT`]) for its thread to end. A
+    /// worker's runtime drops the requests still running on it (streams cut at the drain
+    /// deadline), and each writes its access-log line as it goes: the log's final flush at
+    /// exit must come after those lines, not race them.
     fn drop(&mut self) {
         for worker in &mut self.workers {
             if let Some(stop) = worker.stop.take() {
                 let _ = stop.send(());
             }
         }
+        let deadline = std::time::Instant::now() + WORKER_STOP_WAIT;
+        for worker in &mut self.workers {
+            let Some(thread) = worker.thread.take() else {
+                continue;
+            };
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Dropping the workers returns only once what still ran on them has been dropped (a
+    /// request cut at the drain deadline writes its access-log line as it is dropped).
+    #[test]
+    fn stopping_the_workers_waits_for_their_tasks_to_be_dropped() {
+        struct SlowToDrop(Arc<AtomicBool>);
+        impl Drop for SlowToDrop {
+            fn drop(&mut self) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let workers = Workers::start(2).unwrap();
+        let held = SlowToDrop(dropped.clone());
+        let (running, started) = std::sync::mpsc::channel();
+        workers.workers[1].runtime.spawn(async move {
+            let _held = held;
+            let _ = running.send(());
+            std::future::pending::<()>().await;
+        });
+        started.recv().unwrap();
+        drop(workers);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the task was dropped before this"
+        );
     }
 }
