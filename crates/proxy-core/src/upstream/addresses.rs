@@ -221,19 +221,31 @@ pub(crate) fn pick(addresses: &[Arc<Address>], tried: &Tried) -> Option<Arc<Addr
         if count == 0 {
             continue;
         }
+        // The filter reads state other threads change (ejection, health, DNS): an address
+        // counted above may fail it below. Then whatever still passes is taken, and only
+        // when none does is the next filter tried.
         let nth = |n: usize| addresses.iter().filter(candidate).nth(n);
-        if count == 1 {
-            return nth(0).cloned();
-        }
-        let first = random_below(count);
-        let second = (first + 1 + random_below(count - 1)) % count;
-        let (a, b) = (nth(first)?, nth(second)?);
-        let better = if b.pending.load(Ordering::Relaxed) < a.pending.load(Ordering::Relaxed) {
-            b
+        let (first, second) = if count == 1 {
+            (0, 0)
         } else {
-            a
+            let first = random_below(count);
+            (first, (first + 1 + random_below(count - 1)) % count)
         };
-        return Some(better.clone());
+        let picked = match (nth(first), nth(second)) {
+            (Some(a), Some(b)) => {
+                if b.pending.load(Ordering::Relaxed) < a.pending.load(Ordering::Relaxed) {
+                    b
+                } else {
+                    a
+                }
+            }
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => match addresses.iter().find(candidate) {
+                Some(one) => one,
+                None => continue,
+            },
+        };
+        return Some(picked.clone());
     }
     None
 }
@@ -350,5 +362,26 @@ mod tests {
             a.note_connection_failure();
         }
         assert_eq!(a.note_connection_failure(), EJECTION_MAX);
+    }
+
+    /// An address that stops passing between the count and the pick (another thread ejects
+    /// it; here its health check turns) does not make the pick come back empty.
+    #[test]
+    fn an_address_that_changes_state_mid_pick_is_passed_over() {
+        struct HealthyOnce(std::sync::atomic::AtomicBool);
+        impl HealthView for HealthyOnce {
+            fn is_healthy(&self) -> bool {
+                !self.0.swap(true, Ordering::SeqCst)
+            }
+        }
+        let (a, b) = (address(1), address(2));
+        a.note_connection_failure();
+        let _ = b
+            .health
+            .set(Arc::new(HealthyOnce(std::sync::atomic::AtomicBool::new(
+                false,
+            ))));
+        let picked = pick(&[a.clone(), b.clone()], &Tried::default());
+        assert!(picked.is_some(), "panic mode takes one of them");
     }
 }
