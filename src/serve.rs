@@ -136,7 +136,13 @@ impl Listeners {
             admin_socket,
         } = prepared;
         match runtime.https {
-            None => self.https = None,
+            None => {
+                if self.https.take().is_some() {
+                    // Its certificates are no longer served: no expiry series or status
+                    // rows for them (an alert on a certificate nobody gets would fire).
+                    publish_certificates(gateway, state, &[]);
+                }
+            }
             Some(configured) => self.commit_https(configured, https_socket, tls, gateway, state)?,
         }
         match (runtime.http, http_socket) {

@@ -230,3 +230,38 @@ fn tls_settings_change_on_reload_for_new_handshakes() {
     );
     assert!(handshake("-tls1_3"), "TLS 1.3 refused after the reload");
 }
+
+/// A reload that removes the https listener also drops its certificates from `/metrics`:
+/// no expiry series is left for a certificate nobody is served any more.
+#[test]
+fn a_reload_without_https_drops_its_certificate_expiry_series() {
+    let standins = standins();
+    let (admin, plain) = (free_port(), free_port());
+    let listen = format!(
+        "admin = \"127.0.0.1:{admin}\"\nhttp = \"127.0.0.1:{plain}\"\nhttp_mode = \"serve\""
+    );
+    let with_https = config(&standins).listen(&listen);
+    let proxy = pachgate_config(&with_https.file(HTTPS), 3);
+    let expiry_series = || {
+        let samples = scrape_metrics(format!("127.0.0.1:{admin}").parse().unwrap());
+        let samples = samples.as_object().expect("the samples as a JSON object");
+        samples
+            .keys()
+            .filter(|name| name.starts_with("pachgate_certificate_expiry"))
+            .count()
+    };
+    assert_eq!(expiry_series(), 1);
+
+    let plain_only = format!("[listen]\n{listen}\n\n{}", with_https.body());
+    std::fs::write(proxy.dir.path().join("pachgate.toml"), plain_only).unwrap();
+    stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));
+    assert_eq!(
+        http_code(&[], &format!("http://127.0.0.1:{plain}/old")),
+        "200"
+    );
+    assert_eq!(
+        expiry_series(),
+        0,
+        "the removed listener's certificate is gone"
+    );
+}
