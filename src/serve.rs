@@ -554,7 +554,12 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     // Tests and scripts wait for this line; it is the contract for "ready on this port".
-    println!("pachgate: {what} listening on {local}");
+    // Best effort: a closed stdout (EPIPE) must not panic the reload that moved a listener
+    // (println! would, ending the reloader task for good).
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "pachgate: {what} listening on {local}");
+    }
     Ok(listener)
 }
 

@@ -1,7 +1,8 @@
 //! Graceful drain on SIGTERM, with a server stream, a websocket and a client loop in flight:
 //! /readyz fails at once, the listener closes, the stream finishes whole, the loop's accepted
 //! calls all succeed, the websocket gets a close frame 1001 at the deadline, and the process
-//! exits 0.
+//! exits 0. Also the process's edges: a SIGTERM right after the listener is bound drains, and
+//! a closed stdout does not stop it.
 
 mod common;
 
@@ -187,4 +188,56 @@ async fn a_sigterm_before_the_listener_is_announced_still_drains() {
         stdout.contains(&format!("listening on 127.0.0.1:{port}")),
         "{stdout}"
     );
+}
+
+/// stdout closed under pachgate (the log collector gone: writes fail with EPIPE) does not
+/// stop it: its listener announcements are written best effort, not with a `println!` that
+/// panics, and it goes on serving until told to stop.
+#[tokio::test]
+async fn a_closed_stdout_does_not_stop_pachgate() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pachgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:{port}\"\nhttp_mode = \"serve\"\n\n\
+             [upstreams.pachd]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\n\n\
+             [[routes]]\nname = \"pachd\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
+        ),
+    )
+    .unwrap();
+    let (stdout, reader) = tokio::net::unix::pipe::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("PACHGATE_WORKER_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout.into_blocking_fd().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "pachgate never bound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past the announcement: still running, and serving.
+    std::thread::sleep(Duration::from_millis(300));
+    let early = child.try_wait().unwrap();
+    let answer = http_code(&[], &format!("http://127.0.0.1:{port}/nothing-here"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    assert!(
+        early.is_none(),
+        "pachgate ended ({early:?}); stderr:\n{stderr}"
+    );
+    assert_eq!(answer, "404", "{stderr}");
+    assert!(status.success(), "{status:?}; stderr:\n{stderr}");
 }
