@@ -100,11 +100,16 @@ impl Workers {
         let socket = listener
             .into_std()
             .map_err(|e| format!("cannot hand the listener to the workers: {e}"))?;
+        // Every handle first, then the loops: a clone that fails (out of file descriptors)
+        // must not leave the loops already started accepting with nobody to stop them.
+        let sockets = self
+            .workers
+            .iter()
+            .map(|_| socket.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot hand the listener to the workers: {e}"))?;
         let mut tasks = Vec::with_capacity(self.workers.len());
-        for worker in &self.workers {
-            let socket = socket
-                .try_clone()
-                .map_err(|e| format!("cannot hand the listener to the workers: {e}"))?;
+        for (worker, socket) in self.workers.iter().zip(sockets) {
             let accept_loop = accept_loop.clone();
             tasks.push(worker.runtime.spawn(async move {
                 // Registered with this worker's reactor, so accepts happen on this thread.
