@@ -106,16 +106,7 @@ async fn a_sigterm_before_the_listener_is_announced_still_drains() {
     use std::io::Read;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pachgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:{port}\"\nhttp_mode = \"serve\"\n\n\
-             [upstreams.pachd]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\n\n\
-             [[routes]]\nname = \"pachd\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
-        ),
-    )
-    .unwrap();
+    let config = plain_listener_config(dir.path(), port);
     let (full, pending) = tokio::net::unix::pipe::pipe().unwrap();
     let filler = [b'.'; 4096];
     let mut filled = 0;
@@ -197,16 +188,7 @@ async fn a_sigterm_before_the_listener_is_announced_still_drains() {
 async fn a_closed_stdout_does_not_stop_pachgate() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pachgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\nhttp = \"127.0.0.1:{port}\"\nhttp_mode = \"serve\"\n\n\
-             [upstreams.pachd]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\n\n\
-             [[routes]]\nname = \"pachd\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
-        ),
-    )
-    .unwrap();
+    let config = plain_listener_config(dir.path(), port);
     let (stdout, reader) = tokio::net::unix::pipe::pipe().unwrap();
     drop(reader);
     let mut child = Command::new(BIN)
@@ -240,4 +222,20 @@ async fn a_closed_stdout_does_not_stop_pachgate() {
     );
     assert_eq!(answer, "404", "{stderr}");
     assert!(status.success(), "{status:?}; stderr:\n{stderr}");
+}
+
+/// A config with one plaintext listener on `port` and a gRPC route to an address nobody
+/// serves, written into `dir`: enough to start pachgate and watch its life cycle.
+fn plain_listener_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let config = dir.join("pachgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:{port}\"\nhttp_mode = \"serve\"\n\n\
+             [upstreams.pachd]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\n\n\
+             [[routes]]\nname = \"pachd\"\nmatch = {{ grpc = true }}\nupstream = \"pachd\"\n"
+        ),
+    )
+    .unwrap();
+    config
 }
