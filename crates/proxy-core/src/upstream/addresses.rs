@@ -225,27 +225,24 @@ pub(crate) fn pick(addresses: &[Arc<Address>], tried: &Tried) -> Option<Arc<Addr
         // counted above may fail it below. Then whatever still passes is taken, and only
         // when none does is the next filter tried.
         let nth = |n: usize| addresses.iter().filter(candidate).nth(n);
-        let (first, second) = if count == 1 {
-            (0, 0)
+        let picked = if count == 1 {
+            nth(0)
         } else {
             let first = random_below(count);
-            (first, (first + 1 + random_below(count - 1)) % count)
-        };
-        let picked = match (nth(first), nth(second)) {
-            (Some(a), Some(b)) => {
-                if b.pending.load(Ordering::Relaxed) < a.pending.load(Ordering::Relaxed) {
-                    b
-                } else {
-                    a
+            let second = (first + 1 + random_below(count - 1)) % count;
+            match (nth(first), nth(second)) {
+                (Some(a), Some(b)) => {
+                    let fewer =
+                        b.pending.load(Ordering::Relaxed) < a.pending.load(Ordering::Relaxed);
+                    Some(if fewer { b } else { a })
                 }
+                (one, other) => one.or(other).or_else(|| addresses.iter().find(candidate)),
             }
-            (Some(one), None) | (None, Some(one)) => one,
-            (None, None) => match addresses.iter().find(candidate) {
-                Some(one) => one,
-                None => continue,
-            },
         };
-        return Some(picked.clone());
+        match picked {
+            Some(one) => return Some(one.clone()),
+            None => continue,
+        }
     }
     None
 }
