@@ -470,60 +470,24 @@ async fn concurrent_guesses_reach_pachd_only_within_the_failed_auth_budget() {
     assert_eq!(who_am_i_calls.load(Ordering::SeqCst), 5);
 }
 
-/// An `http1-tls` endpoint that accepts TCP and never answers the ClientHello is given up on
-/// after `connect_timeout`, as h2 upstreams are: the client gets 503 instead of a wait.
-#[tokio::test]
-async fn an_http1_tls_upstream_that_never_answers_the_handshake_is_503() {
+/// A gateway routing everything to a TLS upstream (of `protocol`) that accepts TCP and never
+/// answers the ClientHello, with a 300 ms `connect_timeout`; and the count of connections
+/// the upstream has accepted.
+async fn behind_a_silent_tls_upstream(
+    protocol: UpstreamProtocol,
+) -> (
+    Arc<Gateway>,
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            held.push(tcp);
-        }
-    });
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let mut spec = upstream("silent", silent, UpstreamProtocol::Http1Tls);
-    spec.connect_timeout = std::time::Duration::from_millis(300);
-    spec.tls = Some(UpstreamTls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        server_name: "localhost".try_into().unwrap(),
-    });
-    let snapshot = Snapshot::build(
-        vec![open_route("silent", "/", "silent")],
-        vec![spec],
-        None,
-        None,
-        ClientPolicy::default(),
-    )
-    .unwrap();
-    let (_gateway, addr) = serve(snapshot).await;
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), get(addr, "/page"))
-        .await
-        .expect("an answer within the connect timeout, not a wait");
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-}
-
-/// An h2 upstream over TLS that never answers the handshake, and ten requests at once on one
-/// worker: the first tries to connect and fails after `connect_timeout`; the nine queued
-/// behind it take that failure instead of each trying in turn (one connect, not ten: the
-/// tenth would have waited ten timeouts). The address is counted as failed once.
-#[tokio::test]
-async fn requests_queued_behind_a_failing_h2_connect_fail_with_it() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent = listener.local_addr().unwrap();
-    let connects = Arc::new(AtomicUsize::new(0));
+    let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = connects.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((tcp, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(tcp);
         }
     });
@@ -533,7 +497,7 @@ async fn requests_queued_behind_a_failing_h2_connect_fail_with_it() {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    let mut spec = upstream("silent", silent, UpstreamProtocol::H2);
+    let mut spec = upstream("silent", silent, protocol);
     spec.connect_timeout = std::time::Duration::from_millis(300);
     spec.tls = Some(UpstreamTls {
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
@@ -548,6 +512,29 @@ async fn requests_queued_behind_a_failing_h2_connect_fail_with_it() {
     )
     .unwrap();
     let (gateway, addr) = serve(snapshot).await;
+    (gateway, addr, connects)
+}
+
+/// An `http1-tls` endpoint that accepts TCP and never answers the ClientHello is given up on
+/// after `connect_timeout`, as h2 upstreams are: the client gets 503 instead of a wait.
+#[tokio::test]
+async fn an_http1_tls_upstream_that_never_answers_the_handshake_is_503() {
+    let (_gateway, addr, _connects) =
+        behind_a_silent_tls_upstream(UpstreamProtocol::Http1Tls).await;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), get(addr, "/page"))
+        .await
+        .expect("an answer within the connect timeout, not a wait");
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// An h2 upstream over TLS that never answers the handshake, and ten requests at once on one
+/// worker: the first tries to connect and fails after `connect_timeout`; the nine queued
+/// behind it take that failure instead of each trying in turn (one connect, not ten: the
+/// tenth would have waited ten timeouts). The address is counted as failed once.
+#[tokio::test]
+async fn requests_queued_behind_a_failing_h2_connect_fail_with_it() {
+    use std::sync::atomic::Ordering;
+    let (gateway, addr, connects) = behind_a_silent_tls_upstream(UpstreamProtocol::H2).await;
     let answers = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         futures_util::future::join_all((0..10).map(|_| get(addr, "/page"))),
