@@ -100,13 +100,10 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
 /// drain: the handlers are in place before the first socket is bound, so the default action
 /// (the process killed, its connections cut without a TLS close or a close frame) never
 /// applies to a process that may hold connections. The announcement is held back by giving
-/// pachgate a full pipe as stdout: the signal lands while its `println!` waits for room.
+/// pachgate a full pipe as stdout: the signal lands while its announcement waits for room.
 #[tokio::test]
 async fn a_sigterm_before_the_listener_is_announced_still_drains() {
     use std::io::Read;
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = plain_listener_config(dir.path(), port);
     let (full, pending) = tokio::net::unix::pipe::pipe().unwrap();
     let filler = [b'.'; 4096];
     let mut filled = 0;
@@ -119,15 +116,7 @@ async fn a_sigterm_before_the_listener_is_announced_still_drains() {
         }
     }
     assert!(filled > 0);
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("PACHGATE_WORKER_THREADS", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(full.into_blocking_fd().unwrap()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (_dir, port, mut child) = serve_on_a_plain_listener(full.into_blocking_fd().unwrap());
     let stderr = child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
@@ -137,14 +126,7 @@ async fn a_sigterm_before_the_listener_is_announced_still_drains() {
 
     // Bound (the kernel takes connections into the backlog) but not yet announced: the
     // announcement waits for room in the pipe.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pachgate never bound 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_bound(port);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -186,25 +168,10 @@ async fn a_sigterm_before_the_listener_is_announced_still_drains() {
 /// panics, and it goes on serving until told to stop.
 #[tokio::test]
 async fn a_closed_stdout_does_not_stop_pachgate() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = plain_listener_config(dir.path(), port);
     let (stdout, reader) = tokio::net::unix::pipe::pipe().unwrap();
     drop(reader);
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("PACHGATE_WORKER_THREADS", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout.into_blocking_fd().unwrap()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "pachgate never bound");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_dir, port, mut child) = serve_on_a_plain_listener(stdout.into_blocking_fd().unwrap());
+    wait_until_bound(port);
     // Past the announcement: still running, and serving.
     std::thread::sleep(Duration::from_millis(300));
     let early = child.try_wait().unwrap();
@@ -224,10 +191,15 @@ async fn a_closed_stdout_does_not_stop_pachgate() {
     assert!(status.success(), "{status:?}; stderr:\n{stderr}");
 }
 
-/// A config with one plaintext listener on `port` and a gRPC route to an address nobody
-/// serves, written into `dir`: enough to start pachgate and watch its life cycle.
-fn plain_listener_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let config = dir.join("pachgate.toml");
+/// `pachgate serve` with one plaintext listener on a free port and a gRPC route to an
+/// address nobody serves (enough to watch its life cycle), its stdout `stdout`, its stderr
+/// piped; the config's directory (kept while it runs), the port and the process.
+fn serve_on_a_plain_listener(
+    stdout: std::os::fd::OwnedFd,
+) -> (tempfile::TempDir, u16, std::process::Child) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pachgate.toml");
     std::fs::write(
         &config,
         format!(
@@ -237,5 +209,27 @@ fn plain_listener_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf
         ),
     )
     .unwrap();
-    config
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("PACHGATE_WORKER_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (dir, port, child)
+}
+
+/// Waits (up to 30 s) until 127.0.0.1:`port` takes connections: bound, whether or not
+/// announced yet.
+fn wait_until_bound(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pachgate never bound 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
