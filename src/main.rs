@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod local;
 mod serve;
+mod signals;
 mod workers;
 
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 pub use crate::serve::serve_embedded;
-use crate::serve::ShutdownSignals;
+use crate::signals::ShutdownSignals;
 
 /// mimalloc (built with `no_thp`): less CPU per request than glibc's malloc, and no
 /// transparent huge pages, which would raise memory per idle connection (benches/README.md).

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ListenerTlsSource, RuntimeConfig};
+use crate::signals::{Hangups, ShutdownSignals};
 use crate::workers::{OwnedTasks, Workers};
 
 /// The re-check behind the file-system watch on certificate files, in case an event is
@@ -481,37 +482,6 @@ impl Reloader {
     }
 }
 
-/// SIGHUP, where there is such a thing.
-struct Hangups {
-    #[cfg(unix)]
-    signal: tokio::signal::unix::Signal,
-}
-
-impl Hangups {
-    fn register() -> Option<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::hangup()) {
-                Ok(signal) => Some(Hangups { signal }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload follows file changes only");
-                    None
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        None
-    }
-
-    async fn recv(&mut self) -> Option<()> {
-        #[cfg(unix)]
-        return self.signal.recv().await;
-        #[cfg(not(unix))]
-        std::future::pending().await
-    }
-}
-
 /// Watches the config file's directory; events about the file, or about the entries a
 /// Kubernetes ConfigMap mount swaps (`..data`), wake the reloader.
 fn watch_file(path: &Path) -> Option<FileWatch> {
@@ -561,43 +531,4 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
         let _ = writeln!(std::io::stdout(), "pachgate: {what} listening on {local}");
     }
     Ok(listener)
-}
-
-/// SIGTERM and SIGINT, caught from the moment this is made. Made before anything is bound:
-/// until a handler is in place the signal's default action applies, and a process killed
-/// that way cuts its clients off mid-answer (no drain, no TLS close, no close frame).
-pub struct ShutdownSignals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    pub fn register() -> Result<Self, String> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let catch = |kind: SignalKind, name: &str| {
-                signal(kind).map_err(|e| format!("cannot catch {name}: {e}"))
-            };
-            Ok(ShutdownSignals {
-                terminate: catch(SignalKind::terminate(), "SIGTERM")?,
-                interrupt: catch(SignalKind::interrupt(), "SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(ShutdownSignals {})
-    }
-
-    /// The next SIGTERM or SIGINT (one that arrived since the last call included).
-    pub async fn recv(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
