@@ -16,7 +16,7 @@
 //!
 //! Retries are only of requests nothing of which reached an upstream: a failed connection
 //! (to another address, up to 4 times), a stream refused unprocessed (`resend`: when its
-//! body fits `RESEND_LIMIT`); all within one retry budget per upstream.
+//! body fits `RESEND_LIMIT`); all within one retry budget per upstream (`retry`).
 
 mod addresses;
 mod h2;
@@ -24,6 +24,7 @@ mod health;
 mod http1;
 mod resend;
 mod resolve;
+mod retry;
 mod spec;
 mod tunnel;
 
@@ -44,6 +45,7 @@ use pachgate_h2_upstream::Failure;
 use self::addresses::{Address, H2Slot, PendingOn, Tried};
 use self::health::HealthWiring;
 use self::http1::{is_tls_handshake_failure, Http1Pool, TlsHttpConnector};
+use self::retry::{RetryBudget, RetryPermit};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::request_id::insert_request_id;
@@ -509,46 +511,6 @@ impl Upstream {
     }
 }
 
-/// Retries in progress on one upstream: at most 20 % of its pending requests, and at least
-/// 3 (Envoy's retry budget), so a failing upstream sees at most a fifth more load from
-/// retries instead of five times as much.
-#[derive(Default)]
-struct RetryBudget {
-    active: AtomicUsize,
-}
-
-const RETRY_BUDGET_PERCENT: usize = 20;
-const RETRY_BUDGET_MIN: usize = 3;
-
-impl RetryBudget {
-    fn acquire(&self, pending: usize) -> Option<RetryPermit<'_>> {
-        let allowed = (pending * RETRY_BUDGET_PERCENT / 100).max(RETRY_BUDGET_MIN);
-        let mut active = self.active.load(Ordering::Relaxed);
-        loop {
-            if active >= allowed {
-                return None;
-            }
-            match self.active.compare_exchange_weak(
-                active,
-                active + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(RetryPermit(&self.active)),
-                Err(now) => active = now,
-            }
-        }
-    }
-}
-
-struct RetryPermit<'a>(&'a AtomicUsize);
-
-impl Drop for RetryPermit<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Counts one in `counter` until dropped.
 struct Counted<'a>(&'a AtomicUsize);
 
@@ -651,26 +613,5 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
-    }
-
-    #[test]
-    fn the_retry_budget_is_a_fifth_of_pending_and_at_least_three() {
-        let budget = RetryBudget::default();
-        let few: Vec<_> = (0..3).map(|_| budget.acquire(1)).collect();
-        assert!(few.iter().all(Option::is_some));
-        assert!(
-            budget.acquire(1).is_none(),
-            "a fourth retry with one pending"
-        );
-        drop(few);
-        let many: Vec<_> = (0..20).map(|_| budget.acquire(100)).collect();
-        assert!(many.iter().all(Option::is_some));
-        assert!(budget.acquire(100).is_none(), "21 retries with 100 pending");
-        drop(many);
-        assert_eq!(
-            budget.active.load(Ordering::Relaxed),
-            0,
-            "permits give back"
-        );
     }
 }
