@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, ListenerTlsSource, RuntimeConfig};
 use crate::signals::{Hangups, ShutdownSignals};
-use crate::workers::{OwnedTasks, Workers};
+use crate::workers::{OwnedTasks, WorkerSockets, Workers};
 
 /// The re-check behind the file-system watch on certificate files, in case an event is
 /// missed (network file systems, for example).
@@ -57,14 +57,39 @@ struct Listeners {
 }
 
 /// Listener work prepared before anything running is touched, so that a reload that fails
-/// (a port in use, a bad certificate) changes nothing.
+/// (a port in use, a bad certificate, no file descriptor left) changes nothing: every step
+/// that can fail is done here, and [`Listeners::commit`] only installs.
 struct Prepared {
-    https_socket: Option<TcpListener>,
+    https_socket: Option<NewSocket<WorkerSockets>>,
     /// Where https will listen once committed (the new socket, or the one kept).
     https_bound: Option<SocketAddr>,
     tls: Option<(ListenerTlsSource, ListenerTlsHandle)>,
-    http_socket: Option<TcpListener>,
-    admin_socket: Option<TcpListener>,
+    http_socket: Option<NewSocket<WorkerSockets>>,
+    admin_socket: Option<NewSocket<TcpListener>>,
+}
+
+/// A socket bound for a listener, announced only once it is installed: a reload refused
+/// after binding must not tell scripts that a port is ready.
+struct NewSocket<S> {
+    socket: S,
+    local: SocketAddr,
+    what: &'static str,
+}
+
+impl<S> NewSocket<S> {
+    /// Tests and scripts wait for this line; it is the contract for "ready on this port".
+    /// Best effort: a closed stdout (EPIPE) must not panic the reload that moved a listener
+    /// (println! would, ending the reloader task for good).
+    fn announce(self) -> S {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout(),
+            "pachgate: {} listening on {}",
+            self.what,
+            self.local
+        );
+        self.socket
+    }
 }
 
 impl Listeners {
@@ -78,16 +103,9 @@ impl Listeners {
     }
 
     async fn prepare(&self, runtime: &ListenerShape) -> Result<Prepared, String> {
-        let tls = match (&runtime.https, &runtime.tls) {
-            (Some(_), None) => return Err("listen.https is set but [tls] is missing".into()),
-            (Some(_), Some(source)) if self.https.as_ref().map(|h| &h.source) != Some(source) => {
-                let handle = source
-                    .server_config()
-                    .map_err(|e| format!("TLS certificate: {e}"))?;
-                Some((source.clone(), handle))
-            }
-            _ => None,
-        };
+        if runtime.https.is_some() && runtime.tls.is_none() {
+            return Err("listen.https is set but [tls] is missing".into());
+        }
         let moved = |current: Option<SocketAddr>, wanted: Option<SocketAddr>| match wanted {
             Some(addr) if current != Some(addr) => Some(addr),
             _ => None,
@@ -97,38 +115,57 @@ impl Listeners {
             https_bound: runtime
                 .https
                 .and_then(|_| self.https.as_ref().map(|h| h.bound)),
-            tls,
+            tls: None,
             http_socket: None,
             admin_socket: None,
+        };
+        let for_workers = |bound: NewSocket<TcpListener>| -> Result<_, String> {
+            Ok(NewSocket {
+                socket: self.workers.share(bound.socket)?,
+                local: bound.local,
+                what: bound.what,
+            })
         };
         if let Some(addr) = moved(
             self.https.as_ref().map(|h| h.socket.configured),
             runtime.https,
         ) {
-            let socket = bind(addr, "https").await?;
-            prepared.https_bound = Some(socket.local_addr().map_err(|e| e.to_string())?);
-            prepared.https_socket = Some(socket);
+            let bound = bind(addr, "https").await?;
+            prepared.https_bound = Some(bound.local);
+            prepared.https_socket = Some(for_workers(bound)?);
         }
         if let Some(addr) = moved(
             self.http.as_ref().map(|l| l.configured),
             runtime.http.map(|(addr, _)| addr),
         ) {
-            prepared.http_socket = Some(bind(addr, "http").await?);
+            prepared.http_socket = Some(for_workers(bind(addr, "http").await?)?);
         }
         if let Some(addr) = moved(self.admin.as_ref().map(|l| l.configured), runtime.admin) {
             prepared.admin_socket = Some(bind(addr, "admin").await?);
         }
+        // Last: building it may write files (a self-signed leaf issued for new hosts), and a
+        // running listener whose certificate watch reads the same files would serve them.
+        // Every other step that can refuse the reload has passed by now.
+        if let (Some(_), Some(source)) = (&runtime.https, &runtime.tls) {
+            if self.https.as_ref().map(|h| &h.source) != Some(source) {
+                let handle = source
+                    .server_config()
+                    .map_err(|e| format!("TLS certificate: {e}"))?;
+                prepared.tls = Some((source.clone(), handle));
+            }
+        }
         Ok(prepared)
     }
 
-    /// Installs prepared listeners and drops the ones the new config no longer has.
+    /// Installs prepared listeners and drops the ones the new config no longer has. Nothing
+    /// here can fail, so a reload is applied whole or (refused in `prepare`) not at all.
     fn commit(
         &mut self,
         prepared: Prepared,
         runtime: &ListenerShape,
         gateway: &Arc<Gateway>,
         state: &Arc<ServedState>,
-    ) -> Result<(), String> {
+    ) {
         let Prepared {
             https_socket,
             https_bound: _,
@@ -144,7 +181,7 @@ impl Listeners {
                     publish_certificates(gateway, state, &[]);
                 }
             }
-            Some(configured) => self.commit_https(configured, https_socket, tls, gateway, state)?,
+            Some(configured) => self.commit_https(configured, https_socket, tls, gateway, state),
         }
         match (runtime.http, http_socket) {
             (None, _) => self.http = None,
@@ -152,9 +189,9 @@ impl Listeners {
                 let gateway = gateway.clone();
                 self.http = Some(BoundListener {
                     configured,
-                    _accepting: self
-                        .workers
-                        .accept_on_all(socket, move |socket| gateway.clone().serve_plain(socket))?,
+                    _accepting: self.workers.accept_on(socket.announce(), move |socket| {
+                        gateway.clone().serve_plain(socket)
+                    }),
                 })
             }
             (Some(_), None) => {}
@@ -167,7 +204,7 @@ impl Listeners {
                     // The admin listener stays on the control runtime: a busy worker does not
                     // delay /healthz.
                     _accepting: OwnedTasks::one(tokio::spawn(crate::admin::serve(
-                        socket,
+                        socket.announce(),
                         gateway.clone(),
                         state.clone(),
                     ))),
@@ -175,7 +212,6 @@ impl Listeners {
             }
             (Some(_), None) => {}
         }
-        Ok(())
     }
 
     /// The https listener: new TLS material goes into the shared config cell (or starts a
@@ -183,11 +219,11 @@ impl Listeners {
     fn commit_https(
         &mut self,
         configured: SocketAddr,
-        socket: Option<TcpListener>,
+        socket: Option<NewSocket<WorkerSockets>>,
         tls: Option<(ListenerTlsSource, ListenerTlsHandle)>,
         gateway: &Arc<Gateway>,
         state: &Arc<ServedState>,
-    ) -> Result<(), String> {
+    ) {
         let mut fresh_tls = None;
         if let Some((source, handle)) = tls {
             let handle = Arc::new(handle);
@@ -206,9 +242,9 @@ impl Listeners {
             }
         }
         let Some(socket) = socket else {
-            return Ok(());
+            return;
         };
-        let bound = socket.local_addr().map_err(|e| e.to_string())?;
+        let bound = socket.local;
         let serve_tls = |config: Arc<ArcSwap<ServerConfig>>| {
             let gateway = gateway.clone();
             move |socket| gateway.clone().serve_tls(socket, config.clone())
@@ -220,7 +256,7 @@ impl Listeners {
                     configured,
                     _accepting: self
                         .workers
-                        .accept_on_all(socket, serve_tls(https.config.clone()))?,
+                        .accept_on(socket.announce(), serve_tls(https.config.clone())),
                 };
             }
             (None, Some((source, config, watch))) => {
@@ -230,7 +266,7 @@ impl Listeners {
                         configured,
                         _accepting: self
                             .workers
-                            .accept_on_all(socket, serve_tls(config.clone()))?,
+                            .accept_on(socket.announce(), serve_tls(config.clone())),
                     },
                     bound,
                     source,
@@ -238,9 +274,9 @@ impl Listeners {
                     _certificate_watch: watch,
                 });
             }
-            (None, None) => return Err("internal: a new https listener without TLS".into()),
+            // Not reached: `prepare` builds TLS whenever no https listener runs yet.
+            (None, None) => tracing::error!("internal: a new https listener without TLS"),
         }
-        Ok(())
     }
 }
 
@@ -356,7 +392,7 @@ pub async fn serve(
     gateway
         .metrics()
         .count_access_log_drops(pachgate_observe::logging::access_log_dropped);
-    listeners.commit(prepared, &shape, &gateway, &state)?;
+    listeners.commit(prepared, &shape, &gateway, &state);
     if let Some(ready) = ready {
         let _ = ready.send(https_bound);
     }
@@ -457,11 +493,7 @@ impl Reloader {
             }
         };
         let mode = shape.plain_mode(prepared.https_bound);
-        if let Err(error) = listeners.commit(prepared, &shape, &self.gateway, &self.state) {
-            self.gateway.metrics().record_config_reload(false);
-            tracing::error!(%error, trigger, "config reload failed part way");
-            return;
-        }
+        listeners.commit(prepared, &shape, &self.gateway, &self.state);
         pachgate_observe::logging::set_access_format(runtime.access_log.into());
         let max_connections = runtime.limits.max_connections;
         if max_connections != self.gateway.max_connections() {
@@ -518,17 +550,16 @@ fn warn_if_connection_cap_unsafe(max_connections: usize) {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
-    let listener = TcpListener::bind(addr)
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<NewSocket<TcpListener>, String> {
+    let socket = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    // Tests and scripts wait for this line; it is the contract for "ready on this port".
-    // Best effort: a closed stdout (EPIPE) must not panic the reload that moved a listener
-    // (println! would, ending the reloader task for good).
-    {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), "pachgate: {what} listening on {local}");
-    }
-    Ok(listener)
+    let local = socket
+        .local_addr()
+        .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))?;
+    Ok(NewSocket {
+        socket,
+        local,
+        what,
+    })
 }

@@ -86,30 +86,36 @@ impl Workers {
         Ok(Workers { workers })
     }
 
-    /// Runs `accept_loop` on every worker, each with its own handle to the socket. The
-    /// socket closes once every loop has ended (returned, or aborted by dropping the tasks).
-    pub fn accept_on_all<F, Fut>(
-        &self,
-        listener: TcpListener,
-        accept_loop: F,
-    ) -> Result<OwnedTasks, String>
-    where
-        F: Fn(TcpListener) -> Fut + Clone + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// One handle to `listener` for each worker, made before anything is started with
+    /// them: a clone that fails (out of file descriptors) fails here, while a reload is
+    /// still only prepared, and [`Workers::accept_on`] has nothing left that can fail.
+    pub fn share(&self, listener: TcpListener) -> Result<WorkerSockets, String> {
         let socket = listener
             .into_std()
             .map_err(|e| format!("cannot hand the listener to the workers: {e}"))?;
-        // Every handle first, then the loops: a clone that fails (out of file descriptors)
-        // must not leave the loops already started accepting with nobody to stop them.
-        let sockets = self
+        let handles = self
             .workers
             .iter()
             .map(|_| socket.try_clone())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot hand the listener to the workers: {e}"))?;
+        Ok(WorkerSockets(handles))
+    }
+
+    /// Runs `accept_loop` on every worker, each with its own handle to the socket. The
+    /// socket closes once every loop has ended (returned, or aborted by dropping the tasks).
+    pub fn accept_on<F, Fut>(&self, sockets: WorkerSockets, accept_loop: F) -> OwnedTasks
+    where
+        F: Fn(TcpListener) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        debug_assert_eq!(
+            sockets.0.len(),
+            self.workers.len(),
+            "shared by other workers"
+        );
         let mut tasks = Vec::with_capacity(self.workers.len());
-        for (worker, socket) in self.workers.iter().zip(sockets) {
+        for (worker, socket) in self.workers.iter().zip(sockets.0) {
             let accept_loop = accept_loop.clone();
             tasks.push(worker.runtime.spawn(async move {
                 // Registered with this worker's reactor, so accepts happen on this thread.
@@ -119,9 +125,12 @@ impl Workers {
                 }
             }));
         }
-        Ok(OwnedTasks(tasks))
+        OwnedTasks(tasks)
     }
 }
+
+/// A listening socket with a handle for each worker ([`Workers::share`]).
+pub struct WorkerSockets(Vec<std::net::TcpListener>);
 
 impl Drop for Workers {
     /// Stops every worker and waits (up to [`WORKER_STOP_WAIT`]) for its thread to end. A

@@ -265,3 +265,65 @@ fn a_reload_without_https_drops_its_certificate_expiry_series() {
         "the removed listener's certificate is gone"
     );
 }
+
+/// A reload refused because a port is taken changes nothing, not even on disk: the https
+/// listener it would move is not announced, and the new self-signed hosts it names get no
+/// certificate — the running listener watches the same files, so a leaf issued while the
+/// reload was prepared would reach clients although the reload was refused.
+#[test]
+fn a_reload_refused_for_a_busy_port_announces_and_issues_nothing() {
+    let standins = standins();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let proxy = pachgate_config(&config(&standins).file(HTTPS), 1);
+    let leaf = proxy.dir.path().join("certs/tls.crt");
+    let leaf_before = std::fs::read(&leaf).unwrap();
+
+    let refused = config(&standins)
+        .tls_hosts(&["localhost", "127.0.0.1", "added.test"])
+        .listen(&format!(
+            "http = \"127.0.0.1:{busy_port}\"\nhttp_mode = \"serve\""
+        ))
+        .file(&format!("127.0.0.1:{}", free_port()));
+    std::fs::write(proxy.dir.path().join("pachgate.toml"), refused).unwrap();
+    proxy.running.signal("HUP");
+    let log = stderr_until(
+        &proxy.running,
+        "config reload refused",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains(&format!("127.0.0.1:{busy_port}")),
+        "the refusal names the busy port: {log}"
+    );
+    // Time for the running listener's certificate watch to see a changed file.
+    std::thread::sleep(Duration::from_secs(2));
+    let announced = proxy.running.stdout_lines_now();
+    assert!(
+        announced.iter().all(|line| !line.contains("listening on")),
+        "a refused reload announced {announced:?}"
+    );
+    assert!(
+        std::fs::read(&leaf).unwrap() == leaf_before,
+        "the refused reload issued a new leaf"
+    );
+    let served = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {} -servername added.test </dev/null 2>/dev/null \
+             | openssl x509 -noout -ext subjectAltName",
+            proxy.https()
+        ))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&served.stdout);
+    assert!(
+        names.contains("DNS:localhost"),
+        "no certificate served: {names}"
+    );
+    assert!(
+        !names.contains("added.test"),
+        "the served certificate took a refused reload's host: {names}"
+    );
+    drop(busy);
+}
