@@ -136,17 +136,25 @@ fn main() -> ExitCode {
             }
             Err(errors) => report_config_errors(&errors),
         },
-        Command::Serve { config } => match config::load(&config) {
-            Ok(runtime) => {
-                pachgate_observe::logging::set_access_format(runtime.access_log.into());
-                // The main thread runs the control plane; serve() starts the proxy workers.
-                run_on(
-                    1,
-                    async move { serve::serve(runtime, None, Some(config)).await },
-                )
+        Command::Serve { config } => {
+            match config::read(&config).and_then(|loaded| {
+                config::from_bytes(&config, &loaded).map(|runtime| (runtime, loaded))
+            }) {
+                Ok((runtime, loaded)) => {
+                    pachgate_observe::logging::set_access_format(runtime.access_log.into());
+                    let file = serve::ConfigFile {
+                        path: config,
+                        loaded,
+                    };
+                    // The main thread runs the control plane; serve() starts the proxy workers.
+                    run_on(
+                        1,
+                        async move { serve::serve(runtime, None, Some(file)).await },
+                    )
+                }
+                Err(errors) => report_config_errors(&errors),
             }
-            Err(errors) => report_config_errors(&errors),
-        },
+        }
         Command::Cert {
             command: CertCommand::Generate { out, hosts },
         } => generate_cert(&out, &hosts),

@@ -362,21 +362,30 @@ pub async fn serve_embedded(
     }
 }
 
+/// The file a served config came from, and the bytes it was loaded from.
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub loaded: Vec<u8>,
+}
+
 /// Binds every listener, then serves until SIGINT/SIGTERM, reloading `config_file` (when
 /// given) on SIGHUP and when the file changes. `ready` hears the bound https address.
 pub async fn serve(
     runtime: RuntimeConfig,
     ready: Option<tokio::sync::oneshot::Sender<Option<SocketAddr>>>,
-    config_file: Option<PathBuf>,
+    config_file: Option<ConfigFile>,
 ) -> Result<(), String> {
     // Registered before any listener is bound, so an early SIGHUP is a reload request rather
     // than the default "terminate", and an early SIGTERM a drain.
     let mut shutdown = ShutdownSignals::register()?;
     let hangups = config_file.as_ref().and_then(|_| Hangups::register());
+    // Watching before the listeners are announced: a script that edits the file as soon as
+    // the port is ready must not have its edit missed.
+    let watch = config_file.as_ref().and_then(|file| watch_file(&file.path));
     let drain_timeout = runtime.limits.drain_timeout;
     let state = Arc::new(ServedState {
         certificates: ArcSwap::from_pointee(Vec::new()),
-        config_file: config_file.clone(),
+        config_file: config_file.as_ref().map(|file| file.path.clone()),
         started: std::time::Instant::now(),
     });
     let shape = ListenerShape::of(&runtime);
@@ -400,14 +409,14 @@ pub async fn serve(
     // Shared with the reloader, and kept here so listeners (the admin one above all) stay
     // up through the drain even though reloading stops.
     let listeners = Arc::new(tokio::sync::Mutex::new(listeners));
-    let reloads = config_file.map(|path| {
+    let reloads = config_file.map(|file| {
         let reloader = Reloader {
-            path,
+            path: file.path,
             gateway: gateway.clone(),
             state: state.clone(),
             listeners: listeners.clone(),
         };
-        OwnedTasks::one(tokio::spawn(reloader.run(hangups)))
+        OwnedTasks::one(tokio::spawn(reloader.run(file.loaded, watch, hangups)))
     });
 
     shutdown.recv().await;
@@ -446,9 +455,22 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn run(mut self, mut hangups: Option<Hangups>) {
-        let mut watch = watch_file(&self.path);
-        let mut last_text = std::fs::read(&self.path).ok();
+    /// `loaded`: the bytes the running config came from. An edit made after they were read
+    /// but before `watch` began is reloaded at once.
+    async fn run(
+        mut self,
+        loaded: Vec<u8>,
+        mut watch: Option<FileWatch>,
+        mut hangups: Option<Hangups>,
+    ) {
+        let mut last_text = Some(loaded);
+        // Unreadable for a moment (a ConfigMap's swap): the watch reports it once it is back.
+        if let Ok(now) = config::read(&self.path) {
+            if last_text.as_ref() != Some(&now) {
+                last_text = Some(now.clone());
+                self.reload("file change", Ok(now)).await;
+            }
+        }
         loop {
             let explicit = tokio::select! {
                 Some(()) = async { hangups.as_mut()?.recv().await } => true,
@@ -460,19 +482,21 @@ impl Reloader {
                 }
                 else => return,
             };
-            let text = std::fs::read(&self.path).ok();
+            let text = config::read(&self.path);
             // A watch event that did not change the bytes (a touch, a chmod) is no reload.
-            if !explicit && text == last_text {
+            if !explicit && text.as_ref().ok() == last_text.as_ref() {
                 continue;
             }
-            last_text = text;
-            self.reload(if explicit { "SIGHUP" } else { "file change" })
-                .await;
+            last_text = text.as_ref().ok().cloned();
+            let trigger = if explicit { "SIGHUP" } else { "file change" };
+            self.reload(trigger, text).await;
         }
     }
 
-    async fn reload(&mut self, trigger: &str) {
-        let runtime = match config::load(&self.path) {
+    /// Applies the config in `text` (the file's bytes as just read, so what is loaded is
+    /// what was compared), or reports why it cannot.
+    async fn reload(&mut self, trigger: &str, text: Result<Vec<u8>, Vec<config::ConfigError>>) {
+        let runtime = match text.and_then(|bytes| config::from_bytes(&self.path, &bytes)) {
             Ok(runtime) => runtime,
             Err(errors) => {
                 self.gateway.metrics().record_config_reload(false);

@@ -327,3 +327,23 @@ fn a_reload_refused_for_a_busy_port_announces_and_issues_nothing() {
     );
     drop(busy);
 }
+
+/// An edit made the moment the listener is announced (a script that writes the config as
+/// soon as the port is ready) is not lost: the file is watched before any listener is
+/// announced, and an edit between the first read and the watch is reloaded at once.
+#[test]
+fn an_edit_as_soon_as_the_listener_is_ready_is_reloaded() {
+    let standins = standins();
+    let proxy = pachgate_config(&config(&standins).file(HTTPS), 1);
+    let added = console_route(config(&standins), "added");
+    std::fs::write(proxy.dir.path().join("pachgate.toml"), added.file(HTTPS)).unwrap();
+    stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));
+    let ca = proxy.ca();
+    assert_eq!(
+        http_code(
+            &["--cacert", ca.to_str().unwrap()],
+            &format!("https://{}/added", proxy.target())
+        ),
+        "200"
+    );
+}

@@ -78,16 +78,35 @@ pub struct RuntimeConfig {
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<RuntimeConfig, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            message: format!("cannot read the config file: {e}"),
-        }]
+    from_bytes(path, &read(path)?)
+}
+
+/// The config file's bytes, for [`from_bytes`]: a reloader keeps the bytes it loaded, to
+/// tell an edit from the version running.
+pub fn read(path: &Path) -> Result<Vec<u8>, Vec<ConfigError>> {
+    std::fs::read(path).map_err(|e| file_error(path, format!("cannot read the config file: {e}")))
+}
+
+/// Parses and validates bytes read from the config file at `path` (relative paths inside
+/// resolve against its directory).
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<RuntimeConfig, Vec<ConfigError>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        file_error(
+            path,
+            format!("cannot read the config file: not UTF-8 ({e})"),
+        )
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse(path, &text, base)
+    parse(path, text, base)
+}
+
+fn file_error(path: &Path, message: String) -> Vec<ConfigError> {
+    vec![ConfigError {
+        file: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        message,
+    }]
 }
 
 /// Parses and validates config text; relative paths inside resolve against `base`.
