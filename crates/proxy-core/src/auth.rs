@@ -27,6 +27,11 @@ use crate::upstream::Upstream;
 
 /// The transport for pachd's WhoAmI (`PachdWhoAmI` in auth-gate): the upstream's pooled
 /// connection to pachd's gRPC port.
+/// The most of a WhoAmI reply the gate reads. pachd's is a user name and an expiry, well
+/// under a kilobyte; whatever answers at the pachd upstream is not trusted to stop there,
+/// and every token checked at once holds its reply in memory.
+const WHO_AM_I_REPLY_LIMIT: usize = 64 * 1024;
+
 pub struct UpstreamWhoAmI {
     pub upstream: Arc<Upstream>,
 }
@@ -48,7 +53,7 @@ impl GrpcUnary for UpstreamWhoAmI {
                 trailers: None,
             });
         }
-        let collected = body
+        let collected = http_body_util::Limited::new(body, WHO_AM_I_REPLY_LIMIT)
             .collect()
             .await
             .map_err(|e| format!("WhoAmI response: {e}"))?;

@@ -620,3 +620,33 @@ async fn guesses_after_a_refill_reach_pachd_one_attempt_at_a_time() {
     assert_eq!(statuses.iter().filter(|s| *s == "16").count(), asked);
     assert_eq!(statuses.iter().filter(|s| *s == "8").count(), 10 - asked);
 }
+
+/// Whatever answers at the pachd upstream is not trusted to keep its WhoAmI reply short:
+/// the gate reads at most 64 KiB of it. A reply of 8 MiB (a valid WhoAmIResponse, with an
+/// 8 MiB user name) is not taken in: the call gets UNAVAILABLE ("cannot verify"), as when
+/// pachd cannot be asked, instead of being let through on what the gate held in memory.
+#[tokio::test]
+async fn an_oversized_who_am_i_reply_is_not_read_whole() {
+    let pachd = h2c_upstream(|request: Request<Incoming>| async move {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, "application/grpc".parse().unwrap());
+        headers.insert("grpc-status", "0".parse().unwrap());
+        if request.uri().path() == "/auth_v2.API/WhoAmI" {
+            // WhoAmIResponse { username: 8 MiB of "a" }: field 1, a length of 2^23 as a
+            // four-byte varint.
+            let name_len = 8usize << 20;
+            let message_len = 1 + 4 + name_len;
+            let mut frame = vec![0];
+            frame.extend_from_slice(&(message_len as u32).to_be_bytes());
+            frame.extend_from_slice(&[0x0a, 0x80, 0x80, 0x80, 0x04]);
+            frame.resize(frame.len() + name_len, b'a');
+            *response.body_mut() = Full::new(Bytes::from(frame));
+        }
+        response
+    })
+    .await;
+    let (_gateway, addr) = gated_pachd(pachd, RateLimiter::per_minute(60, 10)).await;
+    let statuses = concurrent_calls(addr, 1, |_| "some-token".to_string()).await;
+    assert_eq!(statuses, vec!["14"], "an 8 MiB WhoAmI reply was taken in");
+}
