@@ -86,25 +86,75 @@ impl CidrSet {
     }
 }
 
-/// A token bucket per client address: `rate` per second, up to `burst` at once.
+/// A token bucket per client address: `rate` per second, up to `burst` at once. An IPv6
+/// client is counted by its /64 (one host or one LAN holds a whole /64, so counting single
+/// addresses would give it 2^64 budgets); an IPv4 client, mapped or not, by its address.
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
     /// Set once any bucket exists, so `check` on the common path (nobody has failed yet)
     /// takes no lock.
     any_tracked: std::sync::atomic::AtomicBool,
 }
 
-/// Addresses remembered before idle (full) buckets are dropped.
-const MAX_TRACKED: usize = 100_000;
+/// Addresses tracked per generation. Memory stays under two generations whatever the
+/// number of addresses seen: when the current one is full it becomes the previous one and
+/// the old previous one is forgotten (its buckets start full again if they come back).
+/// Only an address that stays away while this many new ones arrive loses its count, and
+/// a client that churns through that many addresses has as many fresh budgets anyway.
+const GENERATION: usize = 50_000;
+
+/// (tokens, when they were counted)
+type Bucket = (f64, Instant);
+
+#[derive(Default)]
+struct Buckets {
+    current: HashMap<IpAddr, Bucket>,
+    previous: HashMap<IpAddr, Bucket>,
+}
+
+impl Buckets {
+    fn get(&self, key: &IpAddr) -> Option<&Bucket> {
+        self.current.get(key).or_else(|| self.previous.get(key))
+    }
+
+    /// The key's bucket in the current generation (brought over from the previous one, or
+    /// new and `full`), turning generations over first when the current one is full.
+    fn entry(&mut self, key: IpAddr, full: Bucket) -> &mut Bucket {
+        let mut start = full;
+        if !self.current.contains_key(&key) {
+            if let Some(kept) = self.previous.remove(&key) {
+                start = kept;
+            }
+            if self.current.len() >= GENERATION {
+                self.previous = std::mem::take(&mut self.current);
+            }
+        }
+        self.current.entry(key).or_insert(start)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
+/// The address a client is counted by: IPv4 as itself (an IPv4-mapped IPv6 address is the
+/// IPv4 address it carries), IPv6 by its /64.
+fn counted_as(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
 
 impl RateLimiter {
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
         RateLimiter {
             rate: rate_per_second,
             burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets::default()),
             any_tracked: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -118,19 +168,16 @@ impl RateLimiter {
         (tokens + now.saturating_duration_since(since).as_secs_f64() * self.rate).min(self.burst)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Takes one token; `Err(retry_after)` when the address is over its budget.
     pub fn take(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_TRACKED {
-            let burst = self.burst;
-            let rate = self.rate;
-            buckets.retain(|_, (tokens, since)| {
-                *tokens + now.saturating_duration_since(*since).as_secs_f64() * rate < burst
-            });
-        }
+        let mut buckets = self.lock();
         self.any_tracked
             .store(true, std::sync::atomic::Ordering::Release);
-        let (tokens, since) = buckets.entry(address).or_insert((self.burst, now));
+        let (tokens, since) = buckets.entry(counted_as(address), (self.burst, now));
         let available = self.refill(*tokens, *since, now);
         if available >= 1.0 {
             *tokens = available - 1.0;
@@ -153,8 +200,7 @@ impl RateLimiter {
         if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
             return self.burst;
         }
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        match buckets.get(&address) {
+        match self.lock().get(&counted_as(address)) {
             None => self.burst,
             Some((tokens, since)) => self.refill(*tokens, *since, now),
         }
@@ -165,8 +211,7 @@ impl RateLimiter {
         if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        match buckets.get(&address) {
+        match self.lock().get(&counted_as(address)) {
             None => Ok(()),
             Some((tokens, since)) => {
                 let available = self.refill(*tokens, *since, now);
@@ -187,6 +232,73 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limiters_memory_is_bounded_whatever_the_addresses() {
+        let limiter = RateLimiter::per_minute(30, 10);
+        let now = Instant::now();
+        for i in 0..(5 * GENERATION as u32) {
+            // Ten failures each: every bucket is drained, none would be dropped as idle.
+            let address = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            for _ in 0..10 {
+                limiter.take(address, now).unwrap();
+            }
+        }
+        assert!(limiter.lock().len() <= 2 * GENERATION);
+        // The newest addresses are still counted.
+        let last = IpAddr::from(std::net::Ipv4Addr::from(
+            0x0a00_0000 + 5 * GENERATION as u32 - 1,
+        ));
+        assert!(limiter.take(last, now).is_err());
+    }
+
+    #[test]
+    fn a_bucket_survives_one_turnover_of_generations() {
+        let limiter = RateLimiter::per_minute(30, 1);
+        let now = Instant::now();
+        let watched: IpAddr = "192.0.2.1".parse().unwrap();
+        limiter.take(watched, now).unwrap();
+        for i in 0..GENERATION as u32 {
+            let _ = limiter.take(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), now);
+        }
+        assert!(
+            limiter.check(watched, now).is_err(),
+            "forgotten after one turnover"
+        );
+        assert!(limiter.take(watched, now).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let limiter = RateLimiter::per_minute(30, 3);
+        let now = Instant::now();
+        for host in 1..=3u16 {
+            let address = format!("2001:db8:1:2::{host:x}").parse().unwrap();
+            limiter.take(address, now).unwrap();
+        }
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(
+            limiter.take(same_64, now).is_err(),
+            "a new address in the same /64"
+        );
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(limiter.take(other_64, now).is_ok());
+
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let neighbour: IpAddr = "::ffff:192.0.2.8".parse().unwrap();
+        for _ in 0..3 {
+            limiter.take(mapped, now).unwrap();
+        }
+        assert!(
+            limiter.check(v4, now).is_err(),
+            "mapped and plain IPv4 are one client"
+        );
+        assert!(
+            limiter.take(neighbour, now).is_ok(),
+            "IPv4 neighbours are not one client"
+        );
+    }
 
     #[test]
     fn cidr_matching() {
