@@ -197,6 +197,7 @@ impl Connection {
         self.shared.closed.store(true, Ordering::Release);
         let mut inner = self.shared.lock();
         inner.going_away.get_or_insert(LAST_STREAM_ID);
+        inner.wake_open_waiters();
         inner.wake_driver();
     }
 

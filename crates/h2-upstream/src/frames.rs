@@ -173,6 +173,10 @@ impl Inner {
                     }
                     self.settle(id);
                 }
+                // Requests waiting for a stream slot would otherwise wait for the streams
+                // below `last` to end (a long stream: for ever); they learn now that this
+                // connection opens nothing more, and go to another.
+                self.wake_open_waiters();
                 Ok(())
             }
             WINDOW_UPDATE => {

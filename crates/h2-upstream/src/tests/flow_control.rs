@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pachgate_h2_wire::{
-    self as wire, ACK, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, PADDED, PING, PREFACE,
-    RST_STREAM, SETTINGS, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+    self as wire, ACK, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, GOAWAY, HEADERS, PADDED, PING,
+    PREFACE, RST_STREAM, SETTINGS, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
     SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -461,4 +461,60 @@ async fn an_upstream_that_talks_but_never_reads_is_given_up() {
     };
     assert!(sent.is_err(), "the upload failed with its connection");
     assert!(!connection.is_open());
+}
+
+/// A request waiting for a stream slot learns at once that the connection opens no more
+/// streams when the upstream sends GOAWAY (or the connection is retired): it is refused,
+/// unsent, and goes to another connection, instead of waiting for the open streams below
+/// the GOAWAY's last id to end, which a long stream never does.
+#[tokio::test]
+async fn requests_waiting_for_a_stream_slot_are_refused_on_goaway() {
+    /// The second request on a connection whose one stream slot is taken, in a task of its
+    /// own: it runs again only when something wakes it.
+    fn waiting_for_a_slot(
+        connection: &std::sync::Arc<Connection>,
+    ) -> tokio::task::JoinHandle<Result<(), Failure>> {
+        let connection = connection.clone();
+        tokio::spawn(async move { connection.open(&request_head(), true).await.map(drop) })
+    }
+    let (connection, mut peer) = connected(
+        settings(65_535, 65_535),
+        &[(SETTINGS_MAX_CONCURRENT_STREAMS, 1)],
+    )
+    .await;
+    let connection = std::sync::Arc::new(connection);
+    let _long = connection.open(&request_head(), true).await.unwrap();
+    let mut waiting = waiting_for_a_slot(&connection);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+            .await
+            .is_err(),
+        "the second request waits for the slot"
+    );
+    // GOAWAY(last stream 1, NO_ERROR): stream 1 goes on, nothing new opens.
+    peer.write(&frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]))
+        .await;
+    let opened = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("refused at once, not left waiting");
+    assert!(matches!(opened.unwrap(), Err(Failure::Refused)));
+
+    let (connection, _peer) = connected(
+        settings(65_535, 65_535),
+        &[(SETTINGS_MAX_CONCURRENT_STREAMS, 1)],
+    )
+    .await;
+    let connection = std::sync::Arc::new(connection);
+    let _long = connection.open(&request_head(), true).await.unwrap();
+    let mut waiting = waiting_for_a_slot(&connection);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+            .await
+            .is_err()
+    );
+    connection.retire();
+    let opened = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("refused at once once retired");
+    assert!(matches!(opened.unwrap(), Err(Failure::Refused)));
 }
