@@ -271,6 +271,8 @@ impl Connection {
                     send_window,
                     recv_waker: None,
                     send_waker: None,
+                    head_request: head.method == http::Method::HEAD,
+                    length_due: None,
                 },
             );
             inner.open_streams += 1;

@@ -276,7 +276,19 @@ impl Inner {
                             h2::Reason::FLOW_CONTROL_ERROR,
                             "DATA past the stream's window",
                         );
+                    } else if !state.length_due.is_none_or(|due| {
+                        data.len() as u64 <= due && (!end_stream || data.len() as u64 == due)
+                    }) {
+                        credit_now += data.len() as u32;
+                        self.violation(
+                            stream,
+                            h2::Reason::PROTOCOL_ERROR,
+                            "DATA not adding up to the content-length",
+                        );
                     } else {
+                        if let Some(due) = state.length_due.as_mut() {
+                            *due -= data.len() as u64;
+                        }
                         if !data.is_empty() {
                             match state.data.back_mut() {
                                 Some(last) if last.len() + data.len() <= COALESCE_LIMIT => {
@@ -341,6 +353,28 @@ impl Inner {
                     return Ok(())
                 }
                 Some(status) if !status.is_informational() => {
+                    let Ok(length) = content_length(&fields) else {
+                        self.violation(
+                            stream,
+                            h2::Reason::PROTOCOL_ERROR,
+                            "a malformed content-length",
+                        );
+                        return Ok(());
+                    };
+                    // No body follows a HEAD request's response, a 204 or a 304, whatever
+                    // length they name (that of the body a GET would get).
+                    let bodiless = state.head_request
+                        || status == StatusCode::NO_CONTENT
+                        || status == StatusCode::NOT_MODIFIED;
+                    state.length_due = length.map(|length| if bodiless { 0 } else { length });
+                    if end_stream && state.length_due.is_some_and(|due| due > 0) {
+                        self.violation(
+                            stream,
+                            h2::Reason::PROTOCOL_ERROR,
+                            "no DATA for the content-length",
+                        );
+                        return Ok(());
+                    }
                     let mut response = Response::new(());
                     *response.status_mut() = status;
                     *response.version_mut() = Version::HTTP_2;
@@ -362,6 +396,14 @@ impl Inner {
                         stream,
                         h2::Reason::PROTOCOL_ERROR,
                         "a second head, or trailers without END_STREAM",
+                    );
+                    return Ok(());
+                }
+                if state.length_due.is_some_and(|due| due > 0) {
+                    self.violation(
+                        stream,
+                        h2::Reason::PROTOCOL_ERROR,
+                        "trailers before the content-length's DATA",
                     );
                     return Ok(());
                 }
@@ -549,4 +591,25 @@ pub(crate) fn be_u32(bytes: &[u8]) -> u32 {
 /// The payload without padding (and without the priority fields HEADERS may carry).
 pub(crate) fn unpad(flags: u8, payload: &[u8], skip: usize) -> Result<&[u8], (h2::Reason, String)> {
     wire::unpad(flags, payload, skip).ok_or_else(|| protocol("padding longer than the frame"))
+}
+
+/// The head's content-length: `Ok(None)` without one; `Err` when a value is not a decimal
+/// number or two values differ (RFC 9110 §8.6; RFC 9113 §8.1.1 makes such a response
+/// malformed).
+fn content_length(fields: &http::HeaderMap) -> Result<Option<u64>, ()> {
+    let mut length = None;
+    for value in fields.get_all(http::header::CONTENT_LENGTH) {
+        let bytes = value.as_bytes();
+        if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err(());
+        }
+        let parsed = bytes
+            .iter()
+            .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+        if length.is_some_and(|seen| seen != parsed) {
+            return Err(());
+        }
+        length = Some(parsed);
+    }
+    Ok(length)
 }

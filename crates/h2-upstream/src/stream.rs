@@ -68,6 +68,11 @@ pub(crate) struct Stream {
     pub(crate) send_window: i64,
     pub(crate) recv_waker: Option<Waker>,
     pub(crate) send_waker: Option<Waker>,
+    /// The request was HEAD: the response's content-length describes a body not sent.
+    pub(crate) head_request: bool,
+    /// Response body bytes still due by the head's content-length (RFC 9113 §8.1.1: a
+    /// response whose DATA does not add up to it is malformed and must not be passed on).
+    pub(crate) length_due: Option<u64>,
 }
 
 impl Stream {

@@ -518,3 +518,178 @@ async fn requests_waiting_for_a_stream_slot_are_refused_on_goaway() {
         .expect("refused at once once retired");
     assert!(matches!(opened.unwrap(), Err(Failure::Refused)));
 }
+
+/// A response head block: `:status` by its static index, then each content-length value.
+fn head_with_lengths(status_index: u8, lengths: &[&str]) -> Vec<u8> {
+    let mut block = vec![0x80 | status_index];
+    for length in lengths {
+        // Literal without indexing, name by static index 28 (content-length).
+        block.extend_from_slice(&[0x0f, 0x0d]);
+        wire::put_string(&mut block, length.as_bytes());
+    }
+    block
+}
+
+/// How a response that names a content-length went: the head (or its failure), the body
+/// read whole (data bytes, trailers) or its failure, and whether the stream was reset.
+async fn answered_with_length(
+    method: http::Method,
+    block: &[u8],
+    then: &[(&[u8], bool)],
+    end_with_trailers: bool,
+) -> (bool, Option<(usize, bool)>, bool) {
+    let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
+    let mut request = request_head();
+    request.method = method;
+    let mut stream = connection.open(&request, true).await.unwrap();
+    let id = peer.request().await;
+    let head_ends = then.is_empty() && !end_with_trailers;
+    let flags = END_HEADERS | if head_ends { END_STREAM } else { 0 };
+    let mut out = frame(HEADERS, flags, id, block);
+    for (data, end) in then {
+        out.extend_from_slice(&frame(DATA, if *end { END_STREAM } else { 0 }, id, data));
+    }
+    if end_with_trailers {
+        out.extend_from_slice(&trailers(id));
+    }
+    peer.write(&out).await;
+    let reset = peer
+        .frames_until_pong()
+        .await
+        .iter()
+        .any(|f| f.kind == RST_STREAM && f.payload == PROTOCOL_ERROR.to_be_bytes());
+    let head = poll_fn(|cx| stream.poll_response(cx)).await;
+    let body = match head {
+        Ok(_) => read_body(&mut stream).await.ok(),
+        Err(_) => None,
+    };
+    (head.is_ok(), body, reset)
+}
+
+/// RFC 9113 §8.1.1: a response whose DATA does not add up to its content-length (or whose
+/// content-length is not one number) is malformed; an intermediary must not pass it on,
+/// and resets the stream with PROTOCOL_ERROR. Responses without a body (to HEAD, 204, 304)
+/// may name the length of the body a GET would get.
+#[tokio::test]
+async fn a_response_must_add_up_to_its_content_length() {
+    use http::Method;
+    let ok = |length: usize, trailers: bool| (true, Some((length, trailers)), false);
+    let five = head_with_lengths(8, &["5"]);
+    let cases: Vec<(
+        &str,
+        Method,
+        Vec<u8>,
+        Vec<(&[u8], bool)>,
+        bool,
+        (bool, Option<(usize, bool)>, bool),
+    )> = vec![
+        (
+            "exact, in two frames",
+            Method::POST,
+            five.clone(),
+            vec![(b"ab", false), (b"cde", true)],
+            false,
+            ok(5, false),
+        ),
+        (
+            "exact, then trailers",
+            Method::POST,
+            five.clone(),
+            vec![(b"abcde", false)],
+            true,
+            ok(5, true),
+        ),
+        (
+            "more DATA than named",
+            Method::POST,
+            five.clone(),
+            vec![(&[b'x'; 100], true)],
+            false,
+            (true, None, true),
+        ),
+        (
+            "less DATA than named",
+            Method::POST,
+            head_with_lengths(8, &["100"]),
+            vec![(b"abcde", true)],
+            false,
+            (true, None, true),
+        ),
+        (
+            "trailers before the length",
+            Method::POST,
+            five.clone(),
+            vec![(b"ab", false)],
+            true,
+            (true, None, true),
+        ),
+        (
+            "no DATA at all",
+            Method::POST,
+            five.clone(),
+            vec![],
+            false,
+            (false, None, true),
+        ),
+        (
+            "two different values",
+            Method::POST,
+            head_with_lengths(8, &["5", "6"]),
+            vec![(b"abcde", true)],
+            false,
+            (false, None, true),
+        ),
+        (
+            "not a number",
+            Method::POST,
+            head_with_lengths(8, &["5 "]),
+            vec![(b"abcde", true)],
+            false,
+            (false, None, true),
+        ),
+        (
+            "the same value twice",
+            Method::POST,
+            head_with_lengths(8, &["5", "5"]),
+            vec![(b"abcde", true)],
+            false,
+            ok(5, false),
+        ),
+        (
+            "HEAD's length, no body",
+            Method::HEAD,
+            head_with_lengths(8, &["100"]),
+            vec![],
+            false,
+            ok(0, false),
+        ),
+        (
+            "204 with a length",
+            Method::POST,
+            head_with_lengths(9, &["100"]),
+            vec![],
+            false,
+            ok(0, false),
+        ),
+        (
+            "304 with a length",
+            Method::POST,
+            head_with_lengths(11, &["100"]),
+            vec![],
+            false,
+            ok(0, false),
+        ),
+        (
+            "HEAD's response with DATA",
+            Method::HEAD,
+            head_with_lengths(8, &["100"]),
+            vec![(b"abcde", true)],
+            false,
+            (true, None, true),
+        ),
+    ];
+    for (name, method, block, then, trailers, expected) in cases {
+        let seen = answered_with_length(method, &block, &then, trailers).await;
+        assert_eq!(seen, expected, "{name}");
+    }
+}
