@@ -287,6 +287,7 @@ impl Connection {
             Poll::Ready(Ok(StreamRef {
                 shared: self.shared.clone(),
                 id,
+                reader: true,
             }))
         })
         .await

@@ -95,6 +95,9 @@ impl Stream {
 pub struct StreamRef {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: u32,
+    /// The handle [`Connection::open`](crate::Connection::open) gave, which reads the
+    /// response; [`clone_ref`](Self::clone_ref)'s only send.
+    pub(crate) reader: bool,
 }
 
 impl StreamRef {
@@ -107,6 +110,7 @@ impl StreamRef {
         StreamRef {
             shared: self.shared.clone(),
             id: self.id,
+            reader: false,
         }
     }
 
@@ -295,6 +299,26 @@ impl StreamRef {
     }
 }
 
+impl StreamRef {
+    /// The response's reader is gone (its client left) while the request body's pump still
+    /// holds the stream, waiting perhaps for send window the upstream never grants: what
+    /// arrived is dropped and its credit returned, and an unfinished response is cancelled,
+    /// which ends the pump too. Left alone, the stream would hold its slot and up to a
+    /// window of unread data against the connection until the upstream gave up.
+    fn abandon_response(&self, inner: &mut Inner) {
+        let Some(state) = inner.streams.get_mut(&self.id) else {
+            return;
+        };
+        let buffered: usize = state.data.drain(..).map(|chunk| chunk.len()).sum();
+        state.trailers = None;
+        let unfinished = state.failure.is_none() && !state.recv_closed;
+        inner.handed_on(buffered);
+        if unfinished {
+            inner.reset_stream(self.id, h2::Reason::CANCEL);
+        }
+    }
+}
+
 impl Drop for StreamRef {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
@@ -303,6 +327,9 @@ impl Drop for StreamRef {
         };
         state.refs -= 1;
         if state.refs > 0 {
+            if self.reader {
+                self.abandon_response(&mut inner);
+            }
             return;
         }
         let unfinished = state.failure.is_none() && !(state.recv_closed && state.send_closed);

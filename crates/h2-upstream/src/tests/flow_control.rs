@@ -693,3 +693,43 @@ async fn a_response_must_add_up_to_its_content_length() {
         assert_eq!(seen, expected, "{name}");
     }
 }
+
+/// The client leaves (the response's reader is dropped) while the request body's pump waits
+/// for send window the upstream never grants: the stream is cancelled, what it held is
+/// given back to the connection, and the pump ends, instead of the stream keeping its slot
+/// and its unread data until the upstream gives up.
+#[tokio::test]
+async fn a_dropped_reader_cancels_the_stream_its_pump_still_holds() {
+    let (connection, mut peer) = connected(
+        settings(65_535, 1 << 20),
+        &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)],
+    )
+    .await;
+    let reader = connection.open(&request_head(), false).await.unwrap();
+    let id = peer.request().await;
+    let mut pump = reader.clone_ref();
+    let pumping = tokio::spawn(async move {
+        let mut body = Bytes::from_static(b"upload");
+        poll_fn(|cx| pump.poll_send(cx, &mut body, false)).await
+    });
+    let mut out = head(id, false);
+    out.extend_from_slice(&frame(DATA, 0, id, &[b'd'; 1000]));
+    peer.write(&out).await;
+    let _ = peer.frames_until_pong().await;
+    assert_eq!(connection.shared.lock().buffered, 1000);
+
+    drop(reader);
+    let answered = peer.frames_until_pong().await;
+    assert!(
+        answered
+            .iter()
+            .any(|f| f.kind == RST_STREAM && f.stream == id && f.payload == 0x8u32.to_be_bytes()),
+        "no RST_STREAM(CANCEL) for the abandoned stream"
+    );
+    assert_eq!(connection.shared.lock().buffered, 0);
+    let pumped = tokio::time::timeout(PATIENCE, pumping)
+        .await
+        .expect("the pump ends once the stream is cancelled");
+    assert!(pumped.unwrap().is_err());
+    assert!(!connection.shared.lock().streams.contains_key(&id));
+}
