@@ -93,9 +93,12 @@ impl Default for PachydermAuthSettings {
 pub enum DenyReason {
     /// No token where one is required (gRPC 16 / HTTP 401).
     MissingToken,
-    /// More than one `authn-token` value: pachd reads the first, so checking any one of them
-    /// could check a different token than pachd uses (gRPC 16 / HTTP 401).
+    /// Several `Authorization: Bearer` tokens on a static-token route: checking one of them
+    /// could pass a different one than the upstream uses (gRPC 16 / HTTP 401).
     AmbiguousToken,
+    /// More than one `authn-token` value on a cluster with auth on: pachd refuses the call
+    /// with code 2 (Unknown) and these words (`auth.GetAuthToken`).
+    MultipleTokens,
     /// pachd rejected the token; its message (gRPC 16 / HTTP 401).
     InvalidToken(String),
     /// pachd says the token has expired; its message (gRPC 13, as pachd answers / HTTP 401).
@@ -119,7 +122,10 @@ impl DenyReason {
         match self {
             DenyReason::MissingToken => "no authentication token (try logging in)".into(),
             DenyReason::AmbiguousToken => {
-                "more than one authn-token value; send exactly one".into()
+                "more than one bearer token; send exactly one".into()
+            }
+            DenyReason::MultipleTokens => {
+                "multiple authentication token keys found in context".into()
             }
             DenyReason::InvalidToken(message) | DenyReason::ExpiredToken(message) => {
                 message.clone()
@@ -145,6 +151,7 @@ impl DenyReason {
         match self {
             DenyReason::MissingToken => "missing_token",
             DenyReason::AmbiguousToken => "ambiguous_token",
+            DenyReason::MultipleTokens => "multiple_tokens",
             DenyReason::InvalidToken(_) => "invalid_token",
             DenyReason::ExpiredToken(_) => "expired_token",
             DenyReason::AuthNotActive => "auth_not_active",
@@ -313,7 +320,7 @@ impl PachydermGate {
     async fn check_token(&self, token: TokenLookup<'_>, budget: &dyn AskBudget) -> Decision {
         let token = match &token {
             TokenLookup::Missing => return self.check_without_token().await,
-            TokenLookup::Ambiguous => return Decision::Deny(DenyReason::AmbiguousToken),
+            TokenLookup::Ambiguous => return self.check_several_tokens().await,
             TokenLookup::Found(token) => token.as_ref(),
         };
         let answer: Result<WhoAmIAnswer, Duration> = self
@@ -353,8 +360,20 @@ impl PachydermGate {
     /// off): whether auth is active is learned from pachd (WhoAmI without a token) and
     /// cached like any answer, never guessed per call.
     async fn check_without_token(&self) -> Decision {
+        self.unless_auth_is_off(DenyReason::MissingToken).await
+    }
+
+    /// Several `authn-token` values. pachd asks whether auth is active before it reads the
+    /// token, so with auth off it serves the call; with auth on it refuses it (code 2).
+    async fn check_several_tokens(&self) -> Decision {
+        self.unless_auth_is_off(DenyReason::MultipleTokens).await
+    }
+
+    /// `denial`, unless `when_auth_disabled = "allow"` and pachd reports auth off (asked
+    /// with WhoAmI without a token, the answer cached like any other).
+    async fn unless_auth_is_off(&self, denial: DenyReason) -> Decision {
         if self.settings.when_auth_disabled == WhenAuthDisabled::Deny {
-            return Decision::Deny(DenyReason::MissingToken);
+            return Decision::Deny(denial);
         }
         let answer = self
             .cache
@@ -368,7 +387,7 @@ impl PachydermGate {
         match answer {
             WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
             WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
-            _ => Decision::Deny(DenyReason::MissingToken),
+            _ => Decision::Deny(denial),
         }
     }
 

@@ -335,7 +335,7 @@ async fn decisions() {
         (
             "/pfs_v2.API/ListRepo",
             TokenLookup::Ambiguous,
-            Decision::Deny(DenyReason::AmbiguousToken),
+            Decision::Deny(DenyReason::MultipleTokens),
         ),
         (
             "/pfs_v2.API/ListRepo",
@@ -384,6 +384,35 @@ async fn auth_not_active_denies_unless_allowed() {
             username: None,
             reason: AllowReason::AuthNotActive,
         }
+    );
+}
+
+/// Several `authn-token` values: pachd asks whether auth is active before it reads the
+/// token, so with auth off (and `when_auth_disabled = "allow"`) it serves the call; with
+/// auth on it refuses with code 2 and "multiple authentication token keys".
+#[tokio::test]
+async fn several_tokens_are_refused_as_pachd_refuses_them() {
+    let allow = PachydermAuthSettings {
+        when_auth_disabled: WhenAuthDisabled::Allow,
+        ..PachydermAuthSettings::default()
+    };
+    let (off, _) = gate(allow.clone(), |_| WhoAmIAnswer::AuthNotActive);
+    assert_eq!(
+        off.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Ambiguous)
+            .await,
+        Decision::Allow {
+            username: None,
+            reason: AllowReason::AuthNotActive,
+        }
+    );
+    let (on, _) = gate(allow, pachd);
+    let denied = on
+        .check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Ambiguous)
+        .await;
+    assert_eq!(denied, Decision::Deny(DenyReason::MultipleTokens));
+    assert_eq!(
+        DenyReason::MultipleTokens.message(),
+        "multiple authentication token keys found in context"
     );
 }
 

@@ -14,6 +14,7 @@ use crate::body::ProxyBody;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum GrpcCode {
+    Unknown = 2,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
     ResourceExhausted = 8,
@@ -27,6 +28,7 @@ impl GrpcCode {
     /// The HTTP status grpc-gateway answers for this code (its `HTTPStatusFromCode`).
     fn gateway_http_status(self) -> StatusCode {
         match self {
+            GrpcCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             GrpcCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             GrpcCode::PermissionDenied => StatusCode::FORBIDDEN,
             GrpcCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
@@ -39,6 +41,7 @@ impl GrpcCode {
 
     fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
+            GrpcCode::Unknown => "2",
             GrpcCode::DeadlineExceeded => "4",
             GrpcCode::PermissionDenied => "7",
             GrpcCode::ResourceExhausted => "8",

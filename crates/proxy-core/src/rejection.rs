@@ -189,6 +189,7 @@ fn denial_code(reason: &DenyReason) -> GrpcCode {
             GrpcCode::Unauthenticated
         }
         DenyReason::ExpiredToken(_) => GrpcCode::Internal,
+        DenyReason::MultipleTokens => GrpcCode::Unknown,
         DenyReason::AuthNotActive | DenyReason::AddressNotAllowed => GrpcCode::PermissionDenied,
         DenyReason::CheckUnavailable(_) => GrpcCode::Unavailable,
         DenyReason::MalformedMethod => GrpcCode::Unimplemented,
@@ -221,6 +222,7 @@ fn render_denial(reason: &DenyReason, rendering: Rendering) -> Response<ProxyBod
                 DenyReason::AuthNotActive | DenyReason::AddressNotAllowed => StatusCode::FORBIDDEN,
                 DenyReason::CheckUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 DenyReason::MalformedMethod => StatusCode::NOT_FOUND,
+                DenyReason::MultipleTokens => StatusCode::BAD_REQUEST,
                 DenyReason::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             };
             text_response(status, format!("{message}\n"))

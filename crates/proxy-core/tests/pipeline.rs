@@ -650,3 +650,34 @@ async fn an_oversized_who_am_i_reply_is_not_read_whole() {
     let statuses = concurrent_calls(addr, 1, |_| "some-token".to_string()).await;
     assert_eq!(statuses, vec!["14"], "an 8 MiB WhoAmI reply was taken in");
 }
+
+/// Two `authn-token` values on a cluster with auth on get pachd's own answer: code 2
+/// (Unknown), "multiple authentication token keys found in context".
+#[tokio::test]
+async fn two_tokens_get_pachds_own_refusal() {
+    let pachd = slow_pachd(Arc::new(std::sync::atomic::AtomicUsize::new(0))).await;
+    let (_gateway, addr) = gated_pachd(pachd, RateLimiter::per_minute(60, 10)).await;
+    let mut sender = h2c_sender(addr).await;
+    let mut request = grpc_request("/pfs_v2.API/ListRepo", full(&[0u8, 0, 0, 0, 0][..]));
+    request
+        .headers_mut()
+        .append("authn-token", "good-1".parse().unwrap());
+    request
+        .headers_mut()
+        .append("authn-token", "good-2".parse().unwrap());
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let trailers = body.collect().await.unwrap().trailers().cloned();
+    let field = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .or_else(|| trailers.as_ref().and_then(|t| t.get(name)))
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(field("grpc-status").as_deref(), Some("2"));
+    assert_eq!(
+        field("grpc-message").as_deref(),
+        Some("multiple authentication token keys found in context")
+    );
+}
