@@ -93,6 +93,8 @@ fn public_methods_are_exact_and_per_line() {
     assert!(!v2.is_public_method("/pfs_v2.API/ListRepo"));
     assert!(v1.is_public_method("/auth.API/WhoAmI"));
     assert!(v1.is_public_method("/health.Health/Health"));
+    assert!(v1.is_public_method("/enterprise.API/Activate"));
+    assert!(!v2.is_public_method("/enterprise_v2.API/Activate"));
     assert!(!v1.is_public_method("/auth_v2.API/WhoAmI"));
     assert!(!v1.is_public_method("/pfs_v2.API/GetFileTAR"));
     assert_eq!(v1.who_am_i_method(), "/auth.API/WhoAmI");
