@@ -549,3 +549,98 @@ async fn a_ping_flood_the_upstream_does_not_read_ends_its_connection() {
     assert_ok(send(&upstream, None).await).await;
     let _peer = script.await.unwrap();
 }
+
+/// Accepts connections on `listener` and never says a word on them, counting them.
+fn silent_connections(
+    listener: tokio::net::TcpListener,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+}
+
+fn quick_spec(address: SocketAddr) -> UpstreamSpec {
+    UpstreamSpec {
+        connect_timeout: Duration::from_millis(300),
+        ..spec(address)
+    }
+}
+
+/// Requests queued behind a connection whose upstream never speaks (a blackholed pod, a
+/// port that is not h2) fail with it and go elsewhere: one connection, one strike, not a
+/// second connection to the same dead address and a second full wait for each of them.
+#[tokio::test]
+async fn requests_queued_on_a_connection_that_never_spoke_do_not_reconnect_to_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (listener, address) = listener().await;
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    silent_connections(listener, accepted.clone());
+    let upstream = Upstream::new(quick_spec(address)).unwrap();
+    let (a, b, c) = tokio::join!(
+        send(&upstream, None),
+        send(&upstream, None),
+        send(&upstream, None)
+    );
+    for result in [a, b, c] {
+        assert!(result.is_err(), "a silent upstream answered");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "connections to the dead address"
+    );
+    assert_eq!(upstream.address_summaries()[0].ejections, 1);
+    assert_eq!(upstream.counts().retries, 0);
+}
+
+/// A request refused by a graceful GOAWAY goes to a fresh connection; when that one never
+/// speaks, the strike is judged on it (the connection the stream was on), not on the one
+/// that sent the GOAWAY: the address is ejected once, and the request is not sent a third
+/// time to it.
+#[tokio::test]
+async fn after_a_goaway_the_fresh_connection_decides_the_strike() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (listener, address) = listener().await;
+    let upstream = Upstream::new(quick_spec(address)).unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let (go_away, going) = tokio::sync::oneshot::channel::<()>();
+    let counted = accepted.clone();
+    let script = tokio::spawn(async move {
+        let mut peer = Peer::accept(&listener, &[(wire::SETTINGS_MAX_CONCURRENT_STREAMS, 1)]).await;
+        counted.fetch_add(1, Ordering::SeqCst);
+        let first = peer.request().await;
+        let _ = going.await;
+        peer.go_away(first, NO_ERROR).await;
+        silent_connections(listener, counted);
+        peer
+    });
+    let long = send(&upstream, None);
+    tokio::pin!(long);
+    // The first call holds the only stream slot; the second waits for it.
+    let waiting = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = send(&upstream, None);
+        tokio::pin!(second);
+        let _ = tokio::time::timeout(Duration::from_millis(100), &mut second).await;
+        let _ = go_away.send(());
+        second.await
+    };
+    let second = tokio::select! {
+        second = waiting => second,
+        _ = &mut long => panic!("the first call was answered"),
+    };
+    assert!(second.is_err(), "a silent upstream answered");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "connections to the address"
+    );
+    assert_eq!(upstream.address_summaries()[0].ejections, 1);
+    assert_eq!(upstream.counts().retries, 0);
+    drop(script);
+}

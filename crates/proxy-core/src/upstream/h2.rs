@@ -45,7 +45,7 @@ impl Upstream {
             .unwrap_or_else(|| address.endpoint_authority.clone());
         set_uri(&mut request, self.scheme(), authority);
         *request.version_mut() = Version::HTTP_2;
-        let connection = match self.h2_connection(address).await {
+        let mut connection = match self.h2_connection(address).await {
             Ok(connection) => connection,
             Err(NoConnection { error, attempted }) => {
                 return Err(Attempt {
@@ -60,6 +60,19 @@ impl Upstream {
         let end_of_stream = http_body::Body::is_end_stream(&body);
         let mut stream = match connection.open_with(&head, extra, end_of_stream).await {
             Ok(stream) => stream,
+            // The connection failed before the upstream said a word (its SETTINGS never
+            // came): the address is as dead for this request as for the one that opened
+            // it. A strike (once per connection) and another address, not a second
+            // connection to this one and another full wait.
+            Err(Failure::Refused) if !connection.peer_spoke() => {
+                connection.retire();
+                return Err(Attempt {
+                    error: self.h2_failed(address, Failure::Refused),
+                    resend: Some(Request::from_parts(head, body)),
+                    eject: true,
+                    counted: !connection.first_to_report_failure(),
+                });
+            }
             // The connection ended (closed, GOAWAY) before this request left: nothing
             // reached the upstream, so one more try on a fresh connection is safe even for
             // non-idempotent calls.
@@ -76,15 +89,18 @@ impl Upstream {
                         })
                     }
                 };
-                match fresh.open_with(&head, extra, end_of_stream).await {
+                // What follows (ejection, strikes) is judged on the connection the stream
+                // is on.
+                connection = fresh;
+                match connection.open_with(&head, extra, end_of_stream).await {
                     Ok(stream) => stream,
                     Err(Failure::Refused) => {
-                        let eject = !fresh.peer_spoke();
+                        let eject = !connection.peer_spoke();
                         return Err(Attempt {
                             error: self.h2_failed(address, Failure::Refused),
                             resend: Some(Request::from_parts(head, body)),
                             eject,
-                            counted: eject && !fresh.first_to_report_failure(),
+                            counted: eject && !connection.first_to_report_failure(),
                         });
                     }
                     Err(e) => return Err(Attempt::failed(self.h2_failed(address, e))),
