@@ -681,3 +681,34 @@ async fn two_tokens_get_pachds_own_refusal() {
         Some("multiple authentication token keys found in context")
     );
 }
+
+/// Requests that never left pachgate (their address refused the connection) are sent to
+/// the address that works without counting against the retry budget, which bounds the
+/// extra load retries put on an upstream: these add none. Thirty calls at once, half of
+/// them first sent to a closed port, all succeed (with the budget, at most its few
+/// retries at once would have, and the rest got 503).
+#[tokio::test]
+async fn calls_refused_a_connection_go_elsewhere_outside_the_retry_budget() {
+    let healthy = http1_upstream().await;
+    let closed = closed_port().await;
+    let mut spec = upstream("pair", healthy, UpstreamProtocol::Http1);
+    spec.endpoints = vec![closed.to_string(), healthy.to_string()];
+    let snapshot = Snapshot::build(
+        vec![open_route("pair", "/", "pair")],
+        vec![spec],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (gateway, addr) = serve(snapshot).await;
+    let answers = futures_util::future::join_all((0..30).map(|_| get(addr, "/app"))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let counts = &gateway.snapshot().upstreams()[0].counts;
+    assert!(
+        counts.retries > 3,
+        "the test needs more retries than the budget's minimum"
+    );
+    assert_eq!(counts.retries_over_budget, 0);
+}

@@ -53,6 +53,7 @@ impl Upstream {
                     resend: Some(request),
                     eject: true,
                     counted: !attempted,
+                    unsent: true,
                 })
             }
         };
@@ -71,6 +72,7 @@ impl Upstream {
                     resend: Some(Request::from_parts(head, body)),
                     eject: true,
                     counted: !connection.first_to_report_failure(),
+                    unsent: true,
                 });
             }
             // The connection ended (closed, GOAWAY) before this request left: nothing
@@ -86,6 +88,7 @@ impl Upstream {
                             resend: Some(Request::from_parts(head, body)),
                             eject: true,
                             counted: !attempted,
+                            unsent: true,
                         })
                     }
                 };
@@ -101,6 +104,7 @@ impl Upstream {
                             resend: Some(Request::from_parts(head, body)),
                             eject,
                             counted: eject && !connection.first_to_report_failure(),
+                            unsent: true,
                         });
                     }
                     Err(e) => return Err(Attempt::failed(self.h2_failed(address, e))),
@@ -144,6 +148,7 @@ impl Upstream {
                     resend: again.map(|body| Request::from_parts(head, body)),
                     eject,
                     counted: eject && !connection.first_to_report_failure(),
+                    unsent: false,
                 })
             }
             // Every stream of a connection that fails gets this: only the first counts it.
@@ -152,6 +157,7 @@ impl Upstream {
                 resend: None,
                 eject: true,
                 counted: !connection.first_to_report_failure(),
+                unsent: false,
             }),
             Err(e) => Err(Attempt::failed(self.h2_failed(address, e))),
         }

@@ -134,6 +134,10 @@ struct Attempt {
     /// the same connect or connection fail: one failure is one strike, however many
     /// requests it ends.
     counted: bool,
+    /// Not a byte of the request left pachgate (no connection, or none that opened its
+    /// stream): sending it elsewhere is its first send anywhere, not a retry that adds load
+    /// to the upstream, so the retry budget does not bound it (gRPC's transparent retries).
+    unsent: bool,
 }
 
 impl Attempt {
@@ -143,6 +147,7 @@ impl Attempt {
             resend: None,
             eject: false,
             counted: false,
+            unsent: false,
         }
     }
 }
@@ -409,13 +414,15 @@ impl Upstream {
             if attempt.eject && self.pick(&tried).is_none() {
                 return Err(attempt.error);
             }
-            match self.budget.acquire(self.pending.load(Ordering::Relaxed)) {
-                Some(permit) => _retrying = Some(permit),
-                None => {
-                    self.stats
-                        .retries_over_budget
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(attempt.error);
+            if !attempt.unsent {
+                match self.budget.acquire(self.pending.load(Ordering::Relaxed)) {
+                    Some(permit) => _retrying = Some(permit),
+                    None => {
+                        self.stats
+                            .retries_over_budget
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(attempt.error);
+                    }
                 }
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -468,6 +475,7 @@ impl Upstream {
                     resend: None,
                     eject: true,
                     counted: false,
+                    unsent: false,
                 }
             } else if e.is_connect() {
                 Attempt {
@@ -475,6 +483,7 @@ impl Upstream {
                     resend: copy,
                     eject: true,
                     counted: false,
+                    unsent: true,
                 }
             } else {
                 Attempt::failed(self.failed(&e))
