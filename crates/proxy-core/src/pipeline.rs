@@ -135,7 +135,8 @@ impl Gateway {
         let answered = if view.websocket_upgrade
             || crate::websocket::is_extended_connect_websocket(&request)
         {
-            self.tunnel(request, route, upstream, view, record).await
+            self.tunnel(request, route, upstream, caller, view, record)
+                .await
         } else {
             forward(
                 request,
@@ -293,9 +294,23 @@ impl Gateway {
         mut request: Request<Incoming>,
         route: &Route<RouteTarget>,
         upstream: &Upstream,
+        caller: &Caller,
         view: View,
         record: &mut RequestRecord,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The handshake tells the upstream who the client is and which host it asked for,
+        // as every forwarded request does: what the client claimed is not passed on as is.
+        let has_target_authority = request.uri().authority().is_some();
+        let headers = request.headers_mut();
+        set_forwarded(
+            headers,
+            &caller.client_ip,
+            &caller.proto,
+            view.authority.as_ref().map(|a| a.host()),
+        );
+        if !upstream.protocol().is_h2() {
+            set_http1_host(headers, has_target_authority, view.authority.as_ref());
+        }
         // The handshake goes upstream with the request's own headers (on h2, as a field the
         // encoder sends without indexing): a made id joins them here, as `forward` hands it
         // to the upstream's `send`.
@@ -417,18 +432,8 @@ async fn send_upstream(
     );
     match upstream.protocol() {
         UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
-            // Host is the authority the request was routed on. When the target carries one
-            // (an h2 client's :authority, an HTTP/1.1 absolute-form target) it replaces
-            // whatever Host the client added (RFC 9112 §3.2.2), so the route, the gate and
-            // the upstream all see one host; an origin-form request's Host stays as sent.
-            if parts.uri.authority().is_some() || !parts.headers.contains_key(HOST) {
-                if let Some(value) = authority
-                    .as_ref()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                {
-                    parts.headers.insert(HOST, value);
-                }
-            }
+            let has_target_authority = parts.uri.authority().is_some();
+            set_http1_host(&mut parts.headers, has_target_authority, authority.as_ref());
         }
         UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             // On h2 the host travels as :authority (set from the same value).
@@ -516,4 +521,20 @@ fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejecti
         return Some(Rejection::UnderscoreInHeaderName);
     }
     None
+}
+
+/// Host toward an HTTP/1.1 upstream: the authority the request was routed on. When the
+/// target carries one (an h2 client's :authority, an HTTP/1.1 absolute-form target) it
+/// replaces whatever Host the client added (RFC 9112 §3.2.2), so the route, the gate and
+/// the upstream all see one host; an origin-form request's Host stays as sent.
+fn set_http1_host(
+    headers: &mut http::HeaderMap,
+    has_target_authority: bool,
+    authority: Option<&Authority>,
+) {
+    if has_target_authority || !headers.contains_key(HOST) {
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(HOST, value);
+        }
+    }
 }

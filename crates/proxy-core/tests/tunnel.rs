@@ -511,3 +511,37 @@ async fn a_refused_extended_connect_reaches_the_client_as_the_upstreams_answer()
     let (headers, _peer) = upstream.await.unwrap();
     assert!(headers.contains(&(":protocol".to_string(), "websocket".to_string())));
 }
+
+/// A websocket handshake tells the upstream who the client is and which host it asked
+/// for, as every forwarded request does: a client's own `X-Forwarded-*` are not passed on
+/// as they came (its address is appended, proto and host are pachgate's), and an
+/// absolute-form target's host is the Host the backend sees (RFC 9112 §3.2.2), the one the
+/// route and gate decided on.
+#[tokio::test]
+async fn a_websocket_handshake_carries_the_forwarded_headers_and_the_routed_host() {
+    let (listener, backend) = scripted_h2::listener().await;
+    let (_gateway, addr) = gateway_to(backend, UpstreamProtocol::Http1).await;
+    let backend = tokio::spawn(backend_accepting(listener));
+
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET http://pachgate.test/ws/chat HTTP/1.1\r\nHost: elsewhere.test\r\n\
+         X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let (text, rest) = read_head(&mut client).await;
+    assert_eq!(Head::parse(&text).line, "HTTP/1.1 101 Switching Protocols");
+    converse(&mut client, rest).await;
+
+    let saw = backend.await.unwrap();
+    assert_eq!(saw.head.line, "GET /ws/chat HTTP/1.1");
+    assert_eq!(saw.head.field("host"), Some("pachgate.test"));
+    assert_eq!(
+        saw.head.field("x-forwarded-for"),
+        Some("6.6.6.6, 127.0.0.1")
+    );
+    assert_eq!(saw.head.field("x-forwarded-proto"), Some("http"));
+    assert_eq!(saw.head.field("x-forwarded-host"), Some("pachgate.test"));
+}
