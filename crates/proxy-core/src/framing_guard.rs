@@ -150,6 +150,11 @@ impl FramingTracker {
                 }
             }
         }
+        if self.state == State::Off && self.line.capacity() > 0 {
+            // Nothing more is followed on this connection: what a head or a chunk line held
+            // is not kept for the connection's life.
+            self.line = Vec::new();
+        }
         flagged
     }
 
@@ -198,6 +203,17 @@ impl FramingTracker {
             return None;
         }
         self.requests += 1;
+        if request.method == Some("CONNECT")
+            || request
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        {
+            // After an upgrade the bytes are another protocol's (a websocket's frames need
+            // not hold a line feed for 128 KiB): following them would only buffer them.
+            self.state = State::Off;
+            return None;
+        }
         let mut content_length: Option<Option<u64>> = None;
         let mut transfer_encoding: Option<&[u8]> = None;
         for header in request.headers.iter() {
@@ -319,6 +335,20 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_ends_the_following_and_frees_what_it_held() {
+        let mut tracker = FramingTracker::default();
+        tracker.feed(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        // A websocket's frames: 200 KiB without a line feed.
+        for _ in 0..200 {
+            assert_eq!(tracker.feed(&[0x82; 1024]), None);
+        }
+        assert_eq!(tracker.state, State::Off);
+        assert_eq!(tracker.line.capacity(), 0);
+    }
 
     /// Feeds the stream in pieces of every size from 1 byte up, so boundaries fall
     /// everywhere; the verdict must not depend on how reads were split.
