@@ -512,6 +512,14 @@ fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejecti
     {
         return Some(Rejection::HeadersTooLarge);
     }
+    // RFC 9112 §3.2: more than one Host line is a 400. Routing and the gate would read the
+    // first, an upstream perhaps the last.
+    let mut hosts = request.headers().get_all(HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Some(Rejection::Error(ProxyError::BadRequest(
+            "more than one Host header\n",
+        )));
+    }
     if limits.reject_underscore_headers
         && request
             .headers()

@@ -233,6 +233,22 @@ async fn no_route_is_404_text_or_grpc_unimplemented() {
     assert_eq!(answer.body, "");
 }
 
+/// RFC 9112 §3.2: two Host lines are a 400, not forwarded: routing and the gate read the
+/// first, an upstream might serve the second.
+#[tokio::test]
+async fn two_host_headers_are_a_bad_request() {
+    let (_gateway, addr) = start_gateway().await;
+    let request = Request::get("/app")
+        .header("host", "pachgate.test")
+        .header("host", "elsewhere.test")
+        .body(empty())
+        .unwrap();
+    let answer = send_http1(addr, request).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body, "more than one Host header\n");
+    assert_eq!(get(addr, "/app").await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_denied_client_is_told_so_in_its_protocol() {
     let (gateway, addr) = start_gateway().await;
