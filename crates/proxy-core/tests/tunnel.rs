@@ -545,3 +545,42 @@ async fn a_websocket_handshake_carries_the_forwarded_headers_and_the_routed_host
     assert_eq!(saw.head.field("x-forwarded-proto"), Some("http"));
     assert_eq!(saw.head.field("x-forwarded-host"), Some("pachgate.test"));
 }
+
+/// A backend that answers an h2 client's websocket with 200 and a page (a single-page
+/// app's fallback) has not opened a tunnel: for an extended CONNECT a 2xx would tell the
+/// client it has one (RFC 8441 §5), so it gets 502 instead. The handshake went without the
+/// client's Content-Length (a backend would wait for a body that never comes).
+#[tokio::test]
+async fn an_extended_connect_answered_200_by_an_http1_backend_is_a_502() {
+    let (listener, backend) = scripted_h2::listener().await;
+    let (_gateway, addr) = gateway_to(backend, UpstreamProtocol::Http1).await;
+    let backend = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let (text, _) = read_head(&mut socket).await;
+        socket
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 6\r\n\r\n<html>",
+            )
+            .await
+            .unwrap();
+        Head::parse(&text)
+    });
+    let mut sender = h2c_sender(addr).await;
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri("http://pachgate.test/ws/chat")
+        .header("sec-websocket-version", "13")
+        .header("content-length", "0")
+        .body(empty())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let saw = backend.await.unwrap();
+    assert_eq!(saw.field("content-length"), None);
+}

@@ -7,8 +7,8 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
+    HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -26,8 +26,8 @@ use crate::upstream::Upstream;
 
 /// Request headers that belong to the client's hop only: the upstream's stream carries the
 /// websocket in `:method CONNECT` / `:protocol`, and its own `:authority`.
-const NOT_FORWARDED_OVER_H2: [http::header::HeaderName; 4] =
-    [HOST, CONNECTION, UPGRADE, SEC_WEBSOCKET_KEY];
+const NOT_FORWARDED_OVER_H2: [http::header::HeaderName; 5] =
+    [HOST, CONNECTION, UPGRADE, SEC_WEBSOCKET_KEY, CONTENT_LENGTH];
 
 /// A websocket toward an `h2` or `h2c` upstream: an extended CONNECT stream there (RFC 8441)
 /// with the client's websocket headers (version, subprotocols, extensions, origin, cookies);

@@ -2,8 +2,8 @@
 //! for an HTTP/1.1 client's Upgrade and for an h2 client's extended CONNECT.
 
 use http::header::{
-    HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
+    HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -44,6 +44,9 @@ pub(super) async fn tunnel(
     // checked that the client asked for `websocket`; put back exactly this hop's pair.
     let (mut parts, _body) = request.into_parts();
     set_upgrade_headers(&mut parts.headers);
+    // The handshake goes without a body whatever the client's head said: a Content-Length
+    // left on it would have the backend wait for bytes that never come.
+    parts.headers.remove(CONTENT_LENGTH);
     let key = match side {
         ClientSide::Upgrade => None,
         ClientSide::ExtendedConnect => Some(as_upgrade_request(
@@ -56,6 +59,16 @@ pub(super) async fn tunnel(
     let handshake = std::pin::pin!(handshake_upstream(&mut sender, parts));
     let mut response = match upstream.within_response_timeout(handshake).await? {
         Handshake::Switched(response) => response,
+        // A 2xx to an extended CONNECT means "tunnel open" to the h2 client (RFC 8441 §5),
+        // which this answer is not (a single-page app's fallback page, say).
+        Handshake::Refused(response)
+            if side == ClientSide::ExtendedConnect && response.status().is_success() =>
+        {
+            return Err(ProxyError::UpgradeFailed(format!(
+                "backend answered the websocket handshake with {}, not 101",
+                response.status()
+            )));
+        }
         Handshake::Refused(response) => return Ok(response),
     };
     let status = match key {
