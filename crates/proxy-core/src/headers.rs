@@ -2,8 +2,8 @@
 //! `X-Forwarded-*` set. Edits happen in place on the request's own map; nothing is copied.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -118,6 +118,26 @@ pub fn set_forwarded(
         None => {
             headers.remove(&X_FORWARDED_HOST);
         }
+    }
+}
+
+/// Joins several `cookie` fields into one with `; `, as RFC 9113 §8.2.3 requires before a
+/// request leaves HTTP/2: h2 clients (browsers) send each cookie as a field of its own, and
+/// an HTTP/1.1 server may read only one `Cookie` line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(256);
+    for value in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 

@@ -31,7 +31,7 @@ use crate::error::ProxyError;
 use crate::exchange::{ClientAddress, Exchange, ObservedBody};
 use crate::framing_guard::FramingVerdicts;
 use crate::gateway::Gateway;
-use crate::headers::{is_websocket_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::headers::{is_websocket_upgrade, join_cookies, set_forwarded, strip_hop_by_hop};
 use crate::idle::ConnActivity;
 use crate::rejection::{Rejection, Rendering};
 use crate::request_id::{insert_request_id, request_id};
@@ -434,6 +434,9 @@ async fn send_upstream(
         UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
             let has_target_authority = parts.uri.authority().is_some();
             set_http1_host(&mut parts.headers, has_target_authority, authority.as_ref());
+            if parts.version == Version::HTTP_2 {
+                join_cookies(&mut parts.headers);
+            }
         }
         UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             // On h2 the host travels as :authority (set from the same value).

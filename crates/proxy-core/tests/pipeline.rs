@@ -29,7 +29,7 @@ mod fixture;
 use fixture::*;
 
 /// An HTTP/1.1 upstream that says which path it was asked for (and, in `x-upstream-host`,
-/// the Host it got).
+/// the Host it got; in `x-upstream-cookies`, its Cookie lines, joined by ` | `).
 async fn http1_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -46,6 +46,17 @@ async fn http1_upstream() -> SocketAddr {
                         response
                             .headers_mut()
                             .insert("x-upstream-host", host.clone());
+                    }
+                    let cookies: Vec<&str> = request
+                        .headers()
+                        .get_all(http::header::COOKIE)
+                        .iter()
+                        .map(|v| v.to_str().unwrap())
+                        .collect();
+                    if !cookies.is_empty() {
+                        response
+                            .headers_mut()
+                            .insert("x-upstream-cookies", cookies.join(" | ").parse().unwrap());
                     }
                     Ok::<_, Infallible>(response)
                 });
@@ -247,6 +258,21 @@ async fn two_host_headers_are_a_bad_request() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(answer.body, "more than one Host header\n");
     assert_eq!(get(addr, "/app").await.status, StatusCode::OK);
+}
+
+/// RFC 9113 §8.2.3: an h2 client's cookies (a browser sends each as a field of its own)
+/// reach an HTTP/1.1 upstream as one `Cookie` line joined by `; `.
+#[tokio::test]
+async fn an_h2_clients_cookies_reach_http1_as_one_line() {
+    let (_gateway, addr) = start_gateway().await;
+    let request = Request::get("http://pachgate.test/app")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(empty())
+        .unwrap();
+    let answer = send_h2c(addr, request).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("x-upstream-cookies"), Some("a=1; b=2"));
 }
 
 #[tokio::test]

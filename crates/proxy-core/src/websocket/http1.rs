@@ -16,6 +16,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::gateway::TunnelTicket;
+use crate::headers::join_cookies;
 use crate::route_timeouts::RouteTimeouts;
 use crate::upstream::{error_chain, Upstream};
 
@@ -47,6 +48,7 @@ pub(super) async fn tunnel(
     // The handshake goes without a body whatever the client's head said: a Content-Length
     // left on it would have the backend wait for bytes that never come.
     parts.headers.remove(CONTENT_LENGTH);
+    join_cookies(&mut parts.headers);
     let key = match side {
         ClientSide::Upgrade => None,
         ClientSide::ExtendedConnect => Some(as_upgrade_request(
