@@ -28,6 +28,8 @@ pub struct FramingVerdicts {
     ambiguous_request: AtomicU64,
     /// Requests the pipeline has taken so far.
     served: AtomicU64,
+    /// The connection switched protocols (a websocket's 101): its bytes are no longer HTTP/1.
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl FramingVerdicts {
@@ -35,6 +37,14 @@ impl FramingVerdicts {
     pub fn next_request_is_ambiguous(&self) -> bool {
         let index = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         index == self.ambiguous_request.load(Ordering::Acquire)
+    }
+
+    /// The pipeline answered 101: what follows is another protocol's bytes (a websocket's
+    /// frames need not hold a line feed for 128 KiB), not to be followed, or buffered, as a
+    /// request head. Only then: an Upgrade header alone leaves the connection HTTP/1 when
+    /// the answer is not 101, and its later requests are still guarded.
+    pub fn connection_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
     }
 }
 
@@ -158,6 +168,12 @@ impl FramingTracker {
         flagged
     }
 
+    /// Follows nothing more, and keeps nothing of what it held.
+    fn stop(&mut self) {
+        self.state = State::Off;
+        self.line = Vec::new();
+    }
+
     fn start_head(&mut self) -> State {
         self.line.clear();
         self.current_line_len = 0;
@@ -203,17 +219,6 @@ impl FramingTracker {
             return None;
         }
         self.requests += 1;
-        if request.method == Some("CONNECT")
-            || request
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-        {
-            // After an upgrade the bytes are another protocol's (a websocket's frames need
-            // not hold a line feed for 128 KiB): following them would only buffer them.
-            self.state = State::Off;
-            return None;
-        }
         let mut content_length: Option<Option<u64>> = None;
         let mut transfer_encoding: Option<&[u8]> = None;
         for header in request.headers.iter() {
@@ -287,6 +292,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
+            if this.tracker.state != State::Off && this.verdicts.upgraded.load(Ordering::Acquire) {
+                this.tracker.stop();
+            }
             if this.tracker.state != State::Off {
                 if let Some(index) = this.tracker.feed(&buf.filled()[before..]) {
                     let _ = this.verdicts.ambiguous_request.compare_exchange(
@@ -337,17 +345,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_upgrade_ends_the_following_and_frees_what_it_held() {
-        let mut tracker = FramingTracker::default();
-        tracker.feed(
-            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        );
-        // A websocket's frames: 200 KiB without a line feed.
-        for _ in 0..200 {
-            assert_eq!(tracker.feed(&[0x82; 1024]), None);
-        }
-        assert_eq!(tracker.state, State::Off);
-        assert_eq!(tracker.line.capacity(), 0);
+    fn a_101_ends_the_following_and_frees_what_it_held() {
+        let verdicts = Arc::new(FramingVerdicts::default());
+        let head: &[u8] =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        // A websocket's frames: bytes without a line feed.
+        let frames = vec![0x82u8; 100 * 1024];
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut guard = FramingGuard::new(server, verdicts.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut sink = vec![0u8; 1 << 20];
+            client.write_all(head).await.unwrap();
+            let _ = guard.read(&mut sink).await.unwrap();
+            verdicts.connection_upgraded();
+            client.write_all(&frames).await.unwrap();
+            let mut read = 0;
+            while read < frames.len() {
+                read += guard.read(&mut sink).await.unwrap();
+            }
+        });
+        assert_eq!(guard.tracker.state, State::Off);
+        assert_eq!(guard.tracker.line.capacity(), 0);
+    }
+
+    #[test]
+    fn an_upgrade_header_alone_leaves_later_requests_guarded() {
+        let stream = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n\
+            POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(verdict(stream), Some(2));
     }
 
     /// Feeds the stream in pieces of every size from 1 byte up, so boundaries fall

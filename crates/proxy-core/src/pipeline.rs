@@ -328,7 +328,7 @@ impl Gateway {
         } else {
             ClientSide::ExtendedConnect
         };
-        Box::pin(crate::websocket::tunnel(
+        let answer = Box::pin(crate::websocket::tunnel(
             request,
             upstream,
             view.authority,
@@ -337,7 +337,13 @@ impl Gateway {
             &mut record.exchange,
             route.target.timeouts,
         ))
-        .await
+        .await;
+        if let (Ok(response), Some(framing)) = (&answer, &caller.framing) {
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                framing.connection_upgraded();
+            }
+        }
+        answer
     }
 }
 
