@@ -115,8 +115,14 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn get(&self, key: &IpAddr) -> Option<&Bucket> {
-        self.current.get(key).or_else(|| self.previous.get(key))
+    /// The key's bucket, brought into the current generation when it was in the previous
+    /// one: an address that keeps coming (even only to be refused by `check`) stays counted.
+    fn find(&mut self, key: IpAddr) -> Option<Bucket> {
+        if let Some(bucket) = self.current.get(&key) {
+            return Some(*bucket);
+        }
+        let kept = self.previous.remove(&key)?;
+        Some(*self.entry(key, kept))
     }
 
     /// The key's bucket in the current generation (brought over from the previous one, or
@@ -141,8 +147,10 @@ impl Buckets {
 }
 
 /// The address a client is counted by: IPv4 as itself (an IPv4-mapped IPv6 address is the
-/// IPv4 address it carries), IPv6 by its /64.
-fn counted_as(address: IpAddr) -> IpAddr {
+/// IPv4 address it carries), IPv6 by its /64. Anything kept per client beside a
+/// [`RateLimiter`] must use the same key, or a host could spread over its /64 what the
+/// limiter counts as one.
+pub fn counted_as(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         v4 => v4,
@@ -200,9 +208,9 @@ impl RateLimiter {
         if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
             return self.burst;
         }
-        match self.lock().get(&counted_as(address)) {
+        match self.lock().find(counted_as(address)) {
             None => self.burst,
-            Some((tokens, since)) => self.refill(*tokens, *since, now),
+            Some((tokens, since)) => self.refill(tokens, since, now),
         }
     }
 
@@ -211,10 +219,10 @@ impl RateLimiter {
         if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        match self.lock().get(&counted_as(address)) {
+        match self.lock().find(counted_as(address)) {
             None => Ok(()),
             Some((tokens, since)) => {
-                let available = self.refill(*tokens, *since, now);
+                let available = self.refill(tokens, since, now);
                 if available >= 1.0 {
                     Ok(())
                 } else if self.rate > 0.0 {
@@ -266,6 +274,21 @@ mod tests {
             "forgotten after one turnover"
         );
         assert!(limiter.take(watched, now).is_err());
+    }
+
+    #[test]
+    fn an_address_refused_by_check_alone_stays_counted() {
+        let limiter = RateLimiter::per_minute(30, 1);
+        let now = Instant::now();
+        let watched: IpAddr = "192.0.2.1".parse().unwrap();
+        limiter.take(watched, now).unwrap();
+        for i in 0..(3 * GENERATION as u32) {
+            let _ = limiter.take(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), now);
+            if i % 1000 == 0 {
+                assert!(limiter.check(watched, now).is_err(), "forgotten after {i}");
+            }
+        }
+        assert!(limiter.check(watched, now).is_err());
     }
 
     #[test]
