@@ -236,6 +236,8 @@ impl PendingAsks {
     /// every other question of the address in flight; `Err(retry_after)` when the budget
     /// is out and none is in flight. Held until the returned guard drops.
     async fn place(&self, limiter: &RateLimiter, client: IpAddr) -> Result<Place<'_>, Duration> {
+        // Counted as the limiter counts the address (an IPv6 client by its /64).
+        let client = pachgate_client_policy::counted_as(client);
         loop {
             let answered = {
                 let mut by_address = self.lock();

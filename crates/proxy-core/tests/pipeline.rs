@@ -754,3 +754,63 @@ async fn calls_refused_a_connection_go_elsewhere_outside_the_retry_budget() {
     );
     assert_eq!(counts.retries_over_budget, 0);
 }
+
+/// Guesses spread over one IPv6 /64 (here as addresses a trusted proxy reports) share one
+/// failed-authentication budget, and so do their questions in flight: fifty at once reach
+/// pachd only as far as the /64's burst goes.
+#[tokio::test]
+async fn concurrent_guesses_from_one_64_share_its_budget() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let who_am_i_calls = Arc::new(AtomicUsize::new(0));
+    let pachd = slow_pachd(who_am_i_calls.clone()).await;
+    let snapshot = Snapshot::build(
+        vec![route(
+            "grpc",
+            "/",
+            "pachd",
+            RouteAuth::Pachyderm,
+            CidrSet::default(),
+        )],
+        vec![upstream("pachd", pachd, UpstreamProtocol::H2c)],
+        Some(PachydermAuthSpec {
+            upstream: "pachd".into(),
+            who_am_i_method: "/auth_v2.API/WhoAmI".into(),
+            settings: PachydermAuthSettings::default(),
+        }),
+        None,
+        ClientPolicy {
+            failed_auth: Some(RateLimiter::per_minute(1, 5)),
+            trusted_proxies: cidrs(&["127.0.0.1/32"]),
+            ..ClientPolicy::default()
+        },
+    )
+    .unwrap();
+    let (_gateway, addr) = serve(snapshot).await;
+    let sender = h2c_sender(addr).await;
+    let calls = (0..50).map(|i| {
+        let mut sender = sender.clone();
+        async move {
+            let mut request = grpc_request("/pfs_v2.API/ListRepo", full(&[0u8, 0, 0, 0, 0][..]));
+            let headers = request.headers_mut();
+            headers.insert("authn-token", format!("guess-{i}").parse().unwrap());
+            headers.insert(
+                "x-forwarded-for",
+                format!("2001:db8::{i:x}").parse().unwrap(),
+            );
+            let response = sender.send_request(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let trailers = body.collect().await.unwrap().trailers().cloned();
+            parts
+                .headers
+                .get("grpc-status")
+                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    let rejected = statuses.iter().filter(|s| *s == "16").count();
+    let refused = statuses.iter().filter(|s| *s == "8").count();
+    assert_eq!((rejected, refused), (5, 45), "{statuses:?}");
+    assert_eq!(who_am_i_calls.load(Ordering::SeqCst), 5);
+}
