@@ -272,6 +272,7 @@ impl Connection {
                     recv_waker: None,
                     send_waker: None,
                     head_request: head.method == http::Method::HEAD,
+                    connect_request: head.method == http::Method::CONNECT,
                     length_due: None,
                 },
             );

@@ -366,7 +366,11 @@ impl Inner {
                     let bodiless = state.head_request
                         || status == StatusCode::NO_CONTENT
                         || status == StatusCode::NOT_MODIFIED;
-                    state.length_due = length.map(|length| if bodiless { 0 } else { length });
+                    let tunnel = state.connect_request && status.is_success();
+                    state.length_due =
+                        length
+                            .filter(|_| !tunnel)
+                            .map(|length| if bodiless { 0 } else { length });
                     if end_stream && state.length_due.is_some_and(|due| due > 0) {
                         self.violation(
                             stream,

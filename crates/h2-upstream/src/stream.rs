@@ -70,6 +70,9 @@ pub(crate) struct Stream {
     pub(crate) send_waker: Option<Waker>,
     /// The request was HEAD: the response's content-length describes a body not sent.
     pub(crate) head_request: bool,
+    /// The request was CONNECT (a websocket, RFC 8441): a 2xx opens a tunnel, whose DATA
+    /// no content-length describes (RFC 9110 §9.3.6: a client ignores it there).
+    pub(crate) connect_request: bool,
     /// Response body bytes still due by the head's content-length (RFC 9113 §8.1.1: a
     /// response whose DATA does not add up to it is malformed and must not be passed on).
     pub(crate) length_due: Option<u64>,

@@ -687,6 +687,14 @@ async fn a_response_must_add_up_to_its_content_length() {
             false,
             (true, None, true),
         ),
+        (
+            "a tunnel's 200 with a length",
+            Method::CONNECT,
+            head_with_lengths(8, &["0"]),
+            vec![(b"frames", true)],
+            false,
+            ok(6, false),
+        ),
     ];
     for (name, method, block, then, trailers, expected) in cases {
         let seen = answered_with_length(method, &block, &then, trailers).await;
