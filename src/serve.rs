@@ -465,10 +465,15 @@ impl Reloader {
     ) {
         let mut last_text = Some(loaded);
         // Unreadable for a moment (a ConfigMap's swap): the watch reports it once it is back.
-        if let Ok(now) = config::read(&self.path) {
-            if last_text.as_ref() != Some(&now) {
-                last_text = Some(now.clone());
-                self.reload("file change", Ok(now)).await;
+        // Changed: read again once the edit has settled, as after a watch event, so that a
+        // write still in progress is not taken for the new config.
+        if config::read(&self.path).is_ok_and(|now| last_text.as_ref() != Some(&now)) {
+            tokio::time::sleep(CONFIG_SETTLE).await;
+            if let Ok(now) = config::read(&self.path) {
+                if last_text.as_ref() != Some(&now) {
+                    last_text = Some(now.clone());
+                    self.reload("file change", Ok(now)).await;
+                }
             }
         }
         loop {
