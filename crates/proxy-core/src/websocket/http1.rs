@@ -48,7 +48,10 @@ pub(super) async fn tunnel(
     // The handshake goes without a body whatever the client's head said: a Content-Length
     // left on it would have the backend wait for bytes that never come.
     parts.headers.remove(CONTENT_LENGTH);
-    join_cookies(&mut parts.headers);
+    if side == ClientSide::ExtendedConnect {
+        // An h2 client's cookies, each a field of its own, as one line (RFC 9113 §8.2.3).
+        join_cookies(&mut parts.headers);
+    }
     let key = match side {
         ClientSide::Upgrade => None,
         ClientSide::ExtendedConnect => Some(as_upgrade_request(
