@@ -25,13 +25,13 @@ use tokio::sync::Notify;
 use crate::body::ProxyBody;
 use crate::upstream::Upstream;
 
-/// The transport for pachd's WhoAmI (`PachdWhoAmI` in auth-gate): the upstream's pooled
-/// connection to pachd's gRPC port.
 /// The most of a WhoAmI reply the gate reads. pachd's is a user name and an expiry, well
 /// under a kilobyte; whatever answers at the pachd upstream is not trusted to stop there,
 /// and every token checked at once holds its reply in memory.
 const WHO_AM_I_REPLY_LIMIT: usize = 64 * 1024;
 
+/// The transport for pachd's WhoAmI (`PachdWhoAmI` in auth-gate): the upstream's pooled
+/// connection to pachd's gRPC port.
 pub struct UpstreamWhoAmI {
     pub upstream: Arc<Upstream>,
 }

@@ -357,8 +357,9 @@ impl Upstream {
 
     /// One attempt, then more while nothing of the request reached an upstream: a connection
     /// that failed before the request left goes to another address (up to
-    /// `MAX_CONNECT_RETRIES` times), a stream refused unprocessed is sent again. All retries
-    /// share the upstream's retry budget, so an outage does not become a retry storm.
+    /// `MAX_CONNECT_RETRIES` times), a stream refused unprocessed is sent again. Retries of
+    /// requests that had left pachgate share the upstream's retry budget, so an outage does
+    /// not become a retry storm; one that never left is sent on outside it.
     async fn send_retrying(
         &self,
         mut request: Request<ProxyBody>,
