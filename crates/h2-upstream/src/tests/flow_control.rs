@@ -530,14 +530,16 @@ fn head_with_lengths(status_index: u8, lengths: &[&str]) -> Vec<u8> {
     block
 }
 
-/// How a response that names a content-length went: the head (or its failure), the body
-/// read whole (data bytes, trailers) or its failure, and whether the stream was reset.
+/// How a response that names a content-length went: whether the head arrived, the body
+/// read whole (data bytes, trailers) unless it failed, and whether the stream was reset.
+type Outcome = (bool, Option<(usize, bool)>, bool);
+
 async fn answered_with_length(
     method: http::Method,
     block: &[u8],
     then: &[(&[u8], bool)],
     end_with_trailers: bool,
-) -> (bool, Option<(usize, bool)>, bool) {
+) -> Outcome {
     let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
     let mut request = request_head();
     request.method = method;
@@ -575,14 +577,11 @@ async fn a_response_must_add_up_to_its_content_length() {
     use http::Method;
     let ok = |length: usize, trailers: bool| (true, Some((length, trailers)), false);
     let five = head_with_lengths(8, &["5"]);
-    let cases: Vec<(
-        &str,
-        Method,
-        Vec<u8>,
-        Vec<(&[u8], bool)>,
-        bool,
-        (bool, Option<(usize, bool)>, bool),
-    )> = vec![
+    /// Name, request method, head block, DATA frames (payload, END_STREAM), trailers after
+    /// them, and what should come of it.
+    type Case = (&'static str, Method, Vec<u8>, Frames, bool, Outcome);
+    type Frames = Vec<(&'static [u8], bool)>;
+    let cases: Vec<Case> = vec![
         (
             "exact, in two frames",
             Method::POST,
