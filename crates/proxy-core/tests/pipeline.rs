@@ -422,37 +422,66 @@ async fn slow_pachd(who_am_i_calls: Arc<std::sync::atomic::AtomicUsize>) -> Sock
     .await
 }
 
-/// `count` concurrent gRPC calls from one address, the i-th carrying `token(i)`; their
+/// A `ListRepo` call whose metadata `headers` adds to: its grpc-status and grpc-message
+/// (from the head or the trailers).
+async fn list_repo(
+    sender: &mut hyper::client::conn::http2::SendRequest<TestBody>,
+    headers: Vec<(&'static str, String)>,
+) -> (String, Option<String>) {
+    let mut request = grpc_request("/pfs_v2.API/ListRepo", full(&[0u8, 0, 0, 0, 0][..]));
+    for (name, value) in headers {
+        request.headers_mut().append(name, value.parse().unwrap());
+    }
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let trailers = body.collect().await.unwrap().trailers().cloned();
+    let field = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .or_else(|| trailers.as_ref().and_then(|t| t.get(name)))
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    (
+        field("grpc-status").unwrap_or_default(),
+        field("grpc-message"),
+    )
+}
+
+/// `count` concurrent gRPC calls on one connection, the i-th carrying `headers(i)`; their
 /// grpc-status values, sorted.
+async fn concurrent_calls_with(
+    addr: SocketAddr,
+    count: usize,
+    headers: fn(usize) -> Vec<(&'static str, String)>,
+) -> Vec<String> {
+    let sender = h2c_sender(addr).await;
+    let calls = (0..count).map(|i| {
+        let mut sender = sender.clone();
+        async move { list_repo(&mut sender, headers(i)).await.0 }
+    });
+    let mut statuses = futures_util::future::join_all(calls).await;
+    statuses.sort();
+    statuses
+}
+
+/// `count` concurrent gRPC calls from one address, the i-th carrying the token `token(i)`;
+/// their grpc-status values, sorted.
 async fn concurrent_calls(
     addr: SocketAddr,
     count: usize,
     token: fn(usize) -> String,
 ) -> Vec<String> {
     let sender = h2c_sender(addr).await;
-    let mut calls = Vec::new();
-    for i in 0..count {
+    let calls = (0..count).map(|i| {
         let mut sender = sender.clone();
-        calls.push(tokio::spawn(async move {
-            let mut request = grpc_request("/pfs_v2.API/ListRepo", full(&[0u8, 0, 0, 0, 0][..]));
-            request
-                .headers_mut()
-                .insert("authn-token", token(i).parse().unwrap());
-            let response = sender.send_request(request).await.unwrap();
-            let (parts, body) = response.into_parts();
-            let trailers = body.collect().await.unwrap().trailers().cloned();
-            let status = parts
-                .headers
-                .get("grpc-status")
-                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
-                .map(|v| v.to_str().unwrap().to_string());
-            status.unwrap_or_default()
-        }));
-    }
-    let mut statuses = Vec::new();
-    for call in calls {
-        statuses.push(call.await.unwrap());
-    }
+        async move {
+            list_repo(&mut sender, vec![("authn-token", token(i))])
+                .await
+                .0
+        }
+    });
+    let mut statuses = futures_util::future::join_all(calls).await;
     statuses.sort();
     statuses
 }
@@ -460,6 +489,18 @@ async fn concurrent_calls(
 /// A gateway whose every path is pachd's gRPC behind the Pachyderm gate, with `failed_auth`
 /// as its failed-authentication budget.
 async fn gated_pachd(pachd: SocketAddr, failed_auth: RateLimiter) -> (Arc<Gateway>, SocketAddr) {
+    gated_pachd_with(
+        pachd,
+        ClientPolicy {
+            failed_auth: Some(failed_auth),
+            ..ClientPolicy::default()
+        },
+    )
+    .await
+}
+
+/// [`gated_pachd`] with the client `policy` given whole.
+async fn gated_pachd_with(pachd: SocketAddr, policy: ClientPolicy) -> (Arc<Gateway>, SocketAddr) {
     let snapshot = Snapshot::build(
         vec![route(
             "grpc",
@@ -475,10 +516,7 @@ async fn gated_pachd(pachd: SocketAddr, failed_auth: RateLimiter) -> (Arc<Gatewa
             settings: PachydermAuthSettings::default(),
         }),
         None,
-        ClientPolicy {
-            failed_auth: Some(failed_auth),
-            ..ClientPolicy::default()
-        },
+        policy,
     )
     .unwrap();
     serve(snapshot).await
@@ -700,26 +738,14 @@ async fn two_tokens_get_pachds_own_refusal() {
     let pachd = slow_pachd(Arc::new(std::sync::atomic::AtomicUsize::new(0))).await;
     let (_gateway, addr) = gated_pachd(pachd, RateLimiter::per_minute(60, 10)).await;
     let mut sender = h2c_sender(addr).await;
-    let mut request = grpc_request("/pfs_v2.API/ListRepo", full(&[0u8, 0, 0, 0, 0][..]));
-    request
-        .headers_mut()
-        .append("authn-token", "good-1".parse().unwrap());
-    request
-        .headers_mut()
-        .append("authn-token", "good-2".parse().unwrap());
-    let response = sender.send_request(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    let trailers = body.collect().await.unwrap().trailers().cloned();
-    let field = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .or_else(|| trailers.as_ref().and_then(|t| t.get(name)))
-            .map(|v| v.to_str().unwrap().to_string())
-    };
-    assert_eq!(field("grpc-status").as_deref(), Some("2"));
+    let two = vec![
+        ("authn-token", "good-1".to_string()),
+        ("authn-token", "good-2".to_string()),
+    ];
+    let (status, message) = list_repo(&mut sender, two).await;
+    assert_eq!(status, "2");
     assert_eq!(
-        field("grpc-message").as_deref(),
+        message.as_deref(),
         Some("multiple authentication token keys found in context")
     );
 }
@@ -761,52 +787,19 @@ async fn concurrent_guesses_from_one_64_share_its_budget() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let who_am_i_calls = Arc::new(AtomicUsize::new(0));
     let pachd = slow_pachd(who_am_i_calls.clone()).await;
-    let snapshot = Snapshot::build(
-        vec![route(
-            "grpc",
-            "/",
-            "pachd",
-            RouteAuth::Pachyderm,
-            CidrSet::default(),
-        )],
-        vec![upstream("pachd", pachd, UpstreamProtocol::H2c)],
-        Some(PachydermAuthSpec {
-            upstream: "pachd".into(),
-            who_am_i_method: "/auth_v2.API/WhoAmI".into(),
-            settings: PachydermAuthSettings::default(),
-        }),
-        None,
-        ClientPolicy {
-            failed_auth: Some(RateLimiter::per_minute(1, 5)),
-            trusted_proxies: cidrs(&["127.0.0.1/32"]),
-            ..ClientPolicy::default()
-        },
-    )
-    .unwrap();
-    let (_gateway, addr) = serve(snapshot).await;
-    let sender = h2c_sender(addr).await;
-    let calls = (0..50).map(|i| {
-        let mut sender = sender.clone();
-        async move {
-            let mut request = grpc_request("/pfs_v2.API/ListRepo", full(&[0u8, 0, 0, 0, 0][..]));
-            let headers = request.headers_mut();
-            headers.insert("authn-token", format!("guess-{i}").parse().unwrap());
-            headers.insert(
-                "x-forwarded-for",
-                format!("2001:db8::{i:x}").parse().unwrap(),
-            );
-            let response = sender.send_request(request).await.unwrap();
-            let (parts, body) = response.into_parts();
-            let trailers = body.collect().await.unwrap().trailers().cloned();
-            parts
-                .headers
-                .get("grpc-status")
-                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default()
-        }
-    });
-    let statuses = futures_util::future::join_all(calls).await;
+    let policy = ClientPolicy {
+        failed_auth: Some(RateLimiter::per_minute(1, 5)),
+        trusted_proxies: cidrs(&["127.0.0.1/32"]),
+        ..ClientPolicy::default()
+    };
+    let (_gateway, addr) = gated_pachd_with(pachd, policy).await;
+    let statuses = concurrent_calls_with(addr, 50, |i| {
+        vec![
+            ("authn-token", format!("guess-{i}")),
+            ("x-forwarded-for", format!("2001:db8::{i:x}")),
+        ]
+    })
+    .await;
     let rejected = statuses.iter().filter(|s| *s == "16").count();
     let refused = statuses.iter().filter(|s| *s == "8").count();
     assert_eq!((rejected, refused), (5, 45), "{statuses:?}");
