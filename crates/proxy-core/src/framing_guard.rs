@@ -18,7 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest request head followed; beyond it hyper answers 431 anyway.
 const MAX_HEAD_BYTES: usize = 128 * 1024;
-const MAX_CHUNK_LINE_BYTES: usize = 4096;
+/// A chunk-size line as long as hyper reads one: its 16 KiB of extensions (hyper's limit per
+/// body) and the size's digits. The guard gives up only where hyper refuses anyway.
+const MAX_CHUNK_LINE_BYTES: usize = 16 * 1024 + 64;
 const MAX_HEADERS: usize = 128;
 
 /// What the guard learned, shared with the request pipeline of the same connection.
@@ -259,10 +261,17 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line
         .split(|&b| b == b';' || b == b' ' || b == b'\t' || b == b'\r')
         .next()?;
-    if digits.is_empty() || digits.len() > 16 {
+    // Leading zeros are allowed in any number, as hyper allows them: only the value must
+    // fit 64 bits.
+    let significant = match digits.iter().position(|&b| b != b'0') {
+        Some(first) => &digits[first..],
+        None if !digits.is_empty() => return Some(0),
+        None => return None,
+    };
+    if significant.len() > 16 {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    u64::from_str_radix(std::str::from_utf8(significant).ok()?, 16).ok()
 }
 
 /// The client connection as hyper reads it, with the tracker watching what is read.
@@ -370,6 +379,29 @@ mod tests {
         });
         assert_eq!(guard.tracker.state, State::Off);
         assert_eq!(guard.tracker.line.capacity(), 0);
+    }
+
+    #[test]
+    fn chunk_lines_hyper_reads_are_followed_to_the_next_request() {
+        let extension = "x".repeat(5 * 1024);
+        let ambiguous = "POST /y HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\
+            Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for first_body in [
+            format!("5;ext={extension}\r\nhello\r\n0\r\n\r\n"),
+            "00000000000000005\r\nhello\r\n000\r\n\r\n".to_string(),
+        ] {
+            let stream = format!(
+                "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 {first_body}{ambiguous}"
+            );
+            // In reads of 512 bytes, as a slow client's arrive: the line is held across them.
+            let mut tracker = FramingTracker::default();
+            let mut flagged = None;
+            for read in stream.as_bytes().chunks(512) {
+                flagged = flagged.or(tracker.feed(read));
+            }
+            assert_eq!(flagged, Some(2), "{first_body:.40}");
+        }
     }
 
     #[test]
