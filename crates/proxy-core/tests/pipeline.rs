@@ -351,15 +351,8 @@ async fn h2c_upstream_with_big_answers() -> SocketAddr {
 #[tokio::test]
 async fn clients_that_stop_reading_do_not_stall_the_shared_upstream_connection() {
     let upstream_addr = h2c_upstream_with_big_answers().await;
-    let snapshot = Snapshot::build(
-        vec![open_route("all", "/", "up")],
-        vec![upstream("up", upstream_addr, UpstreamProtocol::H2c)],
-        None,
-        None,
-        ClientPolicy::default(),
-    )
-    .unwrap();
-    let (_gateway, addr) = serve(snapshot).await;
+    let (_gateway, addr) =
+        serve_one_route("/", upstream("up", upstream_addr, UpstreamProtocol::H2c)).await;
     // Twelve streams whose 8 MiB answers nobody reads: 24 MiB of stream windows, past the
     // 16 MiB connection window.
     let (mut stalled, connection) = h2::client::handshake(TcpStream::connect(addr).await.unwrap())
@@ -583,15 +576,7 @@ async fn behind_a_silent_tls_upstream(
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         server_name: "localhost".try_into().unwrap(),
     });
-    let snapshot = Snapshot::build(
-        vec![open_route("silent", "/", "silent")],
-        vec![spec],
-        None,
-        None,
-        ClientPolicy::default(),
-    )
-    .unwrap();
-    let (gateway, addr) = serve(snapshot).await;
+    let (gateway, addr) = serve_one_route("/", spec).await;
     (gateway, addr, connects)
 }
 
@@ -659,15 +644,8 @@ async fn one_dropped_h2_connection_is_one_strike() {
             });
         }
     });
-    let snapshot = Snapshot::build(
-        vec![open_route("dropping", "/", "dropping")],
-        vec![upstream("dropping", dropping, UpstreamProtocol::H2c)],
-        None,
-        None,
-        ClientPolicy::default(),
-    )
-    .unwrap();
-    let (gateway, addr) = serve(snapshot).await;
+    let (gateway, addr) =
+        serve_one_route("/", upstream("dropping", dropping, UpstreamProtocol::H2c)).await;
     let answers = futures_util::future::join_all((0..8).map(|_| get(addr, "/stream"))).await;
     for answer in &answers {
         assert!(answer.status.is_server_error(), "{:?}", answer.status);
@@ -761,15 +739,7 @@ async fn calls_refused_a_connection_go_elsewhere_outside_the_retry_budget() {
     let closed = closed_port().await;
     let mut spec = upstream("pair", healthy, UpstreamProtocol::Http1);
     spec.endpoints = vec![closed.to_string(), healthy.to_string()];
-    let snapshot = Snapshot::build(
-        vec![open_route("pair", "/", "pair")],
-        vec![spec],
-        None,
-        None,
-        ClientPolicy::default(),
-    )
-    .unwrap();
-    let (gateway, addr) = serve(snapshot).await;
+    let (gateway, addr) = serve_one_route("/", spec).await;
     let answers = futures_util::future::join_all((0..30).map(|_| get(addr, "/app"))).await;
     let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
