@@ -13,7 +13,7 @@ use pachgate_h2_wire::{
 use crate::{
     connection::Inner,
     failure::Failure,
-    header_block::{decode_response_block, DecodedBlock},
+    header_block::{content_length, decode_response_block, DecodedBlock},
     stream::Head,
     COALESCE_LIMIT, LAST_STREAM_ID, MAX_CONTINUATIONS, MAX_FRAME_IN, MAX_HEADER_BLOCK,
     MAX_UNWRITTEN_ACKS, MAX_WINDOW,
@@ -595,25 +595,4 @@ pub(crate) fn be_u32(bytes: &[u8]) -> u32 {
 /// The payload without padding (and without the priority fields HEADERS may carry).
 pub(crate) fn unpad(flags: u8, payload: &[u8], skip: usize) -> Result<&[u8], (h2::Reason, String)> {
     wire::unpad(flags, payload, skip).ok_or_else(|| protocol("padding longer than the frame"))
-}
-
-/// The head's content-length: `Ok(None)` without one; `Err` when a value is not a decimal
-/// number or two values differ (RFC 9110 §8.6; RFC 9113 §8.1.1 makes such a response
-/// malformed).
-fn content_length(fields: &http::HeaderMap) -> Result<Option<u64>, ()> {
-    let mut length = None;
-    for value in fields.get_all(http::header::CONTENT_LENGTH) {
-        let bytes = value.as_bytes();
-        if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
-            return Err(());
-        }
-        let parsed = bytes
-            .iter()
-            .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
-        if length.is_some_and(|seen| seen != parsed) {
-            return Err(());
-        }
-        length = Some(parsed);
-    }
-    Ok(length)
 }

@@ -103,6 +103,34 @@ pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
     )
 }
 
+/// The head's content-length: `Ok(None)` without one; `Err` when a value is not a decimal
+/// number that fits 64 bits, or two values differ (RFC 9110 §8.6; RFC 9113 §8.1.1 makes such
+/// a response malformed). The values are the upstream's bytes: checked arithmetic, no panic.
+pub(crate) fn content_length(fields: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut length = None;
+    for value in fields.get_all(http::header::CONTENT_LENGTH) {
+        let bytes = value.as_bytes();
+        if bytes.is_empty() {
+            return Err(());
+        }
+        let mut parsed = 0u64;
+        for &byte in bytes {
+            if !byte.is_ascii_digit() {
+                return Err(());
+            }
+            parsed = parsed
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(byte - b'0')))
+                .ok_or(())?;
+        }
+        if length.is_some_and(|seen| seen != parsed) {
+            return Err(());
+        }
+        length = Some(parsed);
+    }
+    Ok(length)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

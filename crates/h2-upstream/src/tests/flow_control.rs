@@ -687,6 +687,14 @@ async fn a_response_must_add_up_to_its_content_length() {
             (true, None, true),
         ),
         (
+            "a length past 64 bits",
+            Method::POST,
+            head_with_lengths(8, &["18446744073709551616"]),
+            vec![(b"abcde", true)],
+            false,
+            (false, None, true),
+        ),
+        (
             "a tunnel's 200 with a length",
             Method::CONNECT,
             head_with_lengths(8, &["0"]),
