@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as PooledClient;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -44,7 +44,7 @@ use pachgate_h2_upstream::Failure;
 
 use self::addresses::{Address, H2Slot, PendingOn, Tried};
 use self::health::HealthWiring;
-use self::http1::{is_tls_handshake_failure, Http1Pool, TlsHttpConnector};
+use self::http1::{Http1Pool, TlsHttpConnector};
 use self::retry::{RetryBudget, RetryPermit};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -442,56 +442,6 @@ impl Upstream {
         }
     }
 
-    async fn send_http1(
-        &self,
-        address: &Address,
-        mut request: Request<ProxyBody>,
-        may_resend: bool,
-    ) -> Result<Response<ProxyBody>, Attempt> {
-        // A request without a body can be sent again if the connection fails; with a body it
-        // cannot (the pool has taken it).
-        let copy = (may_resend && http_body::Body::is_end_stream(request.body()))
-            .then(|| copy_bodiless(&request));
-        // The pool connects to the URI's authority (the address itself); the Host header
-        // keeps what the client asked for.
-        set_uri(
-            &mut request,
-            self.scheme(),
-            address.target_authority.clone(),
-        );
-        *request.version_mut() = Version::HTTP_11;
-        let pool = self.http1_pool.as_ref().expect("http1 upstream has a pool");
-        let result = match pool {
-            Http1Pool::Plain(pool) => pool.request(request).await,
-            Http1Pool::Tls(pool) => pool.request(request).await,
-        };
-        result.map(|r| r.map(ProxyBody::Stream)).map_err(|e| {
-            if is_tls_handshake_failure(&e) {
-                Attempt {
-                    error: ProxyError::UpstreamTls {
-                        upstream: self.spec.name.clone(),
-                        endpoint: address.target.clone(),
-                        reason: error_chain(&e),
-                    },
-                    resend: None,
-                    eject: true,
-                    counted: false,
-                    unsent: false,
-                }
-            } else if e.is_connect() {
-                Attempt {
-                    error: self.connect_error(address, &e),
-                    resend: copy,
-                    eject: true,
-                    counted: false,
-                    unsent: true,
-                }
-            } else {
-                Attempt::failed(self.failed(&e))
-            }
-        })
-    }
-
     fn connect_error(&self, address: &Address, error: &dyn std::error::Error) -> ProxyError {
         ProxyError::UpstreamConnect {
             upstream: self.spec.name.clone(),
@@ -535,16 +485,6 @@ impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// A bodiless request's head again, for a resend after a failed connection.
-fn copy_bodiless(request: &Request<ProxyBody>) -> Request<ProxyBody> {
-    let mut copy = Request::new(ProxyBody::Empty);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    copy
 }
 
 fn set_uri<B>(request: &mut Request<B>, scheme: Scheme, authority: Authority) {
