@@ -40,7 +40,7 @@ use crate::request_view::{
 };
 use crate::route_timeouts::bounded;
 use crate::snapshot::{RouteAuth, RouteTarget, Snapshot};
-use crate::upstream::{Upstream, UpstreamProtocol};
+use crate::upstream::Upstream;
 use crate::websocket::ClientSide;
 
 /// What the pipeline knows about who sent a request: facts about its connection, computed
@@ -298,19 +298,7 @@ impl Gateway {
         view: View,
         record: &mut RequestRecord,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        // The handshake tells the upstream who the client is and which host it asked for,
-        // as every forwarded request does: what the client claimed is not passed on as is.
-        let has_target_authority = request.uri().authority().is_some();
-        let headers = request.headers_mut();
-        set_forwarded(
-            headers,
-            &caller.client_ip,
-            &caller.proto,
-            view.authority.as_ref().map(|a| a.host()),
-        );
-        if !upstream.protocol().is_h2() {
-            set_http1_host(headers, has_target_authority, view.authority.as_ref());
-        }
+        address_to_upstream(&mut request, caller, view.authority.as_ref(), upstream);
         // The handshake goes upstream with the request's own headers (on h2, as a field the
         // encoder sends without indexing): a made id joins them here, as `forward` hands it
         // to the upstream's `send`.
@@ -421,7 +409,7 @@ async fn forward(
 /// trailers and resets pass through; nothing is buffered. `limits`: the route, for its
 /// timeouts, and whether the caller speaks gRPC, for how a cut is told.
 async fn send_upstream(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     upstream: &Upstream,
     conn: &Caller,
     authority: Option<Authority>,
@@ -429,26 +417,8 @@ async fn send_upstream(
     endpoint: &mut Option<Arc<str>>,
     (route, grpc): (&RouteTarget, bool),
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = request.into_parts();
-    set_forwarded(
-        &mut parts.headers,
-        &conn.client_ip,
-        &conn.proto,
-        authority.as_ref().map(|a| a.host()),
-    );
-    match upstream.protocol() {
-        UpstreamProtocol::Http1 | UpstreamProtocol::Http1Tls => {
-            let has_target_authority = parts.uri.authority().is_some();
-            set_http1_host(&mut parts.headers, has_target_authority, authority.as_ref());
-            if parts.version == Version::HTTP_2 {
-                join_cookies(&mut parts.headers);
-            }
-        }
-        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
-            // On h2 the host travels as :authority (set from the same value).
-            parts.headers.remove(HOST);
-        }
-    }
+    address_to_upstream(&mut request, conn, authority.as_ref(), upstream);
+    let (parts, body) = request.into_parts();
     let tally = (!http_body::Body::is_end_stream(&body))
         .then(|| record.exchange().received_tally())
         .flatten();
@@ -538,6 +508,35 @@ fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejecti
         return Some(Rejection::UnderscoreInHeaderName);
     }
     None
+}
+
+/// What every request leaving for an upstream carries, forwarded or tunnelled alike: who
+/// the client is (X-Forwarded-*, set here whatever the client claimed), the host it was
+/// routed on (Host toward HTTP/1.1; on h2 it travels as :authority, set from the same
+/// value), and an h2 client's cookies as the one line HTTP/1.1 expects (RFC 9113 §8.2.3).
+fn address_to_upstream<B>(
+    request: &mut Request<B>,
+    caller: &Caller,
+    authority: Option<&Authority>,
+    upstream: &Upstream,
+) {
+    let has_target_authority = request.uri().authority().is_some();
+    let from_h2 = request.version() == Version::HTTP_2;
+    let headers = request.headers_mut();
+    set_forwarded(
+        headers,
+        &caller.client_ip,
+        &caller.proto,
+        authority.map(|a| a.host()),
+    );
+    if upstream.protocol().is_h2() {
+        headers.remove(HOST);
+    } else {
+        set_http1_host(headers, has_target_authority, authority);
+        if from_h2 {
+            join_cookies(headers);
+        }
+    }
 }
 
 /// Host toward an HTTP/1.1 upstream: the authority the request was routed on. When the

@@ -549,7 +549,8 @@ async fn a_websocket_handshake_carries_the_forwarded_headers_and_the_routed_host
 /// A backend that answers an h2 client's websocket with 200 and a page (a single-page
 /// app's fallback) has not opened a tunnel: for an extended CONNECT a 2xx would tell the
 /// client it has one (RFC 8441 §5), so it gets 502 instead. The handshake went without the
-/// client's Content-Length (a backend would wait for a body that never comes).
+/// client's Content-Length (a backend would wait for a body that never comes), and with the
+/// client's cookie fields as one line (RFC 9113 §8.2.3), as a forwarded request's are.
 #[tokio::test]
 async fn an_extended_connect_answered_200_by_an_http1_backend_is_a_502() {
     let (listener, backend) = scripted_h2::listener().await;
@@ -571,6 +572,8 @@ async fn an_extended_connect_answered_200_by_an_http1_backend_is_a_502() {
         .uri("http://pachgate.test/ws/chat")
         .header("sec-websocket-version", "13")
         .header("content-length", "0")
+        .header("cookie", "session=abc")
+        .header("cookie", "theme=dark")
         .body(empty())
         .unwrap();
     request
@@ -583,4 +586,11 @@ async fn an_extended_connect_answered_200_by_an_http1_backend_is_a_502() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let saw = backend.await.unwrap();
     assert_eq!(saw.field("content-length"), None);
+    let cookies: Vec<&str> = saw
+        .fields
+        .iter()
+        .filter(|(name, _)| name == "cookie")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(cookies, ["session=abc; theme=dark"]);
 }

@@ -16,7 +16,6 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::gateway::TunnelTicket;
-use crate::headers::join_cookies;
 use crate::route_timeouts::RouteTimeouts;
 use crate::upstream::{error_chain, Upstream};
 
@@ -48,10 +47,6 @@ pub(super) async fn tunnel(
     // The handshake goes without a body whatever the client's head said: a Content-Length
     // left on it would have the backend wait for bytes that never come.
     parts.headers.remove(CONTENT_LENGTH);
-    if side == ClientSide::ExtendedConnect {
-        // An h2 client's cookies, each a field of its own, as one line (RFC 9113 §8.2.3).
-        join_cookies(&mut parts.headers);
-    }
     let key = match side {
         ClientSide::Upgrade => None,
         ClientSide::ExtendedConnect => Some(as_upgrade_request(
