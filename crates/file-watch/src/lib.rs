@@ -74,6 +74,11 @@ impl FileWatch {
                 let Ok(event) = event else {
                     return;
                 };
+                // Reading a file is not changing it: the owner's own read after each wake
+                // would otherwise wake the watch again, a reload loop at the settle pace.
+                if !changes_entries(&event.kind) {
+                    return;
+                }
                 let relevant = match &names {
                     None => true,
                     Some(names) => event
@@ -111,6 +116,17 @@ impl FileWatch {
     pub async fn settle(&mut self, quiet: Duration) {
         tokio::time::sleep(quiet).await;
         while self.events.try_recv().is_ok() {}
+    }
+}
+
+/// Whether an event may mean new content: anything but an access, except a close after
+/// writing (notify's backend also reports every open, which a read makes).
+fn changes_entries(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -200,6 +216,33 @@ mod tests {
 
         fs::write(a.path().join("anything"), "y").unwrap();
         assert!(woke(&mut watch, EVENT).await, "a later write was not seen");
+    }
+
+    /// The owners read the files after each wake: those reads (opens, in inotify's terms)
+    /// must not wake the watch again.
+    #[tokio::test]
+    async fn reading_the_watched_files_wakes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pachgate.toml");
+        fs::write(&path, "a").unwrap();
+        fs::write(dir.path().join("tls.crt"), "c").unwrap();
+        let mut file = FileWatch::file(&path).unwrap();
+        let mut directory = FileWatch::directories([dir.path().to_path_buf()]).unwrap();
+
+        fs::read(&path).unwrap();
+        fs::read(dir.path().join("tls.crt")).unwrap();
+        assert!(
+            !woke(&mut file, QUIET).await,
+            "a read woke the file's watch"
+        );
+        assert!(
+            !woke(&mut directory, QUIET).await,
+            "a read woke the directory's watch"
+        );
+
+        fs::write(&path, "b").unwrap();
+        assert!(woke(&mut file, EVENT).await, "a write was not seen");
+        assert!(woke(&mut directory, EVENT).await, "a write was not seen");
     }
 
     #[test]
