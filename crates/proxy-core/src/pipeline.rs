@@ -204,10 +204,9 @@ fn sanitize(
         let sent = record.exchange().request_id_sent();
         request_id(request.headers_mut(), sent)
     });
-    let mut as_sent = None;
-    if request.method() != http::Method::CONNECT {
-        as_sent = normalize_request_path(request)?;
-    }
+    // An extended CONNECT (an h2 websocket) has a path like any request, routed and gated
+    // on its normal form too; a plain CONNECT has none, and nothing is done.
+    let as_sent = normalize_request_path(request)?;
     let authority = Facts::of(request, grpc).authority();
     if let Some(request_id) = request_id {
         record

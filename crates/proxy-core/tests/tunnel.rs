@@ -512,6 +512,27 @@ async fn a_refused_extended_connect_reaches_the_client_as_the_upstreams_answer()
     assert!(headers.contains(&(":protocol".to_string(), "websocket".to_string())));
 }
 
+/// An h2 websocket's path is routed on its normal form, as every request's is: a `..`
+/// cannot take it out of the route its first segments name, nor into one they do not.
+#[tokio::test]
+async fn an_extended_connect_is_routed_on_its_normal_path() {
+    let (listener, backend) = scripted_h2::listener().await;
+    let (_gateway, addr) = gateway_to(backend, UpstreamProtocol::Http1).await;
+    let backend = tokio::spawn(backend_accepting(listener));
+
+    let outside = extended_connect(addr, "/ws/../admin").await;
+    assert_eq!(outside.status(), StatusCode::NOT_FOUND);
+
+    let mut tunnel = TokioIo::new(
+        hyper::upgrade::on(extended_connect(addr, "/elsewhere/../ws/./chat").await)
+            .await
+            .expect("the websocket opens"),
+    );
+    converse(&mut tunnel, Vec::new()).await;
+    let saw = backend.await.unwrap();
+    assert_eq!(saw.head.line, "GET /ws/chat HTTP/1.1");
+}
+
 /// A websocket handshake tells the upstream who the client is and which host it asked
 /// for, as every forwarded request does: a client's own `X-Forwarded-*` are not passed on
 /// as they came (its address is appended, proto and host are pachgate's), and an
