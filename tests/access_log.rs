@@ -52,10 +52,19 @@ fn gated_config(standins: &Running) -> String {
         .file("127.0.0.1:0")
 }
 
+/// What the test does with pachgate's stdout after the listener lines.
+#[derive(Clone, Copy, PartialEq)]
+enum Stdout {
+    Read,
+    /// Not read until [`Gate::stop`]: the pipe fills and access lines queue inside pachgate.
+    Stalled,
+    /// The pipe's reader goes away, as a container's log shim that died: writes fail (EPIPE).
+    Closed,
+}
+
 impl Gate {
-    /// Starts pachgate; with `stall_stdout`, its stdout is not read after the listener lines
-    /// until [`Gate::stop`], so its pipe fills and access lines queue inside pachgate.
-    fn start(config: &str, stall_stdout: bool, log_level: &str) -> Gate {
+    /// Starts pachgate, its stdout treated as `stdout` says.
+    fn start(config: &str, stdout_mode: Stdout, log_level: &str) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pachgate.toml");
         std::fs::write(&path, config).unwrap();
@@ -90,8 +99,12 @@ impl Gate {
                     found += 1;
                 }
             }
-            if stall_stdout {
-                let _ = resume_rx.recv();
+            match stdout_mode {
+                Stdout::Read => {}
+                Stdout::Stalled => {
+                    let _ = resume_rx.recv();
+                }
+                Stdout::Closed => return,
             }
             for line in reader.lines().map_while(Result::ok) {
                 let _ = line_tx.send(line);
@@ -267,7 +280,7 @@ fn grpc_args<'a>(frame: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 #[test]
 fn lines_carry_pachctl_command_and_the_endpoint_used() {
     let standins = standins();
-    let gate = Gate::start(&gated_config(&standins), false, "info");
+    let gate = Gate::start(&gated_config(&standins), Stdout::Read, "info");
     let frame = empty_grpc_frame(gate.dir.path());
     let frame = frame.as_str();
     let echo = gate.url("/pachgate.standin.Echo/Unary");
@@ -378,7 +391,7 @@ fn lines_carry_pachctl_command_and_the_endpoint_used() {
 #[test]
 fn a_made_request_id_reaches_the_upstream_as_logged() {
     let standins = standins();
-    let gate = Gate::start(&gated_config(&standins), false, "info");
+    let gate = Gate::start(&gated_config(&standins), Stdout::Read, "info");
     let frame = empty_grpc_frame(gate.dir.path());
     let mut seen = Vec::new();
     let made_id_of = |agent: &str, seen: &mut Vec<Value>| -> String {
@@ -478,7 +491,7 @@ fn a_made_request_id_reaches_the_upstream_as_logged() {
 #[test]
 fn an_idle_proxy_shows_a_line_within_a_second_with_each_requests_own_fields() {
     let standins = standins();
-    let gate = Gate::start(&gated_config(&standins), false, "info");
+    let gate = Gate::start(&gated_config(&standins), Stdout::Read, "info");
     let ca = gate.ca();
     let ca = ca.to_str().unwrap();
     let url = gate.url("/headers");
@@ -549,7 +562,7 @@ fn a_graceful_stop_writes_every_queued_line_even_with_the_pipe_stalled() {
     let standins = standins();
     // Nobody reads pachgate's stdout until it has drained: the pipe (64 KiB) fills with the
     // first lines and the rest wait in pachgate's buffer when SIGTERM comes.
-    let gate = Gate::start(&gated_config(&standins), true, "info");
+    let gate = Gate::start(&gated_config(&standins), Stdout::Stalled, "info");
     let codes = gate.curl(&[
         "--parallel",
         "--parallel-max",
@@ -594,7 +607,7 @@ fn no_token_reaches_stdout_or_stderr() {
     const GRPC_SECRET: &str = "SECRET-GRPC-77e4a0";
     let standins = standins();
     // Debug level: every diagnostic pachgate and its libraries write goes to stderr too.
-    let gate = Gate::start(&gated_config(&standins), false, "debug");
+    let gate = Gate::start(&gated_config(&standins), Stdout::Read, "debug");
     let secrets = [
         "-H".to_string(),
         format!("authn-token: {HEADER_SECRET}"),
@@ -688,7 +701,7 @@ fn a_stalled_stdout_drops_lines_and_counts_every_one() {
     const REQUESTS: usize = 12_000;
     let agent = format!("access-log-drop-{}", "x".repeat(2000));
     let standins = standins();
-    let gate = Gate::start(&gated_config(&standins), true, "info");
+    let gate = Gate::start(&gated_config(&standins), Stdout::Stalled, "info");
     let codes = gate.curl(&[
         "--parallel",
         "--parallel-max",
@@ -725,13 +738,49 @@ fn a_stalled_stdout_drops_lines_and_counts_every_one() {
     );
 }
 
+/// A stdout that refuses the lines (its reader gone: EPIPE) costs no request; every line it
+/// did not take is counted as dropped, and stderr says why, once.
+#[test]
+fn a_failing_stdout_counts_every_line_it_loses() {
+    const REQUESTS: usize = 300;
+    let standins = standins();
+    let gate = Gate::start(&gated_config(&standins), Stdout::Closed, "info");
+    let codes = gate.curl(&[
+        "--parallel",
+        "-o",
+        "/dev/null",
+        "-w",
+        "\n%{http_code}\n",
+        &gate.url(&format!("/?n=[1-{REQUESTS}]")),
+    ]);
+    let ok = codes.lines().filter(|code| *code == "200").count();
+    assert_eq!(ok, REQUESTS, "requests must not wait for the log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dropped_lines(gate.admin) < REQUESTS as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {REQUESTS} lost lines counted",
+            dropped_lines(gate.admin)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(dropped_lines(gate.admin), REQUESTS as u64);
+
+    let (_, stderr) = gate.stop();
+    let reports = stderr
+        .lines()
+        .filter(|l| l.contains("cannot write the access log to stdout"))
+        .count();
+    assert_eq!(reports, 1, "{stderr}");
+}
+
 /// `[log] access = "text"` (the demo's terminal format) still gets a line per request, with
 /// the same facts as the JSON line, and no token.
 #[test]
 fn the_text_format_writes_a_line_per_request() {
     let standins = standins();
     let config = gated_config(&standins).replace("access = \"json\"", "access = \"text\"");
-    let gate = Gate::start(&config, false, "info");
+    let gate = Gate::start(&config, Stdout::Read, "info");
     gate.curl(&[
         "-H",
         "x-request-id: text-format-line",
