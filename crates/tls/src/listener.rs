@@ -61,9 +61,12 @@ pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, Tls
         None => None,
         Some(path) => Some(Arc::new(ReloadingClientVerifier::load(path, &provider)?)),
     };
+    // The bytes first, as `reload` reads them: files replaced between the two reads are
+    // then seen as changed at the next check, instead of matching what was never served.
+    let loaded = ReloadingResolver::all_bytes(&files)?;
     let resolver = Arc::new(ReloadingResolver {
         current: arc_swap::ArcSwap::from_pointee(build_resolver(&files, &provider)?),
-        loaded: std::sync::Mutex::new(ReloadingResolver::all_bytes(&files)?),
+        loaded: std::sync::Mutex::new(loaded),
         files: files.clone(),
         provider: provider.clone(),
         client_verifier: client_verifier.clone(),
