@@ -33,7 +33,7 @@ pub use load::{
     CertificateInfo, CertifiedKeyPem,
 };
 pub use rustls;
-pub use sni::ListenerTlsHandle;
+pub use sni::{ListenerTlsHandle, ReloadOutcome};
 pub use upstream::upstream_client_config;
 
 #[derive(Debug, Error)]

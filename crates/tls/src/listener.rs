@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 use crate::client_auth::ReloadingClientVerifier;
-use crate::sni::{build_resolver, ListenerTlsHandle, ReloadingResolver};
+use crate::sni::{build_resolver, ListenerTlsHandle, LoadedBytes, ReloadingResolver};
 use crate::{CertPaths, TlsError, ALPN_PROTOCOLS};
 
 /// The lowest TLS version offered.
@@ -57,13 +57,13 @@ fn listener_provider() -> rustls::crypto::CryptoProvider {
 /// certificates, the minimum version, ALPN and session tickets.
 pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, TlsError> {
     let provider = Arc::new(listener_provider());
+    // The bytes first, as `reload` reads them: files replaced between the two reads are
+    // then seen as changed at the next check, instead of matching what was never served.
+    let loaded = LoadedBytes::read(&files)?;
     let client_verifier = match &files.client_ca {
         None => None,
         Some(path) => Some(Arc::new(ReloadingClientVerifier::load(path, &provider)?)),
     };
-    // The bytes first, as `reload` reads them: files replaced between the two reads are
-    // then seen as changed at the next check, instead of matching what was never served.
-    let loaded = ReloadingResolver::all_bytes(&files)?;
     let resolver = Arc::new(ReloadingResolver {
         current: arc_swap::ArcSwap::from_pointee(build_resolver(&files, &provider)?),
         loaded: std::sync::Mutex::new(loaded),

@@ -10,7 +10,7 @@ use pachgate_file_watch::FileWatch;
 
 use crate::client_auth::ReloadingClientVerifier;
 use crate::listener::ListenerTlsFiles;
-use crate::load::{certified_key, load_checked, read};
+use crate::load::{certified_key, load_checked, read, CertPaths};
 use crate::{CertificateInfo, TlsError};
 
 /// After a file-system event, how long a rotation's several file operations get to land.
@@ -19,8 +19,11 @@ const CERTIFICATE_SETTLE: std::time::Duration = std::time::Duration::from_millis
 /// Picks the certificate for a handshake by SNI; falls back to the default.
 #[derive(Debug)]
 pub(crate) struct SniResolver {
-    /// What is served, for metrics and the status page.
+    /// What is served, for metrics and the status page: the default first, then the SNI
+    /// entries in the config's order.
     certificates: Vec<CertificateInfo>,
+    /// The key of each, in the same order: a reload replaces those whose files changed.
+    keys: Vec<Arc<rustls::sign::CertifiedKey>>,
     exact: HashMap<String, Arc<rustls::sign::CertifiedKey>>,
     /// `.example.com` for `*.example.com`.
     wildcard: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
@@ -57,10 +60,13 @@ pub struct ListenerTlsHandle {
 }
 
 impl ListenerTlsHandle {
-    /// Re-reads every certificate and key. `Ok(true)`: new material is now served to new
-    /// handshakes; `Ok(false)`: nothing changed; `Err`: the new files were refused and the
-    /// certificates in use stay (open connections are never touched either way).
-    pub fn reload(&self) -> Result<bool, TlsError> {
+    /// Re-reads every certificate and key, and the client CA file. Each certificate is
+    /// judged on its own: one whose files changed and load is served to new handshakes from
+    /// now on; one whose new files are refused (or cannot be read) keeps serving what it
+    /// served, and so does every certificate whose files did not change (an unused SNI
+    /// certificate that expired does not hold back the renewal of the others). Open
+    /// connections are never touched.
+    pub fn reload(&self) -> ReloadOutcome {
         self.resolver.reload()
     }
 
@@ -95,19 +101,19 @@ impl ListenerTlsHandle {
                     }
                 }
             }
-            match self.reload() {
-                Ok(true) => {
-                    tracing::info!("TLS certificates reloaded; new handshakes use them");
+            let outcome = self.reload();
+            if outcome.changed {
+                tracing::info!("TLS certificates reloaded; new handshakes use them");
+                if outcome.refused.is_empty() {
                     observe(&Ok(()));
                 }
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::error!(
-                        %error,
-                        "new TLS certificate files refused; the certificates in use keep serving"
-                    );
-                    observe(&Err(error));
-                }
+            }
+            for error in outcome.refused {
+                tracing::error!(
+                    %error,
+                    "new TLS certificate files refused; what they would replace keeps serving"
+                );
+                observe(&Err(error));
             }
         }
     }
@@ -124,12 +130,23 @@ impl ListenerTlsHandle {
     }
 }
 
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadOutcome {
+    /// New material is served to new handshakes.
+    pub changed: bool,
+    /// Files that changed and were refused, or could not be read; what they would have
+    /// replaced keeps serving. A refused file is reported once, until it changes again.
+    pub refused: Vec<TlsError>,
+}
+
 #[derive(Debug)]
 pub(crate) struct ReloadingResolver {
     pub(crate) current: arc_swap::ArcSwap<SniResolver>,
     pub(crate) files: ListenerTlsFiles,
-    /// The bytes of every file as last loaded (or last refused), to notice changes.
-    pub(crate) loaded: std::sync::Mutex<Vec<u8>>,
+    /// The bytes each certificate's files had when last loaded (or last refused), to
+    /// notice changes: one entry per certificate, in [`SniResolver::certificates`]' order.
+    pub(crate) loaded: std::sync::Mutex<LoadedBytes>,
     pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
     /// The client-certificate check, rebuilt with the certificates when `client_ca` is set.
     pub(crate) client_verifier: Option<Arc<ReloadingClientVerifier>>,
@@ -144,69 +161,130 @@ impl rustls::server::ResolvesServerCert for ReloadingResolver {
     }
 }
 
-impl ReloadingResolver {
-    pub(crate) fn all_bytes(files: &ListenerTlsFiles) -> Result<Vec<u8>, TlsError> {
-        let mut bytes = Vec::new();
-        let pairs = std::iter::once(&files.default).chain(files.sni.iter().map(|(_, p)| p));
-        for paths in pairs {
-            for path in [&paths.cert, &paths.key] {
-                bytes.extend(read(path)?);
-                bytes.push(0);
-            }
-        }
-        if let Some(path) = &files.client_ca {
-            bytes.extend(read(path)?);
-        }
-        Ok(bytes)
-    }
+/// What the listener's files held when last loaded or refused.
+#[derive(Debug, PartialEq)]
+pub(crate) struct LoadedBytes {
+    pairs: Vec<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
+}
 
-    fn reload(&self) -> Result<bool, TlsError> {
-        let bytes = Self::all_bytes(&self.files)?;
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if *loaded == bytes {
-            return Ok(false);
-        }
-        // Remember what was seen either way, so a refused file is reported once.
-        *loaded = bytes;
-        // Both built before either is swapped: a refused file changes nothing.
-        let resolver = build_resolver(&self.files, &self.provider)?;
-        if let (Some(verifier), Some(path)) = (&self.client_verifier, &self.files.client_ca) {
-            verifier.reload(path, &self.provider)?;
-        }
-        self.current.store(Arc::new(resolver));
-        Ok(true)
+impl LoadedBytes {
+    pub(crate) fn read(files: &ListenerTlsFiles) -> Result<LoadedBytes, TlsError> {
+        Ok(LoadedBytes {
+            pairs: pairs(files).map(pair_bytes).collect::<Result<_, _>>()?,
+            client_ca: files.client_ca.as_deref().map(read).transpose()?,
+        })
     }
 }
 
+/// The default certificate's files, then each SNI entry's, in the config's order.
+fn pairs(files: &ListenerTlsFiles) -> impl Iterator<Item = &CertPaths> {
+    std::iter::once(&files.default).chain(files.sni.iter().map(|(_, paths)| paths))
+}
+
+fn pair_bytes(paths: &CertPaths) -> Result<Vec<u8>, TlsError> {
+    let mut bytes = read(&paths.cert)?;
+    bytes.push(0);
+    bytes.extend(read(&paths.key)?);
+    Ok(bytes)
+}
+
+impl ReloadingResolver {
+    fn reload(&self) -> ReloadOutcome {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outcome = ReloadOutcome::default();
+        let current = self.current.load_full();
+        let mut certificates = current.certificates.clone();
+        let mut keys = current.keys.clone();
+        for (at, paths) in pairs(&self.files).enumerate() {
+            let bytes = match pair_bytes(paths) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    outcome.refused.push(error);
+                    continue;
+                }
+            };
+            if loaded.pairs[at] == bytes {
+                continue;
+            }
+            // Remembered either way, so a refused file is reported once.
+            loaded.pairs[at] = bytes;
+            match load_checked(paths)
+                .and_then(|(material, info)| Ok((certified_key(material, &self.provider)?, info)))
+            {
+                Ok((key, info)) => {
+                    keys[at] = key;
+                    certificates[at] = info;
+                    outcome.changed = true;
+                }
+                Err(error) => outcome.refused.push(error),
+            }
+        }
+        if let (Some(verifier), Some(path)) = (&self.client_verifier, &self.files.client_ca) {
+            match read(path) {
+                Err(error) => outcome.refused.push(error),
+                Ok(bytes) if loaded.client_ca.as_ref() == Some(&bytes) => {}
+                Ok(bytes) => {
+                    loaded.client_ca = Some(bytes);
+                    match verifier.reload(path, &self.provider) {
+                        Ok(()) => outcome.changed = true,
+                        Err(error) => outcome.refused.push(error),
+                    }
+                }
+            }
+        }
+        if outcome.changed {
+            self.current
+                .store(Arc::new(SniResolver::new(&self.files, certificates, keys)));
+        }
+        outcome
+    }
+}
+
+/// Loads every certificate the listener serves; any refusal is an error (at startup, and
+/// when a reload of the config builds the listener anew).
 pub(crate) fn build_resolver(
     files: &ListenerTlsFiles,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<SniResolver, TlsError> {
-    let mut exact = HashMap::new();
-    let mut wildcard = Vec::new();
     let mut certificates = Vec::new();
-    for (hosts, paths) in &files.sni {
+    let mut keys = Vec::new();
+    for paths in pairs(files) {
         let (material, info) = load_checked(paths)?;
+        keys.push(certified_key(material, provider)?);
         certificates.push(info);
-        let key = certified_key(material, provider)?;
-        for host in hosts {
-            let host = host.to_ascii_lowercase();
-            match host.strip_prefix('*') {
-                Some(suffix) => wildcard.push((suffix.to_string(), key.clone())),
-                None => {
-                    exact.insert(host, key.clone());
+    }
+    Ok(SniResolver::new(files, certificates, keys))
+}
+
+impl SniResolver {
+    /// `certificates` and `keys`: the default's first, then the SNI entries'.
+    fn new(
+        files: &ListenerTlsFiles,
+        certificates: Vec<CertificateInfo>,
+        keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+    ) -> SniResolver {
+        let mut exact = HashMap::new();
+        let mut wildcard = Vec::new();
+        for ((hosts, _), key) in files.sni.iter().zip(&keys[1..]) {
+            for host in hosts {
+                let host = host.to_ascii_lowercase();
+                match host.strip_prefix('*') {
+                    Some(suffix) => wildcard.push((suffix.to_string(), key.clone())),
+                    None => {
+                        exact.insert(host, key.clone());
+                    }
                 }
             }
         }
+        SniResolver {
+            default: keys[0].clone(),
+            certificates,
+            keys,
+            exact,
+            wildcard,
+        }
     }
-    let (material, info) = load_checked(&files.default)?;
-    certificates.insert(0, info);
-    Ok(SniResolver {
-        certificates,
-        exact,
-        wildcard,
-        default: certified_key(material, provider)?,
-    })
 }
 
 #[cfg(test)]
@@ -218,6 +296,7 @@ mod tests {
     };
     use rustls::pki_types::{CertificateDer, ServerName};
     use std::fs;
+    use std::ops::Not;
 
     /// A whole TLS handshake between rustls peers in memory; the leaf the server presented.
     fn handshake(
@@ -260,6 +339,12 @@ mod tests {
             cert: generated.cert.clone(),
             key: generated.key.clone(),
         }
+    }
+
+    /// Whether a reload applied new files, none refused.
+    fn applied(outcome: ReloadOutcome) -> bool {
+        assert!(outcome.refused.is_empty(), "{outcome:?}");
+        outcome.changed
     }
 
     fn leaf(generated: &GeneratedPaths) -> CertificateDer<'static> {
@@ -311,10 +396,13 @@ mod tests {
             min_version: MinVersion::Tls13,
         })
         .unwrap();
-        assert!(!handle.reload().unwrap(), "unchanged files are no reload");
+        assert!(
+            applied(handle.reload()).not(),
+            "unchanged files are no reload"
+        );
 
         ensure_self_signed(dir.path(), &["b.test".into()]).unwrap();
-        assert!(handle.reload().unwrap());
+        assert!(applied(handle.reload()));
         assert_eq!(handle.certificates()[0].names, ["b.test"]);
         let roots = load_ca_certificates(&generated.ca_cert).unwrap();
         let client = upstream_client_config(roots, None, &[b"h2"]).unwrap();
@@ -322,14 +410,72 @@ mod tests {
         assert_eq!(served, leaf(&generated));
 
         fs::write(&generated.cert, "not a certificate").unwrap();
-        assert!(handle.reload().is_err());
-        assert!(!handle.reload().unwrap(), "a refused file is reported once");
+        let refused = handle.reload();
+        assert!(
+            !refused.changed && refused.refused.len() == 1,
+            "{refused:?}"
+        );
+        assert!(
+            applied(handle.reload()).not(),
+            "a refused file is reported once"
+        );
         assert_eq!(handle.certificates()[0].names, ["b.test"]);
         assert_eq!(
             handshake(handle.config.clone(), client, "b.test").unwrap(),
             served,
             "the certificate in use keeps serving"
         );
+    }
+
+    /// Each certificate is reloaded on its own: an SNI entry whose new files are refused
+    /// keeps serving what it served, and neither then nor at later checks does it hold
+    /// back the renewal of the default certificate.
+    #[test]
+    fn a_refused_sni_certificate_does_not_hold_back_the_others() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let default = ensure_self_signed(a.path(), &["a.test".into()]).unwrap();
+        let legacy = ensure_self_signed(b.path(), &["legacy.test".into()]).unwrap();
+        let handle = listener_config(ListenerTlsFiles {
+            default: pair(&default),
+            sni: vec![(vec!["legacy.test".into()], pair(&legacy))],
+            client_ca: None,
+            min_version: MinVersion::Tls13,
+        })
+        .unwrap();
+        // A new client each time: a resumed session would show the first one's certificate.
+        let served = |name| {
+            let mut roots = load_ca_certificates(&default.ca_cert).unwrap();
+            roots.extend(load_ca_certificates(&legacy.ca_cert).unwrap());
+            let client = upstream_client_config(roots, None, &[b"h2"]).unwrap();
+            handshake(handle.config.clone(), client, name).unwrap()
+        };
+        let legacy_leaf = served("legacy.test");
+
+        // The legacy entry's file breaks and the default is renewed, in one check.
+        fs::write(&legacy.cert, "not a certificate").unwrap();
+        ensure_self_signed(a.path(), &["a.test".into(), "renewed.a.test".into()]).unwrap();
+        let outcome = handle.reload();
+        assert!(outcome.changed, "{outcome:?}");
+        assert_eq!(outcome.refused.len(), 1, "{outcome:?}");
+        assert!(
+            outcome.refused[0].to_string().contains("not a PEM")
+                || outcome.refused[0].to_string().contains("no PEM"),
+            "{outcome:?}"
+        );
+        assert_eq!(served("a.test"), leaf(&default));
+        assert_eq!(
+            served("legacy.test"),
+            legacy_leaf,
+            "the refused entry keeps serving"
+        );
+
+        // Renewed again while the legacy file is still broken: applied, nothing reported.
+        ensure_self_signed(a.path(), &["a.test".into()]).unwrap();
+        assert!(applied(handle.reload()));
+        assert_eq!(served("a.test"), leaf(&default));
+        let names: Vec<_> = handle.certificates().into_iter().map(|c| c.names).collect();
+        assert_eq!(names, [vec!["a.test"], vec!["legacy.test"]]);
     }
 
     /// A client CA and a client certificate it issued (extended key usage: client auth).
@@ -381,12 +527,12 @@ mod tests {
         assert!(!accepted(&new));
 
         fs::write(&client_ca, &new_ca).unwrap();
-        assert!(handle.reload().unwrap());
+        assert!(applied(handle.reload()));
         assert!(!accepted(&old), "the removed CA's client is refused");
         assert!(accepted(&new), "the new CA's client is let in");
 
         fs::write(&client_ca, "not a certificate").unwrap();
-        assert!(handle.reload().is_err());
+        assert_eq!(handle.reload().refused.len(), 1);
         assert!(accepted(&new), "a refused file leaves the CA in use");
         assert!(!accepted(&old));
     }
