@@ -113,8 +113,8 @@ impl Validator<'_> {
             }
             if let Some(ca) = tls.client_ca.take() {
                 let path = self.path(ca.get_ref());
-                match pachgate_tls::load_ca_certificates(&path) {
-                    Ok(_) => client_ca = Some(path),
+                match pachgate_tls::check_client_ca(&path) {
+                    Ok(()) => client_ca = Some(path),
                     Err(e) => self.err(&ca.span(), format!("tls.client_ca: {e}")),
                 }
             }

@@ -119,16 +119,22 @@ impl StoresServerSessions for RenewableSessions {
 }
 
 fn build(path: &Path, provider: &Arc<rustls::crypto::CryptoProvider>) -> Result<Version, TlsError> {
+    let unusable = |reason: String| TlsError::ClientCa {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut roots = rustls::RootCertStore::empty();
-    for ca in load_ca_certificates(path)? {
-        roots.add(ca)?;
+    for (at, ca) in load_ca_certificates(path)?.into_iter().enumerate() {
+        roots
+            .add(ca)
+            .map_err(|e| unusable(format!("certificate {}: {e}", at + 1)))?;
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
     )
     .build()
-    .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    .map_err(|e| unusable(e.to_string()))?;
     let hints = Box::leak(verifier.root_hint_subjects().to_vec().into_boxed_slice());
     Ok(Version { verifier, hints })
 }

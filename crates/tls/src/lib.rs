@@ -29,8 +29,8 @@ use thiserror::Error;
 pub use generate::{ensure_self_signed, generate_into, GeneratedPaths};
 pub use listener::{listener_config, ListenerTlsFiles, MinVersion};
 pub use load::{
-    check_pair, fingerprint_sha256, load_ca_certificates, load_cert_and_key, CertPaths,
-    CertificateInfo, CertifiedKeyPem,
+    check_client_ca, check_pair, fingerprint_sha256, load_ca_certificates, load_cert_and_key,
+    CertPaths, CertificateInfo, CertifiedKeyPem,
 };
 pub use rustls;
 pub use sni::{ListenerTlsHandle, ReloadOutcome};
@@ -54,7 +54,17 @@ pub enum TlsError {
     BadCertificate { path: PathBuf, reason: String },
     #[error("{path}: no private key found (expected a PKCS#8, PKCS#1 or SEC1 PEM key): {reason}")]
     BadKey { path: PathBuf, reason: String },
-    #[error("certificate and key do not belong together, or are unusable: {0}")]
+    #[error(
+        "{cert} and {key}: the key does not belong to the certificate, or cannot be used: {source}"
+    )]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{path}: not a usable client CA: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
+    #[error("TLS setup refused: {0}")]
     Config(#[from] rustls::Error),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),

@@ -32,26 +32,35 @@ pub fn load_cert_and_key(cert: &Path, key: &Path) -> Result<CertifiedKeyPem, Tls
 /// matches the certificate, the certificate has not expired. For config validation.
 pub fn check_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    certified_key(
-        load_checked(&CertPaths {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-        })?
-        .0,
-        &provider,
-    )
-    .map(|_| ())
+    let paths = CertPaths {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    };
+    load_served(&paths, &provider).map(|_| ())
 }
 
-pub(crate) fn certified_key(
-    material: CertifiedKeyPem,
+/// Checks a `client_ca` file the way the listener will use it: PEM parses, and every
+/// certificate in it is one a client certificate can be verified against. For config
+/// validation.
+pub fn check_client_ca(path: &Path) -> Result<(), TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    crate::client_auth::ReloadingClientVerifier::load(path, &provider).map(|_| ())
+}
+
+/// A pair as the listener serves it: loaded, checked ([`load_checked`]), and its key
+/// matched with the certificate; errors name both files.
+pub(crate) fn load_served(
+    paths: &CertPaths,
     provider: &rustls::crypto::CryptoProvider,
-) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
-    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
-        material.chain,
-        material.key,
-        provider,
-    )?))
+) -> Result<(Arc<rustls::sign::CertifiedKey>, CertificateInfo), TlsError> {
+    let (material, info) = load_checked(paths)?;
+    let key = rustls::sign::CertifiedKey::from_der(material.chain, material.key, provider)
+        .map_err(|source| TlsError::Pair {
+            cert: paths.cert.clone(),
+            key: paths.key.clone(),
+            source,
+        })?;
+    Ok((Arc::new(key), info))
 }
 
 /// Reads PEM CA certificates for client verification.
@@ -211,6 +220,28 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let pa = ensure_self_signed(a.path(), &hosts()).unwrap();
         let pb = ensure_self_signed(b.path(), &hosts()).unwrap();
-        assert!(check_pair(&pa.cert, &pb.key).is_err());
+        let error = check_pair(&pa.cert, &pb.key).unwrap_err().to_string();
+        assert!(error.contains(&*pa.cert.to_string_lossy()), "{error}");
+        assert!(error.contains(&*pb.key.to_string_lossy()), "{error}");
+        assert!(error.contains("does not belong"), "{error}");
+    }
+
+    /// A client CA file whose PEM block holds no certificate a client can be verified
+    /// against is refused when the config is checked, naming the file.
+    #[test]
+    fn an_unusable_client_ca_is_refused_naming_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.crt");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let error = check_client_ca(&path).unwrap_err().to_string();
+        assert!(error.contains(&*path.to_string_lossy()), "{error}");
+        assert!(error.contains("not a usable client CA"), "{error}");
+
+        let generated = ensure_self_signed(dir.path(), &hosts()).unwrap();
+        check_client_ca(&generated.ca_cert).unwrap();
     }
 }

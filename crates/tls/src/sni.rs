@@ -10,7 +10,7 @@ use pachgate_file_watch::FileWatch;
 
 use crate::client_auth::ReloadingClientVerifier;
 use crate::listener::ListenerTlsFiles;
-use crate::load::{certified_key, load_checked, read, CertPaths};
+use crate::load::{load_served, read, CertPaths};
 use crate::{CertificateInfo, TlsError};
 
 /// After a file-system event, how long a rotation's several file operations get to land.
@@ -209,9 +209,7 @@ impl ReloadingResolver {
             }
             // Remembered either way, so a refused file is reported once.
             loaded.pairs[at] = bytes;
-            match load_checked(paths)
-                .and_then(|(material, info)| Ok((certified_key(material, &self.provider)?, info)))
-            {
+            match load_served(paths, &self.provider) {
                 Ok((key, info)) => {
                     keys[at] = key;
                     certificates[at] = info;
@@ -250,8 +248,8 @@ pub(crate) fn build_resolver(
     let mut certificates = Vec::new();
     let mut keys = Vec::new();
     for paths in pairs(files) {
-        let (material, info) = load_checked(paths)?;
-        keys.push(certified_key(material, provider)?);
+        let (key, info) = load_served(paths, provider)?;
+        keys.push(key);
         certificates.push(info);
     }
     Ok(SniResolver::new(files, certificates, keys))
