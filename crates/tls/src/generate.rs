@@ -168,27 +168,35 @@ fn read_string(path: &Path) -> Result<String, TlsError> {
     })
 }
 
+/// Writes a whole new file in place of `path`: into a fresh file beside it (mode 0600 from
+/// its creation when `private`), then renamed over it, so that a reader (the certificate
+/// watch of a running pachgate) sees the old file or the new one, never half of one, and a
+/// new key is never readable under an old file's looser mode.
 fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
     let err = |source| TlsError::Write {
         path: path.to_path_buf(),
         source,
     };
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".new");
+    let staged = PathBuf::from(staged);
+    // Left over from a write that was interrupted.
+    let _ = fs::remove_file(&staged);
     let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(err)?;
-    file.write_all(contents).map_err(err)?;
-    #[cfg(unix)]
-    if private {
-        // `mode` applies only when the file is created; tighten an existing file too.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
-    }
-    Ok(())
+    let mut file = options.open(&staged).map_err(err)?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&staged, path))
+        .map_err(|error| {
+            let _ = fs::remove_file(&staged);
+            err(error)
+        })
 }
 
 #[cfg(test)]
@@ -262,5 +270,21 @@ mod tests {
             let mode = fs::metadata(key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }
+
+        // A key file left readable by others is replaced by a new file, private from its
+        // creation on; nothing is left beside it.
+        fs::set_permissions(&paths.key, fs::Permissions::from_mode(0o644)).unwrap();
+        let old = fs::metadata(&paths.key).unwrap();
+        ensure_self_signed(dir.path(), &["other.test".into()]).unwrap();
+        let new = fs::metadata(&paths.key).unwrap();
+        assert_eq!(new.permissions().mode() & 0o777, 0o600);
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(old.ino(), new.ino(), "the key was rewritten in place");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".new"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 }
