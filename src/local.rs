@@ -43,12 +43,21 @@ pub struct LocalArgs {
     cert_dir: Option<PathBuf>,
 }
 
-fn default_cert_dir() -> PathBuf {
+/// The user's config directory. There is no fallback to a shared one (`/tmp`): anyone
+/// there could have placed a CA and key of their own for pachgate to reuse.
+fn default_cert_dir() -> Result<PathBuf, String> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("pachgate").join("local")
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|home| !home.is_empty())
+                .map(|home| PathBuf::from(home).join(".config"))
+        })
+        .ok_or(
+            "neither XDG_CONFIG_HOME nor HOME is set: give the CA's directory with --cert-dir",
+        )?;
+    Ok(base.join("pachgate").join("local"))
 }
 
 /// Checks every forward at once and says, one line each, which are missing: the port and
@@ -78,7 +87,10 @@ async fn check_port_forwards(forwards: &[(&'static str, u16, &str)]) {
 }
 
 pub async fn run(args: LocalArgs) -> Result<(), String> {
-    let cert_dir = args.cert_dir.clone().unwrap_or_else(default_cert_dir);
+    let cert_dir = match args.cert_dir.clone() {
+        Some(dir) => dir,
+        None => default_cert_dir()?,
+    };
     let ui_routes = if args.v1 {
         format!(
             r#"

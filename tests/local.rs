@@ -175,3 +175,18 @@ fn local_routes_every_forward_and_names_each_missing_one() {
     assert!(callback.ends_with("\n503"), "{callback}");
     drop((pachd_socket, oidc_socket));
 }
+
+/// Without a home directory there is no default place for the CA: pachgate says to give
+/// one, rather than keeping it in (or reusing one from) a directory every user can write.
+#[test]
+fn local_without_a_home_asks_for_a_cert_dir() {
+    let output = Command::new(BIN)
+        .args(["local", "--listen", "127.0.0.1:0"])
+        .env_remove("HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--cert-dir"), "{stderr}");
+}
