@@ -362,15 +362,16 @@ impl Inner {
                         return Ok(());
                     };
                     // No body follows a HEAD request's response, a 204 or a 304, whatever
-                    // length they name (that of the body a GET would get).
+                    // length they name (that of the body a GET would get), or without one.
                     let bodiless = state.head_request
                         || status == StatusCode::NO_CONTENT
                         || status == StatusCode::NOT_MODIFIED;
                     let tunnel = state.connect_request && status.is_success();
-                    state.length_due =
-                        length
-                            .filter(|_| !tunnel)
-                            .map(|length| if bodiless { 0 } else { length });
+                    state.length_due = if bodiless {
+                        Some(0)
+                    } else {
+                        length.filter(|_| !tunnel)
+                    };
                     if end_stream && state.length_due.is_some_and(|due| due > 0) {
                         self.violation(
                             stream,

@@ -687,6 +687,22 @@ async fn a_response_must_add_up_to_its_content_length() {
             (true, None, true),
         ),
         (
+            "HEAD's response with DATA and no length",
+            Method::HEAD,
+            head_with_lengths(8, &[]),
+            vec![(b"abcde", true)],
+            false,
+            (true, None, true),
+        ),
+        (
+            "204 with DATA and no length",
+            Method::POST,
+            head_with_lengths(9, &[]),
+            vec![(b"abcde", true)],
+            false,
+            (true, None, true),
+        ),
+        (
             "a length past 64 bits",
             Method::POST,
             head_with_lengths(8, &["18446744073709551616"]),
