@@ -159,15 +159,22 @@ impl Inner {
                 let reason = h2::Reason::from(be_u32(&payload[4..]));
                 tracing::debug!(?reason, last_stream = last, "upstream sent GOAWAY");
                 self.going_away = Some(self.going_away.map_or(last, |old| old.min(last)));
+                // Streams above `last` were not processed, says the upstream. One it has
+                // answered contradicts that: it is not refused (a refusal would have the
+                // request sent again, to run twice), a whole answer stands, and a partial
+                // one fails, since no more of it is coming.
                 let refused: Vec<u32> = self
                     .streams
-                    .keys()
-                    .copied()
-                    .filter(|id| *id > last)
+                    .iter()
+                    .filter(|(id, state)| **id > last && !state.recv_closed)
+                    .map(|(id, _)| *id)
                     .collect();
                 for id in refused {
                     if let Some(state) = self.streams.get_mut(&id) {
-                        state.failure.get_or_insert(Failure::Refused);
+                        state.failure.get_or_insert(match state.head {
+                            Head::Awaiting => Failure::Refused,
+                            _ => Failure::Violation("GOAWAY below a stream it had answered".into()),
+                        });
                         state.send_closed = true;
                         state.wake();
                     }

@@ -433,7 +433,7 @@ async fn rst_stream_mid_body_fails_that_body_and_the_connection_goes_on() {
 }
 
 #[tokio::test]
-async fn goaway_mid_body_finishes_streams_below_it_and_refuses_the_rest() {
+async fn goaway_mid_body_finishes_streams_below_it_and_fails_the_rest() {
     let (listener, address) = listener().await;
     let upstream = Upstream::new(spec(address)).unwrap();
     let script = tokio::spawn(async move {
@@ -454,7 +454,8 @@ async fn goaway_mid_body_finishes_streams_below_it_and_refuses_the_rest() {
         );
         peer.write(&out).await;
         // The next request goes to a new connection; its GOAWAY mid-body names stream 0,
-        // so its body is refused.
+        // so the rest of its body is not coming: it fails (not as a refusal: it was
+        // answered).
         let mut peer = Peer::accept(&listener, &[]).await;
         let stream = peer.request().await;
         let mut out = BytesMut::new();

@@ -519,6 +519,46 @@ async fn requests_waiting_for_a_stream_slot_are_refused_on_goaway() {
     assert!(matches!(opened.unwrap(), Err(Failure::Refused)));
 }
 
+/// A GOAWAY whose last stream id is below a stream the upstream already answered cannot
+/// mean that stream went unprocessed: a whole answer, still unread, is read whole (a
+/// refusal would tell the proxy the request is safe to send again, and it would run
+/// twice), and a partial one fails without being called a refusal.
+#[tokio::test]
+async fn goaway_below_an_answered_stream_does_not_refuse_it() {
+    let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
+    let mut whole = connection.open(&request_head(), true).await.unwrap();
+    let whole_id = peer.request().await;
+    let mut partial = connection.open(&request_head(), true).await.unwrap();
+    let partial_id = peer.request().await;
+    let mut answers = frame(HEADERS, END_HEADERS, whole_id, &head_with_lengths(8, &[]));
+    answers.extend_from_slice(&frame(DATA, 0, whole_id, b"abc"));
+    answers.extend_from_slice(&trailers(whole_id));
+    answers.extend_from_slice(&frame(
+        HEADERS,
+        END_HEADERS,
+        partial_id,
+        &head_with_lengths(8, &[]),
+    ));
+    answers.extend_from_slice(&frame(DATA, 0, partial_id, b"ab"));
+    // GOAWAY(last stream 0, NO_ERROR) before either answer is read.
+    answers.extend_from_slice(&frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]));
+    peer.write(&answers).await;
+    peer.frames_until_pong().await;
+
+    poll_fn(|cx| whole.poll_response(cx)).await.unwrap();
+    let body = read_body(&mut whole).await;
+    assert!(matches!(body, Ok((3, true))), "{body:?}");
+    poll_fn(|cx| partial.poll_response(cx)).await.unwrap();
+    let body = tokio::time::timeout(PATIENCE, read_body(&mut partial))
+        .await
+        .expect("the partial answer ends");
+    let error = body.expect_err("no more of it was coming");
+    assert!(
+        !format!("{error:?}").contains("REFUSED_STREAM"),
+        "{error:?}"
+    );
+}
+
 /// A response head block: `:status` by its static index, then each content-length value.
 fn head_with_lengths(status_index: u8, lengths: &[&str]) -> Vec<u8> {
     let mut block = vec![0x80 | status_index];
