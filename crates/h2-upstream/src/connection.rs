@@ -54,6 +54,9 @@ pub(crate) struct Inner {
     pub(crate) held: usize,
     /// A request body waits for the output queue to drain below [`MAX_QUEUED_OUT`].
     pub(crate) body_waiting: bool,
+    /// A stream's sender parked (for send window, or for its end) since a connection-level
+    /// WINDOW_UPDATE last woke them: only then does one look at every stream.
+    pub(crate) senders_parked: bool,
     pub(crate) decoder: pachgate_h2_wire::hpack_decode::Decoder,
     /// A header block waiting for its CONTINUATIONs: stream, END_STREAM.
     pub(crate) continuing: Option<(u32, bool)>,
@@ -150,6 +153,7 @@ impl Connection {
             buffered: 0,
             held: 0,
             body_waiting: false,
+            senders_parked: false,
             decoder: response_decoder(),
             continuing: None,
             continuations: 0,

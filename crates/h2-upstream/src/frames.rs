@@ -6,8 +6,8 @@ use http::{Response, StatusCode, Version};
 use pachgate_h2_wire::{
     self as wire, Next, ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING,
     PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS, SETTINGS_ENABLE_CONNECT_PROTOCOL,
-    SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
-    SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
+    SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE, WINDOW_UPDATE,
 };
 
 use crate::{
@@ -57,6 +57,15 @@ impl Inner {
         if self.continuing.is_some() && kind != CONTINUATION {
             return Err(protocol("header block interrupted"));
         }
+        // RFC 9113 §5.1: a stream we never opened (the server opens none) is idle, and
+        // only PRIORITY may name it. One answered on the wrong id is caught here, instead
+        // of the real stream waiting for an answer that went elsewhere.
+        if matches!(kind, DATA | HEADERS | RST_STREAM | WINDOW_UPDATE)
+            && stream != 0
+            && (stream.is_multiple_of(2) || stream >= self.next_id)
+        {
+            return Err(protocol("a frame on a stream never opened"));
+        }
         match kind {
             DATA => self.data(flags, stream, payload),
             HEADERS => {
@@ -103,8 +112,11 @@ impl Inner {
                 }
             }
             RST_STREAM => {
-                if payload.len() != 4 || stream == 0 {
-                    return Err(protocol("malformed RST_STREAM"));
+                if stream == 0 {
+                    return Err(protocol("RST_STREAM on stream 0"));
+                }
+                if payload.len() != 4 {
+                    return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed RST_STREAM".into()));
                 }
                 let reason = h2::Reason::from(be_u32(payload));
                 if let Some(state) = self.streams.get_mut(&stream) {
@@ -134,11 +146,19 @@ impl Inner {
                     self.apply_settings(payload)?;
                     self.acknowledged()?;
                     self.out.frame_header(0, SETTINGS, ACK, 0);
+                } else if !payload.is_empty() {
+                    return Err((
+                        h2::Reason::FRAME_SIZE_ERROR,
+                        "SETTINGS ACK with a payload".into(),
+                    ));
                 }
                 Ok(())
             }
             PING => {
-                if payload.len() != 8 || stream != 0 {
+                if stream != 0 {
+                    return Err(protocol("PING on a stream"));
+                }
+                if payload.len() != 8 {
                     return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed PING".into()));
                 }
                 if flags & ACK == 0 {
@@ -152,8 +172,11 @@ impl Inner {
                 Ok(())
             }
             GOAWAY => {
+                if stream != 0 {
+                    return Err(protocol("GOAWAY on a stream"));
+                }
                 if payload.len() < 8 {
-                    return Err(protocol("malformed GOAWAY"));
+                    return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed GOAWAY".into()));
                 }
                 let last = be_u32(payload) & LAST_STREAM_ID;
                 let reason = h2::Reason::from(be_u32(&payload[4..]));
@@ -205,9 +228,13 @@ impl Inner {
                             "WINDOW_UPDATE overflows the connection's window".into(),
                         ));
                     }
-                    for state in self.streams.values_mut() {
-                        if let Some(waker) = state.send_waker.take() {
-                            waker.wake();
+                    // Not a walk over every stream per update: a flood of tiny updates
+                    // would cost that many walks.
+                    if std::mem::take(&mut self.senders_parked) {
+                        for state in self.streams.values_mut() {
+                            if let Some(waker) = state.send_waker.take() {
+                                waker.wake();
+                            }
                         }
                     }
                 } else if let Some(state) = self.streams.get_mut(&stream) {
@@ -430,6 +457,9 @@ impl Inner {
         if !payload.len().is_multiple_of(6) {
             return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed SETTINGS".into()));
         }
+        // Applied to the open streams once per frame, after every entry is read: a frame of
+        // thousands of entries must not cost thousands of walks over the streams.
+        let mut initial_window = None;
         for entry in payload.chunks_exact(6) {
             let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
             match u16::from_be_bytes([entry[0], entry[1]]) {
@@ -441,24 +471,11 @@ impl Inner {
                     if i64::from(value) > MAX_WINDOW {
                         return Err((h2::Reason::FLOW_CONTROL_ERROR, "initial window".into()));
                     }
-                    let delta = i64::from(value) - i64::from(self.peer_initial_window);
-                    self.peer_initial_window = value;
-                    let mut overflow = false;
-                    for state in self.streams.values_mut() {
-                        state.send_window += delta;
-                        overflow |= state.send_window > MAX_WINDOW;
-                        if let Some(waker) = state.send_waker.take() {
-                            waker.wake();
-                        }
-                    }
-                    // RFC 9113 §6.9.2: a change that takes any stream's window past 2^31-1
-                    // is a connection error.
-                    if overflow {
-                        return Err((
-                            h2::Reason::FLOW_CONTROL_ERROR,
-                            "SETTINGS_INITIAL_WINDOW_SIZE overflows an open stream's window".into(),
-                        ));
-                    }
+                    initial_window = Some(value);
+                }
+                // RFC 9113 §6.5.2: a server may only say 0.
+                SETTINGS_ENABLE_PUSH if value != 0 => {
+                    return Err(protocol("SETTINGS_ENABLE_PUSH from a server"));
                 }
                 SETTINGS_MAX_FRAME_SIZE => {
                     if !(16_384..=16_777_215).contains(&value) {
@@ -474,6 +491,28 @@ impl Inner {
                 },
                 SETTINGS_HEADER_TABLE_SIZE => self.upstream_table.peer_limit(value),
                 _ => {}
+            }
+        }
+        if let Some(value) = initial_window {
+            let delta = i64::from(value) - i64::from(self.peer_initial_window);
+            self.peer_initial_window = value;
+            if delta != 0 {
+                let mut overflow = false;
+                for state in self.streams.values_mut() {
+                    state.send_window += delta;
+                    overflow |= state.send_window > MAX_WINDOW;
+                    if let Some(waker) = state.send_waker.take() {
+                        waker.wake();
+                    }
+                }
+                // RFC 9113 §6.9.2: a change that takes any stream's window past 2^31-1
+                // is a connection error.
+                if overflow {
+                    return Err((
+                        h2::Reason::FLOW_CONTROL_ERROR,
+                        "SETTINGS_INITIAL_WINDOW_SIZE overflows an open stream's window".into(),
+                    ));
+                }
             }
         }
         if !self.peer_settings_seen {

@@ -71,12 +71,20 @@ pub(crate) fn decode_response_block(
             problem = malformed("uppercase header name");
             return;
         }
+        // RFC 9113 §8.2.1: no whitespace at either end of a value. An HTTP/1.1 client
+        // would read such a value trimmed, an h2 one as sent.
+        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
+        {
+            problem = malformed("whitespace around a field value");
+            return;
+        }
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             (Ok(name), Ok(mut value)) => {
                 // A field the upstream sent never indexed stays so on its way to the client
                 // (RFC 7541 §6.2.3: intermediaries must keep the representation).
                 value.set_sensitive(never_indexed);
-                if is_connection_specific(&name) {
+                // TE is connection-specific too, allowed in requests only (§8.2.2).
+                if is_connection_specific(&name) || name == http::header::TE {
                     problem = malformed("connection-specific header");
                 } else if fields.try_append(name, value).is_err() {
                     problem = Some((h2::Reason::ENHANCE_YOUR_CALM, "header map full"));

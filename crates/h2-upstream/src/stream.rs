@@ -238,6 +238,7 @@ impl StreamRef {
             inner.body_waiting |= queue_full;
             if let Some(state) = inner.streams.get_mut(&self.id) {
                 state.send_waker = Some(cx.waker().clone());
+                inner.senders_parked = true;
             }
             break false;
         };
@@ -258,6 +259,7 @@ impl StreamRef {
         match inner.streams.get_mut(&self.id) {
             Some(state) if !state.send_closed && state.failure.is_none() => {
                 state.send_waker = Some(cx.waker().clone());
+                inner.senders_parked = true;
                 Poll::Pending
             }
             _ => Poll::Ready(()),

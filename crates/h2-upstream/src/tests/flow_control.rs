@@ -804,3 +804,101 @@ async fn a_dropped_reader_cancels_the_stream_its_pump_still_holds() {
     assert!(pumped.unwrap().is_err());
     assert!(!connection.shared.lock().streams.contains_key(&id));
 }
+
+/// The connection error (GOAWAY's code) an upstream's bytes draw, sent after stream 1 is
+/// open; `None` when the connection answers a PING after them instead.
+async fn connection_error_after(bytes: &[u8]) -> Option<u32> {
+    let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
+    let _stream = connection.open(&request_head(), false).await.unwrap();
+    assert_eq!(peer.request().await, 1);
+    peer.write(bytes).await;
+    peer.write(&frame(PING, 0, 0, b"survived")).await;
+    loop {
+        let next = peer.read_frame().await;
+        if next.kind == GOAWAY {
+            return Some(u32::from_be_bytes(next.payload[4..8].try_into().unwrap()));
+        }
+        if next.kind == PING && next.flags & ACK != 0 {
+            return None;
+        }
+    }
+}
+
+/// Frames RFC 9113 makes connection errors are answered with GOAWAY and the code it names:
+/// the upstream's mistakes are caught where they are made, not left for a stream to wait
+/// on (an answer on the wrong stream id) or passed by.
+#[tokio::test]
+async fn frames_the_rfc_forbids_end_the_connection_with_its_code() {
+    const PROTOCOL: Option<u32> = Some(0x1);
+    const FRAME_SIZE: Option<u32> = Some(0x6);
+    let setting = |id: u16, value: u32| {
+        let mut entry = id.to_be_bytes().to_vec();
+        entry.extend_from_slice(&value.to_be_bytes());
+        frame(SETTINGS, 0, 0, &entry)
+    };
+    let cases: Vec<(&str, BytesMut, Option<u32>)> = vec![
+        ("ENABLE_PUSH 1 from a server", setting(0x2, 1), PROTOCOL),
+        ("ENABLE_PUSH 2", setting(0x2, 2), PROTOCOL),
+        ("ENABLE_PUSH 0 (allowed)", setting(0x2, 0), None),
+        (
+            "a SETTINGS ACK with a payload",
+            frame(SETTINGS, ACK, 0, &[0; 6]),
+            FRAME_SIZE,
+        ),
+        (
+            "RST_STREAM of five bytes",
+            frame(RST_STREAM, 0, 1, &[0; 5]),
+            FRAME_SIZE,
+        ),
+        ("PING on a stream", frame(PING, 0, 1, b"12345678"), PROTOCOL),
+        ("GOAWAY on a stream", frame(GOAWAY, 0, 1, &[0; 8]), PROTOCOL),
+        ("HEADERS on a stream never opened", head(3, true), PROTOCOL),
+        (
+            "DATA on an even stream",
+            frame(DATA, END_STREAM, 2, b"x"),
+            PROTOCOL,
+        ),
+        (
+            "WINDOW_UPDATE on a stream never opened",
+            window_update(5, 1),
+            PROTOCOL,
+        ),
+        (
+            "RST_STREAM on a stream never opened",
+            frame(RST_STREAM, 0, 7, &[0; 4]),
+            PROTOCOL,
+        ),
+        // PRIORITY may name any stream (RFC 9113 §5.1).
+        (
+            "PRIORITY on an idle stream",
+            frame(0x2, 0, 9, &[0, 0, 0, 0, 16]),
+            None,
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        assert_eq!(connection_error_after(&bytes).await, expected, "{name}");
+    }
+}
+
+/// A response field RFC 9113 §8.2 makes malformed (TE, whitespace at a value's ends)
+/// resets the stream: its head never reaches the client.
+#[tokio::test]
+async fn malformed_response_fields_reset_the_stream() {
+    let literal = |name: &[u8], value: &[u8]| {
+        let mut block = vec![0x88, 0x00];
+        wire::put_string(&mut block, name);
+        wire::put_string(&mut block, value);
+        block
+    };
+    for (name, block) in [
+        ("te", literal(b"te", b"trailers")),
+        ("a leading space", literal(b"x-a", b" v")),
+        ("a trailing tab", literal(b"x-a", b"v\t")),
+    ] {
+        let seen = answered_with_length(http::Method::POST, &block, &[(b"ok", true)], false).await;
+        assert_eq!(seen, (false, None, true), "{name}");
+    }
+    let fine = literal(b"x-a", b"v w");
+    let seen = answered_with_length(http::Method::POST, &fine, &[(b"ok", true)], false).await;
+    assert_eq!(seen, (true, Some((2, false)), false));
+}
