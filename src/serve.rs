@@ -397,6 +397,7 @@ pub async fn serve(
         .snapshot
         .with_plain_mode(shape.plain_mode(https_bound));
     warn_if_connection_cap_unsafe(runtime.limits.max_connections);
+    warn_if_proxy_headers_from_anyone(runtime.proxy_headers_from_anyone);
     let gateway = Gateway::new(snapshot, runtime.limits);
     gateway
         .metrics()
@@ -524,6 +525,7 @@ impl Reloader {
         let mode = shape.plain_mode(prepared.https_bound);
         listeners.commit(prepared, &shape, &self.gateway, &self.state);
         pachgate_observe::logging::set_access_format(runtime.access_log.into());
+        warn_if_proxy_headers_from_anyone(runtime.proxy_headers_from_anyone);
         let max_connections = runtime.limits.max_connections;
         if max_connections != self.gateway.max_connections() {
             // New connections only: those already open stay, even above a lowered cap.
@@ -575,6 +577,18 @@ fn warn_if_connection_cap_unsafe(max_connections: usize) {
             "limits.max_connections is above what the open-files limit carries (each client \
              connection may need a second descriptor toward an upstream): raise `ulimit -n` \
              or lower the cap"
+        );
+    }
+}
+
+/// PROXY headers believed from any peer let whoever reaches the listener directly (from
+/// inside the cluster, say) claim any client address, past allow-lists and rate limits.
+fn warn_if_proxy_headers_from_anyone(from_anyone: bool) {
+    if from_anyone {
+        tracing::warn!(
+            "listen.proxy_protocol is on and trusted_proxies is empty: any peer that reaches \
+             the listener may send a PROXY header and name any client address; list the \
+             load balancers' addresses in trusted_proxies"
         );
     }
 }

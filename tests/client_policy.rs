@@ -198,6 +198,16 @@ fn allow_insecure_lets_refused_configs_start() {
 
 /// Sends `GET /headers` over TLS, optionally after a PROXY header; returns (response, stderr).
 fn raw_get(proxy: &Proxy, source: &str, proxy_header: Option<(&str, &str)>) -> (String, String) {
+    raw_get_with(proxy, source, proxy_header, &[])
+}
+
+/// [`raw_get`] with more of raw_https.py's options (`--trickle`, `--tlv`).
+fn raw_get_with(
+    proxy: &Proxy,
+    source: &str,
+    proxy_header: Option<(&str, &str)>,
+    options: &[&str],
+) -> (String, String) {
     use std::io::Write;
     let mut command = Command::new("python3");
     command
@@ -213,6 +223,7 @@ fn raw_get(proxy: &Proxy, source: &str, proxy_header: Option<(&str, &str)>) -> (
     if let Some((version, claim)) = proxy_header {
         command.args(["--proxy", version, "--claim", claim]);
     }
+    command.args(options);
     let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -236,8 +247,8 @@ fn raw_get(proxy: &Proxy, source: &str, proxy_header: Option<(&str, &str)>) -> (
 fn proxy_protocol_v1_and_v2_from_trusted_balancers_only() {
     let standins = standins();
     let top = "trusted_proxies = [\"127.0.0.1/32\"]\nallow_cidrs = [\"203.0.113.0/24\", \"2001:db8::/32\", \"127.0.0.0/8\"]\n";
-    let config = config(&standins, top, None).listen("proxy_protocol = true");
-    let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
+    let trusting = config(&standins, top, None).listen("proxy_protocol = true");
+    let proxy = pachgate_config(&trusting.file("127.0.0.1:0"), 1);
 
     let (response, _) = raw_get(&proxy, "127.0.0.1", Some(("v1", "203.0.113.7:5555")));
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -249,6 +260,21 @@ fn proxy_protocol_v1_and_v2_from_trusted_balancers_only() {
     let (response, _) = raw_get(&proxy, "127.0.0.1", Some(("v2", "[2001:db8::7]:5555")));
     assert!(
         response.contains("x-forwarded-for: 2001:db8::7\n"),
+        "{response}"
+    );
+
+    // A balancer that sends its header in pieces, and one whose v2 header carries TLVs of
+    // its own (600 bytes of them): both read whole, nothing of the TLS stream taken.
+    let slow = ["--trickle", "0.2"];
+    let (response, _) = raw_get_with(&proxy, "127.0.0.1", Some(("v1", "203.0.113.8:5555")), &slow);
+    assert!(
+        response.contains("x-forwarded-for: 203.0.113.8\n"),
+        "{response}"
+    );
+    let tlvs = ["--trickle", "0.2", "--tlv", "600"];
+    let (response, _) = raw_get_with(&proxy, "127.0.0.1", Some(("v2", "203.0.113.9:5555")), &tlvs);
+    assert!(
+        response.contains("x-forwarded-for: 203.0.113.9\n"),
         "{response}"
     );
 
@@ -272,6 +298,18 @@ fn proxy_protocol_v1_and_v2_from_trusted_balancers_only() {
         response.is_empty() && stderr.contains("NO TLS"),
         "{response}{stderr}"
     );
+    let warning = "trusted_proxies is empty";
+    assert!(!proxy.running.stderr_so_far().contains(warning));
+
+    // Without trusted_proxies any peer's header is believed: served, and warned about.
+    let open = config(&standins, "", None).listen("proxy_protocol = true");
+    let open = pachgate_config(&open.file("127.0.0.1:0"), 1);
+    let (response, _) = raw_get(&open, "127.0.0.2", Some(("v1", "203.0.113.7:5555")));
+    assert!(
+        response.contains("x-forwarded-for: 203.0.113.7\n"),
+        "{response}"
+    );
+    assert!(open.running.stderr_so_far().contains(warning));
 }
 
 #[test]

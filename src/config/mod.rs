@@ -74,6 +74,9 @@ pub struct RuntimeConfig {
     pub access_log: AccessLog,
     pub route_count: usize,
     pub upstream_count: usize,
+    /// `listen.proxy_protocol` with no `trusted_proxies`: any peer that reaches the listener
+    /// may name the client address (warned about at start and on reload).
+    pub proxy_headers_from_anyone: bool,
 }
 
 /// Reads, parses and validates a config file.

@@ -202,6 +202,10 @@ impl Validator<'_> {
             return Err(self.errors);
         }
         let route_count = route_specs.len();
+        let proxy_headers_from_anyone = listen.proxy_protocol
+            && !trusted_proxies
+                .as_ref()
+                .is_some_and(|cidrs| !cidrs.is_empty());
         let clients = ClientPolicy {
             hsts,
             listener_allow: listener_allow.unwrap_or_default(),
@@ -241,6 +245,7 @@ impl Validator<'_> {
             access_log,
             route_count,
             upstream_count,
+            proxy_headers_from_anyone,
         })
     }
 

@@ -1,6 +1,7 @@
 //! PROXY protocol v1 (text) and v2 (binary) from a load balancer in front of pachgate: the
-//! header that precedes the client's bytes and names the real client address. Read with
-//! `peek` first so nothing of the TLS stream behind it is consumed by mistake.
+//! header that precedes the client's bytes and names the real client address. Bytes are
+//! looked at with `peek` and consumed only as far as they are header, so nothing of the TLS
+//! stream behind it is taken by mistake.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -11,8 +12,9 @@ use tokio::net::TcpStream;
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest v1 line (RFC: 107 bytes including CRLF).
 const V1_MAX: usize = 107;
-/// Largest v2 header accepted (addresses plus a little TLV room).
-const V2_MAX: usize = 16 + 216;
+/// Largest v2 header accepted: addresses plus room for the TLVs balancers add (AWS's VPC
+/// endpoint id, HAProxy's SSL and unique-id fields), well below the 64 KiB the format allows.
+const V2_MAX: usize = 2048;
 
 /// What the header said: the client's address, or `None` for LOCAL/UNKNOWN (health checks
 /// from the balancer itself), where the TCP peer stands.
@@ -27,21 +29,35 @@ pub async fn read_header(tcp: &mut TcpStream, within: Duration) -> Result<Proxie
 }
 
 async fn read(tcp: &mut TcpStream) -> Result<ProxiedClient, String> {
-    let mut buf = [0u8; V2_MAX];
+    // The header's bytes consumed so far, then what `peek` shows after them.
+    let mut seen = vec![0u8; V2_MAX];
+    let mut consumed = 0;
     loop {
-        let n = tcp.peek(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = tcp
+            .peek(&mut seen[consumed..])
+            .await
+            .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("connection closed before the PROXY header".into());
         }
-        if let Some((length, client)) = parse(&buf[..n])? {
-            let mut header = vec![0u8; length];
-            tcp.read_exact(&mut header)
-                .await
-                .map_err(|e| e.to_string())?;
-            return Ok(client);
+        let available = consumed + n;
+        let rest = match parse(&seen[..available])? {
+            Some((length, client)) => {
+                tcp.read_exact(&mut seen[consumed..length])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(client);
+            }
+            // Incomplete, so every byte shown is header: consumed, so that the next `peek`
+            // waits for new bytes instead of returning these again (a busy loop for as long
+            // as a peer trickles its header).
+            None => &mut seen[consumed..available],
+        };
+        tcp.read_exact(rest).await.map_err(|e| e.to_string())?;
+        consumed = available;
+        if consumed == V2_MAX {
+            return Err("PROXY header too long".into());
         }
-        // Incomplete: the rest is in flight. Short pause, then look again.
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
