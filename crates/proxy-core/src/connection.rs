@@ -73,7 +73,7 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            h2_max_concurrent_streams: 1024,
+            h2_max_concurrent_streams: 256,
             max_header_list_size: 64 * 1024,
             reject_underscore_headers: false,
             h2_max_pending_accept_reset_streams: 100,
@@ -123,9 +123,18 @@ pub(crate) fn server_builder(limits: &ServerLimits) -> auto::Builder<TokioExecut
         .keep_alive_timeout(limits.h2_keepalive_timeout)
         .initial_stream_window_size(limits.h2_stream_window)
         .initial_connection_window_size(limits.h2_connection_window)
+        .max_send_buf_size(H2_SEND_BUFFER_PER_STREAM)
         .enable_connect_protocol();
     builder
 }
+
+/// Response bytes h2 holds per stream for a client that does not take them (hyper's
+/// default is 400 KiB). A client that opens every stream it may and reads none pins this
+/// times `h2_max_concurrent_streams` of memory: 16 MiB at the defaults, where hyper's
+/// default and 1,024 streams made it 400 MiB, and two such connections would have the
+/// pod's 512 MiB limit end the process. A stream that is read needs no more than this
+/// to keep its connection busy: the buffer refills as frames are written.
+pub const H2_SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
 
 async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
     match listener.accept().await {
