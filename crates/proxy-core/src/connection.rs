@@ -225,7 +225,8 @@ impl Gateway {
             self.metrics.connection_refused("address_not_allowed");
             return None;
         }
-        Some((ClientSocket::new(tcp, slot), client))
+        let socket = ClientSocket::new(tcp, slot, self.limits.idle_timeout);
+        Some((socket, client))
     }
 
     /// Accepts TLS connections until the drain (or until the task is aborted, when a reload

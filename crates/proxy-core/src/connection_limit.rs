@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::metrics::Gauge;
+use crate::write_stall::WriteStall;
 
 /// The cap when nothing smaller is called for by the open-files limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -153,14 +154,21 @@ impl ConnectionSlots {
 }
 
 /// A client's socket with its [`Slot`]: the connection counts until the socket closes.
+/// Its writes are watched ([`WriteStall`]): a client that takes nothing for the limit
+/// loses the connection.
 pub(crate) struct ClientSocket {
     tcp: TcpStream,
     _slot: Slot,
+    stall: WriteStall,
 }
 
 impl ClientSocket {
-    pub(crate) fn new(tcp: TcpStream, slot: Slot) -> Self {
-        ClientSocket { tcp, _slot: slot }
+    pub(crate) fn new(tcp: TcpStream, slot: Slot, write_stall_limit: Option<Duration>) -> Self {
+        ClientSocket {
+            tcp,
+            _slot: slot,
+            stall: WriteStall::new(write_stall_limit),
+        }
     }
 }
 
@@ -180,7 +188,9 @@ impl AsyncWrite for ClientSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.stall.watch(cx, written)
     }
 
     fn poll_write_vectored(
@@ -188,7 +198,9 @@ impl AsyncWrite for ClientSocket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.stall.watch(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -36,6 +36,7 @@ pub mod route_timeouts;
 mod snapshot;
 pub mod upstream;
 pub mod websocket;
+mod write_stall;
 
 pub use connection::ServerLimits;
 pub use connection_limit::{

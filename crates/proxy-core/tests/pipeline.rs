@@ -777,3 +777,66 @@ async fn concurrent_guesses_from_one_64_share_its_budget() {
     assert_eq!((rejected, refused), (5, 45), "{statuses:?}");
     assert_eq!(who_am_i_calls.load(Ordering::SeqCst), 5);
 }
+
+/// A client that stops taking its response (an HTTP/1.1 download it no longer reads) loses
+/// the connection once nothing written to it has been taken for `idle_timeout`, and the
+/// upstream request goes with it. hyper stops polling a body it cannot write, so no timer
+/// in the body would ever fire, and the request had an upstream busy for as long as the
+/// client kept its socket.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_the_connection_and_the_upstream_request() {
+    use tokio::io::AsyncWriteExt;
+    /// Tells the test when the upstream's endless body is dropped.
+    struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some(tell) = self.0.take() {
+                let _ = tell.send(());
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tell = std::sync::Mutex::new(Some(dropped_tx));
+        let service = service_fn(move |_: Request<Incoming>| {
+            let guard = Dropped(tell.lock().unwrap().take());
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let endless = futures_util::stream::repeat_with(move || {
+                let _held = &guard;
+                Ok::<_, Infallible>(hyper::body::Frame::data(chunk.clone()))
+            });
+            async move { Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(endless))) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    });
+    let snapshot = Snapshot::build(
+        vec![open_route("download", "/", "download")],
+        vec![upstream("download", upstream_addr, UpstreamProtocol::Http1)],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let limits = pachgate_proxy_core::ServerLimits {
+        idle_timeout: Some(std::time::Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let (_gateway, addr) = serve_with(snapshot, limits).await;
+
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /file HTTP/1.1\r\nHost: pachgate.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: the socket buffers fill, and then nothing moves.
+    tokio::time::timeout(std::time::Duration::from_secs(20), dropped)
+        .await
+        .expect("the upstream request was dropped once the client took nothing")
+        .unwrap();
+    drop(client);
+}
