@@ -25,7 +25,7 @@ fn respond(path: &str, gateway: &Gateway, state: &ServedState) -> Response<Full<
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         // Listeners are bound before this one and the config is loaded; a draining
         // instance must leave the load balancer's rotation.
-        "/readyz" if gateway.is_draining() => (
+        "/readyz" if gateway.is_withdrawn() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             Bytes::from_static(b"draining\n"),

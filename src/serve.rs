@@ -383,6 +383,7 @@ pub async fn serve(
     // the port is ready must not have its edit missed.
     let watch = config_file.as_ref().and_then(|file| watch_file(&file.path));
     let drain_timeout = runtime.limits.drain_timeout;
+    let drain_delay = runtime.limits.drain_delay;
     let state = Arc::new(ServedState {
         certificates: ArcSwap::from_pointee(Vec::new()),
         config_file: config_file.as_ref().map(|file| file.path.clone()),
@@ -421,10 +422,25 @@ pub async fn serve(
     });
 
     shutdown.recv().await;
-    // Graceful drain: /readyz fails at once (the load balancer stops sending), listeners
-    // close, h2 clients get GOAWAY and HTTP/1 clients `Connection: close`, and what is in
-    // flight gets up to drain_timeout. Websocket tunnels then get close frames (1001). A
-    // second signal ends it at once.
+    // Graceful drain: /readyz fails at once (the load balancer stops sending); for
+    // drain_delay everything is still served, new connections included, while the balancer
+    // and Kubernetes' endpoints catch up. Then listeners close, h2 clients get GOAWAY and
+    // HTTP/1 clients `Connection: close`, and what is in flight gets up to drain_timeout.
+    // Websocket tunnels then get close frames (1001). A second signal ends it at once.
+    gateway.withdraw();
+    if !drain_delay.is_zero() {
+        eprintln!(
+            "pachgate: /readyz now fails; serving on for {drain_delay:?} before the drain; a \
+             second signal exits now"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(drain_delay) => {}
+            _ = shutdown.recv() => {
+                eprintln!("pachgate: second signal; exiting now");
+                return Ok(());
+            }
+        }
+    }
     eprintln!("pachgate: draining for up to {drain_timeout:?}; a second signal exits now");
     drop(reloads);
     gateway.begin_drain();

@@ -96,6 +96,54 @@ fn sigterm_drains_streams_and_loops_then_closes_websockets_with_1001() {
     assert!(log.contains("drain_timeout reached"), "{log}");
 }
 
+/// With `drain_delay`, a SIGTERM first only takes pachgate out of rotation: `/readyz` fails
+/// at once, while new connections are still accepted and served for the delay (a load
+/// balancer, or Kubernetes' endpoints, still sends them for a moment). Then the drain.
+#[test]
+fn drain_delay_serves_new_connections_while_readyz_fails() {
+    let standins = standins();
+    let mut proxy = pachgate_with_limits(
+        &standins,
+        "drain_delay = \"3s\"\ndrain_timeout = \"5s\"",
+        "admin = \"127.0.0.1:0\"",
+    );
+    let admin = proxy.running.address("admin");
+    let readyz = || http_code(&[], &format!("http://{admin}/readyz"));
+    let console = |proxy: &Proxy| {
+        let url = format!("https://localhost:{}/headers", proxy.https().port());
+        http_code(&["--cacert", &proxy.ca().to_string_lossy()], &url)
+    };
+    assert_eq!(readyz(), "200");
+
+    let signalled = std::time::Instant::now();
+    proxy.running.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(readyz(), "503", "readyz passes after SIGTERM");
+    assert_eq!(
+        console(&proxy),
+        "200",
+        "a new connection refused during the delay"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the checks took too long to prove anything about the delay"
+    );
+
+    // After the delay: the listener is closed, and the idle process exits.
+    let exit = proxy
+        .running
+        .wait_exit(Duration::from_secs(15))
+        .expect("pachgate did not exit after the delay and the drain");
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "exited {:?} after SIGTERM, before the delay ended",
+        signalled.elapsed()
+    );
+    let log = proxy.running.stderr_so_far();
+    assert!(log.contains("serving on for 3s before the drain"), "{log}");
+}
+
 /// A SIGTERM that arrives once a listener is up, even before pachgate has said so, starts the
 /// drain: the handlers are in place before the first socket is bound, so the default action
 /// (the process killed, its connections cut without a TLS close or a close frame) never

@@ -225,6 +225,7 @@ pub struct Limits {
     pub tls_handshake_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub drain_delay: Option<Spanned<String>>,
     pub h2_stream_window: Option<Spanned<u32>>,
     pub h2_connection_window: Option<Spanned<u32>>,
     pub reject_underscore_headers: Option<Spanned<bool>>,

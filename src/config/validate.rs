@@ -427,6 +427,11 @@ impl Validator<'_> {
                 out.drain_timeout = d;
             }
         }
+        if let Some(v) = &limits.drain_delay {
+            if let Some(d) = self.duration(v, "limits.drain_delay") {
+                out.drain_delay = d;
+            }
+        }
         out
     }
 

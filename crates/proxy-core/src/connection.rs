@@ -58,6 +58,10 @@ pub struct ServerLimits {
     pub idle_timeout: Option<Duration>,
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     pub drain_timeout: Duration,
+    /// On shutdown, how long to go on serving (and accepting) after `/readyz` starts
+    /// failing, before the drain: the time a load balancer or Kubernetes' endpoints take to
+    /// stop sending new connections.
+    pub drain_delay: Duration,
     /// h2 flow-control window per stream, in bytes.
     pub h2_stream_window: u32,
     /// h2 flow-control window per connection, in bytes. h2 also sizes its flood guard on
@@ -84,6 +88,7 @@ impl Default for ServerLimits {
             tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(180)),
             drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             h2_stream_window: 2 * 1024 * 1024,
             h2_connection_window: 8 * 1024 * 1024,
             max_connections: default_max_connections(),

@@ -23,6 +23,8 @@ pub struct Gateway {
     pub(crate) slots: Arc<ConnectionSlots>,
     /// Set once on shutdown: listeners stop accepting, connections are told to finish.
     pub(crate) draining: tokio::sync::watch::Sender<bool>,
+    /// Set once on shutdown, `drain_delay` before `draining`: `/readyz` fails.
+    withdrawn: std::sync::atomic::AtomicBool,
     /// Connections and tunnels still open, for the drain.
     pub(crate) work: Arc<OpenWork>,
     /// Chosen by ALPN: h2 and http/1.1 skip preface sniffing; no ALPN gets auto-detection.
@@ -56,6 +58,7 @@ impl Gateway {
             limits,
             slots,
             draining: tokio::sync::watch::channel(false).0,
+            withdrawn: std::sync::atomic::AtomicBool::new(false),
             work,
             auto,
             h1_only,
@@ -71,6 +74,18 @@ impl Gateway {
 
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// Shutdown, step zero: `/readyz` fails from now on, while everything is still served
+    /// (see `ServerLimits::drain_delay`).
+    pub fn withdraw(&self) {
+        self.withdrawn
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` should fail: withdrawn or draining.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(std::sync::atomic::Ordering::Relaxed) || self.is_draining()
     }
 
     /// Step two: resolves once every connection and websocket tunnel has closed.
