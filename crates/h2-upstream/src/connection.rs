@@ -21,7 +21,7 @@ use crate::{
     output::Output,
     request_head::{encode_request_head, ExtraField, UpstreamTable},
     stream::{Head, Stream, StreamMap, StreamRef},
-    Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN,
+    Settings, DEFAULT_MAX_FRAME, HEADER_TABLE_SIZE, LAST_STREAM_ID, MAX_FRAME_IN, MAX_QUEUED_OUT,
 };
 
 /// An upstream connection, plain or TLS, as one type.
@@ -52,7 +52,8 @@ pub(crate) struct Inner {
     /// Of those, the bytes not yet credited to the connection's window (see
     /// [`Inner::buffer_limit`]); never more than `buffered`.
     pub(crate) held: usize,
-    /// A request body waits for the output queue to drain below [`MAX_QUEUED_OUT`].
+    /// A request body, or a new stream's head, waits for the output queue to drain below
+    /// [`MAX_QUEUED_OUT`].
     pub(crate) body_waiting: bool,
     /// A stream's sender parked (for send window, or for its end) since a connection-level
     /// WINDOW_UPDATE last woke them: only then does one look at every stream.
@@ -249,6 +250,14 @@ impl Connection {
                 return Poll::Ready(Err(Failure::Refused));
             }
             if inner.open_streams >= limit {
+                inner.open_waiters.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            // An upstream that reads slowly (or not at all) must not have every request's
+            // head queued for it without end: past the queue's limit a new stream waits,
+            // as a request body does, until half of the queue has been written.
+            if inner.out.queued() >= MAX_QUEUED_OUT {
+                inner.body_waiting = true;
                 inner.open_waiters.push(cx.waker().clone());
                 return Poll::Pending;
             }

@@ -152,7 +152,8 @@ impl Inner {
             )),
             Poll::Pending => {}
         }
-        // Request bodies held back by a full queue go on once half of it has been written.
+        // Request bodies and new streams held back by a full queue go on once half of it
+        // has been written.
         if self.body_waiting && self.out.queued() <= MAX_QUEUED_OUT / 2 {
             self.body_waiting = false;
             for state in self.streams.values_mut() {
@@ -160,6 +161,7 @@ impl Inner {
                     waker.wake();
                 }
             }
+            self.wake_open_waiters();
         }
     }
 }

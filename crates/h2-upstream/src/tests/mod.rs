@@ -64,3 +64,50 @@ async fn extended_connect_is_what_the_upstream_settings_say() {
 }
 
 mod flow_control;
+
+/// An upstream that stops reading does not get every new request's head queued for it:
+/// past the output queue's limit a new stream waits for the queue to drain, as a request
+/// body does.
+#[tokio::test]
+async fn new_streams_wait_while_the_output_queue_is_full() {
+    use tokio::io::AsyncWriteExt;
+    // The upstream's end takes 64 KiB and then reads nothing.
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let settings = Settings {
+        stream_window: 65_535,
+        connection_window: 65_535,
+        write_batch: 16,
+        keepalive: None,
+        settings_timeout: Duration::from_secs(5),
+        header_limits: HeaderLimits::default(),
+    };
+    let (connection, driving) = Connection::start(Box::new(ours), settings);
+    tokio::spawn(driving);
+    let mut bytes = BytesMut::new();
+    wire::put_frame_header(&mut bytes, 0, SETTINGS, 0, 0);
+    theirs.write_all(&bytes).await.unwrap();
+    connection.connect_protocol_enabled().await.unwrap();
+
+    // Each head carries 16 KiB: 200 of them are over three times the queue's 1 MiB.
+    let head = http::Request::post("http://upstream/pkg.API/Call")
+        .header("x-big", "v".repeat(16 * 1024))
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let mut opened = Vec::new();
+    for _ in 0..200 {
+        match tokio::time::timeout(Duration::from_millis(200), connection.open(&head, true)).await
+        {
+            Ok(stream) => opened.push(stream.unwrap()),
+            Err(_) => break,
+        }
+    }
+    let queued_at_most = crate::MAX_QUEUED_OUT + 64 * 1024 + 17 * 1024;
+    assert!(
+        (1..200).contains(&opened.len()) && opened.len() * 16 * 1024 <= queued_at_most,
+        "{} heads of 16 KiB went out to an upstream that reads nothing",
+        opened.len()
+    );
+    drop(theirs);
+}
