@@ -80,8 +80,11 @@ pub(crate) struct Inner {
     pub(crate) write_stalled: bool,
     pub(crate) ping_outstanding: bool,
     pub(crate) pong_received: bool,
-    /// Acknowledgements queued since the output was last written out whole.
-    pub(crate) unwritten_acks: u32,
+    /// Where each acknowledgement still in the output queue ends, as a count of the bytes
+    /// ever queued: those up to [`Inner::written_total`] have gone out.
+    pub(crate) unwritten_acks: std::collections::VecDeque<u64>,
+    /// Bytes ever written to the socket.
+    pub(crate) written_total: u64,
     /// Requests queued since the connection's task last wrote.
     pub(crate) queued: usize,
     pub(crate) settings: Settings,
@@ -168,7 +171,8 @@ impl Connection {
             write_stalled: false,
             ping_outstanding: false,
             pong_received: false,
-            unwritten_acks: 0,
+            unwritten_acks: std::collections::VecDeque::new(),
+            written_total: 0,
             queued: 0,
             settings,
         };

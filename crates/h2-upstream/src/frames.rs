@@ -144,8 +144,8 @@ impl Inner {
                 }
                 if flags & ACK == 0 {
                     self.apply_settings(payload)?;
-                    self.acknowledged()?;
                     self.out.frame_header(0, SETTINGS, ACK, 0);
+                    self.acknowledged()?;
                 } else if !payload.is_empty() {
                     return Err((
                         h2::Reason::FRAME_SIZE_ERROR,
@@ -162,9 +162,9 @@ impl Inner {
                     return Err((h2::Reason::FRAME_SIZE_ERROR, "malformed PING".into()));
                 }
                 if flags & ACK == 0 {
-                    self.acknowledged()?;
                     self.out.frame_header(8, PING, ACK, 0);
                     self.out.small.extend_from_slice(payload);
+                    self.acknowledged()?;
                 } else {
                     self.ping_outstanding = false;
                     self.pong_received = true;
@@ -524,14 +524,19 @@ impl Inner {
     }
 
     /// Counts an acknowledgement about to be queued; too many unwritten is a flood.
+    /// An acknowledgement was just queued. Counted until it is written: an upstream that
+    /// asks for them faster than it reads them is flooding us. Acknowledgements that went
+    /// out no longer count, however long the queue behind them stays (a long upload to an
+    /// upstream that pings as it reads, as gRPC servers' bandwidth probes do).
     pub(crate) fn acknowledged(&mut self) -> Result<(), (h2::Reason, String)> {
-        self.unwritten_acks += 1;
-        if self.unwritten_acks > MAX_UNWRITTEN_ACKS {
+        let end = self.written_total + self.out.queued() as u64;
+        self.unwritten_acks.push_back(end);
+        if self.unwritten_acks.len() > MAX_UNWRITTEN_ACKS {
             // Many frames in one read are not yet a flood: write what is queued, and count
             // only what the upstream leaves unread.
             self.write_out_here();
         }
-        if self.unwritten_acks > MAX_UNWRITTEN_ACKS {
+        if self.unwritten_acks.len() > MAX_UNWRITTEN_ACKS {
             return Err((
                 h2::Reason::ENHANCE_YOUR_CALM,
                 format!("over {MAX_UNWRITTEN_ACKS} SETTINGS/PING acknowledgements unread"),

@@ -93,7 +93,7 @@ pub const MAX_RESPONSE_HEADERS_CAP: usize = 16_384;
 /// Acknowledgements (SETTINGS, PING) queued while the upstream does not read what we write:
 /// past this many it is flooding us, and the connection ends (ENHANCE_YOUR_CALM) before the
 /// queue grows without bound.
-pub(crate) const MAX_UNWRITTEN_ACKS: u32 = 1024;
+pub(crate) const MAX_UNWRITTEN_ACKS: usize = 1024;
 /// Reads handled per wake-up before the driver yields to other tasks.
 pub(crate) const READS_PER_WAKE: usize = 32;
 /// Bytes queued for the upstream's socket past which request bodies wait for the queue to

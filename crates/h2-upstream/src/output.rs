@@ -139,18 +139,24 @@ impl Inner {
             return;
         };
         if self.out.is_empty() {
-            self.unwritten_acks = 0;
             return;
         }
         let before = self.out.queued();
         let written = self.out.poll_write(io, cx);
-        self.wrote |= self.out.queued() < before;
-        match written {
-            Poll::Ready(Ok(())) => self.unwritten_acks = 0,
-            Poll::Ready(Err(e)) => self.fail(Failure::Connection(
+        let went_out = before - self.out.queued();
+        self.wrote |= went_out > 0;
+        self.written_total += went_out as u64;
+        while self
+            .unwritten_acks
+            .front()
+            .is_some_and(|end| *end <= self.written_total)
+        {
+            self.unwritten_acks.pop_front();
+        }
+        if let Poll::Ready(Err(e)) = written {
+            self.fail(Failure::Connection(
                 format!("upstream write failed: {e}").into(),
-            )),
-            Poll::Pending => {}
+            ));
         }
         // Request bodies and new streams held back by a full queue go on once half of it
         // has been written.

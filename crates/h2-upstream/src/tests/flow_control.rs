@@ -902,3 +902,35 @@ async fn malformed_response_fields_reset_the_stream() {
     let seen = answered_with_length(http::Method::POST, &fine, &[(b"ok", true)], false).await;
     assert_eq!(seen, (true, Some((2, false)), false));
 }
+
+/// An upstream that pings as it reads a long upload (as gRPC servers' bandwidth probes do)
+/// is no flood, however long the queue behind the acknowledgements stays: only those it
+/// has not been sent count. Here 1,500 PINGs come while a 64 MiB upload keeps the queue
+/// full.
+#[tokio::test]
+async fn pings_during_a_long_upload_are_no_flood() {
+    let (connection, mut peer) = connected(
+        settings(65_535, 65_535),
+        &[(SETTINGS_INITIAL_WINDOW_SIZE, 0x7fff_ffff)],
+    )
+    .await;
+    peer.write(&window_update(0, 0x7fff_ffff - 65_535)).await;
+    let mut stream = connection.open(&request_head(), false).await.unwrap();
+    let sending = tokio::spawn(async move {
+        let mut body = Bytes::from(vec![b'u'; 64 << 20]);
+        poll_fn(|cx| stream.poll_send(cx, &mut body, true)).await
+    });
+    let mut read = vec![0u8; 16 * 1024];
+    for ping in 0..1500 {
+        tokio::time::timeout(PATIENCE, peer.socket.read_exact(&mut read))
+            .await
+            .unwrap_or_else(|_| panic!("the upload stopped at PING {ping}"))
+            .unwrap_or_else(|e| panic!("the connection ended at PING {ping}: {e}"));
+        peer.write(&frame(PING, 0, 0, b"probing!")).await;
+        // Slower than the upload is queued: the socket's buffers stay full, and so does
+        // the queue behind them.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(connection.is_open());
+    sending.abort();
+}

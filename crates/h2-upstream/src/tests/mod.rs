@@ -97,8 +97,7 @@ async fn new_streams_wait_while_the_output_queue_is_full() {
         .0;
     let mut opened = Vec::new();
     for _ in 0..200 {
-        match tokio::time::timeout(Duration::from_millis(200), connection.open(&head, true)).await
-        {
+        match tokio::time::timeout(Duration::from_millis(200), connection.open(&head, true)).await {
             Ok(stream) => opened.push(stream.unwrap()),
             Err(_) => break,
         }
