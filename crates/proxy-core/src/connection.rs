@@ -307,15 +307,12 @@ impl Gateway {
                     // A connection that only ever gets redirects has no reason to stay
                     // longer than an idle one would, and a silent client (no bytes, so
                     // not even HTTP/1's head timeout starts) must not stay forever.
-                    match gateway.limits.idle_timeout {
-                        Some(limit) => {
-                            if tokio::time::timeout(limit, serving).await.is_err() {
-                                gateway.metrics.idle_connection_closed();
-                            }
-                        }
-                        None => {
-                            let _ = serving.await;
-                        }
+                    let limit = gateway
+                        .limits
+                        .idle_timeout
+                        .unwrap_or(gateway.limits.h1_header_read_timeout);
+                    if tokio::time::timeout(limit, serving).await.is_err() {
+                        gateway.metrics.idle_connection_closed();
                     }
                 }
             }
@@ -394,10 +391,13 @@ impl Gateway {
             let mut finishing = Finishing::No;
             // Looked at when the connection may have become idle; a request since moves it on.
             // Boxed, for the same reason.
-            let mut idle_check = self
-                .limits
-                .idle_timeout
-                .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+            // Without an idle timeout, the first request is still waited for only as long as
+            // an HTTP/1 head (hyper's own head timer starts at the first byte, and an h2
+            // client may never send its preface).
+            let first_request_within = self.limits.h1_header_read_timeout;
+            let mut idle_check = Some(Box::pin(tokio::time::sleep(
+                self.limits.idle_timeout.unwrap_or(first_request_within),
+            )));
             loop {
                 tokio::select! {
                     result = connection.as_mut() => break result,
@@ -406,7 +406,15 @@ impl Gateway {
                         finishing = Finishing::Drain;
                     }
                     _ = idle_tick(&mut idle_check), if finishing != Finishing::Drain => {
-                        let timeout = self.limits.idle_timeout.unwrap_or_default();
+                        let Some(timeout) = self.limits.idle_timeout else {
+                            if info.activity.never_served() {
+                                tracing::debug!(client = %info.peer, "no request within {first_request_within:?}; closing");
+                                self.metrics.idle_connection_closed();
+                                break Ok(());
+                            }
+                            idle_check = None;
+                            continue;
+                        };
                         let now = tokio::time::Instant::now();
                         let deadline = info.activity.idle_deadline(timeout);
                         if finishing == Finishing::Idle && deadline.is_some() {

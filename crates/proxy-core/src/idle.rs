@@ -39,6 +39,12 @@ impl ConnActivity {
         InFlight(self.clone())
     }
 
+    /// No request has begun on the connection yet.
+    pub(crate) fn never_served(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.last_ended_ms.load(Ordering::Acquire) == 0
+    }
+
     /// When the connection becomes idle for `timeout`: `None` while a request is in flight.
     pub(crate) fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -58,7 +64,8 @@ impl InFlight {
     /// What is returned still reaches the connection's client address (for the log line).
     pub(crate) fn end(self, ended: Instant) -> Ended {
         let activity = &self.0;
-        let ended_ms = ended.saturating_duration_since(activity.opened).as_millis() as u64;
+        // At least 1: 0 says no request has ended yet (see `ConnActivity::never_served`).
+        let ended_ms = (ended.saturating_duration_since(activity.opened).as_millis() as u64).max(1);
         // A store, not a max: two requests ending together may land in either order, and
         // the difference is their few microseconds. Stored before the count drops, so a
         // watcher that sees no request in flight also sees when the last one ended.

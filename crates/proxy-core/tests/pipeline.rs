@@ -840,3 +840,50 @@ async fn a_client_that_stops_reading_loses_the_connection_and_the_upstream_reque
         .unwrap();
     drop(client);
 }
+
+/// With `idle_timeout` off a connection is still not kept for a client that never sends a
+/// request: it gets as long as an HTTP/1 head would. Once it has been served, it stays.
+#[tokio::test]
+async fn without_an_idle_timeout_a_silent_connection_still_closes() {
+    use tokio::io::AsyncReadExt;
+    let limits = pachgate_proxy_core::ServerLimits {
+        idle_timeout: None,
+        h1_header_read_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let snapshot = Snapshot::build(
+        vec![open_route("app", "/", "app")],
+        vec![upstream(
+            "app",
+            http1_upstream().await,
+            UpstreamProtocol::Http1,
+        )],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (_gateway, addr) = serve_with(snapshot, limits).await;
+    let within = std::time::Duration::from_secs(10);
+
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let read = tokio::time::timeout(within, silent.read(&mut [0u8; 1]))
+        .await
+        .expect("a silent connection was kept");
+    assert!(matches!(read, Ok(0)), "{read:?}");
+
+    // Served over h2c (an HTTP/1.1 keep-alive wait is hyper's head timer's to bound).
+    let mut sender = h2c_sender(addr).await;
+    for _ in 0..2 {
+        let request = Request::get("http://pachgate.test/a")
+            .body(empty())
+            .unwrap();
+        let response = tokio::time::timeout(within, sender.send_request(request))
+            .await
+            .expect("an answer")
+            .expect("the served connection is still open");
+        assert_eq!(response.status(), StatusCode::OK);
+        // Longer than the wait for a first request: a served connection is not closed.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    }
+}
