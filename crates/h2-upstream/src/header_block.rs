@@ -71,13 +71,12 @@ pub(crate) fn decode_response_block(
             problem = malformed("uppercase header name");
             return;
         }
-        // RFC 9113 §8.2.1: no whitespace at either end of a value. An HTTP/1.1 client
-        // would read such a value trimmed, an h2 one as sent.
-        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
-        {
-            problem = malformed("whitespace around a field value");
-            return;
-        }
+        // RFC 9113 §8.2.1 forbids whitespace at either end of a value, but grpc-go leaves a
+        // `grpc-message` as the error said it ("not found: "), and nghttp2's reset of such
+        // responses was turned off in Envoy for the errors it caused. So the value is
+        // trimmed (RFC 9110 §5.5 lets a recipient do so): clients of either protocol then
+        // read the same value, and the call's status survives.
+        let value = value.trim_ascii();
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             (Ok(name), Ok(mut value)) => {
                 // A field the upstream sent never indexed stays so on its way to the client

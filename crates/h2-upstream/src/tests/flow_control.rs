@@ -880,8 +880,9 @@ async fn frames_the_rfc_forbids_end_the_connection_with_its_code() {
     }
 }
 
-/// A response field RFC 9113 §8.2 makes malformed (TE, whitespace at a value's ends)
-/// resets the stream: its head never reaches the client.
+/// A response field RFC 9113 §8.2 makes malformed (TE) resets the stream: its head never
+/// reaches the client. Whitespace at a value's ends, which the RFC also forbids but grpc-go
+/// sends in a `grpc-message`, is trimmed instead.
 #[tokio::test]
 async fn malformed_response_fields_reset_the_stream() {
     let literal = |name: &[u8], value: &[u8]| {
@@ -890,17 +891,20 @@ async fn malformed_response_fields_reset_the_stream() {
         wire::put_string(&mut block, value);
         block
     };
-    for (name, block) in [
-        ("te", literal(b"te", b"trailers")),
-        ("a leading space", literal(b"x-a", b" v")),
-        ("a trailing tab", literal(b"x-a", b"v\t")),
-    ] {
-        let seen = answered_with_length(http::Method::POST, &block, &[(b"ok", true)], false).await;
-        assert_eq!(seen, (false, None, true), "{name}");
-    }
-    let fine = literal(b"x-a", b"v w");
-    let seen = answered_with_length(http::Method::POST, &fine, &[(b"ok", true)], false).await;
-    assert_eq!(seen, (true, Some((2, false)), false));
+    let te = literal(b"te", b"trailers");
+    let seen = answered_with_length(http::Method::POST, &te, &[(b"ok", true)], false).await;
+    assert_eq!(seen, (false, None, true), "te");
+
+    let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
+    let mut stream = connection.open(&request_head(), true).await.unwrap();
+    let id = peer.request().await;
+    let mut block = literal(b"x-a", b" v w\t");
+    block.extend_from_slice(&literal(b"x-b", b"")[1..]);
+    peer.write(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block))
+        .await;
+    let head = poll_fn(|cx| stream.poll_response(cx)).await.unwrap();
+    assert_eq!(head.headers()["x-a"], "v w");
+    assert_eq!(head.headers()["x-b"], "");
 }
 
 /// An upstream that pings as it reads a long upload (as gRPC servers' bandwidth probes do)
