@@ -406,14 +406,17 @@ impl Gateway {
                         finishing = Finishing::Drain;
                     }
                     _ = idle_tick(&mut idle_check), if finishing != Finishing::Drain => {
-                        let Some(timeout) = self.limits.idle_timeout else {
-                            if info.activity.never_served() {
-                                tracing::debug!(client = %info.peer, "no request within {first_request_within:?}; closing");
-                                self.metrics.idle_connection_closed();
-                                break Ok(());
+                        let timeout = match self.limits.idle_timeout {
+                            Some(timeout) => timeout,
+                            // Off: a connection that has not begun a request is closed as an
+                            // idle one would be (GOAWAY first); once served, it is kept.
+                            None if info.activity.never_served() || finishing == Finishing::Idle => {
+                                first_request_within
                             }
-                            idle_check = None;
-                            continue;
+                            None => {
+                                idle_check = None;
+                                continue;
+                            }
                         };
                         let now = tokio::time::Instant::now();
                         let deadline = info.activity.idle_deadline(timeout);

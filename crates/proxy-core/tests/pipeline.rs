@@ -872,6 +872,20 @@ async fn without_an_idle_timeout_a_silent_connection_still_closes() {
         .expect("a silent connection was kept");
     assert!(matches!(read, Ok(0)), "{read:?}");
 
+    // An h2c client that finishes its handshake and asks nothing gets a GOAWAY first, as
+    // at the idle timeout: its connection ends cleanly.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (_quiet, connection) = hyper::client::conn::http2::handshake::<_, _, TestBody>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(within, connection)
+        .await
+        .expect("a quiet h2c connection was kept");
+    assert!(ended.is_ok(), "{ended:?}");
+
     // Served over h2c (an HTTP/1.1 keep-alive wait is hyper's head timer's to bound).
     let mut sender = h2c_sender(addr).await;
     for _ in 0..2 {
