@@ -104,9 +104,7 @@ impl ListenerTlsHandle {
             let outcome = self.reload();
             if outcome.changed {
                 tracing::info!("TLS certificates reloaded; new handshakes use them");
-                if outcome.refused.is_empty() {
-                    observe(&Ok(()));
-                }
+                observe(&Ok(()));
             }
             for error in outcome.refused {
                 tracing::error!(
