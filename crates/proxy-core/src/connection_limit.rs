@@ -190,7 +190,7 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.tcp).poll_write(cx, buf);
-        this.stall.watch(cx, written)
+        this.stall.watch(cx, &this.tcp, written)
     }
 
     fn poll_write_vectored(
@@ -200,7 +200,7 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
-        this.stall.watch(cx, written)
+        this.stall.watch(cx, &this.tcp, written)
     }
 
     fn is_write_vectored(&self) -> bool {

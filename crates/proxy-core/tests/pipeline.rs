@@ -778,14 +778,9 @@ async fn concurrent_guesses_from_one_64_share_its_budget() {
     assert_eq!(who_am_i_calls.load(Ordering::SeqCst), 5);
 }
 
-/// A client that stops taking its response (an HTTP/1.1 download it no longer reads) loses
-/// the connection once nothing written to it has been taken for `idle_timeout`, and the
-/// upstream request goes with it. hyper stops polling a body it cannot write, so no timer
-/// in the body would ever fire, and the request had an upstream busy for as long as the
-/// client kept its socket.
-#[tokio::test]
-async fn a_client_that_stops_reading_loses_the_connection_and_the_upstream_request() {
-    use tokio::io::AsyncWriteExt;
+/// An HTTP/1.1 upstream whose one answer is an endless body; the receiver hears when
+/// pachgate drops it (the request abandoned).
+async fn endless_download_upstream() -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
     /// Tells the test when the upstream's endless body is dropped.
     struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
     impl Drop for Dropped {
@@ -814,31 +809,75 @@ async fn a_client_that_stops_reading_loses_the_connection_and_the_upstream_reque
             .serve_connection(TokioIo::new(tcp), service)
             .await;
     });
+    (upstream_addr, dropped)
+}
+
+/// A gateway under an `idle_timeout` of two seconds whose one route downloads from `upstream`;
+/// a client that has asked it for the download.
+async fn downloading(upstream: SocketAddr) -> (Arc<Gateway>, TcpStream) {
+    use tokio::io::AsyncWriteExt;
     let snapshot = Snapshot::build(
         vec![open_route("download", "/", "download")],
-        vec![upstream("download", upstream_addr, UpstreamProtocol::Http1)],
+        vec![upstream_spec_http1("download", upstream)],
         None,
         None,
         ClientPolicy::default(),
     )
     .unwrap();
     let limits = pachgate_proxy_core::ServerLimits {
-        idle_timeout: Some(std::time::Duration::from_secs(1)),
+        idle_timeout: Some(std::time::Duration::from_secs(2)),
         ..Default::default()
     };
-    let (_gateway, addr) = serve_with(snapshot, limits).await;
-
+    let (gateway, addr) = serve_with(snapshot, limits).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /file HTTP/1.1\r\nHost: pachgate.test\r\n\r\n")
         .await
         .unwrap();
+    (gateway, client)
+}
+
+fn upstream_spec_http1(name: &str, address: SocketAddr) -> pachgate_proxy_core::UpstreamSpec {
+    upstream(name, address, UpstreamProtocol::Http1)
+}
+
+/// A client that stops taking its response (an HTTP/1.1 download it no longer reads) loses
+/// the connection once it has taken nothing for `idle_timeout`, and the upstream request
+/// goes with it. hyper stops polling a body it cannot write, so no timer in the body would
+/// ever fire, and the request had an upstream busy for as long as the client kept its
+/// socket.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_the_connection_and_the_upstream_request() {
+    let (upstream_addr, dropped) = endless_download_upstream().await;
+    let (_gateway, client) = downloading(upstream_addr).await;
     // Never read: the socket buffers fill, and then nothing moves.
     tokio::time::timeout(std::time::Duration::from_secs(20), dropped)
         .await
         .expect("the upstream request was dropped once the client took nothing")
         .unwrap();
     drop(client);
+}
+
+/// A client that reads slowly is not one that takes nothing: the kernel reports the socket
+/// writable only once a third of its (autotuned, large) send buffer is free, which at some
+/// hundred KB/s takes far longer than `idle_timeout`, and the download goes on all the same.
+#[tokio::test]
+async fn a_slow_reader_keeps_its_download() {
+    use tokio::io::AsyncReadExt;
+    let (upstream_addr, mut dropped) = endless_download_upstream().await;
+    let (_gateway, mut client) = downloading(upstream_addr).await;
+    // 64 KiB (loopback's segment size: a receiver opens its window a segment at a time)
+    // every 250 ms for 6 s: three times the idle timeout, 1.5 MiB in all.
+    let mut chunk = vec![0u8; 64 * 1024];
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(6) {
+        client.read_exact(&mut chunk).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        dropped.try_recv().is_err(),
+        "the upstream request was dropped"
+    );
 }
 
 /// With `idle_timeout` off a connection is still not kept for a client that never sends a
