@@ -134,11 +134,12 @@ pub(crate) fn server_builder(limits: &ServerLimits) -> auto::Builder<TokioExecut
 }
 
 /// Response bytes h2 holds per stream for a client that does not take them (hyper's
-/// default is 400 KiB). A client that opens every stream it may and reads none pins this
-/// times `h2_max_concurrent_streams` of memory: 16 MiB at the defaults, where hyper's
-/// default and 1,024 streams made it 400 MiB, and two such connections would have the
-/// pod's 512 MiB limit end the process. A stream that is read needs no more than this
-/// to keep its connection busy: the buffer refills as frames are written.
+/// default is 400 KiB), besides the one chunk hyper hands it whole (one upstream read). A
+/// client that opens every stream it may and reads none pins this, plus those chunks,
+/// times `h2_max_concurrent_streams`: 16 MiB and the chunks at the defaults, where hyper's
+/// default and 1,024 streams made it 400 MiB and the chunks, and two such connections
+/// would have the pod's 512 MiB limit end the process. A stream that is read needs no more
+/// than this to keep its connection busy: the buffer refills as frames are written.
 pub const H2_SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
 
 async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
