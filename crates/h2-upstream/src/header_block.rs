@@ -76,7 +76,7 @@ pub(crate) fn decode_response_block(
         // responses was turned off in Envoy for the errors it caused. So the value is
         // trimmed (RFC 9110 §5.5 lets a recipient do so): clients of either protocol then
         // read the same value, and the call's status survives.
-        let value = value.trim_ascii();
+        let value = trim_spaces_and_tabs(value);
         match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             (Ok(name), Ok(mut value)) => {
                 // A field the upstream sent never indexed stays so on its way to the client
@@ -108,6 +108,18 @@ pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
         name.as_str(),
         "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
     )
+}
+
+/// A field value without the spaces and tabs at its ends (only those: a CR or LF anywhere
+/// still makes the value invalid, and the response malformed).
+fn trim_spaces_and_tabs(mut value: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = value {
+        value = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = value {
+        value = rest;
+    }
+    value
 }
 
 /// The head's content-length: `Ok(None)` without one; `Err` when a value is not a decimal

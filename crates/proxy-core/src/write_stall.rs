@@ -10,8 +10,11 @@
 //! A slow client is not one that takes nothing: the kernel says a socket is writable again
 //! only once a third of its send buffer is free, which a client reading a few KB/s from a
 //! buffer autotuned to megabytes can take minutes to free. So when the limit is reached,
-//! the socket's unsent bytes (`SIOCOUTQ`) are compared with those when the wait began: any
-//! fewer, and the wait starts over.
+//! the socket's unacknowledged bytes (`SIOCOUTQ`) are compared with those when the wait
+//! began: [`MIN_TAKEN`] fewer (or none left), and the wait starts over. A client that takes
+//! less per period, a trickle that would hold its upstream request for ever, is cut. (A
+//! receiver opens its window in steps of up to a sixteenth of its buffer, so a client that
+//! reads under that much per period may show no progress and be cut too.)
 //!
 //! Cost: nothing while writes go through; the timer is allocated at a connection's first
 //! write that has to wait, and re-armed only when a wait begins.
@@ -26,6 +29,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+/// What a client must take per period for a wait to start over.
+const MIN_TAKEN: u32 = 16 * 1024;
+
 /// One connection's watch over its writes: 24 bytes, in every connection's state.
 #[derive(Default)]
 pub(crate) struct WriteStall {
@@ -33,7 +39,7 @@ pub(crate) struct WriteStall {
     limit_ms: Option<NonZeroU32>,
     /// A wait is being timed.
     waiting: bool,
-    /// The socket's unsent bytes when the wait (or its last extension) began.
+    /// The socket's unacknowledged bytes when the wait (or its last extension) began.
     unsent: u32,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -92,7 +98,7 @@ impl WriteStall {
             }
             match unsent() {
                 // The client took some: it is slow, not gone. The wait starts over.
-                Some(now) if now < self.unsent => {
+                Some(now) if now == 0 || now.saturating_add(MIN_TAKEN) <= self.unsent => {
                     self.unsent = now;
                     timer.as_mut().reset(Instant::now() + limit);
                 }
@@ -110,8 +116,8 @@ impl WriteStall {
     }
 }
 
-/// Bytes in the socket's send queue that the client has not acknowledged (`SIOCOUTQ`);
-/// `None` where that cannot be read.
+/// Bytes in the socket's send queue that the client has not acknowledged, sent or not
+/// (`SIOCOUTQ`); `None` where that cannot be read.
 fn unsent_bytes(fd: RawFd) -> Option<u32> {
     #[cfg(target_os = "linux")]
     {
@@ -137,7 +143,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_that_waits_past_the_limit_fails_and_progress_starts_over() {
         let mut stall = WriteStall::new(Some(Duration::from_secs(3)));
-        let unsent = Cell::new(1000);
+        let unsent = Cell::new(100_000);
         let pending = || Poll::<io::Result<usize>>::Pending;
         let start = Instant::now();
         // Waits, then a write goes through at 2 s: the limit starts over.
@@ -147,15 +153,18 @@ mod tests {
             .is_err());
         let written = poll_fn(|cx| stall.watch_with(cx, || Some(unsent.get()), Poll::Ready(Ok(5))));
         assert_eq!(written.await.unwrap(), 5);
-        // Waits again; at the limit the client has taken 100 bytes: the wait starts over.
+        // Waits again; at the limit the client has taken 20,000 bytes: the wait starts over.
+        // Then it takes 1,000 more: a trickle, not enough.
         let slow = async {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            unsent.set(900);
+            unsent.set(80_000);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            unsent.set(79_000);
         };
         let waiting = poll_fn(|cx| stall.watch_with(cx, || Some(unsent.get()), pending()));
         let (failed, ()) = tokio::join!(waiting, slow);
         assert_eq!(failed.unwrap_err().kind(), io::ErrorKind::TimedOut);
-        // 2 s, then 3 s to the first look (900 < 1000: more), then 3 s with nothing taken.
+        // 2 s, then 3 s to the first look (20,000 taken: more), then 3 s with 1,000 taken.
         assert_eq!(Instant::now() - start, Duration::from_secs(8));
 
         let mut never = WriteStall::new(None);

@@ -891,9 +891,13 @@ async fn malformed_response_fields_reset_the_stream() {
         wire::put_string(&mut block, value);
         block
     };
-    let te = literal(b"te", b"trailers");
-    let seen = answered_with_length(http::Method::POST, &te, &[(b"ok", true)], false).await;
-    assert_eq!(seen, (false, None, true), "te");
+    for (name, block) in [
+        ("te", literal(b"te", b"trailers")),
+        ("a CR at the end", literal(b"x-a", b"v\r")),
+    ] {
+        let seen = answered_with_length(http::Method::POST, &block, &[(b"ok", true)], false).await;
+        assert_eq!(seen, (false, None, true), "{name}");
+    }
 
     let (connection, mut peer) = connected(settings(65_535, 65_535), &[]).await;
     let mut stream = connection.open(&request_head(), true).await.unwrap();
