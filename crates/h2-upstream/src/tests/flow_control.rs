@@ -681,10 +681,19 @@ async fn a_response_must_add_up_to_its_content_length() {
         (
             "not a number",
             Method::POST,
-            head_with_lengths(8, &["5 "]),
+            head_with_lengths(8, &["5x"]),
             vec![(b"abcde", true)],
             false,
             (false, None, true),
+        ),
+        (
+            // Spaces around a value are trimmed, as from any field.
+            "a space after the number",
+            Method::POST,
+            head_with_lengths(8, &["5 "]),
+            vec![(b"abcde", true)],
+            false,
+            ok(5, false),
         ),
         (
             "the same value twice",
