@@ -24,7 +24,8 @@
 //!
 //! Where things are: `connection` holds the state and opens streams, `driver` drives the
 //! socket (reads, SETTINGS deadline, keepalive), `output` queues and writes frames, `frames`
-//! handles what the upstream sends, `flow` the receive windows, `stream` a stream's state and its
+//! handles what the upstream sends, `settings` its SETTINGS and the acknowledgements owed for
+//! them and PINGs, `flow` the receive windows, `stream` a stream's state and its
 //! caller's handle, `header_block` response header decoding within limits, `request_head`
 //! the request's HPACK block, `failure` how a stream or connection ends badly.
 //!
@@ -45,6 +46,7 @@ pub mod fuzzing;
 mod header_block;
 mod output;
 mod request_head;
+mod settings;
 mod stream;
 #[cfg(test)]
 mod tests;
