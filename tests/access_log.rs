@@ -165,6 +165,17 @@ impl Gate {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// `count` GETs of `path` with `?n=1..count` appended, in parallel through curl (with
+    /// `args` before the URL); how many were answered 200.
+    fn parallel_gets(&self, path: &str, count: usize, args: &[&str]) -> usize {
+        let url = self.url(&format!("{path}?n=[1-{count}]"));
+        let mut all = vec!["--parallel", "-w", "\n%{http_code}\n"];
+        all.extend_from_slice(args);
+        all.push(&url);
+        let codes = self.curl(&all);
+        codes.lines().filter(|code| *code == "200").count()
+    }
+
     fn curl_output(&self, args: &[&str]) -> std::process::Output {
         Command::new("curl")
             .args(["-s", "--cacert"])
@@ -563,18 +574,9 @@ fn a_graceful_stop_writes_every_queued_line_even_with_the_pipe_stalled() {
     // Nobody reads pachgate's stdout until it has drained: the pipe (64 KiB) fills with the
     // first lines and the rest wait in pachgate's buffer when SIGTERM comes.
     let gate = Gate::start(&gated_config(&standins), Stdout::Stalled, "info");
-    let codes = gate.curl(&[
-        "--parallel",
-        "--parallel-max",
-        "16",
-        "-A",
-        "access-log-count",
-        "-w",
-        "\n%{http_code}\n",
-        &gate.url(&format!("/headers?n=[1-{REQUESTS}]")),
-    ]);
-    let ok = codes.lines().filter(|code| *code == "200").count();
-    assert_eq!(ok, REQUESTS, "curl's status codes: {codes}");
+    let args = ["--parallel-max", "16", "-A", "access-log-count"];
+    let ok = gate.parallel_gets("/headers", REQUESTS, &args);
+    assert_eq!(ok, REQUESTS, "requests answered 200");
     assert_eq!(
         dropped_lines(gate.admin),
         0,
@@ -702,19 +704,8 @@ fn a_stalled_stdout_drops_lines_and_counts_every_one() {
     let agent = format!("access-log-drop-{}", "x".repeat(2000));
     let standins = standins();
     let gate = Gate::start(&gated_config(&standins), Stdout::Stalled, "info");
-    let codes = gate.curl(&[
-        "--parallel",
-        "--parallel-max",
-        "64",
-        "-o",
-        "/dev/null",
-        "-A",
-        &agent,
-        "-w",
-        "\n%{http_code}\n",
-        &gate.url(&format!("/?n=[1-{REQUESTS}]")),
-    ]);
-    let ok = codes.lines().filter(|code| *code == "200").count();
+    let args = ["--parallel-max", "64", "-o", "/dev/null", "-A", &agent];
+    let ok = gate.parallel_gets("/", REQUESTS, &args);
     assert_eq!(ok, REQUESTS, "requests must not wait for the log");
     // A client can have its last byte a moment before pachgate books the request.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -745,15 +736,7 @@ fn a_failing_stdout_counts_every_line_it_loses() {
     const REQUESTS: usize = 300;
     let standins = standins();
     let gate = Gate::start(&gated_config(&standins), Stdout::Closed, "info");
-    let codes = gate.curl(&[
-        "--parallel",
-        "-o",
-        "/dev/null",
-        "-w",
-        "\n%{http_code}\n",
-        &gate.url(&format!("/?n=[1-{REQUESTS}]")),
-    ]);
-    let ok = codes.lines().filter(|code| *code == "200").count();
+    let ok = gate.parallel_gets("/", REQUESTS, &["-o", "/dev/null"]);
     assert_eq!(ok, REQUESTS, "requests must not wait for the log");
     let deadline = Instant::now() + Duration::from_secs(10);
     while dropped_lines(gate.admin) < REQUESTS as u64 {

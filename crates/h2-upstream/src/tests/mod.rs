@@ -9,19 +9,24 @@ use pachgate_h2_wire::{
 
 use crate::{Connection, Failure, HeaderLimits, Settings};
 
-/// What `connect_protocol_enabled` says once the upstream has sent these SETTINGS
-/// frames (each a list of id/value pairs), over an in-memory pipe.
-async fn connect_protocol_after(frames: &[&[(u16, u32)]]) -> Result<bool, Failure> {
-    use tokio::io::AsyncWriteExt;
-    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
-    let settings = Settings {
+/// Settings for a connection over an in-memory pipe: default windows, no keepalive.
+fn pipe_settings() -> Settings {
+    Settings {
         stream_window: 65_535,
         connection_window: 65_535,
         write_batch: 16,
         keepalive: None,
         settings_timeout: Duration::from_secs(5),
         header_limits: HeaderLimits::default(),
-    };
+    }
+}
+
+/// What `connect_protocol_enabled` says once the upstream has sent these SETTINGS
+/// frames (each a list of id/value pairs), over an in-memory pipe.
+async fn connect_protocol_after(frames: &[&[(u16, u32)]]) -> Result<bool, Failure> {
+    use tokio::io::AsyncWriteExt;
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let settings = pipe_settings();
     let (connection, driving) = Connection::start(Box::new(ours), settings);
     tokio::spawn(driving);
     let mut bytes = BytesMut::new();
@@ -73,14 +78,7 @@ async fn new_streams_wait_while_the_output_queue_is_full() {
     use tokio::io::AsyncWriteExt;
     // The upstream's end takes 64 KiB and then reads nothing.
     let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
-    let settings = Settings {
-        stream_window: 65_535,
-        connection_window: 65_535,
-        write_batch: 16,
-        keepalive: None,
-        settings_timeout: Duration::from_secs(5),
-        header_limits: HeaderLimits::default(),
-    };
+    let settings = pipe_settings();
     let (connection, driving) = Connection::start(Box::new(ours), settings);
     tokio::spawn(driving);
     let mut bytes = BytesMut::new();
