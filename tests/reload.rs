@@ -347,3 +347,62 @@ fn an_edit_as_soon_as_the_listener_is_ready_is_reloaded() {
         "200"
     );
 }
+
+/// One host's lapsed certificate stops neither a start nor a reload: pachgate serves it
+/// with a warning (a client that checks it refuses the handshake with "certificate has
+/// expired"), every other host keeps its own, and a route added by a reload works.
+#[test]
+fn a_lapsed_sni_certificate_stops_neither_start_nor_reload() {
+    let standins = standins();
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["lapsed.example.com".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2025, 1, 1);
+    let lapsed = params.self_signed(&key).unwrap();
+    let (cert, key_file) = (
+        certs.path().join("lapsed.crt"),
+        certs.path().join("lapsed.key"),
+    );
+    std::fs::write(&cert, lapsed.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let sni = format!(
+        "[[tls.sni]]\nhosts = [\"lapsed.example.com\"]\ncert = \"{}\"\nkey = \"{}\"",
+        cert.display(),
+        key_file.display()
+    );
+    let with_sni = |config: TestConfig| config.section(&sni);
+
+    let proxy = pachgate_config(&with_sni(config(&standins)).file(HTTPS), 1);
+    stderr_until(
+        &proxy.running,
+        "serving an expired certificate",
+        Duration::from_secs(5),
+    );
+    let verified = Command::new("openssl")
+        .args(["s_client", "-connect", &proxy.https().to_string()])
+        .args(["-servername", "lapsed.example.com", "-CAfile"])
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let verified = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.contains("Verify return code: 10 (certificate has expired)"),
+        "{verified}"
+    );
+    let ca = proxy.ca();
+    let status = |route: &str| {
+        http_code(
+            &["--cacert", ca.to_str().unwrap()],
+            &format!("https://{}{route}", proxy.target()),
+        )
+    };
+    assert_eq!(status("/old"), "200", "the default certificate's host");
+
+    let path = proxy.dir.path().join("pachgate.toml");
+    let added = with_sni(console_route(config(&standins), "added"));
+    std::fs::write(&path, added.file(HTTPS)).unwrap();
+    stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));
+    assert_eq!(status("/added"), "200", "the reload was not applied");
+}

@@ -60,11 +60,19 @@ impl ListenerTlsSource {
                 )
             })
             .collect();
+        let self_signed = match &self.default {
+            TlsSource::SelfSigned { dir, hosts } => Some(pachgate_tls::SelfSigned {
+                dir: dir.clone(),
+                hosts: hosts.clone(),
+            }),
+            TlsSource::Files { .. } => None,
+        };
         pachgate_tls::listener_config(pachgate_tls::ListenerTlsFiles {
             default: self.default.paths()?,
             sni,
             client_ca: self.client_ca.clone(),
             min_version: self.min_version,
+            self_signed,
         })
     }
 }

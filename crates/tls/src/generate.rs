@@ -87,6 +87,28 @@ pub fn ensure_self_signed(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths
     Ok(paths)
 }
 
+/// A listener's self-signed certificate: where it is kept and the hosts its leaf names, so
+/// a running listener can renew the leaf before it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfSigned {
+    pub dir: PathBuf,
+    pub hosts: Vec<String>,
+}
+
+impl SelfSigned {
+    /// Issues a new leaf (same CA) when the stored one expires within
+    /// [`LEAF_RENEW_BEFORE_DAYS`] or cannot be read; `Ok(true)` when one was issued. Cheap
+    /// when nothing is due (one file read and parse), so it can run at every certificate check.
+    pub(crate) fn renew_if_due(&self) -> Result<bool, TlsError> {
+        let paths = GeneratedPaths::in_dir(&self.dir);
+        if !expires_within(&paths.cert, LEAF_RENEW_BEFORE_DAYS) {
+            return Ok(false);
+        }
+        ensure_self_signed(&self.dir, &self.hosts)?;
+        Ok(true)
+    }
+}
+
 /// Generates a fresh CA and leaf into `dir`, replacing what is there.
 pub fn generate_into(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, TlsError> {
     let paths = GeneratedPaths::in_dir(dir);
@@ -118,6 +140,28 @@ fn validity(params: &mut CertificateParams, days: i64) {
     // Back-date a little so a client whose clock is slightly behind still accepts it.
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(days);
+}
+
+/// For tests: replaces the leaf in `dir` with one from the same CA, for `hosts`, ending
+/// `days` from now (a negative count: ended that long ago, after a year's validity).
+#[cfg(test)]
+pub(crate) fn replace_leaf(dir: &Path, hosts: &[String], days: i64) -> GeneratedPaths {
+    let paths = GeneratedPaths::in_dir(dir);
+    let ca_key = KeyPair::from_pem(&read_string(&paths.ca_key).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&read_string(&paths.ca_cert).unwrap(), ca_key).unwrap();
+    let (pem, key) = if days < 0 {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(hosts.to_vec()).unwrap();
+        let end = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        params.not_before = end - time::Duration::days(365);
+        params.not_after = end;
+        (params.signed_by(&key, &issuer).unwrap().pem(), key)
+    } else {
+        issue_leaf(hosts, &issuer, days).unwrap()
+    };
+    write_file(&paths.key, key.serialize_pem().as_bytes(), true).unwrap();
+    write_file(&paths.cert, pem.as_bytes(), false).unwrap();
+    paths
 }
 
 fn generate_ca() -> Result<(String, KeyPair), TlsError> {
@@ -238,17 +282,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = ensure_self_signed(dir.path(), &hosts()).unwrap();
         let ca_before = fs::read(&paths.ca_cert).unwrap();
-        let ca_key = KeyPair::from_pem(&read_string(&paths.ca_key).unwrap()).unwrap();
-        let issuer =
-            Issuer::from_ca_cert_pem(&read_string(&paths.ca_cert).unwrap(), ca_key).unwrap();
-        let (short_pem, short_key) = issue_leaf(&hosts(), &issuer, 5).unwrap();
-        write_file(&paths.cert, short_pem.as_bytes(), false).unwrap();
-        write_file(&paths.key, short_key.serialize_pem().as_bytes(), true).unwrap();
+        replace_leaf(dir.path(), &hosts(), 5);
+        let short_pem = fs::read(&paths.cert).unwrap();
         assert!(expires_within(&paths.cert, LEAF_RENEW_BEFORE_DAYS));
 
         ensure_self_signed(dir.path(), &hosts()).unwrap();
         assert_eq!(ca_before, fs::read(&paths.ca_cert).unwrap(), "the CA stays");
-        assert_ne!(short_pem.as_bytes(), &fs::read(&paths.cert).unwrap()[..]);
+        assert_ne!(short_pem, fs::read(&paths.cert).unwrap());
         assert!(!expires_within(&paths.cert, LEAF_DAYS - 2));
         check_pair(&paths.cert, &paths.key).unwrap();
         let renewed = fs::read(&paths.cert).unwrap();

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use generate::{ensure_self_signed, generate_into, GeneratedPaths};
+pub use generate::{ensure_self_signed, generate_into, GeneratedPaths, SelfSigned};
 pub use listener::{listener_config, ListenerTlsFiles, MinVersion};
 pub use load::{
     check_client_ca, check_pair, fingerprint_sha256, load_ca_certificates, load_cert_and_key,

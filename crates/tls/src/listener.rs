@@ -8,7 +8,7 @@ use rustls::ServerConfig;
 
 use crate::client_auth::ReloadingClientVerifier;
 use crate::sni::{build_resolver, ListenerTlsHandle, LoadedBytes, ReloadingResolver};
-use crate::{CertPaths, TlsError, ALPN_PROTOCOLS};
+use crate::{CertPaths, SelfSigned, TlsError, ALPN_PROTOCOLS};
 
 /// The lowest TLS version offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,6 +25,9 @@ pub struct ListenerTlsFiles {
     pub sni: Vec<(Vec<String>, CertPaths)>,
     pub client_ca: Option<PathBuf>,
     pub min_version: MinVersion,
+    /// When the default certificate is self-signed: its leaf is renewed at the certificate
+    /// checks while the listener runs, not only when a config is loaded.
+    pub self_signed: Option<SelfSigned>,
 }
 
 /// AWS-LC's suites for the listener, AES-128-GCM first within each TLS version.
@@ -70,6 +73,7 @@ pub fn listener_config(files: ListenerTlsFiles) -> Result<ListenerTlsHandle, Tls
         files: files.clone(),
         provider: provider.clone(),
         client_verifier: client_verifier.clone(),
+        renewal_failure: std::sync::Mutex::new(None),
     });
     let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],

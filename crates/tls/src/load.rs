@@ -1,6 +1,6 @@
 //! Reading certificate material from disk: PEM chains and keys (PKCS#8, PKCS#1, SEC1), CA
-//! bundles, and the checks the listener relies on (the key matches, the leaf has not
-//! expired), with the names and expiry a served certificate reports.
+//! bundles, and the checks the listener relies on (the key matches the certificate), with
+//! the names and expiry a served certificate reports.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,14 +29,16 @@ pub fn load_cert_and_key(cert: &Path, key: &Path) -> Result<CertifiedKeyPem, Tls
 }
 
 /// Checks a certificate and key the way the listener will use them: PEM parses, the key
-/// matches the certificate, the certificate has not expired. For config validation.
-pub fn check_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
+/// matches the certificate. For config validation. An expired certificate passes (its
+/// [`CertificateInfo::has_expired`] says so): it is served with a warning, as one host's
+/// lapsed certificate must not stop a start or a reload that every other host needs.
+pub fn check_pair(cert: &Path, key: &Path) -> Result<CertificateInfo, TlsError> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let paths = CertPaths {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
     };
-    load_served(&paths, &provider).map(|_| ())
+    load_served(&paths, &provider).map(|(_, info)| info)
 }
 
 /// Checks a `client_ca` file the way the listener will use it: PEM parses, and every
@@ -47,13 +49,13 @@ pub fn check_client_ca(path: &Path) -> Result<(), TlsError> {
     crate::client_auth::ReloadingClientVerifier::load(path, &provider).map(|_| ())
 }
 
-/// A pair as the listener serves it: loaded, checked ([`load_checked`]), and its key
+/// A pair as the listener serves it: loaded, described ([`load_described`]), and its key
 /// matched with the certificate; errors name both files.
 pub(crate) fn load_served(
     paths: &CertPaths,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<(Arc<rustls::sign::CertifiedKey>, CertificateInfo), TlsError> {
-    let (material, info) = load_checked(paths)?;
+    let (material, info) = load_described(paths)?;
     let key = rustls::sign::CertifiedKey::from_der(material.chain, material.key, provider)
         .map_err(|source| TlsError::Pair {
             cert: paths.cert.clone(),
@@ -110,10 +112,22 @@ pub struct CertificateInfo {
     pub not_after: i64,
 }
 
-/// Loads a pair and reads what it serves; an expired leaf is refused.
-pub(crate) fn load_checked(
-    paths: &CertPaths,
-) -> Result<(CertifiedKeyPem, CertificateInfo), TlsError> {
+impl CertificateInfo {
+    /// Whether its notAfter has passed (a leaf whose validity could not be read has not).
+    pub fn has_expired(&self) -> bool {
+        self.not_after != 0 && self.not_after < unix_now()
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Loads a pair and reads what its leaf says of itself (names, notAfter).
+fn load_described(paths: &CertPaths) -> Result<(CertifiedKeyPem, CertificateInfo), TlsError> {
     let material = load_cert_and_key(&paths.cert, &paths.key)?;
     let mut info = CertificateInfo {
         names: Vec::new(),
@@ -121,19 +135,8 @@ pub(crate) fn load_checked(
         not_after: 0,
     };
     if let Ok((_, leaf)) = x509_parser::parse_x509_certificate(material.chain[0].as_ref()) {
-        let not_after = leaf.validity().not_after.timestamp();
-        info.not_after = not_after;
+        info.not_after = leaf.validity().not_after.timestamp();
         info.names = certificate_names(&leaf);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        if not_after < now {
-            return Err(TlsError::BadCertificate {
-                path: paths.cert.clone(),
-                reason: "the certificate has expired".into(),
-            });
-        }
     }
     Ok((material, info))
 }

@@ -60,12 +60,13 @@ pub struct ListenerTlsHandle {
 }
 
 impl ListenerTlsHandle {
-    /// Re-reads every certificate and key, and the client CA file. Each certificate is
-    /// judged on its own: one whose files changed and load is served to new handshakes from
-    /// now on; one whose new files are refused (or cannot be read) keeps serving what it
-    /// served, and so does every certificate whose files did not change (an unused SNI
-    /// certificate that expired does not hold back the renewal of the others). Open
-    /// connections are never touched.
+    /// Re-reads every certificate and key, and the client CA file, after renewing a
+    /// self-signed leaf that is due. Each certificate is judged on its own: one whose files
+    /// changed and load is served to new handshakes from now on; one whose new files are
+    /// refused (cannot be read, do not parse, or hold an expired leaf in place of one still
+    /// valid) keeps serving what it served, and so does every certificate whose files did
+    /// not change (an unused SNI certificate that expired does not hold back the renewal of
+    /// the others). Open connections are never touched.
     pub fn reload(&self) -> ReloadOutcome {
         self.resolver.reload()
     }
@@ -148,6 +149,8 @@ pub(crate) struct ReloadingResolver {
     pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
     /// The client-certificate check, rebuilt with the certificates when `client_ca` is set.
     pub(crate) client_verifier: Option<Arc<ReloadingClientVerifier>>,
+    /// The last failure to renew the self-signed leaf, reported once until it changes.
+    pub(crate) renewal_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl rustls::server::ResolvesServerCert for ReloadingResolver {
@@ -191,6 +194,7 @@ impl ReloadingResolver {
     fn reload(&self) -> ReloadOutcome {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         let mut outcome = ReloadOutcome::default();
+        self.renew_self_signed(&mut outcome);
         let current = self.current.load_full();
         let mut certificates = current.certificates.clone();
         let mut keys = current.keys.clone();
@@ -208,7 +212,15 @@ impl ReloadingResolver {
             // Remembered either way, so a refused file is reported once.
             loaded.pairs[at] = bytes;
             match load_served(paths, &self.provider) {
+                // A lapsed certificate does not replace one that still works.
+                Ok((_, info)) if info.has_expired() && !certificates[at].has_expired() => {
+                    outcome.refused.push(TlsError::BadCertificate {
+                        path: paths.cert.clone(),
+                        reason: "the certificate has expired".into(),
+                    });
+                }
                 Ok((key, info)) => {
+                    warn_if_expired(&info);
                     keys[at] = key;
                     certificates[at] = info;
                     outcome.changed = true;
@@ -235,10 +247,51 @@ impl ReloadingResolver {
         }
         outcome
     }
+
+    /// Issues a new self-signed leaf when the served one nears its expiry; the files it
+    /// writes are then read like any changed files. A failure (a read-only directory, say)
+    /// is reported once until it changes: the leaf in use keeps serving meanwhile.
+    fn renew_self_signed(&self, outcome: &mut ReloadOutcome) {
+        let Some(self_signed) = &self.files.self_signed else {
+            return;
+        };
+        let mut reported = self
+            .renewal_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match self_signed.renew_if_due() {
+            Ok(renewed) => {
+                if renewed {
+                    tracing::info!(dir = %self_signed.dir.display(), "self-signed certificate renewed");
+                }
+                *reported = None;
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if reported.as_deref() != Some(text.as_str()) {
+                    *reported = Some(text);
+                    outcome.refused.push(error);
+                }
+            }
+        }
+    }
+}
+
+/// A lapsed certificate is still served (clients that check it refuse the handshake with
+/// a precise error), with a warning: refusing it would take every other host down with it.
+fn warn_if_expired(info: &CertificateInfo) {
+    if info.has_expired() {
+        tracing::warn!(
+            file = %info.file.display(),
+            names = ?info.names,
+            "serving an expired certificate: clients that check it will refuse the handshake; renew it"
+        );
+    }
 }
 
 /// Loads every certificate the listener serves; any refusal is an error (at startup, and
-/// when a reload of the config builds the listener anew).
+/// when a reload of the config builds the listener anew). An expired one is served, with a
+/// warning.
 pub(crate) fn build_resolver(
     files: &ListenerTlsFiles,
     provider: &rustls::crypto::CryptoProvider,
@@ -247,6 +300,7 @@ pub(crate) fn build_resolver(
     let mut keys = Vec::new();
     for paths in pairs(files) {
         let (key, info) = load_served(paths, provider)?;
+        warn_if_expired(&info);
         keys.push(key);
         certificates.push(info);
     }
@@ -362,6 +416,7 @@ mod tests {
             sni: vec![(vec!["*.B.test".into()], pair(&wildcard))],
             client_ca: None,
             min_version: MinVersion::Tls12,
+            self_signed: None,
         })
         .unwrap();
         let mut roots = load_ca_certificates(&default.ca_cert).unwrap();
@@ -390,6 +445,7 @@ mod tests {
             sni: Vec::new(),
             client_ca: None,
             min_version: MinVersion::Tls13,
+            self_signed: None,
         })
         .unwrap();
         assert!(
@@ -437,6 +493,7 @@ mod tests {
             sni: vec![(vec!["legacy.test".into()], pair(&legacy))],
             client_ca: None,
             min_version: MinVersion::Tls13,
+            self_signed: None,
         })
         .unwrap();
         // A new client each time: a resumed session would show the first one's certificate.
@@ -472,6 +529,121 @@ mod tests {
         assert_eq!(served("a.test"), leaf(&default));
         let names: Vec<_> = handle.certificates().into_iter().map(|c| c.names).collect();
         assert_eq!(names, [vec!["a.test"], vec!["legacy.test"]]);
+    }
+
+    /// A self-signed leaf is renewed while the listener runs: once the one served is within
+    /// the renewal margin, the next certificate check issues a new one (same CA, full term)
+    /// and serves it; the check after that finds nothing to do.
+    #[test]
+    fn a_self_signed_leaf_near_its_expiry_is_renewed_while_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["a.test".to_string()];
+        ensure_self_signed(dir.path(), &hosts).unwrap();
+        // As if the listener had started a year ago: its leaf has 5 days left.
+        let generated = crate::generate::replace_leaf(dir.path(), &hosts, 5);
+        let handle = listener_config(ListenerTlsFiles {
+            default: pair(&generated),
+            sni: Vec::new(),
+            client_ca: None,
+            min_version: MinVersion::Tls13,
+            self_signed: Some(crate::SelfSigned {
+                dir: dir.path().to_path_buf(),
+                hosts: hosts.clone(),
+            }),
+        })
+        .unwrap();
+        let days_left = |handle: &ListenerTlsHandle| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            (handle.certificates()[0].not_after - now) / 86_400
+        };
+        assert!(
+            (4..=5).contains(&days_left(&handle)),
+            "{}",
+            days_left(&handle)
+        );
+        let short = leaf(&generated);
+
+        assert!(applied(handle.reload()), "a due leaf is renewed and served");
+        assert!(days_left(&handle) > 390, "{}", days_left(&handle));
+        let roots = load_ca_certificates(&generated.ca_cert).unwrap();
+        let client = upstream_client_config(roots, None, &[b"h2"]).unwrap();
+        let served = handshake(handle.config.clone(), client, "a.test").unwrap();
+        assert_eq!(served, leaf(&generated));
+        assert_ne!(served, short);
+        assert!(applied(handle.reload()).not(), "a fresh leaf is kept");
+    }
+
+    /// An expired certificate is served (a client that checks it refuses the handshake for
+    /// that reason, and every other host keeps working); but new files holding an expired
+    /// leaf do not replace a certificate that still works.
+    #[test]
+    fn an_expired_certificate_is_served_but_does_not_replace_a_valid_one() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let default = ensure_self_signed(a.path(), &["a.test".into()]).unwrap();
+        ensure_self_signed(b.path(), &["lapsed.test".into()]).unwrap();
+        let lapsed = crate::generate::replace_leaf(b.path(), &["lapsed.test".into()], -2);
+        let handle = listener_config(ListenerTlsFiles {
+            default: pair(&default),
+            sni: vec![(vec!["lapsed.test".into()], pair(&lapsed))],
+            client_ca: None,
+            min_version: MinVersion::Tls13,
+            self_signed: None,
+        })
+        .expect("a lapsed SNI certificate does not stop the listener");
+        let client = || {
+            let mut roots = load_ca_certificates(&default.ca_cert).unwrap();
+            roots.extend(load_ca_certificates(&lapsed.ca_cert).unwrap());
+            upstream_client_config(roots, None, &[b"h2"]).unwrap()
+        };
+        let expired = |name| {
+            matches!(
+                handshake(handle.config.clone(), client(), name),
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. }
+                ))
+            )
+        };
+        assert!(
+            expired("lapsed.test"),
+            "the lapsed certificate is the one served"
+        );
+        assert_eq!(
+            handshake(handle.config.clone(), client(), "a.test").unwrap(),
+            leaf(&default)
+        );
+        let lapsed_flags: Vec<bool> = handle
+            .certificates()
+            .iter()
+            .map(CertificateInfo::has_expired)
+            .collect();
+        assert_eq!(lapsed_flags, [false, true]);
+
+        // The default's files are replaced by a lapsed leaf: refused, the valid one stays.
+        let valid = leaf(&default);
+        crate::generate::replace_leaf(a.path(), &["a.test".into()], -1);
+        let outcome = handle.reload();
+        assert!(!outcome.changed, "{outcome:?}");
+        assert_eq!(outcome.refused.len(), 1, "{outcome:?}");
+        assert!(
+            outcome.refused[0].to_string().contains("expired"),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            handshake(handle.config.clone(), client(), "a.test").unwrap(),
+            valid
+        );
+        // A lapsed SNI certificate renewed by its owner is taken up.
+        ensure_self_signed(b.path(), &["lapsed.test".into(), "renewed.test".into()]).unwrap();
+        assert!(handle.reload().changed);
+        assert_eq!(
+            handshake(handle.config.clone(), client(), "lapsed.test").unwrap(),
+            leaf(&lapsed)
+        );
     }
 
     /// A client CA and a client certificate it issued (extended key usage: client auth).
@@ -511,6 +683,7 @@ mod tests {
             sni: Vec::new(),
             client_ca: Some(client_ca.clone()),
             min_version: MinVersion::Tls13,
+            self_signed: None,
         })
         .unwrap();
         let roots = || load_ca_certificates(&server.ca_cert).unwrap();
