@@ -119,19 +119,33 @@ fn failed_authentications_are_rate_limited_per_address() {
     let proxy = pachgate_config(&config.file("127.0.0.1:0"), 1);
     let url = format!("https://localhost:{}/api/repos", proxy.https().port());
     let bad = ["-H", "authn-token: guess"];
+    let guess = |n: u32| ["-H".to_string(), format!("authn-token: guess-{n}")];
     let good = ["-H", "authn-token: demo-token"];
     let good_but_unknown = ["-H", "authn-token: demo-token-2"];
     // A user behind the same address (a NAT, an office proxy) whose token pachd has already
     // vouched for.
     assert_eq!(curl(&proxy, &url, "127.0.0.1", &good).1, 200);
+    // One rejected token retried is one failed attempt (it guesses nothing new); three
+    // different ones use up the budget.
     for attempt in 1..=3 {
         assert_eq!(
             curl(&proxy, &url, "127.0.0.1", &bad).1,
             401,
-            "attempt {attempt}"
+            "retry {attempt}"
         );
     }
-    let (_, status, headers) = curl(&proxy, &url, "127.0.0.1", &bad);
+    for attempt in 1..=2 {
+        let guess = guess(attempt);
+        let args: Vec<&str> = guess.iter().map(String::as_str).collect();
+        assert_eq!(
+            curl(&proxy, &url, "127.0.0.1", &args).1,
+            401,
+            "guess {attempt}"
+        );
+    }
+    let guess = guess(3);
+    let args: Vec<&str> = guess.iter().map(String::as_str).collect();
+    let (_, status, headers) = curl(&proxy, &url, "127.0.0.1", &args);
     assert_eq!(status, 429);
     assert!(headers.contains("retry-after:"), "{headers}");
     // The address gets no more token checks: a token not yet known is refused unchecked,

@@ -485,13 +485,13 @@ def check_auth_unavailable(args):
 
 
 def check_auth_rate_limit(args):
-    """Four calls with a bad token, in a row: what each got."""
+    """Four calls with different bad tokens, in a row: what each got."""
     with channel(args) as ch:
         unary = method(ch, "unary", "Unary")
-        bad = [("authn-token", "guess")]
         return {"calls": [
-            echo_outcome(lambda: unary(echo_request(b"x"), metadata=bad, timeout=10))
-            for _ in range(4)
+            echo_outcome(lambda: unary(echo_request(b"x"),
+                                       metadata=[("authn-token", f"guess-{n}")], timeout=10))
+            for n in range(4)
         ]}
 
 

@@ -1,6 +1,7 @@
 //! The token cache: answers from pachd kept for a while, keyed by SHA-256 of the token (the
 //! cache never holds a token), bounded, and single flight — concurrent first requests with
-//! the same token wait for one WhoAmI call.
+//! the same token wait for one WhoAmI call. Beside it, the tokens pachd has vouched for,
+//! until they expire, for the failed-authentication limiter's exemption.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +26,57 @@ struct Slot {
 pub struct TokenCache {
     capacity: usize,
     slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    vouched: Vouched,
+}
+
+/// Tokens pachd last answered valid, with their expiration (none: the token does not
+/// expire), kept past the cache's `cache_ttl`: the failed-authentication limiter must not
+/// refuse them when their cached answer has aged, or a user behind an address another
+/// client drained would be locked out once a minute is up. pachd is still asked again as
+/// usual; a later rejection or expiry answer forgets the token. Only tokens pachd accepted
+/// come in, so a guesser cannot fill it; bounded all the same.
+struct Vouched {
+    capacity: usize,
+    until: Mutex<HashMap<Key, Option<SystemTime>>>,
+}
+
+impl Vouched {
+    fn record(&self, key: Key, answer: &WhoAmIAnswer) {
+        let mut until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            WhoAmIAnswer::Valid { expiration, .. } => {
+                if until.len() >= self.capacity && !until.contains_key(&key) {
+                    let now = SystemTime::now();
+                    until.retain(|_, expires| !matches!(expires, Some(at) if *at <= now));
+                    if until.len() >= self.capacity {
+                        // Valid tokens only, each one pachd issued: dropping some costs their
+                        // holders the exemption, nothing more.
+                        let excess: Vec<Key> = until
+                            .keys()
+                            .take(until.len() - self.capacity + self.capacity / 10 + 1)
+                            .copied()
+                            .collect();
+                        for key in excess {
+                            until.remove(&key);
+                        }
+                    }
+                }
+                until.insert(key, *expiration);
+            }
+            WhoAmIAnswer::Unauthenticated(_) | WhoAmIAnswer::Expired(_) => {
+                until.remove(&key);
+            }
+            // Says nothing about the token.
+            WhoAmIAnswer::AuthNotActive | WhoAmIAnswer::Unavailable(_) => {}
+        }
+    }
+
+    fn holds(&self, key: &Key) -> bool {
+        let until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        until
+            .get(key)
+            .is_some_and(|expires| !matches!(expires, Some(at) if *at <= SystemTime::now()))
+    }
 }
 
 fn key(token: &str) -> Key {
@@ -61,6 +113,10 @@ impl TokenCache {
         TokenCache {
             capacity: capacity.max(1),
             slots: Mutex::new(HashMap::new()),
+            vouched: Vouched {
+                capacity: capacity.max(1),
+                until: Mutex::new(HashMap::new()),
+            },
         }
     }
 
@@ -108,6 +164,7 @@ impl TokenCache {
             .answer
             .get_or_try_init(|| async {
                 let answer = check().await?;
+                self.vouched.record(key, &answer);
                 // Unreachable pachd: answer this wave of callers, then forget it.
                 let until = lifetime(&answer, settings).unwrap_or_else(Instant::now);
                 Ok((answer, until))
@@ -116,11 +173,10 @@ impl TokenCache {
         Ok(answer.clone())
     }
 
-    /// A fresh answer already known for `token`, without asking or waiting.
-    pub fn peek(&self, token: &str) -> Option<WhoAmIAnswer> {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let (answer, until) = slots.get(&key(token))?.answer.get()?;
-        (*until > Instant::now()).then(|| answer.clone())
+    /// Whether pachd's last answer for `token` was valid and its expiration has not passed,
+    /// however long ago it was asked.
+    pub fn vouches_for(&self, token: &str) -> bool {
+        self.vouched.holds(&key(token))
     }
 
     #[cfg(test)]

@@ -201,8 +201,11 @@ impl AllowReason {
 /// The failed-authentication limiter works here, so that concurrent guesses cannot all
 /// reach pachd before the first answer comes back.
 pub trait AskBudget: Sync {
+    /// `vouched`: pachd answered "valid" for this token before and it has not expired
+    /// since ([`PachydermGate::knows_valid`]); its question is no guess.
     fn ask<'a>(
         &'a self,
+        vouched: bool,
         question: WhoAmIFuture<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>>;
 }
@@ -216,6 +219,7 @@ pub struct AskFreely;
 impl AskBudget for AskFreely {
     fn ask<'a>(
         &'a self,
+        _vouched: bool,
         question: WhoAmIFuture<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>> {
         Box::pin(async move { Ok(question.await) })
@@ -310,11 +314,12 @@ impl PachydermGate {
         is_well_formed_grpc_path(method) && self.is_public(method)
     }
 
-    /// Whether the cache holds a fresh "valid" answer for this token: such a token is never
-    /// refused by the failed-authentication limiter, so one broken client behind a shared
-    /// address cannot lock out everyone else behind it.
+    /// Whether pachd's last answer for this token was "valid" and the token has not expired
+    /// since, however long ago that answer came (past `cache_ttl`, pachd is asked again as
+    /// usual): such a token is never refused by the failed-authentication limiter, so one
+    /// broken client behind a shared address cannot lock out everyone else behind it.
     pub fn knows_valid(&self, token: &str) -> bool {
-        matches!(self.cache.peek(token), Some(WhoAmIAnswer::Valid { .. }))
+        self.cache.vouches_for(token)
     }
 
     async fn check_token(&self, token: TokenLookup<'_>, budget: &dyn AskBudget) -> Decision {
@@ -329,9 +334,10 @@ impl PachydermGate {
             // grow the future of every gated request.
             .get_or_check(token, &self.settings, || {
                 // Made only if the budget lets it be asked.
-                budget.ask(Box::pin(async move {
-                    self.who_am_i.who_am_i(Some(token)).await
-                }))
+                budget.ask(
+                    self.knows_valid(token),
+                    Box::pin(async move { self.who_am_i.who_am_i(Some(token)).await }),
+                )
             })
             .await;
         let answer = match answer {

@@ -317,6 +317,43 @@ async fn only_answers_already_known_valid_count_as_known_valid() {
     assert!(!gate.knows_valid("bad"));
 }
 
+/// A token pachd vouched for stays known valid after its cached answer ages (the limiter's
+/// exemption must outlast `cache_ttl`), until the token's own expiration passes or pachd
+/// rejects it.
+#[tokio::test]
+async fn a_vouched_token_stays_known_past_the_cache_until_it_expires_or_is_revoked() {
+    let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let revoking = revoked.clone();
+    let settings = PachydermAuthSettings {
+        cache_ttl: Duration::from_millis(50),
+        negative_cache_ttl: Duration::from_millis(50),
+        cache_capacity: 10,
+        ..PachydermAuthSettings::default()
+    };
+    let (gate, asked) = gate(settings, move |token| {
+        if token == "good" && revoking.load(Ordering::SeqCst) {
+            return pachd("bad");
+        }
+        pachd(token)
+    });
+    gate.check_grpc("/p.A/M", found("good")).await;
+    gate.check_grpc("/p.A/M", found("expiring")).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(gate.knows_valid("good"), "forgotten when the cache aged");
+    assert!(!gate.knows_valid("expiring"), "known past its expiration");
+
+    revoked.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        gate.check_grpc("/p.A/M", found("good")).await,
+        Decision::Deny(DenyReason::InvalidToken(_))
+    ));
+    assert_eq!(asked.calls.load(Ordering::SeqCst), 3, "pachd asked again");
+    assert!(
+        !gate.knows_valid("good"),
+        "still known once pachd rejected it"
+    );
+}
+
 #[tokio::test]
 async fn decisions() {
     let (gate, _) = gate(PachydermAuthSettings::default(), pachd);
@@ -488,6 +525,7 @@ async fn checks_that_never_got_an_answer_leave_no_slot() {
     impl AskBudget for OutOfBudget {
         fn ask<'a>(
             &'a self,
+            _vouched: bool,
             _question: WhoAmIFuture<'a>,
         ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>> {
             Box::pin(async { Err(Duration::from_secs(2)) })

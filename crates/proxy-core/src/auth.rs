@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,18 +120,20 @@ impl AuthGates<'_> {
         };
         if let Some(limiter) = self.failed_auth {
             // Brute force: an address out of failed attempts gets no more token checks. A
-            // Pachyderm token already known to be valid still passes, so one client with a
-            // broken token behind a NAT cannot lock out everyone behind the same address;
-            // pachd's tokens are random 128-bit values, so this answer helps no guesser. A
-            // public method tests no token at all. Static tokens get no such exemption: they
-            // may be weak, and checking them is free, so exempting the valid ones would let
-            // a locked-out address go on guessing at line rate.
+            // Pachyderm token pachd has vouched for still passes (and is asked about again
+            // once its cached answer ages), so one client with a broken token behind a NAT
+            // cannot lock out everyone behind the same address; pachd's tokens are random
+            // 128-bit values, so this answer helps no guesser. A public method, a call
+            // without a token and one with several test no token, and get pachd's own
+            // answer. Static tokens get no such exemption: they may be weak, and checking
+            // them is free, so exempting the valid ones would let a locked-out address go
+            // on guessing at line rate.
             if let Err(wait) = limiter.check(client, now) {
                 let exempt = match self.gate {
-                    RouteGate::Pachyderm(gate) => {
-                        gate.is_public_call(path, grpc)
-                            || token.token().is_some_and(|token| gate.knows_valid(token))
-                    }
+                    RouteGate::Pachyderm(gate) => match token.token() {
+                        None => true,
+                        Some(token) => gate.knows_valid(token) || gate.is_public_call(path, grpc),
+                    },
                     RouteGate::StaticTokens(_) => false,
                 };
                 if !exempt {
@@ -142,41 +143,39 @@ impl AuthGates<'_> {
                 }
             }
         }
-        // `charged`: the rejection was asked about by this request and charged then.
-        let (decision, charged) = match (self.gate, self.failed_auth) {
-            (RouteGate::StaticTokens(tokens), _) => (tokens.check(token), false),
-            (RouteGate::Pachyderm(gate), None) if grpc => {
-                (gate.check_grpc(path, token).await, false)
+        let decision = match (self.gate, self.failed_auth) {
+            (RouteGate::StaticTokens(tokens), limiter) => {
+                let decision = tokens.check(token);
+                // Every static-token check is a guess checked for free: each rejection counts.
+                if let (Decision::Deny(DenyReason::InvalidToken(_)), Some(limiter)) =
+                    (&decision, limiter)
+                {
+                    let _ = limiter.take(client, now);
+                }
+                decision
             }
-            (RouteGate::Pachyderm(gate), None) => (gate.check_http(path, token).await, false),
+            (RouteGate::Pachyderm(gate), None) if grpc => gate.check_grpc(path, token).await,
+            (RouteGate::Pachyderm(gate), None) => gate.check_http(path, token).await,
+            // Only the question to pachd is charged, in the budget, when pachd rejects the
+            // token: the same rejected token again (answered from the cache, or shared with
+            // the request that asked) guesses nothing new, and charging it let one client
+            // retrying a revoked token drain its address for everyone behind it.
             (RouteGate::Pachyderm(gate), Some(limiter)) => {
                 let budget = FailedAuthBudget {
                     limiter,
                     pending: self.pending_asks,
                     client,
-                    asked: AtomicBool::new(false),
                 };
-                let decision = if grpc {
+                if grpc {
                     gate.check_grpc_within(path, token, &budget).await
                 } else {
                     gate.check_http_within(path, token, &budget).await
-                };
-                (decision, budget.asked.load(Ordering::Relaxed))
+                }
             }
         };
         match decision {
             Decision::Allow { reason, .. } => Ok(reason),
-            Decision::Deny(reason) => {
-                // Only rejected tokens count: an expired session (the console polls every
-                // few seconds) is not someone guessing. Here: a cached rejection, or one
-                // shared with the concurrent request that asked.
-                if matches!(reason, DenyReason::InvalidToken(_)) && !charged {
-                    if let Some(limiter) = self.failed_auth {
-                        let _ = limiter.take(client, now);
-                    }
-                }
-                Err(reason)
-            }
+            Decision::Deny(reason) => Err(reason),
         }
     }
 }
@@ -196,18 +195,21 @@ struct FailedAuthBudget<'a> {
     limiter: &'a RateLimiter,
     pending: &'a PendingAsks,
     client: IpAddr,
-    /// This request asked pachd (it was the first with its token), and was charged then.
-    asked: AtomicBool,
 }
 
 impl AskBudget for FailedAuthBudget<'_> {
+    /// A token pachd has vouched for asks without a place: its holder is no guesser, and
+    /// must not wait behind (or be refused for) another client's guesses from its address.
     fn ask<'a>(
         &'a self,
+        vouched: bool,
         question: WhoAmIFuture<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<WhoAmIAnswer, Duration>> + Send + 'a>> {
         Box::pin(async move {
-            let _place = self.pending.place(self.limiter, self.client).await?;
-            self.asked.store(true, Ordering::Relaxed);
+            let _place = match vouched {
+                true => None,
+                false => Some(self.pending.place(self.limiter, self.client).await?),
+            };
             let answer = question.await;
             if matches!(answer, WhoAmIAnswer::Unauthenticated(_)) {
                 let _ = self.limiter.take(self.client, Instant::now());

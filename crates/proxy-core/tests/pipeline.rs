@@ -494,6 +494,15 @@ async fn gated_pachd(pachd: SocketAddr, failed_auth: RateLimiter) -> (Arc<Gatewa
 
 /// [`gated_pachd`] with the client `policy` given whole.
 async fn gated_pachd_with(pachd: SocketAddr, policy: ClientPolicy) -> (Arc<Gateway>, SocketAddr) {
+    gated_pachd_settings(pachd, policy, PachydermAuthSettings::default()).await
+}
+
+/// [`gated_pachd_with`], with the gate's `settings`.
+async fn gated_pachd_settings(
+    pachd: SocketAddr,
+    policy: ClientPolicy,
+    settings: PachydermAuthSettings,
+) -> (Arc<Gateway>, SocketAddr) {
     let snapshot = Snapshot::build(
         vec![route(
             "grpc",
@@ -506,7 +515,7 @@ async fn gated_pachd_with(pachd: SocketAddr, policy: ClientPolicy) -> (Arc<Gatew
         Some(PachydermAuthSpec {
             upstream: "pachd".into(),
             who_am_i_method: "/auth_v2.API/WhoAmI".into(),
-            settings: PachydermAuthSettings::default(),
+            settings,
         }),
         None,
         policy,
@@ -776,6 +785,104 @@ async fn concurrent_guesses_from_one_64_share_its_budget() {
     let refused = statuses.iter().filter(|s| *s == "8").count();
     assert_eq!((rejected, refused), (5, 45), "{statuses:?}");
     assert_eq!(who_am_i_calls.load(Ordering::SeqCst), 5);
+}
+
+/// A `ListRepo` call as if from `client` (an address the trusted proxy reports), with
+/// `token` or none: its grpc-status.
+async fn list_repo_from(
+    sender: &mut hyper::client::conn::http2::SendRequest<TestBody>,
+    client: &str,
+    token: Option<&str>,
+) -> String {
+    let mut headers = vec![("x-forwarded-for", client.to_string())];
+    if let Some(token) = token {
+        headers.push(("authn-token", token.to_string()));
+    }
+    list_repo(sender, headers).await.0
+}
+
+/// Brute-force limits never lock out valid users. A client retrying one rejected token
+/// (a revoked one, say) is charged once, not per retry, so it does not drain its address
+/// for everyone behind it. A token pachd has vouched for keeps passing an address other
+/// clients' guesses drained, also once its cached answer has aged and pachd is asked
+/// again; and a call without a token gets pachd's answer (16), not the limiter's.
+#[tokio::test]
+async fn the_failed_auth_limiter_never_locks_out_a_valid_token() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let who_am_i_calls = Arc::new(AtomicUsize::new(0));
+    let pachd = slow_pachd(who_am_i_calls.clone()).await;
+    let policy = ClientPolicy {
+        failed_auth: Some(RateLimiter::per_minute(1, 2)),
+        trusted_proxies: cidrs(&["127.0.0.1/32"]),
+        ..ClientPolicy::default()
+    };
+    let settings = PachydermAuthSettings {
+        // Outlasts the three questions below (200 ms each at this pachd).
+        cache_ttl: std::time::Duration::from_millis(1000),
+        ..PachydermAuthSettings::default()
+    };
+    let (_gateway, addr) = gated_pachd_settings(pachd, policy, settings).await;
+    let mut sender = h2c_sender(addr).await;
+
+    // One client retrying a rejected token: pachd asked once, one attempt charged.
+    for retry in 0..6 {
+        let status = list_repo_from(&mut sender, "10.0.0.1", Some("revoked")).await;
+        assert_eq!(status, "16", "retry {retry}");
+    }
+    assert_eq!(who_am_i_calls.swap(0, Ordering::SeqCst), 1);
+    // The address still has the second attempt of its burst, for a new guess; then none.
+    assert_eq!(
+        list_repo_from(&mut sender, "10.0.0.1", Some("guess-1")).await,
+        "16"
+    );
+    assert_eq!(
+        list_repo_from(&mut sender, "10.0.0.1", Some("guess-2")).await,
+        "8"
+    );
+
+    // A valid user behind an address that guesses drained.
+    assert_eq!(
+        list_repo_from(&mut sender, "10.0.0.2", Some("good")).await,
+        "0"
+    );
+    for guess in ["guess-a", "guess-b"] {
+        assert_eq!(
+            list_repo_from(&mut sender, "10.0.0.2", Some(guess)).await,
+            "16"
+        );
+    }
+    assert_eq!(
+        list_repo_from(&mut sender, "10.0.0.2", Some("guess-c")).await,
+        "8"
+    );
+    who_am_i_calls.store(0, Ordering::SeqCst);
+    assert_eq!(
+        list_repo_from(&mut sender, "10.0.0.2", Some("good")).await,
+        "0"
+    );
+    assert_eq!(
+        who_am_i_calls.load(Ordering::SeqCst),
+        0,
+        "answered from the cache"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        list_repo_from(&mut sender, "10.0.0.2", Some("good")).await,
+        "0",
+        "a vouched-for token refused once its cached answer aged"
+    );
+    assert_eq!(
+        who_am_i_calls.load(Ordering::SeqCst),
+        1,
+        "pachd asked again"
+    );
+    // No token: no guess, and pachd's own answer.
+    assert_eq!(list_repo_from(&mut sender, "10.0.0.2", None).await, "16");
+    // A new token from the drained address is still refused unasked.
+    assert_eq!(
+        list_repo_from(&mut sender, "10.0.0.2", Some("good-new")).await,
+        "8"
+    );
 }
 
 /// An HTTP/1.1 upstream whose one answer is an endless body; the receiver hears when
