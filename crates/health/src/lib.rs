@@ -202,6 +202,8 @@ async fn run(
         {
             state.healthy.store(healthy, Ordering::Relaxed);
             on_change(healthy, reason);
+        } else if !ok && tracker.failing_from_the_start(spec.unhealthy_threshold) {
+            on_change(false, reason);
         }
         tokio::time::sleep_until(started + interval).await;
     }
@@ -283,6 +285,8 @@ pub struct Tracker {
     ever_passed: bool,
     successes: u32,
     failures: u32,
+    /// An address failing from its first check on was reported once.
+    told_never_passed: bool,
 }
 
 impl Tracker {
@@ -320,6 +324,19 @@ impl Tracker {
         }
         None
     }
+
+    /// Whether an address that has never passed has now failed `unhealthy_threshold` times
+    /// in a row, for the first time: worth one warning with the reason (a wrong `path` or
+    /// `service`, say). [`record`](Self::record) reports no change for it, as it was never
+    /// healthy, and traffic still reaches it while no address is healthy, so a check
+    /// failing from the start would otherwise go unnoticed.
+    pub fn failing_from_the_start(&mut self, unhealthy_threshold: u32) -> bool {
+        let due = !self.ever_passed
+            && !self.told_never_passed
+            && self.failures >= unhealthy_threshold.max(1);
+        self.told_never_passed |= due;
+        due
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +371,26 @@ mod tests {
         assert_eq!(run(&mut tracker, "++-++"), [None, None, None, None, None]);
         assert_eq!(run(&mut tracker, "+"), [Some(true)]);
         assert!(tracker.is_healthy());
+    }
+
+    /// An address that fails from its first check on is reported once, when it has failed
+    /// as many times as would make a healthy one unhealthy; not again, and not once it
+    /// has passed.
+    #[test]
+    fn an_address_failing_from_the_start_is_reported_once() {
+        let mut tracker = Tracker::default();
+        let reports: Vec<bool> = "----"
+            .chars()
+            .map(|_| {
+                tracker.record(false, 3, 2);
+                tracker.failing_from_the_start(2)
+            })
+            .collect();
+        assert_eq!(reports, [false, true, false, false]);
+
+        let mut passed = Tracker::default();
+        assert_eq!(run(&mut passed, "+--"), [Some(true), None, Some(false)]);
+        assert!(!passed.failing_from_the_start(2));
     }
 
     #[test]

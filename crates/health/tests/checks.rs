@@ -162,7 +162,7 @@ async fn the_service_name_reaches_the_server() {
 }
 
 #[tokio::test]
-async fn a_pod_listed_but_never_ready_never_turns_healthy() {
+async fn a_pod_listed_but_never_ready_never_turns_healthy_and_is_reported_once() {
     let health = Health::new();
     health.set_serving(false);
     let address = pachd(&health).await;
@@ -172,7 +172,13 @@ async fn a_pod_listed_but_never_ready_never_turns_healthy() {
     assert!(!state.is_healthy());
     assert_eq!(state.failures(), state.checks());
     assert_eq!(state.last_failure().as_deref(), Some("status NOT_SERVING"));
-    assert!(changes.try_recv().is_err(), "never healthy, so no change");
+    // Reported once, with the reason, though it never changed state: a check failing from
+    // the start (a wrong path or service) is not left unnoticed.
+    assert_eq!(
+        changes.try_recv().ok(),
+        Some((false, "status NOT_SERVING".to_string()))
+    );
+    assert!(changes.try_recv().is_err(), "reported more than once");
 }
 
 #[tokio::test]
