@@ -213,6 +213,14 @@ impl Validator<'_> {
                     self.err(&path.span(), "health_check.path must start with `/`");
                     return None;
                 }
+                // As the request line will carry it: no spaces or control characters.
+                if let Err(e) = path.get_ref().parse::<http::uri::PathAndQuery>() {
+                    self.err(
+                        &path.span(),
+                        format!("health_check.path is not a valid request path ({e}): percent-encode spaces and other special characters"),
+                    );
+                    return None;
+                }
                 HealthCheckKind::HttpGet {
                     path: path.get_ref().clone(),
                 }
