@@ -90,6 +90,8 @@ impl Validator<'_> {
         let mut min_version = pachgate_tls::MinVersion::Tls12;
         if let Some(tls) = tls.as_mut() {
             let tls = tls.get_mut();
+            // A name in two entries would be served by one of them, by an accident of order.
+            let mut named = std::collections::HashSet::new();
             for entry in tls.sni.take().unwrap_or_default() {
                 let entry = entry.into_inner();
                 if entry.hosts.get_ref().is_empty() {
@@ -109,6 +111,11 @@ impl Validator<'_> {
                         self.err(
                             &entry.hosts.span(),
                             format!("tls.sni host {host:?}: expected a DNS name or `*.suffix`"),
+                        );
+                    } else if !named.insert(host.to_ascii_lowercase()) {
+                        self.err(
+                            &entry.hosts.span(),
+                            format!("tls.sni host {host:?} is already named by an earlier [[tls.sni]] entry"),
                         );
                     }
                 }
