@@ -21,7 +21,7 @@ use pachgate_auth_gate::{DenyReason, PachydermAuthSettings};
 use pachgate_client_policy::CidrSet;
 use pachgate_proxy_core::{
     ClientPolicy, Gateway, PachydermAuthSpec, RateLimiter, RouteAuth, Snapshot, UpstreamProtocol,
-    UpstreamTls,
+    UpstreamSpec, UpstreamTls,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -562,6 +562,14 @@ async fn behind_a_silent_tls_upstream(
     SocketAddr,
     Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let (silent, connects) = silent_peer().await;
+    let (gateway, addr) = serve_one_route("/", silent_tls_spec(&[silent], protocol)).await;
+    (gateway, addr, connects)
+}
+
+/// A peer that accepts TCP connections, holds them and never sends a byte; how many it
+/// accepted.
+async fn silent_peer() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent = listener.local_addr().unwrap();
     let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -573,20 +581,50 @@ async fn behind_a_silent_tls_upstream(
             held.push(tcp);
         }
     });
+    (silent, connects)
+}
+
+/// A TLS upstream (of `protocol`) at `addresses`, with a 300 ms `connect_timeout`.
+fn silent_tls_spec(addresses: &[SocketAddr], protocol: UpstreamProtocol) -> UpstreamSpec {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    let mut spec = upstream("silent", silent, protocol);
+    let mut spec = upstream("silent", addresses[0], protocol);
+    spec.endpoints = addresses.iter().map(SocketAddr::to_string).collect();
     spec.connect_timeout = std::time::Duration::from_millis(300);
     spec.tls = Some(UpstreamTls {
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         server_name: "localhost".try_into().unwrap(),
     });
-    let (gateway, addr) = serve_one_route("/", spec).await;
-    (gateway, addr, connects)
+    spec
+}
+
+/// With every address of an upstream down, a request gets one connection attempt, not one
+/// per address (each a connect timeout): the first request finds both addresses working
+/// as far as anyone knows and tries both; once both are ejected, the next request tries
+/// one and fails with its error.
+#[tokio::test]
+async fn with_every_address_down_a_request_tries_only_one() {
+    use std::sync::atomic::Ordering;
+    let (a, a_connects) = silent_peer().await;
+    let (b, b_connects) = silent_peer().await;
+    let (_gateway, addr) =
+        serve_one_route("/", silent_tls_spec(&[a, b], UpstreamProtocol::Http1Tls)).await;
+    let connects = || a_connects.load(Ordering::SeqCst) + b_connects.load(Ordering::SeqCst);
+
+    assert_eq!(
+        get(addr, "/page").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(connects(), 2, "the first request tries each address once");
+    assert_eq!(
+        get(addr, "/page").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(connects(), 3, "with both ejected, one attempt");
 }
 
 /// An `http1-tls` endpoint that accepts TCP and never answers the ClientHello is given up on

@@ -247,6 +247,14 @@ pub(crate) fn pick(addresses: &[Arc<Address>], tried: &Tried) -> Option<Arc<Addr
     None
 }
 
+/// Whether an untried address takes new requests (listed, healthy, not ejected): where a
+/// request whose connection failed may go next. Panic mode's picks are for a first attempt
+/// only: when every address is down, trying each in turn made every request wait a connect
+/// timeout per address.
+pub(crate) fn any_usable(addresses: &[Arc<Address>], tried: &Tried) -> bool {
+    addresses.iter().any(|a| a.usable() && !tried.contains(a))
+}
+
 /// A cheap per-thread random number below `bound` (xorshift; fairness, not secrecy).
 fn random_below(bound: usize) -> usize {
     thread_local! {
