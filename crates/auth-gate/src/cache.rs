@@ -212,7 +212,10 @@ impl Drop for Waiting<'_> {
 }
 
 /// Drops expired answers and unanswered slots nobody waits on; if the cache is still full,
-/// drops arbitrary finished ones until a tenth is free (amortises the scan).
+/// finished ones until a tenth is free (amortises the scan): rejections first, then valid
+/// answers, the auth-state answer (no token) last. A flood of distinct bad tokens (guesses
+/// from many addresses) then pushes out other guesses, not the answers that spare valid
+/// users and pachd a WhoAmI per call.
 fn evict(slots: &mut HashMap<Key, Arc<Slot>>, capacity: usize) {
     let now = Instant::now();
     slots.retain(|_, slot| match slot.answer.get() {
@@ -220,10 +223,23 @@ fn evict(slots: &mut HashMap<Key, Arc<Slot>>, capacity: usize) {
         None => Arc::strong_count(slot) > 1,
     });
     let target = capacity - capacity / 10 - 1;
-    if slots.len() > target {
+    let no_token = key(NO_TOKEN);
+    let rank = |key: &Key, answer: &WhoAmIAnswer| match answer {
+        _ if *key == no_token => 2,
+        WhoAmIAnswer::Valid { .. } => 1,
+        _ => 0,
+    };
+    for dropped_rank in 0..=2 {
+        if slots.len() <= target {
+            return;
+        }
         let excess: Vec<Key> = slots
             .iter()
-            .filter(|(_, slot)| slot.answer.get().is_some())
+            .filter(|(key, slot)| {
+                slot.answer
+                    .get()
+                    .is_some_and(|(answer, _)| rank(key, answer) == dropped_rank)
+            })
             .map(|(k, _)| *k)
             .take(slots.len() - target)
             .collect();

@@ -517,6 +517,35 @@ async fn cache_is_bounded() {
     assert!(bounded.cache.len() <= 100, "{}", bounded.cache.len());
 }
 
+/// A full cache drops rejections before valid answers: a flood of distinct bad tokens does
+/// not push out the answers for valid ones (which would cost each holder a WhoAmI per call).
+#[tokio::test]
+async fn a_flood_of_bad_tokens_does_not_evict_valid_answers() {
+    let settings = PachydermAuthSettings {
+        cache_capacity: 100,
+        ..PachydermAuthSettings::default()
+    };
+    let (gate, asked) = gate(settings, |token| match token.starts_with("good") {
+        true => pachd("good"),
+        false => pachd(token),
+    });
+    let valid: Vec<String> = (0..50).map(|i| format!("good-{i}")).collect();
+    for token in &valid {
+        gate.check_grpc("/p.A/M", found(token)).await;
+    }
+    for i in 0..1000 {
+        gate.check_grpc("/p.A/M", found(&format!("guess-{i}")))
+            .await;
+    }
+    let before = asked.calls.load(Ordering::SeqCst);
+    for token in &valid {
+        let decision = gate.check_grpc("/p.A/M", found(token)).await;
+        assert!(matches!(decision, Decision::Allow { .. }), "{decision:?}");
+    }
+    let asked_again = asked.calls.load(Ordering::SeqCst) - before;
+    assert_eq!(asked_again, 0, "valid answers evicted");
+}
+
 /// A check refused by the budget, or abandoned while pachd is asked, leaves no slot behind:
 /// guesses refused unasked must not fill the cache for good.
 #[tokio::test]
