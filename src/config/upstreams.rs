@@ -76,11 +76,19 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| self.optional_duration(v, "response_timeout"))
             .unwrap_or(None);
-        let h2_keepalive_interval = u
-            .h2_keepalive_interval
-            .as_ref()
-            .and_then(|v| self.optional_duration(v, "h2_keepalive_interval"))
-            .unwrap_or(Some(Duration::from_secs(30)));
+        let h2_keepalive_interval = match u.h2_keepalive_interval.as_ref() {
+            None => Some(Duration::from_secs(30)),
+            Some(v) if v.get_ref() == "off" => None,
+            // pachd's gRPC server (grpc-go) closes a connection pinged more often than every
+            // 5 s (`keepalive.EnforcementPolicy{MinTime: 5s}` in its grpcutil/server.go):
+            // GOAWAY "too_many_pings", and every stream on it lost.
+            Some(v) => self.duration_at_least(
+                v,
+                "h2_keepalive_interval",
+                Duration::from_secs(5),
+                "pachd (grpc-go) closes connections pinged more often",
+            ),
+        };
         let h2_keepalive_timeout = u
             .h2_keepalive_timeout
             .as_ref()
@@ -111,7 +119,14 @@ impl Validator<'_> {
         let dns_refresh = u
             .dns_refresh
             .as_ref()
-            .and_then(|v| self.nonzero_duration(v, "dns_refresh"))
+            .and_then(|v| {
+                self.duration_at_least(
+                    v,
+                    "dns_refresh",
+                    Duration::from_millis(100),
+                    "answers are not cached, so each refresh asks the DNS server again",
+                )
+            })
             .unwrap_or(DEFAULT_DNS_REFRESH);
         let max_pending_requests = match &u.max_pending_requests {
             Some(v) if *v.get_ref() == 0 => {
@@ -229,7 +244,14 @@ impl Validator<'_> {
         let interval = c
             .interval
             .as_ref()
-            .and_then(|v| self.nonzero_duration(v, "health_check.interval"))
+            .and_then(|v| {
+                self.duration_at_least(
+                    v,
+                    "health_check.interval",
+                    Duration::from_millis(100),
+                    "each check opens a new connection",
+                )
+            })
             .unwrap_or(Duration::from_secs(5));
         let timeout = c
             .timeout

@@ -308,6 +308,32 @@ impl Validator<'_> {
         Some(duration)
     }
 
+    /// An interval no shorter than `min`; `why` says what a shorter one would do.
+    pub(super) fn duration_at_least(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+        min: Duration,
+        why: &str,
+    ) -> Option<Duration> {
+        let duration = self.nonzero_duration(value, key)?;
+        if duration < min {
+            let least = match min.subsec_millis() {
+                0 => format!("{}s", min.as_secs()),
+                _ => format!("{}ms", min.as_millis()),
+            };
+            self.err(
+                &value.span(),
+                format!(
+                    "{key} = {:?} is below its least, {least:?}: {why}",
+                    value.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(duration)
+    }
+
     /// A timeout or interval that may also be "off".
     pub(super) fn optional_duration(
         &mut self,
