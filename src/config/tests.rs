@@ -258,3 +258,30 @@ fn durations() {
     assert_eq!(parse_duration("s"), None);
     assert_eq!(parse_duration("5 days"), None);
 }
+
+/// Listeners whose addresses would clash at bind are refused at validation; ones that
+/// cannot clash pass.
+#[test]
+fn overlapping_listeners_are_refused() {
+    let with = |http: &str, admin: &str| {
+        let text = VALID.replace(
+            "http = \"127.0.0.1:8080\"",
+            &format!("http = \"{http}\"\nadmin = \"{admin}\""),
+        );
+        errors(&text)
+            .iter()
+            .any(|e| e.contains("overlaps listen.http"))
+    };
+    for (http, admin, clash) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080", true),
+        ("0.0.0.0:8080", "127.0.0.1:8080", true),
+        ("[::]:8080", "127.0.0.1:8080", true),
+        ("127.0.0.1:8080", "[::]:8080", true),
+        ("0.0.0.0:8080", "[::1]:8080", false),
+        ("127.0.0.1:8080", "127.0.0.2:8080", false),
+        ("127.0.0.1:8080", "127.0.0.1:9090", false),
+        ("127.0.0.1:0", "127.0.0.1:0", false),
+    ] {
+        assert_eq!(with(http, admin), clash, "{http} and {admin}");
+    }
+}

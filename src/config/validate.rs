@@ -22,6 +22,13 @@ pub(super) struct Validator<'a> {
     pub(super) errors: Vec<ConfigError>,
 }
 
+/// A listener's key in `[listen]`: its value as written, the address it parsed to, its name.
+type ListenerKey<'a> = (
+    Option<&'a Spanned<String>>,
+    Option<std::net::SocketAddr>,
+    &'a str,
+);
+
 impl Validator<'_> {
     pub(super) fn err(&mut self, span: &Range<usize>, message: impl Into<String>) {
         let error = self.locate.error(span, message.into());
@@ -52,6 +59,11 @@ impl Validator<'_> {
                 "[listen] needs `https` (TLS) and/or `http`: nothing would accept connections",
             );
         }
+        self.listeners_apart([
+            (listen.https.as_ref(), https, "listen.https"),
+            (listen.http.as_ref(), http_addr, "listen.http"),
+            (listen.admin.as_ref(), admin, "listen.admin"),
+        ]);
         let http_mode = listen.http_mode.unwrap_or(HttpMode::Redirect);
         let public_https_port = listen.public_https_port.as_ref().and_then(|port| {
             match u16::try_from(*port.get_ref()) {
@@ -306,6 +318,37 @@ impl Validator<'_> {
             return None;
         }
         Some(duration)
+    }
+
+    /// Two listeners on one port whose addresses overlap (the same address, a wildcard and
+    /// any address of its family, or `[::]`, which on Linux takes IPv4 too, and any address)
+    /// would fail at bind, with no place in the file to point at; port 0 (any free port)
+    /// never clashes.
+    fn listeners_apart(&mut self, listeners: [ListenerKey<'_>; 3]) {
+        let overlap = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip()
+                    || (a.ip().is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+                    || (b.ip().is_unspecified() && (b.is_ipv6() || a.is_ipv4())))
+        };
+        for (at, (value, address, key)) in listeners.iter().enumerate() {
+            let (Some(value), Some(address)) = (value, address) else {
+                continue;
+            };
+            let earlier = listeners[..at]
+                .iter()
+                .find(|(_, other, _)| other.is_some_and(|other| overlap(other, *address)));
+            if let Some((_, _, other_key)) = earlier {
+                self.err(
+                    &value.span(),
+                    format!(
+                        "{key} = {:?} overlaps {other_key}: two listeners cannot share a port",
+                        value.get_ref()
+                    ),
+                );
+            }
+        }
     }
 
     /// An interval no shorter than `min`; `why` says what a shorter one would do.
