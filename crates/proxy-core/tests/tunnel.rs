@@ -615,3 +615,56 @@ async fn an_extended_connect_answered_200_by_an_http1_backend_is_a_502() {
         .collect();
     assert_eq!(cookies, ["session=abc; theme=dark"]);
 }
+
+/// A backend's 101 without `Upgrade: websocket` and the accept value for the client's key
+/// is no websocket: the client gets 502 and its connection stays HTTP, so what it sends
+/// next never reaches the backend as raw bytes (past routing and the gate). RFC 6455 §4.1.
+#[tokio::test]
+async fn a_101_without_the_websocket_accept_value_is_refused() {
+    for answer in [
+        "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {ACCEPT}\r\n\r\n",
+    ] {
+        let answer = answer.replace("{ACCEPT}", ACCEPT);
+        let (listener, backend) = scripted_h2::listener().await;
+        let (_gateway, addr) = gateway_to(backend, UpstreamProtocol::Http1).await;
+        let backend = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let (_, mut after) = read_head(&mut socket).await;
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            // Whatever arrives after the handshake, until pachgate lets go.
+            let mut chunk = [0u8; 1024];
+            while let Ok(Ok(n @ 1..)) =
+                tokio::time::timeout(Duration::from_secs(1), socket.read(&mut chunk)).await
+            {
+                after.extend_from_slice(&chunk[..n]);
+            }
+            after
+        });
+
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: pachgate.test\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (text, _) = read_head(&mut client).await;
+        assert_eq!(
+            Head::parse(&text).line,
+            "HTTP/1.1 502 Bad Gateway",
+            "{text}"
+        );
+        let _ = client
+            .write_all(b"GET /pfs/secret HTTP/1.1\r\nHost: pachgate.test\r\n\r\n")
+            .await;
+        let after = backend.await.unwrap();
+        assert!(
+            !String::from_utf8_lossy(&after).contains("/pfs/secret"),
+            "the client's next request reached the backend raw: {:?}",
+            String::from_utf8_lossy(&after)
+        );
+    }
+}

@@ -47,12 +47,17 @@ pub(super) async fn tunnel(
     // The handshake goes without a body whatever the client's head said: a Content-Length
     // left on it would have the backend wait for bytes that never come.
     parts.headers.remove(CONTENT_LENGTH);
+    // The key whose accept value the backend's 101 must carry: the client's own, or one
+    // pachgate makes for an extended CONNECT.
     let key = match side {
-        ClientSide::Upgrade => None,
-        ClientSide::ExtendedConnect => Some(as_upgrade_request(
-            &mut parts,
-            authority.unwrap_or(endpoint),
-        )),
+        ClientSide::Upgrade => parts
+            .headers
+            .get(SEC_WEBSOCKET_KEY)
+            .map(|key| key.as_bytes().to_vec())
+            .ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key\n"))?,
+        ClientSide::ExtendedConnect => {
+            as_upgrade_request(&mut parts, authority.unwrap_or(endpoint)).into_bytes()
+        }
     };
     // The backend's answer to the upgrade is its response head: `response_timeout` bounds
     // it, as it bounds the h2 way's.
@@ -71,21 +76,25 @@ pub(super) async fn tunnel(
         }
         Handshake::Refused(response) => return Ok(response),
     };
-    let status = match key {
-        None => StatusCode::SWITCHING_PROTOCOLS,
-        Some(key) => {
-            let expected_accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let accepted = response
-                .headers()
-                .get(SEC_WEBSOCKET_ACCEPT)
-                .is_some_and(|v| v.as_bytes() == expected_accept.as_bytes());
-            if !accepted {
-                return Err(ProxyError::UpgradeFailed(
-                    "backend answered 101 with a wrong Sec-WebSocket-Accept".into(),
-                ));
-            }
-            StatusCode::OK
-        }
+    // A 101 is a websocket only with the upgrade token and the accept value for this key
+    // (RFC 6455 §4.1). Anything else would turn the client's connection into a raw pipe to
+    // the backend, whose later requests no route, path rule or gate would see.
+    let expected_accept = tungstenite::handshake::derive_accept_key(&key);
+    let headers = response.headers();
+    let upgraded_to_websocket = headers
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let accepted = headers
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected_accept.as_bytes());
+    if !(upgraded_to_websocket && accepted) {
+        return Err(ProxyError::UpgradeFailed(
+            "backend answered 101 without `Upgrade: websocket` and the Sec-WebSocket-Accept for the key".into(),
+        ));
+    }
+    let status = match side {
+        ClientSide::Upgrade => StatusCode::SWITCHING_PROTOCOLS,
+        ClientSide::ExtendedConnect => StatusCode::OK,
     };
 
     let upstream_upgrade = hyper::upgrade::on(&mut response);
