@@ -344,6 +344,46 @@ async fn an_upgrade_the_backend_never_answers_ends_at_the_response_timeout() {
     silent.abort();
 }
 
+/// With `response_timeout` off (its default), the route's `idle_timeout` bounds the
+/// handshake as it bounds any request's wait for its response head: 504, for an HTTP/1.1
+/// upgrade and for an h2 extended CONNECT, instead of a wait for good.
+#[tokio::test]
+async fn an_upgrade_the_backend_never_answers_ends_at_the_routes_idle_timeout() {
+    for extended in [false, true] {
+        let (listener, backend) = scripted_h2::listener().await;
+        let mut route = open_route("ws", "/ws", "backend");
+        route.timeouts = pachgate_proxy_core::RouteTimeouts {
+            total: None,
+            idle: Some(Duration::from_millis(300)),
+        };
+        let snapshot = Snapshot::build(
+            vec![route],
+            vec![upstream("backend", backend, UpstreamProtocol::Http1)],
+            None,
+            None,
+            ClientPolicy::default(),
+        )
+        .expect("a valid snapshot");
+        let (_gateway, addr) = serve(snapshot).await;
+        let silent = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = read_head(&mut socket).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let status = tokio::time::timeout(Duration::from_secs(5), async {
+            match extended {
+                false => send_http1(addr, upgrade_request("/ws/chat")).await.status,
+                true => extended_connect(addr, "/ws/chat").await.status(),
+            }
+        })
+        .await
+        .expect("an answer at the idle timeout, not a wait");
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "extended: {extended}");
+        silent.abort();
+    }
+}
+
 /// Opens an h2c connection to the gateway and sends an extended CONNECT for `path`.
 async fn extended_connect(
     gateway: SocketAddr,

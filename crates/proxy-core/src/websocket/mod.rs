@@ -30,7 +30,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::gateway::TunnelTicket;
-use crate::route_timeouts::RouteTimeouts;
+use crate::route_timeouts::{bounded, RouteTimeouts};
 use crate::upstream::Upstream;
 
 /// Forwards a websocket handshake, an HTTP/1.1 upgrade or an RFC 8441 extended CONNECT as
@@ -45,17 +45,28 @@ pub(crate) async fn tunnel(
     exchange: &mut Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if upstream.protocol().is_h2() {
-        h2::tunnel(
-            request, upstream, authority, side, ticket, exchange, timeouts,
-        )
+    // The handshake (connect, request, the upstream's answer) is bounded by the route's
+    // timeouts as any request's wait for its response head is: an upstream that accepts
+    // and never answers gets the client a 504 instead of holding it, and a connection, for
+    // good (`response_timeout` is off by default). The tunnel's own timer starts at the
+    // switch.
+    let mut timer = timeouts.start();
+    let handshake = async {
+        if upstream.protocol().is_h2() {
+            h2::tunnel(
+                request, upstream, authority, side, ticket, exchange, timeouts,
+            )
+            .await
+        } else {
+            http1::tunnel(
+                request, upstream, authority, side, ticket, exchange, timeouts,
+            )
+            .await
+        }
+    };
+    bounded(handshake, timer.as_mut())
         .await
-    } else {
-        http1::tunnel(
-            request, upstream, authority, side, ticket, exchange, timeouts,
-        )
-        .await
-    }
+        .map_err(|expired| expired.into_error(upstream.name()))?
 }
 
 /// True for an RFC 8441 websocket request: CONNECT with `:protocol websocket`.
