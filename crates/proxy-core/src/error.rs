@@ -90,6 +90,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("websocket upgrade is not possible: {0}")]
     UpgradeFailed(String),
+    /// A CONNECT that is not an RFC 8441 websocket: pachgate is no forward proxy, and an
+    /// upstream would get a CONNECT it never asked for.
+    #[error("CONNECT other than a websocket")]
+    ConnectNotSupported,
 }
 
 impl ProxyError {
@@ -104,6 +108,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => GrpcCode::DeadlineExceeded,
             ProxyError::BadRequest(_) => GrpcCode::Internal,
             ProxyError::UpgradeFailed(_) => GrpcCode::Unavailable,
+            ProxyError::ConnectNotSupported => GrpcCode::Unimplemented,
         }
     }
 
@@ -119,6 +124,7 @@ impl ProxyError {
             | ProxyError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -147,6 +153,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream request timeout\n",
             ProxyError::BadRequest(reason) => reason,
             ProxyError::UpgradeFailed(_) => "websocket upgrade failed\n",
+            ProxyError::ConnectNotSupported => {
+                "CONNECT is served here for websockets only (RFC 8441)\n"
+            }
         }
     }
 

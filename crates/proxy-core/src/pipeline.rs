@@ -485,6 +485,11 @@ impl RequestRecord {
 /// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
 /// header name when configured. `None`: go on.
 fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejection> {
+    if request.method() == http::Method::CONNECT
+        && !crate::websocket::is_extended_connect_websocket(request)
+    {
+        return Some(Rejection::Error(ProxyError::ConnectNotSupported));
+    }
     if request.version() == Version::HTTP_2
         && h2_header_list_size(request) > limits.max_header_list_size as usize
     {

@@ -708,3 +708,51 @@ async fn a_101_without_the_websocket_accept_value_is_refused() {
         );
     }
 }
+
+/// A CONNECT that is no websocket (a plain one, over HTTP/1.1 or h2, or an extended
+/// CONNECT for another protocol) is answered 405 by pachgate and never reaches an
+/// upstream: pachgate is no forward proxy.
+#[tokio::test]
+async fn a_connect_other_than_a_websocket_is_refused_unforwarded() {
+    let (listener, backend) = scripted_h2::listener().await;
+    let snapshot = Snapshot::build(
+        vec![open_route("all", "/", "backend")],
+        vec![upstream("backend", backend, UpstreamProtocol::Http1)],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .expect("a valid snapshot");
+    let (_gateway, addr) = serve(snapshot).await;
+
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"CONNECT pachd.internal:1650 HTTP/1.1\r\nHost: pachd.internal:1650\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_head(&mut raw).await;
+    assert_eq!(Head::parse(&text).line, "HTTP/1.1 405 Method Not Allowed");
+
+    let mut sender = h2c_sender(addr).await;
+    let plain = Request::builder()
+        .method(Method::CONNECT)
+        .uri("pachd.internal:1650")
+        .body(empty())
+        .unwrap();
+    let mut other = Request::builder()
+        .method(Method::CONNECT)
+        .uri("http://pachgate.test/udp")
+        .body(empty())
+        .unwrap();
+    other
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("connect-udp"));
+    for request in [plain, other] {
+        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let reached = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(reached.is_err(), "a CONNECT reached the upstream");
+}
