@@ -23,6 +23,7 @@ mod h2;
 mod http1;
 mod tunnel;
 
+use http::header::{SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -99,11 +100,38 @@ fn take_for_tunnel(
     Some(exchange)
 }
 
-/// Copies what the upstream's handshake negotiated (subprotocol, extensions) to the reply.
+/// Copies what the upstream's handshake negotiated (subprotocol, extensions) to the reply,
+/// every line of it: extensions may come as several lines (RFC 6455 §9.1), and a client
+/// told of only the first would fail on the RSV bits of another.
 fn copy_negotiated(upstream: &http::HeaderMap, reply: &mut http::HeaderMap) {
-    for name in ["sec-websocket-protocol", "sec-websocket-extensions"] {
-        if let Some(value) = upstream.get(name) {
-            reply.insert(name, value.clone());
+    for name in [SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_EXTENSIONS] {
+        for value in upstream.get_all(&name) {
+            reply.append(name.clone(), value.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every line of what the handshake negotiated reaches the reply; nothing else does.
+    #[test]
+    fn every_negotiated_line_is_copied() {
+        let mut upstream = http::HeaderMap::new();
+        for (name, value) in [
+            ("sec-websocket-extensions", "permessage-deflate"),
+            ("sec-websocket-extensions", "x-webkit-deflate-frame"),
+            ("sec-websocket-protocol", "graphql-ws"),
+            ("set-cookie", "s=1"),
+        ] {
+            upstream.append(name, value.parse().unwrap());
+        }
+        let mut reply = http::HeaderMap::new();
+        copy_negotiated(&upstream, &mut reply);
+        let extensions: Vec<_> = reply.get_all(SEC_WEBSOCKET_EXTENSIONS).iter().collect();
+        assert_eq!(extensions, ["permessage-deflate", "x-webkit-deflate-frame"]);
+        assert_eq!(reply[SEC_WEBSOCKET_PROTOCOL], "graphql-ws");
+        assert_eq!(reply.len(), 3);
     }
 }
