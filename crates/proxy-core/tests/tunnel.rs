@@ -756,3 +756,39 @@ async fn a_connect_other_than_a_websocket_is_refused_unforwarded() {
     let reached = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
     assert!(reached.is_err(), "a CONNECT reached the upstream");
 }
+
+/// A tunnel whose client has ended its side while the backend, gone quiet without a reset
+/// (a vanished pod), never ends its own: the tunnel is given up a few seconds later, and
+/// the client's connection closed, instead of staying open for good.
+#[tokio::test]
+async fn a_half_closed_tunnel_whose_other_side_never_ends_is_given_up() {
+    let (listener, backend) = scripted_h2::listener().await;
+    let (_gateway, addr) = gateway_to(backend, UpstreamProtocol::Http1).await;
+    let backend = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let (text, _) = read_head(&mut socket).await;
+        let key = Head::parse(&text)
+            .field("sec-websocket-key")
+            .unwrap()
+            .to_string();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+        );
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        // Silent from here on, and never closes: held past the test's end.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(socket);
+    });
+    let (mut client, _) = http1_upgrade(addr, "/ws/chat").await;
+    client.write_all(&script().hello).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut byte = [0u8; 1];
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.read(&mut byte)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0) | Err(_))),
+        "the half-closed tunnel was kept: {ended:?}"
+    );
+    backend.abort();
+}

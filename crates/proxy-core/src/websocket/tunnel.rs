@@ -44,22 +44,29 @@ pub(super) fn spawn_tunnel<U, S>(
         let activity = timer.as_ref().map(|t| t.activity().clone());
         let (bytes_up, bytes_down) = (AtomicU64::new(0), AtomicU64::new(0));
         let pumps = async {
-            tokio::join!(
-                pump(
-                    client_read,
-                    &mut server_write,
-                    ticket.close_signal(),
-                    going_away.masked(),
-                    (&bytes_up, activity.as_deref()),
-                ),
-                pump(
-                    &mut server_read,
-                    client_write,
-                    ticket.close_signal(),
-                    going_away.unmasked(),
-                    (&bytes_down, activity.as_deref()),
-                ),
-            )
+            let up = pump(
+                client_read,
+                &mut server_write,
+                ticket.close_signal(),
+                going_away.masked(),
+                (&bytes_up, activity.as_deref()),
+            );
+            let down = pump(
+                &mut server_read,
+                client_write,
+                ticket.close_signal(),
+                going_away.unmasked(),
+                (&bytes_down, activity.as_deref()),
+            );
+            tokio::pin!(up, down);
+            // Once one direction has ended (and the other side was told, by its write side
+            // shut), the other gets `HALF_CLOSED_LIMIT` to end too: a peer that vanished
+            // without a reset would otherwise hold the tunnel, its sockets and its place
+            // in the drain for good.
+            tokio::select! {
+                up_end = &mut up => (up_end, lingering(&mut down).await),
+                down_end = &mut down => (lingering(&mut up).await, down_end),
+            }
         };
         let closed_for_drain = match bounded(pumps, timer.as_mut()).await {
             Ok((up, down)) => up.closed_for_drain || down.closed_for_drain,
@@ -96,9 +103,22 @@ struct PumpEnd {
     closed_for_drain: bool,
 }
 
+/// A direction's end, or none after `HALF_CLOSED_LIMIT`.
+async fn lingering(direction: impl Future<Output = PumpEnd>) -> PumpEnd {
+    tokio::time::timeout(HALF_CLOSED_LIMIT, direction)
+        .await
+        .unwrap_or(PumpEnd {
+            closed_for_drain: false,
+        })
+}
+
 /// How long a direction may take, after the drain deadline, to reach the end of the frame
 /// it is in before it is cut without a close frame.
 const FRAME_FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a direction may go on after the other has ended: the closing handshake's
+/// answer takes a moment, not more.
+const HALF_CLOSED_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Copies one direction of a tunnel. On EOF it half-closes the other side (as
 /// `copy_bidirectional` does); when the gateway says close, it finishes the frame in flight,
