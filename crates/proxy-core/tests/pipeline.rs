@@ -611,8 +611,10 @@ async fn with_every_address_down_a_request_tries_only_one() {
     use std::sync::atomic::Ordering;
     let (a, a_connects) = silent_peer().await;
     let (b, b_connects) = silent_peer().await;
-    let (_gateway, addr) =
-        serve_one_route("/", silent_tls_spec(&[a, b], UpstreamProtocol::Http1Tls)).await;
+    let mut spec = silent_tls_spec(&[a, b], UpstreamProtocol::Http1Tls);
+    // Short, so the second request comes well within the first ejections (1 s).
+    spec.connect_timeout = std::time::Duration::from_millis(100);
+    let (_gateway, addr) = serve_one_route("/", spec).await;
     let connects = || a_connects.load(Ordering::SeqCst) + b_connects.load(Ordering::SeqCst);
 
     assert_eq!(
@@ -775,6 +777,35 @@ async fn two_tokens_get_pachds_own_refusal() {
     );
 }
 
+/// Health checks that every address fails (a wrong check, or new pods not passed yet) do
+/// not turn failover off: a call first sent to a port that refuses the connection goes on
+/// to the address that works, which a failed check alone does not rule out.
+#[tokio::test]
+async fn with_every_address_failing_its_check_a_refused_call_still_fails_over() {
+    let healthy = http1_upstream().await;
+    let closed = closed_port().await;
+    let mut spec = upstream("pair", healthy, UpstreamProtocol::Http1);
+    spec.endpoints = vec![closed.to_string(), healthy.to_string()];
+    // A gRPC health check against HTTP/1.1 servers: every address fails it.
+    spec.health_check = Some(pachgate_health::CheckSpec {
+        kind: pachgate_health::CheckKind::Grpc {
+            service: String::new(),
+        },
+        interval: std::time::Duration::from_secs(60),
+        timeout: std::time::Duration::from_secs(1),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+    });
+    let (_gateway, addr) = serve_one_route("/", spec).await;
+    for call in 0..12 {
+        assert_eq!(
+            get(addr, "/app").await.status,
+            StatusCode::OK,
+            "call {call}"
+        );
+    }
+}
+
 /// Requests that never left pachgate (their address refused the connection) are sent to
 /// the address that works without counting against the retry budget, which bounds the
 /// extra load retries put on an upstream: these add none. Thirty calls at once, half of
@@ -855,8 +886,9 @@ async fn the_failed_auth_limiter_never_locks_out_a_valid_token() {
         ..ClientPolicy::default()
     };
     let settings = PachydermAuthSettings {
-        // Outlasts the three questions below (200 ms each at this pachd).
-        cache_ttl: std::time::Duration::from_millis(1000),
+        // Outlasts the three questions below (200 ms each at this pachd) with room to spare
+        // on a loaded machine.
+        cache_ttl: std::time::Duration::from_millis(3000),
         ..PachydermAuthSettings::default()
     };
     let (_gateway, addr) = gated_pachd_settings(pachd, policy, settings).await;
@@ -903,7 +935,7 @@ async fn the_failed_auth_limiter_never_locks_out_a_valid_token() {
         0,
         "answered from the cache"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert_eq!(
         list_repo_from(&mut sender, "10.0.0.2", Some("good")).await,
         "0",

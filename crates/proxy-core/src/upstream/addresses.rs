@@ -129,7 +129,12 @@ impl Address {
 
     /// Takes new requests: listed, healthy and not ejected.
     fn usable(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.is_healthy() && !self.is_ejected()
+        self.resendable() && self.is_healthy()
+    }
+
+    /// Listed, and no connection to it failed a moment ago (its health check aside).
+    fn resendable(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && !self.is_ejected()
     }
 
     /// A connection to this address failed (refused, timed out, reset before it spoke):
@@ -205,13 +210,15 @@ impl Tried {
 
 /// Picks an address for a new request among `addresses`, skipping `tried`: two usable ones
 /// at random, the one with fewer pending requests. When no untried address is usable, any
-/// untried one that is still listed (Envoy's "panic mode"), then any untried one at all.
+/// untried one that is still listed (Envoy's "panic mode"), those not ejected first, then
+/// any untried one at all.
 pub(crate) fn pick(addresses: &[Arc<Address>], tried: &Tried) -> Option<Arc<Address>> {
     if let [only] = addresses {
         return (!tried.contains(only)).then(|| only.clone());
     }
-    let filters: [&dyn Fn(&Address) -> bool; 3] = [
+    let filters: [&dyn Fn(&Address) -> bool; 4] = [
         &|a| a.usable(),
+        &|a| a.resendable(),
         &|a| !a.draining.load(Ordering::Relaxed),
         &|_| true,
     ];
@@ -247,12 +254,15 @@ pub(crate) fn pick(addresses: &[Arc<Address>], tried: &Tried) -> Option<Arc<Addr
     None
 }
 
-/// Whether an untried address takes new requests (listed, healthy, not ejected): where a
-/// request whose connection failed may go next. Panic mode's picks are for a first attempt
-/// only: when every address is down, trying each in turn made every request wait a connect
-/// timeout per address.
-pub(crate) fn any_usable(addresses: &[Arc<Address>], tried: &Tried) -> bool {
-    addresses.iter().any(|a| a.usable() && !tried.contains(a))
+/// Whether an untried address is listed and not ejected: where a request whose connection
+/// failed may go next. One failing its health check still may (the check can be wrong, or
+/// not have passed yet on a new address); one whose own connection failed a moment ago
+/// may not: when every address is down, trying each in turn made every request wait a
+/// connect timeout per address.
+pub(crate) fn any_resendable(addresses: &[Arc<Address>], tried: &Tried) -> bool {
+    addresses
+        .iter()
+        .any(|a| a.resendable() && !tried.contains(a))
 }
 
 /// A cheap per-thread random number below `bound` (xorshift; fairness, not secrecy).

@@ -410,11 +410,11 @@ impl Upstream {
             let Some(again) = attempt.resend.filter(|_| may_resend) else {
                 return Err(attempt.error);
             };
-            // A failed connection sends the request to another address that takes requests,
-            // if one is left (with every address down, each request gets one attempt, not a
-            // connect timeout per address); a refusal may go to the same one again, on a new
-            // connection.
-            if attempt.eject && !addresses::any_usable(&self.addresses.load(), &tried) {
+            // A failed connection sends the request to another address whose connections
+            // have not just failed too, if one is left (with every address down, each request
+            // gets one attempt, not a connect timeout per address); a refusal may go to the
+            // same one again, on a new connection.
+            if attempt.eject && !addresses::any_resendable(&self.addresses.load(), &tried) {
                 return Err(attempt.error);
             }
             if !attempt.unsent {
