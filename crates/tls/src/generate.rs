@@ -49,6 +49,10 @@ const LEAF_RENEW_BEFORE_DAYS: i64 = 30;
 /// the host list changed, a file is missing, or it expires within
 /// [`LEAF_RENEW_BEFORE_DAYS`] (or cannot be read). Keys are written with mode 0600.
 pub fn ensure_self_signed(dir: &Path, hosts: &[String]) -> Result<GeneratedPaths, TlsError> {
+    // One at a time in this process: a config reload and the running listener's renewal
+    // may both issue a leaf, and one's key must not end up beside the other's certificate.
+    static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _issuing = ISSUING.lock().unwrap_or_else(|e| e.into_inner());
     let paths = GeneratedPaths::in_dir(dir);
     fs::create_dir_all(dir).map_err(|source| TlsError::Write {
         path: dir.to_path_buf(),
@@ -103,6 +107,19 @@ impl SelfSigned {
         let paths = GeneratedPaths::in_dir(&self.dir);
         if !expires_within(&paths.cert, LEAF_RENEW_BEFORE_DAYS) {
             return Ok(false);
+        }
+        // The leaf only: a CA made now (its files gone, a cleaner emptied the directory)
+        // would break every client that trusts the one in use, without a restart to say so.
+        for ca_file in [&paths.ca_cert, &paths.ca_key] {
+            if !ca_file.exists() {
+                return Err(TlsError::Read {
+                    path: ca_file.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the CA is gone; the leaf is not renewed until a restart or reload makes a new CA",
+                    ),
+                });
+            }
         }
         ensure_self_signed(&self.dir, &self.hosts)?;
         Ok(true)
@@ -221,11 +238,13 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsErro
         path: path.to_path_buf(),
         source,
     };
+    // A name of this write's own: a config reload and the running listener's renewal may
+    // write the same directory at once, and must not take each other's staged files.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut staged = path.as_os_str().to_owned();
-    staged.push(".new");
+    staged.push(format!(".new.{}.{write}", std::process::id()));
     let staged = PathBuf::from(staged);
-    // Left over from a write that was interrupted.
-    let _ = fs::remove_file(&staged);
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -323,7 +342,7 @@ mod tests {
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name.ends_with(".new"))
+            .filter(|name| name.contains(".new"))
             .collect();
         assert!(names.is_empty(), "{names:?}");
     }

@@ -102,7 +102,13 @@ impl ListenerTlsHandle {
                     }
                 }
             }
-            let outcome = self.reload();
+            // File reads, and a renewal's key generation and synced writes: off the worker
+            // threads, which a slow volume would otherwise stall for every request.
+            let handle = self.clone();
+            let outcome = match tokio::task::spawn_blocking(move || handle.reload()).await {
+                Ok(outcome) => outcome,
+                Err(_) => continue, // the reload panicked: what was served stays
+            };
             if outcome.changed {
                 tracing::info!("TLS certificates reloaded; new handshakes use them");
                 observe(&Ok(()));
@@ -574,6 +580,36 @@ mod tests {
         assert_eq!(served, leaf(&generated));
         assert_ne!(served, short);
         assert!(applied(handle.reload()).not(), "a fresh leaf is kept");
+    }
+
+    /// A due leaf whose CA files are gone is not renewed, and no CA is made while the
+    /// listener runs (clients that trust the CA in use would break): the failure is
+    /// reported once, and the leaf in use keeps serving.
+    #[test]
+    fn renewal_never_makes_a_new_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["a.test".to_string()];
+        ensure_self_signed(dir.path(), &hosts).unwrap();
+        let generated = crate::generate::replace_leaf(dir.path(), &hosts, 5);
+        let handle = listener_config(ListenerTlsFiles {
+            default: pair(&generated),
+            sni: Vec::new(),
+            client_ca: None,
+            min_version: MinVersion::Tls13,
+            self_signed: Some(crate::SelfSigned {
+                dir: dir.path().to_path_buf(),
+                hosts,
+            }),
+        })
+        .unwrap();
+        fs::remove_file(&generated.ca_cert).unwrap();
+        fs::remove_file(&generated.ca_key).unwrap();
+        let outcome = handle.reload();
+        assert!(!outcome.changed, "{outcome:?}");
+        assert_eq!(outcome.refused.len(), 1, "{outcome:?}");
+        assert!(outcome.refused[0].to_string().contains("CA"), "{outcome:?}");
+        assert!(!generated.ca_cert.exists(), "a CA was made");
+        assert!(applied(handle.reload()).not(), "reported once");
     }
 
     /// An expired certificate is served (a client that checks it refuses the handshake for
