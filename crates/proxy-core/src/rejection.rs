@@ -171,6 +171,13 @@ pub(crate) fn render_error(error: ProxyError, grpc: bool) -> Response<ProxyBody>
         grpc_status_response(error.grpc_code(), &message)
     } else {
         let mut response = text_response(error.http_status(), error.http_text());
+        if matches!(error, ProxyError::ConnectNotSupported) {
+            // RFC 9110 §15.5.6: a 405 lists the methods the target does take.
+            response.headers_mut().insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
         if matches!(error, ProxyError::BadRequest(_)) {
             // A malformed request may leave the connection's framing in doubt; end it.
             response

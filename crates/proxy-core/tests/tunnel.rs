@@ -730,7 +730,11 @@ async fn a_connect_other_than_a_websocket_is_refused_unforwarded() {
         .await
         .unwrap();
     let (text, _) = read_head(&mut raw).await;
-    assert_eq!(Head::parse(&text).line, "HTTP/1.1 405 Method Not Allowed");
+    let refused = Head::parse(&text);
+    assert_eq!(refused.line, "HTTP/1.1 405 Method Not Allowed");
+    assert!(refused
+        .field("allow")
+        .is_some_and(|allow| allow.contains("GET")));
 
     let mut sender = h2c_sender(addr).await;
     let plain = Request::builder()
@@ -791,4 +795,24 @@ async fn a_half_closed_tunnel_whose_other_side_never_ends_is_given_up() {
         "the half-closed tunnel was kept: {ended:?}"
     );
     backend.abort();
+}
+
+/// An HTTP/1.1 upgrade without a `Sec-WebSocket-Key` is the client's error: 400, checked
+/// before any upstream connection is made (so also with the upstream down).
+#[tokio::test]
+async fn an_upgrade_without_a_key_is_a_400_before_any_connection() {
+    let (listener, backend) = scripted_h2::listener().await;
+    drop(listener);
+    let (_gateway, addr) = gateway_to(backend, UpstreamProtocol::Http1).await;
+    let request = Request::get("/ws/chat")
+        .header("host", "pachgate.test")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-version", "13")
+        .body(empty())
+        .unwrap();
+    assert_eq!(
+        send_http1(addr, request).await.status,
+        StatusCode::BAD_REQUEST
+    );
 }

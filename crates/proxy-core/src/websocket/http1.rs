@@ -34,6 +34,11 @@ pub(super) async fn tunnel(
     exchange: &mut Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // Checked before a connection is opened for it: a handshake without a key is the
+    // client's error whatever the upstream's state.
+    if side == ClientSide::Upgrade && !request.headers().contains_key(SEC_WEBSOCKET_KEY) {
+        return Err(ProxyError::BadRequest("missing Sec-WebSocket-Key\n"));
+    }
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, endpoint, label) = upstream.connect_for_upgrade().await?;
     if let Some(exchange) = exchange.as_deref_mut() {
