@@ -203,7 +203,12 @@ async fn run(
             state.healthy.store(healthy, Ordering::Relaxed);
             on_change(healthy, reason);
         } else if !ok && tracker.failing_from_the_start(spec.unhealthy_threshold) {
-            on_change(false, reason);
+            // Not "turned unhealthy": a pod still starting looks the same, so say what is
+            // known.
+            on_change(
+                false,
+                &format!("no check passed since it was listed; {reason}"),
+            );
         }
         tokio::time::sleep_until(started + interval).await;
     }

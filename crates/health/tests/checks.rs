@@ -176,7 +176,10 @@ async fn a_pod_listed_but_never_ready_never_turns_healthy_and_is_reported_once()
     // the start (a wrong path or service) is not left unnoticed.
     assert_eq!(
         changes.try_recv().ok(),
-        Some((false, "status NOT_SERVING".to_string()))
+        Some((
+            false,
+            "no check passed since it was listed; status NOT_SERVING".to_string()
+        ))
     );
     assert!(changes.try_recv().is_err(), "reported more than once");
 }
