@@ -16,7 +16,7 @@ use pachgate_h2_upstream::StreamRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::tunnel::spawn_tunnel;
-use super::{copy_negotiated, take_for_tunnel, ClientSide};
+use super::{copy_negotiated, take_for_tunnel, Asked};
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
@@ -37,24 +37,17 @@ pub(super) async fn tunnel(
     mut request: Request<Incoming>,
     upstream: &Upstream,
     authority: Option<http::uri::Authority>,
-    side: ClientSide,
+    asked: Asked,
     ticket: TunnelTicket,
     exchange: &mut Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _body) = request.into_parts();
-    let accept = match side {
-        ClientSide::Upgrade => {
-            let key = parts
-                .headers
-                .get(SEC_WEBSOCKET_KEY)
-                .ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key\n"))?;
-            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-            Some(HeaderValue::from_str(&accept).expect("base64 is a valid header value"))
-        }
-        ClientSide::ExtendedConnect => None,
-    };
+    // An HTTP/1.1 client is answered 101 with the accept value for its key.
+    let accept = asked
+        .client_accept
+        .map(|accept| HeaderValue::from_str(&accept).expect("base64 is a valid header value"));
     for name in NOT_FORWARDED_OVER_H2 {
         parts.headers.remove(name);
     }

@@ -11,7 +11,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::tunnel::spawn_tunnel;
-use super::{copy_negotiated, take_for_tunnel, ClientSide};
+use super::{copy_negotiated, take_for_tunnel, Asked, ClientSide};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
@@ -29,16 +29,12 @@ pub(super) async fn tunnel(
     mut request: Request<Incoming>,
     upstream: &Upstream,
     authority: Option<http::uri::Authority>,
-    side: ClientSide,
+    asked: Asked,
     ticket: TunnelTicket,
     exchange: &mut Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // Checked before a connection is opened for it: a handshake without a key is the
-    // client's error whatever the upstream's state.
-    if side == ClientSide::Upgrade && !request.headers().contains_key(SEC_WEBSOCKET_KEY) {
-        return Err(ProxyError::BadRequest("missing Sec-WebSocket-Key\n"));
-    }
+    let side = asked.side;
     let client_upgrade = hyper::upgrade::on(&mut request);
     let (mut sender, endpoint, label) = upstream.connect_for_upgrade().await?;
     if let Some(exchange) = exchange.as_deref_mut() {
@@ -52,16 +48,13 @@ pub(super) async fn tunnel(
     // The handshake goes without a body whatever the client's head said: a Content-Length
     // left on it would have the backend wait for bytes that never come.
     parts.headers.remove(CONTENT_LENGTH);
-    // The key whose accept value the backend's 101 must carry: the client's own, or one
+    // The accept value the backend's 101 must carry: for the client's own key, or for one
     // pachgate makes for an extended CONNECT.
-    let key = match side {
-        ClientSide::Upgrade => parts
-            .headers
-            .get(SEC_WEBSOCKET_KEY)
-            .map(|key| key.as_bytes().to_vec())
-            .ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key\n"))?,
-        ClientSide::ExtendedConnect => {
-            as_upgrade_request(&mut parts, authority.unwrap_or(endpoint)).into_bytes()
+    let expected_accept = match asked.client_accept {
+        Some(accept) => accept,
+        None => {
+            let key = as_upgrade_request(&mut parts, authority.unwrap_or(endpoint));
+            tungstenite::handshake::derive_accept_key(key.as_bytes())
         }
     };
     // The backend's answer to the upgrade is its response head: `response_timeout` bounds
@@ -84,7 +77,6 @@ pub(super) async fn tunnel(
     // A 101 is a websocket only with the upgrade token and the accept value for this key
     // (RFC 6455 §4.1). Anything else would turn the client's connection into a raw pipe to
     // the backend, whose later requests no route, path rule or gate would see.
-    let expected_accept = tungstenite::handshake::derive_accept_key(&key);
     let headers = response.headers();
     let upgraded_to_websocket = headers
         .get(UPGRADE)

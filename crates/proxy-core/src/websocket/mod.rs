@@ -23,7 +23,7 @@ mod h2;
 mod http1;
 mod tunnel;
 
-use http::header::{SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -52,15 +52,31 @@ pub(crate) async fn tunnel(
     // good (`response_timeout` is off by default). The tunnel's own timer starts at the
     // switch.
     let mut timer = timeouts.start();
+    // An HTTP/1.1 client's key, read once for either way upstream and before any connection
+    // is opened: a handshake without one is the client's error whatever the upstream's state.
+    let client_accept = match side {
+        ClientSide::Upgrade => Some(tungstenite::handshake::derive_accept_key(
+            request
+                .headers()
+                .get(SEC_WEBSOCKET_KEY)
+                .ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key\n"))?
+                .as_bytes(),
+        )),
+        ClientSide::ExtendedConnect => None,
+    };
+    let asked = Asked {
+        side,
+        client_accept,
+    };
     let handshake = async {
         if upstream.protocol().is_h2() {
             h2::tunnel(
-                request, upstream, authority, side, ticket, exchange, timeouts,
+                request, upstream, authority, asked, ticket, exchange, timeouts,
             )
             .await
         } else {
             http1::tunnel(
-                request, upstream, authority, side, ticket, exchange, timeouts,
+                request, upstream, authority, asked, ticket, exchange, timeouts,
             )
             .await
         }
@@ -77,6 +93,13 @@ pub fn is_extended_connect_websocket<B>(request: &Request<B>) -> bool {
             .extensions()
             .get::<hyper::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// How the client asked for its websocket, with what its answer needs.
+struct Asked {
+    side: ClientSide,
+    /// For an HTTP/1.1 upgrade, the `Sec-WebSocket-Accept` its key calls for.
+    client_accept: Option<String>,
 }
 
 /// How the client asked for its websocket, and so how it is answered.
