@@ -14,7 +14,9 @@ use bytes::BytesMut;
 use http::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use pachgate_h2_wire as wire;
-use pachgate_proxy_core::{ClientPolicy, Gateway, Snapshot, UpstreamProtocol};
+use pachgate_proxy_core::{
+    ClientPolicy, Gateway, RouteSpec, Snapshot, UpstreamProtocol, UpstreamSpec,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,15 +34,31 @@ async fn gateway_to(
     upstream_addr: SocketAddr,
     protocol: UpstreamProtocol,
 ) -> (Arc<Gateway>, SocketAddr) {
+    let backend = upstream("backend", upstream_addr, protocol);
+    gateway_with(open_route("ws", "/ws", "backend"), backend).await
+}
+
+/// A gateway with one `route`, to the upstream `backend` (which must be named so).
+async fn gateway_with(route: RouteSpec, backend: UpstreamSpec) -> (Arc<Gateway>, SocketAddr) {
     let snapshot = Snapshot::build(
-        vec![open_route("ws", "/ws", "backend")],
-        vec![upstream("backend", upstream_addr, protocol)],
+        vec![route],
+        vec![backend],
         None,
         None,
         ClientPolicy::default(),
     )
     .expect("a valid snapshot");
     serve(snapshot).await
+}
+
+/// A backend that reads one request head and then holds the connection without a word.
+fn silent_backend(listener: TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let _ = read_head(&mut socket).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(socket);
+    })
 }
 
 /// A websocket frame as a server sends it (unmasked, payload under 126 bytes).
@@ -320,22 +338,8 @@ async fn an_upgrade_the_backend_never_answers_ends_at_the_response_timeout() {
     let (listener, backend) = scripted_h2::listener().await;
     let mut spec = upstream("backend", backend, UpstreamProtocol::Http1);
     spec.response_timeout = Some(Duration::from_millis(300));
-    let snapshot = Snapshot::build(
-        vec![open_route("ws", "/ws", "backend")],
-        vec![spec],
-        None,
-        None,
-        ClientPolicy::default(),
-    )
-    .expect("a valid snapshot");
-    let (_gateway, addr) = serve(snapshot).await;
-    let silent = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let _ = read_head(&mut socket).await;
-        // Holds the connection without a word.
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(socket);
-    });
+    let (_gateway, addr) = gateway_with(open_route("ws", "/ws", "backend"), spec).await;
+    let silent = silent_backend(listener);
     let request = upgrade_request("/ws/chat");
     let answer = tokio::time::timeout(Duration::from_secs(5), send_http1(addr, request))
         .await
@@ -356,21 +360,9 @@ async fn an_upgrade_the_backend_never_answers_ends_at_the_routes_idle_timeout() 
             total: None,
             idle: Some(Duration::from_millis(300)),
         };
-        let snapshot = Snapshot::build(
-            vec![route],
-            vec![upstream("backend", backend, UpstreamProtocol::Http1)],
-            None,
-            None,
-            ClientPolicy::default(),
-        )
-        .expect("a valid snapshot");
-        let (_gateway, addr) = serve(snapshot).await;
-        let silent = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let _ = read_head(&mut socket).await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(socket);
-        });
+        let backend = upstream("backend", backend, UpstreamProtocol::Http1);
+        let (_gateway, addr) = gateway_with(route, backend).await;
+        let silent = silent_backend(listener);
         let status = tokio::time::timeout(Duration::from_secs(5), async {
             match extended {
                 false => send_http1(addr, upgrade_request("/ws/chat")).await.status,
@@ -715,15 +707,8 @@ async fn a_101_without_the_websocket_accept_value_is_refused() {
 #[tokio::test]
 async fn a_connect_other_than_a_websocket_is_refused_unforwarded() {
     let (listener, backend) = scripted_h2::listener().await;
-    let snapshot = Snapshot::build(
-        vec![open_route("all", "/", "backend")],
-        vec![upstream("backend", backend, UpstreamProtocol::Http1)],
-        None,
-        None,
-        ClientPolicy::default(),
-    )
-    .expect("a valid snapshot");
-    let (_gateway, addr) = serve(snapshot).await;
+    let backend = upstream("backend", backend, UpstreamProtocol::Http1);
+    let (_gateway, addr) = gateway_with(open_route("all", "/", "backend"), backend).await;
 
     let mut raw = TcpStream::connect(addr).await.unwrap();
     raw.write_all(b"CONNECT pachd.internal:1650 HTTP/1.1\r\nHost: pachd.internal:1650\r\n\r\n")
