@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One `address/prefix` block, IPv4 or IPv6. An IPv4-mapped IPv6 client (`::ffff:a.b.c.d`)
@@ -92,6 +92,12 @@ impl CidrSet {
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
+    /// Shared with the limiter of the config this one replaced, when a reload keeps counts.
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
     buckets: Mutex<Buckets>,
     /// Set once any bucket exists, so `check` on the common path (nobody has failed yet)
     /// takes no lock.
@@ -162,9 +168,16 @@ impl RateLimiter {
         RateLimiter {
             rate: rate_per_second,
             burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(Buckets::default()),
-            any_tracked: std::sync::atomic::AtomicBool::new(false),
+            counts: Arc::default(),
         }
+    }
+
+    /// Goes on from `previous`'s counts (a reloaded config's limiter replacing the running
+    /// one): a client that spent its budget does not get it back because a config changed,
+    /// and one that waited keeps what it has refilled. Buckets refill at this limiter's rate
+    /// from now on, and hold no more than its burst.
+    pub fn keep_counts_of(&mut self, previous: &RateLimiter) {
+        self.counts = previous.counts.clone();
     }
 
     /// Per minute rather than per second, for slow budgets like failed logins.
@@ -177,13 +190,17 @@ impl RateLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
+        self.counts
+            .buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes one token; `Err(retry_after)` when the address is over its budget.
     pub fn take(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.lock();
-        self.any_tracked
+        self.counts
+            .any_tracked
             .store(true, std::sync::atomic::Ordering::Release);
         let (tokens, since) = buckets.entry(counted_as(address), (self.burst, now));
         let available = self.refill(*tokens, *since, now);
@@ -205,7 +222,11 @@ impl RateLimiter {
 
     /// The attempts the address has left now (a fraction while its bucket refills).
     pub fn available(&self, address: IpAddr, now: Instant) -> f64 {
-        if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
+        if !self
+            .counts
+            .any_tracked
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return self.burst;
         }
         match self.lock().find(counted_as(address)) {
@@ -216,7 +237,11 @@ impl RateLimiter {
 
     /// Whether the address has budget left, without taking any.
     pub fn check(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
-        if !self.any_tracked.load(std::sync::atomic::Ordering::Acquire) {
+        if !self
+            .counts
+            .any_tracked
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Ok(());
         }
         match self.lock().find(counted_as(address)) {
@@ -373,5 +398,31 @@ mod tests {
             limiter.take(a, start + Duration::from_millis(1100)).is_ok(),
             "refilled"
         );
+    }
+
+    #[test]
+    fn a_replacing_limiter_keeps_the_counts_under_its_own_rate_and_burst() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let start = Instant::now();
+        let running = RateLimiter::new(1.0, 3);
+        for _ in 0..3 {
+            running.take(a, start).unwrap();
+        }
+        running.take(b, start).unwrap();
+        // A reload that raises the burst: `a` has still spent its budget, `b` has two
+        // left, and both now refill toward ten at two a second.
+        let mut reloaded = RateLimiter::new(2.0, 10);
+        reloaded.keep_counts_of(&running);
+        assert!(reloaded.check(a, start).is_err(), "the budget came back");
+        assert_eq!(reloaded.available(b, start), 2.0);
+        assert_eq!(reloaded.available(a, start + Duration::from_secs(2)), 4.0);
+        assert_eq!(reloaded.available(b, start + Duration::from_secs(60)), 10.0);
+        // A new limiter that keeps nothing starts full.
+        assert!(RateLimiter::new(2.0, 10).check(a, start).is_ok());
+        // A lowered burst caps what an address holds.
+        let mut lowered = RateLimiter::new(1.0, 1);
+        lowered.keep_counts_of(&reloaded);
+        assert_eq!(lowered.available(b, start), 1.0);
     }
 }
