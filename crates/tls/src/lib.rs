@@ -34,7 +34,7 @@ pub use load::{
 };
 pub use rustls;
 pub use sni::{ListenerTlsHandle, ReloadOutcome};
-pub use upstream::upstream_client_config;
+pub use upstream::{upstream_client_config, upstream_material_digest};
 
 #[derive(Debug, Error)]
 pub enum TlsError {
