@@ -554,10 +554,19 @@ impl Reloader {
             );
         }
         let routes = runtime.route_count;
-        self.gateway
+        let carried = self
+            .gateway
             .replace_snapshot(runtime.snapshot.with_plain_mode(mode));
         self.gateway.metrics().record_config_reload(true);
-        tracing::info!(file = %self.path.display(), routes, trigger, "config reloaded");
+        tracing::info!(
+            file = %self.path.display(),
+            routes,
+            upstreams_kept = carried.upstreams_kept,
+            upstreams_new = carried.upstreams_new,
+            token_cache_kept = carried.token_cache_kept,
+            trigger,
+            "config reloaded"
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //! file, then a fixed one, while grpcio calls run on kept and new connections: zero failed
 //! calls, the new route works, the broken file changes nothing and is reported with
 //! file:line:column and counted; listeners added or moved by a reload serve at once; a
-//! ConfigMap-style `..data` symlink swap is seen by the file watch.
+//! ConfigMap-style `..data` symlink swap is seen by the file watch. What a reload keeps of
+//! the running state is tested in-process (proxy-core's `reload_carry_over`).
 
 mod common;
 
@@ -49,6 +50,12 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one_under_load() {
     proxy.running.signal("HUP");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(status("/added"), "200", "the added route does not answer");
+    // Only a route changed: both upstreams go on (connections, health, counts).
+    stderr_until(
+        &proxy.running,
+        "upstreams_kept=2 upstreams_new=0",
+        Duration::from_secs(5),
+    );
 
     // Broken: an unknown key on line 3. Nothing changes; the error names the place.
     let broken = added

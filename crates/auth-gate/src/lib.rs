@@ -63,7 +63,7 @@ pub enum WhenAuthDisabled {
 }
 
 /// Settings of `[auth.pachyderm]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PachydermAuthSettings {
     pub cache_ttl: Duration,
     pub negative_cache_ttl: Duration,

@@ -48,7 +48,7 @@ pub enum CheckKind {
 }
 
 /// How and how often to check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckSpec {
     pub kind: CheckKind,
     /// From the start of one check to the start of the next (at least 1 ms).

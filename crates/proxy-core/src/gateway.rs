@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use crate::connection::{server_builder, ServerLimits};
 use crate::connection_limit::ConnectionSlots;
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{CarriedOver, Snapshot};
 
 pub struct Gateway {
     /// Shared with the metrics, which read its upstreams at each scrape.
@@ -109,11 +109,14 @@ impl Gateway {
         TunnelTicket(self.work.clone())
     }
 
-    /// Swaps in a new configuration; requests in flight finish on the old one.
-    pub fn replace_snapshot(&self, mut snapshot: Snapshot) {
+    /// Swaps in a new configuration; requests in flight finish on the old one. What did not
+    /// change goes on from the running one ([`CarriedOver`] says what).
+    pub fn replace_snapshot(&self, mut snapshot: Snapshot) -> CarriedOver {
+        let carried = snapshot.carry_over(&self.snapshot.load());
         snapshot.attach_metrics(&self.metrics);
         snapshot.start_upstreams();
         self.snapshot.store(Arc::new(snapshot));
+        carried
     }
 
     /// The configuration new requests use now.

@@ -50,7 +50,7 @@ pub use pachgate_auth_gate::{
 pub use pachgate_client_policy::{Cidr, CidrSet, RateLimiter};
 pub use route_timeouts::RouteTimeouts;
 pub use snapshot::{
-    ClientPolicy, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary, Snapshot,
-    UpstreamSummary,
+    CarriedOver, ClientPolicy, PachydermAuthSpec, PlainMode, RouteAuth, RouteSpec, RouteSummary,
+    Snapshot, UpstreamSummary,
 };
 pub use upstream::{set_worker_index, UpstreamProtocol, UpstreamSpec, UpstreamTls};

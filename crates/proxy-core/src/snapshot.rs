@@ -41,7 +41,7 @@ pub struct RouteSpec {
 }
 
 /// `[auth.pachyderm]`: where WhoAmI is asked and how answers are kept.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PachydermAuthSpec {
     pub upstream: String,
     pub who_am_i_method: String,
@@ -85,11 +85,15 @@ pub struct Snapshot {
     /// Filled in when the snapshot is installed in a gateway (which owns the metrics).
     pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
     pub(crate) upstreams: Vec<Arc<Upstream>>,
-    pub(crate) pachyderm_gate: Option<PachydermGate>,
+    /// `[auth.pachyderm]` as configured, to tell on reload whether the gate changed.
+    pachyderm: Option<PachydermAuthSpec>,
+    /// Shared with the snapshot this one replaced when the gate and its upstream did not
+    /// change, so that its token cache goes on.
+    pub(crate) pachyderm_gate: Option<Arc<PachydermGate>>,
     pub(crate) static_tokens: Option<StaticTokens>,
     pub(crate) clients: ClientPolicy,
     /// Questions to pachd in flight per client address (the failed-auth budget's turns).
-    pub(crate) pending_asks: crate::auth::PendingAsks,
+    pub(crate) pending_asks: Arc<crate::auth::PendingAsks>,
     pub(crate) access_log: bool,
     pub(crate) plain_mode: PlainMode,
 }
@@ -124,21 +128,9 @@ impl Snapshot {
             .into_iter()
             .map(|spec| Upstream::new(spec).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let pachyderm_gate = match pachyderm {
+        let pachyderm_gate = match &pachyderm {
             None => None,
-            Some(spec) => {
-                let upstream = upstreams
-                    .iter()
-                    .find(|u| u.name() == spec.upstream)
-                    .ok_or_else(|| format!("auth.pachyderm: unknown upstream {:?}", spec.upstream))?
-                    .clone();
-                let method = spec
-                    .who_am_i_method
-                    .parse()
-                    .map_err(|e| format!("auth.pachyderm.who_am_i_method: {e}"))?;
-                let who_am_i = who_am_i_over(upstream, method);
-                Some(PachydermGate::new(spec.settings, who_am_i))
-            }
+            Some(spec) => Some(Arc::new(pachyderm_gate(spec, &upstreams)?)),
         };
         let route_specs = routes.clone();
         let mut specs = Vec::with_capacity(routes.len());
@@ -189,6 +181,7 @@ impl Snapshot {
             route_specs,
             route_metrics: Vec::new(),
             upstreams,
+            pachyderm,
             pachyderm_gate,
             static_tokens,
             clients,
@@ -234,6 +227,68 @@ impl Snapshot {
             .collect()
     }
 
+    /// Takes over from `previous`, the snapshot this one replaces, what has not changed, so
+    /// that a reload costs no state: each upstream whose spec is the same (its connections,
+    /// health states, DNS answers and counts), the Pachyderm gate when it and its upstream
+    /// are the same (its token cache), and the rate limiters' counts. Before
+    /// [`Snapshot::start_upstreams`]: an upstream built for this snapshot and replaced here
+    /// never starts its background work.
+    pub(crate) fn carry_over(&mut self, previous: &Snapshot) -> CarriedOver {
+        let mut carried = CarriedOver::default();
+        for upstream in &mut self.upstreams {
+            let running = previous
+                .upstreams
+                .iter()
+                .find(|old| old.name() == upstream.name() && old.spec() == upstream.spec());
+            match running {
+                Some(running) => {
+                    *upstream = running.clone();
+                    carried.upstreams_kept += 1;
+                }
+                None => carried.upstreams_new += 1,
+            }
+        }
+        if let Some(spec) = &self.pachyderm {
+            let upstream = |snapshot: &Snapshot| {
+                snapshot
+                    .upstreams
+                    .iter()
+                    .find(|u| u.name() == spec.upstream)
+                    .cloned()
+            };
+            let upstream_kept = match (upstream(self), upstream(previous)) {
+                (Some(now), Some(before)) => Arc::ptr_eq(&now, &before),
+                _ => false,
+            };
+            match &previous.pachyderm_gate {
+                Some(gate) if upstream_kept && previous.pachyderm.as_ref() == Some(spec) => {
+                    self.pachyderm_gate = Some(gate.clone());
+                    carried.token_cache_kept = true;
+                }
+                // Built over the upstream made for this snapshot, which was just replaced
+                // by the running one: asked over that instead. (It was built once from the
+                // same spec, so it builds again.)
+                _ if upstream_kept => {
+                    if let Ok(gate) = pachyderm_gate(spec, &self.upstreams) {
+                        self.pachyderm_gate = Some(Arc::new(gate));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let limiters = [
+            (&mut self.clients.requests, &previous.clients.requests),
+            (&mut self.clients.failed_auth, &previous.clients.failed_auth),
+        ];
+        for (limiter, running) in limiters {
+            if let (Some(limiter), Some(running)) = (limiter, running) {
+                limiter.keep_counts_of(running);
+            }
+        }
+        self.pending_asks = previous.pending_asks.clone();
+        carried
+    }
+
     /// Starts each upstream's DNS refresh and health checks (on the current runtime).
     pub(crate) fn start_upstreams(&self) {
         for upstream in &self.upstreams {
@@ -253,6 +308,39 @@ impl Snapshot {
             })
             .collect()
     }
+}
+
+/// The gate of `[auth.pachyderm]`, asking WhoAmI over the upstream it names.
+fn pachyderm_gate(
+    spec: &PachydermAuthSpec,
+    upstreams: &[Arc<Upstream>],
+) -> Result<PachydermGate, String> {
+    let upstream = upstreams
+        .iter()
+        .find(|u| u.name() == spec.upstream)
+        .ok_or_else(|| format!("auth.pachyderm: unknown upstream {:?}", spec.upstream))?
+        .clone();
+    let method = spec
+        .who_am_i_method
+        .parse()
+        .map_err(|e| format!("auth.pachyderm.who_am_i_method: {e}"))?;
+    Ok(PachydermGate::new(
+        spec.settings.clone(),
+        who_am_i_over(upstream, method),
+    ))
+}
+
+/// What a reload kept of the running configuration's state ([`Gateway::replace_snapshot`]).
+///
+/// [`Gateway::replace_snapshot`]: crate::Gateway::replace_snapshot
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CarriedOver {
+    /// Upstreams whose spec did not change: connections, health, DNS answers and counts go on.
+    pub upstreams_kept: usize,
+    /// Upstreams new or changed: they start afresh.
+    pub upstreams_new: usize,
+    /// The Pachyderm gate and its upstream did not change: its token cache goes on.
+    pub token_cache_kept: bool,
 }
 
 /// What the plaintext listener does with requests.

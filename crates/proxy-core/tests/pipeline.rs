@@ -598,6 +598,7 @@ fn silent_tls_spec(addresses: &[SocketAddr], protocol: UpstreamProtocol) -> Upst
     spec.tls = Some(UpstreamTls {
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         server_name: "localhost".try_into().unwrap(),
+        material: [0; 32],
     });
     spec
 }

@@ -239,6 +239,11 @@ impl Upstream {
         &self.spec.name
     }
 
+    /// What the upstream was built from.
+    pub(crate) fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+
     /// Starts looking the endpoint names up again every `dns_refresh` and checking each
     /// address's health, on the current runtime, until the upstream is dropped (with its
     /// snapshot). Once; without a runtime (`pachgate check`) it does nothing. Until the

@@ -39,6 +39,16 @@ impl UpstreamProtocol {
 pub struct UpstreamTls {
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: rustls::pki_types::ServerName<'static>,
+    /// What `connector` was built from, digested (`pachgate_tls::upstream_material_digest`):
+    /// the only way to compare two connectors, which a reload does to keep an unchanged
+    /// upstream.
+    pub material: [u8; 32],
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.material == other.material && self.server_name == other.server_name
+    }
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -49,8 +59,9 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// How to reach one upstream service.
-#[derive(Debug, Clone)]
+/// How to reach one upstream service. Two equal specs make the same upstream: a reload keeps
+/// the running one (its connections, health states, DNS answers and counts).
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSpec {
     pub name: String,
     /// `host:port` each. A name stands for every address DNS lists for it (A and AAAA),
