@@ -376,13 +376,8 @@ impl Validator<'_> {
                     return None;
                 }
             };
-        let material = pachgate_tls::upstream_material_digest(&ca_certs, client.as_ref(), &[alpn]);
-        match pachgate_tls::upstream_client_config(ca_certs, client, &[alpn]) {
-            Ok(config) => Some(UpstreamTls {
-                connector: tokio_rustls::TlsConnector::from(config),
-                server_name,
-                material,
-            }),
+        match UpstreamTls::new(ca_certs, client, &[alpn], server_name) {
+            Ok(tls) => Some(tls),
             Err(e) => {
                 self.err(&ca.span(), format!("upstream TLS: {e}"));
                 None

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use pachgate_tls::{upstream_client_config, upstream_material_digest, CertifiedKeyPem, TlsError};
+use rustls::pki_types::CertificateDer;
+
 use super::{DEFAULT_MAX_RESPONSE_HEADERS, DEFAULT_MAX_RESPONSE_HEADER_BYTES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +40,30 @@ impl UpstreamProtocol {
 /// TLS toward an upstream: whom to trust and which name to verify.
 #[derive(Clone)]
 pub struct UpstreamTls {
-    pub connector: tokio_rustls::TlsConnector,
-    pub server_name: rustls::pki_types::ServerName<'static>,
-    /// What `connector` was built from, digested (`pachgate_tls::upstream_material_digest`):
-    /// the only way to compare two connectors, which a reload does to keep an unchanged
-    /// upstream.
-    pub material: [u8; 32],
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) server_name: rustls::pki_types::ServerName<'static>,
+    /// What `connector` was built from, digested: the only way to compare two connectors,
+    /// which a reload does to keep an unchanged upstream. Built with it, in [`Self::new`].
+    material: [u8; 32],
+}
+
+impl UpstreamTls {
+    /// Trusts only `ca`, offers `alpn`, presents `client` when given, and verifies the
+    /// upstream's certificate for `server_name`.
+    pub fn new(
+        ca: Vec<CertificateDer<'static>>,
+        client: Option<CertifiedKeyPem>,
+        alpn: &[&[u8]],
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Self, TlsError> {
+        let material = upstream_material_digest(&ca, client.as_ref(), alpn);
+        let config = upstream_client_config(ca, client, alpn)?;
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(config),
+            server_name,
+            material,
+        })
+    }
 }
 
 impl PartialEq for UpstreamTls {
