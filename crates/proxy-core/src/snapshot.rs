@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::header::HeaderValue;
+use http::uri::PathAndQuery;
 use pachgate_auth_gate::{PachydermAuthSettings, PachydermGate, StaticTokens};
 use pachgate_client_policy::{CidrSet, RateLimiter};
 use pachgate_routing::{MatchSpec, RouteTable};
@@ -85,8 +86,9 @@ pub struct Snapshot {
     /// Filled in when the snapshot is installed in a gateway (which owns the metrics).
     pub(crate) route_metrics: Vec<Arc<RouteMetrics>>,
     pub(crate) upstreams: Vec<Arc<Upstream>>,
-    /// `[auth.pachyderm]` as configured, to tell on reload whether the gate changed.
-    pachyderm: Option<PachydermAuthSpec>,
+    /// `[auth.pachyderm]` as configured, to tell on reload whether the gate changed, with
+    /// its WhoAmI method parsed (so a gate can be built again without a way to fail).
+    pachyderm: Option<(PachydermAuthSpec, PathAndQuery)>,
     /// Shared with the snapshot this one replaced when the gate and its upstream did not
     /// change, so that its token cache goes on.
     pub(crate) pachyderm_gate: Option<Arc<PachydermGate>>,
@@ -128,9 +130,27 @@ impl Snapshot {
             .into_iter()
             .map(|spec| Upstream::new(spec).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let pachyderm = match pachyderm {
+            None => None,
+            Some(spec) => {
+                let method = spec
+                    .who_am_i_method
+                    .parse()
+                    .map_err(|e| format!("auth.pachyderm.who_am_i_method: {e}"))?;
+                Some((spec, method))
+            }
+        };
         let pachyderm_gate = match &pachyderm {
             None => None,
-            Some(spec) => Some(Arc::new(pachyderm_gate(spec, &upstreams)?)),
+            Some((spec, method)) => {
+                let upstream = upstreams
+                    .iter()
+                    .find(|u| u.name() == spec.upstream)
+                    .ok_or_else(|| {
+                        format!("auth.pachyderm: unknown upstream {:?}", spec.upstream)
+                    })?;
+                Some(pachyderm_gate(spec, method, upstream))
+            }
         };
         let route_specs = routes.clone();
         let mut specs = Vec::with_capacity(routes.len());
@@ -248,7 +268,7 @@ impl Snapshot {
                 None => carried.upstreams_new += 1,
             }
         }
-        if let Some(spec) = &self.pachyderm {
+        if let Some((spec, method)) = &self.pachyderm {
             let upstream = |snapshot: &Snapshot| {
                 snapshot
                     .upstreams
@@ -256,24 +276,22 @@ impl Snapshot {
                     .find(|u| u.name() == spec.upstream)
                     .cloned()
             };
-            let upstream_kept = match (upstream(self), upstream(previous)) {
-                (Some(now), Some(before)) => Arc::ptr_eq(&now, &before),
-                _ => false,
+            let kept = match (upstream(self), upstream(previous)) {
+                (Some(now), Some(before)) if Arc::ptr_eq(&now, &before) => Some(now),
+                _ => None,
             };
-            match &previous.pachyderm_gate {
-                Some(gate) if upstream_kept && previous.pachyderm.as_ref() == Some(spec) => {
+            let previous_spec = previous.pachyderm.as_ref().map(|(spec, _)| spec);
+            match (&previous.pachyderm_gate, kept) {
+                (Some(gate), Some(_)) if previous_spec == Some(spec) => {
                     self.pachyderm_gate = Some(gate.clone());
                     carried.token_cache_kept = true;
                 }
                 // Built over the upstream made for this snapshot, which was just replaced
-                // by the running one: asked over that instead. (It was built once from the
-                // same spec, so it builds again.)
-                _ if upstream_kept => {
-                    if let Ok(gate) = pachyderm_gate(spec, &self.upstreams) {
-                        self.pachyderm_gate = Some(Arc::new(gate));
-                    }
+                // by the running one: asked over that instead.
+                (_, Some(upstream)) => {
+                    self.pachyderm_gate = Some(pachyderm_gate(spec, method, &upstream));
                 }
-                _ => {}
+                (_, None) => {}
             }
         }
         let limiters = [
@@ -310,24 +328,14 @@ impl Snapshot {
     }
 }
 
-/// The gate of `[auth.pachyderm]`, asking WhoAmI over the upstream it names.
+/// The gate of `[auth.pachyderm]`, asking `method` over `upstream`.
 fn pachyderm_gate(
     spec: &PachydermAuthSpec,
-    upstreams: &[Arc<Upstream>],
-) -> Result<PachydermGate, String> {
-    let upstream = upstreams
-        .iter()
-        .find(|u| u.name() == spec.upstream)
-        .ok_or_else(|| format!("auth.pachyderm: unknown upstream {:?}", spec.upstream))?
-        .clone();
-    let method = spec
-        .who_am_i_method
-        .parse()
-        .map_err(|e| format!("auth.pachyderm.who_am_i_method: {e}"))?;
-    Ok(PachydermGate::new(
-        spec.settings.clone(),
-        who_am_i_over(upstream, method),
-    ))
+    method: &PathAndQuery,
+    upstream: &Arc<Upstream>,
+) -> Arc<PachydermGate> {
+    let who_am_i = who_am_i_over(upstream.clone(), method.clone());
+    Arc::new(PachydermGate::new(spec.settings.clone(), who_am_i))
 }
 
 /// What a reload kept of the running configuration's state ([`Gateway::replace_snapshot`]).
