@@ -299,14 +299,16 @@ impl ListenerShape {
     }
 
     /// The plaintext listener's behaviour, with the real https port when redirects go to
-    /// the listen port itself and it is `:0` (known only once bound).
-    fn plain_mode(&self, https_bound: Option<SocketAddr>) -> PlainMode {
+    /// the listen port itself and it is `:0` (known only once bound). Without a plaintext
+    /// listener, `running`: the mode of the one a reload is about to close, which accepts
+    /// until then (it must not start serving what it redirected).
+    fn plain_mode(&self, https_bound: Option<SocketAddr>, running: PlainMode) -> PlainMode {
         match (self.http.map(|(_, mode)| mode), https_bound) {
             (Some(PlainMode::Redirect { https_port: 0 }), Some(bound)) => PlainMode::Redirect {
                 https_port: bound.port(),
             },
             (Some(mode), _) => mode,
-            (None, _) => PlainMode::Serve,
+            (None, _) => running,
         }
     }
 }
@@ -396,7 +398,7 @@ pub async fn serve(
     let https_bound = prepared.https_bound;
     let snapshot = runtime
         .snapshot
-        .with_plain_mode(shape.plain_mode(https_bound));
+        .with_plain_mode(shape.plain_mode(https_bound, PlainMode::Serve));
     warn_if_connection_cap_unsafe(runtime.limits.max_connections);
     warn_if_proxy_headers_from_anyone(runtime.proxy_headers_from_anyone);
     let gateway = Gateway::new(snapshot, runtime.limits);
@@ -538,7 +540,16 @@ impl Reloader {
                 return;
             }
         };
-        let mode = shape.plain_mode(prepared.https_bound);
+        let running = self.gateway.snapshot().plain_mode();
+        let mode = shape.plain_mode(prepared.https_bound, running);
+        // The snapshot first: a plaintext listener reads its mode (serve, or redirect to which
+        // https port) from the snapshot as it accepts, so one that `commit` starts must find
+        // the new mode already there. The new https socket is bound and listening since
+        // `prepare`, so a redirect to it is answered as soon as `commit` installs it.
+        let routes = runtime.route_count;
+        let carried = self
+            .gateway
+            .replace_snapshot(runtime.snapshot.with_plain_mode(mode));
         listeners.commit(prepared, &shape, &self.gateway, &self.state);
         pachgate_observe::logging::set_access_format(runtime.access_log.into());
         warn_if_proxy_headers_from_anyone(runtime.proxy_headers_from_anyone);
@@ -553,10 +564,6 @@ impl Reloader {
                 "limits.max_connections changed; open connections stay"
             );
         }
-        let routes = runtime.route_count;
-        let carried = self
-            .gateway
-            .replace_snapshot(runtime.snapshot.with_plain_mode(mode));
         self.gateway.metrics().record_config_reload(true);
         tracing::info!(
             file = %self.path.display(),

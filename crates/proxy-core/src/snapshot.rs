@@ -217,6 +217,11 @@ impl Snapshot {
         self
     }
 
+    /// What the plaintext listener does.
+    pub fn plain_mode(&self) -> PlainMode {
+        self.plain_mode
+    }
+
     /// One JSON (or text) line per request on stdout; on by default.
     pub fn with_access_log(mut self, on: bool) -> Self {
         self.access_log = on;
