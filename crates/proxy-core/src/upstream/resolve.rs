@@ -61,11 +61,22 @@ pub(crate) struct Resolution {
 impl Resolution {
     /// Runs until the upstream is gone (its address set dropped with its snapshot).
     pub(crate) async fn run(mut self, addresses: Weak<ArcSwap<Vec<Arc<Address>>>>) {
-        let resolver = match self.resolver() {
-            Ok(resolver) => resolver,
-            Err(error) => {
-                tracing::warn!(upstream = %self.upstream, %error, "no DNS resolver: endpoint names are looked up by the system at connect time");
-                return;
+        // A resolver that cannot be built (no usable resolv.conf, say) is tried again: a
+        // reload keeps an unchanged upstream, so it would not get another chance there.
+        let mut warned = false;
+        let resolver = loop {
+            match self.resolver() {
+                Ok(resolver) => break resolver,
+                Err(error) => {
+                    if !warned {
+                        tracing::warn!(upstream = %self.upstream, %error, "no DNS resolver: endpoint names are looked up by the system at connect time; trying again");
+                        warned = true;
+                    }
+                    if addresses.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(self.refresh.max(Duration::from_secs(5))).await;
+                }
             }
         };
         loop {
