@@ -285,3 +285,57 @@ fn overlapping_listeners_are_refused() {
         assert_eq!(with(http, admin), clash, "{http} and {admin}");
     }
 }
+
+/// A reload compares an upstream's TLS by what its files hold: the same files read again
+/// keep the running upstream, a CA or client key rewritten in place makes a new one.
+#[test]
+fn a_reload_keeps_a_tls_upstream_only_while_its_files_hold_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = |name: &str| {
+        let generated = dir.path().join(name);
+        pachgate_tls::generate_into(&generated, &["localhost".to_string()]).unwrap()
+    };
+    let (first, second) = (files("first"), files("second"));
+    let install = |from: &pachgate_tls::GeneratedPaths| {
+        std::fs::copy(&from.ca_cert, dir.path().join("ca.crt")).unwrap();
+        std::fs::copy(&from.cert, dir.path().join("client.crt")).unwrap();
+        std::fs::copy(&from.key, dir.path().join("client.key")).unwrap();
+    };
+    let text = r#"
+[listen]
+http = "127.0.0.1:8080"
+http_mode = "serve"
+
+[upstreams.pachd]
+endpoints = ["127.0.0.1:1650"]
+protocol = "h2"
+ca = "ca.crt"
+client_cert = "client.crt"
+client_key = "client.key"
+server_name = "localhost"
+
+[[routes]]
+name = "grpc"
+match = { grpc = true }
+upstream = "pachd"
+"#;
+    let snapshot = || {
+        parse(Path::new("t.toml"), text, dir.path())
+            .unwrap()
+            .snapshot
+    };
+    install(&first);
+    let gateway = pachgate_proxy_core::Gateway::new(snapshot(), ServerLimits::default());
+    assert_eq!(gateway.replace_snapshot(snapshot()).upstreams_kept, 1);
+    // The client key alone rewritten (with its certificate: they must pair).
+    std::fs::copy(&second.cert, dir.path().join("client.crt")).unwrap();
+    std::fs::copy(&second.key, dir.path().join("client.key")).unwrap();
+    assert_eq!(gateway.replace_snapshot(snapshot()).upstreams_new, 1);
+    assert_eq!(gateway.replace_snapshot(snapshot()).upstreams_kept, 1);
+    install(&second);
+    assert_eq!(
+        gateway.replace_snapshot(snapshot()).upstreams_new,
+        1,
+        "a new CA was not seen"
+    );
+}

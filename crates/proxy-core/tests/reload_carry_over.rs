@@ -242,6 +242,38 @@ async fn a_changed_gate_starts_afresh_over_the_kept_upstream() {
     );
 }
 
+/// An unchanged gate over a changed upstream (which might be another pachd) starts with an
+/// empty cache.
+#[tokio::test]
+async fn a_changed_upstream_empties_the_token_cache() {
+    let (pachd, seen) = counting_pachd().await;
+    let spec = upstream("pachd", pachd, UpstreamProtocol::H2c);
+    let gated = |spec: &UpstreamSpec| {
+        pachd_snapshot(
+            spec,
+            Some(PachydermAuthSettings::default()),
+            ClientPolicy::default(),
+        )
+    };
+    let (gateway, addr) = serve(gated(&spec)).await;
+    assert_eq!(list_repo(addr, Some("good-1")).await, "0");
+    assert_eq!(seen.who_am_i(), 1);
+
+    let mut changed = spec.clone();
+    changed.max_pending_requests += 1;
+    let carried = gateway.replace_snapshot(gated(&changed));
+    assert_eq!(
+        (carried.upstreams_new, carried.token_cache_kept),
+        (1, false)
+    );
+    assert_eq!(list_repo(addr, Some("good-1")).await, "0");
+    assert_eq!(
+        seen.who_am_i(),
+        2,
+        "answers of the old upstream's pachd were kept"
+    );
+}
+
 /// An HTTP/1.1 backend whose health path answers 200 to the first check only, 503 after:
 /// a fresh upstream would find it unhealthy.
 async fn backend_healthy_once() -> (SocketAddr, Arc<Seen>) {
@@ -313,7 +345,8 @@ async fn an_unchanged_upstream_keeps_its_health_states() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    gateway.replace_snapshot(snapshot());
+    let carried = gateway.replace_snapshot(snapshot());
+    assert_eq!(carried.upstreams_kept, 1);
     // Time for a fresh upstream's first check, which this backend fails.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(address_state(&gateway), "healthy");
