@@ -503,6 +503,9 @@ fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejecti
             "more than one Host header\n",
         )));
     }
+    if let Some(reason) = misnamed_target(request) {
+        return Some(Rejection::Error(ProxyError::BadRequest(reason)));
+    }
     if limits.reject_underscore_headers
         && request
             .headers()
@@ -510,6 +513,46 @@ fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejecti
             .any(|name| name.as_str().contains('_'))
     {
         return Some(Rejection::UnderscoreInHeaderName);
+    }
+    None
+}
+
+/// Why the host or path a request names cannot be routed as sent, if it cannot:
+/// - userinfo (`user:pass@`) in the target's authority or in Host: routing would match the
+///   whole text against a host rule while the upstream and `X-Forwarded-Host` get the host
+///   alone, and the credentials would be forwarded and logged. RFC 9110 §4.2.4 makes it an
+///   error, RFC 9113 §8.3.1 forbids it in `:authority`;
+/// - a Host that is not an authority (RFC 9112 §3.2: 400); an empty one is allowed, as the
+///   RFC asks of a client whose target has no authority;
+/// - the asterisk form (`GET * HTTP/1.1`) on anything but OPTIONS (RFC 9112 §3.2.4): no
+///   path rule matches it, so it could only reach a route chosen by host or header, and
+///   travel upstream as it came. (h2 refuses a `:path` without its `/` itself.)
+fn misnamed_target<B>(request: &Request<B>) -> Option<&'static str> {
+    match request.uri().authority() {
+        Some(authority) => {
+            if authority.as_str().contains('@') {
+                return Some("userinfo in the request target's authority\n");
+            }
+        }
+        None => {
+            if let Some(host) = request.headers().get(HOST) {
+                let host = host.as_bytes();
+                if host.contains(&b'@') {
+                    return Some("userinfo in Host\n");
+                }
+                if !host.is_empty() && Authority::try_from(host).is_err() {
+                    return Some("Host is not host[:port]\n");
+                }
+            }
+        }
+    }
+    let path = request.uri().path();
+    let method = request.method();
+    if !path.starts_with('/')
+        && method != http::Method::CONNECT
+        && !(path == "*" && method == http::Method::OPTIONS)
+    {
+        return Some("the request path must start with /\n");
     }
     None
 }

@@ -225,6 +225,66 @@ async fn an_absolute_form_target_sets_the_host_the_upstream_sees() {
     assert_eq!(answer.header("x-upstream-host"), Some("pachgate.test"));
 }
 
+/// One request written as `head` over a new connection: the status line of the answer.
+async fn status_line_of(gateway: SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(gateway).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..read]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Userinfo in a Host or in an absolute-form target, a Host that is no `host[:port]`, and
+/// the asterisk form on anything but OPTIONS are 400s: routing would see one host while the
+/// upstream and X-Forwarded-Host get another (and the credentials would be forwarded and
+/// logged), or a target no path rule was written for would travel upstream as sent.
+#[tokio::test]
+async fn a_target_naming_userinfo_or_no_path_is_a_bad_request() {
+    let (_gateway, addr) = start_gateway().await;
+    for head in [
+        "GET /app/page HTTP/1.1\r\nHost: alice:s3cret@pachgate.test\r\n\r\n",
+        "GET http://alice:s3cret@pachgate.test/app/page HTTP/1.1\r\nHost: pachgate.test\r\n\r\n",
+        "GET /app/page HTTP/1.1\r\nHost: evil/.pachgate.test\r\n\r\n",
+        "GET * HTTP/1.1\r\nHost: pachgate.test\r\n\r\n",
+    ] {
+        assert_eq!(
+            status_line_of(addr, head).await,
+            "HTTP/1.1 400 Bad Request",
+            "{head:?}"
+        );
+    }
+    // What is allowed: a Host with a port, an empty Host, OPTIONS *.
+    for (head, status) in [
+        (
+            "GET /app/page HTTP/1.1\r\nHost: pachgate.test:8443\r\n\r\n",
+            "200 OK",
+        ),
+        ("GET /app/page HTTP/1.1\r\nHost:\r\n\r\n", "200 OK"),
+        (
+            "OPTIONS * HTTP/1.1\r\nHost: pachgate.test\r\n\r\n",
+            "404 Not Found",
+        ),
+    ] {
+        assert_eq!(
+            status_line_of(addr, head).await,
+            format!("HTTP/1.1 {status}"),
+            "{head:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn no_route_is_404_text_or_grpc_unimplemented() {
     let (_gateway, addr) = start_gateway().await;
