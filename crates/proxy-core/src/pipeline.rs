@@ -197,6 +197,16 @@ fn sanitize(
     let websocket_upgrade =
         request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
     strip_hop_by_hop(request.headers_mut());
+    // X-Forwarded-For from a peer that is not a trusted proxy is the client's own claim:
+    // pachgate never believes it (`forwarded_client`), and upstreams (their logs, Dex, the
+    // console) get the client's address alone rather than a chain it could write the
+    // start of. As Traefik and Caddy do by default.
+    let trusted = &snapshot.clients.trusted_proxies;
+    if trusted.is_empty() || !trusted.allows(caller.peer.ip()) {
+        request
+            .headers_mut()
+            .remove(&crate::headers::X_FORWARDED_FOR);
+    }
     // The request id ties the access-log line to the upstream's logs; without an access
     // log a client's id passes through untouched and none is made. A made one is added as
     // the request leaves (`forward`, `tunnel`).

@@ -47,6 +47,11 @@ async fn http1_upstream() -> SocketAddr {
                             .headers_mut()
                             .insert("x-upstream-host", host.clone());
                     }
+                    if let Some(chain) = request.headers().get("x-forwarded-for") {
+                        response
+                            .headers_mut()
+                            .insert("x-upstream-forwarded-for", chain.clone());
+                    }
                     let cookies: Vec<&str> = request
                         .headers()
                         .get_all(http::header::COOKIE)
@@ -283,6 +288,47 @@ async fn a_target_naming_userinfo_or_no_path_is_a_bad_request() {
             "{head:?}"
         );
     }
+}
+
+/// The X-Forwarded-For chain a trusted proxy sends goes on with the proxy's address
+/// appended; from any other peer it is the client's own claim, and the upstream gets the
+/// client's address alone.
+#[tokio::test]
+async fn only_a_trusted_proxys_forwarded_chain_is_passed_on() {
+    let backend = http1_upstream().await;
+    let chain_seen = |trusted: &'static [&'static str]| async move {
+        let snapshot = Snapshot::build(
+            vec![open_route("app", "/", "http1")],
+            vec![upstream("http1", backend, UpstreamProtocol::Http1)],
+            None,
+            None,
+            ClientPolicy {
+                trusted_proxies: cidrs(trusted),
+                ..ClientPolicy::default()
+            },
+        )
+        .unwrap();
+        let (_gateway, addr) = serve(snapshot).await;
+        let request = Request::get("/page")
+            .header("host", "pachgate.test")
+            .header("x-forwarded-for", "198.51.100.9, 203.0.113.1")
+            .body(empty())
+            .unwrap();
+        let answer = send_http1(addr, request).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        answer
+            .header("x-upstream-forwarded-for")
+            .map(str::to_string)
+    };
+    assert_eq!(
+        chain_seen(&["127.0.0.1/32"]).await.as_deref(),
+        Some("198.51.100.9, 203.0.113.1, 127.0.0.1")
+    );
+    assert_eq!(chain_seen(&[]).await.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        chain_seen(&["10.0.0.0/8"]).await.as_deref(),
+        Some("127.0.0.1")
+    );
 }
 
 #[tokio::test]
