@@ -56,7 +56,7 @@ hosts = ["localhost", "127.0.0.1"]
     let (server, https) = crate::serve_embedded("<demo>", &text).await?;
     let ca = cert_dir.join("ca.crt");
     let port = https.port();
-    println!(
+    crate::announce::announce(format!(
         r#"
 pachgate demo is running.
   stand-in pachd (gRPC, h2c):  {pachd_addr}
@@ -79,6 +79,6 @@ asyncio.run(main())'
 
 Press Ctrl-C to stop."#,
         ca = ca.display(),
-    );
+    ));
     server.await.map_err(|e| e.to_string())?
 }

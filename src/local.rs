@@ -245,7 +245,7 @@ idle_timeout = "600s"
     let (server, https) = crate::serve_embedded("<local>", &text).await?;
     let ca = cert_dir.join("ca.crt");
     let port = https.port();
-    println!(
+    crate::announce::announce(format!(
         r#"
 pachgate local is running: TLS on localhost:{port} in front of pachd at {pachd}.
   CA certificate (kept, trust it once): {ca}
@@ -260,6 +260,6 @@ S3 clients: endpoint https://localhost:{port} (AWS-signed requests go to the S3 
 Press Ctrl-C to stop."#,
         pachd = args.pachd,
         ca = ca.display(),
-    );
+    ));
     server.await.map_err(|e| e.to_string())?
 }

@@ -2,6 +2,7 @@
 //! signals. Thin by design: it assembles crates, it does not proxy.
 
 mod admin;
+mod announce;
 mod config;
 mod demo;
 mod local;

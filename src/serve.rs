@@ -78,16 +78,13 @@ struct NewSocket<S> {
 
 impl<S> NewSocket<S> {
     /// Tests and scripts wait for this line; it is the contract for "ready on this port".
-    /// Best effort: a closed stdout (EPIPE) must not panic the reload that moved a listener
-    /// (println! would, ending the reloader task for good).
+    /// Queued for its own thread: stdout that nobody reads must not stall the reload that
+    /// moved a listener, nor a closed one (EPIPE) panic it.
     fn announce(self) -> S {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stdout(),
+        crate::announce::announce(format!(
             "pachgate: {} listening on {}",
-            self.what,
-            self.local
-        );
+            self.what, self.local
+        ));
         self.socket
     }
 }

@@ -413,3 +413,70 @@ fn a_lapsed_sni_certificate_stops_neither_start_nor_reload() {
     stderr_until(&proxy.running, "config reloaded", Duration::from_secs(10));
     assert_eq!(status("/added"), "200", "the reload was not applied");
 }
+
+/// stdout is shared by the access log and the "listening on" lines. When whoever reads it
+/// stops (a stuck log collector), the log's writes block; a reload that moves the admin
+/// listener must still announce it without waiting, and `/healthz` must answer there.
+#[test]
+fn a_stdout_nobody_reads_stalls_no_reload_and_no_health_check() {
+    let standins = standins();
+    let (https, admin_before, admin_after) = (free_port(), free_port(), free_port());
+    let https = format!("127.0.0.1:{https}");
+    let admin = |port: u16| format!("admin = \"127.0.0.1:{port}\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pachgate.toml");
+    std::fs::write(
+        &path,
+        config(&standins).listen(&admin(admin_before)).file(&https),
+    )
+    .unwrap();
+    // stdout a pipe nobody reads, held open until the end.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("PACHGATE_WORKER_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthz = |port: u16| http_code(&["-m", "2"], &format!("http://127.0.0.1:{port}/healthz"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while healthz(admin_before) != "200" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pachgate never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Thousands of access lines: the pipe (64 KiB) is full long before the end.
+    let bench = Command::new(BIN)
+        .args(["bench", "http", "--insecure", "--quiet", "--protocol", "h1"])
+        .args(["--duration", "2s", "--connections", "4", "--target"])
+        .arg(format!("https://{https}/old/x"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&bench.stdout);
+    let answered: u64 = report
+        .lines()
+        .find_map(|line| line.strip_prefix("ok"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    assert!(answered >= 1000, "too few lines to fill stdout: {report}");
+
+    std::fs::write(
+        &path,
+        config(&standins).listen(&admin(admin_after)).file(&https),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut answer = healthz(admin_after);
+    while answer != "200" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        answer = healthz(admin_after);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer, "200", "the moved admin listener never answered");
+}
