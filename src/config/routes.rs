@@ -115,6 +115,14 @@ impl Validator<'_> {
                                 format!("route {name:?}: forward_path = \"as-sent\" needs auth = \"none\": the gate checks the normalised path, so the upstream must get that one"),
                             );
                         }
+                        // Likewise a path rule: `/pfs/%2e%2e/public/x` would match
+                        // `path_prefix = "/public"` and reach the upstream as `/pfs/...`.
+                        if route.matcher.get_ref().path_prefix.is_some() {
+                            self.err(
+                                &mode.span(),
+                                format!("route {name:?}: forward_path = \"as-sent\" cannot go with path_prefix: routing matches the normalised path, and the upstream would get another one (match by host, header or query)"),
+                            );
+                        }
                         true
                     }
                 },

@@ -134,6 +134,14 @@ fn bad_configs_are_located() {
         ),
         (
             &VALID.replace(
+                "match = { grpc = true }\nupstream = \"pachd\"\n",
+                "match = { path_prefix = \"/public\" }\nupstream = \"pachd\"\nforward_path = \"as-sent\"\n",
+            ),
+            "t.toml:14:16",
+            "cannot go with path_prefix",
+        ),
+        (
+            &VALID.replace(
                 "upstream = \"pachd\"\n",
                 "upstream = \"pachd\"\nforward_path = \"raw\"\n",
             ),
