@@ -331,6 +331,20 @@ async fn only_a_trusted_proxys_forwarded_chain_is_passed_on() {
     );
 }
 
+/// Percent-encoded letters and digits in a path are what pachd's Go server decodes before
+/// it routes: routing and the gate decode them too, so `/%61pi/` is pachd's gated `/api/`
+/// (not a path no route knows), `%41uthenticate` the public `Authenticate`, and the upstream
+/// gets the path the gate judged.
+#[tokio::test]
+async fn encoded_letters_are_routed_and_gated_as_pachd_reads_them() {
+    let (_gateway, addr) = start_gateway().await;
+    let answer = get(addr, "/%61pi/pfs_v2.API/ListRepo").await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
+    let answer = get(addr, "/api/auth_v2.API/%41uthenticate").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body, "upstream saw /api/auth_v2.API/Authenticate");
+}
+
 #[tokio::test]
 async fn no_route_is_404_text_or_grpc_unimplemented() {
     let (_gateway, addr) = start_gateway().await;

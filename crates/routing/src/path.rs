@@ -1,23 +1,29 @@
 //! The normal form of a request path: what routing, the gate and most upstreams see.
 
 /// The path routing and the gate see, and the upstream receives unless its route forwards
-/// the request target as sent (S3, whose signatures cover the exact path): `%2E` decoded to `.`,
-/// empty segments (`//`) collapsed, `.` and `..` segments resolved (never above the root).
-/// `%2F` stays encoded: it is data, not a separator, to routing and to backends alike.
+/// the request target as sent (S3, whose signatures cover the exact path): percent-encoded
+/// unreserved characters decoded (`%2E` to `.`, `%70` to `p`: RFC 3986 §6.2.2.2, as pachd's
+/// Go server decodes them before it routes), empty segments (`//`) collapsed, `.` and `..`
+/// segments resolved (never above the root). `%2F` and every other reserved or non-ASCII
+/// byte stay encoded: `%2F` is data, not a separator, to routing and to backends alike.
 /// Returns `None` when the path is already normal (the common case: no allocation).
 pub fn normalize_path(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
     let needs_work = bytes.windows(2).any(|w| w == b"//")
-        || bytes
-            .windows(3)
-            .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e')
+        || has_encoded_unreserved(path)
         || path
             .split('/')
             .any(|segment| segment == "." || segment == "..");
     if !needs_work {
         return None;
     }
-    let decoded = decode_dots(path);
+    // Until nothing is left to decode: `%%34%31` decodes to `%41`, which a server decoding
+    // once more would read as `A`. The normal form is final, and a server that decodes it
+    // once finds nothing routing did not see. (Each round shortens the path.)
+    let mut decoded = decode_unreserved(path);
+    while has_encoded_unreserved(&decoded) {
+        decoded = decode_unreserved(&decoded);
+    }
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
@@ -41,7 +47,22 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(normal)
 }
 
-fn decode_dots(path: &str) -> String {
+fn has_encoded_unreserved(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && encoded_unreserved(w[1], w[2]).is_some())
+}
+
+/// The unreserved character (`A-Z a-z 0-9 - . _ ~`) the two hex digits after a `%` stand
+/// for, if they are hex digits and it is one.
+fn encoded_unreserved(high: u8, low: u8) -> Option<char> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    let byte = (digit(high)? * 16 + digit(low)?) as u8;
+    (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~'))
+        .then_some(byte as char)
+}
+
+fn decode_unreserved(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut rest = path;
     while let Some(index) = rest.find('%') {
@@ -49,16 +70,19 @@ fn decode_dots(path: &str) -> String {
         let candidate = &rest[index..];
         // Compared as bytes: the two after `%` may start a multi-byte character, and a
         // `str` slice there would panic.
-        if candidate
-            .as_bytes()
-            .get(1..3)
-            .is_some_and(|digits| digits.eq_ignore_ascii_case(b"2e"))
-        {
-            out.push('.');
-            rest = &candidate[3..];
-        } else {
-            out.push('%');
-            rest = &candidate[1..];
+        let decoded = match candidate.as_bytes().get(1..3) {
+            Some(&[high, low]) => encoded_unreserved(high, low),
+            _ => None,
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &candidate[3..];
+            }
+            None => {
+                out.push('%');
+                rest = &candidate[1..];
+            }
         }
     }
     out.push_str(rest);
@@ -85,6 +109,19 @@ mod tests {
             ("/..", Some("/")),
             ("/a%2Fb", None),
             ("/a%2F..%2Fb", None),
+            // Unreserved characters decoded, as Go's server does; reserved ones kept.
+            ("/%70fs/repo", Some("/pfs/repo")),
+            (
+                "/api/auth_v2.API/%41uthenticate",
+                Some("/api/auth_v2.API/Authenticate"),
+            ),
+            ("/%7e%2D%5f%30", Some("/~-_0")),
+            ("/a%2fb%3F%25%20", None),
+            ("/a%zz%4", None),
+            ("/x/%2e%2e%2F/y", Some("/x/..%2F/y")),
+            // Decoded until nothing is left: a second decoding finds nothing new.
+            ("/%%36%31pi/x", Some("/api/x")),
+            ("/%%32%65%%32%65/admin", Some("/admin")),
         ] {
             assert_eq!(normalize_path(input).as_deref(), want, "{input}");
         }
