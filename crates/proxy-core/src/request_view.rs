@@ -30,7 +30,7 @@ pub(crate) fn forwarded_client(
         .filter_map(|v| v.to_str().ok())
         .collect();
     for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        let Ok(address) = entry.trim().parse::<IpAddr>() else {
+        let Some(address) = forwarded_address(entry.trim()) else {
             break; // garbage: trust nothing further left
         };
         client = address;
@@ -39,6 +39,15 @@ pub(crate) fn forwarded_client(
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port (`203.0.113.7:5555`,
+/// `[2001:db8::7]:443`), as some load balancers write them.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.
@@ -164,7 +173,27 @@ fn strip_port(authority: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::{forwarded_client, strip_port};
+
+    /// Entries with ports are read as their addresses: the client behind a balancer that
+    /// writes `ip:port` is that ip, not the balancer itself.
+    #[test]
+    fn forwarded_entries_with_ports_are_addresses() {
+        let trusted = pachgate_client_policy::CidrSet::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let peer = "10.0.0.1".parse().unwrap();
+        for (chain, want) in [
+            ("203.0.113.7:5555", "203.0.113.7"),
+            ("[2001:db8::7]:443, 10.0.0.2", "2001:db8::7"),
+            ("198.51.100.1, 203.0.113.7", "203.0.113.7"),
+            ("garbage, 10.0.0.9", "10.0.0.9"),
+            ("garbage", "10.0.0.1"),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-forwarded-for", chain.parse().unwrap());
+            let client = forwarded_client(&headers, peer, &trusted);
+            assert_eq!(client.to_string(), want, "{chain}");
+        }
+    }
 
     #[test]
     fn ports_are_stripped_from_hosts() {
