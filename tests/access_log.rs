@@ -755,6 +755,13 @@ fn a_failing_stdout_counts_every_line_it_loses() {
         .filter(|l| l.contains("cannot write the access log to stdout"))
         .count();
     assert_eq!(reports, 1, "{stderr}");
+    // The count outlives /metrics: it is the last thing said on the way out.
+    assert!(
+        stderr.contains(&format!(
+            "{REQUESTS} access-log lines were dropped in this run"
+        )),
+        "{stderr}"
+    );
 }
 
 /// `[log] access = "text"` (the demo's terminal format) still gets a line per request, with

@@ -154,6 +154,15 @@ impl Drop for Guard {
                 EXIT_WAIT.as_secs()
             );
         }
+        // The counter is in /metrics, which nobody scrapes once the process is gone.
+        let dropped = self.sink.dropped();
+        if dropped > 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "pachgate: {dropped} access-log lines were dropped in this run (stdout fell \
+                 behind or failed)"
+            );
+        }
     }
 }
 
