@@ -127,7 +127,7 @@ fn header_rewrite(c: &mut Criterion) {
             || template.clone(),
             |headers| {
                 strip_hop_by_hop(headers);
-                set_forwarded(headers, &client_ip, &proto, Some("pach.example.com"));
+                set_forwarded(headers, &client_ip, &proto, Some("pach.example.com"), false);
             },
             criterion::BatchSize::SmallInput,
         )

@@ -88,15 +88,22 @@ fn te_is_trailers(value: &HeaderValue) -> bool {
         .eq_ignore_ascii_case(b"trailers")
 }
 
-/// Appends the client's address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the host the client asked for).
+/// Appends the client's address to `X-Forwarded-For` (`keep_chain`: the peer is a trusted
+/// proxy; otherwise the client's address replaces whatever it claimed) and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the host the client asked for).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
     proto: &HeaderValue,
     host: Option<&str>,
+    keep_chain: bool,
 ) {
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+    let chain = match keep_chain {
+        true => headers.get(&X_FORWARDED_FOR),
+        // Replaced whole by `insert` below.
+        false => None,
+    };
+    let forwarded_for = match chain {
         None => client_ip.clone(),
         Some(_) => {
             // Several X-Forwarded-For lines are one comma-separated list; keep one line.
@@ -226,21 +233,29 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_appended() {
+    fn forwarded_for_is_appended_to_a_kept_chain_and_replaces_another() {
         let ip = HeaderValue::from_static("10.0.0.9");
         let https = HeaderValue::from_static("https");
-        let mut headers = map(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
-            ("x-forwarded-proto", "http"),
-        ]);
-        set_forwarded(&mut headers, &ip, &https, Some("pach.example.com"));
+        let claimed = || {
+            map(&[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+                ("x-forwarded-proto", "http"),
+            ])
+        };
+        let mut headers = claimed();
+        set_forwarded(&mut headers, &ip, &https, Some("pach.example.com"), true);
         assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "pach.example.com");
 
+        let mut headers = claimed();
+        set_forwarded(&mut headers, &ip, &https, None, false);
+        let chain: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(chain, ["10.0.0.9"]);
+
         let mut fresh = HeaderMap::new();
-        set_forwarded(&mut fresh, &ip, &https, None);
+        set_forwarded(&mut fresh, &ip, &https, None, true);
         assert_eq!(fresh["x-forwarded-for"], "10.0.0.9");
         assert!(!fresh.contains_key("x-forwarded-host"));
     }

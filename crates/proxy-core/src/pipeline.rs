@@ -142,7 +142,7 @@ impl Gateway {
                 request,
                 upstream,
                 caller,
-                view.authority,
+                view.addressing,
                 record,
                 (&route.target, grpc),
             )
@@ -166,8 +166,16 @@ struct View {
     websocket_upgrade: bool,
     /// The request target as the client sent it, when the normal form differs.
     as_sent: Option<PathAndQuery>,
-    /// The authority the client asked for (`host[:port]`), for `:authority` / `Host` upstream.
+    /// How the request is addressed upstream.
+    addressing: Addressing,
+}
+
+/// What `address_to_upstream` needs besides the request: the authority the client asked
+/// for (`host[:port]`, for `:authority` / `Host` upstream), and whether the peer is a
+/// trusted proxy whose `X-Forwarded-For` goes on.
+struct Addressing {
     authority: Option<Authority>,
+    keep_forwarded_chain: bool,
 }
 
 /// Stage 1, sanitize: is the request fit to route, and what is its one view? Routing, the
@@ -197,16 +205,6 @@ fn sanitize(
     let websocket_upgrade =
         request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
     strip_hop_by_hop(request.headers_mut());
-    // X-Forwarded-For from a peer that is not a trusted proxy is the client's own claim:
-    // pachgate never believes it (`forwarded_client`), and upstreams (their logs, Dex, the
-    // console) get the client's address alone rather than a chain it could write the
-    // start of. As Traefik and Caddy do by default.
-    let trusted = &snapshot.clients.trusted_proxies;
-    if trusted.is_empty() || !trusted.allows(caller.peer.ip()) {
-        request
-            .headers_mut()
-            .remove(&crate::headers::X_FORWARDED_FOR);
-    }
     // The request id ties the access-log line to the upstream's logs; without an access
     // log a client's id passes through untouched and none is made. A made one is added as
     // the request leaves (`forward`, `tunnel`).
@@ -223,10 +221,19 @@ fn sanitize(
             .exchange()
             .set_request_details(request_id, authority.clone());
     }
+    // X-Forwarded-For from a peer that is not a trusted proxy is the client's own claim:
+    // pachgate never believes it (`forwarded_client`), and upstreams (their logs, Dex, the
+    // console) get the client's address alone rather than a chain it could write the start
+    // of. As Traefik and Caddy do by default.
+    let trusted = &snapshot.clients.trusted_proxies;
+    let keep_forwarded_chain = !trusted.is_empty() && trusted.allows(caller.peer.ip());
     Ok(View {
         websocket_upgrade,
         as_sent,
-        authority,
+        addressing: Addressing {
+            authority,
+            keep_forwarded_chain,
+        },
     })
 }
 
@@ -307,7 +314,7 @@ impl Gateway {
         view: View,
         record: &mut RequestRecord,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        address_to_upstream(&mut request, caller, view.authority.as_ref(), upstream);
+        address_to_upstream(&mut request, caller, &view.addressing, upstream);
         // The handshake goes upstream with the request's own headers (on h2, as a field the
         // encoder sends without indexing): a made id joins them here, as `forward` hands it
         // to the upstream's `send`.
@@ -328,7 +335,7 @@ impl Gateway {
         let answer = Box::pin(crate::websocket::tunnel(
             request,
             upstream,
-            view.authority,
+            view.addressing.authority,
             side,
             self.tunnels(),
             &mut record.exchange,
@@ -393,7 +400,7 @@ async fn forward(
     request: Request<Incoming>,
     upstream: &Upstream,
     caller: &Caller,
-    authority: Option<Authority>,
+    addressing: Addressing,
     record: &mut RequestRecord,
     limits: (&RouteTarget, bool),
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -402,7 +409,7 @@ async fn forward(
         request,
         upstream,
         caller,
-        authority,
+        addressing,
         record,
         &mut endpoint,
         limits,
@@ -421,12 +428,12 @@ async fn send_upstream(
     mut request: Request<Incoming>,
     upstream: &Upstream,
     conn: &Caller,
-    authority: Option<Authority>,
+    addressing: Addressing,
     record: &mut RequestRecord,
     endpoint: &mut Option<Arc<str>>,
     (route, grpc): (&RouteTarget, bool),
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    address_to_upstream(&mut request, conn, authority.as_ref(), upstream);
+    address_to_upstream(&mut request, conn, &addressing, upstream);
     let (parts, body) = request.into_parts();
     let tally = (!http_body::Body::is_end_stream(&body))
         .then(|| record.exchange().received_tally())
@@ -443,7 +450,7 @@ async fn send_upstream(
     };
     let request = Request::from_parts(parts, body);
     let request_id = record.exchange().made_request_id();
-    let sending = upstream.send(request, authority, request_id.as_ref(), endpoint);
+    let sending = upstream.send(request, addressing.authority, request_id.as_ref(), endpoint);
     let response = bounded(sending, timer.as_mut())
         .await
         .map_err(|expired| expired.into_error(upstream.name()))??;
@@ -574,9 +581,10 @@ fn misnamed_target<B>(request: &Request<B>) -> Option<&'static str> {
 fn address_to_upstream<B>(
     request: &mut Request<B>,
     caller: &Caller,
-    authority: Option<&Authority>,
+    addressing: &Addressing,
     upstream: &Upstream,
 ) {
+    let authority = addressing.authority.as_ref();
     let has_target_authority = request.uri().authority().is_some();
     let from_h2 = request.version() == Version::HTTP_2;
     let headers = request.headers_mut();
@@ -585,6 +593,7 @@ fn address_to_upstream<B>(
         &caller.client_ip,
         &caller.proto,
         authority.map(|a| a.host()),
+        addressing.keep_forwarded_chain,
     );
     if upstream.protocol().is_h2() {
         headers.remove(HOST);
