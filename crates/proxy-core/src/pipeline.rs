@@ -541,6 +541,8 @@ fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejecti
 ///   error, RFC 9113 §8.3.1 forbids it in `:authority`;
 /// - a Host that is not an authority (RFC 9112 §3.2: 400); an empty one is allowed, as the
 ///   RFC asks of a client whose target has no authority;
+/// - a `%` in the path without two hex digits after it: Go's server (pachd) refuses it, and
+///   it is the one shape whose normal form would not be final (`%3%31` decodes to `%31`);
 /// - the asterisk form (`GET * HTTP/1.1`) on anything but OPTIONS (RFC 9112 §3.2.4): no
 ///   path rule matches it, so it could only reach a route chosen by host or header, and
 ///   travel upstream as it came. (h2 refuses a `:path` without its `/` itself.)
@@ -564,6 +566,9 @@ fn misnamed_target<B>(request: &Request<B>) -> Option<&'static str> {
         }
     }
     let path = request.uri().path();
+    if pachgate_routing::has_invalid_escape(path) {
+        return Some("invalid percent-encoding in the path\n");
+    }
     let method = request.method();
     if !path.starts_with('/')
         && method != http::Method::CONNECT

@@ -251,8 +251,8 @@ async fn status_line_of(gateway: SocketAddr, head: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
 }
 
-/// Userinfo in a Host or in an absolute-form target, a Host that is no `host[:port]`, and
-/// the asterisk form on anything but OPTIONS are 400s: routing would see one host while the
+/// Userinfo in a Host or in an absolute-form target, a Host that is no `host[:port]`, an
+/// invalid percent escape, and the asterisk form on anything but OPTIONS are 400s: routing would see one host while the
 /// upstream and X-Forwarded-Host get another (and the credentials would be forwarded and
 /// logged), or a target no path rule was written for would travel upstream as sent.
 #[tokio::test]
@@ -263,6 +263,8 @@ async fn a_target_naming_userinfo_or_no_path_is_a_bad_request() {
         "GET http://alice:s3cret@pachgate.test/app/page HTTP/1.1\r\nHost: pachgate.test\r\n\r\n",
         "GET /app/page HTTP/1.1\r\nHost: evil/.pachgate.test\r\n\r\n",
         "GET * HTTP/1.1\r\nHost: pachgate.test\r\n\r\n",
+        // An invalid escape, as Go's server (pachd) refuses it: `%3%31` would decode to `%31`.
+        "GET /app/%3%31 HTTP/1.1\r\nHost: pachgate.test\r\n\r\n",
     ] {
         assert_eq!(
             status_line_of(addr, head).await,

@@ -15,7 +15,7 @@ mod request;
 mod spec;
 mod table;
 
-pub use path::normalize_path;
+pub use path::{has_invalid_escape, normalize_path};
 pub use request::{is_grpc_content_type, query_has_name, RequestFacts};
 pub use spec::{HeaderSpec, MatchSpec, RouteError};
 pub use table::{Route, RouteTable};
