@@ -119,6 +119,9 @@ fn main() -> ExitCode {
     // Dropped when main returns, after the runtime and its workers: it writes out every
     // access-log line still queued (graceful stop, demo and local included).
     let _access_log = pachgate_observe::logging::init();
+    // Dropped before the access log's guard: the "listening on" lines still queued reach
+    // stdout before the process exits.
+    let _announcements = announce::Written;
     // A panic is counted and logged once, then ends only the task it happened in: the
     // release build unwinds (Cargo.toml), and every connection, h2 stream and upstream
     // connection runs in a task of its own.

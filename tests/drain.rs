@@ -148,7 +148,8 @@ fn drain_delay_serves_new_connections_while_readyz_fails() {
 /// drain: the handlers are in place before the first socket is bound, so the default action
 /// (the process killed, its connections cut without a TLS close or a close frame) never
 /// applies to a process that may hold connections. The announcement is held back by giving
-/// pachgate a full pipe as stdout: the signal lands while its announcement waits for room.
+/// pachgate a full pipe as stdout: the signal lands while its announcement waits for room,
+/// and the line still reaches stdout before the process exits.
 #[tokio::test]
 async fn a_sigterm_before_the_listener_is_announced_still_drains() {
     use std::io::Read;
@@ -181,7 +182,8 @@ async fn a_sigterm_before_the_listener_is_announced_still_drains() {
         .unwrap();
     assert!(killed.success());
 
-    // Make room: pachgate announces its listener, sees the signal and drains.
+    // Make room: the queued announcement is written; pachgate drains (it need not wait for
+    // the line) and waits for it before it exits.
     let mut reader = std::fs::File::from(pending.into_blocking_fd().unwrap());
     let stdout = std::thread::spawn(move || {
         let mut bytes = Vec::new();

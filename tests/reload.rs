@@ -449,7 +449,7 @@ fn a_stdout_nobody_reads_stalls_no_reload_and_no_health_check() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Thousands of access lines: the pipe (64 KiB) is full long before the end.
+    // Hundreds of access lines at least: the pipe (64 KiB) is full long before the end.
     let bench = Command::new(BIN)
         .args(["bench", "http", "--insecure", "--quiet", "--protocol", "h1"])
         .args(["--duration", "2s", "--connections", "4", "--target"])
@@ -463,7 +463,8 @@ fn a_stdout_nobody_reads_stalls_no_reload_and_no_health_check() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|count| count.parse().ok())
         .unwrap_or(0);
-    assert!(answered >= 1000, "too few lines to fill stdout: {report}");
+    // About 160 lines of some 400 bytes fill a 64 KiB pipe.
+    assert!(answered >= 300, "too few lines to fill stdout: {report}");
 
     std::fs::write(
         &path,
