@@ -1,6 +1,7 @@
 //! What the pipeline's stages read off a request, and the rewrites `sanitize` and `route`
 //! make: the host and authority the client asked for, the path's normal form, the HTTP/2
-//! header list size, and the client address behind trusted proxies.
+//! header list size, the client address behind trusted proxies, and whether the host and
+//! path a request names can be routed at all.
 
 use std::net::IpAddr;
 
@@ -48,6 +49,51 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
         .parse::<IpAddr>()
         .ok()
         .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// Why the host or path a request names cannot be routed as sent, if it cannot:
+/// - userinfo (`user:pass@`) in the target's authority or in Host: routing would match the
+///   whole text against a host rule while the upstream and `X-Forwarded-Host` get the host
+///   alone, and the credentials would be forwarded and logged. RFC 9110 §4.2.4 makes it an
+///   error, RFC 9113 §8.3.1 forbids it in `:authority`;
+/// - a Host that is not an authority (RFC 9112 §3.2: 400); an empty one is allowed, as the
+///   RFC asks of a client whose target has no authority;
+/// - a `%` in the path without two hex digits after it: Go's server (pachd) refuses it, and
+///   it is the one shape whose normal form would not be final (`%3%31` decodes to `%31`);
+/// - the asterisk form (`GET * HTTP/1.1`) on anything but OPTIONS (RFC 9112 §3.2.4): no
+///   path rule matches it, so it could only reach a route chosen by host or header, and
+///   travel upstream as it came. (h2 refuses a `:path` without its `/` itself.)
+pub(crate) fn misnamed_target<B>(request: &Request<B>) -> Option<&'static str> {
+    match request.uri().authority() {
+        Some(authority) => {
+            if authority.as_str().contains('@') {
+                return Some("userinfo in the request target's authority\n");
+            }
+        }
+        None => {
+            if let Some(host) = request.headers().get(HOST) {
+                let host = host.as_bytes();
+                if host.contains(&b'@') {
+                    return Some("userinfo in Host\n");
+                }
+                if !host.is_empty() && Authority::try_from(host).is_err() {
+                    return Some("Host is not host[:port]\n");
+                }
+            }
+        }
+    }
+    let path = request.uri().path();
+    if pachgate_routing::has_invalid_escape(path) {
+        return Some("invalid percent-encoding in the path\n");
+    }
+    let method = request.method();
+    if !path.starts_with('/')
+        && method != http::Method::CONNECT
+        && !(path == "*" && method == http::Method::OPTIONS)
+    {
+        return Some("the request path must start with /\n");
+    }
+    None
 }
 
 /// Rewrites the request path to its normal form (see `normalize_path`), keeping the query.
