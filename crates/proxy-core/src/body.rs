@@ -25,6 +25,8 @@ pub enum ProxyBody {
     Upstream(UpstreamBody),
     /// A body under its route's `timeout` / `idle_timeout` (only when one is set).
     Timed(Box<crate::route_timeouts::TimedBody>),
+    /// A timed response toward an HTTP/2 client, read by a task of its own.
+    Relayed(crate::relay::RelayedBody),
     /// A body pachgate produced (error text, redirect); taken on first poll.
     Full(Option<Bytes>),
     Empty,
@@ -63,6 +65,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Upstream(body) => body.poll_frame(cx),
             ProxyBody::Timed(body) => body.poll_frame(cx),
+            ProxyBody::Relayed(body) => body.poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Empty => Poll::Ready(None),
         }
@@ -73,6 +76,7 @@ impl Body for ProxyBody {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.is_end_stream(),
             ProxyBody::Upstream(body) => body.stream.is_end_stream(),
             ProxyBody::Timed(body) => body.is_end_stream(),
+            ProxyBody::Relayed(body) => body.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Empty => true,
         }
@@ -81,7 +85,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.size_hint(),
-            ProxyBody::Upstream(_) => SizeHint::default(),
+            ProxyBody::Upstream(_) | ProxyBody::Relayed(_) => SizeHint::default(),
             ProxyBody::Timed(body) => body.size_hint(),
             ProxyBody::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),

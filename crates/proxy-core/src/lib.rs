@@ -30,6 +30,7 @@ mod idle;
 mod pipeline;
 pub mod proxy_protocol;
 mod rejection;
+pub mod relay;
 mod request_id;
 mod request_view;
 pub mod route_timeouts;

@@ -434,6 +434,7 @@ async fn send_upstream(
     endpoint: &mut Option<Arc<str>>,
     (route, grpc): (&RouteTarget, bool),
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let h2_client = request.version() == http::Version::HTTP_2;
     address_to_upstream(&mut request, conn, &addressing, upstream);
     let (parts, body) = request.into_parts();
     let tally = (!http_body::Body::is_end_stream(&body))
@@ -458,7 +459,7 @@ async fn send_upstream(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = match timer {
-        Some(timer) => timer.response_body(body, grpc, route.name.clone()),
+        Some(timer) => timer.response_body(body, (grpc, h2_client), route.name.clone()),
         None => body,
     };
     Ok(Response::from_parts(parts, body))

@@ -186,16 +186,29 @@ impl ExchangeTimer {
         }))
     }
 
-    /// The response body toward the client, bounded by this timer.
-    pub(crate) fn response_body(self, body: ProxyBody, grpc: bool, route: Arc<str>) -> ProxyBody {
-        ProxyBody::Timed(Box::new(TimedBody {
+    /// The response body toward the client, bounded by this timer. `h2_client`: the client
+    /// speaks HTTP/2, whose streams can stall with the body unpolled, so the body is read by
+    /// a task of its own ([`crate::relay`]).
+    pub(crate) fn response_body(
+        self,
+        body: ProxyBody,
+        (grpc, h2_client): (bool, bool),
+        route: Arc<str>,
+    ) -> ProxyBody {
+        let relay = h2_client && !body.is_end_stream();
+        let timed = Box::new(TimedBody {
             inner: body,
             side: Side::Response {
                 timer: self,
                 grpc,
                 route,
             },
-        }))
+        });
+        if relay {
+            crate::relay::relayed(timed)
+        } else {
+            ProxyBody::Timed(timed)
+        }
     }
 }
 
@@ -268,7 +281,7 @@ impl TimedBody {
                 }
                 polled
             }
-            Side::Response { timer, grpc, route } => {
+            Side::Response { timer, .. } => {
                 // After a cut the inner body is Empty, which ends the body here.
                 let expired = match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -288,26 +301,43 @@ impl TimedBody {
                         Poll::Ready(expired) => expired,
                     },
                 };
-                // Drop the upstream's side now: its request is abandoned.
-                self.inner = ProxyBody::Empty;
-                let message = expired.describe();
-                tracing::warn!(route = %route, "response cut: {message}");
-                if *grpc {
-                    // The stream ends as a gRPC call does, with DEADLINE_EXCEEDED.
-                    let mut trailers = HeaderMap::with_capacity(2);
-                    trailers.insert("grpc-status", HeaderValue::from_static("4"));
-                    if let Ok(value) = HeaderValue::from_str(&percent_encode_grpc_message(
-                        &format!("pachgate: {message}"),
-                    )) {
-                        trailers.insert("grpc-message", value);
-                    }
-                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                } else {
-                    // HTTP/2: the stream is reset; HTTP/1: the connection closes before the
-                    // body's end.
-                    Poll::Ready(Some(Err(message.into())))
-                }
+                Poll::Ready(Some(self.cut(expired)))
             }
+        }
+    }
+
+    /// Ready once the response's deadline has passed (the request side has no timer).
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        match &mut self.side {
+            Side::Response { timer, .. } => timer.poll_expired(cx),
+            Side::Request(_) => Poll::Pending,
+        }
+    }
+
+    /// Ends the response for `expired`: drops the upstream's side (its request is
+    /// abandoned, and the body ends here after this) and says how the client is told.
+    pub(crate) fn cut(&mut self, expired: Expired) -> Result<Frame<Bytes>, BodyError> {
+        self.inner = ProxyBody::Empty;
+        let message = expired.describe();
+        let (grpc, route) = match &self.side {
+            Side::Response { grpc, route, .. } => (*grpc, &**route),
+            Side::Request(_) => (false, ""),
+        };
+        tracing::warn!(route = %route, "response cut: {message}");
+        if grpc {
+            // The stream ends as a gRPC call does, with DEADLINE_EXCEEDED.
+            let mut trailers = HeaderMap::with_capacity(2);
+            trailers.insert("grpc-status", HeaderValue::from_static("4"));
+            if let Ok(value) = HeaderValue::from_str(&percent_encode_grpc_message(&format!(
+                "pachgate: {message}"
+            ))) {
+                trailers.insert("grpc-message", value);
+            }
+            Ok(Frame::trailers(trailers))
+        } else {
+            // HTTP/2: the stream is reset; HTTP/1: the connection closes before the body's
+            // end.
+            Err(message.into())
         }
     }
 

@@ -1233,3 +1233,60 @@ async fn without_an_idle_timeout_a_silent_connection_still_closes() {
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     }
 }
+
+/// An h2 client that keeps its connection alive (it answers PINGs) but never opens its
+/// stream's window: hyper waits for send capacity without polling the response body, so a
+/// timer living in the body would never fire. The route's `idle_timeout` still ends the
+/// upstream request, and the connection's other streams go on.
+#[tokio::test]
+async fn an_h2_stream_whose_window_stays_shut_loses_its_upstream_request() {
+    let (upstream_addr, dropped) = endless_download_upstream().await;
+    let mut download = open_route("download", "/file", "download");
+    download.timeouts = pachgate_proxy_core::RouteTimeouts {
+        total: None,
+        idle: Some(std::time::Duration::from_secs(1)),
+    };
+    let snapshot = Snapshot::build(
+        vec![download, open_route("app", "/app", "app")],
+        vec![
+            upstream_spec_http1("download", upstream_addr),
+            upstream("app", http1_upstream().await, UpstreamProtocol::Http1),
+        ],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (_gateway, addr) = serve(snapshot).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    // The connection task answers PINGs and SETTINGS; the body below is never read, so no
+    // WINDOW_UPDATE is ever sent for it.
+    tokio::spawn(connection);
+    let request = Request::get("http://pachgate.test/file").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _unread = response.into_body();
+    tokio::time::timeout(std::time::Duration::from_secs(15), dropped)
+        .await
+        .expect("the upstream request was dropped once nothing moved for idle_timeout")
+        .unwrap();
+
+    let request = Request::get("http://pachgate.test/app/next")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8_lossy(&text), "upstream saw /app/next");
+}

@@ -1,0 +1,140 @@
+//! A timed response body read by a task of its own, for HTTP/2 clients.
+//!
+//! hyper's HTTP/2 server polls a response body only while the client's stream has send
+//! window: a client that keeps its connection alive (PINGs answered, so no keepalive cuts
+//! it) but never sends WINDOW_UPDATE for a stream leaves the body unpolled for ever, and
+//! with it the route's timers, which live in the body. Its upstream request (an HTTP/1.1
+//! upstream's whole socket) would be held for as long as the client liked. Here the body
+//! under the timers is read by a pump task and handed over through a one-frame channel: when
+//! the client takes nothing, the pump waits for room with the timers still running, and when
+//! they run out it drops the upstream side and queues the cut for whenever the client reads.
+//!
+//! Only for exchanges that have a route timer and an HTTP/2 client: a stalled HTTP/1.1
+//! client stalls its socket, which the connection's write watch sees (`write_stall`).
+//! Cost: a task and a channel per such exchange, and one hand-over per frame.
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::sync::mpsc;
+
+use crate::body::{BodyError, ProxyBody};
+use crate::route_timeouts::TimedBody;
+
+/// What the pump hands over: a frame, the body's end (`Ok(None)`), or its error.
+type Handed = Result<Option<Frame<Bytes>>, BodyError>;
+
+/// Starts the pump for `body` on the current runtime; the body the client's stream reads.
+pub(crate) fn relayed(body: Box<TimedBody>) -> ProxyBody {
+    let (hand, taken) = mpsc::channel(1);
+    tokio::spawn(pump(body, hand));
+    ProxyBody::Relayed(RelayedBody {
+        taken,
+        ended: false,
+    })
+}
+
+async fn pump(mut body: Box<TimedBody>, hand: mpsc::Sender<Handed>) {
+    loop {
+        // Room first, so no frame is ever read that could not be handed on; while there is
+        // none (the client takes nothing), the timers decide.
+        let room = tokio::select! {
+            biased;
+            room = hand.reserve() => room,
+            expired = poll_fn(|cx| body.poll_expired(cx)) => {
+                let cut = body.cut(expired).map(Some);
+                if let Ok(room) = hand.reserve().await {
+                    room.send(cut);
+                }
+                return;
+            }
+        };
+        // The client's stream is gone: dropping the body drops the upstream request.
+        let Ok(room) = room else { return };
+        match poll_fn(|cx| body.poll_frame(cx)).await {
+            Some(Ok(frame)) => room.send(Ok(Some(frame))),
+            Some(Err(error)) => return room.send(Err(error)),
+            None => return room.send(Ok(None)),
+        }
+    }
+}
+
+/// The client's side of a relayed body.
+#[derive(Debug)]
+pub struct RelayedBody {
+    taken: mpsc::Receiver<Handed>,
+    ended: bool,
+}
+
+impl RelayedBody {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.taken.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(Some(frame)))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Ok(None))) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(error)))
+            }
+            // The pump stopped without handing over an end (it panicked, or the runtime is
+            // shutting down): a truncated body must not look complete.
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(
+                    "the response's relay stopped before its end".into()
+                )))
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next(body: &mut RelayedBody) -> Option<Result<Frame<Bytes>, BodyError>> {
+        poll_fn(|cx| body.poll_frame(cx)).await
+    }
+
+    #[tokio::test]
+    async fn frames_then_the_end_pass_and_a_pump_gone_early_is_an_error() {
+        let (hand, taken) = mpsc::channel(1);
+        let mut body = RelayedBody {
+            taken,
+            ended: false,
+        };
+        hand.send(Ok(Some(Frame::data(Bytes::from_static(b"abc")))))
+            .await
+            .unwrap();
+        let frame = next(&mut body).await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        hand.send(Ok(None)).await.unwrap();
+        assert!(next(&mut body).await.is_none());
+        assert!(body.is_end_stream());
+
+        let (hand, taken) = mpsc::channel::<Handed>(1);
+        let mut body = RelayedBody {
+            taken,
+            ended: false,
+        };
+        drop(hand);
+        let error = next(&mut body).await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("before its end"), "{error}");
+        assert!(next(&mut body).await.is_none());
+    }
+}
