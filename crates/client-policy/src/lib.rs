@@ -81,8 +81,15 @@ impl CidrSet {
         self.0.is_empty()
     }
 
+    /// As an allow-list: an empty set lets every address through.
     pub fn allows(&self, address: IpAddr) -> bool {
-        self.0.is_empty() || self.0.iter().any(|c| c.contains(address))
+        self.0.is_empty() || self.contains(address)
+    }
+
+    /// As a list of trusted peers: whether `address` is in one of the blocks (an empty
+    /// set holds none).
+    pub fn contains(&self, address: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(address))
     }
 }
 
@@ -375,7 +382,14 @@ mod tests {
         for bad in ["10.0.0.0/33", "::/129", "pachd", "10.0.0.0/x"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
-        assert!(CidrSet::default().allows("192.0.2.1".parse().unwrap()));
+        // Empty: an allow-list that lets everyone through, a trust list that trusts no one.
+        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(CidrSet::default().allows(address));
+        assert!(!CidrSet::default().contains(address));
+        let set = CidrSet::new(vec!["192.0.2.0/24".parse().unwrap()]);
+        assert!(set.allows(address) && set.contains(address));
+        let outside: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(!set.allows(outside) && !set.contains(outside));
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl Gateway {
         let mut client = peer;
         if snapshot.clients.proxy_protocol {
             let trusted = &snapshot.clients.trusted_proxies;
-            if !trusted.is_empty() && !trusted.allows(peer.ip()) {
+            if !trusted.allows(peer.ip()) {
                 tracing::warn!(target: "pachgate::audit", peer = %peer, reason = "untrusted_proxy", "PROXY header sender is not in trusted_proxies; connection refused");
                 self.metrics.connection_refused("untrusted_proxy");
                 return None;

@@ -226,8 +226,7 @@ fn sanitize(
     // pachgate never believes it (`forwarded_client`), and upstreams (their logs, Dex, the
     // console) get the client's address alone rather than a chain it could write the start
     // of. As Traefik and Caddy do by default.
-    let trusted = &snapshot.clients.trusted_proxies;
-    let keep_forwarded_chain = !trusted.is_empty() && trusted.allows(caller.peer.ip());
+    let keep_forwarded_chain = snapshot.clients.trusted_proxies.contains(caller.peer.ip());
     Ok(View {
         websocket_upgrade,
         as_sent,

@@ -21,7 +21,7 @@ pub(crate) fn forwarded_client(
     peer: IpAddr,
     trusted: &CidrSet,
 ) -> IpAddr {
-    if trusted.is_empty() || !trusted.allows(peer) {
+    if !trusted.contains(peer) {
         return peer;
     }
     let mut client = peer;
@@ -35,7 +35,7 @@ pub(crate) fn forwarded_client(
             break; // garbage: trust nothing further left
         };
         client = address;
-        if !trusted.allows(address) {
+        if !trusted.contains(address) {
             break;
         }
     }
