@@ -53,7 +53,14 @@ async fn pump(mut body: Box<TimedBody>, hand: mpsc::Sender<Handed>) {
         };
         // The client's stream is gone: dropping the body drops the upstream request.
         let Ok(room) = room else { return };
-        match poll_fn(|cx| body.poll_frame(cx)).await {
+        // A client that goes away while the upstream is quiet ends the upstream request at
+        // once, as dropping the body did before the pump.
+        let frame = tokio::select! {
+            biased;
+            frame = poll_fn(|cx| body.poll_frame(cx)) => frame,
+            () = hand.closed() => return,
+        };
+        match frame {
             Some(Ok(frame)) => room.send(Ok(Some(frame))),
             Some(Err(error)) => return room.send(Err(error)),
             None => return room.send(Ok(None)),

@@ -1074,7 +1074,19 @@ async fn the_failed_auth_limiter_never_locks_out_a_valid_token() {
 /// An HTTP/1.1 upstream whose one answer is an endless body; the receiver hears when
 /// pachgate drops it (the request abandoned).
 async fn endless_download_upstream() -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
-    /// Tells the test when the upstream's endless body is dropped.
+    upstream_telling_its_drop(true).await
+}
+
+/// An HTTP/1.1 upstream whose one answer is a head and then a body that sends nothing;
+/// the receiver hears when pachgate drops it.
+async fn quiet_download_upstream() -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    upstream_telling_its_drop(false).await
+}
+
+async fn upstream_telling_its_drop(
+    endless: bool,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    /// Tells the test when the upstream's body is dropped.
     struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
     impl Drop for Dropped {
         fn drop(&mut self) {
@@ -1092,11 +1104,17 @@ async fn endless_download_upstream() -> (SocketAddr, tokio::sync::oneshot::Recei
         let service = service_fn(move |_: Request<Incoming>| {
             let guard = Dropped(tell.lock().unwrap().take());
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-            let endless = futures_util::stream::repeat_with(move || {
+            let frames = futures_util::stream::poll_fn(move |_| {
                 let _held = &guard;
-                Ok::<_, Infallible>(hyper::body::Frame::data(chunk.clone()))
+                if endless {
+                    std::task::Poll::Ready(Some(Ok::<_, Infallible>(hyper::body::Frame::data(
+                        chunk.clone(),
+                    ))))
+                } else {
+                    std::task::Poll::Pending
+                }
             });
-            async move { Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(endless))) }
+            async move { Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(frames))) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(tcp), service)
@@ -1289,4 +1307,39 @@ async fn an_h2_stream_whose_window_stays_shut_loses_its_upstream_request() {
         text.extend_from_slice(&chunk);
     }
     assert_eq!(String::from_utf8_lossy(&text), "upstream saw /app/next");
+}
+
+/// An HTTP/2 client that resets its stream while the upstream sends nothing ends the
+/// upstream request at once, not at the route's timer (the response is read by a task of
+/// its own toward HTTP/2 clients under a route timer).
+#[tokio::test]
+async fn an_h2_client_that_resets_a_quiet_stream_ends_its_upstream_request() {
+    let (upstream_addr, dropped) = quiet_download_upstream().await;
+    let mut download = open_route("download", "/file", "download");
+    download.timeouts = pachgate_proxy_core::RouteTimeouts {
+        total: None,
+        idle: Some(std::time::Duration::from_secs(600)),
+    };
+    let snapshot = Snapshot::build(
+        vec![download],
+        vec![upstream_spec_http1("download", upstream_addr)],
+        None,
+        None,
+        ClientPolicy::default(),
+    )
+    .unwrap();
+    let (_gateway, addr) = serve(snapshot).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("http://pachgate.test/file").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Dropping the body resets the stream (RST_STREAM CANCEL).
+    drop(response);
+    tokio::time::timeout(std::time::Duration::from_secs(10), dropped)
+        .await
+        .expect("the upstream request was dropped when the client reset its stream")
+        .unwrap();
 }
