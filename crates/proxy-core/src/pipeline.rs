@@ -225,7 +225,8 @@ fn sanitize(
     // X-Forwarded-For from a peer that is not a trusted proxy is the client's own claim:
     // pachgate never believes it (`forwarded_client`), and upstreams (their logs, Dex, the
     // console) get the client's address alone rather than a chain it could write the start
-    // of. As Traefik and Caddy do by default.
+    // of. As Traefik (its forwarded-headers middleware deletes them from untrusted peers)
+    // and Caddy (`addForwardedHeaders` sets the header anew) do by default.
     let keep_forwarded_chain = snapshot.clients.trusted_proxies.contains(caller.peer.ip());
     Ok(View {
         websocket_upgrade,

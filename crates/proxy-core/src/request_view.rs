@@ -58,7 +58,8 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
 ///   error, RFC 9113 §8.3.1 forbids it in `:authority`;
 /// - a Host that is not an authority (RFC 9112 §3.2: 400); an empty one is allowed, as the
 ///   RFC asks of a client whose target has no authority;
-/// - a `%` in the path without two hex digits after it: Go's server (pachd) refuses it, and
+/// - a `%` in the path without two hex digits after it: Go's server (pachd) refuses it
+///   (400 on HTTP/1.1, a stream reset on HTTP/2), and
 ///   it is the one shape whose normal form would not be final (`%3%31` decodes to `%31`);
 /// - the asterisk form (`GET * HTTP/1.1`) on anything but OPTIONS (RFC 9112 §3.2.4): no
 ///   path rule matches it, so it could only reach a route chosen by host or header, and

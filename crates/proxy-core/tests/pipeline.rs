@@ -333,8 +333,8 @@ async fn only_a_trusted_proxys_forwarded_chain_is_passed_on() {
     );
 }
 
-/// Percent-encoded letters and digits in a path are what pachd's Go server decodes before
-/// it routes: routing and the gate decode them too, so `/%61pi/` is pachd's gated `/api/`
+/// Percent-encoded letters and digits in a path are what pachd's HTTP routers (Go's
+/// `ServeMux`, grpc-gateway) decode before they route: routing and the gate decode them too, so `/%61pi/` is pachd's gated `/api/`
 /// (not a path no route knows), `%41uthenticate` the public `Authenticate`, and the upstream
 /// gets the path the gate judged.
 #[tokio::test]

@@ -3,7 +3,10 @@
 /// The path routing and the gate see, and the upstream receives unless its route forwards
 /// the request target as sent (S3, whose signatures cover the exact path): percent-encoded
 /// unreserved characters decoded (`%2E` to `.`, `%70` to `p`: RFC 3986 §6.2.2.2, as pachd's
-/// Go server decodes them before it routes), empty segments (`//`) collapsed, `.` and `..`
+/// HTTP routers decode them before they route: Go's `ServeMux` unescapes each segment,
+/// grpc-gateway's default mux matches on the decoded path; grpc-go takes a gRPC `:path`
+/// raw, but it is sent the normal form, the method the gate judged), empty segments (`//`)
+/// collapsed, `.` and `..`
 /// segments resolved (never above the root). `%2F` and every other reserved or non-ASCII
 /// byte stay encoded: `%2F` is data, not a separator, to routing and to backends alike.
 /// Returns `None` when the path is already normal (the common case: no allocation).
@@ -48,8 +51,9 @@ pub fn normalize_path(path: &str) -> Option<String> {
 }
 
 /// Whether a `%` in `path` is not followed by two hex digits. Go's server (pachd, its S3
-/// gateway) answers such a path 400 before it routes, and it is the one shape whose decoding
-/// makes a new escape (`%3%31` → `%31`), so pachgate refuses it too.
+/// gateway) refuses such a path before it routes (`url.ParseRequestURI` fails: HTTP/1.1
+/// gets 400, HTTP/2 a stream reset), and it is the one shape whose decoding makes a new
+/// escape (`%3%31` → `%31`), so pachgate refuses it too.
 pub fn has_invalid_escape(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.iter().enumerate().any(|(at, &b)| {
