@@ -1289,11 +1289,28 @@ async fn an_h2_stream_whose_window_stays_shut_loses_its_upstream_request() {
     let (response, _) = client.send_request(request, true).unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let _unread = response.into_body();
+    let mut unread = response.into_body();
+    let asked = std::time::Instant::now();
     tokio::time::timeout(std::time::Duration::from_secs(15), dropped)
         .await
         .expect("the upstream request was dropped once nothing moved for idle_timeout")
         .unwrap();
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_millis(900),
+        "dropped before the idle timeout: {:?}",
+        asked.elapsed()
+    );
+    // Opening the window now gets what was queued, then a reset: never a clean end.
+    let ended = loop {
+        match unread.data().await {
+            Some(Ok(chunk)) => {
+                unread.flow_control().release_capacity(chunk.len()).unwrap();
+            }
+            Some(Err(error)) => break Err(error),
+            None => break Ok(()),
+        }
+    };
+    assert!(ended.is_err(), "the cut download ended cleanly");
 
     let request = Request::get("http://pachgate.test/app/next")
         .body(())
