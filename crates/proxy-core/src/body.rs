@@ -25,8 +25,8 @@ pub enum ProxyBody {
     Upstream(UpstreamBody),
     /// A body under its route's `timeout` / `idle_timeout` (only when one is set).
     Timed(Box<crate::route_timeouts::TimedBody>),
-    /// A timed response toward an HTTP/2 client, read by a task of its own.
-    Relayed(crate::relay::RelayedBody),
+    /// A timed response toward an HTTP/2 client, also on its connection's stall watch.
+    Watched(crate::stall_watch::WatchedBody),
     /// A body pachgate produced (error text, redirect); taken on first poll.
     Full(Option<Bytes>),
     Empty,
@@ -65,7 +65,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Upstream(body) => body.poll_frame(cx),
             ProxyBody::Timed(body) => body.poll_frame(cx),
-            ProxyBody::Relayed(body) => body.poll_frame(cx),
+            ProxyBody::Watched(body) => body.poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Empty => Poll::Ready(None),
         }
@@ -76,7 +76,7 @@ impl Body for ProxyBody {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.is_end_stream(),
             ProxyBody::Upstream(body) => body.stream.is_end_stream(),
             ProxyBody::Timed(body) => body.is_end_stream(),
-            ProxyBody::Relayed(body) => body.is_end_stream(),
+            ProxyBody::Watched(body) => body.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Empty => true,
         }
@@ -85,7 +85,8 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Stream(body) | ProxyBody::Metered(body, _) => body.size_hint(),
-            ProxyBody::Upstream(_) | ProxyBody::Relayed(_) => SizeHint::default(),
+            ProxyBody::Upstream(_) => SizeHint::default(),
+            ProxyBody::Watched(body) => body.size_hint(),
             ProxyBody::Timed(body) => body.size_hint(),
             ProxyBody::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),

@@ -402,6 +402,8 @@ impl Gateway {
             loop {
                 tokio::select! {
                     result = connection.as_mut() => break result,
+                    // Timed answers this client stopped taking (never ready).
+                    () = std::future::poll_fn(|cx| info.stalls.poll_sweep(cx)) => {}
                     _ = draining.wait_for(|draining| *draining), if finishing != Finishing::Drain => {
                         connection.as_mut().graceful_shutdown();
                         finishing = Finishing::Drain;

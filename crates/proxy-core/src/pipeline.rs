@@ -41,6 +41,7 @@ use crate::request_view::{
 };
 use crate::route_timeouts::bounded;
 use crate::snapshot::{RouteAuth, RouteTarget, Snapshot};
+use crate::stall_watch::StallWatch;
 use crate::upstream::Upstream;
 use crate::websocket::ClientSide;
 
@@ -54,6 +55,8 @@ pub(crate) struct Caller {
     /// Set when the connection may carry HTTP/1 (see `framing_guard`).
     framing: Option<Arc<FramingVerdicts>>,
     pub(crate) activity: Arc<ConnActivity>,
+    /// Timed answers to an HTTP/2 client, watched for streams it stopped taking.
+    pub(crate) stalls: StallWatch,
 }
 
 impl Caller {
@@ -70,6 +73,7 @@ impl Caller {
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             framing,
             activity: ConnActivity::new(ClientAddress::new(peer)),
+            stalls: StallWatch::default(),
         })
     }
 }
@@ -459,7 +463,12 @@ async fn send_upstream(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = match timer {
-        Some(timer) => timer.response_body(body, (grpc, h2_client), route.name.clone()),
+        Some(timer) => timer.response_body(
+            body,
+            grpc,
+            route.name.clone(),
+            h2_client.then_some(&conn.stalls),
+        ),
         None => body,
     };
     Ok(Response::from_parts(parts, body))

@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{BodyError, ProxyBody};
 use crate::error::{percent_encode_grpc_message, ProxyError};
+use crate::stall_watch::StallWatch;
 
 /// A route's two limits; `None` is off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -186,29 +187,38 @@ impl ExchangeTimer {
         }))
     }
 
-    /// The response body toward the client, bounded by this timer. `h2_client`: the client
-    /// speaks HTTP/2, whose streams can stall with the body unpolled, so the body is read by
-    /// a task of its own ([`crate::relay`]).
+    /// The response body toward the client, bounded by this timer. `stalls`: the client's
+    /// connection's watch, for an HTTP/2 client, whose streams can stall with the body
+    /// unpolled ([`crate::stall_watch`]).
     pub(crate) fn response_body(
         self,
         body: ProxyBody,
-        (grpc, h2_client): (bool, bool),
+        grpc: bool,
         route: Arc<str>,
+        stalls: Option<&StallWatch>,
     ) -> ProxyBody {
-        let relay = h2_client && !body.is_end_stream();
-        let timed = Box::new(TimedBody {
+        let stalls = stalls.filter(|_| !body.is_end_stream());
+        let timed = self.timed_response(body, grpc, route);
+        match stalls {
+            Some(stalls) => stalls.watch(timed),
+            None => ProxyBody::Timed(timed),
+        }
+    }
+
+    pub(crate) fn timed_response(
+        self,
+        body: ProxyBody,
+        grpc: bool,
+        route: Arc<str>,
+    ) -> Box<TimedBody> {
+        Box::new(TimedBody {
             inner: body,
             side: Side::Response {
                 timer: self,
                 grpc,
                 route,
             },
-        });
-        if relay {
-            crate::relay::relayed(timed)
-        } else {
-            ProxyBody::Timed(timed)
-        }
+        })
     }
 }
 
@@ -306,12 +316,17 @@ impl TimedBody {
         }
     }
 
-    /// Ready once the response's deadline has passed (the request side has no timer).
-    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
-        match &mut self.side {
-            Side::Response { timer, .. } => timer.poll_expired(cx),
-            Side::Request(_) => Poll::Pending,
+    /// Which limit has run out at `now`, if one has and the answer is neither finished nor
+    /// cut already (the request side has no timer).
+    pub(crate) fn overdue(&self, now: Instant) -> Option<Expired> {
+        let Side::Response { timer, .. } = &self.side else {
+            return None;
+        };
+        if self.inner.is_end_stream() {
+            return None;
         }
+        let (deadline, which) = timer.deadline();
+        (now >= deadline).then_some(which)
     }
 
     /// Ends the response for `expired`: drops the upstream's side (its request is
