@@ -8,6 +8,7 @@
 //! exchange, re-armed lazily: body frames only store the time they moved at, and the timer,
 //! when it fires, looks at that and sleeps again until the real deadline.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -327,6 +328,41 @@ impl TimedBody {
         }
         let (deadline, which) = timer.deadline();
         (now >= deadline).then_some(which)
+    }
+
+    /// The rest of the answer, when the upstream has already sent all of it: the frames read
+    /// without waiting, up to `limit` data bytes, ending with its trailers or its end. `None`
+    /// when more is still to come (or more than `limit`): the frames read are then dropped
+    /// with the body, which is about to be cut. For a body nobody polls (the client's
+    /// stream has no window), so the waker given to the upstream's side does not matter.
+    pub(crate) fn rest_if_finished(
+        &mut self,
+        limit: usize,
+    ) -> Option<VecDeque<Result<Frame<Bytes>, BodyError>>> {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut rest = VecDeque::new();
+        let mut bytes = 0;
+        loop {
+            match Pin::new(&mut self.inner).poll_frame(&mut cx) {
+                Poll::Ready(None) => return Some(rest),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let last = frame.is_trailers();
+                    bytes += frame.data_ref().map_or(0, Bytes::len);
+                    if bytes > limit {
+                        return None;
+                    }
+                    rest.push_back(Ok(frame));
+                    if last || self.inner.is_end_stream() {
+                        return Some(rest);
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    rest.push_back(Err(error));
+                    return Some(rest);
+                }
+                Poll::Pending => return None,
+            }
+        }
     }
 
     /// Ends the response for `expired`: drops the upstream's side (its request is

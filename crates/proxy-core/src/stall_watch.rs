@@ -10,15 +10,19 @@
 //! the connection's task looks at the list every [`SWEEP_EVERY`] while it is not empty: an
 //! answer whose deadline has passed while nobody polled it is cut there (its upstream side
 //! dropped), and the cut is handed to the client's stream when hyper next polls it (a
-//! reset, or gRPC's trailers). A finished answer is never cut. While answers flow, the
-//! timers in the body decide as before and the watch does nothing but hold a weak pointer.
+//! reset, or gRPC's trailers). An answer the upstream has finished is never cut: what is
+//! left of it (already received, up to [`FINISHED_REST_LIMIT`]) is kept for the client
+//! instead. While answers flow, the timers in the body decide as before and the watch does
+//! nothing but hold a weak pointer.
 //!
 //! A stalled HTTP/1.1 client stalls its socket, which the connection's write watch sees
 //! (`write_stall`). Cost per watched answer: one small shared allocation, a push onto the
 //! list and an uncontended lock per poll of the body; a task per answer with a hand-over
 //! per frame cost some 20 % more CPU per small HTTP/2 request (benches/README.md).
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::task::{Context, Poll};
@@ -35,20 +39,36 @@ use crate::route_timeouts::TimedBody;
 /// How often a connection with watched answers looks at them: how late past its deadline
 /// a stalled answer may be cut.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// The list is pruned of finished answers when it reaches a power of two at least this
-/// long, so it stays within about twice the answers in flight.
+/// The list is pruned of dropped answers once it is this long, and then whenever it has
+/// doubled since: it stays within about twice the answers in flight.
 const PRUNE_FROM: usize = 32;
+/// The most data of a finished answer kept for a stalled client instead of cutting it.
+const FINISHED_REST_LIMIT: usize = 256 * 1024;
 
 /// One connection's watch list.
 #[derive(Default)]
 pub(crate) struct StallWatch {
-    watched: Mutex<Vec<Weak<Watched>>>,
+    watched: Mutex<List>,
     /// The list's length, read without the lock by the connection's task.
     len: AtomicUsize,
     /// The connection's task, woken when the list stops being empty.
     connection: AtomicWaker,
-    /// The next look, while the list is not empty (touched by the connection's task only).
-    next_sweep: Mutex<Option<std::pin::Pin<Box<Sleep>>>>,
+    /// The next look (touched by the connection's task only).
+    next_sweep: Mutex<NextSweep>,
+}
+
+#[derive(Default)]
+struct List {
+    entries: Vec<Weak<Watched>>,
+    /// The length at which dropped answers are next pruned.
+    prune_at: usize,
+}
+
+#[derive(Default)]
+struct NextSweep {
+    /// Allocated at the first sweep, then reset for each.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,15 +82,20 @@ impl StallWatch {
     /// `body`, watched: the body the client's stream reads.
     pub(crate) fn watch(&self, body: Box<TimedBody>) -> ProxyBody {
         let size_hint = body.size_hint();
-        let watched = Arc::new(Watched(Mutex::new(WatchedState { body, cut: None })));
+        let watched = Arc::new(Watched(Mutex::new(WatchedState {
+            body,
+            finished: false,
+            handed: VecDeque::new(),
+        })));
         let was_empty = {
             let mut list = lock(&self.watched);
-            if list.len() >= PRUNE_FROM && list.len().is_power_of_two() {
-                list.retain(|weak| weak.strong_count() > 0);
+            if list.entries.len() >= list.prune_at.max(PRUNE_FROM) {
+                list.entries.retain(|weak| weak.strong_count() > 0);
+                list.prune_at = 2 * list.entries.len();
             }
-            list.push(Arc::downgrade(&watched));
-            self.len.store(list.len(), Ordering::Release);
-            list.len() == 1
+            list.entries.push(Arc::downgrade(&watched));
+            self.len.store(list.entries.len(), Ordering::Release);
+            list.entries.len() == 1
         };
         if was_empty {
             self.connection.wake();
@@ -90,12 +115,22 @@ impl StallWatch {
             return Poll::Pending;
         }
         let mut next = lock(&self.next_sweep);
+        let next = &mut *next;
         loop {
-            let sleep = next.get_or_insert_with(|| Box::pin(tokio::time::sleep(SWEEP_EVERY)));
+            let sleep = match &mut next.sleep {
+                Some(sleep) => {
+                    if !next.armed {
+                        sleep.as_mut().reset(Instant::now() + SWEEP_EVERY);
+                    }
+                    sleep
+                }
+                None => next.sleep.insert(Box::pin(tokio::time::sleep(SWEEP_EVERY))),
+            };
+            next.armed = true;
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            *next = None;
+            next.armed = false;
             if self.sweep() == 0 {
                 return Poll::Pending;
             }
@@ -107,7 +142,7 @@ impl StallWatch {
     fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut list = lock(&self.watched);
-        list.retain(|weak| {
+        list.entries.retain(|weak| {
             let Some(watched) = weak.upgrade() else {
                 return false;
             };
@@ -117,20 +152,25 @@ impl StallWatch {
                 // Being polled right now: not stalled.
                 Err(TryLockError::WouldBlock) => return true,
             };
-            if state.cut.is_some() {
+            if state.finished {
                 return false;
             }
             let Some(expired) = state.body.overdue(now) else {
                 // Finished (or cut by its own timer) answers need no more watching.
                 return !state.body.is_end_stream();
             };
-            // Drops the upstream's side now; the client gets the cut when it reads.
-            let cut = state.body.cut(expired);
-            state.cut = Some(cut);
+            // An answer the upstream has finished, whose end has not been read yet (a
+            // chunked body's last chunk, trailers): kept whole for the client, not cut.
+            state.handed = match state.body.rest_if_finished(FINISHED_REST_LIMIT) {
+                Some(rest) => rest,
+                // Drops the upstream's side now; the client gets the cut when it reads.
+                None => VecDeque::from([state.body.cut(expired)]),
+            };
+            state.finished = true;
             false
         });
-        self.len.store(list.len(), Ordering::Release);
-        list.len()
+        self.len.store(list.entries.len(), Ordering::Release);
+        list.entries.len()
     }
 }
 
@@ -139,8 +179,10 @@ struct Watched(Mutex<WatchedState>);
 
 struct WatchedState {
     body: Box<TimedBody>,
-    /// The cut the watch made, for the client's stream to take.
-    cut: Option<Result<Frame<Bytes>, BodyError>>,
+    /// The watch has taken over: the client's stream gets `handed`, then the end.
+    finished: bool,
+    /// The cut the watch made, or the rest of a finished answer.
+    handed: VecDeque<Result<Frame<Bytes>, BodyError>>,
 }
 
 /// The client's side of a watched answer.
@@ -167,9 +209,10 @@ impl WatchedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut state = lock(&self.watched.0);
-        if let Some(cut) = state.cut.take() {
-            self.ended = true;
-            return Poll::Ready(Some(cut));
+        if state.finished {
+            let next = state.handed.pop_front();
+            self.ended = state.handed.is_empty();
+            return Poll::Ready(next);
         }
         let polled = state.body.poll_frame(cx);
         // Read under the same lock as the frame: a cut the watch makes later cannot make a
@@ -203,6 +246,27 @@ mod tests {
             .timed_response(body, grpc, "r".into())
     }
 
+    /// An upstream body that has received `frames` and nothing more yet: each is read
+    /// without waiting, and its end is known only once they are all read.
+    fn received(frames: Vec<Frame<Bytes>>) -> ProxyBody {
+        let state = WatchedState {
+            body: timed(ProxyBody::Empty, false, Duration::from_secs(1)),
+            finished: true,
+            handed: frames.into_iter().map(Ok).collect(),
+        };
+        ProxyBody::Watched(WatchedBody {
+            watched: Arc::new(Watched(Mutex::new(state))),
+            ended: false,
+            size_hint: SizeHint::default(),
+        })
+    }
+
+    fn grpc_status(code: &'static str) -> Frame<Bytes> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+        Frame::trailers(trailers)
+    }
+
     fn watched(body: ProxyBody) -> WatchedBody {
         match body {
             ProxyBody::Watched(body) => body,
@@ -210,34 +274,36 @@ mod tests {
         }
     }
 
+    fn taken_over(body: &WatchedBody) -> bool {
+        lock(&body.watched.0).finished
+    }
+
     async fn next(body: &mut WatchedBody) -> Option<Result<Frame<Bytes>, BodyError>> {
         poll_fn(|cx| body.poll_frame(cx)).await
     }
 
     /// The connection's side: sweeps as the connection's task would, until stopped.
-    fn sweeping(watch: Arc<StallWatch>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { poll_fn(|cx| watch.poll_sweep(cx)).await })
+    async fn sweeping(watch: Arc<StallWatch>) -> tokio::task::JoinHandle<()> {
+        let sweeper = tokio::spawn(async move { poll_fn(|cx| watch.poll_sweep(cx)).await });
+        // Parked with an empty list before anything is watched: the first watch wakes it.
+        tokio::task::yield_now().await;
+        sweeper
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unpolled_answer_past_its_deadline_is_cut_and_the_cut_handed_over() {
         let watch = Arc::new(StallWatch::default());
-        let sweeper = sweeping(watch.clone());
-        // An answer under an idle limit of 3 s that its client never polls.
-        let endless = ProxyBody::Full(Some(Bytes::from_static(b"first")));
-        let mut body = watched(watch.watch(timed(endless, true, Duration::from_secs(3))));
+        let sweeper = sweeping(watch.clone()).await;
+        // A gRPC answer under an idle limit of 3 s that its client never polls, whose
+        // upstream has sent more than is kept and not its end.
+        let big = || Frame::data(Bytes::from(vec![0u8; FINISHED_REST_LIMIT / 2 + 1]));
+        let upstream = received(vec![big(), big(), grpc_status("0")]);
+        let mut body = watched(watch.watch(timed(upstream, true, Duration::from_secs(3))));
         assert_eq!(watch.len.load(Ordering::Acquire), 1);
-        // Full(Some) is not at its end: the watch waits for the deadline.
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(
-            lock(&body.watched.0).cut.is_none(),
-            "cut before its deadline"
-        );
+        assert!(!taken_over(&body), "cut before its deadline");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(
-            lock(&body.watched.0).cut.is_some(),
-            "not cut past its deadline"
-        );
+        assert!(taken_over(&body), "not cut past its deadline");
         assert_eq!(watch.len.load(Ordering::Acquire), 0);
         // The client reads at last: the cut (gRPC: DEADLINE_EXCEEDED trailers), then the end.
         let trailers = next(&mut body)
@@ -248,13 +314,52 @@ mod tests {
             .unwrap();
         assert_eq!(trailers["grpc-status"], "4");
         assert!(body.is_end_stream());
+        assert!(next(&mut body).await.is_none());
+
+        // The list refills after it emptied, and the sweeps start again.
+        let mut again = watched(watch.watch(timed(
+            received(vec![big(), big()]),
+            false,
+            Duration::from_secs(1),
+        )));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(taken_over(&again));
+        assert!(next(&mut again).await.unwrap().is_err(), "HTTP: a reset");
+        sweeper.abort();
+    }
+
+    /// An answer the upstream has finished, whose end was not read yet when its client
+    /// stalled (gRPC's last message, then its trailers), is kept whole, not cut.
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_answer_whose_end_is_unread_is_kept_whole() {
+        let watch = Arc::new(StallWatch::default());
+        let sweeper = sweeping(watch.clone()).await;
+        let upstream = received(vec![
+            Frame::data(Bytes::from_static(b"last message")),
+            grpc_status("0"),
+        ]);
+        let mut body = watched(watch.watch(timed(upstream, true, Duration::from_secs(1))));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(taken_over(&body));
+        let data = next(&mut body).await.unwrap().unwrap();
+        assert_eq!(data.into_data().unwrap(), "last message");
+        assert!(!body.is_end_stream());
+        let trailers = next(&mut body)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(trailers["grpc-status"], "0", "the upstream's own status");
+        assert!(body.is_end_stream());
+        assert!(next(&mut body).await.is_none());
         sweeper.abort();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_finished_answer_is_not_cut_and_leaves_the_list() {
         let watch = Arc::new(StallWatch::default());
-        let sweeper = sweeping(watch.clone());
+        let sweeper = sweeping(watch.clone()).await;
         let mut body = watched(watch.watch(timed(
             ProxyBody::Full(Some(Bytes::from_static(b"whole"))),
             false,
@@ -266,23 +371,25 @@ mod tests {
         assert!(body.is_end_stream(), "the frame carries the end");
         // Unread past the deadline (hyper waiting for window with the end in hand).
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert!(lock(&body.watched.0).cut.is_none());
+        assert!(!taken_over(&body));
         assert_eq!(watch.len.load(Ordering::Acquire), 0);
         assert!(next(&mut body).await.is_none());
         sweeper.abort();
     }
 
     #[tokio::test]
-    async fn finished_answers_are_pruned_as_the_list_grows() {
+    async fn dropped_answers_are_pruned_and_live_ones_kept() {
         let watch = StallWatch::default();
-        for _ in 0..200 {
-            drop(watch.watch(timed(ProxyBody::Empty, false, Duration::from_secs(1))));
+        let mut live = Vec::new();
+        for n in 0..400 {
+            let body = watch.watch(timed(ProxyBody::Empty, false, Duration::from_secs(1)));
+            if n % 10 == 0 {
+                live.push(body);
+            }
         }
-        let kept = watch.watch(timed(ProxyBody::Empty, false, Duration::from_secs(1)));
-        assert!(
-            lock(&watch.watched).len() <= 2 * PRUNE_FROM + 1,
-            "not pruned"
-        );
-        drop(kept);
+        let list = lock(&watch.watched);
+        let alive = list.entries.iter().filter(|w| w.strong_count() > 0).count();
+        assert_eq!(alive, live.len(), "a live answer was dropped from the list");
+        assert!(list.entries.len() <= 2 * PRUNE_FROM.max(2 * live.len()));
     }
 }

@@ -1286,11 +1286,11 @@ async fn an_h2_stream_whose_window_stays_shut_loses_its_upstream_request() {
     // WINDOW_UPDATE is ever sent for it.
     tokio::spawn(connection);
     let request = Request::get("http://pachgate.test/file").body(()).unwrap();
+    let asked = std::time::Instant::now();
     let (response, _) = client.send_request(request, true).unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut unread = response.into_body();
-    let asked = std::time::Instant::now();
     tokio::time::timeout(std::time::Duration::from_secs(15), dropped)
         .await
         .expect("the upstream request was dropped once nothing moved for idle_timeout")
