@@ -141,12 +141,13 @@ impl StallWatch {
     /// ones from the list; how many are left.
     fn sweep(&self) -> usize {
         let now = Instant::now();
+        let mut due = Vec::new();
         let mut list = lock(&self.watched);
         list.entries.retain(|weak| {
             let Some(watched) = weak.upgrade() else {
                 return false;
             };
-            let mut state = match watched.0.try_lock() {
+            let state = match watched.0.try_lock() {
                 Ok(state) => state,
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                 // Being polled right now: not stalled.
@@ -159,6 +160,26 @@ impl StallWatch {
                 // Finished (or cut by its own timer) answers need no more watching.
                 return !state.body.is_end_stream();
             };
+            drop(state);
+            due.push((watched, expired));
+            false
+        });
+        drop(list);
+        // Outside the list's lock: a cut drops an upstream body and logs, and workers
+        // adding answers to the list must not wait on either.
+        let mut still_watched = Vec::new();
+        for (watched, expired) in due {
+            let mut state = lock(&watched.0);
+            if state.finished {
+                continue;
+            }
+            if state.body.overdue(now).is_none() {
+                // Polled in the meantime: moved on (watched again) or ended.
+                if !state.body.is_end_stream() {
+                    still_watched.push(Arc::downgrade(&watched));
+                }
+                continue;
+            }
             // An answer the upstream has finished, whose end has not been read yet (a
             // chunked body's last chunk, trailers): kept whole for the client, not cut.
             state.handed = match state.body.rest_if_finished(FINISHED_REST_LIMIT) {
@@ -167,10 +188,12 @@ impl StallWatch {
                 None => VecDeque::from([state.body.cut(expired)]),
             };
             state.finished = true;
-            false
-        });
-        self.len.store(list.entries.len(), Ordering::Release);
-        list.entries.len()
+        }
+        let mut list = lock(&self.watched);
+        list.entries.append(&mut still_watched);
+        let left = list.entries.len();
+        self.len.store(left, Ordering::Release);
+        left
     }
 }
 
