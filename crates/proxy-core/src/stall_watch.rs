@@ -305,6 +305,11 @@ mod tests {
         poll_fn(|cx| body.poll_frame(cx)).await
     }
 
+    async fn next_trailers(body: &mut WatchedBody) -> http::HeaderMap {
+        let frame = next(body).await.expect("a frame").expect("not an error");
+        frame.into_trailers().expect("trailers")
+    }
+
     /// The connection's side: sweeps as the connection's task would, until stopped.
     async fn sweeping(watch: Arc<StallWatch>) -> tokio::task::JoinHandle<()> {
         let sweeper = tokio::spawn(async move { poll_fn(|cx| watch.poll_sweep(cx)).await });
@@ -329,12 +334,7 @@ mod tests {
         assert!(taken_over(&body), "not cut past its deadline");
         assert_eq!(watch.len.load(Ordering::Acquire), 0);
         // The client reads at last: the cut (gRPC: DEADLINE_EXCEEDED trailers), then the end.
-        let trailers = next(&mut body)
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
+        let trailers = next_trailers(&mut body).await;
         assert_eq!(trailers["grpc-status"], "4");
         assert!(body.is_end_stream());
         assert!(next(&mut body).await.is_none());
@@ -367,12 +367,7 @@ mod tests {
         let data = next(&mut body).await.unwrap().unwrap();
         assert_eq!(data.into_data().unwrap(), "last message");
         assert!(!body.is_end_stream());
-        let trailers = next(&mut body)
-            .await
-            .unwrap()
-            .unwrap()
-            .into_trailers()
-            .unwrap();
+        let trailers = next_trailers(&mut body).await;
         assert_eq!(trailers["grpc-status"], "0", "the upstream's own status");
         assert!(body.is_end_stream());
         assert!(next(&mut body).await.is_none());

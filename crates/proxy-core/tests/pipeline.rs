@@ -1259,13 +1259,8 @@ async fn without_an_idle_timeout_a_silent_connection_still_closes() {
 #[tokio::test]
 async fn an_h2_stream_whose_window_stays_shut_loses_its_upstream_request() {
     let (upstream_addr, dropped) = endless_download_upstream().await;
-    let mut download = open_route("download", "/file", "download");
-    download.timeouts = pachgate_proxy_core::RouteTimeouts {
-        total: None,
-        idle: Some(std::time::Duration::from_secs(1)),
-    };
     let snapshot = Snapshot::build(
-        vec![download, open_route("app", "/app", "app")],
+        vec![timed_download(1), open_route("app", "/app", "app")],
         vec![
             upstream_spec_http1("download", upstream_addr),
             upstream("app", http1_upstream().await, UpstreamProtocol::Http1),
@@ -1327,18 +1322,13 @@ async fn an_h2_stream_whose_window_stays_shut_loses_its_upstream_request() {
 }
 
 /// An HTTP/2 client that resets its stream while the upstream sends nothing ends the
-/// upstream request at once, not at the route's timer (the response is read by a task of
-/// its own toward HTTP/2 clients under a route timer).
+/// upstream request at once, not at the route's timer (the answer is also on the
+/// connection's stall watch, which must not keep it).
 #[tokio::test]
 async fn an_h2_client_that_resets_a_quiet_stream_ends_its_upstream_request() {
     let (upstream_addr, dropped) = quiet_download_upstream().await;
-    let mut download = open_route("download", "/file", "download");
-    download.timeouts = pachgate_proxy_core::RouteTimeouts {
-        total: None,
-        idle: Some(std::time::Duration::from_secs(600)),
-    };
     let snapshot = Snapshot::build(
-        vec![download],
+        vec![timed_download(600)],
         vec![upstream_spec_http1("download", upstream_addr)],
         None,
         None,
@@ -1359,4 +1349,14 @@ async fn an_h2_client_that_resets_a_quiet_stream_ends_its_upstream_request() {
         .await
         .expect("the upstream request was dropped when the client reset its stream")
         .unwrap();
+}
+
+/// The route `/file` to the upstream "download", under an `idle_timeout` of `idle_secs`.
+fn timed_download(idle_secs: u64) -> pachgate_proxy_core::RouteSpec {
+    let mut download = open_route("download", "/file", "download");
+    download.timeouts = pachgate_proxy_core::RouteTimeouts {
+        total: None,
+        idle: Some(std::time::Duration::from_secs(idle_secs)),
+    };
+    download
 }
