@@ -2,8 +2,9 @@
 //! reaches a client that is still sending (lingering close, TLS and plain); an over-long
 //! HTTP/2 header list gets a 431 on its stream and nothing that invites a retry, with the
 //! connection's other stream served; a bad h2 preface gets GOAWAY PROTOCOL_ERROR and a TLS
-//! close_notify; header names with underscores are refused when configured. A bystander
-//! request after each shows the proxy unaffected.
+//! close_notify; header names with underscores are refused when configured; a HEAD request
+//! gets a refusal's head without its body. A bystander request after each shows the proxy
+//! unaffected.
 
 mod common;
 
@@ -246,4 +247,53 @@ fn underscore_header_names_are_refused_when_configured() {
             assert_eq!(code, "200", "{version}");
         }
     }
+}
+
+/// A HEAD request that pachgate answers itself gets the head a GET would get, its
+/// `Content-Length` included, and no body: over HTTP/2 a body on a HEAD answer is a
+/// protocol error to curl (nghttp2), which then reports no answer at all.
+#[test]
+fn head_requests_get_pachgates_own_answers_without_a_body() {
+    let standins = standins();
+    let proxy = pachgate_with_limits(&standins, "reject_underscore_headers = true", "");
+    let url = format!("https://{}/headers", proxy.target());
+    let ca = proxy.ca();
+    let curl = |args: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--cacert", ca.to_str().unwrap(), "-H", "X_Custom: 1"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    for version in ["--http1.1", "--http2"] {
+        let get = curl(&[
+            version,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ]);
+        let get = String::from_utf8(get.stdout).unwrap();
+        let (status, length) = get.split_once(' ').unwrap();
+        assert_eq!(status, "400", "{version}");
+        assert_ne!(length, "0", "{version}: the refusal has a text");
+        let head = curl(&[version, "-I"]);
+        assert!(
+            head.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&head.stderr)
+        );
+        let head = String::from_utf8(head.stdout).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/"), "{version}: {head}");
+        assert!(
+            head.lines().next().unwrap().contains(" 400"),
+            "{version}: {head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {length}\r\n")),
+            "{version}: {head}"
+        );
+    }
+    assert_bystander_served(&proxy);
 }

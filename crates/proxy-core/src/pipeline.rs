@@ -101,9 +101,13 @@ impl Gateway {
                 caller.activity.begin(),
             )),
         };
-        let response = self
+        let head = request.method() == http::Method::HEAD;
+        let mut response = self
             .stages(request, caller, &snapshot, grpc, &mut record)
             .await;
+        if head {
+            without_own_body(&mut response);
+        }
         finish(response, caller, &snapshot, record)
     }
 
@@ -493,6 +497,21 @@ fn finish(
         exchange.note_grpc(response.headers());
     }
     response.map(|body| ObservedBody::new(body, record.exchange))
+}
+
+/// The answer to a HEAD request: an answer pachgate wrote itself keeps its head, with the
+/// `Content-Length` its body would have had, and loses the body. hyper's HTTP/1 server
+/// drops a HEAD answer's body on its own, its HTTP/2 server does not: the body went out as
+/// DATA frames, which clients that check (curl) take as a protocol error. An upstream's
+/// answer to a HEAD request has no body to drop.
+fn without_own_body(response: &mut Response<ProxyBody>) {
+    if let ProxyBody::Full(body) = response.body_mut() {
+        let length = body.take().map_or(0, |body| body.len());
+        response
+            .headers_mut()
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(length));
+    }
 }
 
 /// What `respond` keeps about one request while the stages run.
