@@ -202,7 +202,15 @@ fn pfs(state: &PachdState, request: &Request) -> Response<Body> {
         return display_error(request, StatusCode::NOT_FOUND, &message);
     }
     if let Err(error) = file_server_auth(state, request) {
-        return display_grpc_error(request, "problem inspecting file", &error);
+        // pachd sets these before it asks for the file, so its errors carry them too.
+        let mut refusal = display_grpc_error(request, "problem inspecting file", &error);
+        let headers = refusal.headers_mut();
+        headers.insert("vary", HeaderValue::from_static("authn-token"));
+        headers.insert(
+            "cache-control",
+            HeaderValue::from_static("private, no-cache"),
+        );
+        return refusal;
     }
     let file: Vec<&str> = parts[5..]
         .iter()
