@@ -292,6 +292,179 @@ fn file_preview_and_download_with_the_query_token() {
     assert!(!log.contains("demo-token"), "{log}");
 }
 
+/// A whole HTTP answer as curl saw it: status, the headers named, and the body's bytes.
+fn answer_with_headers(url: &str, ca: Option<&std::path::Path>, extra: &[&str]) -> RawAnswer {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-i", "--path-as-is"]);
+    if let Some(ca) = ca {
+        curl.arg("--cacert").arg(ca);
+    }
+    let output = curl.args(extra).arg(url).output().unwrap();
+    let text = &output.stdout;
+    let split = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            let why = String::from_utf8_lossy(&output.stderr);
+            panic!("{url}: no head: {why}")
+        });
+    let head = String::from_utf8_lossy(&text[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        head.lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    RawAnswer {
+        status,
+        content_type: header("content-type"),
+        vary: header("vary"),
+        cache_control: header("cache-control"),
+        location: header("location"),
+        www_authenticate: header("www-authenticate"),
+        body: text[split + 4..].to_vec(),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct RawAnswer {
+    status: u16,
+    content_type: Option<String>,
+    vary: Option<String>,
+    cache_control: Option<String>,
+    location: Option<String>,
+    www_authenticate: Option<String>,
+    body: Vec<u8>,
+}
+
+#[test]
+fn file_handlers_refuse_tokens_in_pachds_own_words() {
+    let standins = pachyderm_standins(&[]);
+    let proxy = preset(&standins);
+    let pachd = standins.address("standin-pachd-http");
+    let ca = proxy.ca();
+    let browser = "accept: text/html,application/xhtml+xml,*/*;q=0.8";
+    let file = "/pfs/default/images/master/liberty.png";
+    // (method, target, extra header, pachd answers it from its own ZIP)
+    let cases = [
+        (
+            "GET",
+            format!("{file}?authn-token=expired-token"),
+            None,
+            false,
+        ),
+        ("GET", format!("{file}?authn-token=wrong"), None, false),
+        ("GET", file.to_string(), None, false),
+        (
+            "HEAD",
+            format!("{file}?authn-token=expired-token"),
+            None,
+            false,
+        ),
+        (
+            "GET",
+            format!("{file}?authn-token=wrong"),
+            Some(browser),
+            false,
+        ),
+        // pachd answers these before it uses a token: 405, and 301 to the path and a slash.
+        ("POST", format!("{file}?authn-token=wrong"), None, false),
+        ("GET", "/pfs/default/images/master".to_string(), None, false),
+        // /archive reports a refused token inside its 200 ZIP.
+        (
+            "GET",
+            "/archive/ASi1L.zip?authn-token=expired-token".to_string(),
+            None,
+            true,
+        ),
+        (
+            "GET",
+            "/archive/ASi1L.zip?authn-token=wrong".to_string(),
+            None,
+            true,
+        ),
+        ("GET", "/archive/ASi1L.zip".to_string(), None, true),
+        ("POST", "/archive/ASi1L.zip".to_string(), None, false),
+    ];
+    let curl_args = |method: &'static str, header: Option<&'static str>| {
+        let mut extra = match method {
+            "HEAD" => vec!["-I"],
+            _ => vec!["-X", method],
+        };
+        extra.extend(header.into_iter().flat_map(|header| ["-H", header]));
+        extra
+    };
+    // pachd's own answers first; then its record starts again for the answers through
+    // the preset.
+    let direct: Vec<RawAnswer> = cases
+        .iter()
+        .map(|(method, target, header, _)| {
+            let url = format!("http://{pachd}{target}");
+            answer_with_headers(&url, None, &curl_args(method, *header))
+        })
+        .collect();
+    let cleared = Command::new("curl")
+        .args(["-sS", "--fail", "-X", "DELETE"])
+        .arg(format!("http://{pachd}/_standin/seen"))
+        .status()
+        .unwrap();
+    assert!(cleared.success());
+    for ((method, target, header, zip), direct) in cases.iter().zip(direct) {
+        let through = answer_with_headers(
+            &format!("https://localhost:{}{target}", proxy.https().port()),
+            Some(&ca),
+            &curl_args(method, *header),
+        );
+        let what = format!("{method} {target} {header:?}");
+        if *zip {
+            // A ZIP holding only @error.txt (its name carries the time): compared as such.
+            let error = b"@error.txt";
+            let holds = |body: &[u8]| body.windows(error.len()).any(|w| w == error);
+            for answer in [&direct, &through] {
+                assert_eq!(answer.status, 200, "{what}: {answer:?}");
+                assert_eq!(answer.content_type.as_deref(), Some("application/zip"));
+                assert!(holds(&answer.body), "{what}: {answer:?}");
+            }
+            continue;
+        }
+        assert_ne!(direct.status, 200, "{what}: pachd served it: {direct:?}");
+        let html = |answer: &RawAnswer| answer.content_type.as_deref() == Some("text/html");
+        if html(&direct) {
+            // Each writes its own page around pachd's words.
+            assert!(html(&through), "{what}: {through:?}");
+            let words = "rpc error: code = Unauthenticated desc = provided auth token";
+            for answer in [&direct, &through] {
+                let page = String::from_utf8_lossy(&answer.body);
+                assert!(page.contains(words), "{what}: {page}");
+            }
+            assert_eq!(
+                (direct.status, &direct.vary, &direct.cache_control),
+                (through.status, &through.vary, &through.cache_control),
+                "{what}"
+            );
+            continue;
+        }
+        assert_eq!(through, direct, "{what}");
+    }
+    // The gate refused the file server's bad tokens itself; the archive's went to pachd.
+    let seen = pachd_seen(&standins);
+    let reached = |path: &str, token: &str| {
+        seen.iter()
+            .any(|(_, m, t, _)| m.starts_with(path) && t == token)
+    };
+    assert!(!reached("/pfs/", "expired"), "{seen:?}");
+    assert!(!reached("/pfs/", "invalid"), "{seen:?}");
+    assert!(reached("/archive/", "expired"), "{seen:?}");
+    assert!(reached("/archive/", "invalid"), "{seen:?}");
+}
+
 #[test]
 fn an_expired_session_is_told_to_log_in_again() {
     let standins = pachyderm_standins(&[]);

@@ -15,8 +15,9 @@ mod who_am_i;
 
 pub use cache::TokenCache;
 pub use pachyderm::{
-    bearer_token, is_server_streaming_method, is_well_formed_grpc_path, pachd_http_surface,
-    token_for_pachd_files, token_from_grpc_metadata, PachdHttpSurface, PachydermLine, TokenLookup,
+    bearer_token, files_answered_without_token, is_server_streaming_method,
+    is_well_formed_grpc_path, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata,
+    PachdHttpSurface, PachydermLine, TokenLookup,
 };
 pub use static_tokens::{parse_hash_file, StaticTokens};
 pub use who_am_i::{GrpcUnary, PachdWhoAmI, UnaryReply};
@@ -181,6 +182,10 @@ pub enum AllowReason {
     ValidToken,
     /// pachd has auth off and `when_auth_disabled = "allow"`.
     AuthNotActive,
+    /// pachd answers the request itself and serves nothing a token guards: a request its
+    /// file handlers answer before they use a token, or a refused token on `/archive`,
+    /// which pachd reports inside its `200` ZIP.
+    AnsweredByPachd,
 }
 
 impl AllowReason {
@@ -189,6 +194,7 @@ impl AllowReason {
             AllowReason::PublicMethod => "public_method",
             AllowReason::ValidToken => "valid_token",
             AllowReason::AuthNotActive => "auth_not_active",
+            AllowReason::AnsweredByPachd => "answered_by_pachd",
         }
     }
 }
@@ -275,43 +281,77 @@ impl PachydermGate {
     }
 
     /// Decides an HTTP request to pachd's HTTP server. On the grpc-gateway (`/api/…`) the
-    /// method's own rule applies, as pachd's interceptor sees the same method; everything
-    /// else needs a token. The caller takes the token where pachd will
+    /// method's own rule applies, as pachd's interceptor sees the same method. pachd's file
+    /// handlers answer some requests before they use a token
+    /// ([`files_answered_without_token`]), which pass; and `/archive` reports a refused
+    /// token inside its `200` ZIP, an answer only pachd can write, so there a token the
+    /// gate would refuse passes too (still checked: the failed-authentication budget counts
+    /// it). Everything else needs a token. The caller takes the token where pachd will
     /// ([`token_for_pachd_files`] on `/pfs` and `/archive`, the header elsewhere).
-    pub async fn check_http(&self, path: &str, token: TokenLookup<'_>) -> Decision {
-        self.check_http_within(path, token, &AskFreely).await
+    pub async fn check_http(
+        &self,
+        method: &http::Method,
+        path: &str,
+        token: TokenLookup<'_>,
+    ) -> Decision {
+        self.check_http_within(method, path, token, &AskFreely)
+            .await
     }
 
     /// [`check_http`](Self::check_http), with `budget` asked before a token goes to pachd.
     pub async fn check_http_within(
         &self,
+        method: &http::Method,
         path: &str,
         token: TokenLookup<'_>,
         budget: &dyn AskBudget,
     ) -> Decision {
-        if let PachdHttpSurface::Gateway { method } = pachd_http_surface(path) {
-            if is_well_formed_grpc_path(method) && self.is_public(method) {
+        let surface = pachd_http_surface(path);
+        if let PachdHttpSurface::Gateway { method: call } = surface {
+            if is_well_formed_grpc_path(call) && self.is_public(call) {
                 return Decision::Allow {
                     username: None,
                     reason: AllowReason::PublicMethod,
                 };
             }
         }
-        self.check_token(token, budget).await
+        if files_answered_without_token(method, path) {
+            return Decision::Allow {
+                username: None,
+                reason: AllowReason::AnsweredByPachd,
+            };
+        }
+        let decision = self.check_token(token, budget).await;
+        match (surface, decision) {
+            (
+                PachdHttpSurface::Archive,
+                Decision::Deny(
+                    DenyReason::MissingToken
+                    | DenyReason::InvalidToken(_)
+                    | DenyReason::ExpiredToken(_)
+                    | DenyReason::MultipleTokens,
+                ),
+            ) => Decision::Allow {
+                username: None,
+                reason: AllowReason::AnsweredByPachd,
+            },
+            (_, decision) => decision,
+        }
     }
 
-    /// Whether pachd serves this request without a token: a public gRPC method, or the same
-    /// method through the grpc-gateway.
-    pub fn is_public_call(&self, path: &str, grpc: bool) -> bool {
-        let method = if grpc {
+    /// Whether pachd serves this request without a token: a public gRPC method, the same
+    /// method through the grpc-gateway, or a request pachd's file handlers answer before
+    /// they use a token. `method` is the HTTP method.
+    pub fn is_public_call(&self, method: &http::Method, path: &str, grpc: bool) -> bool {
+        let call = if grpc {
             path
         } else {
             match pachd_http_surface(path) {
                 PachdHttpSurface::Gateway { method } => method,
-                _ => return false,
+                _ => return files_answered_without_token(method, path),
             }
         };
-        is_well_formed_grpc_path(method) && self.is_public(method)
+        is_well_formed_grpc_path(call) && self.is_public(call)
     }
 
     /// Whether pachd's last answer for this token was "valid" and the token has not expired

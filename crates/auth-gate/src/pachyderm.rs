@@ -132,9 +132,12 @@ pub enum PachdHttpSurface<'a> {
     /// Content-Length becomes gRPC metadata, so the token is the `authn-token` header and
     /// the method's own rules (public or not) apply. `method` is `/<package.Service>/<Method>`.
     Gateway { method: &'a str },
-    /// `/pfs…` and `/archive…`: file downloads, which read the `authn-token` query parameter
-    /// first and the header second.
-    Files,
+    /// `/pfs…`: pachd's file server (previews and downloads of one file). It reads the
+    /// `authn-token` query parameter first and the header second.
+    FileServer,
+    /// `/archive…`: pachd's ZIP downloads, which read the token as the file server does but
+    /// answer `200` before they use it, and report a refused one inside the ZIP.
+    Archive,
     /// Anything else: the `authn-token` header.
     Other,
 }
@@ -151,10 +154,42 @@ pub fn pachd_http_surface(path: &str) -> PachdHttpSurface<'_> {
             return PachdHttpSurface::Gateway { method: rest };
         }
     }
-    if has_segment_prefix(path, "/pfs") || has_segment_prefix(path, "/archive") {
-        return PachdHttpSurface::Files;
+    if has_segment_prefix(path, "/pfs") {
+        return PachdHttpSurface::FileServer;
+    }
+    if has_segment_prefix(path, "/archive") {
+        return PachdHttpSurface::Archive;
     }
     PachdHttpSurface::Other
+}
+
+impl PachdHttpSurface<'_> {
+    /// The file handlers, which take the `authn-token` query parameter before the header
+    /// ([`token_for_pachd_files`]).
+    pub fn reads_query_token(&self) -> bool {
+        matches!(
+            self,
+            PachdHttpSurface::FileServer | PachdHttpSurface::Archive
+        )
+    }
+}
+
+/// Whether pachd's file handlers answer this request before they use any token
+/// (`src/internal/fileserver`, `src/internal/archiveserver`), so the gate has nothing to
+/// stop: `/pfs` answers a method other than GET or HEAD with 405, a path too short to name
+/// a file (fewer than six `/`-separated parts) with 404, or with a 301 to the same path and
+/// a `/` when the fifth part is not empty; `/archive` answers a method other than GET with
+/// 405. `path` is the normalised path.
+pub fn files_answered_without_token(method: &http::Method, path: &str) -> bool {
+    match pachd_http_surface(path) {
+        PachdHttpSurface::FileServer => {
+            let reads = *method == http::Method::GET || *method == http::Method::HEAD;
+            // Go's `strings.Split(path, "/")`: "/pfs/p/r/b/f" is ["", "pfs", "p", "r", "b", "f"].
+            !reads || path.split('/').count() < 6
+        }
+        PachdHttpSurface::Archive => *method != http::Method::GET,
+        _ => false,
+    }
 }
 
 /// `/package.Service/Method` and nothing else: no empty segments, no dot segments, no

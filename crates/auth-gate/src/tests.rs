@@ -3,6 +3,9 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 
+const GET: http::Method = http::Method::GET;
+const POST: http::Method = http::Method::POST;
+
 /// A WhoAmI transport with fixed answers that counts calls (pure-logic tests; the real one
 /// is exercised end to end against the stand-in pachd).
 struct Answers {
@@ -112,9 +115,12 @@ fn pachd_http_surfaces() {
         ("/api/", PachdHttpSurface::Gateway { method: "/" }),
         ("/api", PachdHttpSurface::Other),
         ("/apix/y", PachdHttpSurface::Other),
-        ("/pfs", PachdHttpSurface::Files),
-        ("/pfs/default/images/master/a.png", PachdHttpSurface::Files),
-        ("/archive/ASi1L.zip", PachdHttpSurface::Files),
+        ("/pfs", PachdHttpSurface::FileServer),
+        (
+            "/pfs/default/images/master/a.png",
+            PachdHttpSurface::FileServer,
+        ),
+        ("/archive/ASi1L.zip", PachdHttpSurface::Archive),
         ("/pfsx", PachdHttpSurface::Other),
         (
             "/jsonschema/pps_v2/CreatePipelineRequest.schema.json",
@@ -230,36 +236,40 @@ async fn grpc_gateway_paths_follow_the_methods_rules() {
     };
     // The console logs in without a token.
     assert_eq!(
-        gate.check_http("/api/auth_v2.API/Authenticate", TokenLookup::Missing)
+        gate.check_http(&POST, "/api/auth_v2.API/Authenticate", TokenLookup::Missing)
             .await,
         public
     );
     assert_eq!(
-        gate.check_http("/api/versionpb_v2.API/GetVersion", TokenLookup::Missing)
-            .await,
+        gate.check_http(
+            &POST,
+            "/api/versionpb_v2.API/GetVersion",
+            TokenLookup::Missing
+        )
+        .await,
         public
     );
     assert_eq!(
-        gate.check_http("/api/pfs_v2.API/ListProject", TokenLookup::Missing)
+        gate.check_http(&POST, "/api/pfs_v2.API/ListProject", TokenLookup::Missing)
             .await,
         Decision::Deny(DenyReason::MissingToken)
     );
     assert_eq!(
-        gate.check_http("/api/pfs_v2.API/ListProject", found("expired"))
+        gate.check_http(&POST, "/api/pfs_v2.API/ListProject", found("expired"))
             .await,
         Decision::Deny(DenyReason::ExpiredToken(
             "token expiration is in the past".into()
         ))
     );
-    // File downloads always need a token.
+    // A file's preview or download needs a token.
     assert_eq!(
-        gate.check_http("/pfs/default/r/master/f", TokenLookup::Missing)
+        gate.check_http(&GET, "/pfs/default/r/master/f", TokenLookup::Missing)
             .await,
         Decision::Deny(DenyReason::MissingToken)
     );
     // A 1.x name is not public on a 2.x gate.
     assert_eq!(
-        gate.check_http("/api/auth.API/Authenticate", TokenLookup::Missing)
+        gate.check_http(&POST, "/api/auth.API/Authenticate", TokenLookup::Missing)
             .await,
         Decision::Deny(DenyReason::MissingToken)
     );
@@ -586,4 +596,73 @@ async fn checks_that_never_got_an_answer_leave_no_slot() {
     // An answered check stays cached.
     gate.check_grpc("/p.A/M", found("good")).await;
     assert_eq!(gate.cache.len(), 1);
+}
+
+#[test]
+fn file_handlers_answer_some_requests_before_any_token() {
+    let head = http::Method::HEAD;
+    let put = http::Method::PUT;
+    for (method, path, answered) in [
+        // /pfs: GET and HEAD of /pfs/<project>/<repo>/<commit|branch>/<path…> use the token.
+        (&GET, "/pfs/default/images/master/a.png", false),
+        (&head, "/pfs/default/images/master/a.png", false),
+        (&GET, "/pfs/default/images/master/", false),
+        // Anything else is answered first: 405, 404, or 301 to the path and a slash.
+        (&POST, "/pfs/default/images/master/a.png", true),
+        (&put, "/pfs/default/images/master/a.png", true),
+        (&GET, "/pfs/default/images/master", true),
+        (&GET, "/pfs/default/images/", true),
+        (&GET, "/pfs", true),
+        // /archive: only a method other than GET is answered before the token.
+        (&GET, "/archive/ASi1L.zip", false),
+        (&POST, "/archive/ASi1L.zip", true),
+        (&head, "/archive/ASi1L.zip", true),
+        // Nothing else is a file handler.
+        (&POST, "/api/pfs_v2.API/ListRepo", false),
+        (&put, "/jsonschema/x.json", false),
+    ] {
+        assert_eq!(
+            files_answered_without_token(method, path),
+            answered,
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn file_handlers_get_the_requests_pachd_answers_itself() {
+    let (gate, answers) = gate(PachydermAuthSettings::default(), pachd);
+    let answered_by_pachd = Decision::Allow {
+        username: None,
+        reason: AllowReason::AnsweredByPachd,
+    };
+    // pachd's 301 and 405 on /pfs need no token.
+    assert_eq!(
+        gate.check_http(&GET, "/pfs/default/r/master", TokenLookup::Missing)
+            .await,
+        answered_by_pachd
+    );
+    assert_eq!(
+        gate.check_http(&POST, "/pfs/default/r/master/f", found("bad"))
+            .await,
+        answered_by_pachd
+    );
+    // /archive reports a refused token inside its 200 ZIP: pachd's answer, not the gate's.
+    for token in [TokenLookup::Missing, found("bad"), found("expired")] {
+        assert_eq!(
+            gate.check_http(&GET, "/archive/ASi1L.zip", token).await,
+            answered_by_pachd
+        );
+    }
+    // A good token passes as everywhere, with its user.
+    assert!(matches!(
+        gate.check_http(&GET, "/archive/ASi1L.zip", found("good"))
+            .await,
+        Decision::Allow {
+            reason: AllowReason::ValidToken,
+            ..
+        }
+    ));
+    // The tokens were still checked (the failed-authentication budget counts them).
+    assert_eq!(answers.calls.load(Ordering::SeqCst), 3);
 }

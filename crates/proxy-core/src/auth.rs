@@ -15,8 +15,8 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use pachgate_auth_gate::{
     bearer_token, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata, AllowReason,
-    AskBudget, Decision, DenyReason, GrpcUnary, PachdHttpSurface, PachdWhoAmI, PachydermGate,
-    StaticTokens, UnaryReply, WhoAmI, WhoAmIAnswer, WhoAmIFuture,
+    AskBudget, Decision, DenyReason, GrpcUnary, PachdWhoAmI, PachydermGate, StaticTokens,
+    UnaryReply, WhoAmI, WhoAmIAnswer, WhoAmIFuture,
 };
 use pachgate_client_policy::RateLimiter;
 use tokio::sync::Notify;
@@ -110,9 +110,7 @@ impl AuthGates<'_> {
                     .iter()
                     .map(|v| v.as_bytes()),
             ),
-            RouteGate::Pachyderm(_)
-                if !grpc && pachd_http_surface(path) == PachdHttpSurface::Files =>
-            {
+            RouteGate::Pachyderm(_) if !grpc && pachd_http_surface(path).reads_query_token() => {
                 token_for_pachd_files(request.uri().query(), authn_tokens())
             }
             // gRPC metadata, and pachd's grpc-gateway, which turns headers into metadata.
@@ -132,7 +130,10 @@ impl AuthGates<'_> {
                 let exempt = match self.gate {
                     RouteGate::Pachyderm(gate) => match token.token() {
                         None => true,
-                        Some(token) => gate.knows_valid(token) || gate.is_public_call(path, grpc),
+                        Some(token) => {
+                            gate.knows_valid(token)
+                                || gate.is_public_call(request.method(), path, grpc)
+                        }
                     },
                     RouteGate::StaticTokens(_) => false,
                 };
@@ -155,7 +156,9 @@ impl AuthGates<'_> {
                 decision
             }
             (RouteGate::Pachyderm(gate), None) if grpc => gate.check_grpc(path, token).await,
-            (RouteGate::Pachyderm(gate), None) => gate.check_http(path, token).await,
+            (RouteGate::Pachyderm(gate), None) => {
+                gate.check_http(request.method(), path, token).await
+            }
             // Only the question to pachd is charged, in the budget, when pachd rejects the
             // token: the same rejected token again (answered from the cache, or shared with
             // the request that asked) guesses nothing new, and charging it let one client
@@ -169,7 +172,8 @@ impl AuthGates<'_> {
                 if grpc {
                     gate.check_grpc_within(path, token, &budget).await
                 } else {
-                    gate.check_http_within(path, token, &budget).await
+                    gate.check_http_within(request.method(), path, token, &budget)
+                        .await
                 }
             }
         };

@@ -39,6 +39,20 @@ impl GrpcCode {
         }
     }
 
+    /// grpc-go's name for the code, as its error strings spell it (`rpc error: code = …`).
+    pub(crate) fn go_name(self) -> &'static str {
+        match self {
+            GrpcCode::Unknown => "Unknown",
+            GrpcCode::DeadlineExceeded => "DeadlineExceeded",
+            GrpcCode::PermissionDenied => "PermissionDenied",
+            GrpcCode::ResourceExhausted => "ResourceExhausted",
+            GrpcCode::Unimplemented => "Unimplemented",
+            GrpcCode::Internal => "Internal",
+            GrpcCode::Unavailable => "Unavailable",
+            GrpcCode::Unauthenticated => "Unauthenticated",
+        }
+    }
+
     fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             GrpcCode::Unknown => "2",

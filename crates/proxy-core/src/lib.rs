@@ -23,6 +23,7 @@ mod connection;
 mod connection_limit;
 pub mod error;
 pub mod exchange;
+mod file_server_refusal;
 pub mod framing_guard;
 pub mod gateway;
 pub mod headers;

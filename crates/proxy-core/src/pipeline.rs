@@ -134,11 +134,8 @@ impl Gateway {
             Err(rejection) => return rejection.answer(request, rendering).await,
         };
         if let Err(rejection) = self.admit(&request, route, snapshot, grpc, caller).await {
-            let rendering = Rendering::on_route(
-                grpc,
-                route.target.auth == RouteAuth::Pachyderm,
-                request.uri().path(),
-            );
+            let rendering =
+                Rendering::on_route(grpc, route.target.auth == RouteAuth::Pachyderm, &request);
             return rejection.answer(request, rendering).await;
         }
         let answered = if view.websocket_upgrade

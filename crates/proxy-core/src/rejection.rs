@@ -16,6 +16,7 @@ use crate::body::ProxyBody;
 use crate::error::{
     gateway_error_response, grpc_status_response, text_response, GrpcCode, ProxyError,
 };
+use crate::file_server_refusal::{file_server_refusal, prefers_html};
 use crate::request_view::Facts;
 
 /// Why pachgate answers a request itself instead of passing on the upstream's answer.
@@ -47,6 +48,9 @@ pub(crate) enum Rendering {
     /// The same for a server-streaming method, wrapped as `{"error": …}` as grpc-gateway's
     /// stream forwarder writes it.
     GatewayStreamJson,
+    /// pachd's file server (`/pfs` on a Pachyderm route): a refused token as pachd's file
+    /// server reports it, in HTML when the client ranks HTML first.
+    PachdFileServer { html: bool },
     /// A status and a short text.
     Text,
 }
@@ -62,21 +66,25 @@ impl Rendering {
         }
     }
 
-    /// For the gate's denials on a route: gRPC for gRPC callers, grpc-gateway JSON on
-    /// pachd's `/api/` (a route with the Pachyderm gate), text elsewhere.
-    pub(crate) fn on_route(grpc: bool, pachyderm_route: bool, path: &str) -> Self {
+    /// For the gate's denials on a route: gRPC for gRPC callers; on a route with the
+    /// Pachyderm gate, grpc-gateway JSON on pachd's `/api/` and the file server's own words
+    /// on `/pfs`; text elsewhere.
+    pub(crate) fn on_route<B>(grpc: bool, pachyderm_route: bool, request: &Request<B>) -> Self {
         if grpc {
-            Rendering::Grpc
-        } else if let (true, PachdHttpSurface::Gateway { method }) =
-            (pachyderm_route, pachd_http_surface(path))
-        {
-            if is_server_streaming_method(method) {
+            return Rendering::Grpc;
+        }
+        if !pachyderm_route {
+            return Rendering::Text;
+        }
+        match pachd_http_surface(request.uri().path()) {
+            PachdHttpSurface::Gateway { method } if is_server_streaming_method(method) => {
                 Rendering::GatewayStreamJson
-            } else {
-                Rendering::GatewayJson
             }
-        } else {
-            Rendering::Text
+            PachdHttpSurface::Gateway { .. } => Rendering::GatewayJson,
+            PachdHttpSurface::FileServer => Rendering::PachdFileServer {
+                html: prefers_html(request.headers()),
+            },
+            _ => Rendering::Text,
         }
     }
 }
@@ -220,7 +228,20 @@ fn render_denial(reason: &DenyReason, rendering: Rendering) -> Response<ProxyBod
         }
         Rendering::GatewayJson => gateway_error_response(code, &message, false),
         Rendering::GatewayStreamJson => gateway_error_response(code, &message, true),
-        Rendering::Text => {
+        // What pachd itself refuses; pachgate's own policies stay text.
+        Rendering::PachdFileServer { html }
+            if matches!(
+                reason,
+                DenyReason::MissingToken
+                    | DenyReason::InvalidToken(_)
+                    | DenyReason::ExpiredToken(_)
+                    | DenyReason::MultipleTokens
+            ) =>
+        {
+            // pachd's file server sends no WWW-Authenticate with its 401.
+            return file_server_refusal(code, &message, html);
+        }
+        Rendering::Text | Rendering::PachdFileServer { .. } => {
             let status = match reason {
                 DenyReason::MissingToken
                 | DenyReason::AmbiguousToken

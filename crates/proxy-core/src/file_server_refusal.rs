@@ -1,0 +1,220 @@
+//! A token refusal on pachd's file server (`/pfs`), written as pachd writes it
+//! (`src/internal/fileserver`): pachd's gRPC error seen through the file server's
+//! `displayGRPCError`, with the status it maps the code to, the text `problem inspecting
+//! file: rpc error: code = … desc = …`, and the headers it has set by then. The console's
+//! server fetches previews through the ingress and hands the answer on, so the gate's
+//! refusal must be the one pachd would have given.
+
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, VARY};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::body::ProxyBody;
+use crate::error::GrpcCode;
+
+/// pachd's answer to a `/pfs` request whose token it refuses with `code` and `message`.
+/// `html`: the client ranks HTML above text ([`prefers_html`]).
+pub(crate) fn file_server_refusal(
+    code: GrpcCode,
+    message: &str,
+    html: bool,
+) -> Response<ProxyBody> {
+    let status = match code {
+        GrpcCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        GrpcCode::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    // grpc-go's error string, behind the file server's words for the failed InspectFile.
+    let text = format!(
+        "problem inspecting file: rpc error: code = {} desc = {message}",
+        code.go_name()
+    );
+    let (content_type, body) = if html {
+        ("text/html", error_page(&text))
+    } else {
+        ("text/plain", text)
+    };
+    let mut response = Response::new(ProxyBody::Full(Some(body.into())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Set by the file server before it asks pachd anything, so they come with its errors.
+    headers.insert(VARY, HeaderValue::from_static("authn-token"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    response
+}
+
+/// The file server's error page for a browser: a title, the message, nothing else.
+fn error_page(message: &str) -> String {
+    let mut escaped = String::with_capacity(message.len());
+    for c in message.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&#34;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    format!(
+        "<html>\n<head><title>Pachyderm - Error</title></head>\n\
+         <body><h1>Error</h1><p>{escaped}</p></body>\n</html>\n"
+    )
+}
+
+/// Whether pachd's file server answers this request in HTML: its `Accept` negotiated
+/// between `text/plain` and `text/html`, in that order, as pachd's accept library does.
+/// Media ranges are ranked by q-value, then concrete type before `*`, concrete subtype
+/// before `*`, more parameters first, then the order given; the first range that matches
+/// either type picks it, `text/plain` winning when both match. Matching is case-sensitive,
+/// a range with a parameter that is not `name=value` (or a q that is not a number ≥ 0) is
+/// ignored, and a q of 0 still matches. No `Accept` is `*/*`: text.
+pub(crate) fn prefers_html(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    let Ok(accept) = std::str::from_utf8(accept) else {
+        return false;
+    };
+    let mut ranges: Vec<MediaRange<'_>> = accept
+        .split(',')
+        .enumerate()
+        .filter_map(|(order, range)| MediaRange::parse(range, order))
+        .collect();
+    ranges.sort_by(MediaRange::preference);
+    ranges
+        .iter()
+        .find_map(|range| {
+            if range.matches("plain") {
+                Some(false)
+            } else if range.matches("html") {
+                Some(true)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(false)
+}
+
+struct MediaRange<'a> {
+    kind: &'a str,
+    subtype: &'a str,
+    q: f64,
+    parameters: usize,
+    order: usize,
+}
+
+impl<'a> MediaRange<'a> {
+    fn parse(range: &'a str, order: usize) -> Option<Self> {
+        let mut pieces = range.split(';');
+        let media = pieces.next().unwrap_or("");
+        let mut names = media.split('/');
+        let kind = names.next().unwrap_or("").trim();
+        let subtype = names.next().unwrap_or("").trim();
+        if names.next().is_some() {
+            return None;
+        }
+        let wildcard = |name: &'a str| if name.is_empty() { "*" } else { name };
+        let mut q = 1.0;
+        let mut others: Vec<&str> = Vec::new();
+        for parameter in pieces {
+            let (name, value) = parameter.split_once('=')?;
+            let name = name.trim();
+            if name == "q" {
+                let value: f64 = value.trim().parse().ok()?;
+                if value < 0.0 {
+                    return None;
+                }
+                q = value.min(1.0);
+            } else if !others.contains(&name) {
+                others.push(name);
+            }
+        }
+        Some(MediaRange {
+            kind: wildcard(kind),
+            subtype: wildcard(subtype),
+            q,
+            parameters: others.len(),
+            order,
+        })
+    }
+
+    /// Whether this range takes `text/<subtype>`.
+    fn matches(&self, subtype: &str) -> bool {
+        matches!(self.kind, "text" | "*") && (self.subtype == subtype || self.subtype == "*")
+    }
+
+    fn preference(a: &Self, b: &Self) -> std::cmp::Ordering {
+        b.q.partial_cmp(&a.q)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then((a.kind == "*").cmp(&(b.kind == "*")))
+            .then((a.subtype == "*").cmp(&(b.subtype == "*")))
+            .then(b.parameters.cmp(&a.parameters))
+            .then(a.order.cmp(&b.order))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn html_for(accept: Option<&str>) -> bool {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = accept {
+            headers.insert(http::header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        }
+        prefers_html(&headers)
+    }
+
+    #[test]
+    fn browsers_get_html_and_tools_get_text() {
+        // A browser's navigation.
+        assert!(html_for(Some(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
+        )));
+        assert!(html_for(Some("text/html")));
+        // curl, fetch() and Node's HTTP clients.
+        assert!(!html_for(Some("*/*")));
+        assert!(!html_for(None));
+        assert!(!html_for(Some("application/json")));
+        // Equal q: the concrete type wins over a wildcard, else the first listed.
+        assert!(html_for(Some("*/*, text/html")));
+        assert!(!html_for(Some("text/plain, text/html")));
+        assert!(html_for(Some("text/html, text/plain")));
+        // Ranked by q.
+        assert!(!html_for(Some("text/html;q=0.5, text/plain")));
+        // `text/*` takes both, and text/plain is offered first.
+        assert!(!html_for(Some("text/*, application/json")));
+        // More parameters rank first at equal q.
+        assert!(html_for(Some("text/plain, text/html;level=1")));
+        // Malformed ranges are skipped; case matters, as in pachd.
+        assert!(html_for(Some("text/plain;broken, text/html")));
+        assert!(html_for(Some("text/plain;q=x, text/html")));
+        assert!(!html_for(Some("TEXT/HTML")));
+        // A q of 0 still matches when nothing else does.
+        assert!(html_for(Some("text/html;q=0")));
+    }
+
+    #[test]
+    fn refusals_read_as_pachd_writes_them() {
+        let expired =
+            file_server_refusal(GrpcCode::Internal, "token expiration is in the past", false);
+        assert_eq!(expired.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(expired.headers()[CONTENT_TYPE], "text/plain");
+        assert_eq!(expired.headers()[VARY], "authn-token");
+        assert_eq!(expired.headers()[CACHE_CONTROL], "private, no-cache");
+        let missing = file_server_refusal(GrpcCode::Unauthenticated, "a <b> & c", true);
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(missing.headers()[CONTENT_TYPE], "text/html");
+        let ProxyBody::Full(Some(page)) = missing.into_body() else {
+            panic!("a whole body");
+        };
+        let page = std::str::from_utf8(&page).unwrap();
+        assert!(
+            page.contains(
+                "<p>problem inspecting file: rpc error: code = Unauthenticated desc = a &lt;b&gt; &amp; c</p>"
+            ),
+            "{page}"
+        );
+    }
+}
