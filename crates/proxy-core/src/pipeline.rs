@@ -320,6 +320,7 @@ impl Gateway {
         view: View,
         record: &mut RequestRecord,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let h2_client = request.version() == http::Version::HTTP_2;
         address_to_upstream(&mut request, caller, &view.addressing, upstream);
         // The handshake goes upstream with the request's own headers (on h2, as a field the
         // encoder sends without indexing): a made id joins them here, as `forward` hands it
@@ -338,7 +339,7 @@ impl Gateway {
         } else {
             ClientSide::ExtendedConnect
         };
-        let answer = Box::pin(crate::websocket::tunnel(
+        let (answer, timer) = Box::pin(crate::websocket::tunnel(
             request,
             upstream,
             view.addressing.authority,
@@ -347,13 +348,28 @@ impl Gateway {
             &mut record.exchange,
             route.target.timeouts,
         ))
-        .await;
-        if let (Ok(response), Some(framing)) = (&answer, &caller.framing) {
-            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                framing.connection_upgraded();
-            }
+        .await?;
+        let status = answer.status();
+        if let (http::StatusCode::SWITCHING_PROTOCOLS, Some(framing)) = (status, &caller.framing) {
+            framing.connection_upgraded();
         }
-        answer
+        let switched = match side {
+            ClientSide::Upgrade => status == http::StatusCode::SWITCHING_PROTOCOLS,
+            ClientSide::ExtendedConnect => status.is_success(),
+        };
+        // A refused handshake is an ordinary answer: its body (the upstream's, passed on as
+        // it comes) runs under the route's timers, as any answer's does.
+        Ok(match (switched, timer) {
+            (false, Some(timer)) => answer.map(|body| {
+                timer.response_body(
+                    body,
+                    false,
+                    route.target.name.clone(),
+                    h2_client.then_some(&caller.stalls),
+                )
+            }),
+            (_, _) => answer,
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! h2c upstream that enables extended CONNECT. The tests check, in Rust, what each side
 //! received: the handshake the upstream saw, the answer the client got, the websocket bytes
 //! both ways (passed through unchanged) and the close; and that a refused upgrade reaches
-//! the client as the upstream's own answer.
+//! the client as the upstream's own answer, its body under the route's timers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -373,6 +373,64 @@ async fn an_upgrade_the_backend_never_answers_ends_at_the_routes_idle_timeout() 
         .expect("an answer at the idle timeout, not a wait");
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "extended: {extended}");
         silent.abort();
+    }
+}
+
+/// A refused upgrade whose body stops coming is an ordinary answer held up: the route's
+/// `idle_timeout` cuts it, for an HTTP/1.1 upgrade and for an h2 extended CONNECT, instead
+/// of the client (and its connection) waiting for good.
+#[tokio::test]
+async fn a_refused_upgrade_whose_body_stalls_is_cut_at_the_routes_idle_timeout() {
+    for extended in [false, true] {
+        let (listener, backend) = scripted_h2::listener().await;
+        let mut route = open_route("ws", "/ws", "backend");
+        route.timeouts = pachgate_proxy_core::RouteTimeouts {
+            total: None,
+            idle: Some(Duration::from_millis(300)),
+        };
+        let backend = upstream("backend", backend, UpstreamProtocol::Http1);
+        let (_gateway, addr) = gateway_with(route, backend).await;
+        let stalling = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = read_head(&mut socket).await;
+            socket
+                .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\npartial")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let response = match extended {
+            false => {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                sender
+                    .send_request(upgrade_request("/ws/chat"))
+                    .await
+                    .unwrap()
+            }
+            true => extended_connect(addr, "/ws/chat").await,
+        };
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "extended: {extended}"
+        );
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_body_util::BodyExt::collect(response.into_body()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("extended: {extended}: the stalled body was not cut"));
+        assert!(
+            body.is_err(),
+            "extended: {extended}: a cut body must not look complete"
+        );
+        stalling.abort();
     }
 }
 

@@ -31,7 +31,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::gateway::TunnelTicket;
-use crate::route_timeouts::{bounded, RouteTimeouts};
+use crate::route_timeouts::{bounded, ExchangeTimer, RouteTimeouts};
 use crate::upstream::Upstream;
 
 /// Forwards a websocket handshake, an HTTP/1.1 upgrade or an RFC 8441 extended CONNECT as
@@ -45,12 +45,12 @@ pub(crate) async fn tunnel(
     ticket: TunnelTicket,
     exchange: &mut Option<Box<Exchange>>,
     timeouts: RouteTimeouts,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<(Response<ProxyBody>, Option<ExchangeTimer>), ProxyError> {
     // The handshake (connect, request, the upstream's answer) is bounded by the route's
     // timeouts as any request's wait for its response head is: an upstream that accepts
     // and never answers gets the client a 504 instead of holding it, and a connection, for
     // good (`response_timeout` is off by default). The tunnel's own timer starts at the
-    // switch.
+    // switch; the handshake's goes back with the answer, for the body of a refusal.
     let mut timer = timeouts.start();
     // An HTTP/1.1 client's key, read once for either way upstream and before any connection
     // is opened: a handshake without one is the client's error whatever the upstream's state.
@@ -81,9 +81,10 @@ pub(crate) async fn tunnel(
             .await
         }
     };
-    bounded(handshake, timer.as_mut())
+    let answer = bounded(handshake, timer.as_mut())
         .await
-        .map_err(|expired| expired.into_error(upstream.name()))?
+        .map_err(|expired| expired.into_error(upstream.name()))??;
+    Ok((answer, timer))
 }
 
 /// True for an RFC 8441 websocket request: CONNECT with `:protocol websocket`.
