@@ -182,7 +182,12 @@ fn pfs(state: &PachdState, request: &Request) -> Response<Body> {
         let message = format!("unknown HTTP method {:?}", request.method().as_str());
         return display_error(request, StatusCode::METHOD_NOT_ALLOWED, &message);
     }
-    let path = request.uri().path();
+    // Go hands handlers the decoded path (`r.URL.Path`), in which `%2F` is a `/`.
+    let raw = request.uri().path();
+    let decoded = crate::http_util::query_unescape(&raw.replace('+', "%2B"))
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_else(|| raw.to_string());
+    let path = decoded.as_str();
     let parts: Vec<&str> = path.split('/').collect();
     if parts.len() == 5 && !parts[4].is_empty() {
         let mut response = response(
