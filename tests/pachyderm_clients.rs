@@ -374,6 +374,13 @@ fn file_handlers_refuse_tokens_in_pachds_own_words() {
             Some(browser),
             false,
         ),
+        // pachd splits the decoded path: an encoded slash makes a file's path too.
+        (
+            "GET",
+            "/pfs/default/images/master%2Fliberty.png?authn-token=wrong".to_string(),
+            None,
+            false,
+        ),
         // pachd answers these before it uses a token: 405, and 301 to the path and a slash.
         ("POST", format!("{file}?authn-token=wrong"), None, false),
         ("GET", "/pfs/default/images/master".to_string(), None, false),

@@ -322,18 +322,26 @@ impl PachydermGate {
             };
         }
         let decision = self.check_token(token, budget).await;
+        let answered_by_pachd = Decision::Allow {
+            username: None,
+            reason: AllowReason::AnsweredByPachd,
+        };
         match (surface, decision) {
+            // pachd refused the token, so its auth is on: it reports that inside the ZIP.
             (
                 PachdHttpSurface::Archive,
-                Decision::Deny(
-                    DenyReason::MissingToken
-                    | DenyReason::InvalidToken(_)
-                    | DenyReason::ExpiredToken(_)
-                    | DenyReason::MultipleTokens,
-                ),
-            ) => Decision::Allow {
-                username: None,
-                reason: AllowReason::AnsweredByPachd,
+                Decision::Deny(DenyReason::InvalidToken(_) | DenyReason::ExpiredToken(_)),
+            ) => answered_by_pachd,
+            // No usable token: only a cluster with auth on reports that inside the ZIP. One
+            // with auth off serves the archive to anyone, which `when_auth_disabled = "deny"`
+            // keeps refusing.
+            (
+                PachdHttpSurface::Archive,
+                Decision::Deny(DenyReason::MissingToken | DenyReason::MultipleTokens),
+            ) => match self.auth_state().await {
+                WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
+                WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
+                _ => answered_by_pachd,
             },
             (_, decision) => decision,
         }
@@ -421,6 +429,16 @@ impl PachydermGate {
         if self.settings.when_auth_disabled == WhenAuthDisabled::Deny {
             return Decision::Deny(denial);
         }
+        match self.auth_state().await {
+            WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
+            WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
+            _ => Decision::Deny(denial),
+        }
+    }
+
+    /// pachd's answer to WhoAmI without a token, which says whether auth is active
+    /// (`AuthNotActive`), cached like any answer.
+    async fn auth_state(&self) -> WhoAmIAnswer {
         let answer = self
             .cache
             .get_or_check(cache::NO_TOKEN, &self.settings, || {
@@ -430,11 +448,7 @@ impl PachydermGate {
             })
             .await;
         let Ok(answer) = answer;
-        match answer {
-            WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
-            WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
-            _ => Decision::Deny(denial),
-        }
+        answer
     }
 
     fn auth_not_active(&self) -> Decision {

@@ -179,17 +179,31 @@ impl PachdHttpSurface<'_> {
 /// stop: `/pfs` answers a method other than GET or HEAD with 405, a path too short to name
 /// a file (fewer than six `/`-separated parts) with 404, or with a 301 to the same path and
 /// a `/` when the fifth part is not empty; `/archive` answers a method other than GET with
-/// 405. `path` is the normalised path.
+/// 405. `path` is the normalised path. A CONNECT (a websocket over HTTP/2) counts as the
+/// GET it becomes on its way to pachd's HTTP/1.1 port.
 pub fn files_answered_without_token(method: &http::Method, path: &str) -> bool {
+    let get = *method == http::Method::GET || *method == http::Method::CONNECT;
     match pachd_http_surface(path) {
         PachdHttpSurface::FileServer => {
-            let reads = *method == http::Method::GET || *method == http::Method::HEAD;
-            // Go's `strings.Split(path, "/")`: "/pfs/p/r/b/f" is ["", "pfs", "p", "r", "b", "f"].
-            !reads || path.split('/').count() < 6
+            let reads = get || *method == http::Method::HEAD;
+            !reads || go_path_parts(path) < 6
         }
-        PachdHttpSurface::Archive => *method != http::Method::GET,
+        PachdHttpSurface::Archive => !get,
         _ => false,
     }
+}
+
+/// How many parts Go's `strings.Split(r.URL.Path, "/")` makes of the path pachd sees:
+/// `/pfs/p/r/b/f` is `["", "pfs", "p", "r", "b", "f"]`. pachd splits the *decoded* path,
+/// in which a `%2F` (kept encoded in the normalised path) is a `/` too.
+fn go_path_parts(path: &str) -> usize {
+    let slashes = path.bytes().filter(|&b| b == b'/').count();
+    let encoded = path
+        .as_bytes()
+        .windows(3)
+        .filter(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'F' || w[2] == b'f'))
+        .count();
+    1 + slashes + encoded
 }
 
 /// `/package.Service/Method` and nothing else: no empty segments, no dot segments, no

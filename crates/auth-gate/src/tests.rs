@@ -613,6 +613,17 @@ fn file_handlers_answer_some_requests_before_any_token() {
         (&GET, "/pfs/default/images/master", true),
         (&GET, "/pfs/default/images/", true),
         (&GET, "/pfs", true),
+        // pachd splits the decoded path: an encoded slash is a part too.
+        (&GET, "/pfs/default/images/master%2Fa.png", false),
+        (&GET, "/pfs/default/images/master%2fa.png", false),
+        (&GET, "/pfs/default/images%2F", true),
+        // A websocket over HTTP/2 reaches pachd as a GET.
+        (
+            &http::Method::CONNECT,
+            "/pfs/default/images/master/a.png",
+            false,
+        ),
+        (&http::Method::CONNECT, "/archive/ASi1L.zip", false),
         // /archive: only a method other than GET is answered before the token.
         (&GET, "/archive/ASi1L.zip", false),
         (&POST, "/archive/ASi1L.zip", true),
@@ -654,6 +665,17 @@ async fn file_handlers_get_the_requests_pachd_answers_itself() {
             answered_by_pachd
         );
     }
+    // With `when_auth_disabled = "deny"`, a request without a token is not passed to a
+    // pachd whose auth is off (it would serve the archive): asked, and refused.
+    let (off, asked) = self::gate(PachydermAuthSettings::default(), |_| {
+        WhoAmIAnswer::AuthNotActive
+    });
+    assert_eq!(
+        off.check_http(&GET, "/archive/ASi1L.zip", TokenLookup::Missing)
+            .await,
+        Decision::Deny(DenyReason::AuthNotActive)
+    );
+    assert_eq!(asked.calls.load(Ordering::SeqCst), 1);
     // A good token passes as everywhere, with its user.
     assert!(matches!(
         gate.check_http(&GET, "/archive/ASi1L.zip", found("good"))
@@ -663,6 +685,7 @@ async fn file_handlers_get_the_requests_pachd_answers_itself() {
             ..
         }
     ));
-    // The tokens were still checked (the failed-authentication budget counts them).
-    assert_eq!(answers.calls.load(Ordering::SeqCst), 3);
+    // The tokens were still checked (the failed-authentication budget counts them), and
+    // whether auth is on was asked once for the request without one.
+    assert_eq!(answers.calls.load(Ordering::SeqCst), 4);
 }

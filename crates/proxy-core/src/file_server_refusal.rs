@@ -43,7 +43,9 @@ pub(crate) fn file_server_refusal(
     response
 }
 
-/// The file server's error page for a browser: a title, the message, nothing else.
+/// The file server's error page for a browser, laid out as pachd's `error.html` renders it
+/// and escaped as Go's html/template escapes text. pachd's page also ends with an "Error
+/// ID" line (the request's `x-request-id`, or an id it makes), which is left out.
 fn error_page(message: &str) -> String {
     let mut escaped = String::with_capacity(message.len());
     for c in message.chars() {
@@ -53,59 +55,62 @@ fn error_page(message: &str) -> String {
             '>' => escaped.push_str("&gt;"),
             '"' => escaped.push_str("&#34;"),
             '\'' => escaped.push_str("&#39;"),
+            '+' => escaped.push_str("&#43;"),
+            '\0' => escaped.push('\u{fffd}'),
             c => escaped.push(c),
         }
     }
     format!(
-        "<html>\n<head><title>Pachyderm - Error</title></head>\n\
-         <body><h1>Error</h1><p>{escaped}</p></body>\n</html>\n"
+        "<html>\n    <head>\n        <title>Pachyderm - Error</title>\n    </head>\n    <body>\n        \
+         <h1>Error</h1>\n        <p>{escaped}</p>\n        \n    </body>\n</html>\n"
     )
 }
 
 /// Whether pachd's file server answers this request in HTML: its `Accept` negotiated
-/// between `text/plain` and `text/html`, in that order, as pachd's accept library does.
-/// Media ranges are ranked by q-value, then concrete type before `*`, concrete subtype
-/// before `*`, more parameters first, then the order given; the first range that matches
-/// either type picks it, `text/plain` winning when both match. Matching is case-sensitive,
-/// a range with a parameter that is not `name=value` (or a q that is not a number ≥ 0) is
-/// ignored, and a q of 0 still matches. No `Accept` is `*/*`: text.
+/// between `text/plain` and `text/html`, in that order, as pachd's accept library
+/// (go-accept-headers) does. Media ranges are ranked by q-value, then concrete type before
+/// `*`, concrete subtype before `*`, more parameters first, then the order given; the first
+/// range that matches either type picks it, `text/plain` winning when both match. Matching
+/// is case-sensitive, a range with a parameter that is not `name=value` (or a q that is not
+/// a number ≥ 0) is ignored, and a q of 0 still matches. No `Accept` is `*/*`: text.
+/// Only ranges that can match either type are ranked, at most [`RANKED_RANGES`] of them,
+/// so a long header costs little; Go ranks every range, and orders more than 12 by an
+/// unstable sort, which only the first 12 here follow exactly.
 pub(crate) fn prefers_html(headers: &HeaderMap) -> bool {
     let accept = headers
         .get(http::header::ACCEPT)
         .map_or(&b""[..], HeaderValue::as_bytes);
-    let Ok(accept) = std::str::from_utf8(accept) else {
-        return false;
-    };
+    let accept = String::from_utf8_lossy(accept);
     let mut ranges: Vec<MediaRange<'_>> = accept
         .split(',')
-        .enumerate()
-        .filter_map(|(order, range)| MediaRange::parse(range, order))
+        .filter_map(MediaRange::parse)
+        .filter(|range| range.matches("plain") || range.matches("html"))
+        .take(RANKED_RANGES)
         .collect();
-    ranges.sort_by(MediaRange::preference);
-    ranges
-        .iter()
-        .find_map(|range| {
-            if range.matches("plain") {
-                Some(false)
-            } else if range.matches("html") {
-                Some(true)
-            } else {
-                None
-            }
-        })
-        .unwrap_or(false)
+    // Go's insertion sort (what `sort.Sort` runs on short slices): stable, and safe with
+    // a NaN q, which Go keeps and which compares as neither more nor less.
+    for at in 1..ranges.len() {
+        let mut j = at;
+        while j > 0 && MediaRange::ranks_before(&ranges[j], &ranges[j - 1]) {
+            ranges.swap(j, j - 1);
+            j -= 1;
+        }
+    }
+    ranges.first().is_some_and(|first| !first.matches("plain"))
 }
+
+/// How many matching media ranges [`prefers_html`] ranks.
+const RANKED_RANGES: usize = 32;
 
 struct MediaRange<'a> {
     kind: &'a str,
     subtype: &'a str,
     q: f64,
     parameters: usize,
-    order: usize,
 }
 
 impl<'a> MediaRange<'a> {
-    fn parse(range: &'a str, order: usize) -> Option<Self> {
+    fn parse(range: &'a str) -> Option<Self> {
         let mut pieces = range.split(';');
         let media = pieces.next().unwrap_or("");
         let mut names = media.split('/');
@@ -121,11 +126,7 @@ impl<'a> MediaRange<'a> {
             let (name, value) = parameter.split_once('=')?;
             let name = name.trim();
             if name == "q" {
-                let value: f64 = value.trim().parse().ok()?;
-                if value < 0.0 {
-                    return None;
-                }
-                q = value.min(1.0);
+                q = go_parse_q(value.trim())?;
             } else if !others.contains(&name) {
                 others.push(name);
             }
@@ -135,7 +136,6 @@ impl<'a> MediaRange<'a> {
             subtype: wildcard(subtype),
             q,
             parameters: others.len(),
-            order,
         })
     }
 
@@ -144,14 +144,46 @@ impl<'a> MediaRange<'a> {
         matches!(self.kind, "text" | "*") && (self.subtype == subtype || self.subtype == "*")
     }
 
-    fn preference(a: &Self, b: &Self) -> std::cmp::Ordering {
-        b.q.partial_cmp(&a.q)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then((a.kind == "*").cmp(&(b.kind == "*")))
-            .then((a.subtype == "*").cmp(&(b.subtype == "*")))
-            .then(b.parameters.cmp(&a.parameters))
-            .then(a.order.cmp(&b.order))
+    /// go-accept-headers' `Less`: a higher q, then a concrete type, then a concrete
+    /// subtype, then more parameters. A NaN q is neither higher nor lower.
+    fn ranks_before(a: &Self, b: &Self) -> bool {
+        if a.q > b.q {
+            return true;
+        }
+        if a.q < b.q {
+            return false;
+        }
+        match ((a.kind == "*"), (b.kind == "*")) {
+            (false, true) => return true,
+            (true, false) => return false,
+            _ => {}
+        }
+        match ((a.subtype == "*"), (b.subtype == "*")) {
+            (false, true) => return true,
+            (true, false) => return false,
+            _ => {}
+        }
+        a.parameters > b.parameters
     }
+}
+
+/// A q-value as go-accept-headers reads it with Go's `ParseFloat`: a number ≥ 0, at most 1
+/// (more is 1). An overflow (`1e400`) is an error in Go, not infinity; `inf` and `nan`
+/// spelled out are numbers to both. Go also reads hexadecimal floats (`0x1p-1`), which are
+/// refused here like any other malformed q.
+fn go_parse_q(text: &str) -> Option<f64> {
+    let q: f64 = text.parse().ok()?;
+    let spelled_infinite = text
+        .trim_start_matches(['+', '-'])
+        .to_ascii_lowercase()
+        .starts_with("inf");
+    if q.is_infinite() && !spelled_infinite {
+        return None;
+    }
+    if q < 0.0 {
+        return None;
+    }
+    Some(if q > 1.0 { 1.0 } else { q })
 }
 
 #[cfg(test)]
@@ -193,6 +225,21 @@ mod tests {
         assert!(!html_for(Some("TEXT/HTML")));
         // A q of 0 still matches when nothing else does.
         assert!(html_for(Some("text/html;q=0")));
+        // A NaN q is kept and ranks as neither higher nor lower: the order given decides.
+        assert!(!html_for(Some("text/plain;q=0.5, text/html;q=nan")));
+        assert!(html_for(Some("text/html;q=nan, text/plain;q=0.5")));
+        // An overflowing q is malformed to Go: that range is skipped.
+        assert!(html_for(Some("text/plain;q=1e400, text/html;q=0.1")));
+        // Bytes that are not UTF-8 do not hide the ranges around them.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_bytes(b"text/html, x/\xff").unwrap(),
+        );
+        assert!(prefers_html(&headers));
+        // A header of thousands of ranges is ranked in bounded time.
+        let long = vec!["text/plain;q=0.1"; 20_000].join(",") + ",text/html";
+        assert!(!html_for(Some(&long)), "only the first ranges are ranked");
     }
 
     #[test]
@@ -216,5 +263,6 @@ mod tests {
             ),
             "{page}"
         );
+        assert!(page.starts_with("<html>\n    <head>\n        <title>Pachyderm - Error</title>"));
     }
 }

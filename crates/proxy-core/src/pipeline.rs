@@ -290,6 +290,17 @@ impl Gateway {
             Ok(Some(allowed)) => {
                 self.metrics
                     .auth_decision(&route_metrics.name, true, allowed.kind());
+                if allowed == AllowReason::AnsweredByPachd {
+                    // Possibly a refused token that pachd reports itself (`/archive`).
+                    tracing::debug!(
+                        target: "pachgate::audit",
+                        route = %route.name,
+                        path = request.uri().path(),
+                        client = %caller.peer,
+                        reason = allowed.kind(),
+                        "request passed to pachd, which answers it itself"
+                    );
+                }
                 Ok(())
             }
             Err(reason) => {
