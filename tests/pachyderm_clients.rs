@@ -633,9 +633,23 @@ fn assert_session(standins: &Running, proxy: &Proxy, which: &str) {
     assert_eq!(step("version")["value"], 2, "{which}: {session:#}");
     // WhoAmI is public: pachd itself answers the tokenless call.
     assert_eq!(step("who_am_i_without_token")["code"], "UNAUTHENTICATED");
+    // Without a token pachyderm-sdk sends an empty one, python-pachyderm none (seen on the
+    // public GetVersion, which pachd received). pachd looks an empty one up and calls it
+    // bad; the gate's refusal of ListRepo says what pachd would have said.
+    let sent_empty = saw(
+        &pachd_seen(standins),
+        "/versionpb_v2.API/GetVersion",
+        "empty",
+    );
+    let refusal = match sent_empty {
+        true => "provided auth token is corrupted or has expired (try logging in again)",
+        false => "no authentication token (try logging in)",
+    };
+    assert_eq!(step("list_repo_without_token")["code"], "UNAUTHENTICATED");
     assert_eq!(
         step("list_repo_without_token")["details"],
-        "no authentication token (try logging in)"
+        refusal,
+        "{which}"
     );
     assert_eq!(step("who_am_i")["value"], "robot:demo", "{session:#}");
     // Allowed by the gate: whatever pachd answers, it is not an auth refusal.
@@ -650,7 +664,6 @@ fn assert_session(standins: &Running, proxy: &Proxy, which: &str) {
     }
     assert_eq!(step("list_repo_bad_token")["code"], "UNAUTHENTICATED");
     let seen = pachd_seen(standins);
-    // Without a token pachyderm-sdk sends an empty one, python-pachyderm none.
     assert!(
         saw(&seen, "/versionpb_v2.API/GetVersion", "empty")
             || saw(&seen, "/versionpb_v2.API/GetVersion", "none"),

@@ -27,6 +27,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// pachd's answer to a token it does not know (`auth.ErrBadToken`, code 16).
+const PACHD_BAD_TOKEN: &str =
+    "provided auth token is corrupted or has expired (try logging in again)";
+
 /// What pachd's `/auth_v2.API/WhoAmI` said about a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WhoAmIAnswer {
@@ -373,6 +377,7 @@ impl PachydermGate {
     async fn check_token(&self, token: TokenLookup<'_>, budget: &dyn AskBudget) -> Decision {
         let token = match &token {
             TokenLookup::Missing => return self.check_without_token().await,
+            TokenLookup::Blank => return self.check_blank_token().await,
             TokenLookup::Ambiguous => return self.check_several_tokens().await,
             TokenLookup::Found(token) => token.as_ref(),
         };
@@ -415,6 +420,14 @@ impl PachydermGate {
     /// cached like any answer, never guessed per call.
     async fn check_without_token(&self) -> Decision {
         self.unless_auth_is_off(DenyReason::MissingToken).await
+    }
+
+    /// One `authn-token` value with no token in it. pachd asks whether auth is active, then
+    /// looks the empty token up and finds nothing (`getAuthenticatedUser`): its bad-token
+    /// answer. Not asked of pachd, so not charged to the failed-authentication budget.
+    async fn check_blank_token(&self) -> Decision {
+        self.unless_auth_is_off(DenyReason::InvalidToken(PACHD_BAD_TOKEN.into()))
+            .await
     }
 
     /// Several `authn-token` values. pachd asks whether auth is active before it reads the

@@ -234,6 +234,10 @@ pub fn is_well_formed_grpc_path(path: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenLookup<'a> {
     Missing,
+    /// One gRPC `authn-token` value that holds no token (empty, spaces, or not UTF-8): the
+    /// console sends an empty one before login, pachyderm-sdk without a token. pachd looks
+    /// it up like any token and answers its bad-token error, unless auth is off.
+    Blank,
     /// Several different tokens: refuse instead of guessing which one the upstream uses.
     Ambiguous,
     /// Borrowed from the request, or decoded from a percent-encoded query parameter.
@@ -258,7 +262,7 @@ fn as_token(value: &[u8]) -> Option<&str> {
 /// gRPC: the `authn-token` metadata values, in order. Also pachd's grpc-gateway (`/api/`),
 /// which hands every request header on as metadata. pachd refuses more than one value
 /// ("multiple authentication token keys"), so several are ambiguous; an empty value (the
-/// console sends one before login) is no token.
+/// console sends one before login) is [`TokenLookup::Blank`].
 pub fn token_from_grpc_metadata<'a>(values: impl Iterator<Item = &'a [u8]>) -> TokenLookup<'a> {
     let mut found = None;
     for value in values {
@@ -267,8 +271,9 @@ pub fn token_from_grpc_metadata<'a>(values: impl Iterator<Item = &'a [u8]>) -> T
         }
         found = Some(value);
     }
-    match found.and_then(as_token) {
-        Some(token) => TokenLookup::Found(Cow::Borrowed(token)),
+    match found.map(as_token) {
+        Some(Some(token)) => TokenLookup::Found(Cow::Borrowed(token)),
+        Some(None) => TokenLookup::Blank,
         None => TokenLookup::Missing,
     }
 }

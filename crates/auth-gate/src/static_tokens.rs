@@ -81,7 +81,9 @@ impl StaticTokens {
 
     pub fn check(&self, token: TokenLookup<'_>) -> Decision {
         let token = match token {
-            TokenLookup::Missing => return Decision::Deny(DenyReason::MissingToken),
+            TokenLookup::Missing | TokenLookup::Blank => {
+                return Decision::Deny(DenyReason::MissingToken)
+            }
             TokenLookup::Ambiguous => return Decision::Deny(DenyReason::AmbiguousToken),
             TokenLookup::Found(token) => token,
         };

@@ -150,11 +150,14 @@ fn token_sources() {
         token_from_grpc_metadata(none.into_iter()),
         TokenLookup::Missing
     );
-    // The console sends an empty header before login: no token.
-    assert_eq!(
-        token_from_grpc_metadata([b"".as_slice()].into_iter()),
-        TokenLookup::Missing
-    );
+    // The console sends an empty header before login, pachyderm-sdk an empty value: a
+    // value without a token, which pachd looks up and does not find.
+    for blank in [b"".as_slice(), b"  ".as_slice(), b"\xff".as_slice()] {
+        assert_eq!(
+            token_from_grpc_metadata([blank].into_iter()),
+            TokenLookup::Blank
+        );
+    }
     assert_eq!(
         bearer_token([b"Bearer xyz".as_slice()].into_iter()),
         found("xyz")
@@ -304,6 +307,23 @@ async fn without_a_token_the_auth_state_is_learned_from_pachd_and_cached() {
         on.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Missing)
             .await,
         Decision::Deny(DenyReason::MissingToken)
+    );
+    // A blank token passes with auth off too, and with auth on gets pachd's answer to the
+    // empty token it would look up: its bad-token error, not "no token".
+    assert_eq!(
+        off.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Blank)
+            .await,
+        Decision::Allow {
+            username: None,
+            reason: AllowReason::AuthNotActive,
+        }
+    );
+    assert_eq!(
+        on.check_grpc("/pfs_v2.API/ListRepo", TokenLookup::Blank)
+            .await,
+        Decision::Deny(DenyReason::InvalidToken(
+            "provided auth token is corrupted or has expired (try logging in again)".into()
+        ))
     );
     // With "deny", pachd is not even asked.
     let (deny, asked) = gate(PachydermAuthSettings::default(), |_| {
