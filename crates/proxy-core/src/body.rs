@@ -119,3 +119,18 @@ impl UpstreamBody {
         self.stream.poll_body(cx)
     }
 }
+
+/// The answer to a HEAD request: an answer pachgate wrote itself keeps its head, with the
+/// `Content-Length` its body would have had, and loses the body. hyper's HTTP/1 server
+/// drops a HEAD answer's body on its own, its HTTP/2 server does not: the body went out as
+/// DATA frames, which clients that check (curl) take as a protocol error. An upstream's
+/// answer to a HEAD request has no body to drop.
+pub(crate) fn without_own_body(response: &mut http::Response<ProxyBody>) {
+    if let ProxyBody::Full(body) = response.body_mut() {
+        let length = body.take().map_or(0, |body| body.len());
+        response
+            .headers_mut()
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(length));
+    }
+}

@@ -36,8 +36,7 @@ use crate::idle::ConnActivity;
 use crate::rejection::{Rejection, Rendering};
 use crate::request_id::{insert_request_id, request_id};
 use crate::request_view::{
-    forwarded_client, h2_header_list_size, misnamed_target, normalize_request_path,
-    restore_request_target, Facts,
+    forwarded_client, normalize_request_path, refuse_head, restore_request_target, Facts,
 };
 use crate::route_timeouts::bounded;
 use crate::snapshot::{RouteAuth, RouteTarget, Snapshot};
@@ -106,7 +105,7 @@ impl Gateway {
             .stages(request, caller, &snapshot, grpc, &mut record)
             .await;
         if head {
-            without_own_body(&mut response);
+            crate::body::without_own_body(&mut response);
         }
         finish(response, caller, &snapshot, record)
     }
@@ -523,21 +522,6 @@ fn finish(
     response.map(|body| ObservedBody::new(body, record.exchange))
 }
 
-/// The answer to a HEAD request: an answer pachgate wrote itself keeps its head, with the
-/// `Content-Length` its body would have had, and loses the body. hyper's HTTP/1 server
-/// drops a HEAD answer's body on its own, its HTTP/2 server does not: the body went out as
-/// DATA frames, which clients that check (curl) take as a protocol error. An upstream's
-/// answer to a HEAD request has no body to drop.
-fn without_own_body(response: &mut Response<ProxyBody>) {
-    if let ProxyBody::Full(body) = response.body_mut() {
-        let length = body.take().map_or(0, |body| body.len());
-        response
-            .headers_mut()
-            .entry(http::header::CONTENT_LENGTH)
-            .or_insert_with(|| HeaderValue::from(length));
-    }
-}
-
 /// What `respond` keeps about one request while the stages run.
 struct RequestRecord {
     /// Taken by a websocket tunnel, which books it when the tunnel closes.
@@ -550,42 +534,6 @@ impl RequestRecord {
             .as_deref_mut()
             .expect("only a tunnel takes the exchange, after the pipeline is done with it")
     }
-}
-
-/// Whether pachgate refuses the request's head before routing it: a header list over
-/// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
-/// header name when configured. `None`: go on.
-fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejection> {
-    if request.method() == http::Method::CONNECT
-        && !crate::websocket::is_extended_connect_websocket(request)
-    {
-        return Some(Rejection::Error(ProxyError::ConnectNotSupported));
-    }
-    if request.version() == Version::HTTP_2
-        && h2_header_list_size(request) > limits.max_header_list_size as usize
-    {
-        return Some(Rejection::HeadersTooLarge);
-    }
-    // RFC 9112 §3.2: more than one Host line is a 400. Routing and the gate would read the
-    // first, an upstream perhaps the last.
-    let mut hosts = request.headers().get_all(HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
-        return Some(Rejection::Error(ProxyError::BadRequest(
-            "more than one Host header\n",
-        )));
-    }
-    if let Some(reason) = misnamed_target(request) {
-        return Some(Rejection::Error(ProxyError::BadRequest(reason)));
-    }
-    if limits.reject_underscore_headers
-        && request
-            .headers()
-            .keys()
-            .any(|name| name.as_str().contains('_'))
-    {
-        return Some(Rejection::UnderscoreInHeaderName);
-    }
-    None
 }
 
 /// What every request leaving for an upstream carries, forwarded or tunnelled alike: who

@@ -1,18 +1,20 @@
 //! What the pipeline's stages read off a request, and the rewrites `sanitize` and `route`
 //! make: the host and authority the client asked for, the path's normal form, the HTTP/2
-//! header list size, the client address behind trusted proxies, and whether the host and
-//! path a request names can be routed at all.
+//! header list size, the client address behind trusted proxies, whether the host and path
+//! a request names can be routed at all, and the head checks that refuse a request first.
 
 use std::net::IpAddr;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
-use http::Request;
+use http::{Request, Version};
 use hyper::body::Incoming;
 use pachgate_client_policy::CidrSet;
 use pachgate_routing::{normalize_path, RequestFacts};
 
+use crate::connection::ServerLimits;
 use crate::error::ProxyError;
+use crate::rejection::Rejection;
 
 /// The client address behind trusted proxies: walking `X-Forwarded-For` from the right,
 /// the first address that is not a trusted proxy. Untrusted peers' headers are ignored.
@@ -216,6 +218,42 @@ fn strip_port(authority: &str) -> &str {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
     }
+}
+
+/// Whether pachgate refuses the request's head before routing it: a header list over
+/// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
+/// header name when configured. `None`: go on.
+pub(crate) fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejection> {
+    if request.method() == http::Method::CONNECT
+        && !crate::websocket::is_extended_connect_websocket(request)
+    {
+        return Some(Rejection::Error(ProxyError::ConnectNotSupported));
+    }
+    if request.version() == Version::HTTP_2
+        && h2_header_list_size(request) > limits.max_header_list_size as usize
+    {
+        return Some(Rejection::HeadersTooLarge);
+    }
+    // RFC 9112 §3.2: more than one Host line is a 400. Routing and the gate would read the
+    // first, an upstream perhaps the last.
+    let mut hosts = request.headers().get_all(HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Some(Rejection::Error(ProxyError::BadRequest(
+            "more than one Host header\n",
+        )));
+    }
+    if let Some(reason) = misnamed_target(request) {
+        return Some(Rejection::Error(ProxyError::BadRequest(reason)));
+    }
+    if limits.reject_underscore_headers
+        && request
+            .headers()
+            .keys()
+            .any(|name| name.as_str().contains('_'))
+    {
+        return Some(Rejection::UnderscoreInHeaderName);
+    }
+    None
 }
 
 #[cfg(test)]
