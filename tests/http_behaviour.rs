@@ -161,6 +161,69 @@ fn plaintext_listener_redirects_to_https() {
     );
 }
 
+/// The redirect listener's own 400 (no host to redirect to) follows HEAD's rule over h2c
+/// too: hyper's HTTP/2 server sends whatever body an answer has, so a HEAD answer must come
+/// without one (curl reports the DATA as a protocol error). A GET on the same connection
+/// shows the text is there to drop.
+#[test]
+fn redirect_listeners_400_to_a_head_without_host_has_no_body_over_h2c() {
+    use bytes::BytesMut;
+    use pachgate_h2_wire::{self as wire, hpack_decode::Decoder};
+    use std::io::{Read, Write};
+
+    let standins = standins();
+    let proxy = pachgate(&standin_routes(&standins, ""), "http = \"127.0.0.1:0\"");
+    let mut socket = std::net::TcpStream::connect(proxy.running.address("http")).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(wire::PREFACE);
+    wire::put_frame_header(&mut out, 0, wire::SETTINGS, 0, 0);
+    // Neither :authority nor Host: `:method` by name index 2 (HEAD is not in the static
+    // table), `:scheme: http` (6), `:path: /` (4); then a GET (2) the same way.
+    let mut head_block = vec![0x02];
+    wire::put_string(&mut head_block, b"HEAD");
+    head_block.extend_from_slice(&[0x86, 0x84]);
+    for (stream, block) in [(1, head_block), (3, vec![0x82, 0x86, 0x84])] {
+        let flags = wire::END_HEADERS | wire::END_STREAM;
+        wire::put_frame_header(&mut out, block.len(), wire::HEADERS, flags, stream);
+        out.extend_from_slice(&block);
+    }
+    socket.write_all(&out).unwrap();
+
+    // Per stream: the status, the body's bytes, whether it ended.
+    let mut answers = [(String::new(), 0usize, false), (String::new(), 0, false)];
+    let mut decoder = Decoder::new(4096);
+    while !(answers[0].2 && answers[1].2) {
+        let mut header = [0u8; wire::FRAME_HEADER];
+        socket.read_exact(&mut header).expect("both answers end");
+        let mut payload = vec![0u8; wire::frame_length(&header)];
+        socket.read_exact(&mut payload).unwrap();
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+        let Some(answer) = answers.get_mut((stream as usize).wrapping_sub(1) / 2) else {
+            continue;
+        };
+        match header[3] {
+            wire::HEADERS => decoder
+                .decode(&payload, |field| {
+                    if field.name == b":status" {
+                        answer.0 = String::from_utf8_lossy(field.value).into_owned();
+                    }
+                })
+                .unwrap(),
+            wire::DATA => answer.1 += payload.len(),
+            wire::RST_STREAM => panic!("stream {stream} reset"),
+            _ => continue,
+        }
+        answer.2 |= header[4] & wire::END_STREAM != 0;
+    }
+    assert_eq!(answers[1].0, "400");
+    assert!(answers[1].1 > 0, "the GET's 400 has its text");
+    assert_eq!(answers[0].0, "400");
+    assert_eq!(answers[0].1, 0, "the HEAD's 400 came with a body");
+}
+
 /// `curl -D -` against `url` (HTTP/1.1, then HTTP/2 over TLS): the status line and headers,
 /// lower-cased.
 fn response_heads(proxy: &Proxy, url: &str) -> Vec<String> {

@@ -313,7 +313,12 @@ pub(crate) fn redirect_to_https(
     request: &Request<Incoming>,
     https_port: u16,
 ) -> Response<ProxyBody> {
-    Rejection::plaintext(request, https_port).render(Rendering::Text)
+    let mut response = Rejection::plaintext(request, https_port).render(Rendering::Text);
+    // This listener's answers skip the pipeline, whose `respond` does the same for HEAD.
+    if request.method() == http::Method::HEAD {
+        crate::body::without_own_body(&mut response);
+    }
+    response
 }
 
 impl Rejection {
