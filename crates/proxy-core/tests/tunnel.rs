@@ -51,6 +51,20 @@ async fn gateway_with(route: RouteSpec, backend: UpstreamSpec) -> (Arc<Gateway>,
     serve(snapshot).await
 }
 
+/// A gateway whose `/ws` route has a 300 ms `idle_timeout`, to an HTTP/1.1 backend that
+/// listens on the returned listener (the test plays it).
+async fn gateway_with_300ms_idle_timeout() -> (TcpListener, Arc<Gateway>, SocketAddr) {
+    let (listener, backend) = scripted_h2::listener().await;
+    let mut route = open_route("ws", "/ws", "backend");
+    route.timeouts = pachgate_proxy_core::RouteTimeouts {
+        total: None,
+        idle: Some(Duration::from_millis(300)),
+    };
+    let backend = upstream("backend", backend, UpstreamProtocol::Http1);
+    let (gateway, addr) = gateway_with(route, backend).await;
+    (listener, gateway, addr)
+}
+
 /// A backend that reads one request head and then holds the connection without a word.
 fn silent_backend(listener: TcpListener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -354,14 +368,7 @@ async fn an_upgrade_the_backend_never_answers_ends_at_the_response_timeout() {
 #[tokio::test]
 async fn an_upgrade_the_backend_never_answers_ends_at_the_routes_idle_timeout() {
     for extended in [false, true] {
-        let (listener, backend) = scripted_h2::listener().await;
-        let mut route = open_route("ws", "/ws", "backend");
-        route.timeouts = pachgate_proxy_core::RouteTimeouts {
-            total: None,
-            idle: Some(Duration::from_millis(300)),
-        };
-        let backend = upstream("backend", backend, UpstreamProtocol::Http1);
-        let (_gateway, addr) = gateway_with(route, backend).await;
+        let (listener, _gateway, addr) = gateway_with_300ms_idle_timeout().await;
         let silent = silent_backend(listener);
         let status = tokio::time::timeout(Duration::from_secs(5), async {
             match extended {
@@ -382,14 +389,7 @@ async fn an_upgrade_the_backend_never_answers_ends_at_the_routes_idle_timeout() 
 #[tokio::test]
 async fn a_refused_upgrade_whose_body_stalls_is_cut_at_the_routes_idle_timeout() {
     for extended in [false, true] {
-        let (listener, backend) = scripted_h2::listener().await;
-        let mut route = open_route("ws", "/ws", "backend");
-        route.timeouts = pachgate_proxy_core::RouteTimeouts {
-            total: None,
-            idle: Some(Duration::from_millis(300)),
-        };
-        let backend = upstream("backend", backend, UpstreamProtocol::Http1);
-        let (_gateway, addr) = gateway_with(route, backend).await;
+        let (listener, _gateway, addr) = gateway_with_300ms_idle_timeout().await;
         let stalling = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let _ = read_head(&mut socket).await;
