@@ -287,7 +287,7 @@ impl PachydermGate {
     /// Decides an HTTP request to pachd's HTTP server. On the grpc-gateway (`/api/…`) the
     /// method's own rule applies, as pachd's interceptor sees the same method. pachd's file
     /// handlers answer some requests before they use a token
-    /// ([`files_answered_without_token`]), which pass; and `/archive` reports a refused
+    /// ([`PachdHttpSurface::answers_without_token`]), which pass; and `/archive` reports a refused
     /// token inside its `200` ZIP, an answer only pachd can write, so there a token the
     /// gate would refuse passes too (still checked: the failed-authentication budget counts
     /// it). Everything else needs a token. The caller takes the token where pachd will
@@ -319,7 +319,7 @@ impl PachydermGate {
                 };
             }
         }
-        if files_answered_without_token(method, path) {
+        if surface.answers_without_token(method, path) {
             return Decision::Allow {
                 username: None,
                 reason: AllowReason::AnsweredByPachd,
@@ -360,7 +360,7 @@ impl PachydermGate {
         } else {
             match pachd_http_surface(path) {
                 PachdHttpSurface::Gateway { method } => method,
-                _ => return files_answered_without_token(method, path),
+                surface => return surface.answers_without_token(method, path),
             }
         };
         is_well_formed_grpc_path(call) && self.is_public(call)

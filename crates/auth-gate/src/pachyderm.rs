@@ -172,25 +172,33 @@ impl PachdHttpSurface<'_> {
             PachdHttpSurface::FileServer | PachdHttpSurface::Archive
         )
     }
+
+    /// Whether pachd's file handlers answer a request on this surface before they use any
+    /// token (`src/internal/fileserver`, `src/internal/archiveserver`), so the gate has
+    /// nothing to stop: `/pfs` answers a method other than GET or HEAD with 405, a path too
+    /// short to name a file (fewer than six `/`-separated parts) with 404, or with a 301 to
+    /// the same path and a `/` when the fifth part is not empty; `/archive` answers a method
+    /// other than GET with 405. `path` is the normalised path the surface was read from. A
+    /// CONNECT (a websocket over HTTP/2) counts as the GET it becomes on its way to pachd's
+    /// HTTP/1.1 port.
+    pub fn answers_without_token(&self, method: &http::Method, path: &str) -> bool {
+        let get = *method == http::Method::GET || *method == http::Method::CONNECT;
+        match self {
+            PachdHttpSurface::FileServer => {
+                let reads = get || *method == http::Method::HEAD;
+                !reads || go_path_parts(path) < 6
+            }
+            PachdHttpSurface::Archive => !get,
+            _ => false,
+        }
+    }
 }
 
-/// Whether pachd's file handlers answer this request before they use any token
-/// (`src/internal/fileserver`, `src/internal/archiveserver`), so the gate has nothing to
-/// stop: `/pfs` answers a method other than GET or HEAD with 405, a path too short to name
-/// a file (fewer than six `/`-separated parts) with 404, or with a 301 to the same path and
-/// a `/` when the fifth part is not empty; `/archive` answers a method other than GET with
-/// 405. `path` is the normalised path. A CONNECT (a websocket over HTTP/2) counts as the
-/// GET it becomes on its way to pachd's HTTP/1.1 port.
+/// Whether pachd's file handlers answer this request before they use any token: the
+/// request's [`PachdHttpSurface`] and method as [`PachdHttpSurface::answers_without_token`]
+/// reads them.
 pub fn files_answered_without_token(method: &http::Method, path: &str) -> bool {
-    let get = *method == http::Method::GET || *method == http::Method::CONNECT;
-    match pachd_http_surface(path) {
-        PachdHttpSurface::FileServer => {
-            let reads = get || *method == http::Method::HEAD;
-            !reads || go_path_parts(path) < 6
-        }
-        PachdHttpSurface::Archive => !get,
-        _ => false,
-    }
+    pachd_http_surface(path).answers_without_token(method, path)
 }
 
 /// How many parts Go's `strings.Split(r.URL.Path, "/")` makes of the path pachd sees:
