@@ -352,60 +352,67 @@ fn file_handlers_refuse_tokens_in_pachds_own_words() {
     let ca = proxy.ca();
     let browser = "accept: text/html,application/xhtml+xml,*/*;q=0.8";
     let file = "/pfs/default/images/master/liberty.png";
-    // (method, target, extra header, pachd answers it from its own ZIP)
-    let cases = [
+    // (method, target, extra headers, pachd answers it from its own ZIP)
+    let cases: [(&str, String, &[&str], bool); 13] = [
         (
             "GET",
             format!("{file}?authn-token=expired-token"),
-            None,
+            &[],
             false,
         ),
-        ("GET", format!("{file}?authn-token=wrong"), None, false),
-        ("GET", file.to_string(), None, false),
+        ("GET", format!("{file}?authn-token=wrong"), &[], false),
+        ("GET", file.to_string(), &[], false),
         (
             "HEAD",
             format!("{file}?authn-token=expired-token"),
-            None,
+            &[],
             false,
         ),
         (
             "GET",
             format!("{file}?authn-token=wrong"),
-            Some(browser),
+            &[browser],
+            false,
+        ),
+        // The page's Error ID is the request's id, which pachd would have received.
+        (
+            "GET",
+            format!("{file}?authn-token=wrong"),
+            &[browser, "x-request-id: console-preview-7"],
             false,
         ),
         // pachd splits the decoded path: an encoded slash makes a file's path too.
         (
             "GET",
             "/pfs/default/images/master%2Fliberty.png?authn-token=wrong".to_string(),
-            None,
+            &[],
             false,
         ),
         // pachd answers these before it uses a token: 405, and 301 to the path and a slash.
-        ("POST", format!("{file}?authn-token=wrong"), None, false),
-        ("GET", "/pfs/default/images/master".to_string(), None, false),
+        ("POST", format!("{file}?authn-token=wrong"), &[], false),
+        ("GET", "/pfs/default/images/master".to_string(), &[], false),
         // /archive reports a refused token inside its 200 ZIP.
         (
             "GET",
             "/archive/ASi1L.zip?authn-token=expired-token".to_string(),
-            None,
+            &[],
             true,
         ),
         (
             "GET",
             "/archive/ASi1L.zip?authn-token=wrong".to_string(),
-            None,
+            &[],
             true,
         ),
-        ("GET", "/archive/ASi1L.zip".to_string(), None, true),
-        ("POST", "/archive/ASi1L.zip".to_string(), None, false),
+        ("GET", "/archive/ASi1L.zip".to_string(), &[], true),
+        ("POST", "/archive/ASi1L.zip".to_string(), &[], false),
     ];
-    let curl_args = |method: &'static str, header: Option<&'static str>| {
+    let curl_args = |method: &'static str, headers: &[&'static str]| {
         let mut extra = match method {
             "HEAD" => vec!["-I"],
             _ => vec!["-X", method],
         };
-        extra.extend(header.into_iter().flat_map(|header| ["-H", header]));
+        extra.extend(headers.iter().flat_map(|header| ["-H", *header]));
         extra
     };
     // pachd's own answers first; then its record starts again for the answers through
@@ -414,7 +421,7 @@ fn file_handlers_refuse_tokens_in_pachds_own_words() {
         .iter()
         .map(|(method, target, header, _)| {
             let url = format!("http://{pachd}{target}");
-            answer_with_headers(&url, None, &curl_args(method, *header))
+            answer_with_headers(&url, None, &curl_args(method, header))
         })
         .collect();
     let cleared = Command::new("curl")
@@ -427,7 +434,7 @@ fn file_handlers_refuse_tokens_in_pachds_own_words() {
         let through = answer_with_headers(
             &format!("https://localhost:{}{target}", proxy.https().port()),
             Some(&ca),
-            &curl_args(method, *header),
+            &curl_args(method, header),
         );
         let what = format!("{method} {target} {header:?}");
         if *zip {
@@ -447,9 +454,20 @@ fn file_handlers_refuse_tokens_in_pachds_own_words() {
             // Each writes its own page around pachd's words.
             assert!(html(&through), "{what}: {through:?}");
             let words = "rpc error: code = Unauthenticated desc = provided auth token";
-            for answer in [&direct, &through] {
-                let page = String::from_utf8_lossy(&answer.body);
+            let error_id = |answer: &RawAnswer| {
+                let page = String::from_utf8_lossy(&answer.body).into_owned();
                 assert!(page.contains(words), "{what}: {page}");
+                let (_, id) = page.split_once("<p>Error ID: ").expect("an Error ID line");
+                id.split_once("</p>").unwrap().0.to_string()
+            };
+            let (direct_id, through_id) = (error_id(&direct), error_id(&through));
+            if header.contains(&"x-request-id: console-preview-7") {
+                assert_eq!(
+                    (&*direct_id, &*through_id),
+                    ("console-preview-7", "console-preview-7")
+                );
+            } else {
+                assert!(!through_id.is_empty(), "{what}");
             }
             assert_eq!(
                 (direct.status, &direct.vary, &direct.cache_control),

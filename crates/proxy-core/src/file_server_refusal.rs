@@ -10,13 +10,15 @@ use http::{HeaderMap, Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::error::GrpcCode;
+use crate::request_id::{new_request_id, X_REQUEST_ID};
 
 /// pachd's answer to a `/pfs` request whose token it refuses with `code` and `message`.
-/// `html`: the client ranks HTML above text ([`prefers_html`]).
+/// `page`: when the client ranks HTML above text ([`prefers_html`]), the error page's id
+/// ([`error_id`]).
 pub(crate) fn file_server_refusal(
     code: GrpcCode,
     message: &str,
-    html: bool,
+    page: Option<&str>,
 ) -> Response<ProxyBody> {
     let status = match code {
         GrpcCode::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -28,10 +30,9 @@ pub(crate) fn file_server_refusal(
         "problem inspecting file: rpc error: code = {} desc = {message}",
         code.go_name()
     );
-    let (content_type, body) = if html {
-        ("text/html", error_page(&text))
-    } else {
-        ("text/plain", text)
+    let (content_type, body) = match page {
+        Some(error_id) => ("text/html", error_page(&text, error_id)),
+        None => ("text/plain", text),
     };
     let mut response = Response::new(ProxyBody::Full(Some(body.into())));
     *response.status_mut() = status;
@@ -44,11 +45,23 @@ pub(crate) fn file_server_refusal(
 }
 
 /// The file server's error page for a browser, laid out as pachd's `error.html` renders it
-/// and escaped as Go's html/template escapes text. pachd's page also ends with an "Error
-/// ID" line (the request's `x-request-id`, or an id it makes), which is left out.
-fn error_page(message: &str) -> String {
-    let mut escaped = String::with_capacity(message.len());
-    for c in message.chars() {
+/// (with the "Error ID" block, as pachd always has an id) and escaped as Go's html/template
+/// escapes text.
+fn error_page(message: &str, error_id: &str) -> String {
+    format!(
+        "<html>\n    <head>\n        <title>Pachyderm - Error</title>\n    </head>\n    <body>\n        \
+         <h1>Error</h1>\n        <p>{}</p>\n        \n        <hr />\n        \
+         <p>Error ID: {}</p>\n        \n    </body>\n</html>\n",
+        escape_html_text(message),
+        escape_html_text(error_id)
+    )
+}
+
+/// Text as Go's html/template escapes it (`htmlEscaper`): this set, `"` as `&#34;`, and a
+/// NUL replaced.
+fn escape_html_text(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
         match c {
             '&' => escaped.push_str("&amp;"),
             '<' => escaped.push_str("&lt;"),
@@ -60,9 +73,34 @@ fn error_page(message: &str) -> String {
             c => escaped.push(c),
         }
     }
+    escaped
+}
+
+/// The id pachd's error page shows (`log.RequestID`): the request's `x-request-id` values
+/// as pachd received them, joined by `;`. With the access log on, a request that came
+/// without one carries the id pachgate `made` for it. Without either, pachd makes one
+/// (a UUID), and so one is made here, in the same form.
+pub(crate) fn error_id(headers: &HeaderMap, made: Option<&[u8; 32]>) -> String {
+    let sent: Vec<_> = headers
+        .get_all(&X_REQUEST_ID)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()))
+        .collect();
+    if !sent.is_empty() {
+        return sent.join(";");
+    }
+    if let Some(digits) = made {
+        return String::from_utf8_lossy(digits).into_owned();
+    }
+    let digits = new_request_id();
+    let digits = String::from_utf8_lossy(&digits);
     format!(
-        "<html>\n    <head>\n        <title>Pachyderm - Error</title>\n    </head>\n    <body>\n        \
-         <h1>Error</h1>\n        <p>{escaped}</p>\n        \n    </body>\n</html>\n"
+        "{}-{}-{}-{}-{}",
+        &digits[..8],
+        &digits[8..12],
+        &digits[12..16],
+        &digits[16..20],
+        &digits[20..]
     )
 }
 
@@ -245,12 +283,12 @@ mod tests {
     #[test]
     fn refusals_read_as_pachd_writes_them() {
         let expired =
-            file_server_refusal(GrpcCode::Internal, "token expiration is in the past", false);
+            file_server_refusal(GrpcCode::Internal, "token expiration is in the past", None);
         assert_eq!(expired.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(expired.headers()[CONTENT_TYPE], "text/plain");
         assert_eq!(expired.headers()[VARY], "authn-token");
         assert_eq!(expired.headers()[CACHE_CONTROL], "private, no-cache");
-        let missing = file_server_refusal(GrpcCode::Unauthenticated, "a <b> & c", true);
+        let missing = file_server_refusal(GrpcCode::Unauthenticated, "a <b> & c", Some("i<d"));
         assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(missing.headers()[CONTENT_TYPE], "text/html");
         let ProxyBody::Full(Some(page)) = missing.into_body() else {
@@ -264,5 +302,33 @@ mod tests {
             "{page}"
         );
         assert!(page.starts_with("<html>\n    <head>\n        <title>Pachyderm - Error</title>"));
+        assert!(
+            page.ends_with(
+                "</p>\n        \n        <hr />\n        <p>Error ID: i&lt;d</p>\n        \n    \
+                 </body>\n</html>\n"
+            ),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn the_error_id_is_the_one_pachd_would_show() {
+        let mut headers = HeaderMap::new();
+        let made = *b"0123456789abcdef0123456789abcdef";
+        // None sent: the id made for the access log, which pachd would have received.
+        assert_eq!(
+            error_id(&headers, Some(&made)),
+            std::str::from_utf8(&made).unwrap()
+        );
+        // Neither: one made as pachd makes its own, a UUID's form, new each time.
+        let fresh = error_id(&headers, None);
+        let groups: Vec<usize> = fresh.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{fresh}");
+        assert!(fresh.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert_ne!(fresh, error_id(&headers, None));
+        // The client's ids, all of them, win: pachd received those.
+        headers.append(&X_REQUEST_ID, HeaderValue::from_static("first"));
+        headers.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
+        assert_eq!(error_id(&headers, Some(&made)), "first;second");
     }
 }

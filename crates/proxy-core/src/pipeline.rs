@@ -133,8 +133,9 @@ impl Gateway {
             Err(rejection) => return rejection.answer(request, rendering).await,
         };
         if let Err(rejection) = self.admit(&request, route, snapshot, grpc, caller).await {
-            let rendering =
-                Rendering::on_route(grpc, route.target.auth == RouteAuth::Pachyderm, &request);
+            let made_id = record.exchange().made_request_id();
+            let pachyderm_route = route.target.auth == RouteAuth::Pachyderm;
+            let rendering = Rendering::on_route(grpc, pachyderm_route, &request, made_id.as_ref());
             return rejection.answer(request, rendering).await;
         }
         let answered = if view.websocket_upgrade

@@ -16,7 +16,7 @@ use crate::body::ProxyBody;
 use crate::error::{
     gateway_error_response, grpc_status_response, text_response, GrpcCode, ProxyError,
 };
-use crate::file_server_refusal::{file_server_refusal, prefers_html};
+use crate::file_server_refusal::{error_id, file_server_refusal, prefers_html};
 use crate::request_view::Facts;
 
 /// Why pachgate answers a request itself instead of passing on the upstream's answer.
@@ -39,7 +39,7 @@ pub(crate) enum Rejection {
 }
 
 /// How a rejection is written: the caller's protocol decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rendering {
     /// A trailers-only gRPC response.
     Grpc,
@@ -49,8 +49,8 @@ pub(crate) enum Rendering {
     /// stream forwarder writes it.
     GatewayStreamJson,
     /// pachd's file server (`/pfs` on a Pachyderm route): a refused token as pachd's file
-    /// server reports it, in HTML when the client ranks HTML first.
-    PachdFileServer { html: bool },
+    /// server reports it. `page`: when the client ranks HTML first, the HTML error page's id.
+    PachdFileServer { page: Option<Box<str>> },
     /// A status and a short text.
     Text,
 }
@@ -68,8 +68,14 @@ impl Rendering {
 
     /// For the gate's denials on a route: gRPC for gRPC callers; on a route with the
     /// Pachyderm gate, grpc-gateway JSON on pachd's `/api/` and the file server's own words
-    /// on `/pfs`; text elsewhere.
-    pub(crate) fn on_route<B>(grpc: bool, pachyderm_route: bool, request: &Request<B>) -> Self {
+    /// on `/pfs`; text elsewhere. `made_id`: the request id made for the access log, which
+    /// pachd would have received (and shown on its error page).
+    pub(crate) fn on_route<B>(
+        grpc: bool,
+        pachyderm_route: bool,
+        request: &Request<B>,
+        made_id: Option<&[u8; 32]>,
+    ) -> Self {
         if grpc {
             return Rendering::Grpc;
         }
@@ -82,7 +88,8 @@ impl Rendering {
             }
             PachdHttpSurface::Gateway { .. } => Rendering::GatewayJson,
             PachdHttpSurface::FileServer => Rendering::PachdFileServer {
-                html: prefers_html(request.headers()),
+                page: prefers_html(request.headers())
+                    .then(|| error_id(request.headers(), made_id).into()),
             },
             _ => Rendering::Text,
         }
@@ -229,7 +236,7 @@ fn render_denial(reason: &DenyReason, rendering: Rendering) -> Response<ProxyBod
         Rendering::GatewayJson => gateway_error_response(code, &message, false),
         Rendering::GatewayStreamJson => gateway_error_response(code, &message, true),
         // What pachd itself refuses; pachgate's own policies stay text.
-        Rendering::PachdFileServer { html }
+        Rendering::PachdFileServer { page }
             if matches!(
                 reason,
                 DenyReason::MissingToken
@@ -239,7 +246,7 @@ fn render_denial(reason: &DenyReason, rendering: Rendering) -> Response<ProxyBod
             ) =>
         {
             // pachd's file server sends no WWW-Authenticate with its 401.
-            return file_server_refusal(code, &message, html);
+            return file_server_refusal(code, &message, page.as_deref());
         }
         Rendering::Text | Rendering::PachdFileServer { .. } => {
             let status = match reason {

@@ -90,7 +90,7 @@ fn request_id_value(digits: &[u8; 32]) -> HeaderValue {
 /// of its counter, so a thread repeats no id within 2^64 of them, and two threads (or
 /// processes) share ids only if their random halves collide. No syscall per request, and
 /// only half the digits made per id.
-fn new_request_id() -> [u8; 32] {
+pub(crate) fn new_request_id() -> [u8; 32] {
     struct IdSource {
         state: Cell<u64>,
         thread_digits: [u8; 16],

@@ -153,17 +153,50 @@ fn accepts_html(request: &Request) -> bool {
 /// The file server's `displayErrorf`.
 fn display_error(request: &Request, status: StatusCode, message: &str) -> Response<Body> {
     if accepts_html(request) {
-        let escaped = message
-            .replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;");
+        let escaped = html_text(message);
+        let error_id = html_text(&request_id(request));
         let page = format!(
-            "<!doctype html><html><head><title>Error</title></head><body><h1>Error</h1><p>{escaped}</p></body></html>\n"
+            "<!doctype html><html><head><title>Error</title></head><body><h1>Error</h1><p>{escaped}</p><hr /><p>Error ID: {error_id}</p></body></html>\n"
         );
         response(status, "text/html", page)
     } else {
         response(status, "text/plain", message.to_string())
     }
+}
+
+fn html_text(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The request's id as pachd's HTTP server keeps it (`log.RequestID`): its `x-request-id`
+/// values joined by `;`, or one made for it.
+fn request_id(request: &Request) -> String {
+    let sent: Vec<_> = request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .collect();
+    if !sent.is_empty() {
+        return sent.join(";");
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut made = String::new();
+    for _ in 0..2 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u8(0);
+        made.push_str(&format!("{:016x}", hasher.finish()));
+    }
+    format!(
+        "{}-{}-{}-{}-{}",
+        &made[..8],
+        &made[8..12],
+        &made[12..16],
+        &made[16..20],
+        &made[20..]
+    )
 }
 
 /// The file server's `displayGRPCError`.
