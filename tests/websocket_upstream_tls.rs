@@ -63,6 +63,24 @@ fn events(upstream: &Running) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The upstream's events once it has reported at least one connection (pachgate has
+/// reached it by then): a check of what reached it is made on its report, however long the
+/// report takes on a loaded machine, and never passes on an empty one.
+async fn events_once_connected(upstream: &Running) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = events(upstream);
+        if seen.iter().any(|e| e["event"] == "connection") {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream reported no connection within 10 s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// pachgate with `/ws` to the TLS upstream (protocol and CA as given), `/ws-h2` to it as an
 /// `h2` upstream, `/ws-h2c` to the stand-in pachd (h2c), and everything else to the
 /// stand-in console, whose websocket echo is the bystanders' peer.
@@ -109,8 +127,8 @@ impl Setup {
 }
 
 /// Only TLS reached the upstream, and no websocket handshake.
-fn assert_only_tls_reached(upstream: &Running) {
-    let seen = events(upstream);
+async fn assert_only_tls_reached(upstream: &Running) {
+    let seen = events_once_connected(upstream).await;
     assert!(
         seen.iter()
             .all(|e| e["event"] == "connection" && e["first_bytes"] == "tls"),
@@ -164,8 +182,7 @@ async fn websocket_to_an_http1_tls_upstream_goes_over_tls() {
     let (upstream, proxy) = (&setup.upstream, &setup.proxy);
 
     let session = connect(proxy, "/ws").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = events(upstream);
+    let seen = events_once_connected(upstream).await;
     let connections: Vec<_> = seen.iter().filter(|e| e["event"] == "connection").collect();
     assert!(
         connections.iter().all(|e| e["first_bytes"] == "tls"),
@@ -209,8 +226,7 @@ async fn a_tls_upstream_with_a_wrong_certificate_is_a_clear_502() {
     let (status, body) = refusal(connect(&proxy, "/ws").await);
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("TLS verification failed"), "{body}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_only_tls_reached(&upstream);
+    assert_only_tls_reached(&upstream).await;
 
     echo(&mut bystander, "after").await;
     let mut fresh = connect(&proxy, "/console/ws").await.unwrap();
@@ -244,8 +260,7 @@ async fn websocket_to_an_h2_upstream_never_writes_cleartext_to_its_tls_port() {
 
     let (status, body) = refusal(connect(proxy, "/ws-h2").await);
     assert_eq!(status, 502, "{body}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_only_tls_reached(upstream);
+    assert_only_tls_reached(upstream).await;
 
     echo(&mut bystander, "still here").await;
 }
@@ -284,8 +299,7 @@ async fn extended_connect_from_an_h2_client_reaches_the_tls_upstream_over_tls() 
         .insert(hyper::ext::Protocol::from_static("websocket"));
     let mut response = sender.send_request(request).await.unwrap();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = events(upstream);
+    let seen = events_once_connected(upstream).await;
     assert!(
         seen.iter()
             .filter(|e| e["event"] == "connection")
