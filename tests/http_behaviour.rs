@@ -106,6 +106,10 @@ fn hop_by_hop_headers_stripped_and_forwarded_headers_set() {
             "-H",
             "X-Forwarded-For: 198.51.100.7",
             "-H",
+            "Forwarded: for=198.51.100.8",
+            "-H",
+            "X-Real-IP: 198.51.100.9",
+            "-H",
             "X-End-To-End: kept",
         ],
     );
@@ -118,6 +122,9 @@ fn hop_by_hop_headers_stripped_and_forwarded_headers_set() {
     // curl is no trusted proxy: its claim is dropped, its address alone goes on.
     assert!(lower.contains("x-forwarded-for: 127.0.0.1\n"), "{mirror}");
     assert!(!lower.contains("198.51.100.7"), "{mirror}");
+    // Nor do its other claims of where it connects from reach the upstream.
+    assert!(!lower.contains("198.51.100.8"), "{mirror}");
+    assert!(!lower.contains("198.51.100.9"), "{mirror}");
     assert!(lower.contains("x-forwarded-proto: https"), "{mirror}");
     assert!(lower.contains("x-forwarded-host: localhost"), "{mirror}");
 

@@ -1,8 +1,8 @@
 //! Header rewriting between client and upstream: hop-by-hop headers removed (RFC 9110 §7.6.1),
-//! `X-Forwarded-*` set. Edits happen in place on the request's own map; nothing is copied.
+//! an untrusted client's own `Forwarded` and `X-Real-IP` dropped, `X-Forwarded-*` set. Edits happen in place on the request's own map; nothing is copied.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, PROXY_AUTHENTICATE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, FORWARDED, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
@@ -11,18 +11,38 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// `te: trailers` survives: gRPC servers require it to know the client reads trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, false);
+}
+
+/// [`strip_hop_by_hop`] for a request on its way upstream. With `drop_client_claims` (the
+/// peer is not a trusted proxy) the client's own claims of where it connects from go too:
+/// `Forwarded` and `X-Real-IP`, which an upstream may believe as it would a proxy's, as
+/// `X-Forwarded-For` is replaced ([`set_forwarded`]). As Traefik does for peers it does not
+/// trust; a trusted proxy's are kept.
+pub fn strip_for_upstream(headers: &mut HeaderMap, drop_client_claims: bool) {
+    strip(headers, drop_client_claims);
+}
+
+fn strip(headers: &mut HeaderMap, drop_client_claims: bool) {
     // One pass over the fields first: nearly every request and response has none of these
     // (HTTP/2 forbids most of them), and a look-up per name costs a hash and a probe each,
     // nine times, on both the request and the response.
-    let found = headers
-        .iter()
-        .any(|(name, value)| is_always_hop_by_hop(name) || (name == TE && !te_is_trailers(value)));
+    let found = headers.iter().any(|(name, value)| {
+        is_always_hop_by_hop(name)
+            || (name == TE && !te_is_trailers(value))
+            || (drop_client_claims && (name == FORWARDED || name == X_REAL_IP))
+    });
     if found {
         strip_found_hop_by_hop(headers);
+        if drop_client_claims {
+            headers.remove(FORWARDED);
+            headers.remove(&X_REAL_IP);
+        }
     }
 }
 
@@ -230,6 +250,26 @@ mod tests {
             want.sort();
             assert_eq!(names, want, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn an_untrusted_clients_own_forwarding_claims_are_dropped() {
+        let claims = [
+            ("forwarded", "for=198.51.100.7"),
+            ("x-real-ip", "198.51.100.7"),
+            ("x-a", "1"),
+        ];
+        let mut headers = map(&claims);
+        strip_for_upstream(&mut headers, true);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a"]);
+        // A trusted proxy's stay, and so do they on a response.
+        let mut trusted = map(&claims);
+        strip_for_upstream(&mut trusted, false);
+        assert_eq!(trusted.len(), 3);
+        let mut response = map(&claims);
+        strip_hop_by_hop(&mut response);
+        assert_eq!(response.len(), 3);
     }
 
     #[test]

@@ -31,7 +31,9 @@ use crate::error::ProxyError;
 use crate::exchange::{ClientAddress, Exchange, ObservedBody};
 use crate::framing_guard::FramingVerdicts;
 use crate::gateway::Gateway;
-use crate::headers::{is_websocket_upgrade, join_cookies, set_forwarded, strip_hop_by_hop};
+use crate::headers::{
+    is_websocket_upgrade, join_cookies, set_forwarded, strip_for_upstream, strip_hop_by_hop,
+};
 use crate::idle::ConnActivity;
 use crate::rejection::{Rejection, Rendering};
 use crate::request_id::{insert_request_id, request_id};
@@ -210,7 +212,14 @@ fn sanitize(
     }
     let websocket_upgrade =
         request.version() <= Version::HTTP_11 && is_websocket_upgrade(request.headers());
-    strip_hop_by_hop(request.headers_mut());
+    // X-Forwarded-For, Forwarded and X-Real-IP from a peer that is not a trusted proxy are
+    // the client's own claims: pachgate never believes them (`forwarded_client`), and
+    // upstreams (their logs, Dex, the console) get the client's address alone rather than a
+    // chain it could write the start of. As Traefik (its forwarded-headers middleware
+    // deletes them from untrusted peers) and Caddy (`addForwardedHeaders` sets the header
+    // anew) do by default.
+    let keep_forwarded_chain = snapshot.clients.trusted_proxies.contains(caller.peer.ip());
+    strip_for_upstream(request.headers_mut(), !keep_forwarded_chain);
     // The request id ties the access-log line to the upstream's logs; without an access
     // log a client's id passes through untouched and none is made. A made one is added as
     // the request leaves (`forward`, `tunnel`).
@@ -227,12 +236,6 @@ fn sanitize(
             .exchange()
             .set_request_details(request_id, authority.clone());
     }
-    // X-Forwarded-For from a peer that is not a trusted proxy is the client's own claim:
-    // pachgate never believes it (`forwarded_client`), and upstreams (their logs, Dex, the
-    // console) get the client's address alone rather than a chain it could write the start
-    // of. As Traefik (its forwarded-headers middleware deletes them from untrusted peers)
-    // and Caddy (`addForwardedHeaders` sets the header anew) do by default.
-    let keep_forwarded_chain = snapshot.clients.trusted_proxies.contains(caller.peer.ip());
     Ok(View {
         websocket_upgrade,
         as_sent,
