@@ -18,7 +18,7 @@ use crate::request_id::{new_request_id, X_REQUEST_ID};
 pub(crate) fn file_server_refusal(
     code: GrpcCode,
     message: &str,
-    page: Option<&str>,
+    page: Option<&[u8]>,
 ) -> Response<ProxyBody> {
     let status = match code {
         GrpcCode::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -32,7 +32,7 @@ pub(crate) fn file_server_refusal(
     );
     let (content_type, body) = match page {
         Some(error_id) => ("text/html", error_page(&text, error_id)),
-        None => ("text/plain", text),
+        None => ("text/plain", text.into_bytes()),
     };
     let mut response = Response::new(ProxyBody::Full(Some(body.into())));
     *response.status_mut() = status;
@@ -45,63 +45,73 @@ pub(crate) fn file_server_refusal(
 }
 
 /// The file server's error page for a browser, laid out as pachd's `error.html` renders it
-/// (with the "Error ID" block, as pachd always has an id) and escaped as Go's html/template
-/// escapes text.
-fn error_page(message: &str, error_id: &str) -> String {
-    format!(
-        "<html>\n    <head>\n        <title>Pachyderm - Error</title>\n    </head>\n    <body>\n        \
-         <h1>Error</h1>\n        <p>{}</p>\n        \n        <hr />\n        \
-         <p>Error ID: {}</p>\n        \n    </body>\n</html>\n",
-        escape_html_text(message),
-        escape_html_text(error_id)
-    )
+/// (the "Error ID" block only for a non-empty id, as the template's `if` has it) and
+/// escaped as Go's html/template escapes text. Bytes, as Go writes them: an id that is not
+/// UTF-8 goes out as it came.
+fn error_page(message: &str, error_id: &[u8]) -> Vec<u8> {
+    let mut page = Vec::with_capacity(256 + message.len() + error_id.len());
+    page.extend_from_slice(
+        b"<html>\n    <head>\n        <title>Pachyderm - Error</title>\n    </head>\n    \
+          <body>\n        <h1>Error</h1>\n        <p>",
+    );
+    escape_html_text(message.as_bytes(), &mut page);
+    page.extend_from_slice(b"</p>\n        ");
+    if !error_id.is_empty() {
+        page.extend_from_slice(b"\n        <hr />\n        <p>Error ID: ");
+        escape_html_text(error_id, &mut page);
+        page.extend_from_slice(b"</p>\n        ");
+    }
+    page.extend_from_slice(b"\n    </body>\n</html>\n");
+    page
 }
 
-/// Text as Go's html/template escapes it (`htmlEscaper`): this set, `"` as `&#34;`, and a
-/// NUL replaced.
-fn escape_html_text(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&#34;"),
-            '\'' => escaped.push_str("&#39;"),
-            '+' => escaped.push_str("&#43;"),
-            '\0' => escaped.push('\u{fffd}'),
-            c => escaped.push(c),
+/// Text as Go's html/template escapes it (`htmlEscaper`): this set, `"` as `&#34;`, a NUL
+/// replaced, and every other byte (a non-UTF-8 one too) as it is.
+fn escape_html_text(text: &[u8], out: &mut Vec<u8>) {
+    for &byte in text {
+        match byte {
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            b'"' => out.extend_from_slice(b"&#34;"),
+            b'\'' => out.extend_from_slice(b"&#39;"),
+            b'+' => out.extend_from_slice(b"&#43;"),
+            0 => out.extend_from_slice("\u{fffd}".as_bytes()),
+            byte => out.push(byte),
         }
     }
-    escaped
 }
 
 /// The id pachd's error page shows (`log.RequestID`): the request's `x-request-id` values
-/// as pachd received them, joined by `;`. With the access log on, a request that came
-/// without one carries the id pachgate `made` for it. Without either, pachd makes one
-/// (a UUID), and so one is made here, in the same form.
-pub(crate) fn error_id(headers: &HeaderMap, made: Option<&[u8; 32]>) -> String {
-    let sent: Vec<_> = headers
-        .get_all(&X_REQUEST_ID)
-        .iter()
-        .map(|value| String::from_utf8_lossy(value.as_bytes()))
-        .collect();
-    if !sent.is_empty() {
-        return sent.join(";");
+/// as pachd received them, joined by `;` (one empty value: no id, and no Error ID line).
+/// With the access log on, a request that came without one carries the id pachgate `made`
+/// for it. Without either, pachd makes one (a UUID, which pachd logs), and so one is made
+/// here in that form: random, though not a version-4 UUID, and written to no log.
+pub(crate) fn error_id(headers: &HeaderMap, made: Option<&[u8; 32]>) -> Vec<u8> {
+    let mut sent = headers.get_all(&X_REQUEST_ID).iter();
+    if let Some(first) = sent.next() {
+        let mut joined = first.as_bytes().to_vec();
+        for value in sent {
+            joined.push(b';');
+            joined.extend_from_slice(value.as_bytes());
+        }
+        return joined;
     }
     if let Some(digits) = made {
-        return String::from_utf8_lossy(digits).into_owned();
+        return digits.to_vec();
     }
     let digits = new_request_id();
-    let digits = String::from_utf8_lossy(&digits);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &digits[..8],
-        &digits[8..12],
-        &digits[12..16],
-        &digits[16..20],
-        &digits[20..]
-    )
+    let mut id = Vec::with_capacity(36);
+    for (at, group) in [0..8, 8..12, 12..16, 16..20, 20..32]
+        .into_iter()
+        .enumerate()
+    {
+        if at > 0 {
+            id.push(b'-');
+        }
+        id.extend_from_slice(&digits[group]);
+    }
+    id
 }
 
 /// Whether pachd's file server answers this request in HTML: its `Accept` negotiated
@@ -288,7 +298,7 @@ mod tests {
         assert_eq!(expired.headers()[CONTENT_TYPE], "text/plain");
         assert_eq!(expired.headers()[VARY], "authn-token");
         assert_eq!(expired.headers()[CACHE_CONTROL], "private, no-cache");
-        let missing = file_server_refusal(GrpcCode::Unauthenticated, "a <b> & c", Some("i<d"));
+        let missing = file_server_refusal(GrpcCode::Unauthenticated, "a <b> & c", Some(b"i<d"));
         assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(missing.headers()[CONTENT_TYPE], "text/html");
         let ProxyBody::Full(Some(page)) = missing.into_body() else {
@@ -312,23 +322,39 @@ mod tests {
     }
 
     #[test]
+    fn the_error_page_follows_the_templates_if_and_gos_escaper() {
+        let without_id = error_page("m", b"");
+        assert_eq!(
+            std::str::from_utf8(&without_id).unwrap(),
+            "<html>\n    <head>\n        <title>Pachyderm - Error</title>\n    </head>\n    \
+             <body>\n        <h1>Error</h1>\n        <p>m</p>\n        \n    </body>\n</html>\n"
+        );
+        // Bytes that are not UTF-8 pass as they are; the escaped set does not.
+        let page = error_page("m", b"a\xff+\"\x00");
+        let at = page.windows(10).position(|w| w == b"Error ID: ").unwrap() + 10;
+        let expected = b"a\xff&#43;&#34;\xef\xbf\xbd</p>";
+        assert_eq!(&page[at..at + expected.len()], expected);
+    }
+
+    #[test]
     fn the_error_id_is_the_one_pachd_would_show() {
         let mut headers = HeaderMap::new();
         let made = *b"0123456789abcdef0123456789abcdef";
         // None sent: the id made for the access log, which pachd would have received.
-        assert_eq!(
-            error_id(&headers, Some(&made)),
-            std::str::from_utf8(&made).unwrap()
-        );
+        assert_eq!(error_id(&headers, Some(&made)), made);
         // Neither: one made as pachd makes its own, a UUID's form, new each time.
-        let fresh = error_id(&headers, None);
+        let fresh = String::from_utf8(error_id(&headers, None)).unwrap();
         let groups: Vec<usize> = fresh.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12], "{fresh}");
         assert!(fresh.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
-        assert_ne!(fresh, error_id(&headers, None));
+        assert_ne!(fresh.as_bytes(), error_id(&headers, None));
         // The client's ids, all of them, win: pachd received those.
         headers.append(&X_REQUEST_ID, HeaderValue::from_static("first"));
         headers.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
-        assert_eq!(error_id(&headers, Some(&made)), "first;second");
+        assert_eq!(error_id(&headers, Some(&made)), b"first;second");
+        // One empty value is what pachd's RequestID returns as no id.
+        let mut empty = HeaderMap::new();
+        empty.append(&X_REQUEST_ID, HeaderValue::from_static(""));
+        assert_eq!(error_id(&empty, None), b"");
     }
 }

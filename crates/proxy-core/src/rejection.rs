@@ -50,7 +50,7 @@ pub(crate) enum Rendering {
     GatewayStreamJson,
     /// pachd's file server (`/pfs` on a Pachyderm route): a refused token as pachd's file
     /// server reports it. `page`: when the client ranks HTML first, the HTML error page's id.
-    PachdFileServer { page: Option<Box<str>> },
+    PachdFileServer { page: Option<Box<[u8]>> },
     /// A status and a short text.
     Text,
 }

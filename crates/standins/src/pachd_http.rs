@@ -154,9 +154,13 @@ fn accepts_html(request: &Request) -> bool {
 fn display_error(request: &Request, status: StatusCode, message: &str) -> Response<Body> {
     if accepts_html(request) {
         let escaped = html_text(message);
-        let error_id = html_text(&request_id(request));
+        // pachd's template shows the id's block only for a non-empty id.
+        let error_id = match request_id(request) {
+            id if id.is_empty() => String::new(),
+            id => format!("<hr /><p>Error ID: {}</p>", html_text(&id)),
+        };
         let page = format!(
-            "<!doctype html><html><head><title>Error</title></head><body><h1>Error</h1><p>{escaped}</p><hr /><p>Error ID: {error_id}</p></body></html>\n"
+            "<!doctype html><html><head><title>Error</title></head><body><h1>Error</h1><p>{escaped}</p>{error_id}</body></html>\n"
         );
         response(status, "text/html", page)
     } else {
