@@ -1,5 +1,6 @@
 //! Header rewriting between client and upstream: hop-by-hop headers removed (RFC 9110 §7.6.1),
-//! an untrusted client's own `Forwarded` and `X-Real-IP` dropped, `X-Forwarded-*` set. Edits happen in place on the request's own map; nothing is copied.
+//! an untrusted client's own `Forwarded` and `X-Real-IP` dropped, `X-Forwarded-*` set.
+//! Edits happen in place on the request's own map; nothing is copied.
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, FORWARDED, PROXY_AUTHENTICATE,
@@ -22,8 +23,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// [`strip_hop_by_hop`] for a request on its way upstream. With `drop_client_claims` (the
 /// peer is not a trusted proxy) the client's own claims of where it connects from go too:
 /// `Forwarded` and `X-Real-IP`, which an upstream may believe as it would a proxy's, as
-/// `X-Forwarded-For` is replaced ([`set_forwarded`]). As Traefik does for peers it does not
-/// trust; a trusted proxy's are kept.
+/// `X-Forwarded-For` is replaced ([`set_forwarded`]). Traefik removes `X-Real-Ip` from peers
+/// it does not trust; `Forwarded` (RFC 7239) carries the same claim. A trusted proxy's are
+/// kept.
 pub fn strip_for_upstream(headers: &mut HeaderMap, drop_client_claims: bool) {
     strip(headers, drop_client_claims);
 }

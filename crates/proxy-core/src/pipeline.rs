@@ -215,9 +215,8 @@ fn sanitize(
     // X-Forwarded-For, Forwarded and X-Real-IP from a peer that is not a trusted proxy are
     // the client's own claims: pachgate never believes them (`forwarded_client`), and
     // upstreams (their logs, Dex, the console) get the client's address alone rather than a
-    // chain it could write the start of. As Traefik (its forwarded-headers middleware
-    // deletes them from untrusted peers) and Caddy (`addForwardedHeaders` sets the header
-    // anew) do by default.
+    // chain it could write the start of. Traefik's forwarded-headers middleware deletes
+    // X-Forwarded-* and X-Real-Ip from untrusted peers, and Caddy sets X-Forwarded-For anew.
     let keep_forwarded_chain = snapshot.clients.trusted_proxies.contains(caller.peer.ip());
     strip_for_upstream(request.headers_mut(), !keep_forwarded_chain);
     // The request id ties the access-log line to the upstream's logs; without an access

@@ -220,9 +220,10 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
-/// Whether pachgate refuses the request's head before routing it: a header list over
-/// `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads itself), or an underscore in a
-/// header name when configured. `None`: go on.
+/// Whether pachgate refuses the request's head before routing it: a CONNECT that is no
+/// websocket, a header list over `max_header_list_size` (HTTP/2; hyper answers HTTP/1 heads
+/// itself), more than one Host, a target no route can name ([`misnamed_target`]), or an
+/// underscore in a header name when configured. `None`: go on.
 pub(crate) fn refuse_head<B>(request: &Request<B>, limits: &ServerLimits) -> Option<Rejection> {
     if request.method() == http::Method::CONNECT
         && !crate::websocket::is_extended_connect_websocket(request)
