@@ -64,18 +64,26 @@ fn events(upstream: &Running) -> Vec<serde_json::Value> {
 }
 
 /// The upstream's events once it has reported at least one connection (pachgate has
-/// reached it by then): a check of what reached it is made on its report, however long the
-/// report takes on a loaded machine, and never passes on an empty one.
+/// reached it by then) and then nothing new for 300 ms: a check of what reached it is made
+/// on its whole report, however long the report takes on a loaded machine, and never
+/// passes on an empty one. Reading takes the lines, so every poll's are kept.
 async fn events_once_connected(upstream: &Running) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut quiet_since = tokio::time::Instant::now();
     loop {
-        let seen = events(upstream);
-        if seen.iter().any(|e| e["event"] == "connection") {
+        let new = events(upstream);
+        if !new.is_empty() {
+            seen.extend(new);
+            quiet_since = tokio::time::Instant::now();
+        }
+        let connected = seen.iter().any(|e| e["event"] == "connection");
+        if connected && quiet_since.elapsed() >= Duration::from_millis(300) {
             return seen;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the upstream reported no connection within 10 s: {seen:?}"
+            "the upstream reported no connection, or did not fall quiet, within 10 s: {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
