@@ -121,18 +121,24 @@ pub(crate) fn error_id(headers: &HeaderMap, made: Option<&[u8; 32]>) -> Vec<u8> 
 /// range that matches either type picks it, `text/plain` winning when both match. Matching
 /// is case-sensitive, a range with a parameter that is not `name=value` (or a q that is not
 /// a number ≥ 0) is ignored, and a q of 0 still matches. No `Accept` is `*/*`: text.
-/// Only ranges that can match either type are ranked, at most [`RANKED_RANGES`] of them,
-/// so a long header costs little; Go ranks every range, and orders more than 12 by an
-/// unstable sort, which only the first 12 here follow exactly.
+/// Only ranges that can match either type (all, when a q is NaN) are ranked, at most
+/// [`RANKED_RANGES`] of them, so a long header costs little. Go ranks every range, and
+/// orders more than 12 by an unstable sort (pdqsort) that this insertion sort follows only
+/// where the ranking has no ties; past 32 matching ranges the rest are not looked at.
+/// Headers like those (checked against the Go library run on the same headers) are not
+/// what browsers or Pachyderm's clients send.
 pub(crate) fn prefers_html(headers: &HeaderMap) -> bool {
     let accept = headers
         .get(http::header::ACCEPT)
         .map_or(&b""[..], HeaderValue::as_bytes);
     let accept = String::from_utf8_lossy(accept);
-    let mut ranges: Vec<MediaRange<'_>> = accept
-        .split(',')
-        .filter_map(MediaRange::parse)
-        .filter(|range| range.matches("plain") || range.matches("html"))
+    let parsed = || accept.split(',').filter_map(MediaRange::parse);
+    // A range that matches neither type moves no other in Go's sort, unless some q is NaN:
+    // then the order is not transitive, and every range can move the others, so all are
+    // sorted (up to the limit).
+    let any_nan = parsed().any(|range| range.q.is_nan());
+    let mut ranges: Vec<MediaRange<'_>> = parsed()
+        .filter(|range| any_nan || range.matches("plain") || range.matches("html"))
         .take(RANKED_RANGES)
         .collect();
     // Go's insertion sort (what `sort.Sort` runs on short slices): stable, and safe with
@@ -144,7 +150,10 @@ pub(crate) fn prefers_html(headers: &HeaderMap) -> bool {
             j -= 1;
         }
     }
-    ranges.first().is_some_and(|first| !first.matches("plain"))
+    ranges
+        .iter()
+        .find(|range| range.matches("plain") || range.matches("html"))
+        .is_some_and(|first| !first.matches("plain"))
 }
 
 /// How many matching media ranges [`prefers_html`] ranks.
@@ -216,22 +225,145 @@ impl<'a> MediaRange<'a> {
 }
 
 /// A q-value as go-accept-headers reads it with Go's `ParseFloat`: a number ≥ 0, at most 1
-/// (more is 1). An overflow (`1e400`) is an error in Go, not infinity; `inf` and `nan`
-/// spelled out are numbers to both. Go also reads hexadecimal floats (`0x1p-1`), which are
-/// refused here like any other malformed q.
+/// (more is 1). [`go_parse_float`] says which texts are numbers.
 fn go_parse_q(text: &str) -> Option<f64> {
-    let q: f64 = text.parse().ok()?;
-    let spelled_infinite = text
-        .trim_start_matches(['+', '-'])
-        .to_ascii_lowercase()
-        .starts_with("inf");
-    if q.is_infinite() && !spelled_infinite {
-        return None;
-    }
+    let q = go_parse_float(text)?;
     if q < 0.0 {
         return None;
     }
     Some(if q > 1.0 { 1.0 } else { q })
+}
+
+/// Go's `strconv.ParseFloat(text, 64)`, where it succeeds (`src/strconv/atof.go`): `inf`
+/// and `infinity` (any case, signed or not) and `nan` (any case, unsigned); decimal and
+/// hexadecimal (`0x1p-1`, the `p` exponent required) numbers, signed, with `_` allowed
+/// between digits (or after the `0x`). A number too large for an `f64` is an error, not
+/// infinity. The value is Rust's reading of the digits, which can differ from Go's in
+/// the last bit of a hexadecimal one past 53 bits of mantissa.
+fn go_parse_float(text: &str) -> Option<f64> {
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let signed = |value: f64| if negative { -value } else { value };
+    if unsigned.eq_ignore_ascii_case("inf") || unsigned.eq_ignore_ascii_case("infinity") {
+        return Some(signed(f64::INFINITY));
+    }
+    if text.eq_ignore_ascii_case("nan") {
+        return Some(f64::NAN);
+    }
+    if !go_underscores_ok(unsigned) {
+        return None;
+    }
+    let value = match unsigned
+        .strip_prefix("0x")
+        .or_else(|| unsigned.strip_prefix("0X"))
+    {
+        Some(hex) => go_hex_float(hex)?,
+        None => go_decimal_float(unsigned)?,
+    };
+    value.is_finite().then(|| signed(value))
+}
+
+/// Go's `underscoreOK` on an unsigned number: each `_` between two digits (a `0x` prefix
+/// counts as one).
+fn go_underscores_ok(number: &str) -> bool {
+    let bytes = number.as_bytes();
+    let hex = bytes.len() >= 2 && bytes[0] == b'0' && matches!(bytes[1], b'x' | b'X');
+    // The previous byte: a digit (or the prefix), an underscore, or anything else.
+    let (mut after_digit, mut after_underscore) = (hex, false);
+    for &byte in &bytes[if hex { 2 } else { 0 }..] {
+        let digit = byte.is_ascii_digit() || (hex && byte.is_ascii_hexdigit());
+        if byte == b'_' {
+            if !after_digit {
+                return false;
+            }
+            (after_digit, after_underscore) = (false, true);
+        } else if digit {
+            (after_digit, after_underscore) = (true, false);
+        } else if after_underscore {
+            return false;
+        } else {
+            after_digit = false;
+        }
+    }
+    !after_underscore
+}
+
+/// `digits[.digits][e[±]digits]`, at least one mantissa digit, `_` anywhere in the digits
+/// (already checked by [`go_underscores_ok`]).
+fn go_decimal_float(number: &str) -> Option<f64> {
+    let plain: String = number.chars().filter(|&c| c != '_').collect();
+    let bytes = plain.as_bytes();
+    let mut at = 0;
+    let mut digits = 0;
+    let mut dot = false;
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'0'..=b'9' => digits += 1,
+            b'.' if !dot => dot = true,
+            _ => break,
+        }
+        at += 1;
+    }
+    if digits == 0 {
+        return None;
+    }
+    if let Some(b'e' | b'E') = bytes.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = bytes.get(at) {
+            at += 1;
+        }
+        if !bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    plain.parse().ok()
+}
+
+/// After `0x`: `hexdigits[.hexdigits]p[±]digits`, at least one mantissa digit.
+fn go_hex_float(number: &str) -> Option<f64> {
+    let plain: String = number.chars().filter(|&c| c != '_').collect();
+    let (mantissa, exponent) = plain.split_once(['p', 'P'])?;
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.len() + fraction.len() == 0
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    let unsigned_exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+    if unsigned_exponent.is_empty() || !unsigned_exponent.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Past ±5000 every mantissa of a header's length is 0 or infinite.
+    let exponent: i32 = exponent.parse().unwrap_or(if exponent.starts_with('-') {
+        -5000
+    } else {
+        5000
+    });
+    let mut value = 0.0f64;
+    for digit in whole.bytes().chain(fraction.bytes()) {
+        value = value * 16.0 + f64::from((digit as char).to_digit(16)?);
+    }
+    let scale = exponent.clamp(-5000, 5000) - 4 * fraction.len().min(5000) as i32;
+    // In steps, so that no intermediate power over- or underflows on its own.
+    let mut remaining = scale;
+    while remaining != 0 {
+        let step = remaining.clamp(-1000, 1000);
+        value *= 2f64.powi(step);
+        remaining -= step;
+    }
+    Some(value)
 }
 
 #[cfg(test)]
@@ -285,9 +417,42 @@ mod tests {
             HeaderValue::from_bytes(b"text/html, x/\xff").unwrap(),
         );
         assert!(prefers_html(&headers));
-        // A header of thousands of ranges is ranked in bounded time.
+        // A header of thousands of ranges is ranked in bounded time. Go, ranking them all,
+        // would find the one q=1 range at the end (a knowingly different answer).
         let long = vec!["text/plain;q=0.1"; 20_000].join(",") + ",text/html";
         assert!(!html_for(Some(&long)), "only the first ranges are ranked");
+    }
+
+    /// q values as Go's `ParseFloat` reads them, each answer checked against the Go library
+    /// run on the same header.
+    #[test]
+    fn q_values_are_read_as_go_reads_them() {
+        // Hexadecimal floats: 0x1p-1 is 0.5.
+        assert!(html_for(Some("text/html;q=0x1p-1, text/plain;q=0.4")));
+        assert!(html_for(Some("text/html;q=0x.8p0, text/plain;q=0.4")));
+        // Without its exponent a hexadecimal q is malformed, and the range ignored.
+        assert!(!html_for(Some("text/html;q=0x1, text/plain;q=0.4")));
+        // `_` between digits: 0_5 is 5 (so 1), 0.5_0 is 0.5, 1_0 is 10.
+        assert!(!html_for(Some("text/plain;q=0_5, text/html;q=0.6")));
+        assert!(html_for(Some("text/html;q=0.5_0, text/plain;q=0.4")));
+        assert!(!html_for(Some("text/plain;q=1_0, text/html")));
+        // ... but not next to anything else.
+        assert!(!html_for(Some("text/html;q=_0.5, text/plain;q=0.4")));
+        assert!(!html_for(Some("text/html;q=0.5_, text/plain;q=0.4")));
+        assert!(!html_for(Some("text/html;q=1e_0, text/plain;q=0.4")));
+        // A sign before nan makes it no number: the range is ignored.
+        assert!(html_for(Some("text/plain;q=-nan, text/html")));
+        assert!(html_for(Some("text/plain;q=+nan, text/html")));
+        // With a NaN q, ranges that match neither type still move the others in the sort.
+        assert!(!html_for(Some(
+            "text/plain;q=0.5, application/json;q=nan, text/html"
+        )));
+        assert!(html_for(Some(
+            "text/html;q=0.5, image/png;q=nan, text/plain"
+        )));
+        assert!(!html_for(Some(
+            "*/*, application/*;q=0.5, */html;q=NaN, TEXT/json"
+        )));
     }
 
     #[test]
