@@ -132,15 +132,20 @@ pub(crate) fn prefers_html(headers: &HeaderMap) -> bool {
         .get(http::header::ACCEPT)
         .map_or(&b""[..], HeaderValue::as_bytes);
     let accept = String::from_utf8_lossy(accept);
-    let parsed = || accept.split(',').filter_map(MediaRange::parse);
     // A range that matches neither type moves no other in Go's sort, unless some q is NaN:
     // then the order is not transitive, and every range can move the others, so all are
     // sorted (up to the limit).
-    let any_nan = parsed().any(|range| range.q.is_nan());
-    let mut ranges: Vec<MediaRange<'_>> = parsed()
-        .filter(|range| any_nan || range.matches("plain") || range.matches("html"))
-        .take(RANKED_RANGES)
-        .collect();
+    let (mut matching, mut all, mut any_nan) = (Vec::new(), Vec::new(), false);
+    for range in accept.split(',').filter_map(MediaRange::parse) {
+        any_nan |= range.q.is_nan();
+        if all.len() < RANKED_RANGES {
+            all.push(range.clone());
+        }
+        if matching.len() < RANKED_RANGES && (range.matches("plain") || range.matches("html")) {
+            matching.push(range);
+        }
+    }
+    let mut ranges: Vec<MediaRange<'_>> = if any_nan { all } else { matching };
     // Go's insertion sort (what `sort.Sort` runs on short slices): stable, and safe with
     // a NaN q, which Go keeps and which compares as neither more nor less.
     for at in 1..ranges.len() {
@@ -159,6 +164,7 @@ pub(crate) fn prefers_html(headers: &HeaderMap) -> bool {
 /// How many matching media ranges [`prefers_html`] ranks.
 const RANKED_RANGES: usize = 32;
 
+#[derive(Clone)]
 struct MediaRange<'a> {
     kind: &'a str,
     subtype: &'a str,
@@ -184,10 +190,14 @@ impl<'a> MediaRange<'a> {
             let name = name.trim();
             if name == "q" {
                 q = go_parse_q(value.trim())?;
-            } else if !others.contains(&name) {
+            } else {
                 others.push(name);
             }
         }
+        // Go counts the names in a map: repeated ones once. Sorted, not searched: a header
+        // may hold thousands.
+        others.sort_unstable();
+        others.dedup();
         Some(MediaRange {
             kind: wildcard(kind),
             subtype: wildcard(subtype),
@@ -238,8 +248,8 @@ fn go_parse_q(text: &str) -> Option<f64> {
 /// and `infinity` (any case, signed or not) and `nan` (any case, unsigned); decimal and
 /// hexadecimal (`0x1p-1`, the `p` exponent required) numbers, signed, with `_` allowed
 /// between digits (or after the `0x`). A number too large for an `f64` is an error, not
-/// infinity. The value is Rust's reading of the digits, which can differ from Go's in
-/// the last bit of a hexadecimal one past 53 bits of mantissa.
+/// infinity. The value is Go's, but for the last bit of a hexadecimal one below 2^-1022
+/// (a subnormal, which the scaling here rounds twice).
 fn go_parse_float(text: &str) -> Option<f64> {
     let (negative, unsigned) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
@@ -328,36 +338,63 @@ fn go_decimal_float(number: &str) -> Option<f64> {
     plain.parse().ok()
 }
 
-/// After `0x`: `hexdigits[.hexdigits]p[±]digits`, at least one mantissa digit.
+/// After `0x`: `hexdigits[.hexdigits]p[±]digits`, at least one mantissa digit. The first 16
+/// significant digits are kept exactly and any digit after them as a sticky bit, so the
+/// value rounds once, as Go's `atofHex` rounds it.
 fn go_hex_float(number: &str) -> Option<f64> {
     let plain: String = number.chars().filter(|&c| c != '_').collect();
     let (mantissa, exponent) = plain.split_once(['p', 'P'])?;
     let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let unsigned_exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
     if whole.len() + fraction.len() == 0
-        || !whole
-            .bytes()
-            .chain(fraction.bytes())
-            .all(|b| b.is_ascii_hexdigit())
+        || unsigned_exponent.is_empty()
+        || !unsigned_exponent.bytes().all(|b| b.is_ascii_digit())
     {
         return None;
     }
-    let unsigned_exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-    if unsigned_exponent.is_empty() || !unsigned_exponent.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    // Past ±5000 every mantissa of a header's length is 0 or infinite.
-    let exponent: i32 = exponent.parse().unwrap_or(if exponent.starts_with('-') {
-        -5000
-    } else {
-        5000
+    // Go stops counting an exponent past 10,000; any value beyond that is 0 or too large.
+    let mut scale: i64 = unsigned_exponent.bytes().fold(0, |e, d| {
+        if e < 10_000 {
+            e * 10 + i64::from(d - b'0')
+        } else {
+            e
+        }
     });
-    let mut value = 0.0f64;
-    for digit in whole.bytes().chain(fraction.bytes()) {
-        value = value * 16.0 + f64::from((digit as char).to_digit(16)?);
+    if exponent.starts_with('-') {
+        scale = -scale;
     }
-    let scale = exponent.clamp(-5000, 5000) - 4 * fraction.len().min(5000) as i32;
+    let (mut kept, mut significant, mut dropped_nonzero) = (0u64, 0, false);
+    for (digit, in_fraction) in whole
+        .bytes()
+        .map(|d| (d, false))
+        .chain(fraction.bytes().map(|d| (d, true)))
+    {
+        let value = u64::from((digit as char).to_digit(16)?);
+        if significant < 16 && (significant > 0 || value != 0) {
+            kept = kept << 4 | value;
+            significant += 1;
+            if in_fraction {
+                scale -= 4;
+            }
+        } else if significant == 0 {
+            // A leading zero: only its place counts.
+            if in_fraction {
+                scale -= 4;
+            }
+        } else {
+            dropped_nonzero |= value != 0;
+            if !in_fraction {
+                scale += 4;
+            }
+        }
+    }
+    if kept == 0 {
+        return Some(0.0);
+    }
+    // The dropped digits only say "a little more": below every bit an f64 keeps.
+    let mut value = (kept | u64::from(dropped_nonzero)) as f64;
     // In steps, so that no intermediate power over- or underflows on its own.
-    let mut remaining = scale;
+    let mut remaining = scale.clamp(-5_000, 5_000) as i32;
     while remaining != 0 {
         let step = remaining.clamp(-1000, 1000);
         value *= 2f64.powi(step);
@@ -427,8 +464,19 @@ mod tests {
     /// run on the same header.
     #[test]
     fn q_values_are_read_as_go_reads_them() {
-        // Hexadecimal floats: 0x1p-1 is 0.5.
+        // Hexadecimal floats: 0x1p-1 is 0.5, rounded once however many digits it has.
         assert!(html_for(Some("text/html;q=0x1p-1, text/plain;q=0.4")));
+        assert!(html_for(Some(
+            "text/plain;q=0.5, text/html;q=0x.800000000000040000001p0"
+        )));
+        let long_one = format!("0x1{}p-1024", "0".repeat(256));
+        assert!(html_for(Some(&format!(
+            "text/plain;q=0.5, text/html;q={long_one}"
+        ))));
+        let tiny_digit_huge_exponent = format!("0x0.{}1p6000", "0".repeat(1400));
+        assert!(html_for(Some(&format!(
+            "text/plain;q=0.5, text/html;q={tiny_digit_huge_exponent}"
+        ))));
         assert!(html_for(Some("text/html;q=0x.8p0, text/plain;q=0.4")));
         // Without its exponent a hexadecimal q is malformed, and the range ignored.
         assert!(!html_for(Some("text/html;q=0x1, text/plain;q=0.4")));
