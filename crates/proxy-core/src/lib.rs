@@ -40,6 +40,21 @@ pub mod upstream;
 pub mod websocket;
 mod write_stall;
 
+/// Entry points for the fuzz targets (`fuzz/`) into internals that read untrusted bytes.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Whether pachd's file server would answer a request with this `Accept` in HTML
+    /// (`false` for bytes that make no header value, which never reach the gate).
+    pub fn accept_prefers_html(accept: &[u8]) -> bool {
+        let Ok(value) = http::HeaderValue::from_bytes(accept) else {
+            return false;
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::ACCEPT, value);
+        crate::file_server_refusal::prefers_html(&headers)
+    }
+}
+
 pub use connection::ServerLimits;
 pub use connection_limit::{
     default_max_connections, max_connections_for_descriptors, open_files_limit,
