@@ -15,9 +15,8 @@ mod who_am_i;
 
 pub use cache::TokenCache;
 pub use pachyderm::{
-    bearer_token, files_answered_without_token, is_server_streaming_method,
-    is_well_formed_grpc_path, pachd_http_surface, token_for_pachd_files, token_from_grpc_metadata,
-    PachdHttpSurface, PachydermLine, TokenLookup,
+    bearer_token, is_server_streaming_method, is_well_formed_grpc_path, pachd_http_surface,
+    token_for_pachd_files, token_from_grpc_metadata, PachdHttpSurface, PachydermLine, TokenLookup,
 };
 pub use static_tokens::{parse_hash_file, StaticTokens};
 pub use who_am_i::{GrpcUnary, PachdWhoAmI, UnaryReply};
@@ -342,11 +341,7 @@ impl PachydermGate {
             (
                 PachdHttpSurface::Archive,
                 Decision::Deny(DenyReason::MissingToken | DenyReason::MultipleTokens),
-            ) => match self.auth_state().await {
-                WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
-                WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
-                _ => answered_by_pachd,
-            },
+            ) => self.when_auth_is_on(answered_by_pachd).await,
             (_, decision) => decision,
         }
     }
@@ -442,10 +437,16 @@ impl PachydermGate {
         if self.settings.when_auth_disabled == WhenAuthDisabled::Deny {
             return Decision::Deny(denial);
         }
+        self.when_auth_is_on(Decision::Deny(denial)).await
+    }
+
+    /// `decision` when pachd reports auth on ([`auth_state`](Self::auth_state)); with auth
+    /// off, what `when_auth_disabled` says, and while pachd cannot be asked, a refusal.
+    async fn when_auth_is_on(&self, decision: Decision) -> Decision {
         match self.auth_state().await {
             WhoAmIAnswer::AuthNotActive => self.auth_not_active(),
             WhoAmIAnswer::Unavailable(why) => Decision::Deny(DenyReason::CheckUnavailable(why)),
-            _ => Decision::Deny(denial),
+            _ => decision,
         }
     }
 

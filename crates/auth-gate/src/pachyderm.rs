@@ -194,13 +194,6 @@ impl PachdHttpSurface<'_> {
     }
 }
 
-/// Whether pachd's file handlers answer this request before they use any token: the
-/// request's [`PachdHttpSurface`] and method as [`PachdHttpSurface::answers_without_token`]
-/// reads them.
-pub fn files_answered_without_token(method: &http::Method, path: &str) -> bool {
-    pachd_http_surface(path).answers_without_token(method, path)
-}
-
 /// How many parts Go's `strings.Split(r.URL.Path, "/")` makes of the path pachd sees:
 /// `/pfs/p/r/b/f` is `["", "pfs", "p", "r", "b", "f"]`. pachd splits the *decoded* path,
 /// in which a `%2F` (kept encoded in the normalised path) is a `/` too.

@@ -653,7 +653,7 @@ fn file_handlers_answer_some_requests_before_any_token() {
         (&put, "/jsonschema/x.json", false),
     ] {
         assert_eq!(
-            files_answered_without_token(method, path),
+            pachd_http_surface(path).answers_without_token(method, path),
             answered,
             "{method} {path}"
         );
