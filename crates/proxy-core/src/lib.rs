@@ -26,6 +26,7 @@ pub mod exchange;
 mod file_server_refusal;
 pub mod framing_guard;
 pub mod gateway;
+mod go_float;
 pub mod headers;
 mod idle;
 mod pipeline;
